@@ -1,0 +1,493 @@
+//! The object state of the embedded API server.
+//!
+//! All live objects are held in memory (like the real apiserver's watch cache) and persisted
+//! through a [`Store`]. Writes are closures run by one writer task over a [`Txn`]: the writer
+//! takes every queued write, runs each one against the state as left by the ones before it,
+//! commits the whole batch to the store in one transaction (group commit), and only then
+//! applies it in memory, broadcasts the watch events and answers the callers. One global,
+//! strictly increasing counter is the resourceVersion of every kind.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::error::ApiError;
+use crate::store::{ChangeKind, ChangeRow, SecretKey, Store, StoreError};
+
+/// (storage, namespace, name); namespace is "" for cluster-scoped kinds.
+pub type Key = (Arc<str>, String, String);
+
+/// Storage key of Secrets, the one kind sealed at rest.
+pub const SECRETS: &str = "core/secrets";
+
+/// One change, as seen by watchers.
+#[derive(Debug)]
+pub struct WatchEvent {
+    pub rv: u64,
+    pub kind: ChangeKind,
+    pub key: Key,
+    /// The object before the change, when known.
+    pub old: Option<Arc<Value>>,
+    /// The object after the change (for DELETED: its last state, at the deletion RV).
+    pub obj: Arc<Value>,
+}
+
+/// A committed batch of changes, in RV order.
+pub type Batch = Arc<Vec<Arc<WatchEvent>>>;
+
+#[derive(Default)]
+struct Inner {
+    rv: u64,
+    /// History covers every change with rv in (compacted, rv].
+    compacted: u64,
+    objects: HashMap<Arc<str>, BTreeMap<(String, String), Arc<Value>>>,
+    history: VecDeque<Arc<WatchEvent>>,
+    by_uid: HashMap<String, Key>,
+    dependents: HashMap<String, BTreeSet<Key>>,
+}
+
+fn uid_of(v: &Value) -> Option<&str> {
+    v.pointer("/metadata/uid").and_then(Value::as_str)
+}
+
+fn owner_uids(v: &Value) -> Vec<String> {
+    v.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .map(|refs| refs.iter().filter_map(|r| r.get("uid").and_then(Value::as_str).map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+impl Inner {
+    fn get(&self, key: &Key) -> Option<&Arc<Value>> {
+        self.objects.get(&key.0)?.get(&(key.1.clone(), key.2.clone()))
+    }
+
+    fn unindex(&mut self, key: &Key, v: &Value) {
+        if let Some(uid) = uid_of(v) {
+            self.by_uid.remove(uid);
+        }
+        for owner in owner_uids(v) {
+            if let Some(set) = self.dependents.get_mut(&owner) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.dependents.remove(&owner);
+                }
+            }
+        }
+    }
+
+    fn index(&mut self, key: &Key, v: &Value) {
+        if let Some(uid) = uid_of(v) {
+            self.by_uid.insert(uid.to_string(), key.clone());
+        }
+        for owner in owner_uids(v) {
+            self.dependents.entry(owner).or_default().insert(key.clone());
+        }
+    }
+
+    fn set(&mut self, key: &Key, v: Option<Arc<Value>>) {
+        let map = self.objects.entry(key.0.clone()).or_default();
+        let old = match &v {
+            Some(v) => map.insert((key.1.clone(), key.2.clone()), v.clone()),
+            None => map.remove(&(key.1.clone(), key.2.clone())),
+        };
+        if let Some(old) = old {
+            self.unindex(key, &old);
+        }
+        if let Some(v) = v {
+            self.index(key, &v);
+        }
+    }
+}
+
+/// A write transaction: reads see the state left by earlier operations of the batch.
+pub struct Txn<'a> {
+    base: &'a Inner,
+    batch: HashMap<Key, Option<Arc<Value>>>,
+    op: HashMap<Key, Option<Arc<Value>>>,
+    events: Vec<Arc<WatchEvent>>,
+    op_events: Vec<Arc<WatchEvent>>,
+    rv: u64,
+    op_start_rv: u64,
+    now: String,
+}
+
+impl<'a> Txn<'a> {
+    fn new(base: &'a Inner) -> Self {
+        Txn {
+            base,
+            batch: HashMap::new(),
+            op: HashMap::new(),
+            events: vec![],
+            op_events: vec![],
+            rv: base.rv,
+            op_start_rv: base.rv,
+            now: crate::util::now_rfc3339(),
+        }
+    }
+
+    /// The time stamp of this batch (RFC 3339, seconds).
+    pub fn now(&self) -> &str {
+        &self.now
+    }
+
+    /// The current object at `key`.
+    pub fn get(&self, key: &Key) -> Option<Arc<Value>> {
+        if let Some(v) = self.op.get(key) {
+            return v.clone();
+        }
+        if let Some(v) = self.batch.get(key) {
+            return v.clone();
+        }
+        self.base.get(key).cloned()
+    }
+
+    /// Every current object of one storage, optionally in one namespace, sorted by (ns, name).
+    pub fn list(&self, storage: &str, ns: Option<&str>) -> Vec<(Key, Arc<Value>)> {
+        let mut out: BTreeMap<(String, String), Option<Arc<Value>>> = BTreeMap::new();
+        if let Some(m) = self.base.objects.get(storage) {
+            for ((n, name), v) in m {
+                if ns.is_none_or(|x| x == n) {
+                    out.insert((n.clone(), name.clone()), Some(v.clone()));
+                }
+            }
+        }
+        for layer in [&self.batch, &self.op] {
+            for (k, v) in layer {
+                if &*k.0 == storage && ns.is_none_or(|x| x == k.1) {
+                    out.insert((k.1.clone(), k.2.clone()), v.clone());
+                }
+            }
+        }
+        let s: Arc<str> = Arc::from(storage);
+        out.into_iter().filter_map(|((n, name), v)| v.map(|v| ((s.clone(), n, name), v))).collect()
+    }
+
+    /// The object with this uid, if it exists.
+    pub fn find_uid(&self, uid: &str) -> Option<(Key, Arc<Value>)> {
+        for layer in [&self.op, &self.batch] {
+            for (k, v) in layer {
+                if let Some(v) = v
+                    && uid_of(v) == Some(uid)
+                {
+                    return Some((k.clone(), v.clone()));
+                }
+            }
+        }
+        let key = self.base.by_uid.get(uid)?;
+        let v = self.get(key)?;
+        (uid_of(&v) == Some(uid)).then(|| (key.clone(), v))
+    }
+
+    /// Current objects whose ownerReferences name `uid`.
+    pub fn dependents(&self, uid: &str) -> Vec<(Key, Arc<Value>)> {
+        let mut keys: BTreeSet<Key> = self.base.dependents.get(uid).cloned().unwrap_or_default();
+        for layer in [&self.batch, &self.op] {
+            keys.extend(layer.keys().cloned());
+        }
+        keys.into_iter()
+            .filter_map(|k| self.get(&k).map(|v| (k, v)))
+            .filter(|(_, v)| owner_uids(v).iter().any(|o| o == uid))
+            .collect()
+    }
+
+    /// Stores `obj` at `key` with a new resourceVersion; returns what was stored.
+    pub fn put(&mut self, key: &Key, mut obj: Value) -> Arc<Value> {
+        let old = self.get(key);
+        self.rv += 1;
+        if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.insert("resourceVersion".into(), Value::String(self.rv.to_string()));
+        }
+        let obj = Arc::new(obj);
+        let kind = if old.is_some() { ChangeKind::Modified } else { ChangeKind::Added };
+        self.op_events.push(Arc::new(WatchEvent { rv: self.rv, kind, key: key.clone(), old, obj: obj.clone() }));
+        self.op.insert(key.clone(), Some(obj.clone()));
+        obj
+    }
+
+    /// Removes the object at `key`; returns its last state (at the deletion RV).
+    pub fn remove(&mut self, key: &Key) -> Option<Arc<Value>> {
+        let old = self.get(key)?;
+        self.rv += 1;
+        let mut last = (*old).clone();
+        if let Some(m) = last.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.insert("resourceVersion".into(), Value::String(self.rv.to_string()));
+        }
+        let last = Arc::new(last);
+        self.op_events.push(Arc::new(WatchEvent { rv: self.rv, kind: ChangeKind::Deleted, key: key.clone(), old: Some(old), obj: last.clone() }));
+        self.op.insert(key.clone(), None);
+        Some(last)
+    }
+
+    fn commit_op(&mut self) {
+        self.batch.extend(self.op.drain());
+        self.events.append(&mut self.op_events);
+        self.op_start_rv = self.rv;
+    }
+
+    fn abort_op(&mut self) {
+        self.op.clear();
+        self.op_events.clear();
+        self.rv = self.op_start_rv;
+    }
+}
+
+/// What a write answers: an HTTP code, a body and `Warning` headers.
+#[derive(Debug, Clone)]
+pub struct WriteReply {
+    pub code: u16,
+    pub body: Value,
+    pub warnings: Vec<String>,
+}
+
+impl WriteReply {
+    pub fn ok(body: Value) -> Self {
+        WriteReply { code: 200, body, warnings: vec![] }
+    }
+    pub fn created(body: Value) -> Self {
+        WriteReply { code: 201, body, warnings: vec![] }
+    }
+}
+
+/// A write: runs once, in the writer, against the batch's transaction.
+pub type WriteFn = Box<dyn FnOnce(&mut Txn<'_>) -> Result<WriteReply, ApiError> + Send>;
+
+struct Job {
+    f: WriteFn,
+    dry_run: bool,
+    reply: oneshot::Sender<Result<WriteReply, ApiError>>,
+}
+
+/// Tunables of the object state.
+#[derive(Clone, Debug)]
+pub struct ObjectsConfig {
+    /// How many changes watchers can resume from.
+    pub history: usize,
+    /// Most writes committed in one store transaction.
+    pub max_batch: usize,
+}
+
+impl Default for ObjectsConfig {
+    fn default() -> Self {
+        ObjectsConfig { history: 20_000, max_batch: 512 }
+    }
+}
+
+/// Counters exported on /metrics.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    pub batches: std::sync::atomic::AtomicU64,
+    pub writes: std::sync::atomic::AtomicU64,
+    pub failures: std::sync::atomic::AtomicU64,
+}
+
+/// The object state: in-memory objects, the watch history and the writer's queue.
+pub struct Objects {
+    inner: RwLock<Inner>,
+    queue: mpsc::Sender<Job>,
+    events: broadcast::Sender<Batch>,
+    pub stats: WriteStats,
+}
+
+/// Errors loading the persisted state.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] crate::store::SecretKeyError),
+    #[error("stored object {0} is not valid JSON")]
+    Json(String),
+}
+
+fn decode(storage: &str, value: &str, key: &SecretKey) -> Result<Value, LoadError> {
+    let text = if storage == SECRETS { key.open(value)? } else { value.to_string() };
+    serde_json::from_str(&text).map_err(|_| LoadError::Json(storage.to_string()))
+}
+
+fn encode(storage: &str, obj: &Value, key: &SecretKey) -> String {
+    let text = obj.to_string();
+    if storage == SECRETS { key.seal(&text) } else { text }
+}
+
+impl Objects {
+    /// Loads the persisted state and starts the writer task.
+    pub async fn start(store: Arc<dyn Store>, key: SecretKey, config: ObjectsConfig) -> Result<Arc<Self>, LoadError> {
+        let snap = store.load(config.history).await?;
+        let mut inner = Inner { rv: u64::try_from(snap.rv).unwrap_or(0), ..Default::default() };
+        for row in snap.objects {
+            let v = decode(&row.resource, &row.value, &key)?;
+            inner.set(&(Arc::from(row.resource.as_str()), row.namespace, row.name), Some(Arc::new(v)));
+        }
+        // Rebuild the watch history; `old` is known for keys seen earlier in the history.
+        let mut last: HashMap<Key, Arc<Value>> = HashMap::new();
+        inner.compacted = snap.history.first().map(|c| u64::try_from(c.rv - 1).unwrap_or(0)).unwrap_or(inner.rv);
+        for c in snap.history {
+            let k: Key = (Arc::from(c.resource.as_str()), c.namespace, c.name);
+            let obj = Arc::new(decode(&k.0, &c.value, &key)?);
+            let old = last.get(&k).cloned();
+            if c.kind == ChangeKind::Deleted {
+                last.remove(&k);
+            } else {
+                last.insert(k.clone(), obj.clone());
+            }
+            inner.history.push_back(Arc::new(WatchEvent { rv: u64::try_from(c.rv).unwrap_or(0), kind: c.kind, key: k, old, obj }));
+        }
+        let (queue, rx) = mpsc::channel(4096);
+        let (events, _) = broadcast::channel(16_384);
+        let objects = Arc::new(Objects { inner: RwLock::new(inner), queue, events, stats: WriteStats::default() });
+        tokio::spawn(writer(objects.clone(), store, key, config, rx));
+        Ok(objects)
+    }
+
+    /// Queues a write and waits for it to be committed (or refused).
+    pub async fn write(&self, dry_run: bool, f: WriteFn) -> Result<WriteReply, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .send(Job { f, dry_run, reply: tx })
+            .await
+            .map_err(|_| ApiError::unavailable("the API server is shutting down"))?;
+        rx.await.map_err(|_| ApiError::unavailable("the API server is shutting down"))?
+    }
+
+    /// The current resourceVersion.
+    pub fn rv(&self) -> u64 {
+        self.read().rv
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One object.
+    pub fn get(&self, key: &Key) -> Option<Arc<Value>> {
+        self.read().get(key).cloned()
+    }
+
+    /// A consistent list: the current RV and every object of `storage` (in `ns` when given).
+    pub fn list(&self, storage: &str, ns: Option<&str>) -> (u64, Vec<Arc<Value>>) {
+        let inner = self.read();
+        let items = inner
+            .objects
+            .get(storage)
+            .map(|m| m.iter().filter(|((n, _), _)| ns.is_none_or(|x| x == n)).map(|(_, v)| v.clone()).collect())
+            .unwrap_or_default();
+        (inner.rv, items)
+    }
+
+    /// Number of live objects of all kinds.
+    pub fn count(&self) -> usize {
+        self.read().objects.values().map(BTreeMap::len).sum()
+    }
+
+    /// Starts a watch: subscribes, then (consistently with the subscription) returns either a
+    /// snapshot of the current objects (`from` None) or the history after `from`.
+    /// `Err(oldest)` when `from` is older than the retained history.
+    pub fn subscribe(&self, storage: &str, from: Option<u64>) -> Result<WatchStart, (u64, u64)> {
+        let inner = self.read();
+        let rx = self.events.subscribe();
+        let start = match from {
+            None => {
+                let snapshot = inner.objects.get(storage).map(|m| m.values().cloned().collect()).unwrap_or_default();
+                WatchStart { rx, rv: inner.rv, snapshot, backlog: vec![] }
+            }
+            Some(n) if n >= inner.rv => WatchStart { rx, rv: inner.rv, snapshot: vec![], backlog: vec![] },
+            Some(n) if n < inner.compacted => return Err((n, inner.compacted)),
+            Some(n) => {
+                let backlog = inner.history.iter().filter(|e| e.rv > n && &*e.key.0 == storage).cloned().collect();
+                WatchStart { rx, rv: inner.rv, snapshot: vec![], backlog }
+            }
+        };
+        Ok(start)
+    }
+}
+
+/// What a new watcher starts from.
+pub struct WatchStart {
+    pub rx: broadcast::Receiver<Batch>,
+    /// Events with rv <= this are covered by `snapshot`/`backlog`.
+    pub rv: u64,
+    pub snapshot: Vec<Arc<Value>>,
+    pub backlog: Vec<Arc<WatchEvent>>,
+}
+
+async fn writer(objects: Arc<Objects>, store: Arc<dyn Store>, key: SecretKey, config: ObjectsConfig, mut rx: mpsc::Receiver<Job>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut store_compacted = objects.read().compacted;
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < config.max_batch {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        // Run every write against one transaction; a refused write leaves no trace.
+        let (replies, events, rv) = {
+            let inner = objects.read();
+            let mut txn = Txn::new(&inner);
+            let mut replies = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                let result = (job.f)(&mut txn);
+                if result.is_err() || job.dry_run {
+                    txn.abort_op();
+                } else {
+                    txn.commit_op();
+                }
+                replies.push((job.reply, result));
+            }
+            (replies, txn.events, txn.rv)
+        };
+        objects.stats.batches.fetch_add(1, Relaxed);
+        objects.stats.writes.fetch_add(replies.len() as u64, Relaxed);
+        if !events.is_empty() {
+            let rows: Vec<ChangeRow> = events
+                .iter()
+                .map(|e| ChangeRow {
+                    rv: i64::try_from(e.rv).unwrap_or(i64::MAX),
+                    resource: e.key.0.to_string(),
+                    namespace: e.key.1.clone(),
+                    name: e.key.2.clone(),
+                    kind: e.kind,
+                    value: encode(&e.key.0, &e.obj, &key),
+                })
+                .collect();
+            if let Err(err) = store.commit(i64::try_from(rv).unwrap_or(i64::MAX), &rows).await {
+                tracing::error!(error = %err, "store commit failed; the batch is refused");
+                objects.stats.failures.fetch_add(1, Relaxed);
+                for (reply, result) in replies {
+                    let _ = reply.send(result.and(Err(ApiError::internal("the write could not be persisted; retry"))));
+                }
+                continue;
+            }
+            let batch: Batch = Arc::new(events);
+            {
+                let mut inner = objects.inner.write().unwrap_or_else(|p| p.into_inner());
+                for e in batch.iter() {
+                    let v = (e.kind != ChangeKind::Deleted).then(|| e.obj.clone());
+                    inner.set(&e.key, v);
+                    inner.history.push_back(e.clone());
+                }
+                inner.rv = rv;
+                while inner.history.len() > config.history {
+                    if let Some(e) = inner.history.pop_front() {
+                        inner.compacted = e.rv;
+                    }
+                }
+                let _ = objects.events.send(batch);
+            }
+            let floor = objects.read().compacted;
+            if floor > store_compacted + (config.history as u64).max(1000) {
+                match store.compact(i64::try_from(floor).unwrap_or(i64::MAX)).await {
+                    Ok(()) => store_compacted = floor,
+                    Err(err) => tracing::warn!(error = %err, "change-log compaction failed; will retry"),
+                }
+            }
+        }
+        for (reply, result) in replies {
+            let _ = reply.send(result);
+        }
+    }
+}

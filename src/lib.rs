@@ -1,0 +1,19 @@
+//! Molecule: a Kubernetes-style reconciliation operator for teams of AI agents.
+//!
+//! See `README.md` for the quickstart and `shared/design/ARCHITECTURE.md` for the design. The
+//! modules mirror the architecture: `resources` (kinds), `apiserver` (the embedded API),
+//! `store` (SQLite/Postgres), `controllers` (the reconcilers and their host), `serve` (the
+//! one-process embedded mode).
+#![forbid(unsafe_code)]
+
+pub mod apiserver;
+pub mod controllers;
+pub mod kubeconfig;
+pub mod resources;
+pub mod serve;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;
+pub mod util;

@@ -1,0 +1,126 @@
+//! The `molecule` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use molecule::apiserver::ApiConfig;
+use molecule::controllers::Selection;
+
+#[derive(Parser)]
+#[command(name = "molecule", version, about = "Run teams of AI agents as a Kubernetes-style operator.", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("molecule");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/molecule"),
+        None => PathBuf::from(".molecule"),
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything in one process: the embedded API server, its store and the controllers.
+    Serve {
+        /// Where the store, token, secret key and kubeconfig live.
+        #[arg(long, env = "MOLECULE_DATA_DIR", default_value_os_t = default_data_dir())]
+        data_dir: PathBuf,
+        /// Address of the API server (and later the REST shim and canvas).
+        #[arg(long, env = "MOLECULE_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Controllers to run: `all`, `none` (API server only) or a comma-separated list.
+        #[arg(long, env = "MOLECULE_CONTROLLERS", default_value = "all")]
+        controllers: String,
+        /// Postgres URL (postgres://…); the default is SQLite in the data dir.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// Base64 of a 32-byte key for secrets at rest; default: DATA_DIR/secret.key (created 0600).
+        #[arg(long, env = "MOLECULE_SECRET_KEY", hide_env_values = true)]
+        secret_key: Option<String>,
+        /// Largest accepted request body, in bytes.
+        #[arg(long, default_value_t = molecule::apiserver::DEFAULT_MAX_BODY)]
+        max_body_bytes: usize,
+        /// Seconds between watch bookmarks.
+        #[arg(long, default_value_t = 60)]
+        bookmark_seconds: u64,
+    },
+    /// Run the controllers alone against an external API server (KUBECONFIG or in-cluster).
+    Operator {
+        /// Controllers to run: `all`, `none` or a comma-separated list.
+        #[arg(long, env = "MOLECULE_CONTROLLERS", default_value = "all")]
+        controllers: String,
+    },
+    /// Write the CRD manifests (one file per kind) into a directory.
+    Crds {
+        #[arg(long, default_value = "crds")]
+        out: PathBuf,
+        /// Print to stdout instead of writing files.
+        #[arg(long)]
+        stdout: bool,
+    },
+    /// Print the path of the kubeconfig `serve` writes for a data dir.
+    Kubeconfig {
+        #[arg(long, env = "MOLECULE_DATA_DIR", default_value_os_t = default_data_dir())]
+        data_dir: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("molecule {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Kubeconfig { data_dir } => {
+            println!("{}", molecule::kubeconfig::path(&data_dir).display());
+            Ok(())
+        }
+        Command::Crds { out, stdout } => {
+            for crd in molecule::resources::all_crds() {
+                let yaml = molecule::resources::crd_yaml(&crd)?;
+                if stdout {
+                    println!("---\n{yaml}");
+                } else {
+                    std::fs::create_dir_all(&out)?;
+                    let p = out.join(molecule::resources::crd_file_name(&crd));
+                    std::fs::write(&p, yaml).with_context(|| format!("writing {}", p.display()))?;
+                    println!("wrote {}", p.display());
+                }
+            }
+            Ok(())
+        }
+        Command::Serve { data_dir, listen, controllers, database_url, secret_key, max_body_bytes, bookmark_seconds } => {
+            molecule::telemetry::init_logging();
+            let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
+            let api = ApiConfig { max_body: max_body_bytes, bookmark_every: std::time::Duration::from_secs(bookmark_seconds.max(1)), ..ApiConfig::default() };
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(molecule::serve::run(molecule::serve::ServeOptions { data_dir, listen, controllers, database_url, secret_key, api }))
+        }
+        Command::Operator { controllers } => {
+            molecule::telemetry::init_logging();
+            let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async move {
+                let client = kube::Client::try_default().await.context("building a client from KUBECONFIG or the in-cluster config")?;
+                let (trigger, shutdown) = molecule::shutdown::channel();
+                let metrics = std::sync::Arc::new(molecule::telemetry::Metrics::default());
+                let task = tokio::spawn(molecule::controllers::run(client, controllers, metrics, shutdown));
+                tokio::select! {
+                    _ = molecule::shutdown::signal() => { trigger.trigger(); }
+                    r = &mut Box::pin(async { () }) => { let _ = r; }
+                }
+                task.await.context("controller host panicked")?
+            })
+        }
+    }
+}

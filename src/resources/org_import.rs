@@ -1,0 +1,113 @@
+//! `OrgImport` (`org`): a whole agent org as desired state.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::Condition;
+
+/// Import an org template; its workspaces become child Workspaces owned by this record.
+#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "molecule.ai",
+    version = "v1alpha1",
+    kind = "OrgImport",
+    plural = "orgimports",
+    shortname = "org",
+    category = "molecule",
+    namespaced,
+    status = "OrgImportStatus",
+    doc = "An OrgImport turns an org template (a tree of workspaces) into child Workspace records.",
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.counts.desired"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Source", type_ = "string", json_path = ".spec.source.dir", priority = "1")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgImportSpec {
+    pub source: OrgImportSource,
+    /// `merge` keeps children that left the tree; `reconcile` prunes them.
+    #[serde(default)]
+    pub mode: OrgImportMode,
+    /// Skip the env preflight.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    /// Plugins children of this import may install (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_plugins: Vec<String>,
+}
+
+/// Exactly one of dir, template or git.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgImportSource {
+    /// A directory under the org template root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// An inline org.yaml.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// A git repository holding the template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitSource>,
+}
+
+/// A template in a git repository.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+pub struct GitSource {
+    pub repo: String,
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// How children that left the tree are treated.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum OrgImportMode {
+    #[default]
+    Merge,
+    Reconcile,
+}
+
+/// Observed state of an import.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgImportStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<OrgImportCounts>,
+    /// Resolved revision of every `!external` and of a git source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revisions: Vec<ResolvedRevision>,
+    /// Tree paths of the workspaces this import owns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inventory: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_env: Vec<String>,
+}
+
+/// Counts of the last import pass.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+pub struct OrgImportCounts {
+    pub desired: i64,
+    pub created: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+    pub pruned: i64,
+    pub skipped: i64,
+}
+
+/// A git reference resolved to a full sha.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+pub struct ResolvedRevision {
+    pub repo: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub sha: String,
+}

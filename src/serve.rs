@@ -1,0 +1,95 @@
+//! `molecule serve`: the embedded mode. One process runs the API server (with its SQLite or
+//! Postgres store), writes a kubeconfig, and hosts the controllers against it through a real
+//! `kube::Client`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::apiserver::{ApiConfig, ApiServer};
+use crate::controllers::{self, Selection};
+use crate::store::{self, SecretKey};
+use crate::telemetry::Metrics;
+
+/// Options of `serve`.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub controllers: Selection,
+    pub database_url: Option<String>,
+    pub secret_key: Option<String>,
+    pub api: ApiConfig,
+}
+
+/// Reads the API token of a data dir, creating it (0600) on first start.
+pub fn load_or_create_token(data_dir: &Path) -> anyhow::Result<String> {
+    let p = data_dir.join("token");
+    match std::fs::read_to_string(&p) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+    let t = crate::util::random_token();
+    crate::util::write_private_file(&p, t.as_bytes()).with_context(|| format!("writing {}", p.display()))?;
+    Ok(t)
+}
+
+/// Runs until SIGTERM/SIGINT, then shuts down gracefully.
+pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let token = load_or_create_token(&opts.data_dir)?;
+    let key = SecretKey::load(opts.secret_key.as_deref(), &opts.data_dir.join("secret.key"))?;
+    let store = store::open(opts.database_url.as_deref(), &opts.data_dir.join("molecule.db")).await.context("opening the store")?;
+    let backend = store.backend();
+    let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    let metrics = Arc::new(Metrics::default());
+    let api = ApiServer::start(store, key, token.clone(), addr.to_string(), opts.api.clone(), metrics.clone()).await.context("loading the API state")?;
+    let server_url = format!("http://{addr}");
+    let kubeconfig = crate::kubeconfig::write(&opts.data_dir, &server_url, &token)?;
+    tracing::info!(listen = %addr, store = backend, objects = api.objects.count(), "molecule API server ready");
+    println!("molecule is serving on {server_url}");
+    println!("kubeconfig: {}", kubeconfig.display());
+    println!("try: KUBECONFIG={} kubectl get workspaces", kubeconfig.display());
+
+    let (trigger, shutdown) = crate::shutdown::channel();
+    let server = {
+        let shutdown = shutdown.clone();
+        let app = api.router();
+        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(shutdown.wait()).await })
+    };
+    let controllers_task = {
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig)?,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        let client = kube::Client::try_from(config)?;
+        let selection = opts.controllers.clone();
+        let shutdown = shutdown.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move { controllers::run(client, selection, metrics, shutdown).await })
+    };
+
+    crate::shutdown::signal().await;
+    tracing::info!("shutting down");
+    trigger.trigger();
+    match tokio::time::timeout(std::time::Duration::from_secs(10), controllers_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "controller host ended with an error"),
+        Err(_) => tracing::warn!("controllers did not stop within 10s"),
+        _ => {}
+    }
+    // Watches are long-lived streams; give in-flight requests a moment, then exit.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
