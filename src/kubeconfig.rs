@@ -8,16 +8,18 @@ pub fn path(data_dir: &Path) -> PathBuf {
 }
 
 /// The kubeconfig text for a server URL and bearer token (namespace `default`).
-pub fn render(server: &str, token: &str) -> String {
+pub fn render(server: &str, token: &str, ca_pem: &str) -> String {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: molecule\n  cluster:\n    server: {server}\nusers:\n- name: molecule-admin\n  user:\n    token: {token}\ncontexts:\n- name: molecule\n  context:\n    cluster: molecule\n    user: molecule-admin\n    namespace: default\ncurrent-context: molecule\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: molecule\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: molecule-admin\n  user:\n    token: {token}\ncontexts:\n- name: molecule\n  context:\n    cluster: molecule\n    user: molecule-admin\n    namespace: default\ncurrent-context: molecule\n"
     )
 }
 
 /// Writes the kubeconfig (mode 0600: it holds the token).
-pub fn write(data_dir: &Path, server: &str, token: &str) -> std::io::Result<PathBuf> {
+pub fn write(data_dir: &Path, server: &str, token: &str, ca_pem: &str) -> std::io::Result<PathBuf> {
     let p = path(data_dir);
-    crate::util::write_private_file(&p, render(server, token).as_bytes())?;
+    crate::util::write_private_file(&p, render(server, token, ca_pem).as_bytes())?;
     Ok(p)
 }
 
@@ -27,9 +29,20 @@ mod tests {
 
     #[test]
     fn kubeconfig_is_loadable_by_kube() {
-        let text = render("http://127.0.0.1:8080", "abc");
+        let text = render(
+            "https://127.0.0.1:8080",
+            "abc",
+            "-----BEGIN CERTIFICATE-----\n",
+        );
         let kc = kube::config::Kubeconfig::from_yaml(&text).expect("parse");
         assert_eq!(kc.current_context.as_deref(), Some("molecule"));
-        assert_eq!(kc.clusters[0].cluster.as_ref().and_then(|c| c.server.clone()).as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(
+            kc.clusters[0]
+                .cluster
+                .as_ref()
+                .and_then(|c| c.server.clone())
+                .as_deref(),
+            Some("https://127.0.0.1:8080")
+        );
     }
 }

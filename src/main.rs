@@ -99,22 +99,48 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Serve { data_dir, listen, controllers, database_url, secret_key, max_body_bytes, bookmark_seconds } => {
+        Command::Serve {
+            data_dir,
+            listen,
+            controllers,
+            database_url,
+            secret_key,
+            max_body_bytes,
+            bookmark_seconds,
+        } => {
             molecule::telemetry::init_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
-            let api = ApiConfig { max_body: max_body_bytes, bookmark_every: std::time::Duration::from_secs(bookmark_seconds.max(1)), ..ApiConfig::default() };
+            let api = ApiConfig {
+                max_body: max_body_bytes,
+                bookmark_every: std::time::Duration::from_secs(bookmark_seconds.max(1)),
+                ..ApiConfig::default()
+            };
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(molecule::serve::run(molecule::serve::ServeOptions { data_dir, listen, controllers, database_url, secret_key, api }))
+            rt.block_on(molecule::serve::run(molecule::serve::ServeOptions {
+                data_dir,
+                listen,
+                controllers,
+                database_url,
+                secret_key,
+                api,
+            }))
         }
         Command::Operator { controllers } => {
             molecule::telemetry::init_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
-                let client = kube::Client::try_default().await.context("building a client from KUBECONFIG or the in-cluster config")?;
+                let client = kube::Client::try_default()
+                    .await
+                    .context("building a client from KUBECONFIG or the in-cluster config")?;
                 let (trigger, shutdown) = molecule::shutdown::channel();
                 let metrics = std::sync::Arc::new(molecule::telemetry::Metrics::default());
-                let task = tokio::spawn(molecule::controllers::run(client, controllers, metrics, shutdown));
+                let task = tokio::spawn(molecule::controllers::run(
+                    client,
+                    controllers,
+                    metrics,
+                    shutdown,
+                ));
                 tokio::select! {
                     _ = molecule::shutdown::signal() => { trigger.trigger(); }
                     r = &mut Box::pin(async { () }) => { let _ = r; }

@@ -34,38 +34,73 @@ pub fn load_or_create_token(data_dir: &Path) -> anyhow::Result<String> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
     }
     let t = crate::util::random_token();
-    crate::util::write_private_file(&p, t.as_bytes()).with_context(|| format!("writing {}", p.display()))?;
+    crate::util::write_private_file(&p, t.as_bytes())
+        .with_context(|| format!("writing {}", p.display()))?;
     Ok(t)
 }
 
 /// Runs until SIGTERM/SIGINT, then shuts down gracefully.
 pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700));
     }
     let token = load_or_create_token(&opts.data_dir)?;
-    let key = SecretKey::load(opts.secret_key.as_deref(), &opts.data_dir.join("secret.key"))?;
-    let store = store::open(opts.database_url.as_deref(), &opts.data_dir.join("molecule.db")).await.context("opening the store")?;
+    let key = SecretKey::load(
+        opts.secret_key.as_deref(),
+        &opts.data_dir.join("secret.key"),
+    )?;
+    let store = store::open(
+        opts.database_url.as_deref(),
+        &opts.data_dir.join("molecule.db"),
+    )
+    .await
+    .context("opening the store")?;
     let backend = store.backend();
-    let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("binding {}", opts.listen))?;
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::default());
-    let api = ApiServer::start(store, key, token.clone(), addr.to_string(), opts.api.clone(), metrics.clone()).await.context("loading the API state")?;
-    let server_url = format!("http://{addr}");
-    let kubeconfig = crate::kubeconfig::write(&opts.data_dir, &server_url, &token)?;
+    let api = ApiServer::start(
+        store,
+        key,
+        token.clone(),
+        addr.to_string(),
+        opts.api.clone(),
+        metrics.clone(),
+    )
+    .await
+    .context("loading the API state")?;
+    let cert = crate::apiserver::listener::ServingCert::load_or_create(&opts.data_dir)?;
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    let server_url = format!("https://{host}:{}", addr.port());
+    let kubeconfig = crate::kubeconfig::write(&opts.data_dir, &server_url, &token, &cert.ca_pem)?;
     tracing::info!(listen = %addr, store = backend, objects = api.objects.count(), "molecule API server ready");
-    println!("molecule is serving on {server_url}");
+    println!("molecule is serving on {server_url} (plain http on the same port)");
     println!("kubeconfig: {}", kubeconfig.display());
-    println!("try: KUBECONFIG={} kubectl get workspaces", kubeconfig.display());
+    println!(
+        "try: KUBECONFIG={} kubectl get workspaces",
+        kubeconfig.display()
+    );
 
     let (trigger, shutdown) = crate::shutdown::channel();
     let server = {
         let shutdown = shutdown.clone();
         let app = api.router();
-        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(shutdown.wait()).await })
+        let tls = cert.config.clone();
+        tokio::spawn(crate::apiserver::listener::serve(
+            listener, app, tls, shutdown,
+        ))
     };
     let controllers_task = {
         let config = kube::Config::from_custom_kubeconfig(

@@ -18,14 +18,19 @@ struct Series {
 pub struct Metrics(Mutex<Series>);
 
 fn labels(l: &[(&str, &str)]) -> Labels {
-    l.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    l.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn render_labels(l: &Labels) -> String {
     if l.is_empty() {
         return String::new();
     }
-    let parts: Vec<String> = l.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+    let parts: Vec<String> = l
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
     format!("{{{}}}", parts.join(","))
 }
 
@@ -35,7 +40,11 @@ impl Metrics {
     }
     /// Adds one to a counter.
     pub fn inc(&self, name: &str, l: &[(&str, &str)]) {
-        *self.lock().counters.entry((name.to_string(), labels(l))).or_default() += 1.0;
+        *self
+            .lock()
+            .counters
+            .entry((name.to_string(), labels(l)))
+            .or_default() += 1.0;
     }
     /// Sets a gauge.
     pub fn set(&self, name: &str, l: &[(&str, &str)], v: f64) {
@@ -44,7 +53,10 @@ impl Metrics {
     /// Records one observation (count and sum) of a summary.
     pub fn observe(&self, name: &str, l: &[(&str, &str)], v: f64) {
         let mut s = self.lock();
-        let e = s.summaries.entry((name.to_string(), labels(l))).or_default();
+        let e = s
+            .summaries
+            .entry((name.to_string(), labels(l)))
+            .or_default();
         e.0 += 1;
         e.1 += v;
     }
@@ -72,7 +84,11 @@ impl Metrics {
                 out.push_str(&format!("# TYPE {n} summary\n"));
                 last = n.clone();
             }
-            out.push_str(&format!("{n}_count{} {c}\n{n}_sum{} {sum}\n", render_labels(l), render_labels(l)));
+            out.push_str(&format!(
+                "{n}_count{} {c}\n{n}_sum{} {sum}\n",
+                render_labels(l),
+                render_labels(l)
+            ));
         }
         out
     }
@@ -80,8 +96,14 @@ impl Metrics {
 
 /// Installs the tracing subscriber (`RUST_LOG`, default `info`).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,kube=warn,tower=warn,hyper=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,sqlx=warn,kube=warn,tower=warn,hyper=warn")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 #[cfg(test)]
@@ -96,8 +118,16 @@ mod tests {
         m.observe("latency_seconds", &[], 0.5);
         m.set("objects", &[], 3.0);
         let t = m.render();
-        assert!(t.contains("# TYPE requests_total counter\nrequests_total{verb=\"GET\",code=\"200\"} 2\n"), "{t}");
-        assert!(t.contains("latency_seconds_count 1\nlatency_seconds_sum 0.5\n"), "{t}");
+        assert!(
+            t.contains(
+                "# TYPE requests_total counter\nrequests_total{verb=\"GET\",code=\"200\"} 2\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("latency_seconds_count 1\nlatency_seconds_sum 0.5\n"),
+            "{t}"
+        );
         assert!(t.contains("objects 3\n"), "{t}");
     }
 }

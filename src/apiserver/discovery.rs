@@ -5,9 +5,19 @@ use serde_json::{Value, json};
 use super::registry::{Registry, ResourceDef};
 
 /// Content type of aggregated discovery v2; it must be exact (KUBE-API.md pitfall 4).
-pub const AGGREGATED_CT: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub const AGGREGATED_CT: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 /// `GET /version`. The minor picks which kubectl the gcloud dispatcher runs (pitfall 10).
 pub fn version() -> Value {
@@ -26,7 +36,12 @@ pub fn api_versions(server_addr: &str) -> Value {
 
 /// `GET /apis` (legacy).
 pub fn api_group_list(reg: &Registry) -> Value {
-    let groups: Vec<Value> = reg.group_versions().iter().filter(|(g, _)| !g.is_empty()).map(|(g, v)| api_group(g, v)).collect();
+    let groups: Vec<Value> = reg
+        .group_versions()
+        .iter()
+        .filter(|(g, _)| !g.is_empty())
+        .map(|(g, v)| api_group(g, v))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -54,7 +69,11 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Value {
             resources.push(json!({"name": format!("{}/status", d.plural), "singularName": "", "namespaced": d.namespaced, "kind": d.kind, "verbs": ["get", "patch", "update"]}));
         }
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
 }
 
@@ -84,7 +103,10 @@ pub fn aggregated(reg: &Registry, core: bool) -> Value {
         if g.is_empty() != core {
             continue;
         }
-        let resources: Vec<Value> = reg.in_group_version(&g, &v).map(|d| discovery_resource(d)).collect();
+        let resources: Vec<Value> = reg
+            .in_group_version(&g, &v)
+            .map(|d| discovery_resource(d))
+            .collect();
         items.push(json!({"metadata": {"name": g}, "versions": [{"version": v, "freshness": "Current", "resources": resources}]}));
     }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
@@ -98,16 +120,41 @@ mod tests {
     fn discovery_lists_our_kinds_with_status_and_short_names() {
         let reg = Registry::new(&crate::resources::all_crds());
         let list = resource_list(&reg, "molecule.ai", "v1alpha1");
-        let names: Vec<&str> = list["resources"].as_array().expect("r").iter().filter_map(|r| r["name"].as_str()).collect();
-        assert!(names.contains(&"workspaces") && names.contains(&"workspaces/status") && names.contains(&"runtimes"));
+        let names: Vec<&str> = list["resources"]
+            .as_array()
+            .expect("r")
+            .iter()
+            .filter_map(|r| r["name"].as_str())
+            .collect();
+        assert!(
+            names.contains(&"workspaces")
+                && names.contains(&"workspaces/status")
+                && names.contains(&"runtimes")
+        );
         let agg = aggregated(&reg, false);
-        let mol = agg["items"].as_array().expect("items").iter().find(|i| i["metadata"]["name"] == "molecule.ai").expect("molecule");
-        let ws = mol["versions"][0]["resources"].as_array().expect("res").iter().find(|r| r["resource"] == "workspaces").expect("ws");
+        let mol = agg["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|i| i["metadata"]["name"] == "molecule.ai")
+            .expect("molecule");
+        let ws = mol["versions"][0]["resources"]
+            .as_array()
+            .expect("res")
+            .iter()
+            .find(|r| r["resource"] == "workspaces")
+            .expect("ws");
         assert_eq!(ws["shortNames"], json!(["ws"]));
         assert_eq!(ws["subresources"][0]["subresource"], "status");
         let core = aggregated(&reg, true);
         assert_eq!(core["items"][0]["metadata"]["name"], "");
         let groups = api_group_list(&reg);
-        assert!(groups["groups"].as_array().expect("g").iter().all(|g| g["name"] != ""));
+        assert!(
+            groups["groups"]
+                .as_array()
+                .expect("g")
+                .iter()
+                .all(|g| g["name"] != "")
+        );
     }
 }

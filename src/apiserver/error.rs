@@ -68,10 +68,18 @@ impl ApiError {
         Self::new(401, "Unauthorized", "Unauthorized")
     }
     pub fn not_found_path() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
     pub fn method_not_allowed(method: &str) -> Self {
-        Self::new(405, "MethodNotAllowed", format!("the server does not allow this method on the requested resource ({method})"))
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource ({method})"),
+        )
     }
     pub fn not_acceptable(message: impl Into<String>) -> Self {
         Self::new(406, "NotAcceptable", message)
@@ -80,13 +88,19 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
     pub fn too_large(limit: usize) -> Self {
-        Self::new(413, "RequestEntityTooLarge", format!("the request body is larger than the limit of {limit} bytes"))
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
     }
     pub fn unsupported_media_type(accepted: &str) -> Self {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: {accepted}"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: {accepted}"
+            ),
         )
     }
     pub fn invalid(message: impl Into<String>, causes: Vec<StatusCause>) -> Self {
@@ -128,7 +142,9 @@ impl ApiError {
                 Value::Array(
                     self.causes
                         .iter()
-                        .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                        .map(
+                            |c| json!({"reason": c.reason, "message": c.message, "field": c.field}),
+                        )
                         .collect(),
                 ),
             );
@@ -163,11 +179,8 @@ mod tests {
 
     #[test]
     fn status_carries_code_reason_and_plural_details() {
-        let e = ApiError::new(404, "NotFound", "workspaces.molecule.ai \"a\" not found").with_details(
-            "molecule.ai",
-            "workspaces",
-            "a",
-        );
+        let e = ApiError::new(404, "NotFound", "workspaces.molecule.ai \"a\" not found")
+            .with_details("molecule.ai", "workspaces", "a");
         let s = e.to_status();
         assert_eq!(s["code"], 404);
         assert_eq!(s["reason"], "NotFound");

@@ -7,8 +7,10 @@ pub mod apply;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod listener;
 pub mod objects;
 pub mod openapi;
+pub mod openapi_v2;
 pub mod registry;
 pub mod selectors;
 pub mod table;
@@ -59,6 +61,8 @@ pub struct ApiServer {
     pub registry: Arc<Registry>,
     pub objects: Arc<Objects>,
     pub openapi: OpenApi,
+    /// The protobuf OpenAPI v2 document (kubectl 1.27's field-validation check).
+    pub openapi_v2: axum::body::Bytes,
     pub token: String,
     pub max_body: usize,
     pub bookmark_every: Duration,
@@ -70,11 +74,19 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// Loads the store and prepares the server (the `default` namespace exists afterwards).
-    pub async fn start(store: Arc<dyn Store>, key: SecretKey, token: String, server_addr: String, config: ApiConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, LoadError> {
+    pub async fn start(
+        store: Arc<dyn Store>,
+        key: SecretKey,
+        token: String,
+        server_addr: String,
+        config: ApiConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, LoadError> {
         let registry = Arc::new(Registry::new(&crate::resources::all_crds()));
         let objects = Objects::start(store, key, config.objects.clone()).await?;
         let api = Arc::new(ApiServer {
             openapi: OpenApi::build(&registry),
+            openapi_v2: axum::body::Bytes::from(openapi_v2::document(&registry)),
             registry,
             objects,
             token,
@@ -86,7 +98,11 @@ impl ApiServer {
         });
         api.ensure_namespace("default").await;
         api.sweep(config.event_ttl_secs).await;
-        tokio::spawn(sweeper(api.clone(), config.sweep_every, config.event_ttl_secs));
+        tokio::spawn(sweeper(
+            api.clone(),
+            config.sweep_every,
+            config.event_ttl_secs,
+        ));
         api.ready.store(true, Ordering::SeqCst);
         Ok(api)
     }
@@ -97,7 +113,9 @@ impl ApiServer {
     }
 
     async fn ensure_namespace(&self, name: &str) {
-        let Some(def) = self.registry.find("", "v1", "namespaces") else { return };
+        let Some(def) = self.registry.find("", "v1", "namespaces") else {
+            return;
+        };
         let key = (def.storage.clone(), String::new(), name.to_string());
         let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
         let r = self
@@ -139,7 +157,9 @@ impl ApiServer {
             )
             .await;
         match r {
-            Ok(r) if r.body["collected"].as_u64().unwrap_or(0) > 0 => tracing::info!(collected = %r.body["collected"], "garbage collected objects whose owners are gone"),
+            Ok(r) if r.body["collected"].as_u64().unwrap_or(0) > 0 => {
+                tracing::info!(collected = %r.body["collected"], "garbage collected objects whose owners are gone")
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "sweep failed"),
         }
@@ -148,17 +168,39 @@ impl ApiServer {
     /// Prometheus text for /metrics.
     pub fn render_metrics(&self) -> String {
         use std::sync::atomic::Ordering::Relaxed;
-        self.metrics.set("molecule_apiserver_objects", &[], self.objects.count() as f64);
-        self.metrics.set("molecule_apiserver_resource_version", &[], self.objects.rv() as f64);
-        self.metrics.set("molecule_store_batches", &[], self.objects.stats.batches.load(Relaxed) as f64);
-        self.metrics.set("molecule_store_writes", &[], self.objects.stats.writes.load(Relaxed) as f64);
-        self.metrics.set("molecule_store_failures", &[], self.objects.stats.failures.load(Relaxed) as f64);
+        self.metrics.set(
+            "molecule_apiserver_objects",
+            &[],
+            self.objects.count() as f64,
+        );
+        self.metrics.set(
+            "molecule_apiserver_resource_version",
+            &[],
+            self.objects.rv() as f64,
+        );
+        self.metrics.set(
+            "molecule_store_batches",
+            &[],
+            self.objects.stats.batches.load(Relaxed) as f64,
+        );
+        self.metrics.set(
+            "molecule_store_writes",
+            &[],
+            self.objects.stats.writes.load(Relaxed) as f64,
+        );
+        self.metrics.set(
+            "molecule_store_failures",
+            &[],
+            self.objects.stats.failures.load(Relaxed) as f64,
+        );
         self.metrics.render()
     }
 
     /// The axum router serving every Kubernetes path.
     pub fn router(self: &Arc<Self>) -> axum::Router {
-        axum::Router::new().fallback(http::handle).with_state(self.clone())
+        axum::Router::new()
+            .fallback(http::handle)
+            .with_state(self.clone())
     }
 }
 

@@ -55,13 +55,19 @@ fn uid_of(v: &Value) -> Option<&str> {
 fn owner_uids(v: &Value) -> Vec<String> {
     v.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
-        .map(|refs| refs.iter().filter_map(|r| r.get("uid").and_then(Value::as_str).map(String::from)).collect())
+        .map(|refs| {
+            refs.iter()
+                .filter_map(|r| r.get("uid").and_then(Value::as_str).map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 impl Inner {
     fn get(&self, key: &Key) -> Option<&Arc<Value>> {
-        self.objects.get(&key.0)?.get(&(key.1.clone(), key.2.clone()))
+        self.objects
+            .get(&key.0)?
+            .get(&(key.1.clone(), key.2.clone()))
     }
 
     fn unindex(&mut self, key: &Key, v: &Value) {
@@ -83,7 +89,10 @@ impl Inner {
             self.by_uid.insert(uid.to_string(), key.clone());
         }
         for owner in owner_uids(v) {
-            self.dependents.entry(owner).or_default().insert(key.clone());
+            self.dependents
+                .entry(owner)
+                .or_default()
+                .insert(key.clone());
         }
     }
 
@@ -162,7 +171,9 @@ impl<'a> Txn<'a> {
             }
         }
         let s: Arc<str> = Arc::from(storage);
-        out.into_iter().filter_map(|((n, name), v)| v.map(|v| ((s.clone(), n, name), v))).collect()
+        out.into_iter()
+            .filter_map(|((n, name), v)| v.map(|v| ((s.clone(), n, name), v)))
+            .collect()
     }
 
     /// The object with this uid, if it exists.
@@ -201,8 +212,18 @@ impl<'a> Txn<'a> {
             m.insert("resourceVersion".into(), Value::String(self.rv.to_string()));
         }
         let obj = Arc::new(obj);
-        let kind = if old.is_some() { ChangeKind::Modified } else { ChangeKind::Added };
-        self.op_events.push(Arc::new(WatchEvent { rv: self.rv, kind, key: key.clone(), old, obj: obj.clone() }));
+        let kind = if old.is_some() {
+            ChangeKind::Modified
+        } else {
+            ChangeKind::Added
+        };
+        self.op_events.push(Arc::new(WatchEvent {
+            rv: self.rv,
+            kind,
+            key: key.clone(),
+            old,
+            obj: obj.clone(),
+        }));
         self.op.insert(key.clone(), Some(obj.clone()));
         obj
     }
@@ -216,7 +237,13 @@ impl<'a> Txn<'a> {
             m.insert("resourceVersion".into(), Value::String(self.rv.to_string()));
         }
         let last = Arc::new(last);
-        self.op_events.push(Arc::new(WatchEvent { rv: self.rv, kind: ChangeKind::Deleted, key: key.clone(), old: Some(old), obj: last.clone() }));
+        self.op_events.push(Arc::new(WatchEvent {
+            rv: self.rv,
+            kind: ChangeKind::Deleted,
+            key: key.clone(),
+            old: Some(old),
+            obj: last.clone(),
+        }));
         self.op.insert(key.clone(), None);
         Some(last)
     }
@@ -244,10 +271,18 @@ pub struct WriteReply {
 
 impl WriteReply {
     pub fn ok(body: Value) -> Self {
-        WriteReply { code: 200, body, warnings: vec![] }
+        WriteReply {
+            code: 200,
+            body,
+            warnings: vec![],
+        }
     }
     pub fn created(body: Value) -> Self {
-        WriteReply { code: 201, body, warnings: vec![] }
+        WriteReply {
+            code: 201,
+            body,
+            warnings: vec![],
+        }
     }
 }
 
@@ -271,7 +306,10 @@ pub struct ObjectsConfig {
 
 impl Default for ObjectsConfig {
     fn default() -> Self {
-        ObjectsConfig { history: 20_000, max_batch: 512 }
+        ObjectsConfig {
+            history: 20_000,
+            max_batch: 512,
+        }
     }
 }
 
@@ -303,27 +341,49 @@ pub enum LoadError {
 }
 
 fn decode(storage: &str, value: &str, key: &SecretKey) -> Result<Value, LoadError> {
-    let text = if storage == SECRETS { key.open(value)? } else { value.to_string() };
+    let text = if storage == SECRETS {
+        key.open(value)?
+    } else {
+        value.to_string()
+    };
     serde_json::from_str(&text).map_err(|_| LoadError::Json(storage.to_string()))
 }
 
 fn encode(storage: &str, obj: &Value, key: &SecretKey) -> String {
     let text = obj.to_string();
-    if storage == SECRETS { key.seal(&text) } else { text }
+    if storage == SECRETS {
+        key.seal(&text)
+    } else {
+        text
+    }
 }
 
 impl Objects {
     /// Loads the persisted state and starts the writer task.
-    pub async fn start(store: Arc<dyn Store>, key: SecretKey, config: ObjectsConfig) -> Result<Arc<Self>, LoadError> {
+    pub async fn start(
+        store: Arc<dyn Store>,
+        key: SecretKey,
+        config: ObjectsConfig,
+    ) -> Result<Arc<Self>, LoadError> {
         let snap = store.load(config.history).await?;
-        let mut inner = Inner { rv: u64::try_from(snap.rv).unwrap_or(0), ..Default::default() };
+        let mut inner = Inner {
+            rv: u64::try_from(snap.rv).unwrap_or(0),
+            ..Default::default()
+        };
         for row in snap.objects {
             let v = decode(&row.resource, &row.value, &key)?;
-            inner.set(&(Arc::from(row.resource.as_str()), row.namespace, row.name), Some(Arc::new(v)));
+            inner.set(
+                &(Arc::from(row.resource.as_str()), row.namespace, row.name),
+                Some(Arc::new(v)),
+            );
         }
         // Rebuild the watch history; `old` is known for keys seen earlier in the history.
         let mut last: HashMap<Key, Arc<Value>> = HashMap::new();
-        inner.compacted = snap.history.first().map(|c| u64::try_from(c.rv - 1).unwrap_or(0)).unwrap_or(inner.rv);
+        inner.compacted = snap
+            .history
+            .first()
+            .map(|c| u64::try_from(c.rv - 1).unwrap_or(0))
+            .unwrap_or(inner.rv);
         for c in snap.history {
             let k: Key = (Arc::from(c.resource.as_str()), c.namespace, c.name);
             let obj = Arc::new(decode(&k.0, &c.value, &key)?);
@@ -333,11 +393,22 @@ impl Objects {
             } else {
                 last.insert(k.clone(), obj.clone());
             }
-            inner.history.push_back(Arc::new(WatchEvent { rv: u64::try_from(c.rv).unwrap_or(0), kind: c.kind, key: k, old, obj }));
+            inner.history.push_back(Arc::new(WatchEvent {
+                rv: u64::try_from(c.rv).unwrap_or(0),
+                kind: c.kind,
+                key: k,
+                old,
+                obj,
+            }));
         }
         let (queue, rx) = mpsc::channel(4096);
         let (events, _) = broadcast::channel(16_384);
-        let objects = Arc::new(Objects { inner: RwLock::new(inner), queue, events, stats: WriteStats::default() });
+        let objects = Arc::new(Objects {
+            inner: RwLock::new(inner),
+            queue,
+            events,
+            stats: WriteStats::default(),
+        });
         tokio::spawn(writer(objects.clone(), store, key, config, rx));
         Ok(objects)
     }
@@ -346,10 +417,15 @@ impl Objects {
     pub async fn write(&self, dry_run: bool, f: WriteFn) -> Result<WriteReply, ApiError> {
         let (tx, rx) = oneshot::channel();
         self.queue
-            .send(Job { f, dry_run, reply: tx })
+            .send(Job {
+                f,
+                dry_run,
+                reply: tx,
+            })
             .await
             .map_err(|_| ApiError::unavailable("the API server is shutting down"))?;
-        rx.await.map_err(|_| ApiError::unavailable("the API server is shutting down"))?
+        rx.await
+            .map_err(|_| ApiError::unavailable("the API server is shutting down"))?
     }
 
     /// The current resourceVersion.
@@ -372,7 +448,12 @@ impl Objects {
         let items = inner
             .objects
             .get(storage)
-            .map(|m| m.iter().filter(|((n, _), _)| ns.is_none_or(|x| x == n)).map(|(_, v)| v.clone()).collect())
+            .map(|m| {
+                m.iter()
+                    .filter(|((n, _), _)| ns.is_none_or(|x| x == n))
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         (inner.rv, items)
     }
@@ -390,14 +471,38 @@ impl Objects {
         let rx = self.events.subscribe();
         let start = match from {
             None => {
-                let snapshot = inner.objects.get(storage).map(|m| m.values().cloned().collect()).unwrap_or_default();
-                WatchStart { rx, rv: inner.rv, snapshot, backlog: vec![] }
+                let snapshot = inner
+                    .objects
+                    .get(storage)
+                    .map(|m| m.values().cloned().collect())
+                    .unwrap_or_default();
+                WatchStart {
+                    rx,
+                    rv: inner.rv,
+                    snapshot,
+                    backlog: vec![],
+                }
             }
-            Some(n) if n >= inner.rv => WatchStart { rx, rv: inner.rv, snapshot: vec![], backlog: vec![] },
+            Some(n) if n >= inner.rv => WatchStart {
+                rx,
+                rv: inner.rv,
+                snapshot: vec![],
+                backlog: vec![],
+            },
             Some(n) if n < inner.compacted => return Err((n, inner.compacted)),
             Some(n) => {
-                let backlog = inner.history.iter().filter(|e| e.rv > n && &*e.key.0 == storage).cloned().collect();
-                WatchStart { rx, rv: inner.rv, snapshot: vec![], backlog }
+                let backlog = inner
+                    .history
+                    .iter()
+                    .filter(|e| e.rv > n && &*e.key.0 == storage)
+                    .cloned()
+                    .collect();
+                WatchStart {
+                    rx,
+                    rv: inner.rv,
+                    snapshot: vec![],
+                    backlog,
+                }
             }
         };
         Ok(start)
@@ -413,7 +518,13 @@ pub struct WatchStart {
     pub backlog: Vec<Arc<WatchEvent>>,
 }
 
-async fn writer(objects: Arc<Objects>, store: Arc<dyn Store>, key: SecretKey, config: ObjectsConfig, mut rx: mpsc::Receiver<Job>) {
+async fn writer(
+    objects: Arc<Objects>,
+    store: Arc<dyn Store>,
+    key: SecretKey,
+    config: ObjectsConfig,
+    mut rx: mpsc::Receiver<Job>,
+) {
     use std::sync::atomic::Ordering::Relaxed;
     let mut store_compacted = objects.read().compacted;
     while let Some(first) = rx.recv().await {
@@ -441,7 +552,10 @@ async fn writer(objects: Arc<Objects>, store: Arc<dyn Store>, key: SecretKey, co
             (replies, txn.events, txn.rv)
         };
         objects.stats.batches.fetch_add(1, Relaxed);
-        objects.stats.writes.fetch_add(replies.len() as u64, Relaxed);
+        objects
+            .stats
+            .writes
+            .fetch_add(replies.len() as u64, Relaxed);
         if !events.is_empty() {
             let rows: Vec<ChangeRow> = events
                 .iter()
@@ -454,11 +568,16 @@ async fn writer(objects: Arc<Objects>, store: Arc<dyn Store>, key: SecretKey, co
                     value: encode(&e.key.0, &e.obj, &key),
                 })
                 .collect();
-            if let Err(err) = store.commit(i64::try_from(rv).unwrap_or(i64::MAX), &rows).await {
+            if let Err(err) = store
+                .commit(i64::try_from(rv).unwrap_or(i64::MAX), &rows)
+                .await
+            {
                 tracing::error!(error = %err, "store commit failed; the batch is refused");
                 objects.stats.failures.fetch_add(1, Relaxed);
                 for (reply, result) in replies {
-                    let _ = reply.send(result.and(Err(ApiError::internal("the write could not be persisted; retry"))));
+                    let _ = reply.send(result.and(Err(ApiError::internal(
+                        "the write could not be persisted; retry",
+                    ))));
                 }
                 continue;
             }
@@ -480,9 +599,14 @@ async fn writer(objects: Arc<Objects>, store: Arc<dyn Store>, key: SecretKey, co
             }
             let floor = objects.read().compacted;
             if floor > store_compacted + (config.history as u64).max(1000) {
-                match store.compact(i64::try_from(floor).unwrap_or(i64::MAX)).await {
+                match store
+                    .compact(i64::try_from(floor).unwrap_or(i64::MAX))
+                    .await
+                {
                     Ok(()) => store_compacted = floor,
-                    Err(err) => tracing::warn!(error = %err, "change-log compaction failed; will retry"),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "change-log compaction failed; will retry")
+                    }
                 }
             }
         }

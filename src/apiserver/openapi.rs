@@ -106,12 +106,20 @@ impl OpenApi {
     pub fn build(reg: &Registry) -> Self {
         let mut docs = BTreeMap::new();
         for (g, v) in reg.group_versions() {
-            let prefix = if g.is_empty() { format!("/api/{v}") } else { format!("/apis/{g}/{v}") };
+            let prefix = if g.is_empty() {
+                format!("/api/{v}")
+            } else {
+                format!("/apis/{g}/{v}")
+            };
             let mut paths = Map::new();
             let mut schemas = Map::new();
             schemas.insert(OBJECT_META.into(), object_meta_schema());
             for d in reg.in_group_version(&g, &v) {
-                let base = if d.namespaced { format!("{prefix}/namespaces/{{namespace}}/{}", d.plural) } else { format!("{prefix}/{}", d.plural) };
+                let base = if d.namespaced {
+                    format!("{prefix}/namespaces/{{namespace}}/{}", d.plural)
+                } else {
+                    format!("{prefix}/{}", d.plural)
+                };
                 paths.insert(base.clone(), operations(d, false));
                 paths.insert(format!("{base}/{{name}}"), operations(d, true));
                 if d.status_subresource {
@@ -137,7 +145,12 @@ impl OpenApi {
         let paths: Map<String, Value> = self
             .docs
             .iter()
-            .map(|(k, (hash, _))| (k.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{k}?hash={hash}")})))
+            .map(|(k, (hash, _))| {
+                (
+                    k.clone(),
+                    json!({"serverRelativeURL": format!("/openapi/v3/{k}?hash={hash}")}),
+                )
+            })
             .collect();
         json!({"paths": paths})
     }
@@ -152,16 +165,42 @@ mod tests {
         let reg = Registry::new(&crate::resources::all_crds());
         let api = OpenApi::build(&reg);
         let (_, doc) = api.docs.get("apis/molecule.ai/v1alpha1").expect("doc");
-        let patch = &doc["paths"]["/apis/molecule.ai/v1alpha1/namespaces/{namespace}/workspaces/{name}"]["patch"];
-        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Workspace");
-        assert!(patch["parameters"].as_array().expect("p").iter().any(|p| p["name"] == "fieldValidation"));
-        assert!(patch["requestBody"]["content"].get("application/strategic-merge-patch+json").is_none());
+        let patch = &doc["paths"]["/apis/molecule.ai/v1alpha1/namespaces/{namespace}/workspaces/{name}"]
+            ["patch"];
+        assert_eq!(
+            patch["x-kubernetes-group-version-kind"]["kind"],
+            "Workspace"
+        );
+        assert!(
+            patch["parameters"]
+                .as_array()
+                .expect("p")
+                .iter()
+                .any(|p| p["name"] == "fieldValidation")
+        );
+        assert!(
+            patch["requestBody"]["content"]
+                .get("application/strategic-merge-patch+json")
+                .is_none()
+        );
         let schema = &doc["components"]["schemas"]["ai.molecule.v1alpha1.Workspace"];
-        assert_eq!(schema["x-kubernetes-group-version-kind"][0]["kind"], "Workspace");
+        assert_eq!(
+            schema["x-kubernetes-group-version-kind"][0]["kind"],
+            "Workspace"
+        );
         assert!(schema["properties"]["spec"]["properties"]["tier"].is_object());
         assert!(api.docs.contains_key("api/v1"));
-        assert!(api.root()["paths"]["apis/molecule.ai/v1alpha1"]["serverRelativeURL"].as_str().expect("url").contains("?hash="));
+        assert!(
+            api.root()["paths"]["apis/molecule.ai/v1alpha1"]["serverRelativeURL"]
+                .as_str()
+                .expect("url")
+                .contains("?hash=")
+        );
         // Cluster-scoped kinds have no namespace segment.
-        assert!(doc["paths"].get("/apis/molecule.ai/v1alpha1/runtimes/{name}").is_some());
+        assert!(
+            doc["paths"]
+                .get("/apis/molecule.ai/v1alpha1/runtimes/{name}")
+                .is_some()
+        );
     }
 }

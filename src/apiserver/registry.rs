@@ -56,15 +56,27 @@ pub struct ResourceDef {
 impl ResourceDef {
     /// `molecule.ai/v1alpha1` or `v1`.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
     /// `workspaces.molecule.ai` or `secrets`: how the real server names a resource in messages.
     pub fn qualified(&self) -> String {
-        if self.group.is_empty() { self.plural.clone() } else { format!("{}.{}", self.plural, self.group) }
+        if self.group.is_empty() {
+            self.plural.clone()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
     }
     /// `Workspace.molecule.ai`, as used in Invalid messages.
     pub fn kind_qualified(&self) -> String {
-        if self.group.is_empty() { self.kind.clone() } else { format!("{}.{}", self.kind, self.group) }
+        if self.group.is_empty() {
+            self.kind.clone()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        }
     }
 }
 
@@ -77,14 +89,18 @@ pub struct Registry {
 impl Registry {
     /// The registry for the given CRDs plus the built-in core kinds.
     pub fn new(crds: &[CustomResourceDefinition]) -> Self {
-        let mut defs: Vec<Arc<ResourceDef>> = crds.iter().filter_map(def_from_crd).map(Arc::new).collect();
+        let mut defs: Vec<Arc<ResourceDef>> =
+            crds.iter().filter_map(def_from_crd).map(Arc::new).collect();
         defs.extend(core_defs().into_iter().map(Arc::new));
         Registry { defs }
     }
 
     /// Looks a resource up by group, version and plural.
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceDef>> {
-        self.defs.iter().find(|d| d.group == group && d.version == version && d.plural == plural).cloned()
+        self.defs
+            .iter()
+            .find(|d| d.group == group && d.version == version && d.plural == plural)
+            .cloned()
     }
 
     /// Every (group, version) served, groups in registration order.
@@ -100,24 +116,41 @@ impl Registry {
     }
 
     /// Resources of one group-version.
-    pub fn in_group_version<'a>(&'a self, group: &'a str, version: &'a str) -> impl Iterator<Item = &'a Arc<ResourceDef>> {
-        self.defs.iter().filter(move |d| d.group == group && d.version == version)
+    pub fn in_group_version<'a>(
+        &'a self,
+        group: &'a str,
+        version: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<ResourceDef>> {
+        self.defs
+            .iter()
+            .filter(move |d| d.group == group && d.version == version)
     }
 
     /// The view through which a stored object of `storage` is addressed by uid (first match).
     pub fn by_storage(&self, storage: &str) -> Option<Arc<ResourceDef>> {
-        self.defs.iter().find(|d| &*d.storage == storage && d.view == View::Plain).cloned()
+        self.defs
+            .iter()
+            .find(|d| &*d.storage == storage && d.view == View::Plain)
+            .cloned()
     }
 }
 
-const CR_FIELDS: &[(&str, &str)] = &[("metadata.name", "/metadata/name"), ("metadata.namespace", "/metadata/namespace")];
+const CR_FIELDS: &[(&str, &str)] = &[
+    ("metadata.name", "/metadata/name"),
+    ("metadata.namespace", "/metadata/namespace"),
+];
 
 fn def_from_crd(crd: &CustomResourceDefinition) -> Option<ResourceDef> {
     let version = crd.spec.versions.iter().find(|v| v.served)?;
-    let schema = serde_json::to_value(version.schema.as_ref()?.open_api_v3_schema.as_ref()?).ok()?;
+    let schema =
+        serde_json::to_value(version.schema.as_ref()?.open_api_v3_schema.as_ref()?).ok()?;
     let names = &crd.spec.names;
     let mut columns = vec![];
-    for c in version.additional_printer_columns.as_deref().unwrap_or_default() {
+    for c in version
+        .additional_printer_columns
+        .as_deref()
+        .unwrap_or_default()
+    {
         columns.push(Column {
             name: c.name.clone(),
             type_: c.type_.clone(),
@@ -127,13 +160,20 @@ fn def_from_crd(crd: &CustomResourceDefinition) -> Option<ResourceDef> {
             json_path: c.json_path.clone(),
         });
     }
-    let status_subresource = version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some();
+    let status_subresource = version
+        .subresources
+        .as_ref()
+        .and_then(|s| s.status.as_ref())
+        .is_some();
     Some(ResourceDef {
         group: crd.spec.group.clone(),
         version: version.name.clone(),
         kind: names.kind.clone(),
         plural: names.plural.clone(),
-        singular: names.singular.clone().unwrap_or_else(|| names.kind.to_lowercase()),
+        singular: names
+            .singular
+            .clone()
+            .unwrap_or_else(|| names.kind.to_lowercase()),
         short_names: names.short_names.clone().unwrap_or_default(),
         categories: names.categories.clone().unwrap_or_default(),
         namespaced: crd.spec.scope == "Namespaced",
@@ -164,7 +204,10 @@ fn object_schema(description: &str, properties: Value) -> Value {
     if let Some(m) = props.as_object_mut() {
         m.insert("apiVersion".into(), json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
         m.insert("kind".into(), json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
-        m.insert("metadata".into(), json!({"type": "object", "description": "Standard object's metadata."}));
+        m.insert(
+            "metadata".into(),
+            json!({"type": "object", "description": "Standard object's metadata."}),
+        );
     }
     json!({"type": "object", "description": description, "properties": props})
 }
@@ -198,7 +241,10 @@ fn core_defs() -> Vec<ResourceDef> {
         ("involvedObject.name", "/involvedObject/name"),
         ("involvedObject.uid", "/involvedObject/uid"),
         ("involvedObject.apiVersion", "/involvedObject/apiVersion"),
-        ("involvedObject.resourceVersion", "/involvedObject/resourceVersion"),
+        (
+            "involvedObject.resourceVersion",
+            "/involvedObject/resourceVersion",
+        ),
         ("involvedObject.fieldPath", "/involvedObject/fieldPath"),
         ("reason", "/reason"),
         ("reportingComponent", "/reportingComponent"),
@@ -252,13 +298,28 @@ fn core_defs() -> Vec<ResourceDef> {
                 }),
             ),
             columns: vec![
-                col("Name", "string", ".metadata.name", 0, "Name of the namespace"),
-                col("Status", "string", ".status.phase", 0, "The phase of the namespace"),
+                col(
+                    "Name",
+                    "string",
+                    ".metadata.name",
+                    0,
+                    "Name of the namespace",
+                ),
+                col(
+                    "Status",
+                    "string",
+                    ".status.phase",
+                    0,
+                    "The phase of the namespace",
+                ),
                 col("Age", "date", ".metadata.creationTimestamp", 0, ""),
             ],
             storage: Arc::from("core/namespaces"),
             view: View::Plain,
-            field_selectors: vec![("metadata.name", "/metadata/name"), ("status.phase", "/status/phase")],
+            field_selectors: vec![
+                ("metadata.name", "/metadata/name"),
+                ("status.phase", "/status/phase"),
+            ],
             label_names: true,
         },
         ResourceDef {
@@ -284,7 +345,13 @@ fn core_defs() -> Vec<ResourceDef> {
             columns: vec![
                 col("Name", "string", ".metadata.name", 0, "Name of the secret"),
                 col("Type", "string", ".type", 0, "The type of the secret"),
-                col("Data", "integer", "#datacount", 0, "The number of keys in the secret"),
+                col(
+                    "Data",
+                    "integer",
+                    "#datacount",
+                    0,
+                    "The number of keys in the secret",
+                ),
                 col("Age", "date", ".metadata.creationTimestamp", 0, ""),
             ],
             storage: Arc::from("core/secrets"),
@@ -309,12 +376,30 @@ fn core_defs() -> Vec<ResourceDef> {
             custom: false,
             schema: core_event_schema,
             columns: vec![
-                col("Last Seen", "date", "#lastseen", 0, "Time of the last occurrence"),
+                col(
+                    "Last Seen",
+                    "date",
+                    "#lastseen",
+                    0,
+                    "Time of the last occurrence",
+                ),
                 col("Type", "string", ".type", 0, "Normal or Warning"),
                 col("Reason", "string", ".reason", 0, "Why"),
-                col("Object", "string", "#involved", 0, "The object this event is about"),
+                col(
+                    "Object",
+                    "string",
+                    "#involved",
+                    0,
+                    "The object this event is about",
+                ),
                 col("Message", "string", ".message", 0, "What happened"),
-                col("Source", "string", ".reportingComponent", 1, "The reporting component"),
+                col(
+                    "Source",
+                    "string",
+                    ".reportingComponent",
+                    1,
+                    "The reporting component",
+                ),
                 col("Count", "integer", ".count", 1, "Occurrences"),
                 col("Name", "string", ".metadata.name", 1, "Event name"),
             ],
@@ -371,7 +456,13 @@ fn core_defs() -> Vec<ResourceDef> {
             ),
             columns: vec![
                 col("Name", "string", ".metadata.name", 0, ""),
-                col("Holder", "string", ".spec.holderIdentity", 0, "The current holder"),
+                col(
+                    "Holder",
+                    "string",
+                    ".spec.holderIdentity",
+                    0,
+                    "The current holder",
+                ),
                 col("Age", "date", ".metadata.creationTimestamp", 0, ""),
             ],
             storage: Arc::from("coordination.k8s.io/leases"),
@@ -389,17 +480,24 @@ mod tests {
     #[test]
     fn registry_serves_crds_and_core_kinds() {
         let r = Registry::new(&crate::resources::all_crds());
-        let ws = r.find("molecule.ai", "v1alpha1", "workspaces").expect("workspaces");
+        let ws = r
+            .find("molecule.ai", "v1alpha1", "workspaces")
+            .expect("workspaces");
         assert!(ws.namespaced && ws.status_subresource && ws.custom);
         assert_eq!(ws.short_names, vec!["ws"]);
         assert!(ws.columns.iter().any(|c| c.name == "Phase"));
-        let rt = r.find("molecule.ai", "v1alpha1", "runtimes").expect("runtimes");
+        let rt = r
+            .find("molecule.ai", "v1alpha1", "runtimes")
+            .expect("runtimes");
         assert!(!rt.namespaced);
         let core = r.find("", "v1", "events").expect("core events");
         let v1 = r.find("events.k8s.io", "v1", "events").expect("v1 events");
         assert_eq!(core.storage, v1.storage);
         assert!(r.find("", "v1", "secrets").is_some());
         assert!(r.find("coordination.k8s.io", "v1", "leases").is_some());
-        assert_eq!(r.by_storage("core/events").map(|d| d.group.clone()), Some(String::new()));
+        assert_eq!(
+            r.by_storage("core/events").map(|d| d.group.clone()),
+            Some(String::new())
+        );
     }
 }

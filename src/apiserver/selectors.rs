@@ -41,11 +41,14 @@ fn split_top(s: &str) -> Vec<&str> {
 fn valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 317
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
 fn valid_value(v: &str) -> bool {
-    v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 impl LabelSelector {
@@ -70,9 +73,15 @@ impl LabelSelector {
             } else if let Some((k, v)) = p.split_once('=') {
                 LabelReq::Eq(k.trim().into(), v.trim().into())
             } else if let Some((k, rest)) = split_set_op(p, " notin ") {
-                LabelReq::NotIn(k, parse_set(rest).ok_or_else(|| bad(&format!("invalid set in {p:?}")))?)
+                LabelReq::NotIn(
+                    k,
+                    parse_set(rest).ok_or_else(|| bad(&format!("invalid set in {p:?}")))?,
+                )
             } else if let Some((k, rest)) = split_set_op(p, " in ") {
-                LabelReq::In(k, parse_set(rest).ok_or_else(|| bad(&format!("invalid set in {p:?}")))?)
+                LabelReq::In(
+                    k,
+                    parse_set(rest).ok_or_else(|| bad(&format!("invalid set in {p:?}")))?,
+                )
             } else {
                 LabelReq::Exists(p.to_string())
             };
@@ -113,13 +122,20 @@ impl LabelSelector {
 
 fn split_set_op(p: &str, op: &str) -> Option<(String, String)> {
     let idx = p.find(op)?;
-    Some((p[..idx].trim().to_string(), p[idx + op.len()..].trim().to_string()))
+    Some((
+        p[..idx].trim().to_string(),
+        p[idx + op.len()..].trim().to_string(),
+    ))
 }
 
 fn parse_set(s: String) -> Option<Vec<String>> {
     let inner = s.strip_prefix('(')?.strip_suffix(')')?;
     let vals: Vec<String> = inner.split(',').map(|v| v.trim().to_string()).collect();
-    if vals.iter().any(String::is_empty) { None } else { Some(vals) }
+    if vals.iter().any(String::is_empty) {
+        None
+    } else {
+        Some(vals)
+    }
 }
 
 /// One field requirement, resolved to a JSON pointer.
@@ -150,13 +166,21 @@ impl FieldSelector {
             } else if let Some((f, v)) = p.split_once('=') {
                 (f, v, false)
             } else {
-                return Err(ApiError::bad_request(format!("invalid selector: '{s}'; can't understand '{p}'")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid selector: '{s}'; can't understand '{p}'"
+                )));
             };
             let field = field.trim();
             let Some((_, pointer)) = supported.iter().find(|(l, _)| *l == field) else {
-                return Err(ApiError::bad_request(format!("field label not supported: {field}")));
+                return Err(ApiError::bad_request(format!(
+                    "field label not supported: {field}"
+                )));
             };
-            reqs.push(FieldReq { pointer, value: value.trim().to_string(), negate });
+            reqs.push(FieldReq {
+                pointer,
+                value: value.trim().to_string(),
+                negate,
+            });
         }
         Ok(FieldSelector(reqs))
     }
@@ -204,7 +228,11 @@ mod tests {
             ("missing notin (x)", true),
             ("", true),
         ] {
-            assert_eq!(LabelSelector::parse(sel).expect(sel).matches(&o), want, "{sel}");
+            assert_eq!(
+                LabelSelector::parse(sel).expect(sel).matches(&o),
+                want,
+                "{sel}"
+            );
         }
     }
 
@@ -218,11 +246,26 @@ mod tests {
 
     #[test]
     fn field_selectors_resolve_supported_fields_only() {
-        let supported = [("metadata.name", "/metadata/name"), ("involvedObject.uid", "/involvedObject/uid")];
+        let supported = [
+            ("metadata.name", "/metadata/name"),
+            ("involvedObject.uid", "/involvedObject/uid"),
+        ];
         let o = obj(json!({}));
-        assert!(FieldSelector::parse("metadata.name=a", &supported).expect("ok").matches(&o));
-        assert!(!FieldSelector::parse("metadata.name!=a", &supported).expect("ok").matches(&o));
-        assert!(FieldSelector::parse("involvedObject.uid=", &supported).expect("ok").matches(&o));
+        assert!(
+            FieldSelector::parse("metadata.name=a", &supported)
+                .expect("ok")
+                .matches(&o)
+        );
+        assert!(
+            !FieldSelector::parse("metadata.name!=a", &supported)
+                .expect("ok")
+                .matches(&o)
+        );
+        assert!(
+            FieldSelector::parse("involvedObject.uid=", &supported)
+                .expect("ok")
+                .matches(&o)
+        );
         let e = FieldSelector::parse("spec.foo=1", &supported).expect_err("unsupported");
         assert_eq!(e.code, 400);
         assert!(e.message.contains("field label not supported: spec.foo"));

@@ -33,20 +33,36 @@ pub fn human_duration(secs: i64) -> String {
     if s < 120 {
         format!("{s}s")
     } else if m < 10 {
-        if s % 60 == 0 { format!("{m}m") } else { format!("{m}m{}s", s % 60) }
+        if s % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", s % 60)
+        }
     } else if m < 180 {
         format!("{m}m")
     } else if h < 8 {
-        if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) }
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
     } else if h < 48 {
         format!("{h}h")
     } else if h < 24 * 8 {
-        if h % 24 == 0 { format!("{d}d") } else { format!("{d}d{}h", h % 24) }
+        if h % 24 == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{}h", h % 24)
+        }
     } else if d < 365 * 2 {
         format!("{d}d")
     } else if d < 365 * 8 {
         let y = d / 365;
-        if d % 365 == 0 { format!("{y}y") } else { format!("{y}y{}d", d % 365) }
+        if d % 365 == 0 {
+            format!("{y}y")
+        } else {
+            format!("{y}y{}d", d % 365)
+        }
     } else {
         format!("{}y", d / 365)
     }
@@ -75,23 +91,41 @@ pub fn jsonpath<'a>(root: &'a Value, path: &str) -> Vec<&'a Value> {
             }
             current = current.into_iter().filter_map(|v| v.get(key)).collect();
         } else if let Some(r) = rest.strip_prefix('[') {
-            let Some(close) = find_bracket_end(r) else { return vec![] };
+            let Some(close) = find_bracket_end(r) else {
+                return vec![];
+            };
             let inner = &r[..close];
             rest = &r[close + 1..];
             current = if inner == "*" {
-                current.into_iter().flat_map(|v| v.as_array().map(|a| a.iter().collect::<Vec<_>>()).unwrap_or_default()).collect()
-            } else if let Some(filter) = inner.strip_prefix("?(").and_then(|f| f.strip_suffix(')')) {
-                let Some((lhs, rhs)) = filter.split_once("==") else { return vec![] };
+                current
+                    .into_iter()
+                    .flat_map(|v| {
+                        v.as_array()
+                            .map(|a| a.iter().collect::<Vec<_>>())
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            } else if let Some(filter) = inner.strip_prefix("?(").and_then(|f| f.strip_suffix(')'))
+            {
+                let Some((lhs, rhs)) = filter.split_once("==") else {
+                    return vec![];
+                };
                 let key = lhs.trim().trim_start_matches("@.");
                 let want = rhs.trim().trim_matches('"').trim_matches('\'');
                 current
                     .into_iter()
-                    .flat_map(|v| v.as_array().map(|a| a.iter().collect::<Vec<_>>()).unwrap_or_default())
-                    .filter(|item| match item.pointer(&format!("/{}", key.replace('.', "/"))) {
-                        Some(Value::String(s)) => s == want,
-                        Some(other) => other.to_string() == want,
-                        None => false,
+                    .flat_map(|v| {
+                        v.as_array()
+                            .map(|a| a.iter().collect::<Vec<_>>())
+                            .unwrap_or_default()
                     })
+                    .filter(
+                        |item| match item.pointer(&format!("/{}", key.replace('.', "/"))) {
+                            Some(Value::String(s)) => s == want,
+                            Some(other) => other.to_string() == want,
+                            None => false,
+                        },
+                    )
                     .collect()
             } else if let Ok(i) = inner.parse::<usize>() {
                 current.into_iter().filter_map(|v| v.get(i)).collect()
@@ -125,17 +159,43 @@ fn find_bracket_end(s: &str) -> Option<usize> {
 
 fn cell(col: &Column, obj: &Value, now: i64) -> Value {
     match col.json_path.as_str() {
-        "#datacount" => return json!(obj.get("data").and_then(Value::as_object).map(|m| m.len()).unwrap_or(0)),
+        "#datacount" => {
+            return json!(
+                obj.get("data")
+                    .and_then(Value::as_object)
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            );
+        }
         "#involved" => {
-            let kind = obj.pointer("/involvedObject/kind").and_then(Value::as_str).unwrap_or("");
-            let name = obj.pointer("/involvedObject/name").and_then(Value::as_str).unwrap_or("");
+            let kind = obj
+                .pointer("/involvedObject/kind")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let name = obj
+                .pointer("/involvedObject/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             return json!(format!("{}/{}", kind.to_lowercase(), name));
         }
         "#lastseen" => {
-            let ts = ["/series/lastObservedTime", "/lastTimestamp", "/eventTime", "/firstTimestamp", "/metadata/creationTimestamp"]
-                .iter()
-                .find_map(|p| obj.pointer(p).and_then(Value::as_str).filter(|s| !s.is_empty()));
-            return ts.and_then(|t| age(t, now)).map(Value::String).unwrap_or(Value::Null);
+            let ts = [
+                "/series/lastObservedTime",
+                "/lastTimestamp",
+                "/eventTime",
+                "/firstTimestamp",
+                "/metadata/creationTimestamp",
+            ]
+            .iter()
+            .find_map(|p| {
+                obj.pointer(p)
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+            });
+            return ts
+                .and_then(|t| age(t, now))
+                .map(Value::String)
+                .unwrap_or(Value::Null);
         }
         _ => {}
     }
@@ -144,7 +204,11 @@ fn cell(col: &Column, obj: &Value, now: i64) -> Value {
         return Value::Null;
     }
     match col.type_.as_str() {
-        "date" => vals[0].as_str().and_then(|t| age(t, now)).map(Value::String).unwrap_or(Value::Null),
+        "date" => vals[0]
+            .as_str()
+            .and_then(|t| age(t, now))
+            .map(Value::String)
+            .unwrap_or(Value::Null),
         "integer" | "number" | "boolean" if vals.len() == 1 => vals[0].clone(),
         _ => {
             let parts: Vec<String> = vals
@@ -167,7 +231,10 @@ pub fn column_definitions(def: &ResourceDef) -> Vec<Value> {
     })];
     for c in def.columns.iter().filter(|c| c.name != "Name") {
         let description = if c.description.is_empty() {
-            format!("Custom resource definition column (in JSONPath format): {}", c.json_path)
+            format!(
+                "Custom resource definition column (in JSONPath format): {}",
+                c.json_path
+            )
         } else {
             c.description.clone()
         };
@@ -182,9 +249,19 @@ pub fn column_definitions(def: &ResourceDef) -> Vec<Value> {
 
 /// One row for `obj` (served form).
 pub fn row(def: &ResourceDef, obj: &Value, include: IncludeObject, now: i64) -> Value {
-    let mut cells = vec![obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
+    let mut cells = vec![
+        obj.pointer("/metadata/name")
+            .cloned()
+            .unwrap_or(Value::Null),
+    ];
     if def.columns.is_empty() {
-        cells.push(obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str).and_then(|t| age(t, now)).map(Value::String).unwrap_or(Value::Null));
+        cells.push(
+            obj.pointer("/metadata/creationTimestamp")
+                .and_then(Value::as_str)
+                .and_then(|t| age(t, now))
+                .map(Value::String)
+                .unwrap_or(Value::Null),
+        );
     }
     for c in def.columns.iter().filter(|c| c.name != "Name") {
         cells.push(cell(c, obj, now));
@@ -204,7 +281,13 @@ pub fn partial_metadata(obj: &Value) -> Value {
 }
 
 /// A whole Table. `with_columns` is false for the later events of a watch.
-pub fn table(def: &ResourceDef, objs: &[&Value], include: IncludeObject, rv: &str, with_columns: bool) -> Value {
+pub fn table(
+    def: &ResourceDef,
+    objs: &[&Value],
+    include: IncludeObject,
+    rv: &str,
+    with_columns: bool,
+) -> Value {
     let now = jiff::Timestamp::now().as_second();
     let rows: Vec<Value> = objs.iter().map(|o| row(def, o, include, now)).collect();
     json!({
@@ -222,7 +305,18 @@ mod tests {
 
     #[test]
     fn human_durations_match_kubectl() {
-        for (s, want) in [(0, "0s"), (45, "45s"), (119, "119s"), (182, "3m2s"), (600, "10m"), (3 * 3600 + 600, "3h10m"), (9 * 3600, "9h"), (3 * 86400, "3d"), (3 * 86400 + 7200, "3d2h"), (400 * 86400, "400d")] {
+        for (s, want) in [
+            (0, "0s"),
+            (45, "45s"),
+            (119, "119s"),
+            (182, "3m2s"),
+            (600, "10m"),
+            (3 * 3600 + 600, "3h10m"),
+            (9 * 3600, "9h"),
+            (3 * 86400, "3d"),
+            (3 * 86400 + 7200, "3d2h"),
+            (400 * 86400, "400d"),
+        ] {
             assert_eq!(human_duration(s), want, "{s}");
         }
     }
@@ -231,7 +325,10 @@ mod tests {
     fn jsonpath_subset() {
         let o = json!({"status": {"phase": "Online", "conditions": [{"type": "Healthy", "status": "False"}, {"type": "Ready", "status": "True"}]}, "spec": {"tier": 2, "env": [{"name": "A"}, {"name": "B"}]}});
         assert_eq!(jsonpath(&o, ".status.phase"), vec![&json!("Online")]);
-        assert_eq!(jsonpath(&o, ".status.conditions[?(@.type==\"Ready\")].status"), vec![&json!("True")]);
+        assert_eq!(
+            jsonpath(&o, ".status.conditions[?(@.type==\"Ready\")].status"),
+            vec![&json!("True")]
+        );
         assert_eq!(jsonpath(&o, ".spec.env[*].name").len(), 2);
         assert_eq!(jsonpath(&o, ".spec.env[1].name"), vec![&json!("B")]);
         assert!(jsonpath(&o, ".spec.missing.deeper").is_empty());
@@ -240,12 +337,22 @@ mod tests {
     #[test]
     fn workspace_table_has_name_columns_and_metadata_objects() {
         let reg = crate::apiserver::registry::Registry::new(&crate::resources::all_crds());
-        let def = reg.find("molecule.ai", "v1alpha1", "workspaces").expect("ws");
+        let def = reg
+            .find("molecule.ai", "v1alpha1", "workspaces")
+            .expect("ws");
         let o = json!({"metadata": {"name": "alpha", "namespace": "default", "creationTimestamp": "2020-01-01T00:00:00Z", "labels": {"a": "b"}},
             "spec": {"runtime": "echo", "tier": 2}, "status": {"phase": "Online"}});
         let t = table(&def, &[&o], IncludeObject::Metadata, "7", true);
-        let cols: Vec<&str> = t["columnDefinitions"].as_array().expect("cols").iter().filter_map(|c| c["name"].as_str()).collect();
-        assert_eq!(&cols[..6], &["Name", "Runtime", "Tier", "Phase", "Ready", "Age"]);
+        let cols: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .expect("cols")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(
+            &cols[..6],
+            &["Name", "Runtime", "Tier", "Phase", "Ready", "Age"]
+        );
         let cells = &t["rows"][0]["cells"];
         assert_eq!(cells[0], "alpha");
         assert_eq!(cells[2], 2);

@@ -59,7 +59,12 @@ const FOREGROUND: &str = "foregroundDeletion";
 
 /// `workspaces.molecule.ai "alpha" not found`
 pub fn not_found(def: &ResourceDef, name: &str) -> ApiError {
-    ApiError::new(404, "NotFound", format!("{} {name:?} not found", def.qualified())).with_details(&def.group, &def.plural, name)
+    ApiError::new(
+        404,
+        "NotFound",
+        format!("{} {name:?} not found", def.qualified()),
+    )
+    .with_details(&def.group, &def.plural, name)
 }
 
 /// The 409 for a stale resourceVersion.
@@ -77,13 +82,28 @@ pub fn conflict(def: &ResourceDef, name: &str) -> ApiError {
 
 /// A 422 naming the object and listing causes, in the real server's wording.
 pub fn invalid(def: &ResourceDef, name: &str, causes: Vec<StatusCause>) -> ApiError {
-    let parts: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
-    let joined = if parts.len() == 1 { parts[0].clone() } else { format!("[{}]", parts.join(", ")) };
-    ApiError::invalid(format!("{} {name:?} is invalid: {joined}", def.kind_qualified()), causes).with_details(&def.group, &def.plural, name)
+    let parts: Vec<String> = causes
+        .iter()
+        .map(|c| format!("{}: {}", c.field, c.message))
+        .collect();
+    let joined = if parts.len() == 1 {
+        parts[0].clone()
+    } else {
+        format!("[{}]", parts.join(", "))
+    };
+    ApiError::invalid(
+        format!("{} {name:?} is invalid: {joined}", def.kind_qualified()),
+        causes,
+    )
+    .with_details(&def.group, &def.plural, name)
 }
 
 fn cause(field: &str, reason: &str, message: impl Into<String>) -> StatusCause {
-    StatusCause { field: field.into(), reason: reason.into(), message: message.into() }
+    StatusCause {
+        field: field.into(),
+        reason: reason.into(),
+        message: message.into(),
+    }
 }
 
 fn meta(v: &Value) -> Option<&Map<String, Value>> {
@@ -95,7 +115,9 @@ fn meta_mut(v: &mut Value) -> &mut Map<String, Value> {
         v["metadata"] = json!({});
     }
     // Just ensured to be an object.
-    v["metadata"].as_object_mut().expect("metadata is an object")
+    v["metadata"]
+        .as_object_mut()
+        .expect("metadata is an object")
 }
 
 fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
@@ -106,7 +128,11 @@ fn finalizers(v: &Value) -> Vec<String> {
     meta(v)
         .and_then(|m| m.get("finalizers"))
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|f| f.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -192,7 +218,10 @@ pub fn to_storage(def: &ResourceDef, served: Value) -> Value {
 /// Checks and fills apiVersion/kind.
 pub fn check_type_meta(def: &ResourceDef, obj: &mut Value) -> Result<(), ApiError> {
     let Some(m) = obj.as_object_mut() else {
-        return Err(ApiError::bad_request(format!("the object provided is unrecognized (must be of type {})", def.kind)));
+        return Err(ApiError::bad_request(format!(
+            "the object provided is unrecognized (must be of type {})",
+            def.kind
+        )));
     };
     let want_av = def.api_version();
     match m.get("apiVersion").and_then(Value::as_str) {
@@ -205,7 +234,10 @@ pub fn check_type_meta(def: &ResourceDef, obj: &mut Value) -> Result<(), ApiErro
     }
     match m.get("kind").and_then(Value::as_str) {
         Some(k) if k != def.kind => {
-            return Err(ApiError::bad_request(format!("the kind in the data ({k}) does not match the expected kind ({})", def.kind)));
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                def.kind
+            )));
         }
         _ => {}
     }
@@ -215,7 +247,11 @@ pub fn check_type_meta(def: &ResourceDef, obj: &mut Value) -> Result<(), ApiErro
 }
 
 /// Takes the namespace from the URL; a different one in the body is a 400.
-pub fn check_namespace(def: &ResourceDef, url_ns: Option<&str>, obj: &mut Value) -> Result<String, ApiError> {
+pub fn check_namespace(
+    def: &ResourceDef,
+    url_ns: Option<&str>,
+    obj: &mut Value,
+) -> Result<String, ApiError> {
     let body_ns = meta_str(obj, "namespace").map(String::from);
     if !def.namespaced {
         meta_mut(obj).remove("namespace");
@@ -225,7 +261,9 @@ pub fn check_namespace(def: &ResourceDef, url_ns: Option<&str>, obj: &mut Value)
     if let Some(b) = body_ns.filter(|b| !b.is_empty())
         && b != ns
     {
-        return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
     }
     meta_mut(obj).insert("namespace".into(), json!(ns));
     Ok(ns)
@@ -233,15 +271,52 @@ pub fn check_namespace(def: &ResourceDef, url_ns: Option<&str>, obj: &mut Value)
 
 /// Schema and metadata validation, with unknown fields handled by `mode`.
 /// Returns the warnings to send.
-pub fn validate(def: &ResourceDef, obj: &mut Value, mode: FieldValidation) -> Result<Vec<String>, ApiError> {
-    let name = meta_str(obj, "name").or_else(|| meta_str(obj, "generateName")).unwrap_or("").to_string();
-    let rule = if def.label_names { NameRule::Label } else { NameRule::Subdomain };
+pub fn validate(
+    def: &ResourceDef,
+    obj: &mut Value,
+    mode: FieldValidation,
+) -> Result<Vec<String>, ApiError> {
+    check(def, obj, mode, false)
+}
+
+/// Validation of a partial object (a server-side apply configuration): missing required
+/// fields are fine there; the merged result is validated in full afterwards.
+pub fn validate_partial(
+    def: &ResourceDef,
+    obj: &mut Value,
+    mode: FieldValidation,
+) -> Result<Vec<String>, ApiError> {
+    check(def, obj, mode, true)
+}
+
+fn check(
+    def: &ResourceDef,
+    obj: &mut Value,
+    mode: FieldValidation,
+    partial: bool,
+) -> Result<Vec<String>, ApiError> {
+    let name = meta_str(obj, "name")
+        .or_else(|| meta_str(obj, "generateName"))
+        .unwrap_or("")
+        .to_string();
+    let rule = if def.label_names {
+        NameRule::Label
+    } else {
+        NameRule::Subdomain
+    };
     let mut m = validation::validate_metadata(obj, rule);
     let s = validation::validate(&def.schema, obj);
     m.unknown.extend(s.unknown);
     m.invalid.extend(s.invalid);
+    if partial {
+        m.invalid.retain(|c| c.reason != "FieldValueRequired");
+    }
     if mode == FieldValidation::Strict && !m.unknown.is_empty() {
-        let list: Vec<String> = m.unknown.iter().map(|u| format!("unknown field {u:?}")).collect();
+        let list: Vec<String> = m
+            .unknown
+            .iter()
+            .map(|u| format!("unknown field {u:?}"))
+            .collect();
         return Err(ApiError::bad_request(format!(
             "{} in version {:?} cannot be handled as a {}: strict decoding error: {}",
             def.kind,
@@ -251,11 +326,19 @@ pub fn validate(def: &ResourceDef, obj: &mut Value, mode: FieldValidation) -> Re
         )));
     }
     if !m.invalid.is_empty() {
-        let causes = m.invalid.into_iter().map(|c| cause(&c.field, c.reason, c.message)).collect();
+        let causes = m
+            .invalid
+            .into_iter()
+            .map(|c| cause(&c.field, c.reason, c.message))
+            .collect();
         return Err(invalid(def, &name, causes));
     }
     Ok(match mode {
-        FieldValidation::Warn => m.unknown.iter().map(|u| format!("unknown field {u:?}")).collect(),
+        FieldValidation::Warn => m
+            .unknown
+            .iter()
+            .map(|u| format!("unknown field {u:?}"))
+            .collect(),
         _ => vec![],
     })
 }
@@ -288,28 +371,56 @@ pub fn normalize(def: &ResourceDef, obj: &mut Value) {
 /// Everything but metadata and status: what bumps `generation`.
 fn spec_part(v: &Value) -> Map<String, Value> {
     v.as_object()
-        .map(|m| m.iter().filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")).map(|(k, v)| (k.clone(), v.clone())).collect())
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// Create: the object must not exist. `obj` is validated and in stored form.
-pub fn create(txn: &mut Txn<'_>, def: &ResourceDef, key: &Key, mut obj: Value, manager: &str, applied: Option<(&Value, bool)>) -> Result<Arc<Value>, ApiError> {
+pub fn create(
+    txn: &mut Txn<'_>,
+    def: &ResourceDef,
+    key: &Key,
+    mut obj: Value,
+    manager: &str,
+    applied: Option<(&Value, bool)>,
+) -> Result<Arc<Value>, ApiError> {
     if txn.get(key).is_some() {
-        return Err(ApiError::new(409, "AlreadyExists", format!("{} {:?} already exists", def.qualified(), key.2)).with_details(&def.group, &def.plural, &key.2));
+        return Err(ApiError::new(
+            409,
+            "AlreadyExists",
+            format!("{} {:?} already exists", def.qualified(), key.2),
+        )
+        .with_details(&def.group, &def.plural, &key.2));
     }
     let now = txn.now().to_string();
     if def.status_subresource && applied.is_none() {
         obj.as_object_mut().map(|m| m.remove("status"));
     }
     if let Some((a, force)) = applied {
-        obj = apply::apply(None, a, manager, force, Scope::Main, &now).map_err(|e| ApiError::invalid(e.to_string(), vec![]))?;
+        obj = apply::apply(None, a, manager, force, Scope::Main, &now)
+            .map_err(|e| ApiError::invalid(e.to_string(), vec![]))?;
         if def.status_subresource {
             obj.as_object_mut().map(|m| m.remove("status"));
         }
         check_type_meta(def, &mut obj)?;
     }
     let m = meta_mut(&mut obj);
-    for f in ["uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "generation"] {
+    for f in [
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+        "generation",
+    ] {
         m.remove(f);
     }
     m.insert("name".into(), json!(key.2));
@@ -345,7 +456,16 @@ pub enum Writer<'a> {
 
 /// Finishes any update: keeps what the caller may not change, bumps generation, enforces the
 /// deletion rules, skips no-ops, and deletes the object when its last finalizer goes.
-pub fn update(txn: &mut Txn<'_>, reg: &Registry, def: &ResourceDef, key: &Key, old: &Arc<Value>, mut new: Value, part: Part, writer: Writer<'_>) -> Result<WriteReply, ApiError> {
+pub fn update(
+    txn: &mut Txn<'_>,
+    reg: &Registry,
+    def: &ResourceDef,
+    key: &Key,
+    old: &Arc<Value>,
+    mut new: Value,
+    part: Part,
+    writer: Writer<'_>,
+) -> Result<WriteReply, ApiError> {
     let now = txn.now().to_string();
     if part == Part::Status {
         let mut merged = (**old).clone();
@@ -354,7 +474,10 @@ pub fn update(txn: &mut Txn<'_>, reg: &Registry, def: &ResourceDef, key: &Key, o
             merged.as_object_mut().map(|m| m.remove("status"));
         }
         if matches!(writer, Writer::Apply) {
-            merged["metadata"]["managedFields"] = new.pointer("/metadata/managedFields").cloned().unwrap_or(Value::Null);
+            merged["metadata"]["managedFields"] = new
+                .pointer("/metadata/managedFields")
+                .cloned()
+                .unwrap_or(Value::Null);
         }
         new = merged;
     } else if def.status_subresource {
@@ -368,13 +491,25 @@ pub fn update(txn: &mut Txn<'_>, reg: &Registry, def: &ResourceDef, key: &Key, o
     if let Some(n) = meta_str(&new, "name")
         && n != key.2
     {
-        return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({})", key.2)));
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({n}) does not match the name on the URL ({})",
+            key.2
+        )));
     }
     // Immutable metadata comes from the stored object.
     let old_meta = meta(old).cloned().unwrap_or_default();
     {
         let m = meta_mut(&mut new);
-        for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "name", "namespace", "resourceVersion"] {
+        for f in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "name",
+            "namespace",
+            "resourceVersion",
+        ] {
             match old_meta.get(f) {
                 Some(v) => m.insert(f.into(), v.clone()),
                 None => m.remove(f),
@@ -392,15 +527,32 @@ pub fn update(txn: &mut Txn<'_>, reg: &Registry, def: &ResourceDef, key: &Key, o
     if deleting {
         let old_fin = finalizers(old);
         if let Some(f) = new_fin.iter().find(|f| !old_fin.contains(f)) {
-            return Err(invalid(def, &key.2, vec![cause("metadata.finalizers", "FieldValueForbidden", format!("Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{f:?}}}"))]));
+            return Err(invalid(
+                def,
+                &key.2,
+                vec![cause(
+                    "metadata.finalizers",
+                    "FieldValueForbidden",
+                    format!(
+                        "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{f:?}}}"
+                    ),
+                )],
+            ));
         }
     }
     if spec_part(&new) != spec_part(old) {
-        let g = old_meta.get("generation").and_then(Value::as_i64).unwrap_or(1);
+        let g = old_meta
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
         meta_mut(&mut new).insert("generation".into(), json!(g + 1));
     }
     if let Writer::Update(manager) = writer {
-        let scope = if part == Part::Status { Scope::Status } else { Scope::Main };
+        let scope = if part == Part::Status {
+            Scope::Status
+        } else {
+            Scope::Main
+        };
         apply::record_update(Some(old), &mut new, manager, scope, &now);
     }
     if new == **old {
@@ -424,7 +576,12 @@ pub enum Deleted {
 }
 
 /// Deletes `key`, honouring finalizers and propagation.
-pub fn delete(txn: &mut Txn<'_>, reg: &Registry, key: &Key, policy: Propagation) -> Result<Deleted, ApiError> {
+pub fn delete(
+    txn: &mut Txn<'_>,
+    reg: &Registry,
+    key: &Key,
+    policy: Propagation,
+) -> Result<Deleted, ApiError> {
     let Some(old) = txn.get(key) else {
         return Err(ApiError::not_found_path());
     };
@@ -454,14 +611,20 @@ pub fn delete(txn: &mut Txn<'_>, reg: &Registry, key: &Key, policy: Propagation)
     let first = meta(&new).is_none_or(|m| !m.contains_key("deletionTimestamp"));
     if policy == Propagation::Foreground {
         let mut cur_fin = finalizers(&new);
-        if fin.iter().any(|f| f == FOREGROUND) && !cur_fin.iter().any(|f| f == FOREGROUND) && !txn.dependents(&uid).is_empty() {
+        if fin.iter().any(|f| f == FOREGROUND)
+            && !cur_fin.iter().any(|f| f == FOREGROUND)
+            && !txn.dependents(&uid).is_empty()
+        {
             cur_fin.push(FOREGROUND.into());
             set_finalizers(&mut new, &cur_fin);
         }
     }
     if first {
         let now = txn.now().to_string();
-        let g = meta(&new).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(1);
+        let g = meta(&new)
+            .and_then(|m| m.get("generation"))
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
         let m = meta_mut(&mut new);
         m.insert("deletionTimestamp".into(), json!(now));
         m.insert("deletionGracePeriodSeconds".into(), json!(0));
@@ -504,7 +667,9 @@ pub fn after_removal(txn: &mut Txn<'_>, reg: &Registry, last: &Value) -> Result<
     let uid = meta_str(last, "uid").unwrap_or("").to_string();
     if !uid.is_empty() {
         for (dk, dv) in txn.dependents(&uid) {
-            let other_owner_alive = owner_refs(&dv).iter().any(|(u, _)| u != &uid && txn.find_uid(u).is_some());
+            let other_owner_alive = owner_refs(&dv)
+                .iter()
+                .any(|(u, _)| u != &uid && txn.find_uid(u).is_some());
             if other_owner_alive {
                 let mut d = (*dv).clone();
                 strip_owner(&mut d, &uid);
@@ -525,19 +690,37 @@ fn owner_refs(v: &Value) -> Vec<(String, bool)> {
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
-                .filter_map(|r| Some((r.get("uid")?.as_str()?.to_string(), r.get("blockOwnerDeletion").and_then(Value::as_bool).unwrap_or(false))))
+                .filter_map(|r| {
+                    Some((
+                        r.get("uid")?.as_str()?.to_string(),
+                        r.get("blockOwnerDeletion")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false),
+                    ))
+                })
                 .collect()
         })
         .unwrap_or_default()
 }
 
-fn release_foreground_owner(txn: &mut Txn<'_>, reg: &Registry, owner_uid: &str) -> Result<(), ApiError> {
-    let Some((ok, ov)) = txn.find_uid(owner_uid) else { return Ok(()) };
+fn release_foreground_owner(
+    txn: &mut Txn<'_>,
+    reg: &Registry,
+    owner_uid: &str,
+) -> Result<(), ApiError> {
+    let Some((ok, ov)) = txn.find_uid(owner_uid) else {
+        return Ok(());
+    };
     let fin = finalizers(&ov);
-    if !fin.iter().any(|f| f == FOREGROUND) || meta(&ov).is_none_or(|m| !m.contains_key("deletionTimestamp")) {
+    if !fin.iter().any(|f| f == FOREGROUND)
+        || meta(&ov).is_none_or(|m| !m.contains_key("deletionTimestamp"))
+    {
         return Ok(());
     }
-    let blocking = txn.dependents(owner_uid).iter().any(|(_, d)| owner_refs(d).iter().any(|(u, b)| u == owner_uid && *b));
+    let blocking = txn
+        .dependents(owner_uid)
+        .iter()
+        .any(|(_, d)| owner_refs(d).iter().any(|(u, b)| u == owner_uid && *b));
     if blocking {
         return Ok(());
     }
@@ -557,14 +740,23 @@ fn release_foreground_owner(txn: &mut Txn<'_>, reg: &Registry, owner_uid: &str) 
 /// (the garbage collector's periodic pass). Returns how many objects it touched.
 pub fn collect_garbage(txn: &mut Txn<'_>, reg: &Registry) -> Result<usize, ApiError> {
     let mut touched = 0;
-    let storages: Vec<Arc<str>> = reg.defs.iter().filter(|d| d.view == View::Plain).map(|d| d.storage.clone()).collect();
+    let storages: Vec<Arc<str>> = reg
+        .defs
+        .iter()
+        .filter(|d| d.view == View::Plain)
+        .map(|d| d.storage.clone())
+        .collect();
     for storage in storages {
         for (k, v) in txn.list(&storage, None) {
             let refs = owner_refs(&v);
             if refs.is_empty() || txn.get(&k).is_none() {
                 continue;
             }
-            let missing: Vec<&String> = refs.iter().map(|(u, _)| u).filter(|u| txn.find_uid(u).is_none()).collect();
+            let missing: Vec<&String> = refs
+                .iter()
+                .map(|(u, _)| u)
+                .filter(|u| txn.find_uid(u).is_none())
+                .collect();
             if missing.is_empty() {
                 continue;
             }
@@ -588,9 +780,18 @@ pub fn expire_events(txn: &mut Txn<'_>, storage: &str, ttl_secs: i64) -> usize {
     let now = jiff::Timestamp::now().as_second();
     let mut n = 0;
     for (k, v) in txn.list(storage, None) {
-        let ts = ["/series/lastObservedTime", "/lastTimestamp", "/eventTime", "/metadata/creationTimestamp"]
-            .iter()
-            .find_map(|p| v.pointer(p).and_then(Value::as_str).and_then(|s| s.parse::<jiff::Timestamp>().ok()));
+        let ts = [
+            "/series/lastObservedTime",
+            "/lastTimestamp",
+            "/eventTime",
+            "/metadata/creationTimestamp",
+        ]
+        .iter()
+        .find_map(|p| {
+            v.pointer(p)
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+        });
         if ts.is_some_and(|t| now - t.as_second() > ttl_secs) {
             txn.remove(&k);
             n += 1;
@@ -602,10 +803,13 @@ pub fn expire_events(txn: &mut Txn<'_>, storage: &str, ttl_secs: i64) -> usize {
 /// Applies an RFC 6902 JSON patch, with Kubernetes' one extension: `test` of `null` against a
 /// missing path succeeds.
 pub fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), ApiError> {
-    let ops = patch.as_array().ok_or_else(|| ApiError::bad_request("a JSON patch must be an array of operations"))?;
+    let ops = patch
+        .as_array()
+        .ok_or_else(|| ApiError::bad_request("a JSON patch must be an array of operations"))?;
     let mut kept = vec![];
     for op in ops {
-        let is_null_test = op.get("op").and_then(Value::as_str) == Some("test") && op.get("value").is_some_and(Value::is_null);
+        let is_null_test = op.get("op").and_then(Value::as_str) == Some("test")
+            && op.get("value").is_some_and(Value::is_null);
         if is_null_test {
             let path = op.get("path").and_then(Value::as_str).unwrap_or("");
             if doc.pointer(path).is_none_or(Value::is_null) {
@@ -614,8 +818,10 @@ pub fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), ApiError> {
         }
         kept.push(op.clone());
     }
-    let p: json_patch::Patch = serde_json::from_value(Value::Array(kept)).map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-    json_patch::patch(doc, &p).map_err(|e| ApiError::invalid(format!("the JSON patch could not be applied: {e}"), vec![]))
+    let p: json_patch::Patch = serde_json::from_value(Value::Array(kept))
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+    json_patch::patch(doc, &p)
+        .map_err(|e| ApiError::invalid(format!("the JSON patch could not be applied: {e}"), vec![]))
 }
 
 #[cfg(test)]

@@ -52,7 +52,10 @@ struct Filter {
 impl Filter {
     fn matches(&self, v: &Value) -> bool {
         if let Some(ns) = &self.ns
-            && v.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("") != ns
+            && v.pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                != ns
         {
             return false;
         }
@@ -98,7 +101,11 @@ impl Emitter {
             Format::Json => view,
             Format::Meta => table::partial_metadata(&view),
             Format::Table(include) => {
-                let rv = view.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("").to_string();
+                let rv = view
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 let t = table::table(&self.def, &[&view], include, &rv, !self.sent_columns);
                 self.sent_columns = true;
                 t
@@ -110,14 +117,21 @@ impl Emitter {
     async fn bookmark(&mut self, rv: u64, initial_end: bool) -> bool {
         let (kind, av) = match self.format {
             Format::Json => (self.def.kind.clone(), self.def.api_version()),
-            Format::Meta => ("PartialObjectMetadata".to_string(), "meta.k8s.io/v1".to_string()),
+            Format::Meta => (
+                "PartialObjectMetadata".to_string(),
+                "meta.k8s.io/v1".to_string(),
+            ),
             Format::Table(_) => ("Table".to_string(), "meta.k8s.io/v1".to_string()),
         };
         let mut meta = json!({"resourceVersion": rv.to_string()});
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        self.send_line("BOOKMARK", json!({"kind": kind, "apiVersion": av, "metadata": meta})).await
+        self.send_line(
+            "BOOKMARK",
+            json!({"kind": kind, "apiVersion": av, "metadata": meta}),
+        )
+        .await
     }
 
     async fn expired(&mut self, message: String) {
@@ -139,14 +153,29 @@ pub fn start(objects: Arc<Objects>, req: WatchRequest) -> Response {
         .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
-async fn run(objects: Arc<Objects>, req: WatchRequest, tx: mpsc::Sender<Result<Bytes, Infallible>>) {
-    let filter = Filter { def: req.def.clone(), ns: req.ns.clone(), labels: req.labels, fields: req.fields };
-    let mut out = Emitter { tx, def: req.def.clone(), format: req.format, sent_columns: false };
+async fn run(
+    objects: Arc<Objects>,
+    req: WatchRequest,
+    tx: mpsc::Sender<Result<Bytes, Infallible>>,
+) {
+    let filter = Filter {
+        def: req.def.clone(),
+        ns: req.ns.clone(),
+        labels: req.labels,
+        fields: req.fields,
+    };
+    let mut out = Emitter {
+        tx,
+        def: req.def.clone(),
+        format: req.format,
+        sent_columns: false,
+    };
     let from = if req.send_initial { None } else { req.from };
     let start = match objects.subscribe(&req.def.storage, from) {
         Ok(s) => s,
         Err((asked, oldest)) => {
-            out.expired(format!("too old resource version: {asked} ({oldest})")).await;
+            out.expired(format!("too old resource version: {asked} ({oldest})"))
+                .await;
             return;
         }
     };

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use kube::Client;
 use crate::shutdown::Shutdown;
+use kube::Client;
 
 use crate::telemetry::Metrics;
 
@@ -23,9 +23,20 @@ impl Selection {
             "all" | "" => Ok(Selection(KNOWN.iter().map(|s| s.to_string()).collect())),
             "none" => Ok(Selection(vec![])),
             list => {
-                let names: Vec<String> = list.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
+                let names: Vec<String> = list
+                    .split(',')
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect();
                 if let Some(bad) = names.iter().find(|n| !KNOWN.contains(&n.as_str())) {
-                    return Err(format!("unknown controller {bad:?}; known controllers: {}", if KNOWN.is_empty() { "(none in this build)".to_string() } else { KNOWN.join(", ") }));
+                    return Err(format!(
+                        "unknown controller {bad:?}; known controllers: {}",
+                        if KNOWN.is_empty() {
+                            "(none in this build)".to_string()
+                        } else {
+                            KNOWN.join(", ")
+                        }
+                    ));
                 }
                 Ok(Selection(names))
             }
@@ -39,17 +50,33 @@ pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
         anyhow::anyhow!("the API server does not serve {} ({e}); install the CRDs first: kubectl apply -f crds/", crate::resources::API_VERSION)
     })?;
     for crd in crate::resources::all_crds() {
-        if !resources.resources.iter().any(|r| r.name == crd.spec.names.plural) {
-            anyhow::bail!("the API server does not serve {}; install the CRDs first: kubectl apply -f crds/", crd.spec.names.plural);
+        if !resources
+            .resources
+            .iter()
+            .any(|r| r.name == crd.spec.names.plural)
+        {
+            anyhow::bail!(
+                "the API server does not serve {}; install the CRDs first: kubectl apply -f crds/",
+                crd.spec.names.plural
+            );
         }
     }
     Ok(())
 }
 
 /// Runs the selected controllers until `shutdown` fires.
-pub async fn run(client: Client, selection: Selection, metrics: Arc<Metrics>, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(
+    client: Client,
+    selection: Selection,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     check_crds(&client).await?;
-    metrics.set("molecule_controllers_running", &[], selection.0.len() as f64);
+    metrics.set(
+        "molecule_controllers_running",
+        &[],
+        selection.0.len() as f64,
+    );
     tracing::info!(controllers = ?selection.0, "controller host started");
     shutdown.wait().await;
     tracing::info!("controller host stopped");

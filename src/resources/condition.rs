@@ -35,7 +35,12 @@ pub struct Condition {
 
 impl Condition {
     /// A condition with the given type, status, reason and message.
-    pub fn new(type_: &str, status: ConditionStatus, reason: &str, message: impl Into<String>) -> Self {
+    pub fn new(
+        type_: &str,
+        status: ConditionStatus,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Self {
         Condition {
             type_: type_.to_string(),
             status,
@@ -52,7 +57,9 @@ impl Condition {
         match conditions.iter_mut().find(|c| c.type_ == new.type_) {
             Some(old) => {
                 new.last_transition_time = if old.status == new.status {
-                    old.last_transition_time.clone().or_else(|| Some(now.to_string()))
+                    old.last_transition_time
+                        .clone()
+                        .or_else(|| Some(now.to_string()))
                 } else {
                     Some(now.to_string())
                 };
@@ -73,11 +80,23 @@ mod tests {
     #[test]
     fn upsert_keeps_transition_time_unless_status_flips() {
         let mut cs = vec![];
-        Condition::upsert(&mut cs, Condition::new("Ready", ConditionStatus::False, "Starting", "x"), "t1");
-        Condition::upsert(&mut cs, Condition::new("Ready", ConditionStatus::False, "Starting", "y"), "t2");
+        Condition::upsert(
+            &mut cs,
+            Condition::new("Ready", ConditionStatus::False, "Starting", "x"),
+            "t1",
+        );
+        Condition::upsert(
+            &mut cs,
+            Condition::new("Ready", ConditionStatus::False, "Starting", "y"),
+            "t2",
+        );
         assert_eq!(cs[0].last_transition_time.as_deref(), Some("t1"));
         assert_eq!(cs[0].message.as_deref(), Some("y"));
-        Condition::upsert(&mut cs, Condition::new("Ready", ConditionStatus::True, "Online", "z"), "t3");
+        Condition::upsert(
+            &mut cs,
+            Condition::new("Ready", ConditionStatus::True, "Online", "z"),
+            "t3",
+        );
         assert_eq!(cs[0].last_transition_time.as_deref(), Some("t3"));
         assert_eq!(cs.len(), 1);
     }

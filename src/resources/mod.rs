@@ -11,15 +11,21 @@ mod runtime;
 mod workspace;
 
 pub use condition::{Condition, ConditionStatus};
-pub use org_import::{OrgImport, OrgImportCounts, OrgImportMode, OrgImportSource, OrgImportSpec, OrgImportStatus, GitSource, ResolvedRevision};
-pub use plugin::{
-    PluginDecision, PluginInstall, PluginInstallSpec, PluginInstallStatus, PluginUpdate, PluginUpdateSpec,
-    PluginUpdateStatus, RestartClass, UpdatePolicy,
+pub use org_import::{
+    GitSource, OrgImport, OrgImportCounts, OrgImportMode, OrgImportSource, OrgImportSpec,
+    OrgImportStatus, ResolvedRevision,
 };
-pub use runtime::{ImageSource, LocalBuildSource, AutoRefresh, Runtime, RuntimeSpec, RuntimeStatus};
+pub use plugin::{
+    PluginDecision, PluginInstall, PluginInstallSpec, PluginInstallStatus, PluginUpdate,
+    PluginUpdateSpec, PluginUpdateStatus, RestartClass, UpdatePolicy,
+};
+pub use runtime::{
+    AutoRefresh, ImageSource, LocalBuildSource, Runtime, RuntimeSpec, RuntimeStatus,
+};
 pub use workspace::{
-    Backend, ConfigFiles, EnvFromSource, EnvVar, EnvVarSource, LocalObjectReference, SecretKeySelector,
-    SecretReference, Workspace, WorkspaceAccess, WorkspacePhase, WorkspaceSpec, WorkspaceStatus,
+    Backend, ConfigFiles, EnvFromSource, EnvVar, EnvVarSource, LocalObjectReference,
+    SecretKeySelector, SecretReference, Workspace, WorkspaceAccess, WorkspacePhase, WorkspaceSpec,
+    WorkspaceStatus,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -34,7 +40,13 @@ pub const API_VERSION: &str = "molecule.ai/v1alpha1";
 
 /// All CRDs, in a stable order. The embedded API server serves exactly these.
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
-    vec![Workspace::crd(), OrgImport::crd(), PluginInstall::crd(), PluginUpdate::crd(), Runtime::crd()]
+    vec![
+        Workspace::crd(),
+        OrgImport::crd(),
+        PluginInstall::crd(),
+        PluginUpdate::crd(),
+        Runtime::crd(),
+    ]
 }
 
 /// Renders one CRD as the YAML committed under `crds/`.
@@ -60,16 +72,35 @@ mod tests {
             let v = &crd.spec.versions[0];
             assert_eq!(crd.spec.group, GROUP);
             assert_eq!(v.name, VERSION);
-            assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{}", crd_file_name(&crd));
-            assert_eq!(crd.spec.names.categories.as_deref(), Some(&["molecule".to_string()][..]));
-            assert!(!v.additional_printer_columns.as_deref().unwrap_or_default().is_empty());
+            assert!(
+                v.subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some(),
+                "{}",
+                crd_file_name(&crd)
+            );
+            assert_eq!(
+                crd.spec.names.categories.as_deref(),
+                Some(&["molecule".to_string()][..])
+            );
+            assert!(
+                !v.additional_printer_columns
+                    .as_deref()
+                    .unwrap_or_default()
+                    .is_empty()
+            );
         }
     }
 
     #[test]
     fn runtime_is_cluster_scoped_others_namespaced() {
         for crd in all_crds() {
-            let expected = if crd.spec.names.kind == "Runtime" { "Cluster" } else { "Namespaced" };
+            let expected = if crd.spec.names.kind == "Runtime" {
+                "Cluster"
+            } else {
+                "Namespaced"
+            };
             assert_eq!(crd.spec.scope, expected, "{}", crd.spec.names.kind);
         }
     }

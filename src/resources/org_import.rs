@@ -19,10 +19,27 @@ use super::Condition;
     status = "OrgImportStatus",
     doc = "An OrgImport turns an org template (a tree of workspaces) into child Workspace records.",
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.counts.desired"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Source", type_ = "string", json_path = ".spec.source.dir", priority = "1")
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.counts.desired"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Source",
+        type_ = "string",
+        json_path = ".spec.source.dir",
+        priority = "1"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OrgImportSpec {

@@ -18,13 +18,39 @@ use super::{Condition, LocalObjectReference};
     namespaced,
     status = "PluginInstallStatus",
     doc = "A PluginInstall lands a plugin in a workspace atomically and tracks it against its upstream.",
-    printcolumn(name = "Workspace", type_ = "string", json_path = ".spec.workspaceRef.name"),
+    printcolumn(
+        name = "Workspace",
+        type_ = "string",
+        json_path = ".spec.workspaceRef.name"
+    ),
     printcolumn(name = "Source", type_ = "string", json_path = ".spec.source"),
-    printcolumn(name = "Installed", type_ = "string", json_path = ".status.installedSha"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Track", type_ = "string", json_path = ".spec.track", priority = "1"),
-    printcolumn(name = "Restart", type_ = "string", json_path = ".status.lastRestartClass", priority = "1")
+    printcolumn(
+        name = "Installed",
+        type_ = "string",
+        json_path = ".status.installedSha"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Track",
+        type_ = "string",
+        json_path = ".spec.track",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Restart",
+        type_ = "string",
+        json_path = ".status.lastRestartClass",
+        priority = "1"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PluginInstallSpec {
@@ -83,12 +109,20 @@ pub struct PluginInstallStatus {
     namespaced,
     status = "PluginUpdateStatus",
     doc = "A PluginUpdate is one queued upstream change of a PluginInstall; approve or dismiss it with kubectl.",
-    printcolumn(name = "Plugin", type_ = "string", json_path = ".spec.pluginInstallRef.name"),
+    printcolumn(
+        name = "Plugin",
+        type_ = "string",
+        json_path = ".spec.pluginInstallRef.name"
+    ),
     printcolumn(name = "From", type_ = "string", json_path = ".spec.fromSha"),
     printcolumn(name = "To", type_ = "string", json_path = ".spec.toSha"),
     printcolumn(name = "Decision", type_ = "string", json_path = ".spec.decision"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PluginUpdateSpec {

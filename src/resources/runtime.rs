@@ -19,9 +19,22 @@ use super::Condition;
     doc = "A Runtime names an agent runtime and says how its image is obtained (registry, local build or built in).",
     printcolumn(name = "Image", type_ = "string", json_path = ".status.resolvedImage"),
     printcolumn(name = "Source", type_ = "string", json_path = ".status.source"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Digest", type_ = "string", json_path = ".status.digest", priority = "1")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Digest",
+        type_ = "string",
+        json_path = ".status.digest",
+        priority = "1"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeSpec {

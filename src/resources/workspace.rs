@@ -20,14 +20,56 @@ use super::Condition;
     namespaced,
     status = "WorkspaceStatus",
     doc = "A Workspace is one agent runtime (claude-code, langgraph, echo, ...) running in its own container or EC2 instance.",
-    printcolumn(name = "Runtime", type_ = "string", json_path = ".spec.runtime", description = "Agent runtime"),
-    printcolumn(name = "Tier", type_ = "integer", json_path = ".spec.tier", description = "Resource tier (1-4)"),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Lifecycle phase"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Ready condition"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Parent", type_ = "string", json_path = ".spec.parentRef.name", description = "Parent workspace", priority = "1"),
-    printcolumn(name = "Image", type_ = "string", json_path = ".status.image", description = "Running image", priority = "1"),
-    printcolumn(name = "Backend", type_ = "string", json_path = ".spec.backend", description = "docker or controlPlane", priority = "1")
+    printcolumn(
+        name = "Runtime",
+        type_ = "string",
+        json_path = ".spec.runtime",
+        description = "Agent runtime"
+    ),
+    printcolumn(
+        name = "Tier",
+        type_ = "integer",
+        json_path = ".spec.tier",
+        description = "Resource tier (1-4)"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Lifecycle phase"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Ready condition"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Parent",
+        type_ = "string",
+        json_path = ".spec.parentRef.name",
+        description = "Parent workspace",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Image",
+        type_ = "string",
+        json_path = ".status.image",
+        description = "Running image",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Backend",
+        type_ = "string",
+        json_path = ".spec.backend",
+        description = "docker or controlPlane",
+        priority = "1"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceSpec {

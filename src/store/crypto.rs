@@ -17,10 +17,15 @@ const PREFIX: &str = "enc:v1:";
 pub enum SecretKeyError {
     #[error("MOLECULE_SECRET_KEY must be the base64 encoding of exactly 32 bytes")]
     BadEnvKey,
-    #[error("the key file {0} is not 32 bytes of base64; remove it only if no secrets were stored with it")]
+    #[error(
+        "the key file {0} is not 32 bytes of base64; remove it only if no secrets were stored with it"
+    )]
     BadKeyFile(String),
     #[error("cannot read or create the key file {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("a stored secret could not be decrypted (wrong key or corrupt data)")]
     Decrypt,
 }
@@ -37,25 +42,37 @@ impl std::fmt::Debug for SecretKey {
 
 impl SecretKey {
     fn from_bytes(b: &[u8]) -> Option<Self> {
-        (b.len() == 32).then(|| Aes256Gcm::new_from_slice(b).ok()).flatten().map(SecretKey)
+        (b.len() == 32)
+            .then(|| Aes256Gcm::new_from_slice(b).ok())
+            .flatten()
+            .map(SecretKey)
     }
 
     /// From `MOLECULE_SECRET_KEY` when set, else from `key_file` (created 0600 when missing).
     pub fn load(env_value: Option<&str>, key_file: &Path) -> Result<Self, SecretKeyError> {
         if let Some(v) = env_value.filter(|v| !v.trim().is_empty()) {
-            let bytes = B64.decode(v.trim()).map_err(|_| SecretKeyError::BadEnvKey)?;
+            let bytes = B64
+                .decode(v.trim())
+                .map_err(|_| SecretKeyError::BadEnvKey)?;
             return Self::from_bytes(&bytes).ok_or(SecretKeyError::BadEnvKey);
         }
-        let io = |source| SecretKeyError::Io { path: key_file.display().to_string(), source };
+        let io = |source| SecretKeyError::Io {
+            path: key_file.display().to_string(),
+            source,
+        };
         match std::fs::read_to_string(key_file) {
             Ok(text) => {
-                let bytes = B64.decode(text.trim()).map_err(|_| SecretKeyError::BadKeyFile(key_file.display().to_string()))?;
-                Self::from_bytes(&bytes).ok_or_else(|| SecretKeyError::BadKeyFile(key_file.display().to_string()))
+                let bytes = B64
+                    .decode(text.trim())
+                    .map_err(|_| SecretKeyError::BadKeyFile(key_file.display().to_string()))?;
+                Self::from_bytes(&bytes)
+                    .ok_or_else(|| SecretKeyError::BadKeyFile(key_file.display().to_string()))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut bytes = [0u8; 32];
                 rand::rng().fill_bytes(&mut bytes);
-                crate::util::write_private_file(key_file, B64.encode(bytes).as_bytes()).map_err(io)?;
+                crate::util::write_private_file(key_file, B64.encode(bytes).as_bytes())
+                    .map_err(io)?;
                 Self::from_bytes(&bytes).ok_or(SecretKeyError::BadEnvKey)
             }
             Err(e) => Err(io(e)),
@@ -67,7 +84,10 @@ impl SecretKey {
         let mut nonce = [0u8; 12];
         rand::rng().fill_bytes(&mut nonce);
         // Encryption with a fresh nonce cannot fail for inputs of this size.
-        let ct = self.0.encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes()).unwrap_or_default();
+        let ct = self
+            .0
+            .encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes())
+            .unwrap_or_default();
         let mut blob = nonce.to_vec();
         blob.extend_from_slice(&ct);
         format!("{PREFIX}{}", B64.encode(blob))
@@ -75,12 +95,17 @@ impl SecretKey {
 
     /// Opens a sealed value.
     pub fn open(&self, sealed: &str) -> Result<String, SecretKeyError> {
-        let blob = B64.decode(sealed.strip_prefix(PREFIX).ok_or(SecretKeyError::Decrypt)?).map_err(|_| SecretKeyError::Decrypt)?;
+        let blob = B64
+            .decode(sealed.strip_prefix(PREFIX).ok_or(SecretKeyError::Decrypt)?)
+            .map_err(|_| SecretKeyError::Decrypt)?;
         if blob.len() < 12 {
             return Err(SecretKeyError::Decrypt);
         }
         let (nonce, ct) = blob.split_at(12);
-        let pt = self.0.decrypt(Nonce::from_slice(nonce), ct).map_err(|_| SecretKeyError::Decrypt)?;
+        let pt = self
+            .0
+            .decrypt(Nonce::from_slice(nonce), ct)
+            .map_err(|_| SecretKeyError::Decrypt)?;
         String::from_utf8(pt).map_err(|_| SecretKeyError::Decrypt)
     }
 
@@ -102,7 +127,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
+                0o600
+            );
         }
         let sealed = k1.seal("hunter2");
         assert!(!sealed.contains("hunter2"));
@@ -131,6 +159,9 @@ mod tests {
         let good = B64.encode([7u8; 32]);
         let k = SecretKey::load(Some(&good), &dir.path().join("k")).expect("env key");
         assert_eq!(k.open(&k.seal("x")).expect("rt"), "x");
-        assert!(!dir.path().join("k").exists(), "no key file when the env supplies the key");
+        assert!(
+            !dir.path().join("k").exists(),
+            "no key file when the env supplies the key"
+        );
     }
 }

@@ -13,10 +13,18 @@ pub struct Migration {
 }
 
 /// Migrations of the SQLite backend.
-pub const SQLITE: &[Migration] = &[Migration { version: 1, name: "objects", sql: include_str!("../../migrations/sqlite/0001_objects.sql") }];
+pub const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "objects",
+    sql: include_str!("../../migrations/sqlite/0001_objects.sql"),
+}];
 
 /// Migrations of the Postgres backend.
-pub const POSTGRES: &[Migration] = &[Migration { version: 1, name: "objects", sql: include_str!("../../migrations/postgres/0001_objects.sql") }];
+pub const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "objects",
+    sql: include_str!("../../migrations/postgres/0001_objects.sql"),
+}];
 
 /// Applies every migration not yet recorded in `schema_migrations`, each in its own transaction.
 pub async fn run<DB>(pool: &sqlx::Pool<DB>, migrations: &[Migration]) -> Result<(), StoreError>
@@ -39,7 +47,12 @@ where
         let mut tx = pool.begin().await?;
         sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
         // Both values are compile-time constants of this file.
-        sqlx::raw_sql(AssertSqlSafe(format!("INSERT INTO schema_migrations (version, name) VALUES ({}, '{}')", m.version, m.name))).execute(&mut *tx).await?;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "INSERT INTO schema_migrations (version, name) VALUES ({}, '{}')",
+            m.version, m.name
+        )))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         tracing::info!(version = m.version, name = m.name, "applied migration");
     }

@@ -112,14 +112,21 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Opens the store named by `database_url` (`postgres://…`), or the SQLite file `sqlite_path`.
-pub async fn open(database_url: Option<&str>, sqlite_path: &std::path::Path) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+pub async fn open(
+    database_url: Option<&str>,
+    sqlite_path: &std::path::Path,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     match database_url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             Ok(std::sync::Arc::new(PostgresStore::connect(url).await?))
         }
         Some(url) if url.starts_with("sqlite:") => {
-            let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
-            Ok(std::sync::Arc::new(SqliteStore::open(std::path::Path::new(path)).await?))
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
+            Ok(std::sync::Arc::new(
+                SqliteStore::open(std::path::Path::new(path)).await?,
+            ))
         }
         Some(other) => Err(StoreError::Corrupt(format!(
             "unsupported DATABASE_URL scheme {:?}: use postgres://… or sqlite:…",
@@ -136,7 +143,14 @@ pub(crate) mod conformance {
     use super::*;
 
     fn change(rv: i64, name: &str, kind: ChangeKind, value: &str) -> ChangeRow {
-        ChangeRow { rv, resource: "molecule.ai/workspaces".into(), namespace: "default".into(), name: name.into(), kind, value: value.into() }
+        ChangeRow {
+            rv,
+            resource: "molecule.ai/workspaces".into(),
+            namespace: "default".into(),
+            name: name.into(),
+            kind,
+            value: value.into(),
+        }
     }
 
     pub async fn run(store: &dyn Store) {
@@ -144,10 +158,25 @@ pub(crate) mod conformance {
         assert_eq!((s.rv, s.objects.len(), s.history.len()), (0, 0, 0));
 
         store
-            .commit(2, &[change(1, "a", ChangeKind::Added, "{\"v\":1}"), change(2, "b", ChangeKind::Added, "{\"v\":2}")])
+            .commit(
+                2,
+                &[
+                    change(1, "a", ChangeKind::Added, "{\"v\":1}"),
+                    change(2, "b", ChangeKind::Added, "{\"v\":2}"),
+                ],
+            )
             .await
             .expect("commit");
-        store.commit(4, &[change(3, "a", ChangeKind::Modified, "{\"v\":3}"), change(4, "b", ChangeKind::Deleted, "{\"v\":2}")]).await.expect("commit 2");
+        store
+            .commit(
+                4,
+                &[
+                    change(3, "a", ChangeKind::Modified, "{\"v\":3}"),
+                    change(4, "b", ChangeKind::Deleted, "{\"v\":2}"),
+                ],
+            )
+            .await
+            .expect("commit 2");
 
         let s = store.load(100).await.expect("load");
         assert_eq!(s.rv, 4);
@@ -160,7 +189,10 @@ pub(crate) mod conformance {
 
         // Only the newest `history` rows come back.
         let s = store.load(2).await.expect("load tail");
-        assert_eq!(s.history.iter().map(|c| c.rv).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(
+            s.history.iter().map(|c| c.rv).collect::<Vec<_>>(),
+            vec![3, 4]
+        );
 
         store.compact(3).await.expect("compact");
         let s = store.load(100).await.expect("load compacted");
@@ -168,29 +200,59 @@ pub(crate) mod conformance {
         assert_eq!(s.history.iter().map(|c| c.rv).collect::<Vec<_>>(), vec![4]);
 
         // A failing batch (duplicate rv) leaves nothing behind: transactional.
-        let err = store.commit(6, &[change(5, "c", ChangeKind::Added, "{}"), change(4, "d", ChangeKind::Added, "{}")]).await;
+        let err = store
+            .commit(
+                6,
+                &[
+                    change(5, "c", ChangeKind::Added, "{}"),
+                    change(4, "d", ChangeKind::Added, "{}"),
+                ],
+            )
+            .await;
         assert!(err.is_err());
         let s = store.load(100).await.expect("load after failure");
         assert_eq!(s.rv, 4);
         assert!(s.objects.iter().all(|o| o.name != "c"));
 
-        let row = AuditRow { at: "t".into(), event: "org.import.started".into(), namespace: "default".into(), name: "o".into(), data: "{}".into() };
+        let row = AuditRow {
+            at: "t".into(),
+            event: "org.import.started".into(),
+            namespace: "default".into(),
+            name: "o".into(),
+            data: "{}".into(),
+        };
         store.audit(&row).await.expect("audit");
-        store.audit(&AuditRow { event: "other".into(), ..row.clone() }).await.expect("audit 2");
-        assert_eq!(store.audit_rows(Some("org.import.started")).await.expect("rows"), vec![row]);
+        store
+            .audit(&AuditRow {
+                event: "other".into(),
+                ..row.clone()
+            })
+            .await
+            .expect("audit 2");
+        assert_eq!(
+            store
+                .audit_rows(Some("org.import.started"))
+                .await
+                .expect("rows"),
+            vec![row]
+        );
         assert_eq!(store.audit_rows(None).await.expect("rows").len(), 2);
     }
 
     #[tokio::test]
     async fn sqlite_conformance() {
         let dir = tempfile::tempdir().expect("tmp");
-        let store = SqliteStore::open(&dir.path().join("m.db")).await.expect("open");
+        let store = SqliteStore::open(&dir.path().join("m.db"))
+            .await
+            .expect("open");
         run(&store).await;
     }
 
     #[tokio::test]
     async fn postgres_conformance() {
-        let Some(url) = crate::testing::postgres_url().await else { return };
+        let Some(url) = crate::testing::postgres_url().await else {
+            return;
+        };
         let store = PostgresStore::connect(&url).await.expect("connect");
         run(&store).await;
     }

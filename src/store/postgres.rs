@@ -32,7 +32,8 @@ fn change_from_row(r: &sqlx::postgres::PgRow) -> Result<ChangeRow, StoreError> {
         resource: r.try_get("resource")?,
         namespace: r.try_get("namespace")?,
         name: r.try_get("name")?,
-        kind: ChangeKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("unknown change kind {kind:?}")))?,
+        kind: ChangeKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown change kind {kind:?}")))?,
         value: r.try_get("value")?,
     })
 }
@@ -44,13 +45,20 @@ impl Store for PostgresStore {
     }
 
     async fn load(&self, history: usize) -> Result<Snapshot, StoreError> {
-        let meta = sqlx::query("SELECT rv, compacted FROM meta WHERE id = 1").fetch_one(&self.pool).await?;
+        let meta = sqlx::query("SELECT rv, compacted FROM meta WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
         let objects = sqlx::query("SELECT resource, namespace, name, value FROM objects")
             .fetch_all(&self.pool)
             .await?
             .iter()
             .map(|r| {
-                Ok(ObjectRow { resource: r.try_get("resource")?, namespace: r.try_get("namespace")?, name: r.try_get("name")?, value: r.try_get("value")? })
+                Ok(ObjectRow {
+                    resource: r.try_get("resource")?,
+                    namespace: r.try_get("namespace")?,
+                    name: r.try_get("name")?,
+                    value: r.try_get("value")?,
+                })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let mut hist = sqlx::query("SELECT rv, resource, namespace, name, event, value FROM changes ORDER BY rv DESC LIMIT $1")
@@ -61,7 +69,12 @@ impl Store for PostgresStore {
             .map(change_from_row)
             .collect::<Result<Vec<_>, StoreError>>()?;
         hist.reverse();
-        Ok(Snapshot { rv: meta.try_get("rv")?, compacted: meta.try_get("compacted")?, objects, history: hist })
+        Ok(Snapshot {
+            rv: meta.try_get("rv")?,
+            compacted: meta.try_get("compacted")?,
+            objects,
+            history: hist,
+        })
     }
 
     async fn commit(&self, rv: i64, changes: &[ChangeRow]) -> Result<(), StoreError> {
@@ -75,10 +88,14 @@ impl Store for PostgresStore {
                         .await?;
                 }
                 ChangeKind::Deleted => {
-                    sqlx::query("DELETE FROM objects WHERE resource = $1 AND namespace = $2 AND name = $3")
-                        .bind(&c.resource).bind(&c.namespace).bind(&c.name)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(
+                        "DELETE FROM objects WHERE resource = $1 AND namespace = $2 AND name = $3",
+                    )
+                    .bind(&c.resource)
+                    .bind(&c.namespace)
+                    .bind(&c.name)
+                    .execute(&mut *tx)
+                    .await?;
                 }
             }
             sqlx::query("INSERT INTO changes (rv, resource, namespace, name, event, value) VALUES ($1, $2, $3, $4, $5, $6)")
@@ -86,24 +103,39 @@ impl Store for PostgresStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("UPDATE meta SET rv = $1 WHERE id = 1").bind(rv).execute(&mut *tx).await?;
+        sqlx::query("UPDATE meta SET rv = $1 WHERE id = 1")
+            .bind(rv)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn compact(&self, upto: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM changes WHERE rv <= $1").bind(upto).execute(&mut *tx).await?;
-        sqlx::query("UPDATE meta SET compacted = GREATEST(compacted, $1) WHERE id = 1").bind(upto).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM changes WHERE rv <= $1")
+            .bind(upto)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE meta SET compacted = GREATEST(compacted, $1) WHERE id = 1")
+            .bind(upto)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn audit(&self, row: &AuditRow) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO audit (at, event, namespace, name, data) VALUES ($1, $2, $3, $4, $5)")
-            .bind(&row.at).bind(&row.event).bind(&row.namespace).bind(&row.name).bind(&row.data)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO audit (at, event, namespace, name, data) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&row.at)
+        .bind(&row.event)
+        .bind(&row.namespace)
+        .bind(&row.name)
+        .bind(&row.data)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -113,7 +145,15 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|r| Ok(AuditRow { at: r.try_get("at")?, event: r.try_get("event")?, namespace: r.try_get("namespace")?, name: r.try_get("name")?, data: r.try_get("data")? }))
+            .map(|r| {
+                Ok(AuditRow {
+                    at: r.try_get("at")?,
+                    event: r.try_get("event")?,
+                    namespace: r.try_get("namespace")?,
+                    name: r.try_get("name")?,
+                    data: r.try_get("data")?,
+                })
+            })
             .collect()
     }
 }

@@ -5,7 +5,9 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use super::{AuditRow, ChangeKind, ChangeRow, ObjectRow, Snapshot, Store, StoreError};
 
@@ -25,7 +27,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(std::time::Duration::from_secs(10));
         // One connection: the API server is the only writer, and serialises its writes.
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await?;
         super::migrate::run(&pool, super::migrate::SQLITE).await?;
         Ok(SqliteStore { pool })
     }
@@ -38,7 +43,8 @@ fn change_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ChangeRow, StoreError>
         resource: r.try_get("resource")?,
         namespace: r.try_get("namespace")?,
         name: r.try_get("name")?,
-        kind: ChangeKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("unknown change kind {kind:?}")))?,
+        kind: ChangeKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown change kind {kind:?}")))?,
         value: r.try_get("value")?,
     })
 }
@@ -50,13 +56,20 @@ impl Store for SqliteStore {
     }
 
     async fn load(&self, history: usize) -> Result<Snapshot, StoreError> {
-        let meta = sqlx::query("SELECT rv, compacted FROM meta WHERE id = 1").fetch_one(&self.pool).await?;
+        let meta = sqlx::query("SELECT rv, compacted FROM meta WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
         let objects = sqlx::query("SELECT resource, namespace, name, value FROM objects")
             .fetch_all(&self.pool)
             .await?
             .iter()
             .map(|r| {
-                Ok(ObjectRow { resource: r.try_get("resource")?, namespace: r.try_get("namespace")?, name: r.try_get("name")?, value: r.try_get("value")? })
+                Ok(ObjectRow {
+                    resource: r.try_get("resource")?,
+                    namespace: r.try_get("namespace")?,
+                    name: r.try_get("name")?,
+                    value: r.try_get("value")?,
+                })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let mut hist = sqlx::query("SELECT rv, resource, namespace, name, event, value FROM changes ORDER BY rv DESC LIMIT ?")
@@ -67,7 +80,12 @@ impl Store for SqliteStore {
             .map(change_from_row)
             .collect::<Result<Vec<_>, StoreError>>()?;
         hist.reverse();
-        Ok(Snapshot { rv: meta.try_get("rv")?, compacted: meta.try_get("compacted")?, objects, history: hist })
+        Ok(Snapshot {
+            rv: meta.try_get("rv")?,
+            compacted: meta.try_get("compacted")?,
+            objects,
+            history: hist,
+        })
     }
 
     async fn commit(&self, rv: i64, changes: &[ChangeRow]) -> Result<(), StoreError> {
@@ -81,10 +99,14 @@ impl Store for SqliteStore {
                         .await?;
                 }
                 ChangeKind::Deleted => {
-                    sqlx::query("DELETE FROM objects WHERE resource = ? AND namespace = ? AND name = ?")
-                        .bind(&c.resource).bind(&c.namespace).bind(&c.name)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(
+                        "DELETE FROM objects WHERE resource = ? AND namespace = ? AND name = ?",
+                    )
+                    .bind(&c.resource)
+                    .bind(&c.namespace)
+                    .bind(&c.name)
+                    .execute(&mut *tx)
+                    .await?;
                 }
             }
             sqlx::query("INSERT INTO changes (rv, resource, namespace, name, event, value) VALUES (?, ?, ?, ?, ?, ?)")
@@ -92,22 +114,35 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("UPDATE meta SET rv = ? WHERE id = 1").bind(rv).execute(&mut *tx).await?;
+        sqlx::query("UPDATE meta SET rv = ? WHERE id = 1")
+            .bind(rv)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn compact(&self, upto: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM changes WHERE rv <= ?").bind(upto).execute(&mut *tx).await?;
-        sqlx::query("UPDATE meta SET compacted = MAX(compacted, ?) WHERE id = 1").bind(upto).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM changes WHERE rv <= ?")
+            .bind(upto)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE meta SET compacted = MAX(compacted, ?) WHERE id = 1")
+            .bind(upto)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn audit(&self, row: &AuditRow) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO audit (at, event, namespace, name, data) VALUES (?, ?, ?, ?, ?)")
-            .bind(&row.at).bind(&row.event).bind(&row.namespace).bind(&row.name).bind(&row.data)
+            .bind(&row.at)
+            .bind(&row.event)
+            .bind(&row.namespace)
+            .bind(&row.name)
+            .bind(&row.data)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -119,7 +154,15 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|r| Ok(AuditRow { at: r.try_get("at")?, event: r.try_get("event")?, namespace: r.try_get("namespace")?, name: r.try_get("name")?, data: r.try_get("data")? }))
+            .map(|r| {
+                Ok(AuditRow {
+                    at: r.try_get("at")?,
+                    event: r.try_get("event")?,
+                    namespace: r.try_get("namespace")?,
+                    name: r.try_get("name")?,
+                    data: r.try_get("data")?,
+                })
+            })
             .collect()
     }
 }
