@@ -135,15 +135,15 @@ fn main() -> anyhow::Result<()> {
                     .context("building a client from KUBECONFIG or the in-cluster config")?;
                 let (trigger, shutdown) = molecule::shutdown::channel();
                 let metrics = std::sync::Arc::new(molecule::telemetry::Metrics::default());
-                let task = tokio::spawn(molecule::controllers::run(
+                let mut task = tokio::spawn(molecule::controllers::run(
                     client,
                     controllers,
                     metrics,
                     shutdown,
                 ));
                 tokio::select! {
-                    _ = molecule::shutdown::signal() => { trigger.trigger(); }
-                    r = &mut Box::pin(async { () }) => { let _ = r; }
+                    _ = molecule::shutdown::signal() => trigger.trigger(),
+                    done = &mut task => return done.context("controller host panicked")?,
                 }
                 task.await.context("controller host panicked")?
             })

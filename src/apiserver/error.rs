@@ -12,12 +12,9 @@ pub struct StatusCause {
     pub field: String,
 }
 
-/// A Kubernetes API error: HTTP code, reason and message, plus optional details.
-#[derive(Clone, Debug)]
-pub struct ApiError {
-    pub code: u16,
-    pub reason: &'static str,
-    pub message: String,
+/// The optional `details` of a Status.
+#[derive(Clone, Debug, Default)]
+pub struct Details {
     /// `details.name`
     pub name: Option<String>,
     /// `details.group`
@@ -25,8 +22,16 @@ pub struct ApiError {
     /// `details.kind` (the plural resource, as the real server does)
     pub kind: Option<String>,
     pub causes: Vec<StatusCause>,
-    /// Extra headers (e.g. Retry-After); rarely used.
     pub retry_after: Option<u32>,
+}
+
+/// A Kubernetes API error: HTTP code, reason and message, plus optional details.
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+    pub details: Option<Box<Details>>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -43,20 +48,35 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
-            name: None,
-            group: None,
-            kind: None,
-            causes: vec![],
-            retry_after: None,
+            details: None,
         }
+    }
+
+    fn details_mut(&mut self) -> &mut Details {
+        self.details.get_or_insert_with(Box::default)
+    }
+
+    /// Attaches causes (shown by kubectl for Invalid and Conflict errors).
+    pub fn with_causes(mut self, causes: Vec<StatusCause>) -> Self {
+        self.details_mut().causes = causes;
+        self
+    }
+
+    /// The causes attached, if any.
+    pub fn causes(&self) -> &[StatusCause] {
+        self.details
+            .as_ref()
+            .map(|d| d.causes.as_slice())
+            .unwrap_or_default()
     }
 
     /// Attaches `details` naming the object.
     pub fn with_details(mut self, group: &str, plural: &str, name: &str) -> Self {
-        self.group = Some(group.to_string());
-        self.kind = Some(plural.to_string());
+        let d = self.details_mut();
+        d.group = Some(group.to_string());
+        d.kind = Some(plural.to_string());
         if !name.is_empty() {
-            self.name = Some(name.to_string());
+            d.name = Some(name.to_string());
         }
         self
     }
@@ -104,9 +124,7 @@ impl ApiError {
         )
     }
     pub fn invalid(message: impl Into<String>, causes: Vec<StatusCause>) -> Self {
-        let mut e = Self::new(422, "Invalid", message);
-        e.causes = causes;
-        e
+        Self::new(422, "Invalid", message).with_causes(causes)
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)
@@ -126,33 +144,28 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
-        let mut details = serde_json::Map::new();
-        if let Some(n) = &self.name {
-            details.insert("name".into(), json!(n));
-        }
-        if let Some(g) = &self.group {
-            details.insert("group".into(), json!(g));
-        }
-        if let Some(k) = &self.kind {
-            details.insert("kind".into(), json!(k));
-        }
-        if !self.causes.is_empty() {
-            details.insert(
-                "causes".into(),
-                Value::Array(
-                    self.causes
-                        .iter()
-                        .map(
-                            |c| json!({"reason": c.reason, "message": c.message, "field": c.field}),
-                        )
-                        .collect(),
-                ),
-            );
-        }
-        if let Some(s) = self.retry_after {
-            details.insert("retryAfterSeconds".into(), json!(s));
-        }
-        if !details.is_empty() {
+        if let Some(d) = &self.details {
+            let mut details = serde_json::Map::new();
+            if let Some(n) = &d.name {
+                details.insert("name".into(), json!(n));
+            }
+            if let Some(g) = &d.group {
+                details.insert("group".into(), json!(g));
+            }
+            if let Some(k) = &d.kind {
+                details.insert("kind".into(), json!(k));
+            }
+            if !d.causes.is_empty() {
+                let causes = d
+                    .causes
+                    .iter()
+                    .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                    .collect();
+                details.insert("causes".into(), Value::Array(causes));
+            }
+            if let Some(s) = d.retry_after {
+                details.insert("retryAfterSeconds".into(), json!(s));
+            }
             status["details"] = Value::Object(details);
         }
         status
@@ -164,7 +177,7 @@ impl IntoResponse for ApiError {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = self.to_status().to_string();
         let mut resp = (code, [("content-type", "application/json")], body).into_response();
-        if let Some(s) = self.retry_after
+        if let Some(s) = self.details.as_ref().and_then(|d| d.retry_after)
             && let Ok(v) = axum::http::HeaderValue::from_str(&s.to_string())
         {
             resp.headers_mut().insert("retry-after", v);

@@ -536,6 +536,11 @@ fn watch(api: &ApiServer, t: Target, q: &Query, want: Want) -> Result<Response, 
 
 /// Parses a request body (JSON, or YAML for apply patches and YAML content types).
 fn parse_body(ct: &str, bytes: &[u8]) -> Result<Value, ApiError> {
+    if ct.contains("protobuf") || ct.contains("cbor") {
+        return Err(ApiError::unsupported_media_type(
+            "application/json, application/yaml",
+        ));
+    }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the request body is empty"));
     }
@@ -569,7 +574,11 @@ async fn create(
     dry_run: bool,
 ) -> Result<WriteReply, ApiError> {
     let def = t.def;
-    let mut obj = parse_body(ct, bytes)?;
+    let mut obj = if ct.contains("protobuf") && !def.custom {
+        super::protobuf::decode(&def.kind, bytes)?
+    } else {
+        parse_body(ct, bytes)?
+    };
     verbs::check_type_meta(&def, &mut obj)?;
     let ns = verbs::check_namespace(&def, t.ns.as_deref(), &mut obj)?;
     let fv = FieldValidation::parse(q.get("fieldValidation"))?;
@@ -827,13 +836,9 @@ async fn patch(
                                         field: c.field.clone(),
                                     })
                                     .collect();
-                                let mut e = ApiError::new(409, "Conflict", msg).with_details(
-                                    &def.group,
-                                    &def.plural,
-                                    &name,
-                                );
-                                e.causes = causes;
-                                e
+                                ApiError::new(409, "Conflict", msg)
+                                    .with_details(&def.group, &def.plural, &name)
+                                    .with_causes(causes)
                             }
                             apply::ApplyError::Invalid(m) => ApiError::bad_request(m),
                         })?

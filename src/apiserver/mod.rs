@@ -11,6 +11,7 @@ pub mod listener;
 pub mod objects;
 pub mod openapi;
 pub mod openapi_v2;
+pub mod protobuf;
 pub mod registry;
 pub mod selectors;
 pub mod table;

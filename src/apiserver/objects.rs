@@ -37,12 +37,15 @@ pub struct WatchEvent {
 /// A committed batch of changes, in RV order.
 pub type Batch = Arc<Vec<Arc<WatchEvent>>>;
 
+/// Objects of one storage, by (namespace, name).
+type Bucket = BTreeMap<(String, String), Arc<Value>>;
+
 #[derive(Default)]
 struct Inner {
     rv: u64,
     /// History covers every change with rv in (compacted, rv].
     compacted: u64,
-    objects: HashMap<Arc<str>, BTreeMap<(String, String), Arc<Value>>>,
+    objects: HashMap<Arc<str>, Bucket>,
     history: VecDeque<Arc<WatchEvent>>,
     by_uid: HashMap<String, Key>,
     dependents: HashMap<String, BTreeSet<Key>>,

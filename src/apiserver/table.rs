@@ -122,7 +122,7 @@ pub fn jsonpath<'a>(root: &'a Value, path: &str) -> Vec<&'a Value> {
                     .filter(
                         |item| match item.pointer(&format!("/{}", key.replace('.', "/"))) {
                             Some(Value::String(s)) => s == want,
-                            Some(other) => other.to_string() == want,
+                            Some(other) => serde_json::to_string(other).is_ok_and(|s| s == want),
                             None => false,
                         },
                     )

@@ -456,6 +456,7 @@ pub enum Writer<'a> {
 
 /// Finishes any update: keeps what the caller may not change, bumps generation, enforces the
 /// deletion rules, skips no-ops, and deletes the object when its last finalizer goes.
+#[allow(clippy::too_many_arguments)]
 pub fn update(
     txn: &mut Txn<'_>,
     reg: &Registry,

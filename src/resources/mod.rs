@@ -4,6 +4,9 @@
 //! `crds/` is generated from these types by `molecule crds` and checked for staleness by a test.
 //! The types depend on nothing but serde/schemars/kube-core (FEATURES S05).
 
+// The kube derive repeats `type_`/`priority` keys across printer columns by design.
+#![allow(clippy::duplicated_attributes)]
+
 mod condition;
 mod org_import;
 mod plugin;

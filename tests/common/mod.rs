@@ -1,0 +1,287 @@
+//! Test harness: starts the real `molecule serve` binary on a free port, drives the real
+//! kubectl binaries and plain HTTP against it, and kills it on drop.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Which store the server uses.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Backend {
+    /// SQLite, or a fresh Postgres database (None when Postgres is not configured outside CI).
+    pub async fn get(postgres: bool) -> Option<Backend> {
+        if postgres {
+            molecule::testing::postgres_url()
+                .await
+                .map(Backend::Postgres)
+        } else {
+            Some(Backend::Sqlite)
+        }
+    }
+}
+
+/// A running `molecule serve`.
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub backend: Backend,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+/// The kubectl binary of a minor version (`1.27`, `1.33`), or the default dispatcher.
+pub fn kubectl_bin(version: &str) -> PathBuf {
+    let base = Path::new("/usr/lib/google-cloud-sdk/bin");
+    let p = base.join(format!("kubectl.{version}"));
+    if p.exists() {
+        return p;
+    }
+    PathBuf::from(format!("kubectl.{version}"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Server {
+    pub fn start(backend: Backend) -> Server {
+        Self::start_with(backend, &[])
+    }
+
+    pub fn start_with(backend: Backend, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Server {
+            dir,
+            port: free_port(),
+            backend,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir().join("kubeconfig")
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("token"))
+            .expect("token")
+            .trim()
+            .to_string()
+    }
+
+    /// (Re)starts the process on the same data dir and port, and waits until ready.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("serve.log"))
+            .expect("log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_molecule"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--controllers")
+            .arg("none")
+            .args(&self.extra)
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        if let Backend::Postgres(url) = &self.backend {
+            cmd.env("DATABASE_URL", url);
+        }
+        self.child = Some(cmd.spawn().expect("spawn molecule serve"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = self.http_raw("GET", "/readyz", None, &[], false) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("serve did not become ready; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let c = self.child.as_mut()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Runs kubectl (of `version`) against this server, with its own HOME (discovery cache).
+    pub fn kubectl(&self, version: &str, args: &[&str]) -> Output {
+        self.kubectl_stdin(version, args, None)
+    }
+
+    pub fn kubectl_stdin(&self, version: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        let home = self.dir.path().join(format!("home-{version}"));
+        let _ = std::fs::create_dir_all(&home);
+        let mut cmd = Command::new(kubectl_bin(version));
+        cmd.args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", &home)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn kubectl");
+        if let Some(input) = stdin
+            && let Some(mut si) = child.stdin.take()
+        {
+            si.write_all(input.as_bytes()).expect("stdin");
+        }
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    /// A background kubectl (e.g. `get -w`), its output going to a file.
+    pub fn kubectl_spawn(&self, version: &str, args: &[&str], out: &Path) -> Child {
+        let home = self.dir.path().join(format!("home-{version}"));
+        let _ = std::fs::create_dir_all(&home);
+        let f = std::fs::File::create(out).expect("out file");
+        Command::new(kubectl_bin(version))
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", &home)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("f"))
+            .stderr(f)
+            .spawn()
+            .expect("spawn kubectl")
+    }
+
+    /// A plain-HTTP/1.0 request with the bearer token (or without, when `auth` is false).
+    /// Returns (status, body).
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> (u16, String) {
+        self.http_raw(method, path, content_type, body, true)
+            .expect("http request")
+    }
+
+    pub fn http_raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+        auth: bool,
+    ) -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut req = format!(
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(ct) = content_type {
+            req.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        if auth {
+            req.push_str(&format!("Authorization: Bearer {}\r\n", self.token()));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes())?;
+        // A large body may be refused before it is all sent.
+        let _ = s.write_all(body);
+        let mut buf = vec![];
+        let _ = s.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("no status in {text:?}")))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// A kube-rs client built from the kubeconfig (TLS + token), exactly as the controllers do.
+    pub async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig");
+        let cfg =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .expect("config");
+        kube::Client::try_from(cfg).expect("client")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Output as text, for assertions and failure messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Polls `f` until it is true or `secs` pass.
+pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
