@@ -50,6 +50,9 @@ enum Command {
         /// Seconds between watch bookmarks.
         #[arg(long, default_value_t = 60)]
         bookmark_seconds: u64,
+        /// How many changes watchers can resume from; older resourceVersions get 410 Expired.
+        #[arg(long, default_value_t = 20_000)]
+        watch_history: usize,
     },
     /// Run the controllers alone against an external API server (KUBECONFIG or in-cluster).
     Operator {
@@ -107,12 +110,17 @@ fn main() -> anyhow::Result<()> {
             secret_key,
             max_body_bytes,
             bookmark_seconds,
+            watch_history,
         } => {
             molecule::telemetry::init_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
             let api = ApiConfig {
                 max_body: max_body_bytes,
                 bookmark_every: std::time::Duration::from_secs(bookmark_seconds.max(1)),
+                objects: molecule::apiserver::objects::ObjectsConfig {
+                    history: watch_history.max(1),
+                    ..Default::default()
+                },
                 ..ApiConfig::default()
             };
             let rt = tokio::runtime::Runtime::new()?;

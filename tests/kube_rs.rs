@@ -1,0 +1,316 @@
+//! kube-rs against `molecule serve`: typed CRUD, raw watch events, the runtime watcher, and a
+//! small Controller (finalizer + status SSA + Recorder events shown by `kubectl describe`).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Backend, Server, text};
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
+use kube::runtime::{finalizer, watcher};
+use kube::{Resource, ResourceExt};
+use molecule::resources::{Workspace, WorkspaceSpec};
+use serde_json::json;
+
+fn ws(name: &str, tier: i32) -> Workspace {
+    Workspace::new(
+        name,
+        WorkspaceSpec {
+            runtime: Some("echo".into()),
+            tier: Some(tier),
+            ..Default::default()
+        },
+    )
+}
+
+async fn crud(s: &Server) {
+    let api: Api<Workspace> = Api::namespaced(s.client().await, "default");
+    let created = api
+        .create(&PostParams::default(), &ws("crud", 2))
+        .await
+        .expect("create");
+    assert!(created.metadata.uid.is_some() && created.metadata.resource_version.is_some());
+    assert_eq!(created.metadata.generation, Some(1));
+    assert_eq!(
+        api.create(&PostParams::default(), &ws("crud", 2))
+            .await
+            .expect_err("dup")
+            .to_string()
+            .contains("AlreadyExists"),
+        true
+    );
+    let mut got = api.get("crud").await.expect("get");
+    assert_eq!(got.spec.tier, Some(2));
+    assert_eq!(
+        api.list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1
+    );
+    got.spec.tier = Some(3);
+    let replaced = api
+        .replace("crud", &PostParams::default(), &got)
+        .await
+        .expect("replace");
+    assert_eq!(replaced.metadata.generation, Some(2));
+    // A stale resourceVersion is a 409 Conflict.
+    let err = api
+        .replace("crud", &PostParams::default(), &got)
+        .await
+        .expect_err("stale");
+    match err {
+        kube::Error::Api(s) => assert_eq!((s.code, s.reason.as_str()), (409, "Conflict")),
+        other => panic!("expected a conflict, got {other}"),
+    }
+    let patched = api
+        .patch(
+            "crud",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"role": "r"}})),
+        )
+        .await
+        .expect("patch");
+    assert_eq!(patched.spec.role.as_deref(), Some("r"));
+    let del = api
+        .delete("crud", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert!(
+        del.is_right(),
+        "an object without finalizers is gone at once"
+    );
+    assert!(api.get_opt("crud").await.expect("get_opt").is_none());
+}
+
+async fn watch_events(s: &Server) {
+    let api: Api<Workspace> = Api::namespaced(s.client().await, "default");
+    let rv = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("list rv");
+    let mut stream = api
+        .watch(&WatchParams::default().timeout(30), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    api.create(&PostParams::default(), &ws("watched", 1))
+        .await
+        .expect("create");
+    api.patch(
+        "watched",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"tier": 2}})),
+    )
+    .await
+    .expect("patch");
+    api.delete("watched", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let mut seen = vec![];
+    while seen.len() < 3 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+            .await
+            .expect("watch event in time")
+            .expect("ok")
+            .expect("open");
+        match ev {
+            WatchEvent::Added(o) => seen.push(format!("ADDED {}", o.name_any())),
+            WatchEvent::Modified(o) => {
+                seen.push(format!("MODIFIED {} {:?}", o.name_any(), o.spec.tier))
+            }
+            WatchEvent::Deleted(o) => seen.push(format!("DELETED {}", o.name_any())),
+            WatchEvent::Bookmark(_) => {}
+            WatchEvent::Error(e) => panic!("watch error {e:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            "ADDED watched",
+            "MODIFIED watched Some(2)",
+            "DELETED watched"
+        ]
+    );
+
+    // The runtime watcher (list + watch, bookmarks) sees the same lifecycle.
+    let mut w = watcher(api.clone(), watcher::Config::default()).boxed();
+    let mut init_done = false;
+    while !init_done {
+        if let watcher::Event::InitDone =
+            tokio::time::timeout(Duration::from_secs(10), w.try_next())
+                .await
+                .expect("init")
+                .expect("ok")
+                .expect("open")
+        {
+            init_done = true;
+        }
+    }
+    api.create(&PostParams::default(), &ws("watched2", 1))
+        .await
+        .expect("create");
+    api.delete("watched2", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let (mut applied, mut deleted) = (false, false);
+    while !(applied && deleted) {
+        match tokio::time::timeout(Duration::from_secs(10), w.try_next())
+            .await
+            .expect("event")
+            .expect("ok")
+            .expect("open")
+        {
+            watcher::Event::Apply(o) if o.name_any() == "watched2" => applied = true,
+            watcher::Event::Delete(o) if o.name_any() == "watched2" => deleted = true,
+            _ => {}
+        }
+    }
+}
+
+struct Ctx {
+    api: Api<Workspace>,
+    recorder: Recorder,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TestError {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+async fn reconcile(
+    obj: Arc<Workspace>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, finalizer::Error<TestError>> {
+    let api = ctx.api.clone();
+    finalizer(&api, "molecule.ai/test-controller", obj, |ev| async move {
+        match ev {
+            finalizer::Event::Apply(o) => {
+                let generation = o.metadata.generation.unwrap_or(1);
+                let status = json!({"apiVersion": "molecule.ai/v1alpha1", "kind": "Workspace", "status": {
+                    "phase": "Online", "observedGeneration": generation,
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "Online", "message": "reconciled", "observedGeneration": generation}]}});
+                ctx.api.patch_status(&o.name_any(), &PatchParams::apply("test-controller").force(), &Patch::Apply(status)).await?;
+                let ev = KEvent { type_: EventType::Normal, reason: "Reconciled".into(), note: Some("status written by the test controller".into()), action: "Reconcile".into(), secondary: None };
+                ctx.recorder.publish(&ev, &o.object_ref(&())).await?;
+                Ok(Action::await_change())
+            }
+            finalizer::Event::Cleanup(_) => Ok(Action::await_change()),
+        }
+    })
+    .await
+}
+
+fn error_policy(_: Arc<Workspace>, _: &finalizer::Error<TestError>, _: Arc<Ctx>) -> Action {
+    Action::requeue(Duration::from_millis(200))
+}
+
+async fn controller(s: &Server) {
+    let client = s.client().await;
+    let api: Api<Workspace> = Api::namespaced(client.clone(), "default");
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "test-controller".into(),
+            instance: None,
+        },
+    );
+    let ctx = Arc::new(Ctx {
+        api: api.clone(),
+        recorder,
+    });
+    let handle = tokio::spawn(
+        Controller::new(api.clone(), watcher::Config::default())
+            .run(reconcile, error_policy, ctx)
+            .for_each(|_| async {}),
+    );
+    api.create(&PostParams::default(), &ws("ctl", 2))
+        .await
+        .expect("create");
+    let mut online = false;
+    for _ in 0..100 {
+        let o = api.get("ctl").await.expect("get");
+        if o.status
+            .as_ref()
+            .and_then(|st| st.phase)
+            .map(|p| format!("{p:?}"))
+            .as_deref()
+            == Some("Online")
+            && o.finalizers()
+                .iter()
+                .any(|f| f == "molecule.ai/test-controller")
+        {
+            online = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        online,
+        "the controller did not reconcile; server log:\n{}",
+        s.log()
+    );
+    let describe = {
+        let mut out = String::new();
+        for _ in 0..50 {
+            let o = s.kubectl("1.33", &["describe", "ws", "ctl"]);
+            out = text(&o);
+            if out.contains("Reconciled") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        out
+    };
+    assert!(
+        describe.contains("Reconciled")
+            && describe.contains("status written by the test controller")
+            && describe.contains("test-controller"),
+        "{describe}"
+    );
+    // Deleting runs the finalizer's cleanup, then the object is gone.
+    api.delete("ctl", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let mut gone = false;
+    for _ in 0..100 {
+        if api.get_opt("ctl").await.expect("get").is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    handle.abort();
+    assert!(gone, "finalizer was not removed; server log:\n{}", s.log());
+}
+
+async fn suite(postgres: bool) {
+    let Some(backend) = Backend::get(postgres).await else {
+        return;
+    };
+    let s = Server::start(backend);
+    crud(&s).await;
+    watch_events(&s).await;
+    controller(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kube_rs_sqlite() {
+    suite(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kube_rs_postgres() {
+    suite(true).await;
+}
