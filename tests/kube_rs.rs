@@ -37,14 +37,11 @@ async fn crud(s: &Server) {
         .expect("create");
     assert!(created.metadata.uid.is_some() && created.metadata.resource_version.is_some());
     assert_eq!(created.metadata.generation, Some(1));
-    assert_eq!(
-        api.create(&PostParams::default(), &ws("crud", 2))
-            .await
-            .expect_err("dup")
-            .to_string()
-            .contains("AlreadyExists"),
-        true
-    );
+    let dup = api
+        .create(&PostParams::default(), &ws("crud", 2))
+        .await
+        .expect_err("dup");
+    assert!(dup.to_string().contains("AlreadyExists"), "{dup}");
     let mut got = api.get("crud").await.expect("get");
     assert_eq!(got.spec.tier, Some(2));
     assert_eq!(
