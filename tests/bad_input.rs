@@ -12,6 +12,7 @@ fn status(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|_| panic!("not a JSON Status: {body}"))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn expect(
     s: &Server,
     method: &str,
