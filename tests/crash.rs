@@ -145,3 +145,21 @@ async fn kill9_sqlite() {
 async fn kill9_postgres() {
     kill9_during_burst(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_exits_zero_with_a_watch_open() {
+    let mut s = Server::start(Backend::Sqlite);
+    let out = s.dir.path().join("w.txt");
+    let mut w = s.kubectl_spawn("1.33", &["get", "ws", "-w"], &out);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let code = tokio::task::block_in_place(|| s.terminate());
+    let _ = w.kill();
+    let _ = w.wait();
+    assert_eq!(
+        code,
+        Some(0),
+        "serve did not exit 0 on SIGTERM; log:\n{}",
+        s.log()
+    );
+    assert!(s.log().contains("stopped"), "{}", s.log());
+}

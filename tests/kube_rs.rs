@@ -15,7 +15,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
 use kube::runtime::{finalizer, watcher};
 use kube::{Resource, ResourceExt};
-use molecule::resources::{Workspace, WorkspaceSpec};
+use molecule::resources::{OrgImport, OrgImportSource, OrgImportSpec, Workspace, WorkspaceSpec};
 use serde_json::json;
 
 fn ws(name: &str, tier: i32) -> Workspace {
@@ -292,6 +292,231 @@ async fn controller(s: &Server) {
     assert!(gone, "finalizer was not removed; server log:\n{}", s.log());
 }
 
+fn owned_by(name: &str, owner: &OrgImport, finalizer: Option<&str>) -> Workspace {
+    let mut w = ws(name, 2);
+    let mut oref = owner.controller_owner_ref(&()).expect("owner ref");
+    oref.block_owner_deletion = Some(true);
+    w.metadata.owner_references = Some(vec![oref]);
+    w.metadata.finalizers = finalizer.map(|f| vec![f.to_string()]);
+    w
+}
+
+async fn wait_gone<K>(api: &Api<K>, name: &str) -> bool
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for _ in 0..100 {
+        if api.get_opt(name).await.expect("get").is_none() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn propagation(s: &Server) {
+    let client = s.client().await;
+    let orgs: Api<OrgImport> = Api::namespaced(client.clone(), "default");
+    let wss: Api<Workspace> = Api::namespaced(client.clone(), "default");
+    let org = |n: &str| {
+        OrgImport::new(
+            n,
+            OrgImportSpec {
+                source: OrgImportSource {
+                    dir: Some("x".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+    };
+
+    // Foreground: the owner waits (foregroundDeletion) until its blocking dependent is gone.
+    let owner = orgs
+        .create(&PostParams::default(), &org("fg"))
+        .await
+        .expect("owner");
+    wss.create(
+        &PostParams::default(),
+        &owned_by("fg-child", &owner, Some("molecule.ai/hold")),
+    )
+    .await
+    .expect("child");
+    orgs.delete("fg", &DeleteParams::foreground())
+        .await
+        .expect("delete fg");
+    let o = orgs.get("fg").await.expect("owner still there");
+    assert!(
+        o.metadata.deletion_timestamp.is_some()
+            && o.finalizers().iter().any(|f| f == "foregroundDeletion"),
+        "{:?}",
+        o.metadata
+    );
+    assert!(
+        wss.get("fg-child")
+            .await
+            .expect("child")
+            .metadata
+            .deletion_timestamp
+            .is_some(),
+        "dependent is terminating"
+    );
+    wss.patch(
+        "fg-child",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("release child");
+    assert!(
+        wait_gone(&wss, "fg-child").await,
+        "foreground dependent not removed"
+    );
+    assert!(
+        wait_gone(&orgs, "fg").await,
+        "foreground owner not released"
+    );
+
+    // Orphan: the owner goes, the dependent stays without the reference.
+    let owner = orgs
+        .create(&PostParams::default(), &org("orph"))
+        .await
+        .expect("owner");
+    wss.create(
+        &PostParams::default(),
+        &owned_by("orph-child", &owner, None),
+    )
+    .await
+    .expect("child");
+    assert!(
+        orgs.delete("orph", &DeleteParams::orphan())
+            .await
+            .expect("delete")
+            .is_right()
+    );
+    let child = wss.get("orph-child").await.expect("orphan kept");
+    assert!(
+        child
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty()
+    );
+
+    // Background (the default): the dependent is collected with the owner.
+    let owner = orgs
+        .create(&PostParams::default(), &org("bg"))
+        .await
+        .expect("owner");
+    wss.create(&PostParams::default(), &owned_by("bg-child", &owner, None))
+        .await
+        .expect("child");
+    orgs.delete("bg", &DeleteParams::background())
+        .await
+        .expect("delete");
+    assert!(
+        wait_gone(&wss, "bg-child").await,
+        "background dependent not collected"
+    );
+
+    // deletecollection with a label selector.
+    for (n, team) in [("dc-1", "a"), ("dc-2", "a"), ("dc-3", "b")] {
+        let mut w = ws(n, 1);
+        w.metadata.labels = Some([("dc".to_string(), team.to_string())].into());
+        wss.create(&PostParams::default(), &w)
+            .await
+            .expect("create");
+    }
+    wss.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("dc=a"),
+    )
+    .await
+    .expect("deletecollection");
+    let left: Vec<String> = wss
+        .list(&ListParams::default().labels("dc"))
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .map(|o| o.name_any())
+        .collect();
+    assert_eq!(left, vec!["dc-3"]);
+}
+
+async fn streaming_lists_and_leases(s: &Server) {
+    let client = s.client().await;
+    let wss: Api<Workspace> = Api::namespaced(client.clone(), "default");
+    wss.create(&PostParams::default(), &ws("stream-1", 1))
+        .await
+        .expect("create");
+    let mut w = watcher(wss.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut initial = vec![];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), w.try_next())
+            .await
+            .expect("initial events")
+            .expect("ok")
+            .expect("open")
+        {
+            watcher::Event::InitApply(o) => initial.push(o.name_any()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert!(initial.contains(&"stream-1".to_string()), "{initial:?}");
+    wss.create(&PostParams::default(), &ws("stream-2", 1))
+        .await
+        .expect("create");
+    loop {
+        if let watcher::Event::Apply(o) =
+            tokio::time::timeout(Duration::from_secs(10), w.try_next())
+                .await
+                .expect("event")
+                .expect("ok")
+                .expect("open")
+            && o.name_any() == "stream-2"
+        {
+            break;
+        }
+    }
+
+    // Leases (leader election) behave like any object, with optimistic concurrency.
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    let leases: Api<Lease> = Api::namespaced(client, "default");
+    let lease = Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some("molecule-leader".into()),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some("a".into()),
+            lease_duration_seconds: Some(15),
+            ..Default::default()
+        }),
+    };
+    let mut l = leases
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("lease");
+    l.spec.as_mut().expect("spec").holder_identity = Some("b".into());
+    let taken = leases
+        .replace("molecule-leader", &PostParams::default(), &l)
+        .await
+        .expect("take over");
+    assert_eq!(
+        taken.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("b")
+    );
+    assert!(
+        leases
+            .replace("molecule-leader", &PostParams::default(), &l)
+            .await
+            .is_err(),
+        "a stale lease update must conflict"
+    );
+}
+
 async fn suite(postgres: bool) {
     let Some(backend) = Backend::get(postgres).await else {
         return;
@@ -300,6 +525,8 @@ async fn suite(postgres: bool) {
     crud(&s).await;
     watch_events(&s).await;
     controller(&s).await;
+    propagation(&s).await;
+    streaming_lists_and_leases(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
