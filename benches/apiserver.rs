@@ -57,7 +57,7 @@ fn start_server(dir: &Path, port: u16, database_url: Option<&str>) -> Child {
     if let Some(u) = database_url {
         cmd.env("DATABASE_URL", u);
     }
-    let child = cmd.spawn().expect("spawn serve");
+    let mut child = cmd.spawn().expect("spawn serve");
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if dir.join("kubeconfig").exists()
@@ -67,6 +67,8 @@ fn start_server(dir: &Path, port: u16, database_url: Option<&str>) -> Child {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("serve did not start");
 }
 
