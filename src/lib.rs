@@ -6,11 +6,15 @@
 //! one-process embedded mode).
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod apiserver;
+pub mod backends;
 pub mod controllers;
+pub mod images;
 pub mod kubeconfig;
 pub mod resources;
 pub mod serve;
+pub mod shim;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

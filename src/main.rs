@@ -25,6 +25,39 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
+/// Flags of the workspace controller and the orphan reaper.
+#[derive(clap::Args, Clone, Debug)]
+struct WorkspaceFlags {
+    /// Heartbeat interval agents are told to use, in seconds.
+    #[arg(long, default_value_t = 30)]
+    agent_heartbeat_seconds: u64,
+    /// No heartbeat for this many seconds: the workspace goes Offline and is restarted.
+    #[arg(long, default_value_t = 180)]
+    heartbeat_timeout_seconds: u64,
+    /// Not Online this many seconds after provisioning: Failed (ProvisionTimeout).
+    #[arg(long, default_value_t = 600)]
+    provision_timeout_seconds: u64,
+    /// Seconds between orphan-reaper resyncs (Docker events trigger it sooner).
+    #[arg(long, default_value_t = 30)]
+    reap_interval_seconds: u64,
+}
+
+impl WorkspaceFlags {
+    fn options(&self, template_root: Option<PathBuf>) -> molecule::serve::WorkspaceOptions {
+        molecule::serve::WorkspaceOptions {
+            heartbeat_seconds: self.agent_heartbeat_seconds.max(1),
+            heartbeat_timeout: std::time::Duration::from_secs(
+                self.heartbeat_timeout_seconds.max(2),
+            ),
+            provision_timeout: std::time::Duration::from_secs(
+                self.provision_timeout_seconds.max(1),
+            ),
+            template_root,
+            reap_every: std::time::Duration::from_secs(self.reap_interval_seconds.max(1)),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run everything in one process: the embedded API server, its store and the controllers.
@@ -41,6 +74,9 @@ enum Command {
         /// Postgres URL (postgres://…); the default is SQLite in the data dir.
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
+        /// Root that workspace `filesDir` paths are confined to (default DATA_DIR/org-templates).
+        #[arg(long)]
+        org_templates: Option<PathBuf>,
         /// Base64 of a 32-byte key for secrets at rest; default: DATA_DIR/secret.key (created 0600).
         #[arg(long, env = "MOLECULE_SECRET_KEY", hide_env_values = true)]
         secret_key: Option<String>,
@@ -53,12 +89,28 @@ enum Command {
         /// How many changes watchers can resume from; older resourceVersions get 410 Expired.
         #[arg(long, default_value_t = 20_000)]
         watch_history: usize,
+        #[command(flatten)]
+        workspaces: WorkspaceFlags,
+    },
+    /// Run the built-in echo agent (inside a workspace container).
+    Agent {
+        #[arg(long, default_value = "/configs/config.yaml")]
+        config: PathBuf,
+        #[arg(long, default_value = "/configs/.auth_token")]
+        token: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:8000")]
+        listen: SocketAddr,
     },
     /// Run the controllers alone against an external API server (KUBECONFIG or in-cluster).
     Operator {
         /// Controllers to run: `all`, `none` or a comma-separated list.
         #[arg(long, env = "MOLECULE_CONTROLLERS", default_value = "all")]
         controllers: String,
+        #[command(flatten)]
+        workspaces: WorkspaceFlags,
+        /// Root that workspace `filesDir` paths are confined to.
+        #[arg(long, default_value = "org-templates")]
+        org_templates: PathBuf,
     },
     /// Write the CRD manifests (one file per kind) into a directory.
     Crds {
@@ -111,6 +163,8 @@ fn main() -> anyhow::Result<()> {
             max_body_bytes,
             bookmark_seconds,
             watch_history,
+            workspaces,
+            org_templates,
         } => {
             molecule::telemetry::init_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
@@ -131,11 +185,17 @@ fn main() -> anyhow::Result<()> {
                 database_url,
                 secret_key,
                 api,
+                workspaces: workspaces.options(org_templates),
             }))
         }
-        Command::Operator { controllers } => {
+        Command::Operator {
+            controllers,
+            workspaces,
+            org_templates,
+        } => {
             molecule::telemetry::init_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
+            let opts = workspaces.options(Some(org_templates.clone()));
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
                 let client = kube::Client::try_default()
@@ -143,9 +203,23 @@ fn main() -> anyhow::Result<()> {
                     .context("building a client from KUBECONFIG or the in-cluster config")?;
                 let (trigger, shutdown) = molecule::shutdown::channel();
                 let metrics = std::sync::Arc::new(molecule::telemetry::Metrics::default());
+                let host = molecule::controllers::HostSettings {
+                    workspace: molecule::controllers::workspace::Settings {
+                        platform_url: String::new(),
+                        heartbeat_seconds: opts.heartbeat_seconds,
+                        heartbeat_timeout: opts.heartbeat_timeout,
+                        provision_timeout: opts.provision_timeout,
+                        template_root: org_templates,
+                        agent_binary: std::env::current_exe()?,
+                    },
+                    agent_port: 0,
+                    reap_every: opts.reap_every,
+                    registry: std::sync::Arc::default(),
+                };
                 let mut task = tokio::spawn(molecule::controllers::run(
                     client,
                     controllers,
+                    host,
                     metrics,
                     shutdown,
                 ));
@@ -155,6 +229,20 @@ fn main() -> anyhow::Result<()> {
                 }
                 task.await.context("controller host panicked")?
             })
+        }
+        Command::Agent {
+            config,
+            token,
+            listen,
+        } => {
+            molecule::telemetry::init_logging();
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(molecule::agent::run(molecule::agent::AgentOptions {
+                config_path: config,
+                token_path: token,
+                listen,
+                shutdown: None,
+            }))
         }
     }
 }

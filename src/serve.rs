@@ -22,6 +22,18 @@ pub struct ServeOptions {
     pub database_url: Option<String>,
     pub secret_key: Option<String>,
     pub api: ApiConfig,
+    pub workspaces: WorkspaceOptions,
+}
+
+/// Options of the workspace controller and reaper.
+#[derive(Clone, Debug)]
+pub struct WorkspaceOptions {
+    pub heartbeat_seconds: u64,
+    pub heartbeat_timeout: std::time::Duration,
+    pub provision_timeout: std::time::Duration,
+    /// `--org-templates`: the root `filesDir` is confined to (default DATA_DIR/org-templates).
+    pub template_root: Option<PathBuf>,
+    pub reap_every: std::time::Duration,
 }
 
 /// Reads the API token of a data dir, creating it (0600) on first start.
@@ -94,9 +106,10 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     );
 
     let (trigger, shutdown) = crate::shutdown::channel();
+    let registry: crate::shim::registry::Slot = Arc::default();
     let server = {
         let shutdown = shutdown.clone();
-        let app = api.router();
+        let app = crate::shim::registry::router(registry.clone()).merge(api.router());
         let tls = cert.config.clone();
         tokio::spawn(crate::apiserver::listener::serve(
             listener, app, tls, shutdown,
@@ -112,7 +125,28 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         let selection = opts.controllers.clone();
         let shutdown = shutdown.clone();
         let metrics = metrics.clone();
-        tokio::spawn(async move { controllers::run(client, selection, metrics, shutdown).await })
+        let template_root = opts
+            .workspaces
+            .template_root
+            .clone()
+            .unwrap_or_else(|| opts.data_dir.join("org-templates"));
+        let _ = std::fs::create_dir_all(&template_root);
+        let host = controllers::HostSettings {
+            workspace: crate::controllers::workspace::Settings {
+                platform_url: String::new(),
+                heartbeat_seconds: opts.workspaces.heartbeat_seconds,
+                heartbeat_timeout: opts.workspaces.heartbeat_timeout,
+                provision_timeout: opts.workspaces.provision_timeout,
+                template_root,
+                agent_binary: std::env::current_exe()?,
+            },
+            agent_port: addr.port(),
+            reap_every: opts.workspaces.reap_every,
+            registry: registry.clone(),
+        };
+        tokio::spawn(
+            async move { controllers::run(client, selection, host, metrics, shutdown).await },
+        )
     };
 
     crate::shutdown::signal().await;

@@ -9,8 +9,27 @@ use kube::Client;
 
 use crate::telemetry::Metrics;
 
-/// Names of the controllers this build has, in start order. Later issues add to this list.
-pub const KNOWN: &[&str] = &[];
+pub mod reaper;
+pub mod workspace;
+
+/// Names of the controllers this build has, in start order.
+pub const KNOWN: &[&str] = &["workspace", "reaper"];
+
+/// The Docker network every workspace joins (W01).
+pub const NETWORK: &str = "molecule-core-net";
+
+/// Settings of the controller host.
+#[derive(Clone)]
+pub struct HostSettings {
+    /// Workspace controller settings; `platform_url` is filled in once the agent listener is bound.
+    pub workspace: workspace::Settings,
+    /// Port of the agent listener on the Docker network's gateway (0: any).
+    pub agent_port: u16,
+    /// Periodic resync of the orphan reaper.
+    pub reap_every: std::time::Duration,
+    /// Where the registry endpoints find the controller's state.
+    pub registry: crate::shim::registry::Slot,
+}
 
 /// Which controllers to run (`--controllers`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,17 +87,135 @@ pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
 pub async fn run(
     client: Client,
     selection: Selection,
+    host: HostSettings,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use kube::runtime::controller::Controller;
+    use kube::runtime::reflector::ObjectRef;
+    use kube::runtime::watcher;
+
     check_crds(&client).await?;
     metrics.set(
         "molecule_controllers_running",
         &[],
         selection.0.len() as f64,
     );
+    let wants = |n: &str| selection.0.iter().any(|s| s == n);
+    if !wants("workspace") && !wants("reaper") {
+        tracing::info!("controller host started with no controllers");
+        shutdown.wait().await;
+        return Ok(());
+    }
+    let names: Vec<&str> = workspace::env::mutators().iter().map(|m| m.name).collect();
+    tracing::info!(mutators = ?names, "env mutator chain");
+
+    // The Docker engine may come up after us: retry until it answers.
+    let backend = loop {
+        match crate::backends::docker::DockerBackend::connect(NETWORK).await {
+            Ok(b) => break b,
+            Err(e) => {
+                tracing::warn!(error = %e, "Docker is not reachable; workspaces cannot be provisioned until it is (retrying)");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                    _ = shutdown.clone().wait() => return Ok(()),
+                }
+            }
+        }
+    };
+    let network = backend.ensure_network().await?;
+    let docker = backend.docker().clone();
+    let backend: Arc<dyn crate::backends::WorkspaceBackend> = Arc::new(backend);
+    let (reap_tx, reap_rx) = tokio::sync::mpsc::channel::<()>(64);
+    let (ws_tx, ws_rx) = tokio::sync::mpsc::channel::<ObjectRef<crate::resources::Workspace>>(1024);
+    let events = tokio::spawn({
+        let docker = docker.clone();
+        async move {
+            let mut s = std::pin::pin!(crate::backends::events::managed_events(docker));
+            while let Some(ev) = s.next().await {
+                if ev.kind == crate::backends::ManagedKind::Container
+                    && !ev.name.is_empty()
+                    && matches!(
+                        ev.action.as_str(),
+                        "die" | "stop" | "kill" | "oom" | "destroy" | "start"
+                    )
+                {
+                    let _ = ws_tx.try_send(ObjectRef::new(&ev.name).within(&ev.namespace));
+                }
+                if matches!(ev.action.as_str(), "create" | "start" | "destroy" | "die") {
+                    let _ = reap_tx.try_send(());
+                }
+            }
+        }
+    });
+    let mut tasks = vec![];
+    if wants("workspace") {
+        let gateway = network
+            .gateway_ip
+            .ok_or_else(|| anyhow::anyhow!("the Docker network {NETWORK} has no IPv4 gateway"))?;
+        let listener = match tokio::net::TcpListener::bind((gateway, host.agent_port)).await {
+            Ok(l) => l,
+            Err(_) => tokio::net::TcpListener::bind((gateway, 0)).await?,
+        };
+        let platform_url = format!("http://{}", listener.local_addr()?);
+        tracing::info!(url = %platform_url, "agent listener ready (registry endpoints for containers)");
+        let agent_app = crate::shim::registry::router(host.registry.clone());
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(listener, agent_app)
+                .with_graceful_shutdown(stop.wait())
+                .await;
+        }));
+        let settings = workspace::Settings {
+            platform_url,
+            ..host.workspace.clone()
+        };
+        let reporter = kube::runtime::events::Reporter {
+            controller: "molecule-workspace".into(),
+            instance: std::env::var("HOSTNAME").ok(),
+        };
+        let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
+        let ctx = Arc::new(workspace::Context::new(
+            client.clone(),
+            backend.clone(),
+            docker.clone(),
+            recorder,
+            settings,
+            metrics.clone(),
+        ));
+        let api: kube::Api<crate::resources::Workspace> = kube::Api::all(client.clone());
+        let controller = Controller::new(api, watcher::Config::default())
+            .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(ws_rx))
+            .graceful_shutdown_on(shutdown.clone().wait());
+        let _ = host
+            .registry
+            .set(Arc::new(crate::shim::registry::RegistryState {
+                client: client.clone(),
+                workspaces: controller.store(),
+                metrics: metrics.clone(),
+            }));
+        tasks.push(tokio::spawn(
+            controller
+                .run(workspace::reconcile, workspace::error_policy, ctx)
+                .for_each(|_| async {}),
+        ));
+    }
+    if wants("reaper") {
+        tasks.push(tokio::spawn(reaper::run(
+            client.clone(),
+            backend.clone(),
+            host.reap_every,
+            reap_rx,
+            metrics.clone(),
+            shutdown.clone(),
+        )));
+    }
     tracing::info!(controllers = ?selection.0, "controller host started");
-    shutdown.wait().await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    events.abort();
     tracing::info!("controller host stopped");
     Ok(())
 }

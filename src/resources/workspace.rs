@@ -280,6 +280,21 @@ pub struct WorkspaceStatus {
     /// The restartedAt annotation value last acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarted_at: Option<String>,
+    /// When the current container was provisioned (a registration after this counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioned_at: Option<String>,
+    /// Hash of the desired container (image, env, tier, files); a change recreates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_hash: Option<String>,
+    /// URL the agent registered for agent-to-agent calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_url: Option<String>,
+    /// runtime_state from the last heartbeat (`ok`, `wedged`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_state: Option<String>,
+    /// Consecutive automatic restarts since the workspace was last Online.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_count: Option<i64>,
 }
 
 /// Schema of a free-form JSON object.

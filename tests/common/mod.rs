@@ -99,10 +99,11 @@ impl Server {
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--controllers")
-            .arg("none")
-            .args(&self.extra)
+            .arg(format!("127.0.0.1:{}", self.port));
+        if !self.extra.iter().any(|a| a == "--controllers") {
+            cmd.arg("--controllers").arg("none");
+        }
+        cmd.args(&self.extra)
             .env_remove("DATABASE_URL")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -272,6 +273,52 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// A plain HTTP/1.0 POST to an absolute `http://host:port/path` URL; returns (status, body).
+pub fn post_url(url: &str, body: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| std::io::Error::other("http only"))?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map(|(a, p)| (a, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut s = TcpStream::connect(authority)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "POST {path} HTTP/1.0\r\nHost: {authority}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes())?;
+    let mut buf = vec![];
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status in {text:?}")))?;
+    Ok((
+        status,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    ))
+}
+
+/// Runs `docker` with args; returns (success, stdout).
+pub fn docker(args: &[&str]) -> (bool, String) {
+    match Command::new("docker").args(args).output() {
+        Ok(o) => (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        ),
+        Err(_) => (false, String::new()),
+    }
 }
 
 /// Polls `f` until it is true or `secs` pass.

@@ -1,0 +1,302 @@
+//! The files a workspace gets under /configs (W03, W04): the generated `config.yaml`, inline
+//! files from the spec, and a `filesDir` under the template root — confined to that root, with
+//! symlinks resolved at the root and never followed outside it. Pure apart from reading files.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde_json::json;
+
+use crate::backends::{ConfigFile, normalize_line_endings, validate_file_path};
+use crate::resources::Workspace;
+
+/// Largest single config file.
+pub const MAX_FILE_BYTES: usize = 256 * 1024;
+/// Largest total of a workspace's config files.
+pub const MAX_TOTAL_BYTES: usize = 4 * 1024 * 1024;
+/// Most files from one filesDir.
+pub const MAX_FILES: usize = 1000;
+
+/// Why the config files cannot be built. Messages never echo user-supplied paths beyond the
+/// relative name inside the spec (W15).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilesError {
+    #[error("inline file {0:?} has an invalid path: {1}")]
+    BadPath(String, String),
+    #[error("inline file {0:?} is larger than {MAX_FILE_BYTES} bytes")]
+    TooLarge(String),
+    #[error("config files exceed {MAX_TOTAL_BYTES} bytes in total")]
+    TotalTooLarge,
+    #[error("filesDir must be a relative path inside the template root")]
+    Escapes,
+    #[error("filesDir was not found under the template root")]
+    NotFound,
+    #[error("filesDir holds more than {MAX_FILES} files")]
+    TooMany,
+    #[error("config.yaml and .auth_token are generated and cannot be supplied")]
+    Reserved,
+}
+
+/// Settings the agent reads from config.yaml.
+pub struct AgentConfig<'a> {
+    pub platform_url: &'a str,
+    pub heartbeat_seconds: u64,
+}
+
+/// The generated config.yaml.
+pub fn config_yaml(ws: &Workspace, uid: &str, agent: &AgentConfig<'_>) -> String {
+    let name = ws.metadata.name.clone().unwrap_or_default();
+    let display = ws.spec.display_name.clone().unwrap_or_else(|| name.clone());
+    let id12: String = uid.chars().filter(|c| *c != '-').take(12).collect();
+    let doc = json!({
+        "workspace_id": uid,
+        "name": name,
+        "display_name": display,
+        "role": ws.spec.role.clone().unwrap_or_default(),
+        "runtime": ws.spec.runtime.clone().unwrap_or_else(|| "echo".into()),
+        "model": ws.spec.model,
+        "tier": ws.spec.tier.unwrap_or(2),
+        "platform_url": agent.platform_url,
+        "agent_url": format!("http://ws-{id12}:8000"),
+        "heartbeat_seconds": agent.heartbeat_seconds,
+        "max_concurrent_tasks": ws.spec.max_concurrent_tasks,
+        "agent_card": {
+            "name": display,
+            "description": ws.spec.role.clone().map(|r| format!("{r} (Molecule echo agent)")).unwrap_or_else(|| "Molecule echo agent".into()),
+            "skills": [{"id": "echo", "name": "Echo"}]
+        }
+    });
+    serde_yaml::to_string(&doc).unwrap_or_default()
+}
+
+fn check_total(files: &[ConfigFile]) -> Result<(), FilesError> {
+    if files.iter().map(|f| f.content.len()).sum::<usize>() > MAX_TOTAL_BYTES {
+        Err(FilesError::TotalTooLarge)
+    } else {
+        Ok(())
+    }
+}
+
+/// Inline files from the spec, validated.
+pub fn inline_files(ws: &Workspace) -> Result<Vec<ConfigFile>, FilesError> {
+    let mut out = vec![];
+    if let Some(files) = &ws.spec.files {
+        for (path, content) in &files.inline {
+            validate_file_path(path).map_err(|why| FilesError::BadPath(path.clone(), why))?;
+            if matches!(path.as_str(), "config.yaml" | ".auth_token") {
+                return Err(FilesError::Reserved);
+            }
+            if content.len() > MAX_FILE_BYTES {
+                return Err(FilesError::TooLarge(path.clone()));
+            }
+            out.push(ConfigFile {
+                path: path.clone(),
+                content: normalize_line_endings(path, content.as_bytes()),
+                mode: 0o644,
+            });
+        }
+    }
+    check_total(&out)?;
+    Ok(out)
+}
+
+/// Resolves `files_dir` under `root`: relative, no `..`; the root itself may be a symlink and
+/// the dir may be a symlink whose target stays inside the root.
+pub fn resolve_files_dir(root: &Path, files_dir: &str) -> Result<PathBuf, FilesError> {
+    let rel = Path::new(files_dir);
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(FilesError::Escapes);
+    }
+    let root = root.canonicalize().map_err(|_| FilesError::NotFound)?;
+    let dir = root
+        .join(rel)
+        .canonicalize()
+        .map_err(|_| FilesError::NotFound)?;
+    if !dir.starts_with(&root) {
+        return Err(FilesError::Escapes);
+    }
+    if !dir.is_dir() {
+        return Err(FilesError::NotFound);
+    }
+    Ok(dir)
+}
+
+/// Reads every regular file under `dir` (symlinks inside are skipped, never followed).
+pub fn read_files_dir(dir: &Path) -> Result<Vec<ConfigFile>, FilesError> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&d)
+            .map_err(|_| FilesError::NotFound)?
+            .filter_map(Result::ok)
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let Ok(ft) = e.file_type() else { continue };
+            let p = e.path();
+            if ft.is_symlink() {
+                continue;
+            }
+            if ft.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            if !ft.is_file() {
+                continue;
+            }
+            let rel = p
+                .strip_prefix(dir)
+                .map_err(|_| FilesError::Escapes)?
+                .to_string_lossy()
+                .replace('\\', "/");
+            if matches!(rel.as_str(), "config.yaml" | ".auth_token") {
+                continue;
+            }
+            let content = std::fs::read(&p).map_err(|_| FilesError::NotFound)?;
+            if content.len() > MAX_FILE_BYTES {
+                return Err(FilesError::TooLarge(rel));
+            }
+            out.push(ConfigFile {
+                content: normalize_line_endings(&rel, &content),
+                path: rel,
+                mode: 0o644,
+            });
+            if out.len() > MAX_FILES {
+                return Err(FilesError::TooMany);
+            }
+        }
+    }
+    check_total(&out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::{ConfigFiles, WorkspaceSpec};
+
+    fn ws_with_inline(files: &[(&str, &str)]) -> Workspace {
+        Workspace::new(
+            "a",
+            WorkspaceSpec {
+                files: Some(ConfigFiles {
+                    files_dir: None,
+                    inline: files
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn inline_files_are_validated_and_normalised() {
+        let f = inline_files(&ws_with_inline(&[
+            ("skills/run.sh", "echo hi\r\n"),
+            ("notes.txt", "a\r\n"),
+        ]))
+        .expect("ok");
+        assert_eq!(
+            f.iter()
+                .find(|x| x.path == "skills/run.sh")
+                .map(|x| x.content.clone()),
+            Some(b"echo hi\n".to_vec())
+        );
+        assert_eq!(
+            f.iter()
+                .find(|x| x.path == "notes.txt")
+                .map(|x| x.content.clone()),
+            Some(b"a\r\n".to_vec())
+        );
+        assert!(matches!(
+            inline_files(&ws_with_inline(&[("../etc/passwd", "x")])),
+            Err(FilesError::BadPath(..))
+        ));
+        assert!(matches!(
+            inline_files(&ws_with_inline(&[("/abs", "x")])),
+            Err(FilesError::BadPath(..))
+        ));
+        assert_eq!(
+            inline_files(&ws_with_inline(&[(".auth_token", "x")])),
+            Err(FilesError::Reserved)
+        );
+        let big = "x".repeat(MAX_FILE_BYTES + 1);
+        assert_eq!(
+            inline_files(&ws_with_inline(&[("big.md", &big)])),
+            Err(FilesError::TooLarge("big.md".into()))
+        );
+    }
+
+    #[test]
+    fn files_dir_is_confined_to_the_root() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = tmp.path().join("templates");
+        std::fs::create_dir_all(root.join("team/alice/skills")).expect("dirs");
+        std::fs::write(root.join("team/alice/skills/SKILL.md"), "skill\r\n").expect("w");
+        std::fs::write(tmp.path().join("secret.txt"), "outside").expect("w");
+        std::os::unix::fs::symlink(
+            tmp.path().join("secret.txt"),
+            root.join("team/alice/leak.txt"),
+        )
+        .expect("symlink");
+        std::os::unix::fs::symlink(tmp.path(), root.join("escape")).expect("symlink");
+        std::os::unix::fs::symlink(root.join("team/alice"), root.join("alias")).expect("symlink");
+        let dir = resolve_files_dir(&root, "team/alice").expect("resolve");
+        let files = read_files_dir(&dir).expect("read");
+        assert_eq!(files.len(), 1, "the symlink to a file outside is skipped");
+        assert_eq!(files[0].path, "skills/SKILL.md");
+        assert_eq!(files[0].content, b"skill\n");
+        assert_eq!(
+            resolve_files_dir(&root, "../secret.txt"),
+            Err(FilesError::Escapes)
+        );
+        assert_eq!(resolve_files_dir(&root, "/etc"), Err(FilesError::Escapes));
+        assert_eq!(resolve_files_dir(&root, "escape"), Err(FilesError::Escapes));
+        assert_eq!(
+            resolve_files_dir(&root, "missing"),
+            Err(FilesError::NotFound)
+        );
+        // A dir that is itself a symlink inside the root still ships its content.
+        assert_eq!(
+            read_files_dir(&resolve_files_dir(&root, "alias").expect("alias"))
+                .expect("read")
+                .len(),
+            1
+        );
+        // A root that is itself a symlink works.
+        std::os::unix::fs::symlink(&root, tmp.path().join("root-link")).expect("symlink");
+        assert!(resolve_files_dir(&tmp.path().join("root-link"), "team/alice").is_ok());
+    }
+
+    #[test]
+    fn config_yaml_has_what_the_agent_reads() {
+        let ws = Workspace::new(
+            "alpha",
+            WorkspaceSpec {
+                role: Some("researcher".into()),
+                ..Default::default()
+            },
+        );
+        let y = config_yaml(
+            &ws,
+            "3f2a9c1e-7b4d-4a00-8000-000000000000",
+            &AgentConfig {
+                platform_url: "http://172.18.0.1:8080",
+                heartbeat_seconds: 5,
+            },
+        );
+        let v: serde_yaml::Value = serde_yaml::from_str(&y).expect("yaml");
+        assert_eq!(
+            v["workspace_id"].as_str(),
+            Some("3f2a9c1e-7b4d-4a00-8000-000000000000")
+        );
+        assert_eq!(v["platform_url"].as_str(), Some("http://172.18.0.1:8080"));
+        assert_eq!(v["agent_url"].as_str(), Some("http://ws-3f2a9c1e7b4d:8000"));
+        assert_eq!(v["heartbeat_seconds"].as_u64(), Some(5));
+    }
+}

@@ -1,0 +1,937 @@
+//! The Workspace controller: converges each Workspace record to a running agent container
+//! (FEATURES W01–W17). `reconcile` is a thin driver: read the record, its Secrets and the
+//! container's presence; decide with the pure `plan`; act on the backend; write status and
+//! Events. The finalizer guards the container and volume.
+
+pub mod env;
+pub mod files;
+pub mod plan;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KEvent, EventType, Recorder};
+use kube::runtime::finalizer::{Event as Finalize, finalizer};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::backends::{
+    BackendError, ConfigFile, Presence, StartSpec, Tier, WorkspaceBackend, WorkspaceRef,
+};
+use crate::resources::{
+    Condition, ConditionStatus, Runtime, Workspace, WorkspacePhase, WorkspaceStatus,
+};
+use crate::telemetry::Metrics;
+use plan::{ProvisionReason, Step};
+
+/// Finalizer guarding the container and volume.
+pub const FINALIZER: &str = "molecule.ai/workspace-cleanup";
+/// Annotation whose change restarts the workspace (like `kubectl rollout restart`).
+pub const RESTART_ANNOTATION: &str = "molecule.ai/restartedAt";
+/// Runtimes that need no Runtime record.
+pub const BUILTIN_RUNTIMES: &[&str] = &["echo", "external"];
+
+/// Errors of the Workspace controller; `category` is the Event reason and metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("finalizer error: {0}")]
+    Finalizer(String),
+    #[error("the record has no uid")]
+    NoUid,
+}
+
+impl WorkspaceError {
+    pub fn category(&self) -> &'static str {
+        match self {
+            WorkspaceError::Kube(_) => "ApiError",
+            WorkspaceError::Backend(e) => e.category(),
+            WorkspaceError::Finalizer(_) => "FinalizerError",
+            WorkspaceError::NoUid => "NoUid",
+        }
+    }
+}
+
+/// Tunables of the controller.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where agents reach `/registry/*`.
+    pub platform_url: String,
+    /// Heartbeat interval agents are told to use.
+    pub heartbeat_seconds: u64,
+    /// No heartbeat for this long: Offline, then restart (W09; 180 s by default).
+    pub heartbeat_timeout: Duration,
+    /// Not Online this long after provisioning: Failed (W10; 10 min by default).
+    pub provision_timeout: Duration,
+    /// Root that `spec.files.filesDir` is confined to.
+    pub template_root: PathBuf,
+    /// The binary packed into the echo image.
+    pub agent_binary: PathBuf,
+}
+
+/// Shared state of the controller.
+pub struct Context {
+    pub client: Client,
+    pub backend: Arc<dyn WorkspaceBackend>,
+    pub docker: bollard::Docker,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    echo_image: tokio::sync::OnceCell<String>,
+    /// Earliest time of the next automatic restart, per uid.
+    backoff: Mutex<HashMap<String, Instant>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        backend: Arc<dyn WorkspaceBackend>,
+        docker: bollard::Docker,
+        recorder: Recorder,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Context {
+            client,
+            backend,
+            docker,
+            recorder,
+            settings,
+            metrics,
+            echo_image: tokio::sync::OnceCell::new(),
+            backoff: Mutex::default(),
+        }
+    }
+
+    /// The echo image, built from our own binary on first use (I07).
+    async fn echo_image(&self) -> Result<String, BackendError> {
+        self.echo_image
+            .get_or_try_init(|| async {
+                let t = Instant::now();
+                let tag = crate::images::ensure_echo_image(&self.docker, &self.settings.agent_binary).await?;
+                tracing::info!(image = %tag, ms = t.elapsed().as_millis() as u64, "echo image ready");
+                Ok(tag)
+            })
+            .await
+            .cloned()
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// What the record asks the backend to run.
+enum Target {
+    External,
+    Image(String),
+}
+
+/// A permanent problem with the record: Failed until the record changes.
+struct Permanent {
+    reason: &'static str,
+    message: String,
+    missing_env: Vec<String>,
+}
+
+fn permanent(reason: &'static str, message: impl Into<String>) -> Permanent {
+    Permanent {
+        reason,
+        message: message.into(),
+        missing_env: vec![],
+    }
+}
+
+/// Entry point for kube-runtime.
+pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, WorkspaceError> {
+    let started = Instant::now();
+    let ns = ws.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, ws, |event| async {
+        match event {
+            Finalize::Apply(ws) => apply(ws, ctx.clone()).await,
+            Finalize::Cleanup(ws) => cleanup(ws, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => WorkspaceError::Finalizer(other.to_string()),
+    });
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics.inc(
+        "molecule_reconcile_total",
+        &[("controller", "workspace"), ("result", outcome)],
+    );
+    ctx.metrics.observe(
+        "molecule_reconcile_seconds",
+        &[("controller", "workspace")],
+        started.elapsed().as_secs_f64(),
+    );
+    result
+}
+
+/// Requeue policy for errors: transient errors back off per object (in kube-runtime's queue).
+pub fn error_policy(ws: Arc<Workspace>, err: &WorkspaceError, ctx: Arc<Context>) -> Action {
+    ctx.metrics.inc(
+        "molecule_reconcile_errors_total",
+        &[("controller", "workspace"), ("category", err.category())],
+    );
+    tracing::warn!(workspace = %ws.name_any(), category = err.category(), error = %err, "reconcile failed; will retry");
+    Action::requeue(Duration::from_secs(2))
+}
+
+fn wref(ws: &Workspace) -> Result<WorkspaceRef, WorkspaceError> {
+    Ok(WorkspaceRef {
+        uid: ws.uid().ok_or(WorkspaceError::NoUid)?,
+        namespace: ws.namespace().unwrap_or_else(|| "default".into()),
+        name: ws.name_any(),
+    })
+}
+
+async fn load_secrets(client: &Client, ns: &str) -> Result<env::Secrets, WorkspaceError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut out = env::Secrets::new();
+    for s in api.list(&ListParams::default()).await?.items {
+        let mut kv = BTreeMap::new();
+        for (k, v) in s.data.unwrap_or_default() {
+            if let Ok(text) = String::from_utf8(v.0) {
+                kv.insert(k, text);
+            }
+        }
+        out.insert(s.metadata.name.unwrap_or_default(), kv);
+    }
+    Ok(out)
+}
+
+/// Resolves the runtime to an image (or none, for external agents).
+async fn target(
+    ws: &Workspace,
+    ctx: &Context,
+) -> Result<Result<(Target, Vec<String>), Permanent>, WorkspaceError> {
+    let runtime = ws.spec.runtime.as_deref().unwrap_or("echo");
+    let runtimes: Api<Runtime> = Api::all(ctx.client.clone());
+    let record = runtimes.get_opt(runtime).await?;
+    let required = record
+        .as_ref()
+        .map(|r| r.spec.required_env.clone())
+        .unwrap_or_default();
+    if runtime == "external" {
+        return Ok(Ok((Target::External, required)));
+    }
+    if let Some(img) = ws.spec.image.as_ref().filter(|i| !i.is_empty()) {
+        return Ok(Ok((Target::Image(img.clone()), required)));
+    }
+    if runtime == "echo" {
+        return match ctx.echo_image().await {
+            Ok(tag) => Ok(Ok((Target::Image(tag), required))),
+            Err(e) if e.is_transient() => Err(e.into()),
+            Err(e) => Ok(Err(permanent(
+                "ImageBuildFailed",
+                format!(
+                    "the built-in echo image could not be built: {}",
+                    e.category()
+                ),
+            ))),
+        };
+    }
+    if let Some(img) = record
+        .as_ref()
+        .and_then(|r| r.status.as_ref())
+        .and_then(|s| s.resolved_image.clone())
+    {
+        return Ok(Ok((Target::Image(img), required)));
+    }
+    let mut known: Vec<String> = BUILTIN_RUNTIMES.iter().map(|s| s.to_string()).collect();
+    for r in runtimes.list(&ListParams::default()).await?.items {
+        known.push(r.name_any());
+    }
+    known.sort();
+    known.dedup();
+    let why = if record.is_some() {
+        format!("runtime {runtime:?} has no resolved image yet")
+    } else {
+        format!(
+            "unknown runtime {runtime:?}; known runtimes: {}",
+            known.join(", ")
+        )
+    };
+    Ok(Err(permanent("UnknownRuntime", why)))
+}
+
+/// The controller-owned part of status, as a merge patch (fields the registry endpoints write —
+/// heartbeats, agent card — are left alone).
+fn status_patch(s: &WorkspaceStatus) -> Value {
+    let v = serde_json::to_value(s).unwrap_or_else(|_| json!({}));
+    let mut patch = serde_json::Map::new();
+    for field in [
+        "phase",
+        "observedGeneration",
+        "conditions",
+        "message",
+        "containerName",
+        "containerId",
+        "instanceId",
+        "volumeName",
+        "image",
+        "imageDigest",
+        "url",
+        "missingEnv",
+        "tokenHash",
+        "restartedAt",
+        "provisionedAt",
+        "specHash",
+        "restartCount",
+    ] {
+        patch.insert(field.into(), v.get(field).cloned().unwrap_or(Value::Null));
+    }
+    json!({ "status": patch })
+}
+
+async fn write_status(
+    ctx: &Context,
+    ws: &Workspace,
+    next: &WorkspaceStatus,
+    extra: Option<Value>,
+) -> Result<(), WorkspaceError> {
+    let api: Api<Workspace> = Api::namespaced(
+        ctx.client.clone(),
+        &ws.namespace().unwrap_or_else(|| "default".into()),
+    );
+    let mut patch = status_patch(next);
+    if let Some(Value::Object(extra)) = extra
+        && let Some(st) = patch["status"].as_object_mut()
+    {
+        st.extend(extra);
+    }
+    api.patch_status(
+        &ws.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn event(ctx: &Context, ws: &Workspace, type_: EventType, reason: &str, note: String) {
+    let ev = KEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &ws.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not publish an Event");
+    }
+}
+
+fn set_conditions(
+    next: &mut WorkspaceStatus,
+    generation: i64,
+    now: &str,
+    ready: (ConditionStatus, &str, &str),
+    config: (ConditionStatus, &str, &str),
+) {
+    for (type_, (status, reason, message)) in [("Ready", ready), ("ConfigReady", config)] {
+        let mut c = Condition::new(type_, status, reason, message);
+        c.observed_generation = Some(generation);
+        Condition::upsert(&mut next.conditions, c, now);
+    }
+}
+
+/// Reports a permanent problem: phase Failed, conditions, an Event on change; no container.
+async fn fail(
+    ctx: &Context,
+    ws: &Workspace,
+    mut next: WorkspaceStatus,
+    p: Permanent,
+    generation: i64,
+    now: &str,
+) -> Result<Action, WorkspaceError> {
+    let before = ws.status.clone().unwrap_or_default();
+    next.phase = Some(WorkspacePhase::Failed);
+    next.message = Some(p.message.clone());
+    next.missing_env = p.missing_env;
+    set_conditions(
+        &mut next,
+        generation,
+        now,
+        (ConditionStatus::False, p.reason, &p.message),
+        (ConditionStatus::False, p.reason, &p.message),
+    );
+    write_status(ctx, ws, &next, None).await?;
+    if before.phase != Some(WorkspacePhase::Failed)
+        || before.message.as_deref() != Some(p.message.as_str())
+    {
+        tracing::info!(workspace = %ws.name_any(), reason = p.reason, "workspace failed");
+        event(ctx, ws, EventType::Warning, p.reason, p.message).await;
+    }
+    Ok(Action::await_change())
+}
+
+async fn apply(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, WorkspaceError> {
+    let w = wref(&ws)?;
+    let generation = ws.metadata.generation.unwrap_or(1);
+    let now = crate::util::now_rfc3339();
+    let now_s = jiff::Timestamp::now().as_second();
+    let before = ws.status.clone().unwrap_or_default();
+    let mut next = before.clone();
+    next.observed_generation = Some(generation);
+    next.container_name = Some(w.container_name());
+    next.volume_name = Some(w.volume_name());
+
+    let (target, runtime_required) = match target(&ws, &ctx).await? {
+        Ok(t) => t,
+        Err(p) => return fail(&ctx, &ws, next, p, generation, &now).await,
+    };
+    let Some(tier) = Tier::from_number(ws.spec.tier.unwrap_or(2)) else {
+        return fail(
+            &ctx,
+            &ws,
+            next,
+            permanent("InvalidConfig", "tier must be between 1 and 4"),
+            generation,
+            &now,
+        )
+        .await;
+    };
+
+    // Pause: stop the container, keep the volume.
+    if ws.spec.paused {
+        if matches!(target, Target::Image(_)) {
+            ctx.backend.stop(&w).await?;
+        }
+        next.phase = Some(WorkspacePhase::Paused);
+        next.message = Some("paused: the container is stopped and the volume kept".into());
+        set_conditions(
+            &mut next,
+            generation,
+            &now,
+            (ConditionStatus::False, "Paused", "paused by spec.paused"),
+            (ConditionStatus::True, "Valid", "configuration is valid"),
+        );
+        write_status(&ctx, &ws, &next, None).await?;
+        if before.phase != Some(WorkspacePhase::Paused) {
+            event(
+                &ctx,
+                &ws,
+                EventType::Normal,
+                "Paused",
+                "container stopped; volume kept".into(),
+            )
+            .await;
+        }
+        return Ok(Action::await_change());
+    }
+
+    // Config files and env, before anything is created (W03, W07).
+    let mut config_files = match ws.spec.files.as_ref().and_then(|f| f.files_dir.clone()) {
+        Some(dir) => match files::resolve_files_dir(&ctx.settings.template_root, &dir)
+            .and_then(|d| files::read_files_dir(&d))
+        {
+            Ok(f) => f,
+            Err(e) => {
+                return fail(
+                    &ctx,
+                    &ws,
+                    next,
+                    permanent("InvalidConfig", e.to_string()),
+                    generation,
+                    &now,
+                )
+                .await;
+            }
+        },
+        None => vec![],
+    };
+    match files::inline_files(&ws) {
+        Ok(f) => config_files.extend(f),
+        Err(e) => {
+            return fail(
+                &ctx,
+                &ws,
+                next,
+                permanent("InvalidConfig", e.to_string()),
+                generation,
+                &now,
+            )
+            .await;
+        }
+    }
+    let secrets = load_secrets(&ctx.client, &w.namespace).await?;
+    let env_ctx = env::EnvContext {
+        workspace: &w.name,
+        workspace_id: &w.uid,
+        platform_url: &ctx.settings.platform_url,
+        tier: tier.number(),
+        runtime_required: &runtime_required,
+    };
+    let env = match env::assemble(&ws.spec, &secrets, &env_ctx) {
+        Ok(e) => e,
+        Err(problems) => {
+            let missing = problems
+                .iter()
+                .find_map(|p| {
+                    if let env::EnvProblem::Missing(m) = p {
+                        Some(m.clone())
+                    } else {
+                        None
+                    }
+                })
+                .unwrap_or_default();
+            let message = problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            let reason = if missing.is_empty() {
+                "InvalidEnv"
+            } else {
+                "MissingEnv"
+            };
+            if matches!(target, Target::Image(_)) {
+                ctx.backend.stop(&w).await?;
+            }
+            return fail(
+                &ctx,
+                &ws,
+                next,
+                Permanent {
+                    reason,
+                    message,
+                    missing_env: missing,
+                },
+                generation,
+                &now,
+            )
+            .await;
+        }
+    };
+    next.missing_env = vec![];
+
+    let image = match target {
+        Target::External => return external(&ctx, &ws, &w, next, generation, &now, now_s).await,
+        Target::Image(i) => i,
+    };
+    let agent = files::AgentConfig {
+        platform_url: &ctx.settings.platform_url,
+        heartbeat_seconds: ctx.settings.heartbeat_seconds,
+    };
+    config_files.push(ConfigFile {
+        path: "config.yaml".into(),
+        content: files::config_yaml(&ws, &w.uid, &agent).into_bytes(),
+        mode: 0o644,
+    });
+    let desired_hash = {
+        let mut h = Sha256::new();
+        h.update(image.as_bytes());
+        h.update(tier.number().to_le_bytes());
+        for (k, v) in &env {
+            h.update(k.as_bytes());
+            h.update([0]);
+            h.update(v.as_bytes());
+            h.update([0]);
+        }
+        for f in &config_files {
+            h.update(f.path.as_bytes());
+            h.update(sha256_hex(&f.content).as_bytes());
+        }
+        hex::encode(h.finalize())[..16].to_string()
+    };
+
+    let presence = ctx.backend.inspect(&w).await?;
+    let observed = plan::Observed {
+        status: &before,
+        presence: &presence,
+        desired_hash: &desired_hash,
+        restart_annotation: ws.annotations().get(RESTART_ANNOTATION).map(String::as_str),
+        now: now_s,
+        heartbeat_timeout_secs: ctx.settings.heartbeat_timeout.as_secs() as i64,
+        provision_timeout_secs: ctx.settings.provision_timeout.as_secs() as i64,
+    };
+    match plan::decide(&observed) {
+        Step::Observe {
+            phase,
+            reason,
+            message,
+        } => {
+            let ready = if matches!(phase, WorkspacePhase::Online | WorkspacePhase::Degraded) {
+                ConditionStatus::True
+            } else {
+                ConditionStatus::False
+            };
+            next.phase = Some(phase);
+            next.message = Some(message.clone());
+            if phase == WorkspacePhase::Online {
+                next.restart_count = None;
+                ctx.backoff
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&w.uid);
+            }
+            if let Presence::Running {
+                host_url: Some(u), ..
+            } = &presence
+            {
+                next.url = Some(u.clone());
+            }
+            set_conditions(
+                &mut next,
+                generation,
+                &now,
+                (ready, reason, &message),
+                (ConditionStatus::True, "Valid", "configuration is valid"),
+            );
+            write_status(&ctx, &ws, &next, None).await?;
+            if before.phase != Some(phase) {
+                let t = if matches!(phase, WorkspacePhase::Failed | WorkspacePhase::Degraded) {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                };
+                tracing::info!(workspace = %w.name, phase = ?phase, "phase changed");
+                event(&ctx, &ws, t, reason, message).await;
+            }
+            Ok(match phase {
+                WorkspacePhase::Provisioning => Action::requeue(Duration::from_secs(2)),
+                WorkspacePhase::Failed => Action::await_change(),
+                _ => Action::requeue(
+                    (ctx.settings.heartbeat_timeout / 3)
+                        .clamp(Duration::from_secs(1), Duration::from_secs(60)),
+                ),
+            })
+        }
+        Step::Provision(reason) => {
+            if reason.is_recovery() {
+                let n = before.restart_count.unwrap_or(0) + 1;
+                if before.phase != Some(WorkspacePhase::Offline) {
+                    // First notice: report Offline and schedule the restart with backoff.
+                    let delay = Duration::from_secs(plan::restart_backoff_secs(n) as u64);
+                    ctx.backoff
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(w.uid.clone(), Instant::now() + delay);
+                    next.phase = Some(WorkspacePhase::Offline);
+                    next.restart_count = Some(n);
+                    let why = match (&reason, &presence) {
+                        (ProvisionReason::HeartbeatLost, _) => format!(
+                            "no heartbeat for {}s; restarting in {}s",
+                            ctx.settings.heartbeat_timeout.as_secs(),
+                            delay.as_secs()
+                        ),
+                        (
+                            _,
+                            Presence::Stopped {
+                                exit_code,
+                                oom_killed,
+                                ..
+                            },
+                        ) => {
+                            format!(
+                                "the container exited (code {}{}); restarting in {}s",
+                                exit_code.unwrap_or(-1),
+                                if *oom_killed { ", out of memory" } else { "" },
+                                delay.as_secs()
+                            )
+                        }
+                        _ => format!("the container is gone; restarting in {}s", delay.as_secs()),
+                    };
+                    next.message = Some(why.clone());
+                    set_conditions(
+                        &mut next,
+                        generation,
+                        &now,
+                        (ConditionStatus::False, reason.reason(), &why),
+                        (ConditionStatus::True, "Valid", "configuration is valid"),
+                    );
+                    write_status(&ctx, &ws, &next, None).await?;
+                    event(&ctx, &ws, EventType::Warning, reason.reason(), why).await;
+                    return Ok(Action::requeue(delay));
+                }
+                let wait = ctx
+                    .backoff
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&w.uid)
+                    .copied();
+                if let Some(at) = wait
+                    && at > Instant::now()
+                {
+                    return Ok(Action::requeue(at - Instant::now()));
+                }
+            }
+            provision(
+                &ctx,
+                &ws,
+                &w,
+                next,
+                reason,
+                &presence,
+                image,
+                tier,
+                env,
+                config_files,
+                desired_hash,
+                generation,
+                &now,
+            )
+            .await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn provision(
+    ctx: &Context,
+    ws: &Workspace,
+    w: &WorkspaceRef,
+    mut next: WorkspaceStatus,
+    reason: ProvisionReason,
+    presence: &Presence,
+    image: String,
+    tier: Tier,
+    env: BTreeMap<String, String>,
+    mut config_files: Vec<ConfigFile>,
+    desired_hash: String,
+    generation: i64,
+    now: &str,
+) -> Result<Action, WorkspaceError> {
+    // A new token per provision; only its hash is kept, and it is written to status before the
+    // container exists, so a crash at any point is healed by the next pass (W04).
+    let token = crate::util::random_token();
+    next.token_hash = Some(sha256_hex(token.as_bytes()));
+    next.spec_hash = Some(desired_hash);
+    next.provisioned_at = Some(now.to_string());
+    next.phase = Some(WorkspacePhase::Provisioning);
+    next.image = Some(image.clone());
+    let msg = format!("{}: starting a container from {image}", reason.reason());
+    next.message = Some(msg.clone());
+    set_conditions(
+        &mut next,
+        generation,
+        now,
+        (ConditionStatus::False, reason.reason(), &msg),
+        (ConditionStatus::True, "Valid", "configuration is valid"),
+    );
+    // Heartbeat fields of the previous container no longer apply.
+    let reset = json!({"errorRate": null, "sampleError": null, "runtimeState": null, "activeTasks": null, "currentTask": null});
+    write_status(ctx, ws, &next, Some(reset)).await?;
+    tracing::info!(event = "provision.start", workspace = %w.name, uid = %w.uid, reason = reason.reason(), image = %image, "provisioning");
+    event(ctx, ws, EventType::Normal, reason.reason(), msg).await;
+    if !matches!(presence, Presence::Absent) {
+        tracing::info!(event = "restart.pre_stop", workspace = %w.name, "removing the previous container (the volume is kept)");
+        ctx.backend.remove(w, false).await?;
+    }
+    config_files.push(ConfigFile {
+        path: ".auth_token".into(),
+        content: token.into_bytes(),
+        mode: 0o600,
+    });
+    let spec = StartSpec {
+        workspace: w.clone(),
+        image,
+        env: env.into_iter().collect(),
+        tier,
+        memory_mib: None,
+        cpus: None,
+        files: config_files,
+        workspace_dir: ws.spec.workspace_dir.as_ref().map(|d| {
+            (
+                PathBuf::from(d),
+                !matches!(
+                    ws.spec.workspace_access,
+                    Some(crate::resources::WorkspaceAccess::ReadWrite)
+                ),
+            )
+        }),
+        extra_hosts: vec!["host.docker.internal:host-gateway".into()],
+    };
+    let t = Instant::now();
+    let started = match ctx.backend.ensure_started(&spec).await {
+        Ok(s) => s,
+        Err(e) if e.is_transient() => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!(workspace = %w.name, error = %e, "provision failed");
+            let p = match &e {
+                BackendError::ImageMissing(img) => permanent(
+                    "ImageMissing",
+                    format!("image {img} is not present locally and no registry is configured"),
+                ),
+                _ => permanent(
+                    "ProvisionFailed",
+                    "the container engine refused the container; see the operator log",
+                ),
+            };
+            return fail(ctx, ws, next, p, generation, now).await;
+        }
+    };
+    ctx.metrics.observe(
+        "molecule_backend_call_seconds",
+        &[("backend", "docker"), ("call", "ensure_started")],
+        t.elapsed().as_secs_f64(),
+    );
+    next.container_id = Some(started.container_id.clone());
+    next.url = Some(started.host_url.clone());
+    if let Some(a) = ws.annotations().get(RESTART_ANNOTATION) {
+        next.restarted_at = Some(a.clone());
+    }
+    write_status(ctx, ws, &next, None).await?;
+    tracing::info!(event = "provision.started", workspace = %w.name, container = %started.container_id, ms = t.elapsed().as_millis() as u64, "container started");
+    Ok(Action::requeue(Duration::from_secs(2)))
+}
+
+/// `runtime: external` (W17): no container; a token Secret the external agent uses; Online once
+/// it registers.
+async fn external(
+    ctx: &Context,
+    ws: &Workspace,
+    w: &WorkspaceRef,
+    mut next: WorkspaceStatus,
+    generation: i64,
+    now: &str,
+    now_s: i64,
+) -> Result<Action, WorkspaceError> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &w.namespace);
+    let secret_name = format!("{}-agent-token", w.name);
+    let existing = secrets.get_opt(&secret_name).await?;
+    let token_matches = existing
+        .as_ref()
+        .and_then(|s| s.data.as_ref())
+        .and_then(|d| d.get("token"))
+        .map(|t| sha256_hex(&t.0))
+        .is_some_and(|h| Some(h) == next.token_hash);
+    if !token_matches {
+        let token = crate::util::random_token();
+        next.token_hash = Some(sha256_hex(token.as_bytes()));
+        next.provisioned_at = Some(now.to_string());
+        let owner = ws.controller_owner_ref(&()).map(|o| vec![o]);
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(secret_name.clone()),
+                owner_references: owner,
+                labels: Some([("molecule.ai/workspace".to_string(), w.name.clone())].into()),
+                ..Default::default()
+            },
+            string_data: Some(
+                [
+                    ("token".to_string(), token),
+                    ("workspace_id".to_string(), w.uid.clone()),
+                    (
+                        "platform_url".to_string(),
+                        ctx.settings.platform_url.clone(),
+                    ),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        secrets
+            .patch(
+                &secret_name,
+                &PatchParams::apply("molecule-workspace").force(),
+                &Patch::Apply(&secret),
+            )
+            .await?;
+    }
+    next.url = ws.spec.url.clone();
+    next.container_id = None;
+    let registered = next
+        .last_heartbeat
+        .as_ref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_second())
+        .zip(
+            next.provisioned_at
+                .as_ref()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .map(|t| t.as_second()),
+        );
+    let (phase, reason, message) = match registered {
+        Some((hb, prov))
+            if hb >= prov && now_s - hb <= ctx.settings.heartbeat_timeout.as_secs() as i64 =>
+        {
+            (
+                WorkspacePhase::Online,
+                "Online",
+                "the external agent is registered".to_string(),
+            )
+        }
+        Some((hb, prov)) if hb >= prov => (
+            WorkspacePhase::Offline,
+            "HeartbeatLost",
+            "the external agent stopped heartbeating".to_string(),
+        ),
+        _ => (
+            WorkspacePhase::Provisioning,
+            "WaitingForAgent",
+            format!(
+                "waiting for the external agent to register with the token in Secret {secret_name}"
+            ),
+        ),
+    };
+    let before = next.phase;
+    next.phase = Some(phase);
+    next.message = Some(message.clone());
+    let ready = if phase == WorkspacePhase::Online {
+        ConditionStatus::True
+    } else {
+        ConditionStatus::False
+    };
+    set_conditions(
+        &mut next,
+        generation,
+        now,
+        (ready, reason, &message),
+        (ConditionStatus::True, "Valid", "configuration is valid"),
+    );
+    write_status(ctx, ws, &next, None).await?;
+    if before != Some(phase) {
+        event(ctx, ws, EventType::Normal, reason, message).await;
+    }
+    Ok(Action::requeue(
+        (ctx.settings.heartbeat_timeout / 3).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+    ))
+}
+
+/// Delete (W11): remove the container; the volume only if the container is really gone. A
+/// failure is reported and the finalizer released anyway: the orphan reaper removes what is
+/// left (no uid of a live record owns it any more).
+async fn cleanup(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, WorkspaceError> {
+    let w = wref(&ws)?;
+    let external = ws.spec.runtime.as_deref() == Some("external");
+    if !external {
+        match ctx.backend.remove(&w, true).await {
+            Ok(()) => {
+                tracing::info!(event = "delete.done", workspace = %w.name, uid = %w.uid, "container and volume removed");
+                event(
+                    &ctx,
+                    &ws,
+                    EventType::Normal,
+                    "Deleted",
+                    "container and volume removed".into(),
+                )
+                .await;
+            }
+            Err(e) => {
+                tracing::warn!(event = "delete.partial", workspace = %w.name, error = %e, "removal failed; leaving the rest to the orphan reaper");
+                event(&ctx, &ws, EventType::Warning, "CleanupIncomplete", "the container could not be removed now; the volume is kept and the orphan reaper will remove both".into()).await;
+            }
+        }
+    }
+    ctx.backoff
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&w.uid);
+    Ok(Action::await_change())
+}

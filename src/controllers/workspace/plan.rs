@@ -1,0 +1,383 @@
+//! The pure decision step of the Workspace controller: from what was observed (spec, status,
+//! the container's presence, the clock) to what to do and which phase to report (W09, W10, W13).
+
+use crate::backends::Presence;
+use crate::resources::{WorkspacePhase, WorkspaceStatus};
+
+/// Why a (new) container is provisioned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProvisionReason {
+    /// Nothing was ever provisioned (or a provision was interrupted).
+    Initial,
+    /// `molecule.ai/restartedAt` changed.
+    Restart,
+    /// Image, env, tier or files changed.
+    ConfigChanged,
+    /// The container exited or vanished while the workspace was up.
+    Died,
+    /// Heartbeats stopped for longer than the timeout.
+    HeartbeatLost,
+    /// A container runs that this status did not record (e.g. a crash mid-provision): its token
+    /// is unknown, so it is replaced.
+    Unrecorded,
+}
+
+impl ProvisionReason {
+    /// Event reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProvisionReason::Initial => "Provisioning",
+            ProvisionReason::Restart => "Restarting",
+            ProvisionReason::ConfigChanged => "Reconfiguring",
+            ProvisionReason::Died => "AgentDied",
+            ProvisionReason::HeartbeatLost => "HeartbeatLost",
+            ProvisionReason::Unrecorded => "Reprovisioning",
+        }
+    }
+    /// Whether this is an automatic recovery (subject to backoff, phase Offline first).
+    pub fn is_recovery(&self) -> bool {
+        matches!(self, ProvisionReason::Died | ProvisionReason::HeartbeatLost)
+    }
+}
+
+/// What the reconcile does next.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    Provision(ProvisionReason),
+    /// Report the phase; nothing to change in the backend.
+    Observe {
+        phase: WorkspacePhase,
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// Everything `decide` looks at.
+pub struct Observed<'a> {
+    pub status: &'a WorkspaceStatus,
+    pub presence: &'a Presence,
+    pub desired_hash: &'a str,
+    pub restart_annotation: Option<&'a str>,
+    /// Seconds since the epoch.
+    pub now: i64,
+    pub heartbeat_timeout_secs: i64,
+    pub provision_timeout_secs: i64,
+}
+
+fn secs(ts: Option<&String>) -> Option<i64> {
+    ts.and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_second())
+}
+
+/// Error-rate thresholds with hysteresis (W09).
+pub const DEGRADED_AT: f64 = 0.5;
+pub const RECOVERED_BELOW: f64 = 0.1;
+
+/// Decides the next step.
+pub fn decide(o: &Observed<'_>) -> Step {
+    let st = o.status;
+    let was_up = matches!(
+        st.phase,
+        Some(WorkspacePhase::Online | WorkspacePhase::Degraded)
+    );
+    let running_id = match o.presence {
+        Presence::Running { container_id, .. } => Some(container_id),
+        _ => None,
+    };
+    let Some(running_id) = running_id else {
+        return if was_up || (st.phase == Some(WorkspacePhase::Offline) && st.container_id.is_some())
+        {
+            Step::Provision(ProvisionReason::Died)
+        } else {
+            Step::Provision(ProvisionReason::Initial)
+        };
+    };
+    if st.container_id.as_ref() != Some(running_id) {
+        return Step::Provision(ProvisionReason::Unrecorded);
+    }
+    if st.spec_hash.as_deref() != Some(o.desired_hash) {
+        return Step::Provision(ProvisionReason::ConfigChanged);
+    }
+    if let Some(a) = o.restart_annotation
+        && st.restarted_at.as_deref() != Some(a)
+    {
+        return Step::Provision(ProvisionReason::Restart);
+    }
+    let provisioned = secs(st.provisioned_at.as_ref()).unwrap_or(0);
+    let heartbeat = secs(st.last_heartbeat.as_ref()).filter(|h| *h >= provisioned);
+    let Some(hb) = heartbeat else {
+        if o.now - provisioned > o.provision_timeout_secs {
+            return Step::Observe {
+                phase: WorkspacePhase::Failed,
+                reason: "ProvisionTimeout",
+                message: format!(
+                    "the agent did not register within {}s of provisioning",
+                    o.provision_timeout_secs
+                ),
+            };
+        }
+        return Step::Observe {
+            phase: WorkspacePhase::Provisioning,
+            reason: "WaitingForAgent",
+            message: "container started; waiting for the agent to register".into(),
+        };
+    };
+    if o.now - hb > o.heartbeat_timeout_secs {
+        return Step::Provision(ProvisionReason::HeartbeatLost);
+    }
+    let rate = st.error_rate.unwrap_or(0.0);
+    let wedged = st.runtime_state.as_deref() == Some("wedged");
+    if wedged || rate >= DEGRADED_AT {
+        let why = if wedged {
+            "the runtime reports it is wedged".to_string()
+        } else {
+            format!("error rate {:.0}% over the last interval", rate * 100.0)
+        };
+        return Step::Observe {
+            phase: WorkspacePhase::Degraded,
+            reason: "Degraded",
+            message: why,
+        };
+    }
+    if st.phase == Some(WorkspacePhase::Degraded) && rate >= RECOVERED_BELOW {
+        return Step::Observe {
+            phase: WorkspacePhase::Degraded,
+            reason: "Degraded",
+            message: format!("error rate {:.0}%, recovering", rate * 100.0),
+        };
+    }
+    Step::Observe {
+        phase: WorkspacePhase::Online,
+        reason: "Online",
+        message: "the agent is registered and heartbeating".into(),
+    }
+}
+
+/// Backoff before automatic restart number `n` (1-based): 1s, 2s, 4s … capped at 5 min.
+pub fn restart_backoff_secs(n: i64) -> i64 {
+    let exp = n.saturating_sub(1).clamp(0, 16) as u32;
+    (1i64 << exp).min(300)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: i64) -> String {
+        jiff::Timestamp::from_second(s)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    }
+
+    fn running() -> Presence {
+        Presence::Running {
+            container_id: "c1".into(),
+            host_url: None,
+            started_at: None,
+        }
+    }
+
+    fn up(phase: WorkspacePhase) -> WorkspaceStatus {
+        WorkspaceStatus {
+            phase: Some(phase),
+            container_id: Some("c1".into()),
+            spec_hash: Some("h".into()),
+            provisioned_at: Some(ts(1000)),
+            last_heartbeat: Some(ts(1010)),
+            ..Default::default()
+        }
+    }
+
+    fn obs<'a>(status: &'a WorkspaceStatus, presence: &'a Presence, now: i64) -> Observed<'a> {
+        Observed {
+            status,
+            presence,
+            desired_hash: "h",
+            restart_annotation: None,
+            now,
+            heartbeat_timeout_secs: 180,
+            provision_timeout_secs: 600,
+        }
+    }
+
+    #[test]
+    fn first_provision_and_death() {
+        let st = WorkspaceStatus::default();
+        assert_eq!(
+            decide(&obs(&st, &Presence::Absent, 0)),
+            Step::Provision(ProvisionReason::Initial)
+        );
+        let st = up(WorkspacePhase::Online);
+        let dead = Presence::Stopped {
+            container_id: "c1".into(),
+            exit_code: Some(137),
+            oom_killed: false,
+        };
+        assert_eq!(
+            decide(&obs(&st, &dead, 1020)),
+            Step::Provision(ProvisionReason::Died)
+        );
+        assert_eq!(
+            decide(&obs(&st, &Presence::Absent, 1020)),
+            Step::Provision(ProvisionReason::Died)
+        );
+    }
+
+    #[test]
+    fn unrecorded_container_config_change_and_restart() {
+        let st = WorkspaceStatus {
+            container_id: Some("other".into()),
+            ..up(WorkspacePhase::Online)
+        };
+        assert_eq!(
+            decide(&obs(&st, &running(), 1020)),
+            Step::Provision(ProvisionReason::Unrecorded)
+        );
+        let st = up(WorkspacePhase::Online);
+        let run = running();
+        let o = Observed {
+            desired_hash: "new",
+            ..obs(&st, &run, 1020)
+        };
+        assert_eq!(decide(&o), Step::Provision(ProvisionReason::ConfigChanged));
+        let o = Observed {
+            restart_annotation: Some("2026-01-01T00:00:00Z"),
+            ..obs(&st, &run, 1020)
+        };
+        assert_eq!(decide(&o), Step::Provision(ProvisionReason::Restart));
+        // The same annotation value acted upon before is not a new restart (coalescing).
+        let st = WorkspaceStatus {
+            restarted_at: Some("2026-01-01T00:00:00Z".into()),
+            ..up(WorkspacePhase::Online)
+        };
+        let o = Observed {
+            restart_annotation: Some("2026-01-01T00:00:00Z"),
+            ..obs(&st, &run, 1020)
+        };
+        assert!(matches!(
+            decide(&o),
+            Step::Observe {
+                phase: WorkspacePhase::Online,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn provisioning_online_timeout_and_heartbeat_loss() {
+        let st = WorkspaceStatus {
+            last_heartbeat: Some(ts(900)),
+            ..up(WorkspacePhase::Provisioning)
+        };
+        assert!(
+            matches!(
+                decide(&obs(&st, &running(), 1100)),
+                Step::Observe {
+                    phase: WorkspacePhase::Provisioning,
+                    ..
+                }
+            ),
+            "a heartbeat older than the provision does not count"
+        );
+        assert!(matches!(
+            decide(&obs(&st, &running(), 1601)),
+            Step::Observe {
+                phase: WorkspacePhase::Failed,
+                reason: "ProvisionTimeout",
+                ..
+            }
+        ));
+        let st = up(WorkspacePhase::Provisioning);
+        assert!(matches!(
+            decide(&obs(&st, &running(), 1020)),
+            Step::Observe {
+                phase: WorkspacePhase::Online,
+                ..
+            }
+        ));
+        // A registration that arrives after the timeout still wins.
+        assert!(matches!(
+            decide(&obs(&st, &running(), 1100)),
+            Step::Observe {
+                phase: WorkspacePhase::Online,
+                ..
+            }
+        ));
+        assert_eq!(
+            decide(&obs(&st, &running(), 1191)),
+            Step::Provision(ProvisionReason::HeartbeatLost)
+        );
+    }
+
+    #[test]
+    fn degraded_with_hysteresis() {
+        let st = WorkspaceStatus {
+            error_rate: Some(0.6),
+            ..up(WorkspacePhase::Online)
+        };
+        assert!(matches!(
+            decide(&obs(&st, &running(), 1020)),
+            Step::Observe {
+                phase: WorkspacePhase::Degraded,
+                ..
+            }
+        ));
+        let st = WorkspaceStatus {
+            error_rate: Some(0.3),
+            ..up(WorkspacePhase::Degraded)
+        };
+        assert!(matches!(
+            decide(&obs(&st, &running(), 1020)),
+            Step::Observe {
+                phase: WorkspacePhase::Degraded,
+                ..
+            }
+        ));
+        let st = WorkspaceStatus {
+            error_rate: Some(0.3),
+            ..up(WorkspacePhase::Online)
+        };
+        assert!(matches!(
+            decide(&obs(&st, &running(), 1020)),
+            Step::Observe {
+                phase: WorkspacePhase::Online,
+                ..
+            }
+        ));
+        let st = WorkspaceStatus {
+            error_rate: Some(0.05),
+            ..up(WorkspacePhase::Degraded)
+        };
+        assert!(matches!(
+            decide(&obs(&st, &running(), 1020)),
+            Step::Observe {
+                phase: WorkspacePhase::Online,
+                ..
+            }
+        ));
+        let st = WorkspaceStatus {
+            runtime_state: Some("wedged".into()),
+            ..up(WorkspacePhase::Online)
+        };
+        assert!(matches!(
+            decide(&obs(&st, &running(), 1020)),
+            Step::Observe {
+                phase: WorkspacePhase::Degraded,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(
+            (
+                restart_backoff_secs(1),
+                restart_backoff_secs(2),
+                restart_backoff_secs(4)
+            ),
+            (1, 2, 8)
+        );
+        assert_eq!(restart_backoff_secs(50), 300);
+    }
+}

@@ -1,0 +1,582 @@
+//! Workspaces converge to real Docker containers (issue: Workspace/Docker). Every test runs
+//! `molecule serve` with its controllers against the real Docker engine, in its own namespace,
+//! one at a time (the orphan reaper of one server would reap another server's containers).
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::{Backend, Server, docker, eventually, post_url, text};
+use serde_json::{Value, json};
+
+static DOCKER: Mutex<()> = Mutex::new(());
+
+const FAST: &[&str] = &[
+    "--controllers",
+    "all",
+    "--agent-heartbeat-seconds",
+    "1",
+    "--heartbeat-timeout-seconds",
+    "8",
+    "--reap-interval-seconds",
+    "2",
+];
+
+fn start() -> Server {
+    Server::start_with(Backend::Sqlite, FAST)
+}
+
+fn ns() -> String {
+    format!("t{}", molecule::util::random_suffix(8))
+}
+
+fn ok(s: &Server, args: &[&str]) -> String {
+    let o = s.kubectl("1.33", args);
+    assert!(
+        o.status.success(),
+        "kubectl {args:?} failed:\n{}\nserver log:\n{}",
+        text(&o),
+        tail(s)
+    );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn apply(s: &Server, ns: &str, yaml: &str) {
+    let o = s.kubectl_stdin("1.33", &["apply", "-n", ns, "-f", "-"], Some(yaml));
+    assert!(o.status.success(), "apply failed:\n{}", text(&o));
+}
+
+fn tail(s: &Server) -> String {
+    let log = s.log();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+fn get(s: &Server, ns: &str, name: &str) -> Value {
+    let (code, body) = s.http(
+        "GET",
+        &format!("/apis/molecule.ai/v1alpha1/namespaces/{ns}/workspaces/{name}"),
+        None,
+        b"",
+    );
+    if code != 200 {
+        return Value::Null;
+    }
+    serde_json::from_str(&body).unwrap_or(Value::Null)
+}
+
+fn phase(s: &Server, ns: &str, name: &str) -> String {
+    get(s, ns, name)["status"]["phase"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn wait_phase(s: &Server, ns: &str, name: &str, want: &str, secs: u64) {
+    let ok = eventually(secs, || phase(s, ns, name) == want);
+    assert!(
+        ok,
+        "{name} did not reach {want} (now {:?}):\n{}\nserver log:\n{}",
+        phase(s, ns, name),
+        serde_json::to_string_pretty(&get(s, ns, name)["status"]).unwrap_or_default(),
+        tail(s)
+    );
+}
+
+fn ws_yaml(name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: {name}\nspec:\n  runtime: echo\n{extra}"
+    )
+}
+
+fn container_of(s: &Server, ns: &str, name: &str) -> String {
+    let uid = get(s, ns, name)["metadata"]["uid"]
+        .as_str()
+        .unwrap_or("")
+        .replace('-', "");
+    format!("ws-{}", &uid[..12.min(uid.len())])
+}
+
+fn exists(kind: &str, name: &str) -> bool {
+    docker(&[kind, "inspect", name]).0
+}
+
+fn managed_in(ns: &str, kind: &str) -> Vec<String> {
+    let filter = format!("label=molecule.ai/namespace={ns}");
+    let out = if kind == "container" {
+        docker(&["ps", "-aq", "--filter", &filter]).1
+    } else {
+        docker(&["volume", "ls", "-q", "--filter", &filter]).1
+    };
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn cleanup(ns: &str) {
+    for c in managed_in(ns, "container") {
+        docker(&["rm", "-f", &c]);
+    }
+    for v in managed_in(ns, "volume") {
+        docker(&["volume", "rm", "-f", &v]);
+    }
+}
+
+fn a2a(url: &str, text: &str) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": "message/send", "params": {"message": {"role": "user", "parts": [{"kind": "text", "text": text}], "messageId": "m1"}}});
+    let (code, resp) = post_url(url, &body.to_string(), None).expect("a2a call");
+    assert_eq!(code, 200, "{resp}");
+    serde_json::from_str(&resp).expect("json-rpc response")
+}
+
+fn token_of(container: &str) -> String {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dest = tmp.path().join("t");
+    let (ok, _) = docker(&[
+        "cp",
+        &format!("{container}:/configs/.auth_token"),
+        &dest.to_string_lossy(),
+    ]);
+    assert!(ok, "docker cp of the token failed");
+    std::fs::read_to_string(dest)
+        .expect("token")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn lifecycle_online_a2a_pause_restart_kill_delete() {
+    let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
+    let s = start();
+    let ns = ns();
+    apply(&s, &ns, &ws_yaml("alpha", "  role: researcher\n"));
+    wait_phase(&s, &ns, "alpha", "Online", 120);
+    let ws = get(&s, &ns, "alpha");
+    let url = ws["status"]["url"].as_str().expect("url").to_string();
+    let reply = a2a(&url, "hello molecule");
+    assert_eq!(reply["id"], 7);
+    assert_eq!(
+        reply["result"]["parts"][0]["text"], "hello molecule",
+        "{reply}"
+    );
+    let describe = ok(&s, &["describe", "ws", "alpha", "-n", &ns]);
+    assert!(
+        describe.contains("Provisioning") && describe.contains("Online"),
+        "{describe}"
+    );
+    let container = container_of(&s, &ns, "alpha");
+    let volume = format!("{container}-configs");
+    let labels = docker(&["inspect", "-f", "{{index .Config.Labels \"molecule.platform.managed\"}} {{.HostConfig.RestartPolicy.Name}} {{.HostConfig.Memory}}", &container]).1;
+    assert_eq!(
+        labels, "true unless-stopped 536870912",
+        "labels, restart policy, tier-2 memory"
+    );
+    assert!(ok(&s, &["get", "ws", "alpha", "-n", &ns]).contains("True"));
+
+    // Pause keeps the volume; resume brings it back with the same volume.
+    ok(
+        &s,
+        &[
+            "patch",
+            "ws",
+            "alpha",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"paused":true}}"#,
+        ],
+    );
+    wait_phase(&s, &ns, "alpha", "Paused", 60);
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Running}}", &container]).1,
+        "false"
+    );
+    assert!(exists("volume", &volume));
+    ok(
+        &s,
+        &[
+            "patch",
+            "ws",
+            "alpha",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"paused":false}}"#,
+        ],
+    );
+    wait_phase(&s, &ns, "alpha", "Online", 90);
+    assert!(exists("volume", &volume));
+
+    // Restart annotation: a new container, the same volume, a new token; the old one is refused.
+    let before = get(&s, &ns, "alpha");
+    let old_id = before["status"]["containerId"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let old_hash = before["status"]["tokenHash"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let old_token = token_of(&container);
+    ok(
+        &s,
+        &[
+            "annotate",
+            "ws",
+            "alpha",
+            "-n",
+            &ns,
+            "--overwrite",
+            "molecule.ai/restartedAt=2026-11-23T10:00:00Z",
+        ],
+    );
+    assert!(
+        eventually(90, || {
+            let w = get(&s, &ns, "alpha");
+            w["status"]["containerId"]
+                .as_str()
+                .is_some_and(|c| c != old_id)
+                && w["status"]["phase"] == "Online"
+        }),
+        "restart did not converge:\n{}",
+        tail(&s)
+    );
+    let after = get(&s, &ns, "alpha");
+    assert_ne!(
+        after["status"]["tokenHash"].as_str().unwrap_or(""),
+        old_hash
+    );
+    assert!(exists("volume", &volume));
+    let uid = after["metadata"]["uid"].as_str().expect("uid").to_string();
+    let hb = json!({"workspace_id": uid, "error_rate": 0.0}).to_string();
+    let (code, _) = s
+        .http_raw(
+            "POST",
+            "/registry/heartbeat",
+            Some("application/json"),
+            hb.as_bytes(),
+            false,
+        )
+        .expect("hb");
+    assert_eq!(code, 401, "a heartbeat without a token is refused");
+    let (code, _) = post_url(
+        &format!("http://127.0.0.1:{}/registry/heartbeat", s.port),
+        &hb,
+        Some(&old_token),
+    )
+    .expect("hb");
+    assert_eq!(code, 401, "the old token is refused after a restart");
+
+    // docker kill: Offline, then Online again without anyone acting.
+    let (killed, _) = docker(&["kill", &container]);
+    assert!(killed);
+    assert!(
+        eventually(30, || phase(&s, &ns, "alpha") == "Offline"),
+        "not Offline after docker kill:\n{}",
+        tail(&s)
+    );
+    wait_phase(&s, &ns, "alpha", "Online", 90);
+
+    // Delete: container, volume and record are gone.
+    ok(&s, &["delete", "ws", "alpha", "-n", &ns, "--timeout=60s"]);
+    assert!(
+        !exists("container", &container) && !exists("volume", &volume),
+        "leftovers after delete"
+    );
+    assert!(get(&s, &ns, "alpha").is_null());
+    cleanup(&ns);
+}
+
+#[test]
+fn bad_input_missing_env_unknown_runtime_paths_and_tokens() {
+    let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
+    let s = start();
+    let ns = ns();
+    apply(
+        &s,
+        &ns,
+        &ws_yaml(
+            "needs-env",
+            "  requiredEnv: [OPENAI_API_KEY, ANTHROPIC_API_KEY]\n",
+        ),
+    );
+    wait_phase(&s, &ns, "needs-env", "Failed", 60);
+    let w = get(&s, &ns, "needs-env");
+    assert_eq!(
+        w["status"]["missingEnv"],
+        json!(["ANTHROPIC_API_KEY", "OPENAI_API_KEY"])
+    );
+    let ready = w["status"]["conditions"]
+        .as_array()
+        .expect("conds")
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(ready["reason"], "MissingEnv");
+    assert_eq!(ready["observedGeneration"], w["metadata"]["generation"]);
+    assert!(
+        managed_in(&ns, "container").is_empty() && managed_in(&ns, "volume").is_empty(),
+        "nothing may be created before the env is complete"
+    );
+    assert!(ok(&s, &["describe", "ws", "needs-env", "-n", &ns]).contains("MissingEnv"));
+
+    apply(
+        &s,
+        &ns,
+        "apiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: odd\nspec:\n  runtime: nosuch\n",
+    );
+    wait_phase(&s, &ns, "odd", "Failed", 60);
+    let msg = get(&s, &ns, "odd")["status"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        msg.contains("unknown runtime \"nosuch\"") && msg.contains("echo"),
+        "{msg}"
+    );
+
+    apply(
+        &s,
+        &ns,
+        &ws_yaml(
+            "escape",
+            "  files:\n    inline:\n      ../../etc/passwd: pwned\n",
+        ),
+    );
+    wait_phase(&s, &ns, "escape", "Failed", 60);
+    assert!(
+        get(&s, &ns, "escape")["status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("invalid path")
+    );
+    let big = "x".repeat(300 * 1024);
+    apply(
+        &s,
+        &ns,
+        &ws_yaml(
+            "big",
+            &format!("  files:\n    inline:\n      notes.md: {big}\n"),
+        ),
+    );
+    wait_phase(&s, &ns, "big", "Failed", 60);
+    assert!(
+        get(&s, &ns, "big")["status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("larger than")
+    );
+    let e = s.kubectl_stdin(
+        "1.33",
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(&ws_yaml("t9", "  tier: 9\n")),
+    );
+    assert!(
+        !e.status.success() && text(&e).contains("spec.tier"),
+        "{}",
+        text(&e)
+    );
+    assert!(
+        managed_in(&ns, "container").is_empty(),
+        "no container for invalid workspaces"
+    );
+
+    // Registry calls with a wrong token or for an unknown workspace.
+    let uid = get(&s, &ns, "odd")["metadata"]["uid"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let url = format!("http://127.0.0.1:{}/registry/heartbeat", s.port);
+    let (code, _) = post_url(
+        &url,
+        &json!({"workspace_id": uid}).to_string(),
+        Some("wrong"),
+    )
+    .expect("hb");
+    assert_eq!(code, 401);
+    let (code, _) = post_url(
+        &url,
+        &json!({"workspace_id": "00000000-0000-0000-0000-000000000000"}).to_string(),
+        Some("x"),
+    )
+    .expect("hb");
+    assert_eq!(code, 404);
+    let (code, _) = post_url(&url, "{not json", Some("x")).expect("hb");
+    assert_eq!(code, 400);
+    assert!(
+        !s.log().contains(&"x".repeat(64)),
+        "file contents leaked into the log"
+    );
+    cleanup(&ns);
+}
+
+#[test]
+fn external_runtime_goes_online_when_its_agent_registers() {
+    let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
+    let s = start();
+    let ns = ns();
+    apply(
+        &s,
+        &ns,
+        "apiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: remote\nspec:\n  runtime: external\n  url: https://agent.example.com/a2a\n",
+    );
+    wait_phase(&s, &ns, "remote", "Provisioning", 60);
+    let token = String::from_utf8(base64_decode(&ok(
+        &s,
+        &[
+            "get",
+            "secret",
+            "remote-agent-token",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.data.token}",
+        ],
+    )))
+    .expect("token");
+    let uid = get(&s, &ns, "remote")["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+    let url = format!("http://127.0.0.1:{}/registry/register", s.port);
+    let (code, body) = post_url(
+        &url,
+        &json!({"id": uid, "url": "http://169.254.169.254/"}).to_string(),
+        Some(&token),
+    )
+    .expect("register");
+    assert_eq!(code, 400, "metadata addresses are refused: {body}");
+    let (code, body) = post_url(&url, &json!({"id": uid, "url": "https://agent.example.com/a2a", "agent_card": {"name": "remote"}}).to_string(), Some(&token)).expect("register");
+    assert_eq!(code, 200, "{body}");
+    wait_phase(&s, &ns, "remote", "Online", 30);
+    assert!(
+        managed_in(&ns, "container").is_empty(),
+        "external workspaces have no container"
+    );
+    cleanup(&ns);
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .unwrap_or_default()
+}
+
+#[test]
+fn kill9_mid_provisioning_converges_to_exactly_ten() {
+    let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
+    let mut s = start();
+    let ns = ns();
+    let yaml: String = (0..10)
+        .map(|i| ws_yaml(&format!("w{i}"), "") + "---\n")
+        .collect();
+    apply(&s, &ns, &yaml);
+    assert!(
+        eventually(60, || !managed_in(&ns, "container").is_empty()),
+        "provisioning never started"
+    );
+    s.kill9();
+    s.spawn();
+    for i in 0..10 {
+        wait_phase(&s, &ns, &format!("w{i}"), "Online", 180);
+    }
+    assert!(
+        eventually(20, || managed_in(&ns, "container").len() == 10),
+        "expected exactly 10 containers, found {:?}",
+        managed_in(&ns, "container")
+    );
+    ok(&s, &["delete", "ws", "--all", "-n", &ns, "--timeout=120s"]);
+    assert!(eventually(30, || managed_in(&ns, "container").is_empty()
+        && managed_in(&ns, "volume").is_empty()));
+    cleanup(&ns);
+}
+
+#[test]
+fn wiped_store_and_strays_are_reaped_unlabelled_untouched() {
+    let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
+    let mut s = start();
+    let ns = ns();
+    apply(&s, &ns, &(ws_yaml("a", "") + "---\n" + &ws_yaml("b", "")));
+    wait_phase(&s, &ns, "a", "Online", 120);
+    wait_phase(&s, &ns, "b", "Online", 120);
+    let image = docker(&[
+        "inspect",
+        "-f",
+        "{{.Config.Image}}",
+        &container_of(&s, &ns, "a"),
+    ])
+    .1;
+    let unlabelled = format!("ws-unlabelled-{}", molecule::util::random_suffix(6));
+    assert!(docker(&["create", "--name", &unlabelled, &image]).0);
+
+    // A stray labelled container for a uid with no record is reaped quickly.
+    let stray = format!("ws-stray{}", molecule::util::random_suffix(5));
+    let made = docker(&[
+        "create",
+        "--name",
+        &stray,
+        "--label",
+        "molecule.platform.managed=true",
+        "--label",
+        "molecule.ai/uid=0000dead-0000-0000-0000-000000000000",
+        "--label",
+        &format!("molecule.ai/namespace={ns}"),
+        "--label",
+        "molecule.ai/name=ghost",
+        &image,
+    ])
+    .0;
+    assert!(made);
+    assert!(
+        eventually(15, || !exists("container", &stray)),
+        "stray labelled container not reaped"
+    );
+
+    // Wipe the store while the containers run, then restart.
+    s.kill9();
+    for f in ["molecule.db", "molecule.db-wal", "molecule.db-shm"] {
+        let _ = std::fs::remove_file(s.data_dir().join(f));
+    }
+    s.spawn();
+    assert!(
+        eventually(60, || managed_in(&ns, "container").is_empty()
+            && managed_in(&ns, "volume").is_empty()),
+        "managed objects survived a wiped store: {:?}",
+        managed_in(&ns, "container")
+    );
+    assert!(
+        exists("container", &unlabelled),
+        "an unlabelled container was touched"
+    );
+    docker(&["rm", "-f", &unlabelled]);
+    cleanup(&ns);
+}
+
+#[test]
+fn examples_apply_and_come_online() {
+    let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
+    let s = start();
+    let ns = ns();
+    let root = env!("CARGO_MANIFEST_DIR");
+    for f in [
+        "examples/workspace.yaml",
+        "examples/secret.yaml",
+        "examples/team.yaml",
+    ] {
+        ok(&s, &["apply", "-n", &ns, "-f", &format!("{root}/{f}")]);
+    }
+    for name in ["echo-1", "lead", "analyst", "writer"] {
+        wait_phase(&s, &ns, name, "Online", 180);
+    }
+    assert!(ok(&s, &["get", "ws", "-n", &ns, "-o", "wide"]).contains("lead"));
+    ok(&s, &["delete", "ws", "--all", "-n", &ns, "--timeout=120s"]);
+    assert!(eventually(30, || managed_in(&ns, "container").is_empty()));
+    cleanup(&ns);
+    let _ = Duration::from_secs(0);
+}
