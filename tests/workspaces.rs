@@ -356,14 +356,14 @@ fn bad_input_missing_env_unknown_runtime_paths_and_tokens() {
             .contains("invalid path")
     );
     let big = "x".repeat(300 * 1024);
-    apply(
-        &s,
-        &ns,
-        &ws_yaml(
-            "big",
-            &format!("  files:\n    inline:\n      notes.md: {big}\n"),
-        ),
+    // `create`, not `apply`: client-side apply would copy the file into an annotation, which the
+    // API server itself caps at 256 KiB.
+    let big_yaml = ws_yaml(
+        "big",
+        &format!("  files:\n    inline:\n      notes.md: {big}\n"),
     );
+    let o = s.kubectl_stdin("1.33", &["create", "-n", &ns, "-f", "-"], Some(&big_yaml));
+    assert!(o.status.success(), "{}", text(&o));
     wait_phase(&s, &ns, "big", "Failed", 60);
     assert!(
         get(&s, &ns, "big")["status"]["message"]
