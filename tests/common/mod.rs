@@ -218,35 +218,15 @@ impl Server {
         body: &[u8],
         auth: bool,
     ) -> std::io::Result<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut req = format!(
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        if let Some(ct) = content_type {
-            req.push_str(&format!("Content-Type: {ct}\r\n"));
-        }
-        if auth {
-            req.push_str(&format!("Authorization: Bearer {}\r\n", self.token()));
-        }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes())?;
-        // A large body may be refused before it is all sent.
-        let _ = s.write_all(body);
-        let mut buf = vec![];
-        let _ = s.read_to_end(&mut buf);
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("no status in {text:?}")))?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((status, body))
+        let token = auth.then(|| self.token());
+        raw_request(
+            &format!("127.0.0.1:{}", self.port),
+            method,
+            path,
+            content_type,
+            token.as_deref(),
+            body,
+        )
     }
 
     /// A kube-rs client built from the kubeconfig (TLS + token), exactly as the controllers do.
@@ -275,25 +255,31 @@ pub fn text(o: &Output) -> String {
     )
 }
 
-/// A plain HTTP/1.0 POST to an absolute `http://host:port/path` URL; returns (status, body).
-pub fn post_url(url: &str, body: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| std::io::Error::other("http only"))?;
-    let (authority, path) = rest
-        .split_once('/')
-        .map(|(a, p)| (a, format!("/{p}")))
-        .unwrap_or((rest, "/".into()));
+/// One HTTP/1.0 request over a fresh connection; returns (status, body).
+fn raw_request(
+    authority: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    token: Option<&str>,
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(authority)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "POST {path} HTTP/1.0\r\nHost: {authority}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {authority}\r\nContent-Length: {}\r\n",
         body.len()
     );
+    if let Some(ct) = content_type {
+        req.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
     s.write_all(req.as_bytes())?;
+    // A large body may be refused before it is all sent.
+    let _ = s.write_all(body);
     let mut buf = vec![];
     let _ = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf).to_string();
@@ -308,6 +294,25 @@ pub fn post_url(url: &str, body: &str, token: Option<&str>) -> std::io::Result<(
             .map(|(_, b)| b.to_string())
             .unwrap_or_default(),
     ))
+}
+
+/// A plain HTTP/1.0 POST to an absolute `http://host:port/path` URL; returns (status, body).
+pub fn post_url(url: &str, body: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| std::io::Error::other("http only"))?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map(|(a, p)| (a, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    raw_request(
+        authority,
+        "POST",
+        &path,
+        Some("application/json"),
+        token,
+        body.as_bytes(),
+    )
 }
 
 /// Runs `docker` with args; returns (success, stdout).

@@ -380,6 +380,19 @@ async fn fail(
     Ok(Action::await_change())
 }
 
+/// The user-supplied config files: `filesDir` (confined to the template root) plus inline files.
+fn user_files(
+    ws: &Workspace,
+    template_root: &std::path::Path,
+) -> Result<Vec<ConfigFile>, files::FilesError> {
+    let mut out = match ws.spec.files.as_ref().and_then(|f| f.files_dir.as_deref()) {
+        Some(dir) => files::read_files_dir(&files::resolve_files_dir(template_root, dir)?)?,
+        None => vec![],
+    };
+    out.extend(files::inline_files(ws)?);
+    Ok(out)
+}
+
 async fn apply(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, WorkspaceError> {
     let w = wref(&ws)?;
     let generation = ws.metadata.generation.unwrap_or(1);
@@ -436,27 +449,8 @@ async fn apply(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Workspac
     }
 
     // Config files and env, before anything is created (W03, W07).
-    let mut config_files = match ws.spec.files.as_ref().and_then(|f| f.files_dir.clone()) {
-        Some(dir) => match files::resolve_files_dir(&ctx.settings.template_root, &dir)
-            .and_then(|d| files::read_files_dir(&d))
-        {
-            Ok(f) => f,
-            Err(e) => {
-                return fail(
-                    &ctx,
-                    &ws,
-                    next,
-                    permanent("InvalidConfig", e.to_string()),
-                    generation,
-                    &now,
-                )
-                .await;
-            }
-        },
-        None => vec![],
-    };
-    match files::inline_files(&ws) {
-        Ok(f) => config_files.extend(f),
+    let mut config_files = match user_files(&ws, &ctx.settings.template_root) {
+        Ok(f) => f,
         Err(e) => {
             return fail(
                 &ctx,
@@ -468,7 +462,7 @@ async fn apply(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Workspac
             )
             .await;
         }
-    }
+    };
     let secrets = load_secrets(&ctx.client, &w.namespace).await?;
     let env_ctx = env::EnvContext {
         workspace: &w.name,
