@@ -276,6 +276,8 @@ fn main() {
     drop(listener);
 
     // 3. Reap latency of a stray labelled container.
+    let instance = std::fs::read_to_string(dir.join("instance-id")).expect("instance-id");
+    let instance = instance.trim();
     let t = Instant::now();
     sh(&[
         "docker",
@@ -284,6 +286,8 @@ fn main() {
         "bench-stray",
         "--label",
         "molecule.platform.managed=true",
+        "--label",
+        &format!("molecule.ai/instance={instance}"),
         "--label",
         "molecule.ai/uid=0000beef-0000-0000-0000-000000000000",
         "--label",

@@ -40,6 +40,22 @@ struct WorkspaceFlags {
     /// Seconds between orphan-reaper resyncs (Docker events trigger it sooner).
     #[arg(long, default_value_t = 30)]
     reap_interval_seconds: u64,
+    /// Installation id labelled on every managed container and volume; the orphan reaper only
+    /// touches objects carrying it. Default: `serve` keeps a random one in DATA_DIR/instance-id,
+    /// `operator` uses the uid of the API server's `default` Namespace.
+    #[arg(long, env = "MOLECULE_INSTANCE", value_parser = parse_instance)]
+    instance: Option<String>,
+}
+
+fn parse_instance(s: &str) -> Result<String, String> {
+    if molecule::util::valid_instance_id(s) {
+        Ok(s.to_string())
+    } else {
+        Err(
+            "an instance id is 1-63 characters of [a-z0-9-], starting and ending alphanumeric"
+                .into(),
+        )
+    }
 }
 
 impl WorkspaceFlags {
@@ -54,6 +70,7 @@ impl WorkspaceFlags {
             ),
             template_root,
             reap_every: std::time::Duration::from_secs(self.reap_interval_seconds.max(1)),
+            instance: self.instance.clone(),
         }
     }
 }
@@ -201,6 +218,10 @@ fn main() -> anyhow::Result<()> {
                 let client = kube::Client::try_default()
                     .await
                     .context("building a client from KUBECONFIG or the in-cluster config")?;
+                let instance = match opts.instance.clone() {
+                    Some(i) => i,
+                    None => molecule::controllers::cluster_instance_id(&client).await?,
+                };
                 let (trigger, shutdown) = molecule::shutdown::channel();
                 let metrics = std::sync::Arc::new(molecule::telemetry::Metrics::default());
                 let host = molecule::controllers::HostSettings {
@@ -215,6 +236,7 @@ fn main() -> anyhow::Result<()> {
                     agent_port: 0,
                     reap_every: opts.reap_every,
                     registry: std::sync::Arc::default(),
+                    instance,
                 };
                 let mut task = tokio::spawn(molecule::controllers::run(
                     client,

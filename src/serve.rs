@@ -34,6 +34,9 @@ pub struct WorkspaceOptions {
     /// `--org-templates`: the root `filesDir` is confined to (default DATA_DIR/org-templates).
     pub template_root: Option<PathBuf>,
     pub reap_every: std::time::Duration,
+    /// `--instance`: the installation id on every managed container and volume (default: a
+    /// random id kept in DATA_DIR/instance-id).
+    pub instance: Option<String>,
 }
 
 /// Reads the API token of a data dir, creating it (0600) on first start.
@@ -51,6 +54,25 @@ pub fn load_or_create_token(data_dir: &Path) -> anyhow::Result<String> {
     Ok(t)
 }
 
+/// The installation id of a data dir, created on first start. It lives beside the store, not in
+/// it, so a wiped store still reaps the containers the data dir's earlier life created.
+pub fn load_or_create_instance(data_dir: &Path) -> anyhow::Result<String> {
+    let p = data_dir.join("instance-id");
+    match std::fs::read_to_string(&p) {
+        Ok(t) if crate::util::valid_instance_id(t.trim()) => return Ok(t.trim().to_string()),
+        Ok(t) if !t.trim().is_empty() => {
+            anyhow::bail!("{} does not hold a valid instance id", p.display())
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+    let id = crate::util::random_suffix(12);
+    crate::util::write_private_file(&p, id.as_bytes())
+        .with_context(|| format!("writing {}", p.display()))?;
+    Ok(id)
+}
+
 /// Runs until SIGTERM/SIGINT, then shuts down gracefully.
 pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
@@ -61,6 +83,10 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         let _ = std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700));
     }
     let token = load_or_create_token(&opts.data_dir)?;
+    let instance = match &opts.workspaces.instance {
+        Some(i) => i.clone(),
+        None => load_or_create_instance(&opts.data_dir)?,
+    };
     let key = SecretKey::load(
         opts.secret_key.as_deref(),
         &opts.data_dir.join("secret.key"),
@@ -143,6 +169,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             agent_port: addr.port(),
             reap_every: opts.workspaces.reap_every,
             registry: registry.clone(),
+            instance,
         };
         tokio::spawn(
             async move { controllers::run(client, selection, host, metrics, shutdown).await },

@@ -55,6 +55,17 @@ pub fn random_token() -> String {
     hex::encode(b)
 }
 
+/// An installation id (`--instance`): a Docker label value, 1-63 chars of `[a-z0-9-]`, starting
+/// and ending alphanumeric.
+pub fn valid_instance_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +84,16 @@ mod tests {
         let t = random_token();
         assert_eq!(t.len(), 64);
         assert!(t.chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(valid_instance_id(&random_suffix(12)));
+    }
+
+    #[test]
+    fn instance_ids_are_label_safe() {
+        for ok in ["a", "dev-1", "3f2a9c1e7b4d"] {
+            assert!(valid_instance_id(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a b", "a=b", &"x".repeat(64)] {
+            assert!(!valid_instance_id(bad), "{bad}");
+        }
     }
 }

@@ -515,24 +515,33 @@ fn wiped_store_and_strays_are_reaped_unlabelled_untouched() {
     let unlabelled = format!("ws-unlabelled-{}", molecule::util::random_suffix(6));
     assert!(docker(&["create", "--name", &unlabelled, &image]).0);
 
-    // A stray labelled container for a uid with no record is reaped quickly.
-    let stray = format!("ws-stray{}", molecule::util::random_suffix(5));
-    let made = docker(&[
-        "create",
-        "--name",
-        &stray,
-        "--label",
-        "molecule.platform.managed=true",
-        "--label",
-        "molecule.ai/uid=0000dead-0000-0000-0000-000000000000",
-        "--label",
-        &format!("molecule.ai/namespace={ns}"),
-        "--label",
-        "molecule.ai/name=ghost",
-        &image,
-    ])
-    .0;
-    assert!(made);
+    // A stray labelled container of this installation, for a uid with no record, is reaped
+    // quickly; one labelled for another installation on the same engine is not ours to touch.
+    let instance = std::fs::read_to_string(s.data_dir().join("instance-id")).expect("instance-id");
+    let stray_of = |instance: &str, namespace: &str| {
+        let name = format!("ws-stray{}", molecule::util::random_suffix(5));
+        let made = docker(&[
+            "create",
+            "--name",
+            &name,
+            "--label",
+            "molecule.platform.managed=true",
+            "--label",
+            &format!("molecule.ai/instance={instance}"),
+            "--label",
+            "molecule.ai/uid=0000dead-0000-0000-0000-000000000000",
+            "--label",
+            &format!("molecule.ai/namespace={namespace}"),
+            "--label",
+            "molecule.ai/name=ghost",
+            &image,
+        ])
+        .0;
+        assert!(made);
+        name
+    };
+    let stray = stray_of(instance.trim(), &ns);
+    let foreign = stray_of("another-installation", &format!("{ns}-elsewhere"));
     assert!(
         eventually(15, || !exists("container", &stray)),
         "stray labelled container not reaped"
@@ -554,7 +563,11 @@ fn wiped_store_and_strays_are_reaped_unlabelled_untouched() {
         exists("container", &unlabelled),
         "an unlabelled container was touched"
     );
-    docker(&["rm", "-f", &unlabelled]);
+    assert!(
+        exists("container", &foreign),
+        "another installation's container was touched"
+    );
+    docker(&["rm", "-f", &unlabelled, &foreign]);
     cleanup(&ns);
 }
 

@@ -34,6 +34,9 @@ pub const LABEL_MANAGED: &str = "molecule.platform.managed";
 pub const LABEL_UID: &str = "molecule.ai/uid";
 pub const LABEL_NAMESPACE: &str = "molecule.ai/namespace";
 pub const LABEL_NAME: &str = "molecule.ai/name";
+/// Which molecule installation owns the object: one Docker engine can serve several (two
+/// `serve` data dirs, a test run beside a dev server), and each reaps only its own.
+pub const LABEL_INSTANCE: &str = "molecule.ai/instance";
 /// sha256 of everything that needs a new container when it changes (image, env, tier, limits,
 /// mounts, extra hosts, network).
 pub const LABEL_SPEC_HASH: &str = "molecule.ai/spec-hash";
@@ -66,6 +69,7 @@ pub struct NetworkInfo {
 pub struct DockerBackend {
     docker: Docker,
     network: String,
+    instance: String,
     helper_image: Option<String>,
     stop_timeout: Duration,
     call_timeout: Duration,
@@ -78,6 +82,7 @@ impl std::fmt::Debug for DockerBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DockerBackend")
             .field("network", &self.network)
+            .field("instance", &self.instance)
             .field("helper_image", &self.helper_image)
             .field("stop_timeout", &self.stop_timeout)
             .finish_non_exhaustive()
@@ -87,23 +92,29 @@ impl std::fmt::Debug for DockerBackend {
 impl DockerBackend {
     /// Connects with the local defaults (DOCKER_HOST or the unix socket) and negotiates the API
     /// version down to the engine's (Docker 20.10 speaks 1.41).
-    pub async fn connect(network: &str) -> Result<Self, BackendError> {
+    pub async fn connect(network: &str, instance: &str) -> Result<Self, BackendError> {
         let docker =
             Docker::connect_with_local_defaults().map_err(|e| map_error("connect to docker", e))?;
         let docker = docker
             .negotiate_version()
             .await
             .map_err(|e| map_error("negotiate docker API version", e))?;
-        Ok(Self::new(docker, network, None))
+        Ok(Self::new(docker, network, instance, None))
     }
 
     /// A backend over an existing client. `helper_image` is any local image (it is never run, it
     /// only has to exist) used to create a short-lived container that mounts the config volume
     /// when [`WorkspaceBackend::write_files`] finds no workspace container.
-    pub fn new(docker: Docker, network: &str, helper_image: Option<String>) -> Self {
+    pub fn new(
+        docker: Docker,
+        network: &str,
+        instance: &str,
+        helper_image: Option<String>,
+    ) -> Self {
         Self {
             docker,
             network: network.to_string(),
+            instance: instance.to_string(),
             helper_image,
             stop_timeout: Duration::from_secs(10),
             call_timeout: Duration::from_secs(30),
@@ -143,6 +154,29 @@ impl DockerBackend {
 
     pub fn network(&self) -> &str {
         &self.network
+    }
+
+    /// The installation id every object of this backend is labelled with.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Labels every container and volume of a workspace carries.
+    pub fn workspace_labels(&self, ws: &WorkspaceRef) -> HashMap<String, String> {
+        workspace_labels(ws, &self.instance)
+    }
+
+    /// Whether `labels` mark an object of this installation for `ws`.
+    fn owned_by(&self, labels: &HashMap<String, String>, ws: &WorkspaceRef) -> bool {
+        managed_here(labels, &self.instance) && labels.get(LABEL_UID) == Some(&ws.uid)
+    }
+
+    /// The label filter selecting this installation's managed objects.
+    fn managed_filter(&self) -> Vec<String> {
+        vec![
+            format!("{LABEL_MANAGED}=true"),
+            format!("{LABEL_INSTANCE}={}", self.instance),
+        ]
     }
 
     /// Creates the bridge network if missing (labelled managed) and returns its IPv4 gateway.
@@ -239,7 +273,7 @@ impl DockerBackend {
         match self.timed(self.docker.inspect_container(&name, None)).await {
             Ok(c) => {
                 let labels = c.config.as_ref().and_then(|cfg| cfg.labels.as_ref());
-                if labels.is_some_and(|l| owned_by(l, ws)) {
+                if labels.is_some_and(|l| self.owned_by(l, ws)) {
                     Ok(Lookup::Owned(Box::new(c)))
                 } else {
                     tracing::warn!(container = %name, "a container with the workspace's name exists but is not managed for this workspace; leaving it alone");
@@ -255,14 +289,14 @@ impl DockerBackend {
     async fn ensure_volume(&self, ws: &WorkspaceRef) -> Result<(), BackendError> {
         let name = ws.volume_name();
         match self.timed(self.docker.inspect_volume(&name)).await {
-            Ok(v) if owned_by(&v.labels, ws) => Ok(()),
+            Ok(v) if self.owned_by(&v.labels, ws) => Ok(()),
             Ok(_) => Err(BackendError::Permanent(format!(
                 "volume {name} exists but is not managed by molecule for this workspace"
             ))),
             Err(e) if is_not_found(&e) => {
                 let request = VolumeCreateRequest {
                     name: Some(name.clone()),
-                    labels: Some(workspace_labels(ws)),
+                    labels: Some(self.workspace_labels(ws)),
                     ..Default::default()
                 };
                 self.timed(self.docker.create_volume(request))
@@ -328,13 +362,9 @@ impl DockerBackend {
 
     /// Ids of every container labelled for this workspace (workspace container and helpers).
     async fn labelled_containers(&self, ws: &WorkspaceRef) -> Result<Vec<String>, BackendError> {
-        let filters = HashMap::from([(
-            "label",
-            vec![
-                format!("{LABEL_MANAGED}=true"),
-                format!("{LABEL_UID}={}", ws.uid),
-            ],
-        )]);
+        let mut label = self.managed_filter();
+        label.push(format!("{LABEL_UID}={}", ws.uid));
+        let filters = HashMap::from([("label", label)]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -354,7 +384,7 @@ impl DockerBackend {
         hash: &str,
     ) -> ContainerCreateBody {
         let ws = &spec.workspace;
-        let mut labels = workspace_labels(ws);
+        let mut labels = self.workspace_labels(ws);
         labels.insert(LABEL_SPEC_HASH.to_string(), hash.to_string());
         labels.insert(LABEL_ROLE.to_string(), ROLE_WORKSPACE.to_string());
 
@@ -491,7 +521,7 @@ impl DockerBackend {
         };
         self.ensure_volume(ws).await?;
         let name = format!("{}-files-{}", ws.container_name(), unique_suffix());
-        let mut labels = workspace_labels(ws);
+        let mut labels = self.workspace_labels(ws);
         labels.insert(LABEL_ROLE.to_string(), ROLE_FILE_WRITER.to_string());
         let body = ContainerCreateBody {
             image: Some(image.clone()),
@@ -693,7 +723,7 @@ impl WorkspaceBackend for DockerBackend {
         }
         let name = ws.volume_name();
         match self.timed(self.docker.inspect_volume(&name)).await {
-            Ok(v) if owned_by(&v.labels, ws) => {}
+            Ok(v) if self.owned_by(&v.labels, ws) => {}
             Ok(_) => {
                 tracing::warn!(volume = %name, "volume is not managed for this workspace; leaving it alone");
                 return Ok(());
@@ -812,7 +842,7 @@ impl WorkspaceBackend for DockerBackend {
     }
 
     async fn list_managed(&self) -> Result<Vec<Managed>, BackendError> {
-        let filters = HashMap::from([("label", vec![format!("{LABEL_MANAGED}=true")])]);
+        let filters = HashMap::from([("label", self.managed_filter())]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -824,7 +854,7 @@ impl WorkspaceBackend for DockerBackend {
         let mut out = Vec::new();
         for c in containers {
             let labels = c.labels.unwrap_or_default();
-            if labels.get(LABEL_MANAGED).map(String::as_str) != Some("true") {
+            if !managed_here(&labels, &self.instance) {
                 continue;
             }
             let Some(name) = c
@@ -846,7 +876,7 @@ impl WorkspaceBackend for DockerBackend {
             .await
             .map_err(|e| map_error("list volumes", e))?;
         for v in volumes.volumes.unwrap_or_default() {
-            if v.labels.get(LABEL_MANAGED).map(String::as_str) != Some("true") {
+            if !managed_here(&v.labels, &self.instance) {
                 continue;
             }
             out.push(managed_from(ManagedKind::Volume, v.name.clone(), &v.labels));
@@ -871,7 +901,7 @@ impl WorkspaceBackend for DockerBackend {
                     .as_ref()
                     .and_then(|cfg| cfg.labels.clone())
                     .unwrap_or_default();
-                check_managed_labels(&labels, m)?;
+                check_managed_labels(&labels, m, &self.instance)?;
                 let id = c.id.unwrap_or_else(|| m.name.clone());
                 self.force_remove(&id).await
             }
@@ -881,7 +911,7 @@ impl WorkspaceBackend for DockerBackend {
                     Err(e) if is_not_found(&e) => return Ok(()),
                     Err(e) => return Err(map_error("inspect volume", e)),
                 };
-                check_managed_labels(&v.labels, m)?;
+                check_managed_labels(&v.labels, m, &self.instance)?;
                 remove_volume_by_name(self, &m.name).await
             }
         }
@@ -928,8 +958,12 @@ fn managed_from(kind: ManagedKind, name: String, labels: &HashMap<String, String
     }
 }
 
-fn check_managed_labels(labels: &HashMap<String, String>, m: &Managed) -> Result<(), BackendError> {
-    let managed = labels.get(LABEL_MANAGED).map(String::as_str) == Some("true");
+fn check_managed_labels(
+    labels: &HashMap<String, String>,
+    m: &Managed,
+    instance: &str,
+) -> Result<(), BackendError> {
+    let managed = managed_here(labels, instance);
     let same_uid = labels.get(LABEL_UID).map(String::as_str).unwrap_or("") == m.uid;
     if managed && same_uid {
         Ok(())
@@ -941,19 +975,21 @@ fn check_managed_labels(labels: &HashMap<String, String>, m: &Managed) -> Result
     }
 }
 
-/// Labels every container and volume of a workspace carries.
-pub fn workspace_labels(ws: &WorkspaceRef) -> HashMap<String, String> {
+/// Labels every container and volume of a workspace of installation `instance` carries.
+pub fn workspace_labels(ws: &WorkspaceRef, instance: &str) -> HashMap<String, String> {
     HashMap::from([
         (LABEL_MANAGED.to_string(), "true".to_string()),
+        (LABEL_INSTANCE.to_string(), instance.to_string()),
         (LABEL_UID.to_string(), ws.uid.clone()),
         (LABEL_NAMESPACE.to_string(), ws.namespace.clone()),
         (LABEL_NAME.to_string(), ws.name.clone()),
     ])
 }
 
-fn owned_by(labels: &HashMap<String, String>, ws: &WorkspaceRef) -> bool {
+/// Whether `labels` mark a managed object of installation `instance`.
+fn managed_here(labels: &HashMap<String, String>, instance: &str) -> bool {
     labels.get(LABEL_MANAGED).map(String::as_str) == Some("true")
-        && labels.get(LABEL_UID) == Some(&ws.uid)
+        && labels.get(LABEL_INSTANCE).map(String::as_str) == Some(instance)
 }
 
 fn check_ref(ws: &WorkspaceRef) -> Result<(), BackendError> {
@@ -1712,7 +1748,7 @@ mod tests {
         }
 
         async fn backend(&self) -> DockerBackend {
-            DockerBackend::connect(&self.network)
+            DockerBackend::connect(&self.network, &self.prefix)
                 .await
                 .unwrap()
                 .with_stop_timeout(Duration::from_secs(1))
@@ -2115,7 +2151,7 @@ mod tests {
             env.docker
                 .create_volume(VolumeCreateRequest {
                     name: Some(stray.volume_name()),
-                    labels: Some(workspace_labels(&stray)),
+                    labels: Some(workspace_labels(&stray, &env.prefix)),
                     ..Default::default()
                 })
                 .await

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use futures::{Stream, StreamExt};
 
 use super::ManagedKind;
+use super::docker::{LABEL_INSTANCE, LABEL_MANAGED, LABEL_NAME, LABEL_NAMESPACE, LABEL_UID};
 
 /// One change to a managed object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,11 +19,18 @@ pub struct BackendEvent {
     pub name: String,
 }
 
-fn subscribe(docker: &bollard::Docker) -> impl Stream<Item = BackendEvent> + Send + use<> {
+fn subscribe(
+    docker: &bollard::Docker,
+    instance: &str,
+) -> impl Stream<Item = BackendEvent> + Send + use<> {
     let mut filters = HashMap::new();
+    // Label filters are ANDed by the engine: managed objects of this installation only.
     filters.insert(
         "label".to_string(),
-        vec!["molecule.platform.managed=true".to_string()],
+        vec![
+            format!("{LABEL_MANAGED}=true"),
+            format!("{LABEL_INSTANCE}={instance}"),
+        ],
     );
     filters.insert(
         "type".to_string(),
@@ -53,27 +61,28 @@ fn subscribe(docker: &bollard::Docker) -> impl Stream<Item = BackendEvent> + Sen
                     .next()
                     .unwrap_or("")
                     .to_string(),
-                uid: attrs.get("molecule.ai/uid").cloned().unwrap_or_default(),
-                namespace: attrs
-                    .get("molecule.ai/namespace")
-                    .cloned()
-                    .unwrap_or_default(),
-                name: attrs.get("molecule.ai/name").cloned().unwrap_or_default(),
+                uid: attrs.get(LABEL_UID).cloned().unwrap_or_default(),
+                namespace: attrs.get(LABEL_NAMESPACE).cloned().unwrap_or_default(),
+                name: attrs.get(LABEL_NAME).cloned().unwrap_or_default(),
             })
         })
 }
 
-/// Events of managed objects forever: when the stream breaks (engine restart, lost
-/// connection) it re-subscribes after a short pause.
+/// Events of the managed objects of installation `instance`, forever: when the stream breaks
+/// (engine restart, lost connection) it re-subscribes after a short pause.
 pub fn managed_events(
     docker: bollard::Docker,
+    instance: String,
 ) -> impl Stream<Item = BackendEvent> + Send + 'static {
-    futures::stream::unfold((docker, false), |(docker, pause)| async move {
-        if pause {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
-        let s = subscribe(&docker);
-        Some((s, (docker, true)))
-    })
+    futures::stream::unfold(
+        (docker, instance, false),
+        |(docker, instance, pause)| async move {
+            if pause {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            let s = subscribe(&docker, &instance);
+            Some((s, (docker, instance, true)))
+        },
+    )
     .flatten()
 }

@@ -29,6 +29,8 @@ pub struct HostSettings {
     pub reap_every: std::time::Duration,
     /// Where the registry endpoints find the controller's state.
     pub registry: crate::shim::registry::Slot,
+    /// Installation id labelled on every container and volume; the reaper only touches its own.
+    pub instance: String,
 }
 
 /// Which controllers to run (`--controllers`).
@@ -83,6 +85,33 @@ pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The default installation id in cluster mode: the uid of the `default` Namespace, which is
+/// stable for the life of a cluster and the same for every replica.
+pub async fn cluster_instance_id(client: &Client) -> anyhow::Result<String> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let ns = kube::Api::<Namespace>::all(client.clone())
+        .get("default")
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "reading the default Namespace for the instance id ({e}); set --instance"
+            )
+        })?;
+    let uid: String = ns
+        .metadata
+        .uid
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_lowercase())
+        .take(12)
+        .collect();
+    if uid.len() < 12 {
+        anyhow::bail!("the default Namespace has no usable uid; set --instance");
+    }
+    Ok(uid)
+}
+
 /// Runs the selected controllers until `shutdown` fires.
 pub async fn run(
     client: Client,
@@ -113,7 +142,7 @@ pub async fn run(
 
     // The Docker engine may come up after us: retry until it answers.
     let backend = loop {
-        match crate::backends::docker::DockerBackend::connect(NETWORK).await {
+        match crate::backends::docker::DockerBackend::connect(NETWORK, &host.instance).await {
             Ok(b) => break b,
             Err(e) => {
                 tracing::warn!(error = %e, "Docker is not reachable; workspaces cannot be provisioned until it is (retrying)");
@@ -131,8 +160,9 @@ pub async fn run(
     let (ws_tx, ws_rx) = tokio::sync::mpsc::channel::<ObjectRef<crate::resources::Workspace>>(1024);
     let events = tokio::spawn({
         let docker = docker.clone();
+        let instance = host.instance.clone();
         async move {
-            let mut s = std::pin::pin!(crate::backends::events::managed_events(docker));
+            let mut s = std::pin::pin!(crate::backends::events::managed_events(docker, instance,));
             while let Some(ev) = s.next().await {
                 if ev.kind == crate::backends::ManagedKind::Container
                     && !ev.name.is_empty()
