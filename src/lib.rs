@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod audit;
 pub mod backends;
 pub mod controllers;
 pub mod images;

@@ -236,6 +236,7 @@ fn main() -> anyhow::Result<()> {
                     agent_port: 0,
                     reap_every: opts.reap_every,
                     registry: std::sync::Arc::default(),
+                    audit: molecule::audit::Audit::log_only(),
                     instance,
                 };
                 let mut task = tokio::spawn(molecule::controllers::run(

@@ -98,6 +98,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     .await
     .context("opening the store")?;
     let backend = store.backend();
+    let audit = crate::audit::Audit::new(store.clone());
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("binding {}", opts.listen))?;
@@ -169,6 +170,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             agent_port: addr.port(),
             reap_every: opts.workspaces.reap_every,
             registry: registry.clone(),
+            audit,
             instance,
         };
         tokio::spawn(

@@ -29,6 +29,9 @@ pub struct HostSettings {
     pub reap_every: std::time::Duration,
     /// Where the registry endpoints find the controller's state.
     pub registry: crate::shim::registry::Slot,
+    /// Where controllers record audit rows (the store in embedded mode; Postgres from
+    /// DATABASE_URL in cluster mode; the log alone otherwise).
+    pub audit: crate::audit::Audit,
     /// Installation id labelled on every container and volume; the reaper only touches its own.
     pub instance: String,
 }
@@ -213,6 +216,7 @@ pub async fn run(
             recorder,
             settings,
             metrics.clone(),
+            host.audit.clone(),
         ));
         let api: kube::Api<crate::resources::Workspace> = kube::Api::all(client.clone());
         let controller = Controller::new(api, watcher::Config::default())

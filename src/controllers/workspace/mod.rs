@@ -86,6 +86,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
+    pub audit: crate::audit::Audit,
     echo_image: tokio::sync::OnceCell<String>,
     /// Earliest time of the next automatic restart, per uid.
     backoff: Mutex<HashMap<String, Instant>>,
@@ -99,6 +100,7 @@ impl Context {
         recorder: Recorder,
         settings: Settings,
         metrics: Arc<Metrics>,
+        audit: crate::audit::Audit,
     ) -> Self {
         Context {
             client,
@@ -107,6 +109,7 @@ impl Context {
             recorder,
             settings,
             metrics,
+            audit,
             echo_image: tokio::sync::OnceCell::new(),
             backoff: Mutex::default(),
         }
@@ -927,5 +930,13 @@ async fn cleanup(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Worksp
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&w.uid);
+    ctx.audit
+        .record(
+            "workspace.deleted",
+            &w.namespace,
+            &w.name,
+            json!({"uid": w.uid, "runtime": ws.spec.runtime.as_deref().unwrap_or("echo")}),
+        )
+        .await;
     Ok(Action::await_change())
 }
