@@ -593,3 +593,87 @@ fn examples_apply_and_come_online() {
     cleanup(&ns);
     let _ = Duration::from_secs(0);
 }
+
+/// Pins a file in a container's writable layer with `chattr +i`, so that the engine really
+/// fails to remove the container ("failed to remove root filesystem: operation not
+/// permitted"); unpins on drop, so a failing test leaves nothing unremovable behind.
+struct PinnedLayer {
+    file: std::path::PathBuf,
+}
+
+impl PinnedLayer {
+    fn pin(container: &str) -> PinnedLayer {
+        let upper = docker(&["inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", container]).1;
+        assert!(!upper.is_empty(), "the storage driver has no UpperDir");
+        let file = std::path::Path::new(&upper).join("molecule-test-pin");
+        std::fs::write(&file, b"pin").expect("write into the container's layer (needs root)");
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(&file)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "chattr +i failed (the test needs root and chattr)");
+        PinnedLayer { file }
+    }
+
+    fn unpin(&self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.file)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for PinnedLayer {
+    fn drop(&mut self) {
+        self.unpin();
+    }
+}
+
+#[test]
+fn delete_whose_removal_fails_keeps_the_volume_and_the_reaper_finishes() {
+    let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
+    let s = start();
+    let ns = ns();
+    apply(&s, &ns, &ws_yaml("stuck", ""));
+    wait_phase(&s, &ns, "stuck", "Online", 120);
+    let container = container_of(&s, &ns, "stuck");
+    let volume = format!("{container}-configs");
+    let pin = PinnedLayer::pin(&container);
+
+    // The engine refuses to remove the container: the record still goes (the finalizer is
+    // released with a Warning Event), the volume is kept because the container is not gone.
+    ok(&s, &["delete", "ws", "stuck", "-n", &ns, "--timeout=60s"]);
+    assert!(get(&s, &ns, "stuck").is_null(), "the record is gone");
+    let events = ok(
+        &s,
+        &[
+            "get",
+            "events",
+            "-n",
+            &ns,
+            "--field-selector",
+            "involvedObject.name=stuck",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ],
+    );
+    assert!(events.contains("CleanupIncomplete"), "{events}");
+    assert!(exists("container", &container), "removal really failed");
+    assert!(exists("volume", &volume), "the volume is kept");
+    // Reaper passes keep failing on it (every 2 s here) without touching anything else.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(exists("volume", &volume));
+
+    // Once removal can succeed, a later reaper pass removes the container and then the volume.
+    pin.unpin();
+    assert!(
+        eventually(30, || !exists("container", &container)
+            && !exists("volume", &volume)),
+        "the reaper did not finish the cleanup:\n{}",
+        tail(&s)
+    );
+    drop(pin);
+    cleanup(&ns);
+}

@@ -56,6 +56,7 @@ const ROLE_FILE_WRITER: &str = "file-writer";
 const HELPER_ENTRYPOINT: &str = "/molecule-file-writer";
 const SPEC_HASH_VERSION: &str = "molecule-spec-v1";
 const MIB: i64 = 1024 * 1024;
+const DEFAULT_START_CONCURRENCY: usize = 4;
 
 /// The bridge network workspaces are attached to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,7 +76,11 @@ pub struct DockerBackend {
     call_timeout: Duration,
     exec_timeout: Duration,
     network_lock: tokio::sync::Mutex<()>,
+    /// Set once the network is known to exist; cleared when a create says it is gone.
+    network_ready: std::sync::atomic::AtomicBool,
     host_cpus: tokio::sync::OnceCell<i64>,
+    /// Bounds concurrent container starts (see [`DockerBackend::with_start_concurrency`]).
+    starts: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for DockerBackend {
@@ -120,7 +125,9 @@ impl DockerBackend {
             call_timeout: Duration::from_secs(30),
             exec_timeout: Duration::from_secs(300),
             network_lock: tokio::sync::Mutex::new(()),
+            network_ready: std::sync::atomic::AtomicBool::new(false),
             host_cpus: tokio::sync::OnceCell::new(),
+            starts: tokio::sync::Semaphore::new(DEFAULT_START_CONCURRENCY),
         }
     }
 
@@ -139,6 +146,15 @@ impl DockerBackend {
     /// Bound on every single engine call (default 30 s); a call that takes longer is Transient.
     pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
+        self
+    }
+
+    /// How many container starts run at once (default 4). The engine serialises much of a start
+    /// (network sandbox, port mapping, iptables); a burst of 50 concurrent starts makes every
+    /// one of them slow, while a small bound brings the first workspaces up at once and keeps
+    /// the total the same or better.
+    pub fn with_start_concurrency(mut self, n: usize) -> Self {
+        self.starts = tokio::sync::Semaphore::new(n.max(1));
         self
     }
 
@@ -185,6 +201,25 @@ impl DockerBackend {
     /// default, so two concurrent creates could make two networks with one name.
     pub async fn ensure_network(&self) -> Result<NetworkInfo, BackendError> {
         let _guard = self.network_lock.lock().await;
+        let info = self.ensure_network_locked().await?;
+        self.network_ready
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(info)
+    }
+
+    /// [`DockerBackend::ensure_network`] unless this backend already saw the network exist (the
+    /// provisioning hot path skips the inspect; a create that finds it gone clears the flag).
+    async fn ensure_network_once(&self) -> Result<(), BackendError> {
+        if !self
+            .network_ready
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.ensure_network().await?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_network_locked(&self) -> Result<NetworkInfo, BackendError> {
         match self.inspect_network().await? {
             Some(net) => Ok(self.network_info(&net)),
             None => {
@@ -482,6 +517,18 @@ impl DockerBackend {
             Err(e) if status_of(&e) == Some(409) => Err(BackendError::Transient(format!(
                 "container name {name} is still in use (a previous container is being removed or was created concurrently)"
             ))),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            }) if message.to_ascii_lowercase().contains("network") => {
+                // Removed behind our back: the next attempt re-creates it.
+                self.network_ready
+                    .store(false, std::sync::atomic::Ordering::Release);
+                Err(BackendError::Transient(format!(
+                    "network {} is missing; it is re-created on the next attempt",
+                    self.network
+                )))
+            }
             Err(e) => Err(map_create_error(e, &spec.image, &spec.env)),
         }
     }
@@ -580,12 +627,20 @@ impl WorkspaceBackend for DockerBackend {
         let limits = limits(spec)?;
         let hash = spec_hash(spec, &env, limits, &self.network);
 
-        self.ensure_network().await?;
-        self.ensure_volume(ws).await?;
-        let host_cpus = self.host_cpus().await?;
-        let image_id = self.local_image_id(&spec.image).await?;
+        // Independent engine calls, issued together: they dominate the time before the create.
+        let (network, volume, host_cpus, image_id, lookup) = tokio::join!(
+            self.ensure_network_once(),
+            self.ensure_volume(ws),
+            self.host_cpus(),
+            self.local_image_id(&spec.image),
+            self.lookup_container(ws),
+        );
+        network?;
+        volume?;
+        let host_cpus = host_cpus?;
+        let image_id = image_id?;
 
-        let mut existing = match self.lookup_container(ws).await? {
+        let mut existing = match lookup? {
             Lookup::Absent => None,
             Lookup::Foreign => {
                 return Err(BackendError::Permanent(format!(
@@ -671,6 +726,7 @@ impl WorkspaceBackend for DockerBackend {
         };
 
         if !running {
+            let _permit = self.starts.acquire().await;
             self.timed(self.docker.start_container(&id, None))
                 .await
                 .map_err(|e| map_error("start container", e))?;

@@ -126,7 +126,7 @@ pub async fn run(
     use futures::StreamExt;
     use kube::runtime::controller::Controller;
     use kube::runtime::reflector::ObjectRef;
-    use kube::runtime::watcher;
+    use kube::runtime::{WatchStreamExt, watcher};
 
     check_crds(&client).await?;
     metrics.set(
@@ -160,6 +160,7 @@ pub async fn run(
     let docker = backend.docker().clone();
     let backend: Arc<dyn crate::backends::WorkspaceBackend> = Arc::new(backend);
     let (reap_tx, reap_rx) = tokio::sync::mpsc::channel::<()>(64);
+    let reap_deleted_tx = reap_tx.clone();
     let (ws_tx, ws_rx) = tokio::sync::mpsc::channel::<ObjectRef<crate::resources::Workspace>>(1024);
     let events = tokio::spawn({
         let docker = docker.clone();
@@ -218,8 +219,14 @@ pub async fn run(
             metrics.clone(),
             host.audit.clone(),
         ));
+        // Status writes of the controller itself and routine heartbeats do not re-trigger
+        // reconciles: only what `trigger_hash` covers does (plus requeues and Docker events).
         let api: kube::Api<crate::resources::Workspace> = kube::Api::all(client.clone());
-        let controller = Controller::new(api, watcher::Config::default())
+        let (reader, writer) = kube::runtime::reflector::store();
+        let trigger = kube::runtime::reflector(writer, watcher(api, watcher::Config::default()))
+            .applied_objects()
+            .predicate_filter(workspace::plan::trigger_hash, Default::default());
+        let controller = Controller::for_stream(trigger, reader)
             .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(ws_rx))
             .graceful_shutdown_on(shutdown.clone().wait());
         let _ = host
@@ -236,6 +243,32 @@ pub async fn run(
         ));
     }
     if wants("reaper") {
+        // A record that disappears (deleted, finalizer stripped, store wiped and refilled) leaves
+        // orphans at once: trigger a pass on every deletion the watch reports.
+        let deletions = {
+            let tx = reap_deleted_tx;
+            let api: kube::Api<crate::resources::Workspace> = kube::Api::all(client.clone());
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let stream = watcher(api, watcher::Config::default()).default_backoff();
+                let mut stream = std::pin::pin!(stream);
+                let stop = stop.wait();
+                tokio::pin!(stop);
+                loop {
+                    tokio::select! {
+                        ev = stream.next() => match ev {
+                            Some(Ok(watcher::Event::Delete(_))) => {
+                                let _ = tx.try_send(());
+                            }
+                            Some(_) => {}
+                            None => return,
+                        },
+                        _ = &mut stop => return,
+                    }
+                }
+            })
+        };
+        tasks.push(deletions);
         tasks.push(tokio::spawn(reaper::run(
             client.clone(),
             backend.clone(),

@@ -228,7 +228,7 @@ async fn register(State(slot): State<Slot>, headers: HeaderMap, body: Bytes) -> 
         .agent_card
         .filter(|c| c.is_object() && c.to_string().len() <= 16 * 1024);
     let status =
-        json!({"lastHeartbeat": crate::util::now_rfc3339(), "agentUrl": b.url, "agentCard": card});
+        json!({"lastHeartbeat": crate::util::now_micro(), "agentUrl": b.url, "agentCard": card});
     if let Err(r) = patch_status(st, &ws, status).await {
         return r;
     }
@@ -272,7 +272,7 @@ async fn heartbeat(State(slot): State<Slot>, headers: HeaderMap, body: Bytes) ->
         .filter(|r| r.is_finite())
         .map(|r| r.clamp(0.0, 1.0));
     let status = json!({
-        "lastHeartbeat": crate::util::now_rfc3339(),
+        "lastHeartbeat": crate::util::now_micro(),
         "errorRate": rate,
         "sampleError": truncate(b.sample_error, 512),
         "activeTasks": b.active_tasks,

@@ -90,6 +90,8 @@ pub struct Context {
     echo_image: tokio::sync::OnceCell<String>,
     /// Earliest time of the next automatic restart, per uid.
     backoff: Mutex<HashMap<String, Instant>>,
+    /// Retry delays after failed reconciles, per object; dropped on the next success.
+    retries: Mutex<HashMap<String, backon::ExponentialBackoff>>,
 }
 
 impl Context {
@@ -112,6 +114,7 @@ impl Context {
             audit,
             echo_image: tokio::sync::OnceCell::new(),
             backoff: Mutex::default(),
+            retries: Mutex::default(),
         }
     }
 
@@ -158,6 +161,7 @@ fn permanent(reason: &'static str, message: impl Into<String>) -> Permanent {
 pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, WorkspaceError> {
     let started = Instant::now();
     let ns = ws.namespace().unwrap_or_else(|| "default".into());
+    let name = ws.name_any();
     let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, ws, |event| async {
         match event {
@@ -171,7 +175,15 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, 
         | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => WorkspaceError::Finalizer(other.to_string()),
     });
-    let outcome = if result.is_ok() { "ok" } else { "error" };
+    let outcome = if result.is_ok() {
+        ctx.retries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&retry_key(&ns, &name));
+        "ok"
+    } else {
+        "error"
+    };
     ctx.metrics.inc(
         "molecule_reconcile_total",
         &[("controller", "workspace"), ("result", outcome)],
@@ -184,14 +196,37 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, 
     result
 }
 
-/// Requeue policy for errors: transient errors back off per object (in kube-runtime's queue).
+fn retry_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// Requeue policy for errors (permanent problems never get here: they set a condition and wait
+/// for a change). Each object backs off on its own — 500 ms, 1 s, 2 s … capped at 5 min, with
+/// jitter — and starts over after its next successful reconcile.
 pub fn error_policy(ws: Arc<Workspace>, err: &WorkspaceError, ctx: Arc<Context>) -> Action {
     ctx.metrics.inc(
         "molecule_reconcile_errors_total",
         &[("controller", "workspace"), ("category", err.category())],
     );
-    tracing::warn!(workspace = %ws.name_any(), category = err.category(), error = %err, "reconcile failed; will retry");
-    Action::requeue(Duration::from_secs(2))
+    let key = retry_key(&ws.namespace().unwrap_or_default(), &ws.name_any());
+    let delay = ctx
+        .retries
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_insert_with(|| {
+            use backon::BackoffBuilder;
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(Duration::from_secs(300))
+                .with_jitter()
+                .without_max_times()
+                .build()
+        })
+        .next()
+        .unwrap_or(Duration::from_secs(300));
+    tracing::warn!(workspace = %ws.name_any(), category = err.category(), error = %err, retry_in_ms = delay.as_millis() as u64, "reconcile failed; will retry");
+    Action::requeue(delay)
 }
 
 fn wref(ws: &Workspace) -> Result<WorkspaceRef, WorkspaceError> {
@@ -307,11 +342,14 @@ async fn write_status(
     next: &WorkspaceStatus,
     extra: Option<Value>,
 ) -> Result<(), WorkspaceError> {
+    let mut patch = status_patch(next);
+    if extra.is_none() && patch == status_patch(&ws.status.clone().unwrap_or_default()) {
+        return Ok(()); // nothing the controller owns changed: no write, no watch event
+    }
     let api: Api<Workspace> = Api::namespaced(
         ctx.client.clone(),
         &ws.namespace().unwrap_or_else(|| "default".into()),
     );
-    let mut patch = status_patch(next);
     if let Some(Value::Object(extra)) = extra
         && let Some(st) = patch["status"].as_object_mut()
     {
@@ -326,6 +364,8 @@ async fn write_status(
     Ok(())
 }
 
+/// Publishes a k8s Event in the background: Events explain, they never gate progress, so the
+/// reconcile does not wait for the API round trip.
 async fn event(ctx: &Context, ws: &Workspace, type_: EventType, reason: &str, note: String) {
     let ev = KEvent {
         type_,
@@ -334,9 +374,13 @@ async fn event(ctx: &Context, ws: &Workspace, type_: EventType, reason: &str, no
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &ws.object_ref(&())).await {
-        tracing::warn!(error = %e, "could not publish an Event");
-    }
+    let recorder = ctx.recorder.clone();
+    let object = ws.object_ref(&());
+    tokio::spawn(async move {
+        if let Err(e) = recorder.publish(&ev, &object).await {
+            tracing::warn!(error = %e, "could not publish an Event");
+        }
+    });
 }
 
 fn set_conditions(
@@ -396,8 +440,21 @@ fn user_files(
     Ok(out)
 }
 
-async fn apply(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, WorkspaceError> {
-    let w = wref(&ws)?;
+async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, WorkspaceError> {
+    // Decide from the record as it is now, not as the watch cache last saw it: a reconcile
+    // queued by a Docker event can run before the cache has our own previous status write, and
+    // a stale `containerId` would make a fresh container look unrecorded and get replaced.
+    let w = wref(&cached)?;
+    let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &w.namespace);
+    let ws = match api.get_opt(&w.name).await? {
+        Some(fresh) if fresh.uid().as_deref() == Some(w.uid.as_str()) => {
+            if fresh.metadata.deletion_timestamp.is_some() {
+                return Ok(Action::await_change()); // the deletion's watch event runs cleanup
+            }
+            Arc::new(fresh)
+        }
+        _ => return Ok(Action::await_change()), // gone or re-created: its own events follow
+    };
     let generation = ws.metadata.generation.unwrap_or(1);
     let now = crate::util::now_rfc3339();
     let now_s = jiff::Timestamp::now().as_second();
@@ -601,7 +658,18 @@ async fn apply(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Workspac
                 event(&ctx, &ws, t, reason, message).await;
             }
             Ok(match phase {
-                WorkspacePhase::Provisioning => Action::requeue(Duration::from_secs(2)),
+                // Registration wakes the controller through the watch; this requeue only
+                // enforces the provision timeout.
+                WorkspacePhase::Provisioning => {
+                    let provisioned = next
+                        .provisioned_at
+                        .as_ref()
+                        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                        .map_or(now_s, |t| t.as_second());
+                    let left =
+                        ctx.settings.provision_timeout.as_secs() as i64 - (now_s - provisioned);
+                    Action::requeue(Duration::from_secs(left.clamp(1, 30) as u64))
+                }
                 WorkspacePhase::Failed => Action::await_change(),
                 _ => Action::requeue(
                     (ctx.settings.heartbeat_timeout / 3)
@@ -709,7 +777,7 @@ async fn provision(
     let token = crate::util::random_token();
     next.token_hash = Some(sha256_hex(token.as_bytes()));
     next.spec_hash = Some(desired_hash);
-    next.provisioned_at = Some(now.to_string());
+    next.provisioned_at = Some(crate::util::now_micro());
     next.phase = Some(WorkspacePhase::Provisioning);
     next.image = Some(image.clone());
     let msg = format!("{}: starting a container from {image}", reason.reason());
@@ -785,7 +853,9 @@ async fn provision(
     }
     write_status(ctx, ws, &next, None).await?;
     tracing::info!(event = "provision.started", workspace = %w.name, container = %started.container_id, ms = t.elapsed().as_millis() as u64, "container started");
-    Ok(Action::requeue(Duration::from_secs(2)))
+    Ok(Action::requeue(
+        ctx.settings.provision_timeout.min(Duration::from_secs(30)),
+    ))
 }
 
 /// `runtime: external` (W17): no container; a token Secret the external agent uses; Online once
@@ -811,7 +881,7 @@ async fn external(
     if !token_matches {
         let token = crate::util::random_token();
         next.token_hash = Some(sha256_hex(token.as_bytes()));
-        next.provisioned_at = Some(now.to_string());
+        next.provisioned_at = Some(crate::util::now_micro());
         let owner = ws.controller_owner_ref(&()).map(|o| vec![o]);
         let secret = Secret {
             metadata: kube::api::ObjectMeta {
@@ -843,33 +913,19 @@ async fn external(
     }
     next.url = ws.spec.url.clone();
     next.container_id = None;
-    let registered = next
-        .last_heartbeat
-        .as_ref()
-        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-        .map(|t| t.as_second())
-        .zip(
-            next.provisioned_at
-                .as_ref()
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                .map(|t| t.as_second()),
-        );
-    let (phase, reason, message) = match registered {
-        Some((hb, prov))
-            if hb >= prov && now_s - hb <= ctx.settings.heartbeat_timeout.as_secs() as i64 =>
-        {
-            (
-                WorkspacePhase::Online,
-                "Online",
-                "the external agent is registered".to_string(),
-            )
-        }
-        Some((hb, prov)) if hb >= prov => (
+    let timeout = ctx.settings.heartbeat_timeout.as_secs() as i64;
+    let (phase, reason, message) = match plan::heartbeat_since_provision(&next) {
+        Some(hb) if now_s - hb <= timeout => (
+            WorkspacePhase::Online,
+            "Online",
+            "the external agent is registered".to_string(),
+        ),
+        Some(_) => (
             WorkspacePhase::Offline,
             "HeartbeatLost",
             "the external agent stopped heartbeating".to_string(),
         ),
-        _ => (
+        None => (
             WorkspacePhase::Provisioning,
             "WaitingForAgent",
             format!(

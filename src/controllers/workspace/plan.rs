@@ -69,6 +69,20 @@ fn secs(ts: Option<&String>) -> Option<i64> {
         .map(|t| t.as_second())
 }
 
+/// The last heartbeat (seconds since the epoch) if the agent reported since the last provision.
+/// Compared at microsecond precision: a heartbeat of the previous container in the same second
+/// as the new provision must not count as the new agent's registration.
+pub fn heartbeat_since_provision(st: &WorkspaceStatus) -> Option<i64> {
+    let micros = |ts: Option<&String>| {
+        ts.and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_microsecond())
+    };
+    let provisioned = micros(st.provisioned_at.as_ref()).unwrap_or(i64::MIN);
+    micros(st.last_heartbeat.as_ref())
+        .filter(|h| *h >= provisioned)
+        .map(|h| h.div_euclid(1_000_000))
+}
+
 /// Error-rate thresholds with hysteresis (W09).
 pub const DEGRADED_AT: f64 = 0.5;
 pub const RECOVERED_BELOW: f64 = 0.1;
@@ -104,8 +118,7 @@ pub fn decide(o: &Observed<'_>) -> Step {
         return Step::Provision(ProvisionReason::Restart);
     }
     let provisioned = secs(st.provisioned_at.as_ref()).unwrap_or(0);
-    let heartbeat = secs(st.last_heartbeat.as_ref()).filter(|h| *h >= provisioned);
-    let Some(hb) = heartbeat else {
+    let Some(hb) = heartbeat_since_provision(st) else {
         if o.now - provisioned > o.provision_timeout_secs {
             return Step::Observe {
                 phase: WorkspacePhase::Failed,
@@ -153,6 +166,38 @@ pub fn decide(o: &Observed<'_>) -> Step {
     }
 }
 
+/// What in a Workspace needs a reconcile when it changes: the spec (generation), deletion,
+/// finalizers, the restart annotation, and the *classes* of what agents report (registered since
+/// the last provision or not; error rate low/middling/high; wedged). Heartbeats that change none
+/// of these — nearly all of them — do not wake the controller; lost heartbeats are found by the
+/// periodic requeue. Used as the controller's watch predicate.
+pub fn trigger_hash(ws: &crate::resources::Workspace) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = &ws.metadata;
+    let st = ws.status.as_ref();
+    let registered = st.is_some_and(|s| heartbeat_since_provision(s).is_some());
+    let rate_class = match st.and_then(|s| s.error_rate).unwrap_or(0.0) {
+        r if r >= DEGRADED_AT => 2u8,
+        r if r >= RECOVERED_BELOW => 1,
+        _ => 0,
+    };
+    let wedged = st.and_then(|s| s.runtime_state.as_deref()) == Some("wedged");
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        meta.generation,
+        meta.deletion_timestamp.is_some(),
+        &meta.finalizers,
+        meta.annotations
+            .as_ref()
+            .and_then(|a| a.get(super::RESTART_ANNOTATION)),
+        registered,
+        rate_class,
+        wedged,
+    )
+        .hash(&mut h);
+    Some(h.finish())
+}
+
 /// Backoff before automatic restart number `n` (1-based): 1s, 2s, 4s … capped at 5 min.
 pub fn restart_backoff_secs(n: i64) -> i64 {
     let exp = n.saturating_sub(1).clamp(0, 16) as u32;
@@ -198,6 +243,57 @@ mod tests {
             heartbeat_timeout_secs: 180,
             provision_timeout_secs: 600,
         }
+    }
+
+    #[test]
+    fn heartbeats_wake_the_controller_only_when_their_class_changes() {
+        use crate::resources::{Workspace, WorkspaceSpec};
+        let mut ws = Workspace::new("a", WorkspaceSpec::default());
+        ws.metadata.generation = Some(1);
+        ws.status = Some(WorkspaceStatus {
+            provisioned_at: Some(ts(1000)),
+            ..Default::default()
+        });
+        let waiting = trigger_hash(&ws);
+        let beat = |ws: &mut Workspace, at: i64, rate: f64| {
+            let st = ws.status.as_mut().expect("status");
+            st.last_heartbeat = Some(ts(at));
+            st.error_rate = Some(rate);
+            st.uptime_seconds = Some(at);
+        };
+        // A heartbeat of the previous container does not count as registration, not even in
+        // the same second as the provision.
+        beat(&mut ws, 999, 0.0);
+        assert_eq!(trigger_hash(&ws), waiting);
+        ws.status.as_mut().expect("status").provisioned_at = Some("1970-01-01T00:16:40.5Z".into());
+        ws.status.as_mut().expect("status").last_heartbeat = Some("1970-01-01T00:16:40.2Z".into());
+        assert_eq!(trigger_hash(&ws), waiting);
+        ws.status.as_mut().expect("status").provisioned_at = Some(ts(1000));
+        beat(&mut ws, 1001, 0.0);
+        let registered = trigger_hash(&ws);
+        assert_ne!(registered, waiting, "first registration wakes it");
+        beat(&mut ws, 1031, 0.05);
+        assert_eq!(
+            trigger_hash(&ws),
+            registered,
+            "a routine heartbeat does not"
+        );
+        beat(&mut ws, 1061, 0.7);
+        assert_ne!(
+            trigger_hash(&ws),
+            registered,
+            "crossing the degraded threshold does"
+        );
+        beat(&mut ws, 1091, 0.0);
+        assert_eq!(trigger_hash(&ws), registered);
+        ws.metadata.annotations = Some(
+            [(
+                super::super::RESTART_ANNOTATION.to_string(),
+                "now".to_string(),
+            )]
+            .into(),
+        );
+        assert_ne!(trigger_hash(&ws), registered, "the restart annotation does");
     }
 
     #[test]
