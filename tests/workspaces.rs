@@ -677,3 +677,61 @@ fn delete_whose_removal_fails_keeps_the_volume_and_the_reaper_finishes() {
     drop(pin);
     cleanup(&ns);
 }
+
+#[test]
+fn secret_change_restarts_once_with_the_new_env() {
+    let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
+    let s = start();
+    let ns = ns();
+    let secret = |v: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: keyed-secrets\nstringData:\n  GREETING: {v}\n"
+        )
+    };
+    apply(&s, &ns, &secret("hello"));
+    apply(&s, &ns, &ws_yaml("keyed", ""));
+    wait_phase(&s, &ns, "keyed", "Online", 120);
+    let env_of = |c: &str| docker(&["inspect", "-f", "{{json .Config.Env}}", c]).1;
+    let first = get(&s, &ns, "keyed")["status"]["containerId"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(env_of(&first).contains("GREETING=hello"));
+
+    apply(&s, &ns, &secret("bonjour"));
+    assert!(
+        eventually(60, || {
+            let st = &get(&s, &ns, "keyed")["status"];
+            st["phase"] == "Online" && st["containerId"].as_str().is_some_and(|c| c != first)
+        }),
+        "the Secret change did not restart the workspace:\n{}",
+        tail(&s)
+    );
+    let second = get(&s, &ns, "keyed")["status"]["containerId"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(env_of(&second).contains("GREETING=bonjour"));
+    // Exactly one restart: no further container replaces it, and one Reconfiguring Event.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        get(&s, &ns, "keyed")["status"]["containerId"].as_str(),
+        Some(second.as_str())
+    );
+    // Repeats of one Event are folded into its series: count occurrences through it.
+    let events: Value = serde_json::from_str(&ok(
+        &s,
+        &["get", "events.events.k8s.io", "-n", &ns, "-o", "json"],
+    ))
+    .expect("events json");
+    let reconfigured: i64 = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["regarding"]["name"] == "keyed" && e["reason"] == "Reconfiguring")
+        .map(|e| e["series"]["count"].as_i64().unwrap_or(1))
+        .sum();
+    assert_eq!(reconfigured, 1, "{events}");
+    ok(&s, &["delete", "ws", "keyed", "-n", &ns, "--timeout=60s"]);
+    cleanup(&ns);
+}

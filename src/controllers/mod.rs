@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::shutdown::Shutdown;
-use kube::Client;
+use kube::{Client, ResourceExt};
 
 use crate::telemetry::Metrics;
 
@@ -226,7 +226,27 @@ pub async fn run(
         let trigger = kube::runtime::reflector(writer, watcher(api, watcher::Config::default()))
             .applied_objects()
             .predicate_filter(workspace::plan::trigger_hash, Default::default());
+        // A Secret change wakes the workspaces whose env reads it.
+        let by_secret = {
+            let reader = reader.clone();
+            move |secret: k8s_openapi::api::core::v1::Secret| {
+                let ns = secret.metadata.namespace.clone().unwrap_or_default();
+                let name = secret.metadata.name.clone().unwrap_or_default();
+                reader
+                    .state()
+                    .into_iter()
+                    .filter(|w| {
+                        w.metadata.namespace.as_deref() == Some(ns.as_str())
+                            && workspace::env::referenced_secrets(&w.name_any(), &w.spec)
+                                .contains(&name)
+                    })
+                    .map(|w| ObjectRef::from_obj(&*w))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::all(client.clone());
         let controller = Controller::for_stream(trigger, reader)
+            .watches(secrets, watcher::Config::default(), by_secret)
             .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(ws_rx))
             .graceful_shutdown_on(shutdown.clone().wait());
         let _ = host

@@ -21,6 +21,21 @@ pub fn workspace_secret(workspace: &str) -> String {
     format!("{workspace}-secrets")
 }
 
+/// Names of the Secrets (in the workspace's namespace) whose content feeds a workspace's env:
+/// the global one, its own, and every `envFrom` / `valueFrom` reference. A change to any of them
+/// wakes the controller for that workspace (W13: one restart per change that needs one).
+pub fn referenced_secrets(workspace: &str, spec: &WorkspaceSpec) -> BTreeSet<String> {
+    let mut out = BTreeSet::from([GLOBAL_SECRET.to_string(), workspace_secret(workspace)]);
+    out.extend(spec.env_from.iter().map(|f| f.secret_ref.name.clone()));
+    out.extend(
+        spec.env
+            .iter()
+            .filter_map(|e| e.value_from.as_ref())
+            .map(|v| v.secret_key_ref.name.clone()),
+    );
+    out
+}
+
 /// Secrets of the namespace, decoded: name → key → value.
 pub type Secrets = BTreeMap<String, BTreeMap<String, String>>;
 
