@@ -458,6 +458,25 @@ fn external_runtime_goes_online_when_its_agent_registers() {
         managed_in(&ns, "container").is_empty(),
         "external workspaces have no container"
     );
+
+    // W09 from what the agent reports: Degraded at ≥ 50 % errors, still Degraded at 30 %
+    // (hysteresis), Online again below 10 %; a wedged runtime is Degraded at any rate.
+    let beat = |body: Value| {
+        let url = format!("http://127.0.0.1:{}/registry/heartbeat", s.port);
+        let (code, resp) = post_url(&url, &body.to_string(), Some(&token)).expect("heartbeat");
+        assert_eq!(code, 200, "{resp}");
+    };
+    beat(json!({"workspace_id": uid, "error_rate": 0.7, "sample_error": "upstream 500"}));
+    wait_phase(&s, &ns, "remote", "Degraded", 30);
+    beat(json!({"workspace_id": uid, "error_rate": 0.3}));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(phase(&s, &ns, "remote"), "Degraded", "hysteresis");
+    beat(json!({"workspace_id": uid, "error_rate": 0.05}));
+    wait_phase(&s, &ns, "remote", "Online", 30);
+    beat(json!({"workspace_id": uid, "error_rate": 0.0, "runtime_state": "wedged"}));
+    wait_phase(&s, &ns, "remote", "Degraded", 30);
+    let describe = ok(&s, &["describe", "ws", "remote", "-n", &ns]);
+    assert!(describe.contains("wedged"), "{describe}");
     cleanup(&ns);
 }
 

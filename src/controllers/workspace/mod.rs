@@ -915,11 +915,7 @@ async fn external(
     next.container_id = None;
     let timeout = ctx.settings.heartbeat_timeout.as_secs() as i64;
     let (phase, reason, message) = match plan::heartbeat_since_provision(&next) {
-        Some(hb) if now_s - hb <= timeout => (
-            WorkspacePhase::Online,
-            "Online",
-            "the external agent is registered".to_string(),
-        ),
+        Some(hb) if now_s - hb <= timeout => plan::reported_health(&next),
         Some(_) => (
             WorkspacePhase::Offline,
             "HeartbeatLost",
@@ -936,7 +932,7 @@ async fn external(
     let before = next.phase;
     next.phase = Some(phase);
     next.message = Some(message.clone());
-    let ready = if phase == WorkspacePhase::Online {
+    let ready = if matches!(phase, WorkspacePhase::Online | WorkspacePhase::Degraded) {
         ConditionStatus::True
     } else {
         ConditionStatus::False
@@ -950,7 +946,12 @@ async fn external(
     );
     write_status(ctx, ws, &next, None).await?;
     if before != Some(phase) {
-        event(ctx, ws, EventType::Normal, reason, message).await;
+        let t = if matches!(phase, WorkspacePhase::Online | WorkspacePhase::Provisioning) {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        event(ctx, ws, t, reason, message).await;
     }
     Ok(Action::requeue(
         (ctx.settings.heartbeat_timeout / 3).clamp(Duration::from_secs(1), Duration::from_secs(60)),

@@ -138,6 +138,18 @@ pub fn decide(o: &Observed<'_>) -> Step {
     if o.now - hb > o.heartbeat_timeout_secs {
         return Step::Provision(ProvisionReason::HeartbeatLost);
     }
+    let (phase, reason, message) = reported_health(st);
+    Step::Observe {
+        phase,
+        reason,
+        message,
+    }
+}
+
+/// The phase of an agent that is registered and heartbeating, from what it reports (W09):
+/// Degraded at an error rate ≥ 0.5 or when the runtime says it is wedged; back to Online only
+/// below 0.1 (hysteresis). Shared by container and external workspaces.
+pub fn reported_health(st: &WorkspaceStatus) -> (WorkspacePhase, &'static str, String) {
     let rate = st.error_rate.unwrap_or(0.0);
     let wedged = st.runtime_state.as_deref() == Some("wedged");
     if wedged || rate >= DEGRADED_AT {
@@ -146,24 +158,20 @@ pub fn decide(o: &Observed<'_>) -> Step {
         } else {
             format!("error rate {:.0}% over the last interval", rate * 100.0)
         };
-        return Step::Observe {
-            phase: WorkspacePhase::Degraded,
-            reason: "Degraded",
-            message: why,
-        };
+        return (WorkspacePhase::Degraded, "Degraded", why);
     }
     if st.phase == Some(WorkspacePhase::Degraded) && rate >= RECOVERED_BELOW {
-        return Step::Observe {
-            phase: WorkspacePhase::Degraded,
-            reason: "Degraded",
-            message: format!("error rate {:.0}%, recovering", rate * 100.0),
-        };
+        return (
+            WorkspacePhase::Degraded,
+            "Degraded",
+            format!("error rate {:.0}%, recovering", rate * 100.0),
+        );
     }
-    Step::Observe {
-        phase: WorkspacePhase::Online,
-        reason: "Online",
-        message: "the agent is registered and heartbeating".into(),
-    }
+    (
+        WorkspacePhase::Online,
+        "Online",
+        "the agent is registered and heartbeating".into(),
+    )
 }
 
 /// What in a Workspace needs a reconcile when it changes: the spec (generation), deletion,
