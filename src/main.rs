@@ -142,6 +142,12 @@ enum Command {
         #[arg(long, env = "MOLECULE_DATA_DIR", default_value_os_t = default_data_dir())]
         data_dir: PathBuf,
     },
+    /// Print a link that opens the canvas signed in (the token travels in the URL fragment,
+    /// which browsers never send to a server).
+    CanvasUrl {
+        #[arg(long, env = "MOLECULE_DATA_DIR", default_value_os_t = default_data_dir())]
+        data_dir: PathBuf,
+    },
     /// Print the version.
     Version,
 }
@@ -151,6 +157,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Version => {
             println!("molecule {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::CanvasUrl { data_dir } => {
+            println!("{}", molecule::kubeconfig::canvas_url(&data_dir)?);
             Ok(())
         }
         Command::Kubeconfig { data_dir } => {

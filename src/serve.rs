@@ -73,6 +73,16 @@ pub fn load_or_create_instance(data_dir: &Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
+/// A client of the API server named by a kubeconfig file.
+async fn client_from(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig)?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
 /// Runs until SIGTERM/SIGINT, then shuts down gracefully.
 pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
@@ -134,9 +144,26 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
 
     let (trigger, shutdown) = crate::shutdown::channel();
     let registry: crate::shim::registry::Slot = Arc::default();
+    let shim = crate::shim::Shim::start(
+        crate::shim::ShimSettings {
+            client: client_from(&kubeconfig).await?,
+            token: token.clone(),
+            audit: audit.clone(),
+            namespace: "default".into(),
+            plugin_root: opts.data_dir.join("plugins"),
+            metrics: metrics.clone(),
+        },
+        shutdown.clone(),
+    );
+    println!(
+        "canvas: http://{host}:{}/ (molecule canvas-url prints a signed-in link)",
+        addr.port()
+    );
     let server = {
         let shutdown = shutdown.clone();
-        let app = crate::shim::registry::router(registry.clone()).merge(api.router());
+        let app = crate::shim::registry::router(registry.clone())
+            .merge(shim.router())
+            .merge(api.router());
         let tls = cert.config.clone();
         tokio::spawn(crate::apiserver::listener::serve(
             listener, app, tls, shutdown,
