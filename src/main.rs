@@ -106,6 +106,10 @@ enum Command {
         /// How many changes watchers can resume from; older resourceVersions get 410 Expired.
         #[arg(long, default_value_t = 20_000)]
         watch_history: usize,
+        /// How many live-stream (/ws, SSE) messages a client may fall behind before it is
+        /// dropped (it reconnects and reloads the list).
+        #[arg(long, default_value_t = molecule::shim::STREAM_BACKLOG)]
+        stream_backlog: usize,
         #[command(flatten)]
         workspaces: WorkspaceFlags,
     },
@@ -192,6 +196,7 @@ fn main() -> anyhow::Result<()> {
             watch_history,
             workspaces,
             org_templates,
+            stream_backlog,
         } => {
             molecule::telemetry::init_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
@@ -213,6 +218,7 @@ fn main() -> anyhow::Result<()> {
                 secret_key,
                 api,
                 workspaces: workspaces.options(org_templates),
+                stream_backlog: stream_backlog.max(1),
             }))
         }
         Command::Operator {

@@ -23,6 +23,8 @@ pub struct ServeOptions {
     pub secret_key: Option<String>,
     pub api: ApiConfig,
     pub workspaces: WorkspaceOptions,
+    /// Live-stream messages a client may fall behind before it is dropped.
+    pub stream_backlog: usize,
 }
 
 /// Options of the workspace controller and reaper.
@@ -152,6 +154,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             namespace: "default".into(),
             plugin_root: opts.data_dir.join("plugins"),
             metrics: metrics.clone(),
+            backlog: opts.stream_backlog,
         },
         shutdown.clone(),
     );

@@ -50,6 +50,8 @@ pub struct ShimSettings {
     /// The local plugin registry listed by `GET /plugins`.
     pub plugin_root: PathBuf,
     pub metrics: Arc<Metrics>,
+    /// Stream messages a client may fall behind before it is dropped (`STREAM_BACKLOG`).
+    pub backlog: usize,
 }
 
 /// Shared state of every shim handler.
@@ -68,7 +70,7 @@ pub struct Shim {
 impl Shim {
     /// Starts the watch that feeds the index and the stream; it stops on `shutdown`.
     pub fn start(s: ShimSettings, shutdown: crate::shutdown::Shutdown) -> Arc<Shim> {
-        let (events, _) = broadcast::channel(STREAM_BACKLOG);
+        let (events, _) = broadcast::channel(s.backlog.max(1));
         let shim = Arc::new(Shim {
             client: s.client,
             admin_hash: Sha256::digest(s.token.as_bytes()).into(),

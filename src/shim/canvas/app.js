@@ -173,7 +173,7 @@ function scheduleReconnect() {
 function layout() {
   const byParent = new Map();
   const roots = [];
-  const byName = (a, b) => (a.name || '').localeCompare(b.name || '') || a.id.localeCompare(b.id);
+  const byName = (a, b) => (a.name || '').localeCompare(b.name || '', undefined, { numeric: true }) || a.id.localeCompare(b.id);
   for (const w of state.ws.values()) {
     if (w.parent_id && state.ws.has(w.parent_id)) {
       if (!byParent.has(w.parent_id)) byParent.set(w.parent_id, []);
@@ -193,8 +193,20 @@ function layout() {
     visiting.add(w.id);
     const kids = w.collapsed ? [] : (byParent.get(w.id) || []);
     let first, last, deepest = depth;
+    const leaves = kids.length > 6 && kids.every((k) => k.collapsed || !(byParent.get(k.id) || []).length);
     if (kids.length === 0) {
       first = last = col++;
+    } else if (leaves) {
+      // Many leaves under one parent: a comb of rows instead of one very wide row.
+      const cols = Math.max(4, Math.ceil(Math.sqrt(2 * kids.length)));
+      kids.forEach((k, i) => {
+        visiting.add(k.id);
+        pos.set(k.id, { col: col + (i % cols), depth: depth + 1 + Math.floor(i / cols), comb: true });
+      });
+      first = col;
+      last = col + Math.min(cols, kids.length) - 1;
+      col += Math.min(cols, kids.length);
+      deepest = depth + Math.ceil(kids.length / cols);
     } else {
       for (const k of kids) {
         const r = place(k, depth + 1, visiting);
@@ -227,7 +239,7 @@ function layout() {
   let maxX = 0, maxY = 0;
   for (const [id, p] of pos) {
     const x = PAD + p.col * slotW, y = PAD + (p.band || 0) + p.depth * slotH;
-    out.set(id, { x, y });
+    out.set(id, { x, y, comb: !!p.comb });
     maxX = Math.max(maxX, x + NODE_W);
     maxY = Math.max(maxY, y + NODE_H);
   }
@@ -293,8 +305,13 @@ function render() {
     if (!w || !w.parent_id || !pos.has(w.parent_id)) continue;
     const pp = pos.get(w.parent_id);
     const x1 = pp.x + NODE_W / 2, y1 = pp.y + NODE_H, x2 = p.x + NODE_W / 2, y2 = p.y;
-    const my = (y1 + y2) / 2;
-    paths += '<path d="M' + x1 + ' ' + y1 + ' V' + my + ' H' + x2 + ' V' + y2 + '"/>';
+    const my = pp.y + NODE_H + GAP_Y / 2;
+    if (p.comb) {
+      const gx = p.x - GAP_X / 2, cy = p.y + NODE_H / 2;
+      paths += '<path d="M' + x1 + ' ' + y1 + ' V' + my + ' H' + gx + ' V' + cy + ' H' + p.x + '"/>';
+    } else {
+      paths += '<path d="M' + x1 + ' ' + y1 + ' V' + my + ' H' + x2 + ' V' + y2 + '"/>';
+    }
   }
   svg.innerHTML = paths;
 
