@@ -66,10 +66,13 @@ pub fn audit_row(index: usize, r: &AuditRow, tree: &Tree) -> Row {
 
 /// A Kubernetes Event about a workspace as a log row (`event_type` is its reason).
 pub fn kube_row(e: &KubeEvent) -> Row {
+    // A repeated Event is one record with a series: its last observation is the newest.
     let when = e
-        .last_timestamp
+        .series
         .as_ref()
+        .and_then(|s| s.last_observed_time.as_ref())
         .map(|t| t.0)
+        .or_else(|| e.last_timestamp.as_ref().map(|t| t.0))
         .or_else(|| e.event_time.as_ref().map(|t| t.0))
         .or_else(|| e.first_timestamp.as_ref().map(|t| t.0))
         .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0))
@@ -83,7 +86,7 @@ pub fn kube_row(e: &KubeEvent) -> Row {
             "workspace_id": obj.uid,
             "payload": {
                 "type": e.type_, "reason": e.reason, "message": e.message,
-                "count": e.count, "namespace": obj.namespace, "name": obj.name,
+                "count": e.series.as_ref().and_then(|s| s.count).or(e.count), "namespace": obj.namespace, "name": obj.name,
                 "reporting_controller": e.reporting_component.clone().or_else(|| e.source.as_ref().and_then(|s| s.component.clone())),
                 "source": "kubernetes",
             },

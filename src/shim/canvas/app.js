@@ -5,6 +5,8 @@
 const NODE_W = 184, NODE_H = 62, GAP_X = 22, GAP_Y = 46, PAD = 24;
 const TOKEN_KEY = 'molecule.token';
 const $ = (id) => document.getElementById(id);
+// Render timings, read by the browser test.
+const stats = window.moleculeCanvasStats = { renders: 0, lastRenderMs: 0, maxRenderMs: 0 };
 
 const state = {
   token: null,
@@ -262,7 +264,15 @@ function hiddenByCollapse(w) {
 function scheduleRender() {
   if (state.renderQueued) return;
   state.renderQueued = true;
-  requestAnimationFrame(() => { state.renderQueued = false; render(); });
+  requestAnimationFrame(() => {
+    state.renderQueued = false;
+    const t = performance.now();
+    render();
+    const ms = performance.now() - t;
+    stats.renders++;
+    stats.lastRenderMs = ms;
+    stats.maxRenderMs = Math.max(stats.maxRenderMs, ms);
+  });
 }
 
 function matches(w) {
@@ -393,6 +403,7 @@ function renderDetail() {
   $('d-tasks').textContent = w.active_tasks + (w.current_task ? ' · ' + w.current_task : '');
   const err = w.last_sample_error || (['failed', 'degraded', 'offline'].includes(w.status) ? w.message : '');
   $('d-error').textContent = err || 'none';
+  $('d-error').classList.toggle('muted', !err);
   const tb = $('d-conditions');
   tb.textContent = '';
   for (const c of w.conditions || []) {
