@@ -8,14 +8,13 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{Backend, Server, docker, eventually, text};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-static BROWSER: Mutex<()> = Mutex::new(());
+static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -149,7 +148,7 @@ fn cleanup(ns: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_canvas_shows_the_org_live_and_restarts_a_workspace() {
-    let _g = BROWSER.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = BROWSER.lock().await;
     let mut s = tokio::task::spawn_blocking(|| {
         Server::start_with(
             Backend::Sqlite,
@@ -288,7 +287,11 @@ async fn the_canvas_shows_the_org_live_and_restarts_a_workspace() {
         n.len() == 3 && n.iter().all(|x| x.1 == "online")
     })
     .await;
-    js(&c, "document.getElementById('toasts').textContent = ''; return true").await;
+    js(
+        &c,
+        "document.getElementById('toasts').textContent = ''; return true",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let png = c.screenshot().await.expect("screenshot");
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
@@ -359,7 +362,7 @@ async fn the_canvas_shows_the_org_live_and_restarts_a_workspace() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_canvas_stays_usable_with_200_workspaces() {
-    let _g = BROWSER.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = BROWSER.lock().await;
     let s = std::sync::Arc::new(
         tokio::task::spawn_blocking(|| Server::start(Backend::Sqlite))
             .await
