@@ -5,7 +5,7 @@
 //! reaches the canvas exactly like one made through the shim. The broadcast never waits for a
 //! receiver: a slow client only ever hurts itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -32,13 +32,74 @@ pub struct Outgoing {
     pub text: axum::extract::ws::Utf8Bytes,
 }
 
+/// (namespace, name) of a record.
+type Key = (String, String);
+
+/// The index, maintained incrementally so one change costs O(its children), not O(org).
 #[derive(Default)]
 struct Inner {
     ready: bool,
     by_uid: HashMap<String, Arc<Workspace>>,
     by_token: HashMap<String, String>,
+    by_name: HashMap<Key, String>,
+    /// Parent (namespace, name) → uids whose `parentRef` names it (whether it exists or not).
+    kids: HashMap<Key, HashSet<String>>,
     /// Runtime name → provision timeout override (seconds).
     timeouts: HashMap<String, i64>,
+}
+
+fn key_of(ws: &Workspace) -> Key {
+    (ws.namespace().unwrap_or_default(), ws.name_any())
+}
+
+fn parent_key(ws: &Workspace) -> Option<Key> {
+    ws.spec
+        .parent_ref
+        .as_ref()
+        .map(|p| (ws.namespace().unwrap_or_default(), p.name.clone()))
+}
+
+impl Inner {
+    fn insert(&mut self, uid: String, ws: Arc<Workspace>) {
+        self.unlink(&uid);
+        if let Some(t) = token_of(&ws) {
+            self.by_token.insert(t, uid.clone());
+        }
+        self.by_name.insert(key_of(&ws), uid.clone());
+        if let Some(p) = parent_key(&ws) {
+            self.kids.entry(p).or_default().insert(uid.clone());
+        }
+        self.by_uid.insert(uid, ws);
+    }
+
+    fn unlink(&mut self, uid: &str) -> Option<Arc<Workspace>> {
+        let old = self.by_uid.remove(uid)?;
+        if let Some(t) = token_of(&old) {
+            self.by_token.remove(&t);
+        }
+        let k = key_of(&old);
+        if self.by_name.get(&k).map(String::as_str) == Some(uid) {
+            self.by_name.remove(&k);
+        }
+        if let Some(p) = parent_key(&old)
+            && let Some(set) = self.kids.get_mut(&p)
+        {
+            set.remove(uid);
+            if set.is_empty() {
+                self.kids.remove(&p);
+            }
+        }
+        Some(old)
+    }
+
+    fn parent_uid(&self, ws: &Workspace) -> Option<String> {
+        parent_key(ws).and_then(|p| self.by_name.get(&p).cloned())
+    }
+
+    fn render(&self, ws: &Workspace) -> WorkspaceView {
+        let runtime = ws.spec.runtime.as_deref().unwrap_or("echo");
+        view::render(ws, self.parent_uid(ws), self.timeouts.get(runtime).copied())
+    }
 }
 
 /// The index; `generation` ticks on every change so writers can wait to read their writes.
@@ -100,25 +161,20 @@ impl Cache {
     }
 
     /// Renders one record with its parent resolved.
-    pub fn view(&self, tree: &Tree, ws: &Workspace) -> WorkspaceView {
-        let runtime = ws.spec.runtime.as_deref().unwrap_or("echo");
-        view::render(ws, tree.parent_of(ws), self.timeout_of(runtime))
+    pub fn view(&self, ws: &Workspace) -> WorkspaceView {
+        self.read().render(ws)
     }
 
     /// Every workspace not being deleted, oldest first (the original's list order).
     pub fn views(&self) -> Vec<WorkspaceView> {
-        let tree = self.tree();
-        let timeouts = self.read().timeouts.clone();
-        let mut out: Vec<WorkspaceView> = self
-            .read()
-            .by_uid
-            .values()
-            .filter(|w| w.metadata.deletion_timestamp.is_none())
-            .map(|w| {
-                let rt = w.spec.runtime.as_deref().unwrap_or("echo");
-                view::render(w, tree.parent_of(w), timeouts.get(rt).copied())
-            })
-            .collect();
+        let mut out: Vec<WorkspaceView> = {
+            let g = self.read();
+            g.by_uid
+                .values()
+                .filter(|w| w.metadata.deletion_timestamp.is_none())
+                .map(|w| g.render(w))
+                .collect()
+        };
         out.sort_by(|a, b| {
             a.created
                 .cmp(&b.created)
@@ -178,38 +234,25 @@ impl Cache {
 
     fn upsert(&self, ws: Workspace) {
         let Some(uid) = ws.uid() else { return };
-        let mut g = self.write();
-        if let Some(old) = g.by_uid.get(&uid)
-            && let Some(t) = token_of(old)
-        {
-            g.by_token.remove(&t);
-        }
-        if let Some(t) = token_of(&ws) {
-            g.by_token.insert(t, uid.clone());
-        }
-        g.by_uid.insert(uid, Arc::new(ws));
+        self.write().insert(uid, Arc::new(ws));
     }
 
     fn remove(&self, ws: &Workspace) {
         let Some(uid) = ws.uid() else { return };
-        let mut g = self.write();
-        if let Some(old) = g.by_uid.remove(&uid)
-            && let Some(t) = token_of(&old)
-        {
-            g.by_token.remove(&t);
-        }
+        self.write().unlink(&uid);
     }
 
     fn replace_all(&self, list: Vec<Workspace>) {
         let mut g = self.write();
-        g.by_uid.clear();
-        g.by_token.clear();
+        let timeouts = std::mem::take(&mut g.timeouts);
+        *g = Inner {
+            timeouts,
+            ..Inner::default()
+        };
         for ws in list {
-            let Some(uid) = ws.uid() else { continue };
-            if let Some(t) = token_of(&ws) {
-                g.by_token.insert(t, uid.clone());
+            if let Some(uid) = ws.uid() {
+                g.insert(uid, Arc::new(ws));
             }
-            g.by_uid.insert(uid, Arc::new(ws));
         }
         g.ready = true;
     }
@@ -269,13 +312,13 @@ pub async fn run(
                     }
                     Event::Apply(w) => {
                         let name_is_new = w.uid().is_some_and(|u| !views.contains_key(&u));
-                        let key = (w.namespace().unwrap_or_default(), w.name_any());
+                        let key = key_of(&w);
                         cache.upsert(w);
                         cache.bump();
                         affected(&cache, &key, name_is_new)
                     }
                     Event::Delete(w) => {
-                        let key = (w.namespace().unwrap_or_default(), w.name_any());
+                        let key = key_of(&w);
                         cache.remove(&w);
                         cache.bump();
                         let mut a = affected(&cache, &key, true);
@@ -313,24 +356,11 @@ pub async fn run(
 
 /// The uids whose rendering may change when the record `key` changed: itself, plus its
 /// children when the name appeared or disappeared (their `parent_id` follows it).
-fn affected(cache: &Cache, key: &(String, String), name_changed: bool) -> Vec<String> {
+fn affected(cache: &Cache, key: &Key, name_changed: bool) -> Vec<String> {
     let g = cache.read();
-    let mut out: Vec<String> = g
-        .by_uid
-        .iter()
-        .filter(|(_, w)| w.namespace().unwrap_or_default() == key.0 && w.name_any() == key.1)
-        .map(|(u, _)| u.clone())
-        .collect();
+    let mut out: Vec<String> = g.by_name.get(key).cloned().into_iter().collect();
     if name_changed {
-        out.extend(
-            g.by_uid
-                .iter()
-                .filter(|(_, w)| {
-                    w.namespace().unwrap_or_default() == key.0
-                        && w.spec.parent_ref.as_ref().is_some_and(|p| p.name == key.1)
-                })
-                .map(|(u, _)| u.clone()),
-        );
+        out.extend(g.kids.get(key).into_iter().flatten().cloned());
     }
     out
 }
@@ -344,10 +374,13 @@ fn publish(
 ) {
     uids.sort();
     uids.dedup();
-    let tree = cache.tree();
+    let started = std::time::Instant::now();
     let now = crate::util::now_micro();
     for uid in uids {
-        let new = tree.get(&uid).map(|w| cache.view(&tree, w));
+        let new = {
+            let g = cache.read();
+            g.by_uid.get(&uid).map(|w| g.render(w))
+        };
         let old = views.get(&uid);
         let names = view::transitions(old, new.as_ref());
         let payload = match (&new, old) {
@@ -379,5 +412,67 @@ fn publish(
                 views.remove(&uid);
             }
         }
+    }
+    metrics.observe(
+        "molecule_shim_publish_seconds",
+        &[],
+        started.elapsed().as_secs_f64(),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::{LocalObjectReference, WorkspaceSpec, WorkspaceStatus};
+
+    fn ws(name: &str, uid: &str, parent: Option<&str>, token: Option<&str>) -> Workspace {
+        let mut w = Workspace::new(
+            name,
+            WorkspaceSpec {
+                parent_ref: parent.map(|p| LocalObjectReference { name: p.into() }),
+                ..Default::default()
+            },
+        );
+        w.metadata.uid = Some(uid.into());
+        w.metadata.namespace = Some("ns".into());
+        w.status = Some(WorkspaceStatus {
+            token_hash: token.map(String::from),
+            ..Default::default()
+        });
+        w
+    }
+
+    fn parent(c: &Cache, uid: &str) -> Option<String> {
+        c.view(&c.get(uid).expect("present")).parent_id
+    }
+
+    #[test]
+    fn the_index_follows_parents_recreations_and_tokens() {
+        let c = Cache::default();
+        c.upsert(ws("a", "u2", Some("lead"), Some("t2")));
+        assert_eq!(parent(&c, "u2"), None, "the parent does not exist yet");
+        c.upsert(ws("lead", "u1", None, None));
+        assert_eq!(parent(&c, "u2").as_deref(), Some("u1"));
+        let lead = ("ns".to_string(), "lead".to_string());
+        assert_eq!(affected(&c, &lead, true), vec!["u1", "u2"]);
+        assert_eq!(affected(&c, &lead, false), vec!["u1"]);
+
+        // The parent is deleted and re-created under the same name: a new uid.
+        c.remove(&ws("lead", "u1", None, None));
+        assert_eq!(parent(&c, "u2"), None);
+        assert_eq!(affected(&c, &lead, true), vec!["u2"]);
+        c.upsert(ws("lead", "u3", None, None));
+        assert_eq!(parent(&c, "u2").as_deref(), Some("u3"));
+
+        // Re-parenting and token rotation replace the old index entries.
+        c.upsert(ws("a", "u2", None, Some("t2b")));
+        assert!(affected(&c, &lead, true) == vec!["u3"]);
+        assert_eq!(c.owner_of_token_hash("t2"), None);
+        assert_eq!(c.owner_of_token_hash("t2b").as_deref(), Some("u2"));
+
+        c.replace_all(vec![ws("x", "u9", None, None)]);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.owner_of_token_hash("t2b"), None);
+        assert!(c.read().ready);
     }
 }

@@ -108,8 +108,7 @@ pub async fn get(
     let (_, ws) = shim
         .require_workspace(bearer(&headers).as_deref(), &id)
         .await?;
-    let tree = shim.cache.tree();
-    Ok(axum::Json(shim.cache.view(&tree, &ws)).into_response())
+    Ok(axum::Json(shim.cache.view(&ws)).into_response())
 }
 
 /// `POST /workspaces {name, role, tier, runtime, model, parent_id, x, y}` (admin) → 201.
