@@ -23,6 +23,28 @@ pub fn write(data_dir: &Path, server: &str, token: &str, ca_pem: &str) -> std::i
     Ok(p)
 }
 
+/// `http://host:port/#token=…` for the canvas of the server whose kubeconfig is in `data_dir`.
+pub fn canvas_url(data_dir: &Path) -> anyhow::Result<String> {
+    let kc = kube::config::Kubeconfig::read_from(path(data_dir)).map_err(|e| {
+        anyhow::anyhow!(
+            "reading the kubeconfig of {} ({e}); has `molecule serve` run there?",
+            data_dir.display()
+        )
+    })?;
+    let server = kc
+        .clusters
+        .iter()
+        .find_map(|c| c.cluster.as_ref().and_then(|c| c.server.clone()))
+        .ok_or_else(|| anyhow::anyhow!("the kubeconfig names no server"))?;
+    let token = std::fs::read_to_string(data_dir.join("token"))?;
+    let base = server.replacen("https://", "http://", 1);
+    Ok(format!(
+        "{}/#token={}",
+        base.trim_end_matches('/'),
+        token.trim()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,6 +106,10 @@ enum Command {
         /// How many changes watchers can resume from; older resourceVersions get 410 Expired.
         #[arg(long, default_value_t = 20_000)]
         watch_history: usize,
+        /// How many live-stream (/ws, SSE) messages a client may fall behind before it is
+        /// dropped (it reconnects and reloads the list).
+        #[arg(long, default_value_t = molecule::shim::STREAM_BACKLOG)]
+        stream_backlog: usize,
         #[command(flatten)]
         workspaces: WorkspaceFlags,
     },
@@ -142,6 +146,12 @@ enum Command {
         #[arg(long, env = "MOLECULE_DATA_DIR", default_value_os_t = default_data_dir())]
         data_dir: PathBuf,
     },
+    /// Print a link that opens the canvas signed in (the token travels in the URL fragment,
+    /// which browsers never send to a server).
+    CanvasUrl {
+        #[arg(long, env = "MOLECULE_DATA_DIR", default_value_os_t = default_data_dir())]
+        data_dir: PathBuf,
+    },
     /// Print the version.
     Version,
 }
@@ -151,6 +161,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Version => {
             println!("molecule {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::CanvasUrl { data_dir } => {
+            println!("{}", molecule::kubeconfig::canvas_url(&data_dir)?);
             Ok(())
         }
         Command::Kubeconfig { data_dir } => {
@@ -182,6 +196,7 @@ fn main() -> anyhow::Result<()> {
             watch_history,
             workspaces,
             org_templates,
+            stream_backlog,
         } => {
             molecule::telemetry::init_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
@@ -203,6 +218,7 @@ fn main() -> anyhow::Result<()> {
                 secret_key,
                 api,
                 workspaces: workspaces.options(org_templates),
+                stream_backlog: stream_backlog.max(1),
             }))
         }
         Command::Operator {

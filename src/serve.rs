@@ -23,6 +23,8 @@ pub struct ServeOptions {
     pub secret_key: Option<String>,
     pub api: ApiConfig,
     pub workspaces: WorkspaceOptions,
+    /// Live-stream messages a client may fall behind before it is dropped.
+    pub stream_backlog: usize,
 }
 
 /// Options of the workspace controller and reaper.
@@ -71,6 +73,16 @@ pub fn load_or_create_instance(data_dir: &Path) -> anyhow::Result<String> {
     crate::util::write_private_file(&p, id.as_bytes())
         .with_context(|| format!("writing {}", p.display()))?;
     Ok(id)
+}
+
+/// A client of the API server named by a kubeconfig file.
+async fn client_from(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig)?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    Ok(kube::Client::try_from(config)?)
 }
 
 /// Runs until SIGTERM/SIGINT, then shuts down gracefully.
@@ -134,9 +146,27 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
 
     let (trigger, shutdown) = crate::shutdown::channel();
     let registry: crate::shim::registry::Slot = Arc::default();
+    let shim = crate::shim::Shim::start(
+        crate::shim::ShimSettings {
+            client: client_from(&kubeconfig).await?,
+            token: token.clone(),
+            audit: audit.clone(),
+            namespace: "default".into(),
+            plugin_root: opts.data_dir.join("plugins"),
+            metrics: metrics.clone(),
+            backlog: opts.stream_backlog,
+        },
+        shutdown.clone(),
+    );
+    println!(
+        "canvas: http://{host}:{}/ (molecule canvas-url prints a signed-in link)",
+        addr.port()
+    );
     let server = {
         let shutdown = shutdown.clone();
-        let app = crate::shim::registry::router(registry.clone()).merge(api.router());
+        let app = crate::shim::registry::router(registry.clone())
+            .merge(shim.router())
+            .merge(api.router());
         let tls = cert.config.clone();
         tokio::spawn(crate::apiserver::listener::serve(
             listener, app, tls, shutdown,

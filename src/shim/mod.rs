@@ -1,4 +1,176 @@
-//! HTTP endpoints beside the Kubernetes API: the agent-facing `/registry/*` (and, later, the
-//! canvas REST shim). Handlers write records and read status; they never touch Docker.
+//! HTTP endpoints beside the Kubernetes API: the agent-facing `/registry/*`, the REST shim that
+//! speaks the original platform's JSON to its canvas, the live event stream (`/ws` and its SSE
+//! twin) and the built-in canvas page at `/`.
+//!
+//! Handlers write records and read status through a `kube::Client` (the index in `cache` is fed
+//! by a watch); they never touch Docker, so the same code serves an embedded or an external API
+//! server.
 
+pub mod auth;
+pub mod cache;
+pub mod canvas;
+pub mod error;
+pub mod events;
+pub mod input;
+pub mod plugins;
 pub mod registry;
+pub mod secrets;
+pub mod tree;
+pub mod view;
+pub mod workspaces;
+pub mod ws;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+
+use crate::telemetry::Metrics;
+
+/// How many stream messages a client may fall behind before it is dropped.
+pub const STREAM_BACKLOG: usize = 4096;
+
+/// What the shim needs from `serve` (or any other host).
+pub struct ShimSettings {
+    /// A client of the API server (embedded or external).
+    pub client: kube::Client,
+    /// The admin token: the API bearer token.
+    pub token: String,
+    /// Where `GET /events` reads the audit log.
+    pub audit: crate::audit::Audit,
+    /// Namespace of workspaces created without a parent, of `/settings/secrets` and of the
+    /// canvas viewport.
+    pub namespace: String,
+    /// The local plugin registry listed by `GET /plugins`.
+    pub plugin_root: PathBuf,
+    pub metrics: Arc<Metrics>,
+    /// Stream messages a client may fall behind before it is dropped (`STREAM_BACKLOG`).
+    pub backlog: usize,
+}
+
+/// Shared state of every shim handler.
+pub struct Shim {
+    pub client: kube::Client,
+    admin_hash: [u8; 32],
+    pub audit: crate::audit::Audit,
+    pub namespace: String,
+    pub plugin_root: PathBuf,
+    pub metrics: Arc<Metrics>,
+    pub cache: Arc<cache::Cache>,
+    pub events: broadcast::Sender<Arc<cache::Outgoing>>,
+    pub shutdown: crate::shutdown::Shutdown,
+}
+
+impl Shim {
+    /// Starts the watch that feeds the index and the stream; it stops on `shutdown`.
+    pub fn start(s: ShimSettings, shutdown: crate::shutdown::Shutdown) -> Arc<Shim> {
+        let (events, _) = broadcast::channel(s.backlog.max(1));
+        let shim = Arc::new(Shim {
+            client: s.client,
+            admin_hash: Sha256::digest(s.token.as_bytes()).into(),
+            audit: s.audit,
+            namespace: s.namespace,
+            plugin_root: s.plugin_root,
+            metrics: s.metrics,
+            cache: Arc::default(),
+            events,
+            shutdown,
+        });
+        tokio::spawn(cache::run(
+            shim.client.clone(),
+            shim.cache.clone(),
+            shim.events.clone(),
+            shim.metrics.clone(),
+            shim.shutdown.clone(),
+        ));
+        shim
+    }
+
+    /// The REST shim, the stream and the canvas page.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/", get(canvas::index))
+            .route(
+                "/canvas/viewport",
+                get(canvas::get_viewport).put(canvas::put_viewport),
+            )
+            .route("/canvas/{file}", get(canvas::asset))
+            .route("/health", get(health))
+            .route(
+                "/workspaces",
+                get(workspaces::list).post(workspaces::create),
+            )
+            .route(
+                "/workspaces/{id}",
+                get(workspaces::get)
+                    .patch(workspaces::update)
+                    .delete(workspaces::delete),
+            )
+            .route("/workspaces/{id}/restart", post(workspaces::restart))
+            .route("/workspaces/{id}/pause", post(workspaces::pause))
+            .route("/workspaces/{id}/resume", post(workspaces::resume))
+            .route(
+                "/workspaces/{id}/secrets",
+                get(secrets::list).post(secrets::set).put(secrets::set),
+            )
+            .route("/workspaces/{id}/secrets/{key}", delete(secrets::remove))
+            .route(
+                "/settings/secrets",
+                get(secrets::list_global)
+                    .put(secrets::set_global)
+                    .post(secrets::set_global),
+            )
+            .route("/settings/secrets/{key}", delete(secrets::remove_global))
+            .route("/plugins", get(plugins::catalog))
+            .route(
+                "/workspaces/{id}/plugins",
+                get(plugins::list).post(plugins::install),
+            )
+            .route(
+                "/workspaces/{id}/plugins/{name}",
+                delete(plugins::uninstall),
+            )
+            .route("/admin/plugin-updates-pending", get(plugins::pending))
+            .route("/admin/plugin-updates/{id}/apply", post(plugins::apply))
+            .route("/events", get(events::list))
+            .route("/events/stream", get(ws::sse))
+            .route("/events/{workspace_id}", get(events::for_workspace))
+            .route("/workspaces/{id}/events/stream", get(ws::sse_workspace))
+            .route("/ws", get(ws::websocket))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                count_requests,
+            ))
+            .with_state(self.clone())
+    }
+}
+
+async fn health() -> Response {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+/// `molecule_shim_requests_total{route,code}` on `/metrics`.
+async fn count_requests(
+    State(shim): State<Arc<Shim>>,
+    path: Option<MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = path
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "other".into());
+    let method = req.method().as_str().to_string();
+    let resp = next.run(req).await;
+    let code = resp.status().as_u16().to_string();
+    shim.metrics.inc(
+        "molecule_shim_requests_total",
+        &[("method", &method), ("route", &route), ("code", &code)],
+    );
+    resp
+}

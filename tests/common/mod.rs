@@ -229,6 +229,25 @@ impl Server {
         )
     }
 
+    /// A plain-HTTP/1.0 request with the given bearer token (or none). Returns (status, body).
+    pub fn http_as(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> (u16, String) {
+        raw_request(
+            &format!("127.0.0.1:{}", self.port),
+            method,
+            path,
+            (!body.is_empty()).then_some("application/json"),
+            token,
+            body,
+        )
+        .expect("http request")
+    }
+
     /// A kube-rs client built from the kubeconfig (TLS + token), exactly as the controllers do.
     pub async fn client(&self) -> kube::Client {
         let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig");

@@ -1,0 +1,150 @@
+//! Who is calling. Admin routes take the admin token (the API bearer token the kubeconfig
+//! carries); workspace routes also take that workspace's own token, of which only the sha256
+//! is on record (`status.tokenHash`). Browsers cannot set headers on a WebSocket, so the
+//! stream also reads the token from the Kubernetes-style subprotocol
+//! `base64url.bearer.authorization.k8s.io.<base64url token>`, and (for EventSource) from an
+//! `access_token` query parameter on the stream routes only.
+
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use base64::Engine;
+use kube::ResourceExt;
+use kube::api::Api;
+use sha2::{Digest, Sha256};
+
+use super::Shim;
+use super::error::ShimError;
+use crate::resources::Workspace;
+
+/// The prefix of the bearer-token WebSocket subprotocol.
+pub const WS_TOKEN_PROTOCOL: &str = "base64url.bearer.authorization.k8s.io.";
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Admin,
+    /// A workspace, by uid.
+    Workspace(String),
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+}
+
+/// The token carried in the WebSocket subprotocol list, if any.
+pub fn protocol_token(headers: &HeaderMap) -> Option<String> {
+    let list = headers.get("sec-websocket-protocol")?.to_str().ok()?;
+    list.split(',').map(str::trim).find_map(|p| {
+        let b64 = p.strip_prefix(WS_TOKEN_PROTOCOL)?;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(b64.trim_end_matches('='))
+            .ok()?;
+        String::from_utf8(raw).ok().filter(|t| !t.is_empty())
+    })
+}
+
+pub fn sha256_hex(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl Shim {
+    /// Constant-time comparison through the digests.
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        let got: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        got.iter()
+            .zip(self.admin_hash.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+
+    /// Admin routes: the admin token only.
+    pub fn require_admin(&self, token: Option<&str>) -> Result<(), ShimError> {
+        match token {
+            None => Err(ShimError::Unauthenticated),
+            Some(t) if self.is_admin_token(t) => Ok(()),
+            Some(t) if self.cache.owner_of_token_hash(&sha256_hex(t)).is_some() => Err(
+                ShimError::Forbidden("a workspace token cannot call an admin route"),
+            ),
+            Some(_) => Err(ShimError::BadToken),
+        }
+    }
+
+    /// Workspace routes: the admin token, or the token of workspace `uid`. Returns the record.
+    /// A non-admin caller never learns whether another uid exists (401/403, never 404).
+    pub async fn require_workspace(
+        &self,
+        token: Option<&str>,
+        uid: &str,
+    ) -> Result<(Caller, Arc<Workspace>), ShimError> {
+        let Some(token) = token else {
+            return Err(ShimError::Unauthenticated);
+        };
+        super::input::check_id(uid)?;
+        if self.is_admin_token(token) {
+            let ws = self.workspace(uid).await?;
+            return Ok((Caller::Admin, ws));
+        }
+        let hash = sha256_hex(token);
+        let matches = |w: &Workspace| {
+            w.status.as_ref().and_then(|s| s.token_hash.as_deref()) == Some(hash.as_str())
+        };
+        if let Some(w) = self.cache.get(uid) {
+            if matches(&w) {
+                return Ok((Caller::Workspace(uid.to_string()), w));
+            }
+            // The controller may have just rotated the token: re-read the record.
+            let api: Api<Workspace> =
+                Api::namespaced(self.client.clone(), &w.namespace().unwrap_or_default());
+            if let Some(fresh) = api.get_opt(&w.name_any()).await?
+                && fresh.uid().as_deref() == Some(uid)
+                && matches(&fresh)
+            {
+                return Ok((Caller::Workspace(uid.to_string()), Arc::new(fresh)));
+            }
+        }
+        if self.cache.owner_of_token_hash(&hash).is_some() {
+            return Err(ShimError::Forbidden(
+                "this token belongs to another workspace",
+            ));
+        }
+        Err(ShimError::BadToken)
+    }
+
+    /// A live record by uid (waits for the first list; 404 when unknown).
+    pub async fn workspace(&self, uid: &str) -> Result<Arc<Workspace>, ShimError> {
+        super::input::check_id(uid)?;
+        self.cache.wait_ready().await?;
+        self.cache.get(uid).ok_or(ShimError::NotFound("workspace"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_from_headers_and_subprotocols() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert("authorization", "Bearer abc".parse().expect("h"));
+        assert_eq!(bearer(&h).as_deref(), Some("abc"));
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("tok-1");
+        h.insert(
+            "sec-websocket-protocol",
+            format!("molecule.v1, {WS_TOKEN_PROTOCOL}{b64}")
+                .parse()
+                .expect("h"),
+        );
+        assert_eq!(protocol_token(&h).as_deref(), Some("tok-1"));
+        h.insert("sec-websocket-protocol", "molecule.v1".parse().expect("h"));
+        assert_eq!(protocol_token(&h), None);
+    }
+}
