@@ -75,6 +75,39 @@ impl WorkspaceFlags {
     }
 }
 
+/// Flags of the PluginInstall controller.
+#[derive(clap::Args, Clone, Debug)]
+struct PluginFlags {
+    /// The local plugin registry: `local://<name>` installs DIR/<name>/ (default: DATA_DIR/plugins
+    /// for `serve`, ./plugins for `operator`).
+    #[arg(long = "plugins", value_name = "DIR")]
+    plugins: Option<PathBuf>,
+    /// Bound on one git resolve or fetch of a plugin, in seconds.
+    #[arg(long, default_value_t = 300)]
+    plugin_fetch_timeout_seconds: u64,
+    /// Seconds between scans for PluginInstalls whose drift check interval elapsed.
+    #[arg(long, default_value_t = 5)]
+    plugin_drift_tick_seconds: u64,
+    /// Tests only: honour /configs/plugins/.failpoint in the in-container install steps.
+    #[arg(long, hide = true)]
+    plugin_failpoints: bool,
+}
+
+impl PluginFlags {
+    fn options(&self) -> molecule::serve::PluginOptions {
+        molecule::serve::PluginOptions {
+            dir: self.plugins.clone(),
+            fetch_timeout: Some(std::time::Duration::from_secs(
+                self.plugin_fetch_timeout_seconds.max(1),
+            )),
+            drift_tick: Some(std::time::Duration::from_secs(
+                self.plugin_drift_tick_seconds.max(1),
+            )),
+            failpoints: self.plugin_failpoints,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run everything in one process: the embedded API server, its store and the controllers.
@@ -108,6 +141,8 @@ enum Command {
         watch_history: usize,
         #[command(flatten)]
         workspaces: WorkspaceFlags,
+        #[command(flatten)]
+        plugins: PluginFlags,
     },
     /// Run the built-in echo agent (inside a workspace container).
     Agent {
@@ -128,6 +163,15 @@ enum Command {
         /// Root that workspace `filesDir` paths are confined to.
         #[arg(long, default_value = "org-templates")]
         org_templates: PathBuf,
+        #[command(flatten)]
+        plugins: PluginFlags,
+    },
+    /// One atomic plugin install step inside a workspace container (run by the operator
+    /// through `docker exec`; the echo image has no shell).
+    #[command(name = "plugin-fs", hide = true)]
+    PluginFs {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Write the CRD manifests (one file per kind) into a directory.
     Crds {
@@ -182,6 +226,7 @@ fn main() -> anyhow::Result<()> {
             watch_history,
             workspaces,
             org_templates,
+            plugins,
         } => {
             molecule::telemetry::init_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
@@ -203,12 +248,15 @@ fn main() -> anyhow::Result<()> {
                 secret_key,
                 api,
                 workspaces: workspaces.options(org_templates),
+                plugins: plugins.options(),
             }))
         }
+        Command::PluginFs { args } => std::process::exit(molecule::plugins::fs::main(&args)),
         Command::Operator {
             controllers,
             workspaces,
             org_templates,
+            plugins,
         } => {
             molecule::telemetry::init_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
@@ -238,6 +286,9 @@ fn main() -> anyhow::Result<()> {
                     registry: std::sync::Arc::default(),
                     audit: molecule::audit::Audit::log_only(),
                     instance,
+                    plugins: plugins
+                        .options()
+                        .settings(PathBuf::from("plugins"), std::env::temp_dir()),
                 };
                 let mut task = tokio::spawn(molecule::controllers::run(
                     client,

@@ -124,12 +124,12 @@ pub fn check_git_url(url: &str) -> Result<(), Refusal> {
         if authority.is_empty() {
             return Err(invalid_source("the source URL has no host"));
         }
-        if let Some((userinfo, _)) = authority.rsplit_once('@') {
-            if userinfo.contains(':') || *scheme != "ssh://" {
-                return Err(invalid_source(
-                    "credentials in the source URL are not allowed; use a git credential helper or an SSH key",
-                ));
-            }
+        if let Some((userinfo, _)) = authority.rsplit_once('@')
+            && (userinfo.contains(':') || *scheme != "ssh://")
+        {
+            return Err(invalid_source(
+                "credentials in the source URL are not allowed; use a git credential helper or an SSH key",
+            ));
         }
         return Ok(());
     }
