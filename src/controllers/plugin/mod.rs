@@ -578,8 +578,13 @@ async fn refuse(
     );
     write_status(ctx, pi, &next).await?;
     if ready_reason(&before) != Some((r.reason.to_string(), r.message.clone())) {
-        tracing::info!(plugininstall = %pi.name_any(), reason = r.reason, message = %r.message, "plugin install refused");
-        event(ctx, pi, EventType::Warning, r.reason, r.message.clone()).await;
+        tracing::info!(plugininstall = %pi.name_any(), reason = r.reason, message = %r.message, "plugin install not done");
+        let t = if r.reason == "WaitingForWorkspace" {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        event(ctx, pi, t, r.reason, r.message.clone()).await;
     }
     let mut overrides = HashMap::new();
     if let Some(u) = update {
@@ -725,7 +730,7 @@ async fn apply(pi: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Plug
         Presence::Running { container_id, .. } => container_id,
         _ => {
             let r = Refusal::new(
-                "WorkspaceNotRunning",
+                "WaitingForWorkspace",
                 format!("waiting for workspace {ws_name} to run a container"),
             );
             return refuse(
