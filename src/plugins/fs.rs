@@ -30,8 +30,9 @@ use super::MARKER;
 pub const ROOT: &str = "/configs/plugins";
 pub const STAGING: &str = ".staging";
 pub const PREVIOUS: &str = ".previous";
-/// One-shot fault injection (tests): a file under the root naming the step to fail. Only read
-/// when the helper is run with `--failpoints`.
+/// Fault injection (tests): a file under the root naming the step to fail (`stage`,
+/// `snapshot`, `swap`, `marker`, `hang-after-snapshot`); armed until its content changes. Only
+/// read when the helper is run with `--failpoints` (`serve --plugin-failpoints`).
 pub const FAILPOINT_FILE: &str = ".failpoint";
 
 /// Whether `s` is a valid install stamp (`[0-9a-z]{1,40}`: sortable, no dots).
@@ -314,15 +315,13 @@ pub fn recover(root: &Path, name: &str, keep_stamp: Option<&str>) -> Vec<String>
     done
 }
 
-/// The failpoint armed for `step`, consumed (one-shot) when it matches.
+/// Whether the failpoint for `step` is armed.
 fn failpoint(root: &Path, enabled: bool, step: &str) -> bool {
     if !enabled {
         return false;
     }
-    let path = root.join(FAILPOINT_FILE);
-    match std::fs::read_to_string(&path) {
+    match std::fs::read_to_string(root.join(FAILPOINT_FILE)) {
         Ok(s) if s.trim() == step => {
-            let _ = std::fs::remove_file(&path);
             eprintln!("molecule plugin-fs: failpoint {step} triggered");
             true
         }
@@ -674,7 +673,6 @@ pub(crate) mod tests {
         let s = swap(&layout(root, "1"), "abc", true);
         assert_eq!((s.result.as_str(), s.restored), ("swap_failed", Some(true)));
         assert_eq!(read_tree(&root.join("hello")), before);
-        assert!(!root.join(FAILPOINT_FILE).exists(), "one-shot");
         assert!(!root.join(".staging/hello.1").exists());
         assert!(stamped(&root.join(PREVIOUS), "hello").is_empty());
         // Without --failpoints the file is ignored.
@@ -692,6 +690,7 @@ pub(crate) mod tests {
         write(root, FAILPOINT_FILE, "marker");
         let s = swap(&layout(root, "1"), "abc", true);
         assert_eq!(s.result, "marker_failed");
+        write(root, FAILPOINT_FILE, "off");
         assert_eq!(
             std::fs::read_to_string(root.join("hello/plugin.yaml")).unwrap(),
             "new"

@@ -79,14 +79,15 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    /// What the origin's track points at now (git only; `local://` has no refs).
+    /// What the origin points at now: the commit its track names (git), or the digest of the
+    /// registry dir's content (`local://`, whose content is its only "ref").
     pub async fn resolve(&self, origin: &Origin) -> Result<git::Resolved, Refusal> {
         match &origin.source {
             Source::Git(url) => self.git.resolve(url, &origin.track).await,
-            Source::Local(_) => Err(Refusal::new(
-                "InvalidTrack",
-                "a local:// source has no refs",
-            )),
+            Source::Local(_) => Ok(git::Resolved {
+                sha: self.fetch(origin, None, None).await?.sha,
+                ref_name: None,
+            }),
         }
     }
 

@@ -1,5 +1,8 @@
 //! The drift queue (FEATURES P07): every tracked, installed PluginInstall is re-resolved
-//! upstream once its check interval elapsed (1 h by default). A new sha creates exactly one
+//! upstream once its check interval elapsed (1 h by default): git sources with a `tag:`,
+//! `tag:latest` or `branch:` track, and `local://` sources (whose "sha" is the digest of the
+//! registry dir's content, so an edit there is queued like an upstream commit). A `sha:` pin
+//! and an unpinned git source never drift. A new sha creates exactly one
 //! `PluginUpdate` named `<install>-<sha12>`: the name is the dedup key, so a second pass, a
 //! second replica or a restart never queues it twice, and a dismissed update is never proposed
 //! again (its record stays). `updatePolicy: Auto` creates it already approved.
@@ -50,7 +53,7 @@ pub fn tracked(pi: &PluginInstall) -> Option<(Origin, String)> {
         pi.spec.allow_unpinned,
     )
     .ok()?;
-    if !origin.source.is_git() || !origin.track.is_tracked() {
+    if origin.source.is_git() && !origin.track.is_tracked() {
         return None;
     }
     let st = pi.status.as_ref()?;

@@ -116,6 +116,7 @@ impl Settings {
 /// A failed attempt, to back off on.
 struct Attempt {
     key: String,
+    reason: &'static str,
     count: u32,
     not_before: Instant,
 }
@@ -148,10 +149,12 @@ impl Context {
         at.checked_duration_since(Instant::now())
     }
 
-    fn failed(&self, uid: &str, key: &str) -> Duration {
+    /// Records a failed attempt; the backoff grows while the same attempt fails the same way
+    /// (a new kind of failure is news, and starts over).
+    fn failed(&self, uid: &str, key: &str, reason: &'static str) -> Duration {
         let mut a = self.lock_attempts();
         let count = match a.get(uid) {
-            Some(prev) if prev.key == key => prev.count + 1,
+            Some(prev) if prev.key == key && prev.reason == reason => prev.count + 1,
             _ => 1,
         };
         let wait = plan::backoff(count);
@@ -159,6 +162,7 @@ impl Context {
             uid.to_string(),
             Attempt {
                 key: key.to_string(),
+                reason,
                 count,
                 not_before: Instant::now() + wait,
             },
@@ -814,7 +818,7 @@ async fn apply(pi: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Plug
     let (fetched, ref_name) = match fetched {
         Ok(f) => f,
         Err(r) => {
-            let wait = ctx.failed(&uid, &attempt_key);
+            let wait = ctx.failed(&uid, &attempt_key, r.reason);
             return refuse(
                 &ctx,
                 &pi,
@@ -829,6 +833,38 @@ async fn apply(pi: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Plug
         }
     };
     let meta = &fetched.meta;
+    if let (
+        Target::Sha {
+            sha,
+            update: Some(_),
+            ..
+        },
+        Source::Local(_),
+    ) = (&target, &origin.source)
+        && *sha != fetched.sha
+    {
+        // The registry changed again after this update was queued; the drift loop queues the
+        // newer content as its own update.
+        let r = Refusal::new(
+            "SourceChanged",
+            format!(
+                "the registry content of {} changed again since this update was queued ({} now); approve the newer update",
+                meta.name,
+                short(&fetched.sha)
+            ),
+        );
+        return refuse(
+            &ctx,
+            &pi,
+            next,
+            r,
+            generation,
+            &now,
+            update.as_deref(),
+            wait,
+        )
+        .await;
+    }
     if let Some(list) = &allowed
         && !list.contains(&meta.name)
     {
@@ -944,7 +980,7 @@ async fn apply(pi: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Plug
                 "molecule_plugin_install_failures_total",
                 &[("reason", f.reason)],
             );
-            let wait = ctx.failed(&uid, &attempt_key);
+            let wait = ctx.failed(&uid, &attempt_key, f.reason);
             let r = Refusal::new(f.reason, f.message);
             return refuse(
                 &ctx,
@@ -960,14 +996,18 @@ async fn apply(pi: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Plug
         }
     };
 
-    let restart = plan::restart_needed(done.change, interrupted);
+    // Without its marker the new version is not loaded: the restart waits for the retry that
+    // writes it (the kept pending record makes that retry restart).
+    let restart = !done.marker_missing && plan::restart_needed(done.change, interrupted);
     let class = if restart {
         RestartClass::Cold
     } else {
         RestartClass::Hot
     };
     let changed_sha = before.installed_sha.as_ref() != Some(&fetched.sha);
-    next.pending = None;
+    if !done.marker_missing {
+        next.pending = None;
+    }
     next.installed_sha = Some(fetched.sha.clone());
     next.installed_from = Some(origin.key());
     next.installed_ref = ref_name.clone();
@@ -996,7 +1036,7 @@ async fn apply(pi: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Plug
         short(&fetched.sha)
     );
     let wait_next = if done.marker_missing {
-        let w = ctx.failed(&uid, &attempt_key);
+        let w = ctx.failed(&uid, &attempt_key, "MarkerMissing");
         set_ready(
             &mut next,
             generation,

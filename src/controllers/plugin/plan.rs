@@ -116,8 +116,9 @@ pub fn applicable<'a>(installed: &str, updates: &'a [UpdateView]) -> Option<&'a 
         .max_by(|a, b| (&a.created, &a.name).cmp(&(&b.created, &b.name)))
 }
 
-/// P08: a production update waits while an approved canary update of the same source and
-/// target sha has not been applied. Returns why it waits.
+/// P08: a production update waits while a canary update of the same source and target sha is
+/// neither applied nor dismissed — also while it is still pending, so approving a batch in any
+/// order (`kubectl patch pu a b`) lands on canaries first. Returns why it waits.
 pub fn canary_hold(update: &UpdateView, all: &[UpdateView]) -> Option<String> {
     if update.tier == CANARY {
         return None;
@@ -126,7 +127,7 @@ pub fn canary_hold(update: &UpdateView, all: &[UpdateView]) -> Option<String> {
         .iter()
         .filter(|u| {
             u.tier == CANARY
-                && u.decision == PluginDecision::Approved
+                && u.decision != PluginDecision::Dismissed
                 && u.to_sha == update.to_sha
                 && u.source.is_some()
                 && u.source == update.source
@@ -138,12 +139,19 @@ pub fn canary_hold(update: &UpdateView, all: &[UpdateView]) -> Option<String> {
     let failed = blocking
         .iter()
         .find(|u| u.phase.as_deref() == Some("Failed"));
-    Some(match failed {
-        Some(f) => format!(
+    let pending = blocking
+        .iter()
+        .find(|u| u.decision == PluginDecision::Pending);
+    Some(match (failed, pending) {
+        (Some(f), _) => format!(
             "waiting for canary update {} (it failed; fix or dismiss it to release production)",
             f.name
         ),
-        None => format!(
+        (None, Some(p)) => format!(
+            "waiting for canary update {} to be approved and applied (or dismissed) first",
+            p.name
+        ),
+        (None, None) => format!(
             "waiting for {} canary update(s) to apply first (e.g. {})",
             blocking.len(),
             first.name
@@ -342,10 +350,14 @@ mod tests {
         let mut applied = canary.clone();
         applied.phase = Some("Applied".into());
         assert_eq!(canary_hold(&mine, &[mine.clone(), applied]), None);
-        // A pending (not approved) canary does not hold production.
+        // A pending canary holds production too (a batch approved in any order); a dismissed
+        // one does not.
         let mut pending = canary.clone();
         pending.decision = Pending;
-        assert_eq!(canary_hold(&mine, &[pending]), None);
+        assert!(canary_hold(&mine, &[pending]).unwrap().contains("approved"));
+        let mut dismissed = canary.clone();
+        dismissed.decision = Dismissed;
+        assert_eq!(canary_hold(&mine, &[dismissed]), None);
         // Another source or sha does not hold it either.
         let mut other = canary.clone();
         other.source = Some("file:///other".into());
