@@ -166,6 +166,12 @@ enum Command {
         #[command(flatten)]
         plugins: PluginFlags,
     },
+    /// Validate a plugin directory and print its manifest.json (sha256 of every file), for
+    /// plugin authors who want integrity checks.
+    PluginManifest {
+        /// The plugin directory (holding plugin.yaml).
+        dir: PathBuf,
+    },
     /// One atomic plugin install step inside a workspace container (run by the operator
     /// through `docker exec`; the echo image has no shell).
     #[command(name = "plugin-fs", hide = true)]
@@ -252,6 +258,14 @@ fn main() -> anyhow::Result<()> {
             }))
         }
         Command::PluginFs { args } => std::process::exit(molecule::plugins::fs::main(&args)),
+        Command::PluginManifest { dir } => {
+            let mut tree = molecule::plugins::PluginTree::from_dir(&dir, &Default::default())
+                .map_err(|r| anyhow::anyhow!("{r}"))?;
+            tree.remove(molecule::plugins::format::MANIFEST_JSON);
+            molecule::plugins::format::validate(&tree, None).map_err(|r| anyhow::anyhow!("{r}"))?;
+            println!("{}", molecule::plugins::format::manifest_for(&tree));
+            Ok(())
+        }
         Command::Operator {
             controllers,
             workspaces,

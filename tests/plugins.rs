@@ -40,8 +40,16 @@ struct Env {
 }
 
 fn start() -> Env {
+    start_with(None)
+}
+
+/// A serve whose registry is `registry` (default: a fresh temp dir).
+fn start_with(registry_dir: Option<&Path>) -> Env {
     let registry = tempfile::tempdir().expect("registry");
-    let reg = registry.path().to_string_lossy().to_string();
+    let reg = registry_dir
+        .unwrap_or(registry.path())
+        .to_string_lossy()
+        .to_string();
     let mut args: Vec<&str> = FAST.to_vec();
     args.extend(["--plugins", &reg]);
     let s = Server::start_with(Backend::Sqlite, &args);
@@ -1116,4 +1124,53 @@ fn a_plugin_of_an_org_workspace_arrives_with_it_and_honours_the_allowlist() {
         e.get("plugininstalls", "lead-hello").is_null()
             && e.get("plugininstalls", "lead-other").is_null()
     });
+}
+
+#[test]
+fn examples_install_into_the_example_workspace() {
+    let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let e = start_with(Some(&root.join("examples/plugins/registry")));
+    for f in [
+        "examples/workspace.yaml",
+        "examples/plugins/plugin-installs.yaml",
+    ] {
+        e.kubectl(&["apply", "-f", &root.join(f).to_string_lossy()]);
+    }
+    e.kubectl(&[
+        "apply",
+        "--dry-run=server",
+        "-f",
+        &root
+            .join("examples/plugins/git-plugin-install.yaml")
+            .to_string_lossy(),
+    ]);
+    for pi in ["echo-1-hello-skills", "echo-1-session-hooks"] {
+        e.wait(
+            &format!("{pi} is not Ready: {:?}", e.ready(pi)),
+            120,
+            || e.ready(pi).0 == "True",
+        );
+    }
+    e.wait(
+        "the example workspace did not settle with both plugins",
+        120,
+        || {
+            let l = e.agent_plugins("echo-1");
+            e.get("workspaces", "echo-1")["status"]["phase"] == "Online"
+                && l["plugins"].as_array().map(|l| l.len()) == Some(2)
+        },
+    );
+    let l = e.agent_plugins("echo-1");
+    assert_eq!(l["plugins"][0]["name"], "hello-skills");
+    assert_eq!(
+        l["plugins"][0]["skills"].as_array().map(|s| s.len()),
+        Some(2)
+    );
+    assert_eq!(l["plugins"][1]["hooks"][0], "on-session-start.sh");
+    let wide = e.kubectl(&["get", "plugininstalls", "-o", "wide"]);
+    assert!(
+        wide.contains("hello-skills") && wide.contains("Installed"),
+        "{wide}"
+    );
 }

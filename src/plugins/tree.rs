@@ -188,6 +188,13 @@ impl PluginTree {
         Ok(tree)
     }
 
+    /// Removes a file.
+    pub fn remove(&mut self, path: &str) -> Option<PluginFile> {
+        let f = self.files.remove(path)?;
+        self.bytes -= f.content.len() as u64;
+        Some(f)
+    }
+
     pub fn get(&self, path: &str) -> Option<&PluginFile> {
         self.files.get(path)
     }

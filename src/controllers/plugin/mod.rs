@@ -1154,7 +1154,10 @@ async fn cleanup(pi: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Pl
             Presence::Running { container_id, .. } => {
                 let result = match ctx.method(&w, &container_id).await? {
                     Some(m) => install::uninstall(ctx.backend.as_ref(), &w, m, name).await,
-                    None => Ok(()),
+                    // No way to run a step inside: the archive API still replaces the dir.
+                    None => install::tombstone(ctx.backend.as_ref(), &w, name)
+                        .await
+                        .map_err(InstallError::from),
                 };
                 match result {
                     Ok(()) => {
