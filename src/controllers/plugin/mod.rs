@@ -1069,26 +1069,23 @@ async fn apply(pi: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Plug
         }
     }
     let t = done.timings;
-    ctx.metrics.observe(
-        "molecule_plugin_install_seconds",
-        &[("step", "fetch")],
-        fetch_time.as_secs_f64(),
-    );
-    ctx.metrics.observe(
-        "molecule_plugin_install_seconds",
-        &[("step", "stage")],
-        t.stage.as_secs_f64(),
-    );
-    ctx.metrics.observe(
-        "molecule_plugin_install_seconds",
-        &[("step", "prepare")],
-        t.prepare.as_secs_f64(),
-    );
-    ctx.metrics.observe(
-        "molecule_plugin_install_seconds",
-        &[("step", "swap")],
-        t.swap.as_secs_f64(),
-    );
+    let class_label = match (done.change, restart) {
+        (_, true) => "cold",
+        (Change::Hot, false) => "hot",
+        _ => "unchanged",
+    };
+    for (step, d) in [
+        ("fetch", fetch_time),
+        ("stage", t.stage),
+        ("prepare", t.prepare),
+        ("swap", t.swap),
+    ] {
+        ctx.metrics.observe(
+            "molecule_plugin_install_seconds",
+            &[("step", step), ("change", class_label)],
+            d.as_secs_f64(),
+        );
+    }
     tracing::info!(
         event = "plugin.installed",
         plugininstall = %pi.name_any(),
