@@ -341,7 +341,9 @@ fn install_latency(work: &Path) {
     let settled = || {
         let ws = s.get(&ws_path);
         let pi = s.get(&pi_path);
+        let asked = &ws["metadata"]["annotations"]["molecule.ai/restartedAt"];
         ws["status"]["phase"] == "Online"
+            && (asked.is_null() || *asked == ws["status"]["restartedAt"])
             && pi["status"]["installedContainerId"] == ws["status"]["containerId"]
             && pi["status"]["conditions"][0]["status"] == "True"
     };

@@ -145,6 +145,16 @@ impl Env {
         ));
     }
 
+    /// Online, with no restart requested and not yet done (`molecule.ai/restartedAt` equals
+    /// `status.restartedAt`, which the Workspace controller records once the new container
+    /// runs): a settled workspace.
+    fn online(&self, name: &str) -> bool {
+        let w = self.get("workspaces", name);
+        let asked = &w["metadata"]["annotations"]["molecule.ai/restartedAt"];
+        w["status"]["phase"] == "Online"
+            && (asked.is_null() || *asked == w["status"]["restartedAt"])
+    }
+
     fn wait_online(&self, name: &str) {
         self.wait(&format!("{name} is not Online"), 120, || {
             self.get("workspaces", name)["status"]["phase"] == "Online"
@@ -460,7 +470,7 @@ fn install_hot_and_cold_updates_then_uninstall() {
         120,
         || {
             let s = e.get("plugininstalls", "hello")["status"].clone();
-            e.get("workspaces", "alpha")["status"]["phase"] == "Online"
+            e.online("alpha")
                 && s["installedContainerId"].as_str() == Some(e.container_id("alpha").as_str())
                 && e.ready("hello").0 == "True"
         },
@@ -565,7 +575,7 @@ fn install_hot_and_cold_updates_then_uninstall() {
         let id = e.container_id("alpha");
         !id.is_empty()
             && id != container
-            && e.get("workspaces", "alpha")["status"]["phase"] == "Online"
+            && e.online("alpha")
             && e.get("plugininstalls", "hello")["status"]["installedContainerId"].as_str()
                 == Some(id.as_str())
     });
@@ -722,7 +732,7 @@ fn canary_workspaces_are_updated_before_production() {
     e.wait_installed("prod-tiered", &v1);
     e.wait("the workspaces did not settle after the first installs", 120, || {
         ["can", "prod"].iter().all(|w| {
-            e.get("workspaces", w)["status"]["phase"] == "Online"
+            e.online(w)
                 && e.get("plugininstalls", &format!("{w}-tiered"))["status"]["installedContainerId"].as_str()
                     == Some(e.container_id(w).as_str())
         })
@@ -804,7 +814,7 @@ fn swap_faults_keep_live_content_intact_and_a_kill_mid_install_heals() {
         "the workspace did not settle after the cold install",
         120,
         || {
-            e.get("workspaces", "gamma")["status"]["phase"] == "Online"
+            e.online("gamma")
                 && e.get("plugininstalls", "faulty")["status"]["installedContainerId"].as_str()
                     == Some(e.container_id("gamma").as_str())
         },
@@ -889,7 +899,7 @@ fn swap_faults_keep_live_content_intact_and_a_kill_mid_install_heals() {
         e.ready("faulty").0 == "True"
     });
     e.wait("the cold update did not settle", 120, || {
-        e.get("workspaces", "gamma")["status"]["phase"] == "Online"
+        e.online("gamma")
             && e.get("plugininstalls", "faulty")["status"]["installedContainerId"].as_str()
                 == Some(e.container_id("gamma").as_str())
     });
@@ -914,7 +924,7 @@ fn swap_faults_keep_live_content_intact_and_a_kill_mid_install_heals() {
             && e.ready("faulty").0 == "True"
             && e.get("plugininstalls", "faulty")["status"]["installedContainerId"].as_str()
                 == Some(id.as_str())
-            && e.get("workspaces", "gamma")["status"]["phase"] == "Online"
+            && e.online("gamma")
     });
     let files = e.plugin_files("gamma");
     let live = plugin_dir(&files, "faulty");
@@ -1111,7 +1121,7 @@ fn a_plugin_of_an_org_workspace_arrives_with_it_and_honours_the_allowlist() {
     e.wait("the workspace did not settle with its plugin", 120, || {
         e.get("plugininstalls", "lead-hello")["status"]["installedContainerId"].as_str()
             == Some(e.container_id("lead").as_str())
-            && e.get("workspaces", "lead")["status"]["phase"] == "Online"
+            && e.online("lead")
     });
     assert_eq!(skill_text(&e.agent_plugins("lead"), "hello"), "# org\n");
     e.wait("the allowlist did not refuse `other`", 60, || {
@@ -1157,8 +1167,7 @@ fn examples_install_into_the_example_workspace() {
         120,
         || {
             let l = e.agent_plugins("echo-1");
-            e.get("workspaces", "echo-1")["status"]["phase"] == "Online"
-                && l["plugins"].as_array().map(|l| l.len()) == Some(2)
+            e.online("echo-1") && l["plugins"].as_array().map(|l| l.len()) == Some(2)
         },
     );
     let l = e.agent_plugins("echo-1");
@@ -1172,5 +1181,76 @@ fn examples_install_into_the_example_workspace() {
     assert!(
         wide.contains("hello-skills") && wide.contains("Installed"),
         "{wide}"
+    );
+}
+
+#[test]
+fn operator_killed_mid_install_converges_after_restart() {
+    let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
+    let mut e = start();
+    let reg = e.registry.path().join("crashy");
+    write_files(
+        &reg,
+        &refs(&plugin("crashy", "# v1\n", "#!/bin/sh\necho v1\n")),
+    );
+    e.workspace("eps", "");
+    e.wait_online("eps");
+    e.install("crashy", "eps", "local://crashy", "  checkInterval: 1s\n");
+    e.wait("not installed", 120, || e.ready("crashy").0 == "True");
+    e.wait("not settled", 120, || {
+        e.online("eps")
+            && e.get("plugininstalls", "crashy")["status"]["installedContainerId"].as_str()
+                == Some(e.container_id("eps").as_str())
+    });
+    // An update that hangs in the container right after its snapshot.
+    e.failpoint("eps", "hang-after-snapshot");
+    write_files(&reg, &[("hooks/on-start.sh", "#!/bin/sh\necho v2\n")]);
+    e.wait("no update queued", 60, || {
+        !e.updates_of("crashy").is_empty()
+    });
+    let name = e.updates_of("crashy")[0]["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    e.decide(&[&name], "Approved");
+    e.wait("the install did not reach the snapshot", 60, || {
+        let f = e.plugin_files("eps");
+        plugin_dir(&f, "crashy").is_empty() && f.keys().any(|k| k.starts_with(".previous/crashy."))
+    });
+    // kill -9 the operator mid-install, then start it again on the same data dir.
+    let container = e.container_name("eps");
+    e.s.kill9();
+    let tmp = tempfile::tempdir().expect("tmp");
+    std::fs::write(tmp.path().join(".failpoint"), "off").expect("write");
+    let (ok, out) = docker(&[
+        "cp",
+        &tmp.path().join(".failpoint").to_string_lossy(),
+        &format!("{container}:/configs/plugins/.failpoint"),
+    ]);
+    assert!(ok, "{out}");
+    e.s.spawn();
+    e.wait(
+        "the install did not converge after the operator restart",
+        180,
+        || {
+            e.ready("crashy").0 == "True"
+                && e.get("pluginupdates", &name)["status"]["phase"] == "Applied"
+                && e.online("eps")
+                && e.get("plugininstalls", "crashy")["status"]["installedContainerId"].as_str()
+                    == Some(e.container_id("eps").as_str())
+        },
+    );
+    let files = e.plugin_files("eps");
+    let live = plugin_dir(&files, "crashy");
+    assert_eq!(
+        live.get("hooks/on-start.sh").map(String::as_str),
+        Some("#!/bin/sh\necho v2\n"),
+        "{files:?}"
+    );
+    assert!(live.contains_key(".complete"));
+    assert!(leftovers(&files).is_empty(), "{files:?}");
+    assert_eq!(
+        e.get("plugininstalls", "crashy")["status"]["lastRestartClass"],
+        "cold"
     );
 }
