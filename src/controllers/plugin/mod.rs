@@ -447,10 +447,12 @@ fn ready_reason(s: &PluginInstallStatus) -> Option<(String, String)> {
     })
 }
 
-/// Every status field, `null` when unset, so a merge patch also clears fields.
+/// Every status field this reconcile owns, `null` when unset, so a merge patch also clears
+/// fields.
 fn status_patch(s: &PluginInstallStatus) -> Value {
     let v = serde_json::to_value(s).unwrap_or_else(|_| json!({}));
     let mut patch = serde_json::Map::new();
+    // upstreamSha belongs to the drift loop: never written (or cleared) here.
     for field in [
         "observedGeneration",
         "conditions",
@@ -463,7 +465,6 @@ fn status_patch(s: &PluginInstallStatus) -> Value {
         "installedContainerId",
         "contentDigest",
         "installedAt",
-        "upstreamSha",
         "pending",
     ] {
         patch.insert(field.into(), v.get(field).cloned().unwrap_or(Value::Null));
@@ -833,7 +834,17 @@ async fn apply(pi: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Plug
         }
     };
     let meta = &fetched.meta;
-    if let (
+    // Checks that need the fetched plugin; they back off like fetch failures, so a refused
+    // plugin is not fetched again on every workspace heartbeat.
+    let conflict = ctx.installs.state().into_iter().find(|o| {
+        o.namespace().as_deref() == Some(ns.as_str())
+            && o.uid() != pi.uid()
+            && o.spec.workspace_ref.name == *ws_name
+            && o.metadata.deletion_timestamp.is_none()
+            && o.status.as_ref().and_then(|s| s.plugin_name.as_deref()) == Some(meta.name.as_str())
+    });
+    let runtime = ws.spec.runtime.clone().unwrap_or_else(|| "echo".into());
+    let refusal = if let (
         Target::Sha {
             sha,
             update: Some(_),
@@ -845,51 +856,39 @@ async fn apply(pi: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Plug
     {
         // The registry changed again after this update was queued; the drift loop queues the
         // newer content as its own update.
-        let r = Refusal::new(
+        Some(Refusal::new(
             "SourceChanged",
             format!(
                 "the registry content of {} changed again since this update was queued ({} now); approve the newer update",
                 meta.name,
                 short(&fetched.sha)
             ),
-        );
-        return refuse(
-            &ctx,
-            &pi,
-            next,
-            r,
-            generation,
-            &now,
-            update.as_deref(),
-            wait,
-        )
-        .await;
-    }
-    if let Some(list) = &allowed
-        && !list.contains(&meta.name)
-    {
-        return refuse(
-            &ctx,
-            &pi,
-            next,
-            not_allowed(&meta.name, list),
-            generation,
-            &now,
-            update.as_deref(),
-            wait,
-        )
-        .await;
-    }
-    let runtime = ws.spec.runtime.clone().unwrap_or_else(|| "echo".into());
-    if !meta.runtimes.is_empty() && !meta.runtimes.contains(&runtime) {
-        let r = Refusal::new(
+        ))
+    } else if let Some(list) = allowed.as_ref().filter(|l| !l.contains(&meta.name)) {
+        Some(not_allowed(&meta.name, list))
+    } else if !meta.runtimes.is_empty() && !meta.runtimes.contains(&runtime) {
+        Some(Refusal::new(
             "UnsupportedRuntime",
             format!(
                 "plugin {} supports runtimes {} but workspace {ws_name} runs {runtime}",
                 meta.name,
                 meta.runtimes.join(", ")
             ),
-        );
+        ))
+    } else {
+        conflict.map(|other| {
+            Refusal::new(
+                "Conflict",
+                format!(
+                    "PluginInstall {} already installs plugin {} into workspace {ws_name}",
+                    other.name_any(),
+                    meta.name
+                ),
+            )
+        })
+    };
+    if let Some(r) = refusal {
+        let wait = ctx.failed(&uid, &attempt_key, r.reason);
         return refuse(
             &ctx,
             &pi,
@@ -898,34 +897,7 @@ async fn apply(pi: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Plug
             generation,
             &now,
             update.as_deref(),
-            wait,
-        )
-        .await;
-    }
-    if let Some(other) = ctx.installs.state().iter().find(|o| {
-        o.namespace().as_deref() == Some(ns.as_str())
-            && o.uid() != pi.uid()
-            && o.spec.workspace_ref.name == *ws_name
-            && o.metadata.deletion_timestamp.is_none()
-            && o.status.as_ref().and_then(|s| s.plugin_name.as_deref()) == Some(meta.name.as_str())
-    }) {
-        let r = Refusal::new(
-            "Conflict",
-            format!(
-                "PluginInstall {} already installs plugin {} into workspace {ws_name}",
-                other.name_any(),
-                meta.name
-            ),
-        );
-        return refuse(
-            &ctx,
-            &pi,
-            next,
-            r,
-            generation,
-            &now,
-            update.as_deref(),
-            wait,
+            Action::requeue(wait),
         )
         .await;
     }
