@@ -24,7 +24,7 @@ const FAST: &[&str] = &[
     "--agent-heartbeat-seconds",
     "1",
     "--heartbeat-timeout-seconds",
-    "20",
+    "90",
     "--reap-interval-seconds",
     "5",
     "--plugin-drift-tick-seconds",
@@ -156,7 +156,7 @@ impl Env {
     }
 
     fn wait_online(&self, name: &str) {
-        self.wait(&format!("{name} is not Online"), 120, || {
+        self.wait(&format!("{name} is not Online"), 240, || {
             self.get("workspaces", name)["status"]["phase"] == "Online"
         });
     }
@@ -204,7 +204,7 @@ impl Env {
     fn wait_installed(&self, pi: &str, sha: &str) {
         self.wait(
             &format!("{pi} not installed at {sha}: {:?}", self.ready(pi)),
-            120,
+            240,
             || self.installed_sha(pi) == sha && self.ready(pi).0 == "True",
         );
     }
@@ -467,7 +467,7 @@ fn install_hot_and_cold_updates_then_uninstall() {
     // The cold restart gives a new container; the plugin is re-applied (found in place).
     e.wait(
         "the plugin is not recorded in the new container",
-        120,
+        240,
         || {
             let s = e.get("plugininstalls", "hello")["status"].clone();
             e.online("alpha")
@@ -499,7 +499,7 @@ fn install_hot_and_cold_updates_then_uninstall() {
 
     // A SKILL.md-only change upstream: one PluginUpdate; approving it is hot.
     let c2 = repo.commit(&[("skills/greet/SKILL.md", "# Greet v2\n")], "v2");
-    e.wait("no PluginUpdate for the new commit", 60, || {
+    e.wait("no PluginUpdate for the new commit", 120, || {
         e.updates_of("hello").len() == 1
     });
     let u = e.updates_of("hello")[0].clone();
@@ -539,7 +539,7 @@ fn install_hot_and_cold_updates_then_uninstall() {
     e.wait_installed("hello", &c2);
     let st = e.get("plugininstalls", "hello")["status"].clone();
     assert_eq!(st["lastRestartClass"], "hot", "{st}");
-    e.wait("the update is not Applied", 30, || {
+    e.wait("the update is not Applied", 60, || {
         e.get("pluginupdates", &name)["status"]["phase"] == "Applied"
     });
     assert_eq!(
@@ -554,7 +554,7 @@ fn install_hot_and_cold_updates_then_uninstall() {
 
     // A hook change: cold, a new container, and the plugin is still installed afterwards.
     let c3 = repo.commit(&[("hooks/on-start.sh", "#!/bin/sh\necho v3\n")], "v3");
-    e.wait("no PluginUpdate for the hook commit", 60, || {
+    e.wait("no PluginUpdate for the hook commit", 120, || {
         e.updates_of("hello")
             .iter()
             .any(|u| u["spec"]["toSha"] == c3.as_str())
@@ -571,7 +571,7 @@ fn install_hot_and_cold_updates_then_uninstall() {
         e.get("plugininstalls", "hello")["status"]["lastRestartClass"],
         "cold"
     );
-    e.wait("no new container after a cold change", 120, || {
+    e.wait("no new container after a cold change", 240, || {
         let id = e.container_id("alpha");
         !id.is_empty()
             && id != container
@@ -604,10 +604,10 @@ fn install_hot_and_cold_updates_then_uninstall() {
     e.kubectl(&["delete", "plugininstall", "hello", "--timeout=60s"]);
     assert!(e.get("plugininstalls", "hello").is_null());
     assert!(plugin_dir(&e.plugin_files("alpha"), "hello").is_empty());
-    e.wait("the queued updates were not garbage-collected", 30, || {
+    e.wait("the queued updates were not garbage-collected", 60, || {
         e.updates_of("hello").is_empty()
     });
-    e.wait("the agent still lists the plugin", 30, || {
+    e.wait("the agent still lists the plugin", 60, || {
         e.agent_plugins("alpha")["plugins"]
             .as_array()
             .is_some_and(|l| l.is_empty())
@@ -646,7 +646,7 @@ fn drift_on_new_tags_dedupes_dismisses_and_auto_applies() {
     // A new (annotated) tag: exactly one PluginUpdate, however many passes run.
     let v110 = repo.commit(&[("skills/greet/SKILL.md", "# v1.1.0\n")], "v1.1.0");
     repo.git(&["tag", "-a", "v1.1.0", "-m", "release"]);
-    e.wait("no PluginUpdate for the new tag", 60, || {
+    e.wait("no PluginUpdate for the new tag", 120, || {
         e.updates_of("tagged").len() == 1
     });
     std::thread::sleep(Duration::from_secs(3));
@@ -658,14 +658,14 @@ fn drift_on_new_tags_dedupes_dismisses_and_auto_applies() {
         .as_str()
         .expect("name")
         .to_string();
-    e.wait("the update is not Pending", 30, || {
+    e.wait("the update is not Pending", 60, || {
         e.get("pluginupdates", &name)["status"]["phase"] == "Pending"
     });
 
     // Dismiss: nothing changes, and that sha is never queued again.
     let container = e.container_id("beta");
     e.decide(&[&name], "Dismissed");
-    e.wait("the update is not Dismissed", 30, || {
+    e.wait("the update is not Dismissed", 60, || {
         e.get("pluginupdates", &name)["status"]["phase"] == "Dismissed"
     });
     std::thread::sleep(Duration::from_secs(4));
@@ -730,7 +730,7 @@ fn canary_workspaces_are_updated_before_production() {
     }
     e.wait_installed("can-tiered", &v1);
     e.wait_installed("prod-tiered", &v1);
-    e.wait("the workspaces did not settle after the first installs", 120, || {
+    e.wait("the workspaces did not settle after the first installs", 240, || {
         ["can", "prod"].iter().all(|w| {
             e.online(w)
                 && e.get("plugininstalls", &format!("{w}-tiered"))["status"]["installedContainerId"].as_str()
@@ -742,7 +742,7 @@ fn canary_workspaces_are_updated_before_production() {
     e.failpoint("can", "swap");
     let v2 = repo.commit(&[("skills/greet/SKILL.md", "# v2\n")], "v2");
     repo.git(&["tag", "v2"]);
-    e.wait("two updates were not queued", 60, || {
+    e.wait("two updates were not queued", 120, || {
         e.updates_of("can-tiered").len() == 1 && e.updates_of("prod-tiered").len() == 1
     });
     let cu = e.updates_of("can-tiered")[0].clone();
@@ -753,10 +753,10 @@ fn canary_workspaces_are_updated_before_production() {
     let pn = pu["metadata"]["name"].as_str().expect("name").to_string();
     // Both approved in one batch.
     e.decide(&[&pn, &cn], "Approved");
-    e.wait("the canary update did not fail", 60, || {
+    e.wait("the canary update did not fail", 120, || {
         e.get("pluginupdates", &cn)["status"]["phase"] == "Failed"
     });
-    e.wait("production is not held back", 30, || {
+    e.wait("production is not held back", 60, || {
         e.get("pluginupdates", &pn)["status"]["phase"] == "WaitingForCanary"
     });
     std::thread::sleep(Duration::from_secs(3));
@@ -786,7 +786,7 @@ fn canary_workspaces_are_updated_before_production() {
             .unwrap_or("")
             .to_string()
     };
-    e.wait("both updates are not Applied", 30, || {
+    e.wait("both updates are not Applied", 60, || {
         !at(&cn).is_empty() && !at(&pn).is_empty()
     });
     assert!(
@@ -807,12 +807,12 @@ fn swap_faults_keep_live_content_intact_and_a_kill_mid_install_heals() {
     e.workspace("gamma", "");
     e.wait_online("gamma");
     e.install("faulty", "gamma", "local://faulty", "  checkInterval: 1s\n");
-    e.wait("the local plugin is not Ready", 120, || {
+    e.wait("the local plugin is not Ready", 240, || {
         e.ready("faulty").0 == "True"
     });
     e.wait(
         "the workspace did not settle after the cold install",
-        120,
+        240,
         || {
             e.online("gamma")
                 && e.get("plugininstalls", "faulty")["status"]["installedContainerId"].as_str()
@@ -835,7 +835,7 @@ fn swap_faults_keep_live_content_intact_and_a_kill_mid_install_heals() {
         ],
     );
     let approve_latest = |e: &Env| {
-        e.wait("no update queued for the registry edit", 60, || {
+        e.wait("no update queued for the registry edit", 120, || {
             e.updates_of("faulty")
                 .iter()
                 .any(|u| u["spec"]["decision"] == "Pending")
@@ -853,7 +853,7 @@ fn swap_faults_keep_live_content_intact_and_a_kill_mid_install_heals() {
     // 1. The snapshot fails: live untouched, the staging dir removed.
     e.failpoint("gamma", "snapshot");
     approve_latest(&e);
-    e.wait("no SnapshotFailed", 60, || {
+    e.wait("no SnapshotFailed", 120, || {
         e.ready("faulty").1 == "SnapshotFailed"
     });
     let files = e.plugin_files("gamma");
@@ -862,7 +862,7 @@ fn swap_faults_keep_live_content_intact_and_a_kill_mid_install_heals() {
 
     // 2. The swap fails after the snapshot: the previous version is restored exactly.
     e.failpoint("gamma", "swap");
-    e.wait("no SwapFailed", 60, || e.ready("faulty").1 == "SwapFailed");
+    e.wait("no SwapFailed", 120, || e.ready("faulty").1 == "SwapFailed");
     let files = e.plugin_files("gamma");
     assert_eq!(
         plugin_dir(&files, "faulty"),
@@ -879,7 +879,7 @@ fn swap_faults_keep_live_content_intact_and_a_kill_mid_install_heals() {
 
     // 3. The marker fails: the new content stays, unmarked (the agent does not load it).
     e.failpoint("gamma", "marker");
-    e.wait("no MarkerMissing", 60, || {
+    e.wait("no MarkerMissing", 120, || {
         e.ready("faulty").1 == "MarkerMissing"
     });
     let live = plugin_dir(&e.plugin_files("gamma"), "faulty");
@@ -895,10 +895,10 @@ fn swap_faults_keep_live_content_intact_and_a_kill_mid_install_heals() {
         "an unmarked plugin was loaded"
     );
     e.failpoint("gamma", "off");
-    e.wait("the retry did not mark the plugin", 60, || {
+    e.wait("the retry did not mark the plugin", 120, || {
         e.ready("faulty").0 == "True"
     });
-    e.wait("the cold update did not settle", 120, || {
+    e.wait("the cold update did not settle", 240, || {
         e.online("gamma")
             && e.get("plugininstalls", "faulty")["status"]["installedContainerId"].as_str()
                 == Some(e.container_id("gamma").as_str())
@@ -912,13 +912,13 @@ fn swap_faults_keep_live_content_intact_and_a_kill_mid_install_heals() {
     e.failpoint("gamma", "hang-after-snapshot");
     write_files(&reg, &[("skills/greet/SKILL.md", "# v3\n")]);
     approve_latest(&e);
-    e.wait("the install did not reach the snapshot", 60, || {
+    e.wait("the install did not reach the snapshot", 120, || {
         let f = e.plugin_files("gamma");
         plugin_dir(&f, "faulty").is_empty() && f.keys().any(|k| k.starts_with(".previous/faulty."))
     });
     e.failpoint("gamma", "off");
     assert!(docker(&["kill", &e.container_name("gamma")]).0);
-    e.wait("the install did not converge after the kill", 180, || {
+    e.wait("the install did not converge after the kill", 300, || {
         let id = e.container_id("gamma");
         !id.is_empty()
             && e.ready("faulty").0 == "True"
@@ -994,7 +994,7 @@ fn bad_input_gets_a_clear_condition_and_leaves_the_workspace_untouched() {
     for (name, _, _, reason) in &cases {
         e.wait(
             &format!("{name}: no {reason} condition: {:?}", e.ready(name)),
-            60,
+            240,
             || {
                 let (status, r, _) = e.ready(name);
                 status == "False" && r == *reason
@@ -1040,14 +1040,14 @@ fn bad_input_gets_a_clear_condition_and_leaves_the_workspace_untouched() {
     // W17: an external workspace is refused with the download route, which serves the plugin.
     e.apply("apiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: remote\nspec:\n  runtime: external\n  url: https://agent.example.com/a2a\n");
     e.install("ext", "remote", &repo.url(), "  track: branch:main\n");
-    e.wait("no ExternalRuntime condition", 60, || {
+    e.wait("no ExternalRuntime condition", 120, || {
         e.ready("ext").1 == "ExternalRuntime"
     });
     let (_, _, msg) = e.ready("ext");
     let route = format!("/registry/plugins/{}/ext/download", e.ns);
     assert!(msg.contains(&route), "{msg}");
     let mut token = String::new();
-    e.wait("no agent token Secret", 60, || {
+    e.wait("no agent token Secret", 120, || {
         let o = e.s.kubectl(
             "1.33",
             &[
@@ -1114,23 +1114,23 @@ fn a_plugin_of_an_org_workspace_arrives_with_it_and_honours_the_allowlist() {
         let yaml = serde_yaml::to_string(&pi).expect("yaml");
         e.apply(&yaml);
     }
-    e.wait("the org plugin did not arrive", 120, || {
+    e.wait("the org plugin did not arrive", 240, || {
         e.ready("lead-hello").0 == "True"
     });
     e.wait_online("lead");
-    e.wait("the workspace did not settle with its plugin", 120, || {
+    e.wait("the workspace did not settle with its plugin", 240, || {
         e.get("plugininstalls", "lead-hello")["status"]["installedContainerId"].as_str()
             == Some(e.container_id("lead").as_str())
             && e.online("lead")
     });
     assert_eq!(skill_text(&e.agent_plugins("lead"), "hello"), "# org\n");
-    e.wait("the allowlist did not refuse `other`", 60, || {
+    e.wait("the allowlist did not refuse `other`", 120, || {
         e.ready("lead-other").1 == "NotAllowed"
     });
     assert!(plugin_dir(&e.plugin_files("lead"), "other").is_empty());
     // The records go with the workspace.
     e.kubectl(&["delete", "workspace", "lead", "--timeout=90s"]);
-    e.wait("the PluginInstalls outlived their workspace", 60, || {
+    e.wait("the PluginInstalls outlived their workspace", 120, || {
         e.get("plugininstalls", "lead-hello").is_null()
             && e.get("plugininstalls", "lead-other").is_null()
     });
@@ -1158,13 +1158,13 @@ fn examples_install_into_the_example_workspace() {
     for pi in ["echo-1-hello-skills", "echo-1-session-hooks"] {
         e.wait(
             &format!("{pi} is not Ready: {:?}", e.ready(pi)),
-            120,
+            240,
             || e.ready(pi).0 == "True",
         );
     }
     e.wait(
         "the example workspace did not settle with both plugins",
-        120,
+        240,
         || {
             let l = e.agent_plugins("echo-1");
             e.online("echo-1") && l["plugins"].as_array().map(|l| l.len()) == Some(2)
@@ -1196,8 +1196,8 @@ fn operator_killed_mid_install_converges_after_restart() {
     e.workspace("eps", "");
     e.wait_online("eps");
     e.install("crashy", "eps", "local://crashy", "  checkInterval: 1s\n");
-    e.wait("not installed", 120, || e.ready("crashy").0 == "True");
-    e.wait("not settled", 120, || {
+    e.wait("not installed", 240, || e.ready("crashy").0 == "True");
+    e.wait("not settled", 240, || {
         e.online("eps")
             && e.get("plugininstalls", "crashy")["status"]["installedContainerId"].as_str()
                 == Some(e.container_id("eps").as_str())
@@ -1205,7 +1205,7 @@ fn operator_killed_mid_install_converges_after_restart() {
     // An update that hangs in the container right after its snapshot.
     e.failpoint("eps", "hang-after-snapshot");
     write_files(&reg, &[("hooks/on-start.sh", "#!/bin/sh\necho v2\n")]);
-    e.wait("no update queued", 60, || {
+    e.wait("no update queued", 120, || {
         !e.updates_of("crashy").is_empty()
     });
     let name = e.updates_of("crashy")[0]["metadata"]["name"]
@@ -1213,7 +1213,7 @@ fn operator_killed_mid_install_converges_after_restart() {
         .expect("name")
         .to_string();
     e.decide(&[&name], "Approved");
-    e.wait("the install did not reach the snapshot", 60, || {
+    e.wait("the install did not reach the snapshot", 120, || {
         let f = e.plugin_files("eps");
         plugin_dir(&f, "crashy").is_empty() && f.keys().any(|k| k.starts_with(".previous/crashy."))
     });
@@ -1231,7 +1231,7 @@ fn operator_killed_mid_install_converges_after_restart() {
     e.s.spawn();
     e.wait(
         "the install did not converge after the operator restart",
-        180,
+        300,
         || {
             e.ready("crashy").0 == "True"
                 && e.get("pluginupdates", &name)["status"]["phase"] == "Applied"
