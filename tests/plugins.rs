@@ -1166,8 +1166,20 @@ fn examples_install_into_the_example_workspace() {
         "the example workspace did not settle with both plugins",
         240,
         || {
+            // Two cold installs may mean two restarts: settled once both records are Ready in
+            // the container that runs now, and no restart is outstanding.
+            let id = e.container_id("echo-1");
             let l = e.agent_plugins("echo-1");
-            e.online("echo-1") && l["plugins"].as_array().map(|l| l.len()) == Some(2)
+            e.online("echo-1")
+                && ["echo-1-hello-skills", "echo-1-session-hooks"]
+                    .iter()
+                    .all(|pi| {
+                        e.ready(pi).0 == "True"
+                            && e.get("plugininstalls", pi)["status"]["installedContainerId"]
+                                .as_str()
+                                == Some(id.as_str())
+                    })
+                && l["plugins"].as_array().map(|l| l.len()) == Some(2)
         },
     );
     let l = e.agent_plugins("echo-1");
