@@ -62,6 +62,8 @@ fn start_with(registry_dir: Option<&Path>) -> Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        // Stop the server first: a running Workspace controller would re-create what we remove.
+        self.s.kill9();
         let filter = format!("label=molecule.ai/namespace={}", self.ns);
         for c in docker(&["ps", "-aq", "--filter", &filter]).1.lines() {
             docker(&["rm", "-f", c]);
