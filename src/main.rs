@@ -75,6 +75,39 @@ impl WorkspaceFlags {
     }
 }
 
+/// Flags of the PluginInstall controller.
+#[derive(clap::Args, Clone, Debug)]
+struct PluginFlags {
+    /// The local plugin registry: `local://<name>` installs DIR/<name>/ (default: DATA_DIR/plugins
+    /// for `serve`, ./plugins for `operator`).
+    #[arg(long = "plugins", value_name = "DIR")]
+    plugins: Option<PathBuf>,
+    /// Bound on one git resolve or fetch of a plugin, in seconds.
+    #[arg(long, default_value_t = 300)]
+    plugin_fetch_timeout_seconds: u64,
+    /// Seconds between scans for PluginInstalls whose drift check interval elapsed.
+    #[arg(long, default_value_t = 5)]
+    plugin_drift_tick_seconds: u64,
+    /// Tests only: honour /configs/plugins/.failpoint in the in-container install steps.
+    #[arg(long, hide = true)]
+    plugin_failpoints: bool,
+}
+
+impl PluginFlags {
+    fn options(&self) -> molecule::serve::PluginOptions {
+        molecule::serve::PluginOptions {
+            dir: self.plugins.clone(),
+            fetch_timeout: Some(std::time::Duration::from_secs(
+                self.plugin_fetch_timeout_seconds.max(1),
+            )),
+            drift_tick: Some(std::time::Duration::from_secs(
+                self.plugin_drift_tick_seconds.max(1),
+            )),
+            failpoints: self.plugin_failpoints,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run everything in one process: the embedded API server, its store and the controllers.
@@ -112,6 +145,8 @@ enum Command {
         stream_backlog: usize,
         #[command(flatten)]
         workspaces: WorkspaceFlags,
+        #[command(flatten)]
+        plugins: PluginFlags,
     },
     /// Run the built-in echo agent (inside a workspace container).
     Agent {
@@ -132,6 +167,21 @@ enum Command {
         /// Root that workspace `filesDir` paths are confined to.
         #[arg(long, default_value = "org-templates")]
         org_templates: PathBuf,
+        #[command(flatten)]
+        plugins: PluginFlags,
+    },
+    /// Validate a plugin directory and print its manifest.json (sha256 of every file), for
+    /// plugin authors who want integrity checks.
+    PluginManifest {
+        /// The plugin directory (holding plugin.yaml).
+        dir: PathBuf,
+    },
+    /// One atomic plugin install step inside a workspace container (run by the operator
+    /// through `docker exec`; the echo image has no shell).
+    #[command(name = "plugin-fs", hide = true)]
+    PluginFs {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Write the CRD manifests (one file per kind) into a directory.
     Crds {
@@ -197,6 +247,7 @@ fn main() -> anyhow::Result<()> {
             workspaces,
             org_templates,
             stream_backlog,
+            plugins,
         } => {
             molecule::telemetry::init_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
@@ -219,12 +270,23 @@ fn main() -> anyhow::Result<()> {
                 api,
                 workspaces: workspaces.options(org_templates),
                 stream_backlog: stream_backlog.max(1),
+                plugins: plugins.options(),
             }))
+        }
+        Command::PluginFs { args } => std::process::exit(molecule::plugins::fs::main(&args)),
+        Command::PluginManifest { dir } => {
+            let mut tree = molecule::plugins::PluginTree::from_dir(&dir, &Default::default())
+                .map_err(|r| anyhow::anyhow!("{r}"))?;
+            tree.remove(molecule::plugins::format::MANIFEST_JSON);
+            molecule::plugins::format::validate(&tree, None).map_err(|r| anyhow::anyhow!("{r}"))?;
+            println!("{}", molecule::plugins::format::manifest_for(&tree));
+            Ok(())
         }
         Command::Operator {
             controllers,
             workspaces,
             org_templates,
+            plugins,
         } => {
             molecule::telemetry::init_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
@@ -254,6 +316,9 @@ fn main() -> anyhow::Result<()> {
                     registry: std::sync::Arc::default(),
                     audit: molecule::audit::Audit::log_only(),
                     instance,
+                    plugins: plugins
+                        .options()
+                        .settings(PathBuf::from("plugins"), std::env::temp_dir()),
                 };
                 let mut task = tokio::spawn(molecule::controllers::run(
                     client,

@@ -25,6 +25,41 @@ pub struct ServeOptions {
     pub workspaces: WorkspaceOptions,
     /// Live-stream messages a client may fall behind before it is dropped.
     pub stream_backlog: usize,
+    pub plugins: PluginOptions,
+}
+
+/// Options of the PluginInstall controller.
+#[derive(Clone, Debug, Default)]
+pub struct PluginOptions {
+    /// `--plugins`: the `local://` plugin registry (default DATA_DIR/plugins).
+    pub dir: Option<PathBuf>,
+    /// Bound on one git resolve or fetch (default 5 min).
+    pub fetch_timeout: Option<std::time::Duration>,
+    /// Scan period of the drift loop.
+    pub drift_tick: Option<std::time::Duration>,
+    /// Tests only: honour in-container failpoints.
+    pub failpoints: bool,
+}
+
+impl PluginOptions {
+    /// The controller settings; `scratch` holds throwaway git repositories.
+    pub fn settings(
+        &self,
+        default_dir: PathBuf,
+        scratch: PathBuf,
+    ) -> crate::controllers::plugin::Settings {
+        let mut s =
+            crate::controllers::plugin::Settings::new(self.dir.clone().unwrap_or(default_dir));
+        s.scratch = scratch;
+        if let Some(t) = self.fetch_timeout {
+            s.fetch_timeout = t;
+        }
+        if let Some(t) = self.drift_tick {
+            s.drift_tick = t;
+        }
+        s.failpoints = self.failpoints;
+        s
+    }
 }
 
 /// Options of the workspace controller and reaper.
@@ -146,13 +181,20 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
 
     let (trigger, shutdown) = crate::shutdown::channel();
     let registry: crate::shim::registry::Slot = Arc::default();
+    // Throwaway git repositories of plugin fetches; whatever a killed process left is removed.
+    let scratch = opts.data_dir.join("tmp").join("plugins");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let plugins = opts
+        .plugins
+        .settings(opts.data_dir.join("plugins"), scratch);
+    let _ = std::fs::create_dir_all(&plugins.registry);
     let shim = crate::shim::Shim::start(
         crate::shim::ShimSettings {
             client: client_from(&kubeconfig).await?,
             token: token.clone(),
             audit: audit.clone(),
             namespace: "default".into(),
-            plugin_root: opts.data_dir.join("plugins"),
+            plugin_root: plugins.registry.clone(),
             metrics: metrics.clone(),
             backlog: opts.stream_backlog,
         },
@@ -166,6 +208,9 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         let app = crate::shim::registry::router(registry.clone())
             .merge(shim.router())
+            .merge(crate::shim::plugin_download::router(
+                plugins.downloads.clone(),
+            ))
             .merge(api.router());
         let tls = cert.config.clone();
         tokio::spawn(crate::apiserver::listener::serve(
@@ -202,6 +247,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             registry: registry.clone(),
             audit,
             instance,
+            plugins,
         };
         tokio::spawn(
             async move { controllers::run(client, selection, host, metrics, shutdown).await },

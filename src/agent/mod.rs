@@ -10,7 +10,10 @@
 //! 1. reads the operator-generated `config.yaml` ([`AgentConfig`]; `WORKSPACE_ID`,
 //!    `PLATFORM_URL` and `HEARTBEAT_SECONDS` override it) and the bearer token file;
 //! 2. serves A2A JSON-RPC 2.0 (`message/send` echoes the text parts back) on `POST /` and
-//!    `POST /a2a`, plus `GET /health` and `GET /.well-known/agent.json`;
+//!    `POST /a2a`, plus `GET /health`, `GET /.well-known/agent.json` and `GET /plugins` (the
+//!    installed plugins, read from `plugins/` beside the config file on every request: only
+//!    directories holding the `.complete` marker count, so a half-installed plugin is never
+//!    loaded and a hot `SKILL.md` change shows without a restart);
 //! 3. registers with the platform (`POST {platform_url}/registry/register`), retrying forever
 //!    with capped exponential backoff;
 //! 4. heartbeats every `heartbeat_seconds` (`POST {platform_url}/registry/heartbeat`) with the
@@ -311,7 +314,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         warn!(runtime = %config.runtime, "configured runtime is not `echo`; running the echo agent anyway");
     }
 
-    let state = Arc::new(AgentState::new(config.agent_card.clone()));
+    let mut state = AgentState::new(config.agent_card.clone());
+    if let Some(dir) = config_path.parent() {
+        state.plugins_dir = dir.join("plugins");
+    }
+    let state = Arc::new(state);
     let (stop_tx, stop_rx) = watch::channel(false);
     let serve = axum::serve(listener, router(state.clone())).with_graceful_shutdown(async move {
         let mut stop_rx = stop_rx;
@@ -549,6 +556,8 @@ struct AgentState {
     started: Instant,
     card: Value,
     stats: Mutex<Stats>,
+    /// Where installed plugins live (`/configs/plugins`).
+    plugins_dir: PathBuf,
 }
 
 /// Removes an in-flight task when dropped.
@@ -569,6 +578,7 @@ impl AgentState {
             started: Instant::now(),
             card,
             stats: Mutex::new(Stats::default()),
+            plugins_dir: PathBuf::from("/configs/plugins"),
         }
     }
 
@@ -639,6 +649,7 @@ fn router(state: Arc<AgentState>) -> Router {
         .route("/", post(a2a))
         .route("/a2a", post(a2a))
         .route("/health", get(health))
+        .route("/plugins", get(plugins))
         .route("/.well-known/agent.json", get(agent_card))
         .route("/.well-known/agent-card.json", get(agent_card))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
@@ -647,6 +658,71 @@ fn router(state: Arc<AgentState>) -> Router {
 
 async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
+}
+
+async fn plugins(State(state): State<Arc<AgentState>>) -> Json<Value> {
+    let dir = state.plugins_dir.clone();
+    let list = tokio::task::spawn_blocking(move || installed_plugins(&dir))
+        .await
+        .unwrap_or_default();
+    Json(json!({ "plugins": list }))
+}
+
+/// Longest skill text `GET /plugins` returns per skill.
+const MAX_SKILL_TEXT: usize = 16 * 1024;
+
+/// The complete plugins under `dir`: name, version, installed sha (the marker), skills with
+/// their SKILL.md text, hook file names. Directories without `.complete` are skipped.
+fn installed_plugins(dir: &Path) -> Vec<Value> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    let list_dir = |p: PathBuf| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let mut out = vec![];
+    for name in names {
+        let root = dir.join(&name);
+        let Ok(marker) = std::fs::read_to_string(root.join(".complete")) else {
+            continue;
+        };
+        let meta: Value = std::fs::read(root.join("plugin.yaml"))
+            .ok()
+            .and_then(|b| serde_yaml::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let skills: Vec<Value> = list_dir(root.join("skills"))
+            .into_iter()
+            .filter_map(|s| {
+                let text = std::fs::read(root.join("skills").join(&s).join("SKILL.md")).ok()?;
+                let text =
+                    String::from_utf8_lossy(&text[..text.len().min(MAX_SKILL_TEXT)]).into_owned();
+                Some(json!({"name": s, "content": text}))
+            })
+            .collect();
+        out.push(json!({
+            "name": name,
+            "version": meta.get("version").cloned().unwrap_or(Value::Null),
+            "sha": marker.trim(),
+            "skills": skills,
+            "hooks": list_dir(root.join("hooks")),
+        }));
+    }
+    out
 }
 
 async fn agent_card(State(state): State<Arc<AgentState>>) -> Json<Value> {
@@ -1430,6 +1506,44 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         agent
+    }
+
+    #[tokio::test]
+    async fn lists_only_complete_plugins_and_rereads_skills() {
+        let (platform, _fake) = start_platform("tok").await;
+        let agent = start_agent(&platform, "tok").await;
+        let plugins = agent.dir.path().join("plugins");
+        let write = |rel: &str, text: &str| {
+            let p = plugins.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write("hello/plugin.yaml", "name: hello\nversion: 1.0.0\n");
+        write("hello/skills/greet/SKILL.md", "# Greet v1");
+        write("hello/hooks/on-start.sh", "#!/bin/sh");
+        write("hello/.complete", "abc123\n");
+        write("half/plugin.yaml", "name: half\n");
+        write(".staging/hello.1/plugin.yaml", "name: hello\n");
+        let get = |url: String| async move {
+            let r = http_request("GET", &url, None, None, HttpLimits::default())
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+            r.json().unwrap()
+        };
+        let body: Value = get(agent.url("/plugins")).await;
+        let list = body["plugins"].as_array().unwrap();
+        assert_eq!(list.len(), 1, "{body}");
+        assert_eq!(list[0]["name"], "hello");
+        assert_eq!(list[0]["version"], "1.0.0");
+        assert_eq!(list[0]["sha"], "abc123");
+        assert_eq!(list[0]["skills"][0]["content"], "# Greet v1");
+        assert_eq!(list[0]["hooks"][0], "on-start.sh");
+        // A SKILL.md change is visible on the next request, no restart.
+        write("hello/skills/greet/SKILL.md", "# Greet v2");
+        let body: Value = get(agent.url("/plugins")).await;
+        assert_eq!(body["plugins"][0]["skills"][0]["content"], "# Greet v2");
+        agent.stop().await;
     }
 
     fn default_card() -> Value {

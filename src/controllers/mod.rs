@@ -9,11 +9,12 @@ use kube::{Client, ResourceExt};
 
 use crate::telemetry::Metrics;
 
+pub mod plugin;
 pub mod reaper;
 pub mod workspace;
 
 /// Names of the controllers this build has, in start order.
-pub const KNOWN: &[&str] = &["workspace", "reaper"];
+pub const KNOWN: &[&str] = &["workspace", "reaper", "plugin"];
 
 /// The Docker network every workspace joins (W01).
 pub const NETWORK: &str = "molecule-core-net";
@@ -34,6 +35,8 @@ pub struct HostSettings {
     pub audit: crate::audit::Audit,
     /// Installation id labelled on every container and volume; the reaper only touches its own.
     pub instance: String,
+    /// PluginInstall controller settings (plugin registry dir, fetch limits).
+    pub plugins: plugin::Settings,
 }
 
 /// Which controllers to run (`--controllers`).
@@ -135,7 +138,7 @@ pub async fn run(
         selection.0.len() as f64,
     );
     let wants = |n: &str| selection.0.iter().any(|s| s == n);
-    if !wants("workspace") && !wants("reaper") {
+    if !wants("workspace") && !wants("reaper") && !wants("plugin") {
         tracing::info!("controller host started with no controllers");
         shutdown.wait().await;
         return Ok(());
@@ -194,7 +197,9 @@ pub async fn run(
         };
         let platform_url = format!("http://{}", listener.local_addr()?);
         tracing::info!(url = %platform_url, "agent listener ready (registry endpoints for containers)");
-        let agent_app = crate::shim::registry::router(host.registry.clone());
+        let agent_app = crate::shim::registry::router(host.registry.clone()).merge(
+            crate::shim::plugin_download::router(host.plugins.downloads.clone()),
+        );
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             let _ = axum::serve(listener, agent_app)
@@ -295,6 +300,16 @@ pub async fn run(
             host.reap_every,
             reap_rx,
             metrics.clone(),
+            shutdown.clone(),
+        )));
+    }
+    if wants("plugin") {
+        tasks.push(tokio::spawn(plugin::run(
+            client.clone(),
+            backend.clone(),
+            host.plugins.clone(),
+            metrics.clone(),
+            host.audit.clone(),
             shutdown.clone(),
         )));
     }

@@ -19,8 +19,8 @@ pub use org_import::{
     OrgImportStatus, ResolvedRevision,
 };
 pub use plugin::{
-    PluginDecision, PluginInstall, PluginInstallSpec, PluginInstallStatus, PluginUpdate,
-    PluginUpdateSpec, PluginUpdateStatus, RestartClass, UpdatePolicy,
+    PendingInstall, PluginDecision, PluginInstall, PluginInstallSpec, PluginInstallStatus,
+    PluginUpdate, PluginUpdateSpec, PluginUpdateStatus, RestartClass, UpdatePolicy,
 };
 pub use runtime::{
     AutoRefresh, ImageSource, LocalBuildSource, Runtime, RuntimeSpec, RuntimeStatus,

@@ -12,6 +12,7 @@ pub mod canvas;
 pub mod error;
 pub mod events;
 pub mod input;
+pub mod plugin_download;
 pub mod plugins;
 pub mod registry;
 pub mod secrets;

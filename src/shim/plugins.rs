@@ -315,6 +315,7 @@ pub async fn install(
             track,
             update_policy: policy,
             allow_unpinned,
+            ..Default::default()
         },
     );
     record.metadata.labels = Some(
