@@ -614,9 +614,10 @@ mod tests {
         };
         assert_eq!(decide(&o), Step::Provision(ProvisionReason::Died));
         // Nothing recorded, nothing running: a first provision.
+        let empty = WorkspaceStatus::default();
         let o = Observed {
             recorded: None,
-            ..obs(&WorkspaceStatus::default(), &Presence::Absent, 1020)
+            ..obs(&empty, &Presence::Absent, 1020)
         };
         assert_eq!(decide(&o), Step::Provision(ProvisionReason::Initial));
     }
