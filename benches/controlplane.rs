@@ -46,10 +46,7 @@ fn start_serve(dir: &Path, port: u16, sim: &cpsim::Sim) -> Child {
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--control-plane-url", &sim.url()])
         .args(["--control-plane-org", "bench"])
-        .args([
-            "--control-plane-agent-port",
-            &sim.agent_port().to_string(),
-        ])
+        .args(["--control-plane-agent-port", &sim.agent_port().to_string()])
         .args(["--reap-interval-seconds", "60", "--data-dir"])
         .arg(dir)
         .env("MOLECULE_CP_SHARED_SECRET", sim.shared_secret())
@@ -113,7 +110,10 @@ fn wait_online(port: u16, token: &str, ns: &str, n: usize) -> Duration {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    panic!("workspaces did not come Online: {:?}", online(port, token, ns));
+    panic!(
+        "workspaces did not come Online: {:?}",
+        online(port, token, ns)
+    );
 }
 
 fn wait_gone(port: u16, token: &str, ns: &str) {
@@ -157,7 +157,13 @@ async fn platform(registered: Arc<AtomicUsize>) -> String {
 }
 
 /// The baseline: N provision calls straight to the simulator, until every agent registered.
-async fn direct(sim_url: &str, secret: &str, platform: &str, registered: &AtomicUsize, round: usize) -> (Duration, Vec<(String, String)>) {
+async fn direct(
+    sim_url: &str,
+    secret: &str,
+    platform: &str,
+    registered: &AtomicUsize,
+    round: usize,
+) -> (Duration, Vec<(String, String)>) {
     let client = molecule::backends::http::HttpClient::with_system_roots(Default::default())
         .expect("client");
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -171,9 +177,8 @@ async fn direct(sim_url: &str, secret: &str, platform: &str, registered: &Atomic
         let url = format!("{sim_url}/cp/workspaces/provision");
         let auth = format!("Bearer {secret}");
         let uid = format!("00000000-0000-4000-8000-{round:04}{i:08}");
-        let config = format!(
-            "workspace_id: {uid}\nplatform_url: {platform}\nheartbeat_seconds: 30\n"
-        );
+        let config =
+            format!("workspace_id: {uid}\nplatform_url: {platform}\nheartbeat_seconds: 30\n");
         let body = json!({
             "workspace_id": uid, "org_id": "bench-direct", "installation": "direct",
             "runtime": "echo", "tier": 2, "agent_port": 8000, "env": {},
@@ -259,7 +264,12 @@ fn main() {
     let platform_url = rt.block_on(platform(registered.clone()));
 
     // Warm-up: kubectl's discovery cache, the controller's first reconcile.
-    kubectl(&kc, &home, &["apply", "-n", "warm", "-f", "-"], Some(&ws("warm")));
+    kubectl(
+        &kc,
+        &home,
+        &["apply", "-n", "warm", "-f", "-"],
+        Some(&ws("warm")),
+    );
     wait_online(port, &token, "warm", 1);
     kubectl(&kc, &home, &["delete", "ws", "--all", "-n", "warm"], None);
 
@@ -295,7 +305,9 @@ fn main() {
     let _ = serve.wait();
     let leaked = sim.live().len();
 
-    println!("control-plane benchmark ({N} workspaces, instance start delay 0, {ROUNDS} rounds, medians)");
+    println!(
+        "control-plane benchmark ({N} workspaces, instance start delay 0, {ROUNDS} rounds, medians)"
+    );
     println!(
         "  kubectl apply → all {N} Online (operator):  {:>8.0} ms   (rounds: {:?} ms)",
         ms(ours_m),

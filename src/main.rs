@@ -85,9 +85,7 @@ impl ControlPlaneFlags {
     fn config(
         &self,
     ) -> anyhow::Result<Option<molecule::backends::controlplane::ControlPlaneConfig>> {
-        use molecule::backends::controlplane::{
-            ControlPlaneConfig, CredentialSource, Credentials,
-        };
+        use molecule::backends::controlplane::{ControlPlaneConfig, CredentialSource, Credentials};
         let Some(url) = self.control_plane_url.clone().filter(|u| !u.is_empty()) else {
             return Ok(None);
         };
@@ -95,8 +93,14 @@ impl ControlPlaneFlags {
             .control_plane_org
             .clone()
             .filter(|o| !o.is_empty())
-            .context("--control-plane-org (MOLECULE_ORG_ID) is required with --control-plane-url")?;
-        let credentials = match self.control_plane_secret.as_deref().filter(|s| !s.is_empty()) {
+            .context(
+                "--control-plane-org (MOLECULE_ORG_ID) is required with --control-plane-url",
+            )?;
+        let credentials = match self
+            .control_plane_secret
+            .as_deref()
+            .filter(|s| !s.is_empty())
+        {
             Some(r) => {
                 let (namespace, name) = r.split_once('/').unwrap_or(("default", r));
                 CredentialSource::Secret {
@@ -121,9 +125,7 @@ impl ControlPlaneFlags {
             }
         };
         let ca_pem = match &self.control_plane_ca {
-            Some(p) => {
-                Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
-            }
+            Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
             None => None,
         };
         let timeouts = molecule::backends::http::Timeouts {

@@ -143,7 +143,10 @@ fn ws_yaml(name: &str, backend: &str) -> String {
 }
 
 fn patch(s: &Server, ns: &str, name: &str, json: &str) {
-    ok(s, &["patch", "ws", name, "-n", ns, "--type=merge", "-p", json]);
+    ok(
+        s,
+        &["patch", "ws", name, "-n", ns, "--type=merge", "-p", json],
+    );
 }
 
 fn patch_status(s: &Server, ns: &str, name: &str, json: &str) {
@@ -246,6 +249,8 @@ trait Runtime {
     fn running(&self, s: &Server, ns: &str, name: &str) -> bool;
     /// Nothing of the namespace is left on the backend.
     fn nothing_left(&self, ns: &str, uid: &str) -> bool;
+    /// The runtime unit dies (outside the operator's control).
+    fn kill(&self, s: &Server, ns: &str, name: &str);
 }
 
 struct DockerRuntime;
@@ -268,6 +273,10 @@ impl Runtime for DockerRuntime {
                 .1
                 .is_empty()
     }
+    fn kill(&self, s: &Server, ns: &str, name: &str) {
+        let id = status_str(s, ns, name, "containerId");
+        assert!(docker(&["stop", "-t", "1", &id]).0, "docker stop {id}");
+    }
 }
 
 struct ControlPlaneRuntime<'a>(&'a Sim);
@@ -289,6 +298,9 @@ impl Runtime for ControlPlaneRuntime<'_> {
     fn nothing_left(&self, _ns: &str, uid: &str) -> bool {
         live_of(self.0, uid).is_empty()
     }
+    fn kill(&self, s: &Server, ns: &str, name: &str) {
+        assert!(self.0.kill(&status_str(s, ns, name, "instanceId")));
+    }
 }
 
 fn lifecycle(s: &Server, ns: &str, rt: &dyn Runtime) {
@@ -302,17 +314,46 @@ fn lifecycle(s: &Server, ns: &str, rt: &dyn Runtime) {
     let (code, _, body) = a2a(s, &uid, "hello parity");
     assert_eq!(code, 200, "{body}\n{}", tail(s));
     let reply: Value = serde_json::from_str(&body).expect("json-rpc");
-    assert_eq!(reply["result"]["parts"][0]["text"], "hello parity", "{reply}");
+    assert_eq!(
+        reply["result"]["parts"][0]["text"], "hello parity",
+        "{reply}"
+    );
     // The console shows what the runtime printed.
-    let (code, _, console) = request(s, "GET", &format!("/workspaces/{uid}/console"), Some(&s.token()), "");
+    let (code, _, console) = request(
+        s,
+        "GET",
+        &format!("/workspaces/{uid}/console"),
+        Some(&s.token()),
+        "",
+    );
     assert_eq!(code, 200, "{console}");
     assert!(!console.trim().is_empty());
+
+    // The agent dies: an A2A call gets 503 {restarting: true} and the workspace comes back on a
+    // new runtime unit (C05).
+    let dead = status_str(s, ns, name, rt.id_field());
+    rt.kill(s, ns, name);
+    let (code, head, body) = a2a(s, &uid, "anyone?");
+    assert_eq!(code, 503, "{body}\n{}", tail(s));
+    assert!(head.contains("retry-after: 15"), "{head}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json")["restarting"],
+        true
+    );
+    wait_for(s, ns, name, 120, "recovery from a dead agent", |w| {
+        w["status"][rt.id_field()]
+            .as_str()
+            .is_some_and(|i| !i.is_empty() && i != dead)
+            && w["status"]["phase"] == "Online"
+    });
 
     // Restart: a new runtime unit, Online again.
     let first = status_str(s, ns, name, rt.id_field());
     restart(s, ns, name, "2026-01-01T00:00:00Z");
     wait_for(s, ns, name, 120, "restart", |w| {
-        w["status"][rt.id_field()].as_str().is_some_and(|i| !i.is_empty() && i != first)
+        w["status"][rt.id_field()]
+            .as_str()
+            .is_some_and(|i| !i.is_empty() && i != first)
             && w["status"]["phase"] == "Online"
     });
     assert!(rt.running(s, ns, name));
@@ -320,7 +361,10 @@ fn lifecycle(s: &Server, ns: &str, rt: &dyn Runtime) {
     // Pause: nothing runs.
     patch(s, ns, name, r#"{"spec":{"paused":true}}"#);
     wait_phase(s, ns, name, "Paused", 60);
-    assert!(eventually(30, || !rt.running(s, ns, name)), "paused but running");
+    assert!(
+        eventually(30, || !rt.running(s, ns, name)),
+        "paused but running"
+    );
 
     // Resume: Online again.
     patch(s, ns, name, r#"{"spec":{"paused":false}}"#);
@@ -328,7 +372,18 @@ fn lifecycle(s: &Server, ns: &str, rt: &dyn Runtime) {
     assert!(rt.running(s, ns, name));
 
     // Delete: the record goes, and nothing is left behind.
-    ok(s, &["delete", "ws", name, "-n", ns, "--wait=true", "--timeout=60s"]);
+    ok(
+        s,
+        &[
+            "delete",
+            "ws",
+            name,
+            "-n",
+            ns,
+            "--wait=true",
+            "--timeout=60s",
+        ],
+    );
     assert!(get(s, ns, name).is_null());
     assert!(
         eventually(30, || rt.nothing_left(ns, &uid)),
@@ -379,13 +434,26 @@ fn instance_ids_stale_empty_and_404_on_stop() {
     // the instance nobody accounts for any more is reaped.
     patch_status(&s, &ns, "beta", r#"{"status":{"instanceId":""}}"#);
     restart(&s, &ns, "beta", "2026-01-01T00:00:01Z"); // wake the controller now
-    wait_for(&s, &ns, "beta", 60, "a new instance after an empty id", |w| {
-        w["status"]["instanceId"].as_str().is_some_and(|i| i.starts_with("i-") && i != first)
-            && w["status"]["phase"] == "Online"
-    });
+    wait_for(
+        &s,
+        &ns,
+        "beta",
+        60,
+        "a new instance after an empty id",
+        |w| {
+            w["status"]["instanceId"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("i-") && i != first)
+                && w["status"]["phase"] == "Online"
+        },
+    );
     let second = status_str(&s, &ns, "beta", "instanceId");
     assert!(
-        eventually(30, || live_of(&sim, &uid).iter().map(|i| i.instance_id.clone()).collect::<Vec<_>>() == vec![second.clone()]),
+        eventually(30, || live_of(&sim, &uid)
+            .iter()
+            .map(|i| i.instance_id.clone())
+            .collect::<Vec<_>>()
+            == vec![second.clone()]),
         "the unaccounted instance was not reaped: {:?}",
         live_of(&sim, &uid)
     );
@@ -394,12 +462,31 @@ fn instance_ids_stale_empty_and_404_on_stop() {
     // The workspace id itself is never sent as an instance id.
     for stale in ["i-00000000000000001", uid.as_str()] {
         let before = status_str(&s, &ns, "beta", "instanceId");
-        patch_status(&s, &ns, "beta", &json!({"status": {"instanceId": stale}}).to_string());
-        restart(&s, &ns, "beta", &format!("2026-01-01T00:00:0{}Z", stale.len() % 10));
-        wait_for(&s, &ns, "beta", 60, "a new instance after a stale id", |w| {
-            w["status"]["instanceId"].as_str().is_some_and(|i| i.starts_with("i-") && i != before && i != stale)
-                && w["status"]["phase"] == "Online"
-        });
+        patch_status(
+            &s,
+            &ns,
+            "beta",
+            &json!({"status": {"instanceId": stale}}).to_string(),
+        );
+        restart(
+            &s,
+            &ns,
+            "beta",
+            &format!("2026-01-01T00:00:0{}Z", stale.len() % 10),
+        );
+        wait_for(
+            &s,
+            &ns,
+            "beta",
+            60,
+            "a new instance after a stale id",
+            |w| {
+                w["status"]["instanceId"]
+                    .as_str()
+                    .is_some_and(|i| i.starts_with("i-") && i != before && i != stale)
+                    && w["status"]["phase"] == "Online"
+            },
+        );
     }
     let uid_q = format!("instance_id={uid}");
     assert!(
@@ -407,7 +494,8 @@ fn instance_ids_stale_empty_and_404_on_stop() {
         "the workspace id was sent as an instance id"
     );
     let current = status_str(&s, &ns, "beta", "instanceId");
-    assert!(eventually(30, || live_of(&sim, &uid).len() == 1 && live_of(&sim, &uid)[0].instance_id == current));
+    assert!(eventually(30, || live_of(&sim, &uid).len() == 1
+        && live_of(&sim, &uid)[0].instance_id == current));
 
     // A 404 on stop means the instance is already gone: the delete completes.
     sim.add_fault(Fault {
@@ -416,11 +504,26 @@ fn instance_ids_stale_empty_and_404_on_stop() {
         times: Some(1),
         ..Default::default()
     });
-    ok(&s, &["delete", "ws", "beta", "-n", &ns, "--wait=true", "--timeout=30s"]);
+    ok(
+        &s,
+        &[
+            "delete",
+            "ws",
+            "beta",
+            "-n",
+            &ns,
+            "--wait=true",
+            "--timeout=30s",
+        ],
+    );
     assert!(get(&s, &ns, "beta").is_null());
     // (The simulator's 404 was a lie: the instance still ran. With no record left, the reaper
     // terminates it.)
-    assert!(eventually(30, || live_of(&sim, &uid).is_empty()), "{:?}", live_of(&sim, &uid));
+    assert!(
+        eventually(30, || live_of(&sim, &uid).is_empty()),
+        "{:?}",
+        live_of(&sim, &uid)
+    );
 }
 
 #[test]
@@ -429,14 +532,53 @@ fn credentials_split_by_route_class() {
     assert_ne!(Some(sim.shared_secret()), sim.admin_token());
     let ns = ns();
     let s = start(&sim, &ns, &[]);
-    apply(&s, &ns, &ws_yaml("gamma", "controlPlane"));
-    wait_phase(&s, &ns, "gamma", "Online", 60);
-    let uid = uid(&s, &ns, "gamma");
-    let (code, _, console) = request(&s, "GET", &format!("/workspaces/{uid}/console"), Some(&s.token()), "");
+    // The example file (its Secret matches the simulator's default credentials).
+    let example = format!("{}/examples/controlplane.yaml", env!("CARGO_MANIFEST_DIR"));
+    ok(&s, &["apply", "-n", &ns, "-f", &example]);
+    wait_phase(&s, &ns, "ec2-1", "Online", 60);
+    let ec2 = uid(&s, &ns, "ec2-1");
+    let (code, _, console) = request(
+        &s,
+        "GET",
+        &format!("/workspaces/{ec2}/console"),
+        Some(&s.token()),
+        "",
+    );
     assert_eq!(code, 200, "{console}");
     assert!(console.contains("cloud-init"), "{console}");
-    assert!(eventually(20, || sim.requests().iter().any(|r| r.route == "list")), "the reaper never listed");
-    ok(&s, &["delete", "ws", "gamma", "-n", &ns, "--wait=true", "--timeout=30s"]);
+    assert!(
+        eventually(20, || sim.requests().iter().any(|r| r.route == "list")),
+        "the reaper never listed"
+    );
+    // A host mount cannot follow a workspace to EC2: a precise condition, no provision call.
+    apply(
+        &s,
+        &ns,
+        &format!(
+            "{}  workspaceDir: /tmp\n",
+            ws_yaml("mounted", "controlPlane")
+        ),
+    );
+    wait_for(&s, &ns, "mounted", 30, "InvalidConfig", |w| {
+        w["status"]["phase"] == "Failed"
+            && w["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("workspaceDir"))
+    });
+    let mounted = uid(&s, &ns, "mounted");
+    assert!(!sim.instances().iter().any(|i| i.workspace_id == mounted));
+    ok(
+        &s,
+        &[
+            "delete",
+            "ws",
+            "--all",
+            "-n",
+            &ns,
+            "--wait=true",
+            "--timeout=30s",
+        ],
+    );
 
     let shared = format!("Bearer {}", sim.shared_secret());
     let admin = format!("Bearer {}", sim.admin_token().unwrap_or_default());
@@ -444,13 +586,28 @@ fn credentials_split_by_route_class() {
     for class in ["provision", "status", "stop", "console", "list"] {
         let of: Vec<_> = seen.iter().filter(|r| r.route == class).collect();
         assert!(!of.is_empty(), "no {class} call seen");
-        let want = if matches!(class, "console" | "list") { &admin } else { &shared };
+        let want = if matches!(class, "console" | "list") {
+            &admin
+        } else {
+            &shared
+        };
         for r in of {
-            assert_eq!(r.authorization.as_deref(), Some(want.as_str()), "{class}: {}", r.path);
+            assert_eq!(
+                r.authorization.as_deref(),
+                Some(want.as_str()),
+                "{class}: {}",
+                r.path
+            );
         }
     }
     // The console route needs the admin token; a workspace token is refused.
-    let (code, _, _) = request(&s, "GET", &format!("/workspaces/{uid}/console"), Some("not-the-admin"), "");
+    let (code, _, _) = request(
+        &s,
+        "GET",
+        &format!("/workspaces/{ec2}/console"),
+        Some("not-the-admin"),
+        "",
+    );
     assert!(code == 401 || code == 404, "{code}");
 }
 
@@ -487,10 +644,19 @@ fn admin_routes_fall_back_to_the_shared_secret() {
         // A wrong admin token is refused by the control plane: the error carries the status.
         let cp = ControlPlaneBackend::new(cfg(Some("wrong")), "inst1", None).expect("backend");
         let e = cp.list_managed().await.expect_err("401");
-        assert!(matches!(e, molecule::backends::BackendError::Upstream { status: 401, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                molecule::backends::BackendError::Upstream { status: 401, .. }
+            ),
+            "{e}"
+        );
     });
     let seen = sim.requests();
-    assert_eq!(seen[0].authorization.as_deref(), Some(format!("Bearer {}", sim.shared_secret()).as_str()));
+    assert_eq!(
+        seen[0].authorization.as_deref(),
+        Some(format!("Bearer {}", sim.shared_secret()).as_str())
+    );
     assert_eq!(seen[1].authorization.as_deref(), Some("Bearer wrong"));
 }
 
@@ -513,9 +679,10 @@ fn provision_500_is_a_canned_failed_condition_and_the_body_stays_private() {
     apply(&s, &ns, &ws_yaml("delta", "controlPlane"));
     wait_for(&s, &ns, "delta", 30, "a Failed condition", |w| {
         w["status"]["phase"] == "Failed"
-            && w["status"]["conditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["reason"] == "ProvisionFailed"))
+            && w["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["reason"] == "ProvisionFailed")
+            })
     });
     let st = get(&s, &ns, "delta")["status"].clone();
     assert_eq!(
@@ -527,13 +694,25 @@ fn provision_500_is_a_canned_failed_condition_and_the_body_stays_private() {
     let events = ok(&s, &["get", "events", "-n", &ns, "-o", "yaml"]);
     let describe = ok(&s, &["describe", "ws", "delta", "-n", &ns]);
     for text in [&yaml, &events, &describe] {
-        assert!(!text.contains("RAW-UPSTREAM-BODY"), "the raw body leaked:\n{text}");
-        assert!(!text.contains(sim.shared_secret()), "a credential leaked:\n{text}");
+        assert!(
+            !text.contains("RAW-UPSTREAM-BODY"),
+            "the raw body leaked:\n{text}"
+        );
+        assert!(
+            !text.contains(sim.shared_secret()),
+            "a credential leaked:\n{text}"
+        );
     }
     assert!(describe.contains("ProvisionFailed"), "{describe}");
     // The operator log has the status and the excerpt, but the echoed credential is redacted.
-    assert!(eventually(10, || s.log().contains("RAW-UPSTREAM-BODY-7731")), "the log lacks the excerpt");
-    assert!(!s.log().contains(sim.shared_secret()), "the log holds the shared secret");
+    assert!(
+        eventually(10, || s.log().contains("RAW-UPSTREAM-BODY-7731")),
+        "the log lacks the excerpt"
+    );
+    assert!(
+        !s.log().contains(sim.shared_secret()),
+        "the log holds the shared secret"
+    );
     // Once the control plane recovers, the retry converges.
     sim.clear_faults();
     wait_phase(&s, &ns, "delta", "Online", 60);
@@ -558,8 +737,12 @@ fn timeouts_are_bounded_and_malformed_answers_leak_nothing() {
     let reported = eventually(30, || {
         ok(&s, &["get", "events", "-n", &ns, "-o", "yaml"]).contains("ControlPlaneUnavailable")
     });
-    assert!(reported, "no ControlPlaneUnavailable Event
-{}", tail(&s));
+    assert!(
+        reported,
+        "no ControlPlaneUnavailable Event
+{}",
+        tail(&s)
+    );
     assert!(
         t.elapsed() < Duration::from_secs(7),
         "the provision call was not bounded by the 1 s timeout ({:?})",
@@ -569,9 +752,19 @@ fn timeouts_are_bounded_and_malformed_answers_leak_nothing() {
     let uid_eps = uid(&s, &ns, "eps");
     let recorded = status_str(&s, &ns, "eps", "instanceId");
     // The instance of the timed-out call was created all the same; the reaper takes it.
-    assert!(sim.instances().iter().filter(|i| i.workspace_id == uid_eps).count() >= 2);
     assert!(
-        eventually(30, || live_of(&sim, &uid_eps).iter().map(|i| i.instance_id.clone()).collect::<Vec<_>>() == vec![recorded.clone()]),
+        sim.instances()
+            .iter()
+            .filter(|i| i.workspace_id == uid_eps)
+            .count()
+            >= 2
+    );
+    assert!(
+        eventually(30, || live_of(&sim, &uid_eps)
+            .iter()
+            .map(|i| i.instance_id.clone())
+            .collect::<Vec<_>>()
+            == vec![recorded.clone()]),
         "{:?}",
         live_of(&sim, &uid_eps)
     );
@@ -588,7 +781,11 @@ fn timeouts_are_bounded_and_malformed_answers_leak_nothing() {
     let uid_z = uid(&s, &ns, "zeta");
     let recorded = status_str(&s, &ns, "zeta", "instanceId");
     assert!(
-        eventually(30, || live_of(&sim, &uid_z).iter().map(|i| i.instance_id.clone()).collect::<Vec<_>>() == vec![recorded.clone()]),
+        eventually(30, || live_of(&sim, &uid_z)
+            .iter()
+            .map(|i| i.instance_id.clone())
+            .collect::<Vec<_>>()
+            == vec![recorded.clone()]),
         "{:?}",
         live_of(&sim, &uid_z)
     );
@@ -618,7 +815,10 @@ fn crash_between_provision_and_status_write_leaks_nothing() {
     });
     apply(&s, &ns, &ws_yaml("eta", "controlPlane"));
     let uid = uid(&s, &ns, "eta");
-    assert!(eventually(30, || live_of(&sim, &uid).len() == 1), "no provision call");
+    assert!(
+        eventually(30, || live_of(&sim, &uid).len() == 1),
+        "no provision call"
+    );
     let lost = live_of(&sim, &uid)[0].instance_id.clone();
     s.kill9();
     s.spawn();
@@ -626,7 +826,11 @@ fn crash_between_provision_and_status_write_leaks_nothing() {
     let recorded = status_str(&s, &ns, "eta", "instanceId");
     assert_ne!(recorded, lost);
     assert!(
-        eventually(30, || live_of(&sim, &uid).iter().map(|i| i.instance_id.clone()).collect::<Vec<_>>() == vec![recorded.clone()]),
+        eventually(30, || live_of(&sim, &uid)
+            .iter()
+            .map(|i| i.instance_id.clone())
+            .collect::<Vec<_>>()
+            == vec![recorded.clone()]),
         "the lost instance leaked: {:?}",
         live_of(&sim, &uid)
     );
@@ -642,13 +846,21 @@ fn an_instance_dying_mid_run_is_restarted() {
     let first = status_str(&s, &ns, "theta", "instanceId");
     assert!(sim.kill(&first));
     wait_for(&s, &ns, "theta", 60, "a restart on a new instance", |w| {
-        w["status"]["instanceId"].as_str().is_some_and(|i| i.starts_with("i-") && i != first)
+        w["status"]["instanceId"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("i-") && i != first)
             && w["status"]["phase"] == "Online"
     });
     let describe = ok(&s, &["describe", "ws", "theta", "-n", &ns]);
-    assert!(describe.contains("AgentDied") || describe.contains("HeartbeatLost"), "{describe}");
+    assert!(
+        describe.contains("AgentDied") || describe.contains("HeartbeatLost"),
+        "{describe}"
+    );
     // The dead instance was terminated, not left stopped.
-    assert!(eventually(30, || sim.instances().iter().any(|i| i.instance_id == first && i.state == "terminated")));
+    assert!(eventually(30, || sim
+        .instances()
+        .iter()
+        .any(|i| i.instance_id == first && i.state == "terminated")));
 }
 
 #[test]
@@ -672,13 +884,27 @@ fn a_stop_failure_on_delete_is_a_condition_and_is_retried() {
             .is_some_and(|c| c.iter().any(|c| c["reason"] == "StopFailed"))
     });
     let yaml = ok(&s, &["get", "ws", "iota", "-n", &ns, "-o", "yaml"]);
-    assert!(yaml.contains("HTTP 503") && !yaml.contains("SECRET-ISH-BODY"), "{yaml}");
-    assert_eq!(live_of(&sim, &uid).len(), 1, "still running while the stop fails");
+    assert!(
+        yaml.contains("HTTP 503") && !yaml.contains("SECRET-ISH-BODY"),
+        "{yaml}"
+    );
+    assert_eq!(
+        live_of(&sim, &uid).len(),
+        1,
+        "still running while the stop fails"
+    );
     std::thread::sleep(Duration::from_secs(2));
-    assert!(!get(&s, &ns, "iota").is_null(), "the finalizer was released on a failed stop");
+    assert!(
+        !get(&s, &ns, "iota").is_null(),
+        "the finalizer was released on a failed stop"
+    );
     // Retried until the control plane confirms; then the record goes.
     sim.clear_faults();
-    assert!(eventually(60, || get(&s, &ns, "iota").is_null()), "{}", tail(&s));
+    assert!(
+        eventually(60, || get(&s, &ns, "iota").is_null()),
+        "{}",
+        tail(&s)
+    );
     assert!(live_of(&sim, &uid).is_empty());
 }
 
@@ -699,9 +925,18 @@ fn dead_agent_502_restarts_and_live_agent_502_passes_through() {
 
     // Auth: no token and a wrong token are refused; the workspace's own token is accepted.
     assert_eq!(request(&s, "POST", &path, None, &a2a_body("x")).0, 401);
-    assert_eq!(request(&s, "POST", &path, Some("nope"), &a2a_body("x")).0, 401);
+    assert_eq!(
+        request(&s, "POST", &path, Some("nope"), &a2a_body("x")).0,
+        401
+    );
     let token = String::from_utf8(sim.files_of(&first)[".auth_token"].clone()).expect("token");
-    let (code, _, body) = request(&s, "POST", &path, Some(token.trim()), &a2a_body("own token"));
+    let (code, _, body) = request(
+        &s,
+        "POST",
+        &path,
+        Some(token.trim()),
+        &a2a_body("own token"),
+    );
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("own token"), "{body}");
 
@@ -729,7 +964,9 @@ fn dead_agent_502_restarts_and_live_agent_502_passes_through() {
     });
     assert!(offline_seen, "phase {}", phase(&s, &ns, "kappa"));
     wait_for(&s, &ns, "kappa", 60, "a restart on a new instance", |w| {
-        w["status"]["instanceId"].as_str().is_some_and(|i| i.starts_with("i-") && i != first)
+        w["status"]["instanceId"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("i-") && i != first)
             && w["status"]["phase"] == "Online"
     });
     let (code, _, body) = a2a(&s, &uid, "back again");

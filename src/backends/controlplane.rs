@@ -57,7 +57,10 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
             .field("shared_secret", &"<redacted>")
-            .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -156,8 +159,7 @@ fn valid_label(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
 }
 
@@ -443,7 +445,10 @@ impl ControlPlaneBackend {
             let headers = [
                 ("authorization", auth.as_str()),
                 ("accept", "application/json"),
-                ("user-agent", concat!("molecule/", env!("CARGO_PKG_VERSION"))),
+                (
+                    "user-agent",
+                    concat!("molecule/", env!("CARGO_PKG_VERSION")),
+                ),
             ];
             let started = Instant::now();
             let resp = self
@@ -457,7 +462,12 @@ impl ControlPlaneBackend {
                 )
                 .await
                 .map_err(|e| transport_error(call, &e))?;
-            tracing::debug!(call, status = resp.status, ms = started.elapsed().as_millis() as u64, "control plane call");
+            tracing::debug!(
+                call,
+                status = resp.status,
+                ms = started.elapsed().as_millis() as u64,
+                "control plane call"
+            );
             if resp.status == 401
                 && !refresh
                 && matches!(self.cfg.credentials, CredentialSource::Secret { .. })
@@ -562,8 +572,7 @@ impl WorkspaceBackend for ControlPlaneBackend {
                 .map(|f| ProvisionFile {
                     path: &f.path,
                     mode: f.mode,
-                    content_base64: b64
-                        .encode(super::normalize_line_endings(&f.path, &f.content)),
+                    content_base64: b64.encode(super::normalize_line_endings(&f.path, &f.content)),
                 })
                 .collect(),
         };
@@ -802,7 +811,10 @@ mod tests {
         };
         assert_eq!(empty_admin.bearer(RouteClass::Admin), "s");
         let printed = format!("{c:?}");
-        assert!(!printed.contains("shh") && !printed.contains("adm-"), "{printed}");
+        assert!(
+            !printed.contains("shh") && !printed.contains("adm-"),
+            "{printed}"
+        );
     }
 
     #[test]
@@ -861,7 +873,10 @@ mod tests {
         ));
         assert!(matches!(
             presence_of_state("i-1", "running", url.clone()),
-            Ok(Presence::Running { host_url: Some(_), .. })
+            Ok(Presence::Running {
+                host_url: Some(_),
+                ..
+            })
         ));
         assert!(matches!(
             presence_of_state("i-1", "stopped", None),
@@ -880,7 +895,10 @@ mod tests {
             Some(Presence::Absent)
         );
         let e = presence_of_state("i-1", "exploded", None).expect_err("unknown");
-        assert!(e.is_transient(), "an unknown state is not evidence of death");
+        assert!(
+            e.is_transient(),
+            "an unknown state is not evidence of death"
+        );
     }
 
     #[test]
@@ -929,7 +947,9 @@ mod tests {
             timeouts: Timeouts::default(),
             ca_pem: None,
         };
-        let ok = cfg("https://cp.example.com/", "acme").validated().expect("ok");
+        let ok = cfg("https://cp.example.com/", "acme")
+            .validated()
+            .expect("ok");
         assert_eq!(ok.base_url, "https://cp.example.com");
         assert!(!ok.is_cleartext_remote());
         assert!(
@@ -989,6 +1009,9 @@ mod tests {
         assert_eq!(v["installation"], "k3x9a1b2c3d4");
         assert_eq!(v["env"]["WORKSPACE_ID"], "3f2a");
         assert_eq!(v["files"][0]["mode"], 420);
-        assert!(v.get("image").is_none(), "no image: the control plane's default");
+        assert!(
+            v.get("image").is_none(),
+            "no image: the control plane's default"
+        );
     }
 }

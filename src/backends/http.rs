@@ -153,7 +153,9 @@ fn parse_url(url: &str) -> Result<Target, HttpError> {
         .authority()
         .ok_or_else(|| HttpError::BadUrl("no host".into()))?;
     if authority.as_str().contains('@') {
-        return Err(HttpError::BadUrl("credentials in URLs are not accepted".into()));
+        return Err(HttpError::BadUrl(
+            "credentials in URLs are not accepted".into(),
+        ));
     }
     let host = authority
         .host()
@@ -306,25 +308,23 @@ impl HttpClient {
         let req = req
             .body(Full::new(body))
             .map_err(|_| HttpError::BadUrl("invalid request header".into()))?;
-        let resp = match tokio::time::timeout(
-            self.timeouts.response_header,
-            sender.send_request(req),
-        )
-        .await
-        {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                driver.abort();
-                return Err(HttpError::Protocol(t.authority.clone(), e.to_string()));
-            }
-            Err(_) => {
-                driver.abort();
-                return Err(HttpError::HeaderTimeout(
-                    t.authority.clone(),
-                    self.timeouts.response_header,
-                ));
-            }
-        };
+        let resp =
+            match tokio::time::timeout(self.timeouts.response_header, sender.send_request(req))
+                .await
+            {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    driver.abort();
+                    return Err(HttpError::Protocol(t.authority.clone(), e.to_string()));
+                }
+                Err(_) => {
+                    driver.abort();
+                    return Err(HttpError::HeaderTimeout(
+                        t.authority.clone(),
+                        self.timeouts.response_header,
+                    ));
+                }
+            };
         let status = resp.status().as_u16();
         let header = |name: hyper::header::HeaderName| {
             resp.headers()
@@ -500,7 +500,13 @@ mod tests {
         let port = l.local_addr().expect("addr").port();
         drop(l);
         let e = client(2000)
-            .send(Method::GET, &format!("http://127.0.0.1:{port}/"), &[], None, 10)
+            .send(
+                Method::GET,
+                &format!("http://127.0.0.1:{port}/"),
+                &[],
+                None,
+                10,
+            )
             .await
             .expect_err("refused");
         assert!(matches!(e, HttpError::Dial(..)), "{e}");

@@ -143,7 +143,10 @@ pub async fn reap_once(
                 match backend.remove_managed(m).await {
                     Ok(()) => {
                         removed += 1;
-                        metrics.inc("molecule_reaper_removed_total", &[("kind", kind_label(&kind))]);
+                        metrics.inc(
+                            "molecule_reaper_removed_total",
+                            &[("kind", kind_label(&kind))],
+                        );
                         tracing::info!(event = "reaper.removed", kind = ?kind, name = %m.name, uid = %m.uid, workspace = %m.workspace, "removed an orphan");
                     }
                     Err(e) => {
@@ -222,9 +225,18 @@ mod tests {
     #[test]
     fn containers_and_volumes_are_orphans_only_without_a_live_record() {
         let live: HashMap<String, Live> = [("u1".to_string(), Live::default())].into();
-        assert!(!is_orphan(&m(ManagedKind::Container, "ws-u1", "u1", ""), &live));
-        assert!(!is_orphan(&m(ManagedKind::Volume, "ws-u1-configs", "u1", ""), &live));
-        assert!(is_orphan(&m(ManagedKind::Container, "ws-u2", "u2", ""), &live));
+        assert!(!is_orphan(
+            &m(ManagedKind::Container, "ws-u1", "u1", ""),
+            &live
+        ));
+        assert!(!is_orphan(
+            &m(ManagedKind::Volume, "ws-u1-configs", "u1", ""),
+            &live
+        ));
+        assert!(is_orphan(
+            &m(ManagedKind::Container, "ws-u2", "u2", ""),
+            &live
+        ));
     }
 
     #[test]
@@ -239,16 +251,34 @@ mod tests {
         )]
         .into();
         // Recorded: kept, whatever its attempt.
-        assert!(!is_orphan(&m(ManagedKind::Instance, "i-current", "u1", "ffffffffffffffff"), &live));
+        assert!(!is_orphan(
+            &m(ManagedKind::Instance, "i-current", "u1", "ffffffffffffffff"),
+            &live
+        ));
         // Not yet recorded but of the current attempt (its id is being written): kept.
-        assert!(!is_orphan(&m(ManagedKind::Instance, "i-new", "u1", &hash[..16]), &live));
+        assert!(!is_orphan(
+            &m(ManagedKind::Instance, "i-new", "u1", &hash[..16]),
+            &live
+        ));
         // An older attempt whose answer was lost (crash, timeout): reaped.
-        assert!(is_orphan(&m(ManagedKind::Instance, "i-lost", "u1", "ffffffffffffffff"), &live));
+        assert!(is_orphan(
+            &m(ManagedKind::Instance, "i-lost", "u1", "ffffffffffffffff"),
+            &live
+        ));
         // No attempt tag and not recorded: reaped.
-        assert!(is_orphan(&m(ManagedKind::Instance, "i-untagged", "u1", ""), &live));
+        assert!(is_orphan(
+            &m(ManagedKind::Instance, "i-untagged", "u1", ""),
+            &live
+        ));
         // A short tag never matches by prefix.
-        assert!(is_orphan(&m(ManagedKind::Instance, "i-short", "u1", "0"), &live));
+        assert!(is_orphan(
+            &m(ManagedKind::Instance, "i-short", "u1", "0"),
+            &live
+        ));
         // No live record at all: reaped.
-        assert!(is_orphan(&m(ManagedKind::Instance, "i-current", "u9", &hash[..16]), &live));
+        assert!(is_orphan(
+            &m(ManagedKind::Instance, "i-current", "u9", &hash[..16]),
+            &live
+        ));
     }
 }

@@ -162,7 +162,8 @@ async fn authorize(
     if matches(&ws) {
         return Ok((ws, Caller::Workspace));
     }
-    let api: Api<Workspace> = Api::namespaced(st.client.clone(), &ws.namespace().unwrap_or_default());
+    let api: Api<Workspace> =
+        Api::namespaced(st.client.clone(), &ws.namespace().unwrap_or_default());
     match api.get_opt(&ws.name_any()).await {
         Ok(Some(fresh)) if fresh.uid().as_deref() == Some(id) && matches(&fresh) => {
             Ok((fresh, Caller::Workspace))
@@ -218,7 +219,8 @@ async fn mark_dead(st: &A2aState, ws: &Workspace, upstream: u16) {
     if phase == Some(WorkspacePhase::Offline) {
         return;
     }
-    let api: Api<Workspace> = Api::namespaced(st.client.clone(), &ws.namespace().unwrap_or_default());
+    let api: Api<Workspace> =
+        Api::namespaced(st.client.clone(), &ws.namespace().unwrap_or_default());
     let name = ws.name_any();
     let message = format!("the agent stopped answering (upstream {upstream}); restarting");
     let status = json!({"status": {"phase": "Offline", "message": message}});
@@ -289,7 +291,8 @@ async fn a2a(
     let (ws, _caller) = match authorize(&sh, &st, &id, &headers).await {
         Ok(x) => x,
         Err(r) => {
-            st.metrics.inc("molecule_a2a_calls_total", &[("result", "refused")]);
+            st.metrics
+                .inc("molecule_a2a_calls_total", &[("result", "refused")]);
             return r;
         }
     };
@@ -330,7 +333,8 @@ async fn a2a(
             return error(StatusCode::BAD_GATEWAY, "the agent's answer is too large");
         }
         Ok(r) if !matches!(r.status, 502..=504) => {
-            st.metrics.inc("molecule_a2a_calls_total", &[("result", "proxied")]);
+            st.metrics
+                .inc("molecule_a2a_calls_total", &[("result", "proxied")]);
             return relay(r);
         }
         Ok(r) => (r.status, Some(r)),
@@ -341,12 +345,14 @@ async fn a2a(
     };
     match probe(&st, &ws).await {
         Probe::Dead => {
-            st.metrics.inc("molecule_a2a_calls_total", &[("result", "restarting")]);
+            st.metrics
+                .inc("molecule_a2a_calls_total", &[("result", "restarting")]);
             mark_dead(&st, &ws, status).await;
             restarting()
         }
         Probe::Alive | Probe::Unknown => {
-            st.metrics.inc("molecule_a2a_calls_total", &[("result", "upstream_error")]);
+            st.metrics
+                .inc("molecule_a2a_calls_total", &[("result", "upstream_error")]);
             match passthrough {
                 Some(r) => relay(r),
                 None => error(StatusCode::BAD_GATEWAY, "the agent could not be reached"),
@@ -355,11 +361,7 @@ async fn a2a(
     }
 }
 
-async fn console(
-    State(sh): State<Shared>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+async fn console(State(sh): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     let Some(st) = sh.slot.get().cloned() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -397,7 +399,10 @@ async fn console(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the console could not be read now; retry",
                 ),
-                _ => error(StatusCode::NOT_FOUND, "no console output for this workspace"),
+                _ => error(
+                    StatusCode::NOT_FOUND,
+                    "no console output for this workspace",
+                ),
             }
         }
     }
@@ -421,7 +426,9 @@ mod tests {
         let r = restarting();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
-            r.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()),
+            r.headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
             Some("15")
         );
     }

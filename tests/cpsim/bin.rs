@@ -45,8 +45,7 @@ fn main() {
             "--admin-token" => cfg.admin_token = Some(value()),
             "--no-admin-token" => cfg.admin_token = None,
             "--start-delay-ms" => {
-                cfg.start_delay =
-                    Duration::from_millis(value().parse().unwrap_or_else(|_| usage()))
+                cfg.start_delay = Duration::from_millis(value().parse().unwrap_or_else(|_| usage()))
             }
             "--agent-port" => cfg.agent_port = value().parse().unwrap_or_else(|_| usage()),
             "--no-agents" => cfg.run_agents = false,

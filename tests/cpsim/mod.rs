@@ -304,10 +304,7 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/cp/workspaces/{id}/status", get(status))
         .route("/cp/admin/workspaces/{id}/console", get(console))
         .route("/cp/admin/workspaces", get(list))
-        .route(
-            "/_sim/faults",
-            post(sim_add_fault).delete(sim_clear_faults),
-        )
+        .route("/_sim/faults", post(sim_add_fault).delete(sim_clear_faults))
         .route("/_sim/instances", get(sim_instances))
         .route("/_sim/instances/{id}/die", post(sim_die))
         .route("/_sim/instances/{id}/unhealthy", post(sim_unhealthy))
@@ -550,7 +547,12 @@ async fn boot(inner: Arc<Inner>, id: String) {
     }
 }
 
-async fn start_agent(inner: &Arc<Inner>, id: &str, files: Vec<(String, u32, Vec<u8>)>, ip: Ipv4Addr) {
+async fn start_agent(
+    inner: &Arc<Inner>,
+    id: &str,
+    files: Vec<(String, u32, Vec<u8>)>,
+    ip: Ipv4Addr,
+) {
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
         Err(_) => return,
@@ -774,7 +776,12 @@ async fn stop(
         Err(r) => return r,
     };
     terminate(&inner, &id);
-    finish(&fault, StatusCode::OK, json!({"instance_id": id, "state": "terminated"})).await
+    finish(
+        &fault,
+        StatusCode::OK,
+        json!({"instance_id": id, "state": "terminated"}),
+    )
+    .await
 }
 
 async fn status(

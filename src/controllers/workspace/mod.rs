@@ -518,6 +518,20 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
         Ok(t) => t,
         Err(p) => return fail(&ctx, &ws, next, p, generation, &now).await,
     };
+    if kind == Backend::ControlPlane && ws.spec.workspace_dir.is_some() {
+        return fail(
+            &ctx,
+            &ws,
+            next,
+            permanent(
+                "InvalidConfig",
+                "workspaceDir mounts a host directory and is not available with backend controlPlane",
+            ),
+            generation,
+            &now,
+        )
+        .await;
+    }
     let Some(tier) = Tier::from_number(ws.spec.tier.unwrap_or(2)) else {
         return fail(
             &ctx,
@@ -768,10 +782,9 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
                             ctx.settings.heartbeat_timeout.as_secs(),
                             delay.as_secs()
                         ),
-                        (_, Presence::Stopped { .. }) if kind == Backend::ControlPlane => format!(
-                            "the instance stopped; restarting in {}s",
-                            delay.as_secs()
-                        ),
+                        (_, Presence::Stopped { .. }) if kind == Backend::ControlPlane => {
+                            format!("the instance stopped; restarting in {}s", delay.as_secs())
+                        }
                         (
                             _,
                             Presence::Stopped {
@@ -925,7 +938,15 @@ async fn provision(
                 return Err(e.into());
             };
             tracing::warn!(workspace = %w.name, backend = kind_label(kind), error = %e, "provision failed");
-            fail(ctx, ws, next, permanent(f.reason, f.message), generation, now).await?;
+            fail(
+                ctx,
+                ws,
+                next,
+                permanent(f.reason, f.message),
+                generation,
+                now,
+            )
+            .await?;
             return if f.retry {
                 Err(e.into())
             } else {
@@ -1083,7 +1104,10 @@ async fn cleanup(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Worksp
     }
     // An instance on record (a control-plane workspace, or one switched to Docker before its
     // instance could be stopped) must be confirmed gone.
-    if w.instance_id.as_deref().is_some_and(|i| !i.trim().is_empty()) {
+    if w.instance_id
+        .as_deref()
+        .is_some_and(|i| !i.trim().is_empty())
+    {
         let result = match ctx.backends.control_plane.as_ref() {
             Some(cp) => cp.remove(&w, true).await,
             None => Err(BackendError::Config(
@@ -1142,7 +1166,10 @@ async fn leave_other_backend(
 ) -> Result<(), WorkspaceError> {
     match kind {
         Backend::Docker => {
-            if next.instance_id.as_deref().is_some_and(|i| !i.trim().is_empty())
+            if next
+                .instance_id
+                .as_deref()
+                .is_some_and(|i| !i.trim().is_empty())
                 && let Some(cp) = ctx.backends.control_plane.as_ref()
             {
                 tracing::info!(workspace = %w.name, "backend changed to docker: terminating the instance");

@@ -638,10 +638,14 @@ mod tests {
         assert_eq!((f.reason, f.retry), ("ProvisionRejected", false));
         let f = start_failure(true, &up(401)).expect("reported");
         assert_eq!((f.reason, f.retry), ("ControlPlaneAuth", true));
-        let f = start_failure(true, &BackendError::Transient(secret_body.into())).expect("reported");
+        let f =
+            start_failure(true, &BackendError::Transient(secret_body.into())).expect("reported");
         assert_eq!((f.reason, f.retry), ("ControlPlaneUnavailable", true));
-        let f = start_failure(true, &BackendError::Config("the Secret x/y does not exist".into()))
-            .expect("reported");
+        let f = start_failure(
+            true,
+            &BackendError::Config("the Secret x/y does not exist".into()),
+        )
+        .expect("reported");
         assert_eq!(f.reason, "ControlPlaneConfig");
         assert!(f.message.starts_with("the Secret x/y does not exist"));
         for e in [
@@ -657,7 +661,10 @@ mod tests {
             assert!(!m.contains("sk-live") && !m.contains("boom"), "{m}");
         }
         // Docker keeps its behaviour: engine hiccups retry quietly.
-        assert_eq!(start_failure(false, &BackendError::Transient("x".into())), None);
+        assert_eq!(
+            start_failure(false, &BackendError::Transient("x".into())),
+            None
+        );
         assert_eq!(
             start_failure(false, &BackendError::ImageMissing("img:1".into()))
                 .expect("reported")
