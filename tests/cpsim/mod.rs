@@ -19,7 +19,9 @@
 //!
 //! Tests use it in-process ([`Sim::start`]); `cargo run --example cpsim -- --help` runs it by
 //! hand, with the same controls over HTTP under `/_sim/*`.
-#![allow(dead_code)]
+// Not every user of this module uses every helper; handler helpers return early answers as
+// `Err(Response)`, like axum extractors do.
+#![allow(dead_code, clippy::result_large_err)]
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
