@@ -958,11 +958,17 @@ fn dead_agent_502_restarts_and_live_agent_502_passes_through() {
     let v: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["restarting"], true, "{v}");
     assert!(head.contains("retry-after: 15"), "{head}");
+    // Marked Offline by the controller the restart request woke (with an AgentDied Event).
     let offline_seen = eventually(5, || {
         let p = phase(&s, &ns, "kappa");
         p == "Offline" || p == "Provisioning"
     });
     assert!(offline_seen, "phase {}", phase(&s, &ns, "kappa"));
+    assert!(
+        eventually(10, || ok(&s, &["get", "events", "-n", &ns])
+            .contains("AgentDied")),
+        "no AgentDied Event"
+    );
     wait_for(&s, &ns, "kappa", 60, "a restart on a new instance", |w| {
         w["status"]["instanceId"]
             .as_str()
@@ -972,4 +978,30 @@ fn dead_agent_502_restarts_and_live_agent_502_passes_through() {
     let (code, _, body) = a2a(&s, &uid, "back again");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("back again"));
+}
+
+#[test]
+fn control_plane_workspaces_without_a_control_plane_fail_precisely() {
+    let ns = ns();
+    let s = Server::start_with(Backend::Sqlite, &["--controllers", "all"]);
+    apply(&s, &ns, &ws_yaml("lonely", "controlPlane"));
+    wait_for(&s, &ns, "lonely", 30, "ControlPlaneNotConfigured", |w| {
+        w["status"]["phase"] == "Failed"
+            && w["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["reason"] == "ControlPlaneNotConfigured")
+            })
+    });
+    ok(
+        &s,
+        &[
+            "delete",
+            "ws",
+            "lonely",
+            "-n",
+            &ns,
+            "--wait=true",
+            "--timeout=30s",
+        ],
+    );
 }

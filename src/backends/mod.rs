@@ -294,12 +294,15 @@ impl BackendError {
 /// A workspace runtime backend.
 #[async_trait::async_trait]
 pub trait WorkspaceBackend: Send + Sync + 'static {
-    /// Idempotent: ensures network, volume, (re)writes the files into the volume, creates the
-    /// container if absent (if one exists with a different image or env, it is removed and
-    /// recreated), and starts it if not running. Files land in the volume before the container
-    /// first starts.
+    /// Docker — idempotent: ensures network, volume, (re)writes the files into the volume,
+    /// creates the container if absent (if one exists with a different image or env, it is
+    /// removed and recreated), and starts it if not running. Files land in the volume before
+    /// the container first starts. Control plane — provisions a new instance with the files and
+    /// returns as soon as the control plane answers (the controller removes the previous one
+    /// first).
     async fn ensure_started(&self, spec: &StartSpec) -> Result<Started, BackendError>;
-    /// Stops the container (bounded timeout ~10 s), keeping it and the volume. Absent container = Ok.
+    /// Docker: stops the container (bounded timeout ~10 s), keeping it and the volume. Control
+    /// plane: terminates the instance. Nothing there = Ok.
     async fn stop(&self, ws: &WorkspaceRef) -> Result<(), BackendError>;
     /// Force-removes the container (bounded timeout); then, if `remove_volume` AND the container
     /// is really gone, removes the volume. "No such container"/"No such volume"/"removal already

@@ -4,8 +4,8 @@
 //!
 //! When the agent answers 502/503/504 (or cannot be reached at all), the proxy asks the
 //! workspace's backend whether the agent still runs — the one read a shim handler makes of a
-//! backend. Dead: the record is marked Offline and its restart annotation set (the controller
-//! does the restart), and the caller gets 503 `{"restarting": true}` with `Retry-After`. Alive,
+//! backend. Dead: the record's restart annotation is set, which wakes the controller to mark it
+//! Offline and restart it, and the caller gets 503 `{"restarting": true}` with `Retry-After`. Alive,
 //! or the probe itself failed: the upstream answer is passed through, so a healthy agent is
 //! never recycled over a transient hiccup.
 //!
@@ -211,10 +211,12 @@ async fn probe(st: &A2aState, ws: &Workspace) -> Probe {
     }
 }
 
-/// Marks the workspace Offline and asks the controller for a restart (the restart annotation
-/// wakes it; the controller sees the runtime gone and provisions a new one). Skipped when it is
-/// already Offline: concurrent calls to one dead agent restart it once.
-async fn mark_dead(st: &A2aState, ws: &Workspace, upstream: u16) {
+/// Asks the controller for a restart by setting the restart annotation. The controller, woken
+/// by it, finds the runtime gone and takes its usual recovery path at once: the phase goes
+/// Offline (with an Event), and a new container or instance follows after the recovery backoff,
+/// so a crash-looping agent is not restarted faster than any other. Skipped when the workspace
+/// is already Offline: a burst of calls to one dead agent restarts it once.
+async fn request_restart(st: &A2aState, ws: &Workspace, upstream: u16) {
     let phase = ws.status.as_ref().and_then(|s| s.phase);
     if phase == Some(WorkspacePhase::Offline) {
         return;
@@ -222,14 +224,6 @@ async fn mark_dead(st: &A2aState, ws: &Workspace, upstream: u16) {
     let api: Api<Workspace> =
         Api::namespaced(st.client.clone(), &ws.namespace().unwrap_or_default());
     let name = ws.name_any();
-    let message = format!("the agent stopped answering (upstream {upstream}); restarting");
-    let status = json!({"status": {"phase": "Offline", "message": message}});
-    if let Err(e) = api
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
-        .await
-    {
-        tracing::warn!(workspace = %name, error = %e, "A2A proxy: could not mark the workspace Offline");
-    }
     let restart = json!({"metadata": {"annotations": {
         crate::controllers::workspace::RESTART_ANNOTATION: crate::util::now_rfc3339()
     }}});
@@ -347,7 +341,7 @@ async fn a2a(
         Probe::Dead => {
             st.metrics
                 .inc("molecule_a2a_calls_total", &[("result", "restarting")]);
-            mark_dead(&st, &ws, status).await;
+            request_restart(&st, &ws, status).await;
             restarting()
         }
         Probe::Alive | Probe::Unknown => {

@@ -145,6 +145,8 @@ struct Inner {
     octet: u8,
     state: Mutex<SimState>,
     rt: tokio::runtime::Handle,
+    /// What the tunnels forward with.
+    http: molecule::backends::http::HttpClient,
 }
 
 impl Inner {
@@ -187,6 +189,15 @@ impl Sim {
             octet,
             state: Mutex::default(),
             rt: rt.handle().clone(),
+            http: molecule::backends::http::HttpClient::with_system_roots(
+                molecule::backends::http::Timeouts {
+                    dial: Duration::from_secs(2),
+                    tls: Duration::from_secs(2),
+                    response_header: Duration::from_secs(60),
+                    body: Duration::from_secs(60),
+                },
+            )
+            .expect("http client"),
         });
         let listener = rt
             .block_on(tokio::net::TcpListener::bind(cfg.listen))
@@ -630,15 +641,7 @@ async fn tunnel(inner: Arc<Inner>, id: String, ip: Ipv4Addr) {
         }
         return;
     };
-    let client = molecule::backends::http::HttpClient::with_system_roots(
-        molecule::backends::http::Timeouts {
-            dial: Duration::from_secs(2),
-            tls: Duration::from_secs(2),
-            response_header: Duration::from_secs(60),
-            body: Duration::from_secs(60),
-        },
-    )
-    .expect("http client");
+    let client = inner.http.clone();
     let app = Router::new()
         .fallback(
             move |State(inner): State<Arc<Inner>>,
