@@ -45,6 +45,107 @@ struct WorkspaceFlags {
     /// `operator` uses the uid of the API server's `default` Namespace.
     #[arg(long, env = "MOLECULE_INSTANCE", value_parser = parse_instance)]
     instance: Option<String>,
+    #[command(flatten)]
+    control_plane: ControlPlaneFlags,
+}
+
+/// Flags of the EC2 control-plane backend (workspaces with `backend: controlPlane`).
+#[derive(clap::Args, Clone, Debug)]
+struct ControlPlaneFlags {
+    /// Base URL of the EC2 control plane (https://…). Unset: controlPlane workspaces fail with
+    /// ControlPlaneNotConfigured.
+    #[arg(long, env = "MOLECULE_CONTROL_PLANE_URL")]
+    control_plane_url: Option<String>,
+    /// The org id instances are provisioned for (required with --control-plane-url).
+    #[arg(long, env = "MOLECULE_ORG_ID")]
+    control_plane_org: Option<String>,
+    /// `[namespace/]name` of the Secret holding the credentials: key `sharedSecret` (provision
+    /// routes) and optionally `adminToken` (admin routes; defaults to the shared secret). Read
+    /// again every 30 s and after a 401. Without it the credentials come from the environment
+    /// variables MOLECULE_CP_SHARED_SECRET and MOLECULE_CP_ADMIN_TOKEN.
+    #[arg(long, env = "MOLECULE_CONTROL_PLANE_SECRET")]
+    control_plane_secret: Option<String>,
+    /// URL agents on instances use to reach this platform's /registry/* (default for `serve`:
+    /// its own plain-http URL, right only when the control plane runs on this host).
+    #[arg(long, env = "MOLECULE_CONTROL_PLANE_PLATFORM_URL")]
+    control_plane_platform_url: Option<String>,
+    /// Port of the agent on an instance: the workspace URL is http://<private_ip>:<port>.
+    #[arg(long, default_value_t = 8000)]
+    control_plane_agent_port: u16,
+    /// Seconds the control plane gets to send its response headers (dial and TLS handshake
+    /// are bounded at 10 s each).
+    #[arg(long, default_value_t = 30)]
+    control_plane_timeout_seconds: u64,
+    /// PEM file of extra CA certificates trusted for the control plane (besides the system's).
+    #[arg(long)]
+    control_plane_ca: Option<PathBuf>,
+}
+
+impl ControlPlaneFlags {
+    fn config(
+        &self,
+    ) -> anyhow::Result<Option<molecule::backends::controlplane::ControlPlaneConfig>> {
+        use molecule::backends::controlplane::{ControlPlaneConfig, CredentialSource, Credentials};
+        let Some(url) = self.control_plane_url.clone().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let org = self
+            .control_plane_org
+            .clone()
+            .filter(|o| !o.is_empty())
+            .context(
+                "--control-plane-org (MOLECULE_ORG_ID) is required with --control-plane-url",
+            )?;
+        let credentials = match self
+            .control_plane_secret
+            .as_deref()
+            .filter(|s| !s.is_empty())
+        {
+            Some(r) => {
+                let (namespace, name) = r.split_once('/').unwrap_or(("default", r));
+                CredentialSource::Secret {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                }
+            }
+            None => {
+                let shared = std::env::var("MOLECULE_CP_SHARED_SECRET").unwrap_or_default();
+                if shared.trim().is_empty() {
+                    anyhow::bail!(
+                        "the control plane needs credentials: --control-plane-secret NAME, or MOLECULE_CP_SHARED_SECRET"
+                    );
+                }
+                CredentialSource::Static(Credentials {
+                    shared_secret: shared.trim().to_string(),
+                    admin_token: std::env::var("MOLECULE_CP_ADMIN_TOKEN")
+                        .ok()
+                        .map(|t| t.trim().to_string())
+                        .filter(|t| !t.is_empty()),
+                })
+            }
+        };
+        let ca_pem = match &self.control_plane_ca {
+            Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+            None => None,
+        };
+        let timeouts = molecule::backends::http::Timeouts {
+            response_header: std::time::Duration::from_secs(
+                self.control_plane_timeout_seconds.max(1),
+            ),
+            ..Default::default()
+        };
+        let cfg = ControlPlaneConfig {
+            base_url: url,
+            org_id: org,
+            credentials,
+            agent_port: self.control_plane_agent_port,
+            timeouts,
+            ca_pem,
+        }
+        .validated()
+        .map_err(anyhow::Error::msg)?;
+        Ok(Some(cfg))
+    }
 }
 
 fn parse_instance(s: &str) -> Result<String, String> {
@@ -59,8 +160,11 @@ fn parse_instance(s: &str) -> Result<String, String> {
 }
 
 impl WorkspaceFlags {
-    fn options(&self, template_root: Option<PathBuf>) -> molecule::serve::WorkspaceOptions {
-        molecule::serve::WorkspaceOptions {
+    fn options(
+        &self,
+        template_root: Option<PathBuf>,
+    ) -> anyhow::Result<molecule::serve::WorkspaceOptions> {
+        Ok(molecule::serve::WorkspaceOptions {
             heartbeat_seconds: self.agent_heartbeat_seconds.max(1),
             heartbeat_timeout: std::time::Duration::from_secs(
                 self.heartbeat_timeout_seconds.max(2),
@@ -71,7 +175,9 @@ impl WorkspaceFlags {
             template_root,
             reap_every: std::time::Duration::from_secs(self.reap_interval_seconds.max(1)),
             instance: self.instance.clone(),
-        }
+            control_plane: self.control_plane.config()?,
+            control_plane_platform_url: self.control_plane.control_plane_platform_url.clone(),
+        })
     }
 }
 
@@ -268,7 +374,7 @@ fn main() -> anyhow::Result<()> {
                 database_url,
                 secret_key,
                 api,
-                workspaces: workspaces.options(org_templates),
+                workspaces: workspaces.options(org_templates)?,
                 stream_backlog: stream_backlog.max(1),
                 plugins: plugins.options(),
             }))
@@ -290,7 +396,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             molecule::telemetry::init_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
-            let opts = workspaces.options(Some(org_templates.clone()));
+            let opts = workspaces.options(Some(org_templates.clone()))?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
                 let client = kube::Client::try_default()
@@ -310,6 +416,7 @@ fn main() -> anyhow::Result<()> {
                         provision_timeout: opts.provision_timeout,
                         template_root: org_templates,
                         agent_binary: std::env::current_exe()?,
+                        control_plane_platform_url: opts.control_plane_platform_url.clone(),
                     },
                     agent_port: 0,
                     reap_every: opts.reap_every,
@@ -319,6 +426,8 @@ fn main() -> anyhow::Result<()> {
                     plugins: plugins
                         .options()
                         .settings(PathBuf::from("plugins"), std::env::temp_dir()),
+                    control_plane: opts.control_plane.clone(),
+                    a2a: std::sync::Arc::default(),
                 };
                 let mut task = tokio::spawn(molecule::controllers::run(
                     client,

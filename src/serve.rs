@@ -74,6 +74,11 @@ pub struct WorkspaceOptions {
     /// `--instance`: the installation id on every managed container and volume (default: a
     /// random id kept in DATA_DIR/instance-id).
     pub instance: Option<String>,
+    /// `--control-plane-url` and friends: the EC2 control plane, if any.
+    pub control_plane: Option<crate::backends::controlplane::ControlPlaneConfig>,
+    /// `--control-plane-platform-url`: where agents on instances reach `/registry/*` (default:
+    /// this server's own plain-http URL, right for a control plane on the same host).
+    pub control_plane_platform_url: Option<String>,
 }
 
 /// Reads the API token of a data dir, creating it (0600) on first start.
@@ -170,6 +175,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         addr.ip().to_string()
     };
     let server_url = format!("https://{host}:{}", addr.port());
+    let plain_url = format!("http://{host}:{}", addr.port());
     let kubeconfig = crate::kubeconfig::write(&opts.data_dir, &server_url, &token, &cert.ca_pem)?;
     tracing::info!(listen = %addr, store = backend, objects = api.objects.count(), "molecule API server ready");
     println!("molecule is serving on {server_url} (plain http on the same port)");
@@ -181,6 +187,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
 
     let (trigger, shutdown) = crate::shutdown::channel();
     let registry: crate::shim::registry::Slot = Arc::default();
+    let a2a: crate::shim::a2a::Slot = Arc::default();
     // Throwaway git repositories of plugin fetches; whatever a killed process left is removed.
     let scratch = opts.data_dir.join("tmp").join("plugins");
     let _ = std::fs::remove_dir_all(&scratch);
@@ -208,6 +215,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         let app = crate::shim::registry::router(registry.clone())
             .merge(shim.router())
+            .merge(crate::shim::a2a::router(a2a.clone(), &token))
             .merge(crate::shim::plugin_download::router(
                 plugins.downloads.clone(),
             ))
@@ -241,6 +249,12 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
                 provision_timeout: opts.workspaces.provision_timeout,
                 template_root,
                 agent_binary: std::env::current_exe()?,
+                control_plane_platform_url: Some(
+                    opts.workspaces
+                        .control_plane_platform_url
+                        .clone()
+                        .unwrap_or_else(|| plain_url.clone()),
+                ),
             },
             agent_port: addr.port(),
             reap_every: opts.workspaces.reap_every,
@@ -248,6 +262,8 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             audit,
             instance,
             plugins,
+            control_plane: opts.workspaces.control_plane.clone(),
+            a2a,
         };
         tokio::spawn(
             async move { controllers::run(client, selection, host, metrics, shutdown).await },

@@ -970,7 +970,50 @@ impl WorkspaceBackend for DockerBackend {
                 check_managed_labels(&v.labels, m, &self.instance)?;
                 remove_volume_by_name(self, &m.name).await
             }
+            ManagedKind::Instance => Err(BackendError::Permanent(format!(
+                "{} is a control-plane instance, not a Docker object",
+                m.name
+            ))),
         }
+    }
+
+    /// The last 2000 lines of the container's stdout and stderr, capped at
+    /// [`super::MAX_CONSOLE_BYTES`] (the newest bytes are kept).
+    async fn console(&self, ws: &WorkspaceRef) -> Result<String, BackendError> {
+        check_ref(ws)?;
+        let id = match self.lookup_container(ws).await? {
+            Lookup::Owned(c) => c.id.clone().unwrap_or_else(|| ws.container_name()),
+            Lookup::Absent | Lookup::Foreign => {
+                return Err(BackendError::Permanent(format!(
+                    "workspace container {} does not exist",
+                    ws.container_name()
+                )));
+            }
+        };
+        let options = bollard::query_parameters::LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: "2000".to_string(),
+            ..Default::default()
+        };
+        let read = async {
+            let mut out: Vec<u8> = Vec::new();
+            let mut s = self.docker.logs(&id, Some(options));
+            while let Some(chunk) = s.next().await {
+                out.extend_from_slice(&chunk?.into_bytes());
+                if out.len() > 2 * super::MAX_CONSOLE_BYTES {
+                    out.drain(..out.len() - super::MAX_CONSOLE_BYTES);
+                }
+            }
+            Ok::<_, DockerError>(out)
+        };
+        let mut out = bounded(self.call_timeout, read)
+            .await
+            .map_err(|e| map_error("read container logs", e))?;
+        if out.len() > super::MAX_CONSOLE_BYTES {
+            out.drain(..out.len() - super::MAX_CONSOLE_BYTES);
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 }
 
@@ -1000,6 +1043,7 @@ fn kind_order(k: &ManagedKind) -> u8 {
     match k {
         ManagedKind::Container => 0,
         ManagedKind::Volume => 1,
+        ManagedKind::Instance => 2,
     }
 }
 
@@ -1011,6 +1055,7 @@ fn managed_from(kind: ManagedKind, name: String, labels: &HashMap<String, String
         uid: get(LABEL_UID),
         namespace: get(LABEL_NAMESPACE),
         workspace: get(LABEL_NAME),
+        attempt: String::new(),
     }
 }
 
@@ -1675,7 +1720,9 @@ mod tests {
                 uid: uid.to_string(),
                 namespace: "default".to_string(),
                 name: "alpha".to_string(),
+                instance_id: None,
             },
+            runtime: "echo".to_string(),
             image: "img:1".to_string(),
             env: vec![("B".into(), "2".into()), ("A".into(), "1".into())],
             tier: Tier::Standard,
@@ -1815,12 +1862,14 @@ mod tests {
                 uid: format!("{}-{n:04x}-4abc-8def-0123456789ab", self.prefix),
                 namespace: "team-a".to_string(),
                 name: format!("agent-{n}"),
+                instance_id: None,
             }
         }
 
         fn spec(&self, n: u16, tier: Tier) -> StartSpec {
             StartSpec {
                 workspace: self.ws(n),
+                runtime: "echo".to_string(),
                 image: self.image.clone(),
                 env: vec![
                     ("WORKSPACE_ID".into(), self.ws(n).uid),
@@ -2244,6 +2293,7 @@ mod tests {
                     uid: ours.uid.clone(),
                     namespace: "team-a".into(),
                     workspace: "agent-1".into(),
+                    attempt: String::new(),
                 },
                 Managed {
                     kind: ManagedKind::Volume,
@@ -2251,6 +2301,7 @@ mod tests {
                     uid: ours.uid.clone(),
                     namespace: "team-a".into(),
                     workspace: "agent-1".into(),
+                    attempt: String::new(),
                 },
                 Managed {
                     kind: ManagedKind::Volume,
@@ -2258,6 +2309,7 @@ mod tests {
                     uid: stray.uid.clone(),
                     namespace: "team-a".into(),
                     workspace: "agent-2".into(),
+                    attempt: String::new(),
                 },
             ];
             assert_eq!(listed, expected);
@@ -2273,6 +2325,7 @@ mod tests {
                 uid: stranger.uid.clone(),
                 namespace: "team-a".into(),
                 workspace: "agent-3".into(),
+                attempt: String::new(),
             };
             assert_eq!(
                 backend.remove_managed(&fake).await.unwrap_err().category(),

@@ -1,19 +1,29 @@
 //! Workspace runtime backends: the [`WorkspaceBackend`] trait that controllers drive, the shared
 //! value types (identity, tiers, config files, presence) and the pure helpers every backend uses.
-//! `docker` is the local Docker engine (bollard); an EC2 control-plane backend implements the same
-//! trait. `events` narrows Docker's event stream to managed objects.
+//! `docker` is the local Docker engine (bollard); `controlplane` provisions EC2 instances through
+//! the control-plane service and implements the same trait. `events` narrows Docker's event
+//! stream to managed objects; `http` is the bounded HTTP client the control plane and the A2A
+//! proxy use.
 
+pub mod controlplane;
 pub mod docker;
 pub mod events;
+pub mod http;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-/// Identity of one workspace's actual state: from the Workspace record's metadata.
+/// Identity of one workspace's actual state: from the Workspace record's metadata, plus the
+/// handle a backend handed out and the record keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkspaceRef {
     pub uid: String,
     pub namespace: String,
     pub name: String,
+    /// The control plane's instance id as recorded in `status.instanceId` (C02). Only the
+    /// control-plane backend reads it; Docker derives everything from the uid. `None` means no
+    /// instance is known: stop is a no-op and the workspace is not running.
+    pub instance_id: Option<String>,
 }
 
 impl WorkspaceRef {
@@ -124,6 +134,9 @@ impl Tier {
 #[derive(Clone)]
 pub struct StartSpec {
     pub workspace: WorkspaceRef,
+    /// The runtime name (echo, claude-code, ...): the control plane picks its machine image by it.
+    pub runtime: String,
+    /// The image to run; empty means the backend's default for `runtime` (control plane only).
     pub image: String,
     pub env: Vec<(String, String)>,
     pub tier: Tier,
@@ -144,6 +157,7 @@ impl std::fmt::Debug for StartSpec {
         let env_names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
         f.debug_struct("StartSpec")
             .field("workspace", &self.workspace)
+            .field("runtime", &self.runtime)
             .field("image", &self.image)
             .field("env", &env_names)
             .field("tier", &self.tier)
@@ -171,14 +185,18 @@ impl StartSpec {
 /// Result of a successful [`WorkspaceBackend::ensure_started`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Started {
+    /// What runs: the Docker container id, or the control plane's instance id.
     pub container_id: String,
-    /// URL of the agent's port 8000 as published on the host: http://127.0.0.1:<port>
+    /// Where the agent's A2A port is reachable: for Docker its published host port
+    /// (http://127.0.0.1:<port>), for the control plane http://<private ip>:<agent port>.
     pub host_url: String,
+    /// The local image id (Docker); empty when the backend does not know it.
     pub image_id: String,
 }
 
 /// What exists for a workspace. Running/Stopped/Absent are facts; a transient engine error is an
-/// Err, never "Absent".
+/// Err, never "Absent". `container_id` is the Docker container id, or for the control plane
+/// the instance id; a control-plane instance that is still booting (`pending`) is Running.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Presence {
     Running {
@@ -198,6 +216,8 @@ pub enum Presence {
 pub enum ManagedKind {
     Container,
     Volume,
+    /// A control-plane instance (`name` is its instance id).
+    Instance,
 }
 
 /// One object carrying the managed label, with the workspace labels it carries ("" if missing).
@@ -208,6 +228,9 @@ pub struct Managed {
     pub uid: String,
     pub namespace: String,
     pub workspace: String,
+    /// For instances: the provision attempt that created it — the first 16 hex digits of the
+    /// sha256 of the token it was given, i.e. of `status.tokenHash` at that time. "" otherwise.
+    pub attempt: String,
 }
 
 /// Output of [`WorkspaceBackend::exec`].
@@ -228,19 +251,42 @@ pub enum BackendError {
     Permanent(String),
     #[error("image {0} is not present locally and no registry is reachable")]
     ImageMissing(String),
+    /// A remote service (the control plane) answered with an error status. `detail` holds at
+    /// most 512 bytes of its body with credentials redacted: for the operator log, never for
+    /// status, Events or HTTP answers (C04).
+    #[error("{call}: HTTP {status}: {detail}")]
+    Upstream {
+        call: &'static str,
+        status: u16,
+        detail: String,
+    },
+    /// The backend is not usable as configured (e.g. its credentials Secret is missing). Retried:
+    /// the fix does not touch the Workspace record. The text never holds a secret.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl BackendError {
+    /// Worth retrying as is: an unreachable engine or service, or a 5xx / 408 / 429 answer.
     pub fn is_transient(&self) -> bool {
-        matches!(self, BackendError::Transient(_))
+        match self {
+            BackendError::Transient(_) | BackendError::Config(_) => true,
+            BackendError::Upstream { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
+            _ => false,
+        }
     }
 
-    /// Short category for metrics/Event reasons: "Transient", "Permanent", "ImageMissing".
+    /// Short category for metrics/Event reasons: "Transient", "Permanent", "ImageMissing",
+    /// "Upstream", "Config".
     pub fn category(&self) -> &'static str {
         match self {
             BackendError::Transient(_) => "Transient",
             BackendError::Permanent(_) => "Permanent",
             BackendError::ImageMissing(_) => "ImageMissing",
+            BackendError::Upstream { .. } => "Upstream",
+            BackendError::Config(_) => "Config",
         }
     }
 }
@@ -248,12 +294,15 @@ impl BackendError {
 /// A workspace runtime backend.
 #[async_trait::async_trait]
 pub trait WorkspaceBackend: Send + Sync + 'static {
-    /// Idempotent: ensures network, volume, (re)writes the files into the volume, creates the
-    /// container if absent (if one exists with a different image or env, it is removed and
-    /// recreated), and starts it if not running. Files land in the volume before the container
-    /// first starts.
+    /// Docker — idempotent: ensures network, volume, (re)writes the files into the volume,
+    /// creates the container if absent (if one exists with a different image or env, it is
+    /// removed and recreated), and starts it if not running. Files land in the volume before
+    /// the container first starts. Control plane — provisions a new instance with the files and
+    /// returns as soon as the control plane answers (the controller removes the previous one
+    /// first).
     async fn ensure_started(&self, spec: &StartSpec) -> Result<Started, BackendError>;
-    /// Stops the container (bounded timeout ~10 s), keeping it and the volume. Absent container = Ok.
+    /// Docker: stops the container (bounded timeout ~10 s), keeping it and the volume. Control
+    /// plane: terminates the instance. Nothing there = Ok.
     async fn stop(&self, ws: &WorkspaceRef) -> Result<(), BackendError>;
     /// Force-removes the container (bounded timeout); then, if `remove_volume` AND the container
     /// is really gone, removes the volume. "No such container"/"No such volume"/"removal already
@@ -273,6 +322,42 @@ pub trait WorkspaceBackend: Send + Sync + 'static {
     async fn list_managed(&self) -> Result<Vec<Managed>, BackendError>;
     /// Removes one managed object found by list_managed (only if it carries the managed label).
     async fn remove_managed(&self, m: &Managed) -> Result<(), BackendError>;
+    /// The tail of the workspace's console: container logs (Docker), the instance's serial
+    /// console (control plane). At most [`MAX_CONSOLE_BYTES`].
+    async fn console(&self, ws: &WorkspaceRef) -> Result<String, BackendError> {
+        let _ = ws;
+        Err(BackendError::Permanent(
+            "console output is not available for this backend".into(),
+        ))
+    }
+}
+
+/// Largest console output returned by [`WorkspaceBackend::console`] (C01).
+pub const MAX_CONSOLE_BYTES: usize = 256 * 1024;
+
+/// The backends this operator runs, by `spec.backend`.
+#[derive(Clone)]
+pub struct Backends {
+    pub docker: Arc<dyn WorkspaceBackend>,
+    /// `None` when no control plane is configured (`--control-plane-url`).
+    pub control_plane: Option<Arc<dyn WorkspaceBackend>>,
+}
+
+impl Backends {
+    /// The backend of a `spec.backend` value; `None` for a control plane that is not configured.
+    pub fn get(&self, kind: crate::resources::Backend) -> Option<&Arc<dyn WorkspaceBackend>> {
+        match kind {
+            crate::resources::Backend::Docker => Some(&self.docker),
+            crate::resources::Backend::ControlPlane => self.control_plane.as_ref(),
+        }
+    }
+
+    /// Every configured backend, Docker first.
+    pub fn all(&self) -> Vec<Arc<dyn WorkspaceBackend>> {
+        let mut v = vec![self.docker.clone()];
+        v.extend(self.control_plane.clone());
+        v
+    }
 }
 
 /// Longest accepted config file path, in bytes.
@@ -351,6 +436,7 @@ mod tests {
             uid: uid.to_string(),
             namespace: "default".to_string(),
             name: "alpha".to_string(),
+            instance_id: None,
         }
     }
 
@@ -385,6 +471,7 @@ mod tests {
     fn overrides_win_over_tier_limits() {
         let spec = StartSpec {
             workspace: ws("3f2a9c1e-7b4d"),
+            runtime: "echo".to_string(),
             image: "img".to_string(),
             env: vec![],
             tier: Tier::Standard,
@@ -402,6 +489,7 @@ mod tests {
     fn debug_never_prints_secrets() {
         let spec = StartSpec {
             workspace: ws("3f2a9c1e-7b4d"),
+            runtime: "echo".to_string(),
             image: "img".to_string(),
             env: vec![("API_KEY".to_string(), "sk-very-secret".to_string())],
             tier: Tier::Standard,
@@ -431,6 +519,18 @@ mod tests {
             BackendError::ImageMissing("x".into()).category(),
             "ImageMissing"
         );
+        let up = |status| BackendError::Upstream {
+            call: "provision",
+            status,
+            detail: String::new(),
+        };
+        for s in [500, 502, 503, 504, 408, 429] {
+            assert!(up(s).is_transient(), "{s}");
+        }
+        for s in [400, 401, 403, 404, 409, 422] {
+            assert!(!up(s).is_transient(), "{s}");
+        }
+        assert_eq!(up(500).category(), "Upstream");
     }
 
     #[test]

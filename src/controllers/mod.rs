@@ -37,6 +37,10 @@ pub struct HostSettings {
     pub instance: String,
     /// PluginInstall controller settings (plugin registry dir, fetch limits).
     pub plugins: plugin::Settings,
+    /// The EC2 control plane, when configured (`--control-plane-url`).
+    pub control_plane: Option<crate::backends::controlplane::ControlPlaneConfig>,
+    /// Where the A2A proxy finds the controller's state.
+    pub a2a: crate::shim::a2a::Slot,
 }
 
 /// Which controllers to run (`--controllers`).
@@ -161,7 +165,26 @@ pub async fn run(
     };
     let network = backend.ensure_network().await?;
     let docker = backend.docker().clone();
-    let backend: Arc<dyn crate::backends::WorkspaceBackend> = Arc::new(backend);
+    let control_plane = match &host.control_plane {
+        Some(cfg) => {
+            let cp = crate::backends::controlplane::ControlPlaneBackend::new(
+                cfg.clone(),
+                &host.instance,
+                Some(client.clone()),
+            )
+            .map_err(|e| anyhow::anyhow!("control plane: {e}"))?;
+            if cp.config().is_cleartext_remote() {
+                tracing::warn!(url = %cp.config().base_url, "the control-plane URL is plain http to a remote host: its credentials cross the network in clear text");
+            }
+            tracing::info!(url = %cp.config().base_url, org = %cp.config().org_id, "control-plane backend ready");
+            Some(Arc::new(cp) as Arc<dyn crate::backends::WorkspaceBackend>)
+        }
+        None => None,
+    };
+    let backends = crate::backends::Backends {
+        docker: Arc::new(backend),
+        control_plane,
+    };
     let (reap_tx, reap_rx) = tokio::sync::mpsc::channel::<()>(64);
     let reap_deleted_tx = reap_tx.clone();
     let (ws_tx, ws_rx) = tokio::sync::mpsc::channel::<ObjectRef<crate::resources::Workspace>>(1024);
@@ -217,7 +240,7 @@ pub async fn run(
         let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
         let ctx = Arc::new(workspace::Context::new(
             client.clone(),
-            backend.clone(),
+            backends.clone(),
             docker.clone(),
             recorder,
             settings,
@@ -261,6 +284,12 @@ pub async fn run(
                 workspaces: controller.store(),
                 metrics: metrics.clone(),
             }));
+        let _ = host.a2a.set(Arc::new(crate::shim::a2a::A2aState::new(
+            client.clone(),
+            controller.store(),
+            backends.clone(),
+            metrics.clone(),
+        )));
         tasks.push(tokio::spawn(
             controller
                 .run(workspace::reconcile, workspace::error_policy, ctx)
@@ -296,7 +325,7 @@ pub async fn run(
         tasks.push(deletions);
         tasks.push(tokio::spawn(reaper::run(
             client.clone(),
-            backend.clone(),
+            backends.all(),
             host.reap_every,
             reap_rx,
             metrics.clone(),
@@ -306,7 +335,7 @@ pub async fn run(
     if wants("plugin") {
         tasks.push(tokio::spawn(plugin::run(
             client.clone(),
-            backend.clone(),
+            backends.docker.clone(),
             host.plugins.clone(),
             metrics.clone(),
             host.audit.clone(),

@@ -1,9 +1,11 @@
-//! The orphan reaper (W12): any managed container or volume whose uid belongs to no live
-//! Workspace is removed. Triggered by Docker events (fast path) and a periodic resync (safety
-//! net); it also heals a wiped store. Only objects carrying the managed label are ever touched,
-//! and liveness is checked against the API itself, not a cache.
+//! The orphan reaper (W12, C06): any managed container or volume whose uid belongs to no live
+//! Workspace is removed, and any control-plane instance of this org and installation that no
+//! live Workspace accounts for is terminated. Triggered by Docker events and record deletions
+//! (fast path) and a periodic resync (safety net); it also heals a wiped store. Only objects
+//! carrying the managed label (or listed for this installation) are ever touched, and liveness
+//! is checked against the API itself, not a cache.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +13,7 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
-use crate::backends::{ManagedKind, WorkspaceBackend};
+use crate::backends::{Managed, ManagedKind, WorkspaceBackend};
 use crate::resources::Workspace;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
@@ -25,60 +27,145 @@ pub enum ReaperError {
     Backend(#[from] crate::backends::BackendError),
 }
 
-/// One pass: returns how many objects were removed.
-pub async fn reap_once(
-    client: &Client,
-    backend: &dyn WorkspaceBackend,
-    metrics: &Metrics,
-) -> Result<usize, ReaperError> {
-    let managed = backend.list_managed().await?;
-    if managed.is_empty() {
-        return Ok(0);
+/// What a live record says about its instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Live {
+    /// `status.instanceId`.
+    pub instance_id: Option<String>,
+    /// `status.tokenHash`: rotated and written before every provision call.
+    pub token_hash: Option<String>,
+}
+
+/// Whether `m` is an orphan given the live records by uid. Containers and volumes: their uid
+/// has no live record. Instances: additionally, the record neither names it in
+/// `status.instanceId` nor is its current provision attempt the one that created it — so an
+/// instance whose provision answer was lost (a crash or timeout before the id was written) is
+/// reaped once a newer attempt has started, while an instance whose id is about to be
+/// written (same attempt) is left alone.
+pub fn is_orphan(m: &Managed, live: &HashMap<String, Live>) -> bool {
+    let Some(record) = live.get(&m.uid) else {
+        return true;
+    };
+    if m.kind != ManagedKind::Instance {
+        return false;
     }
+    let named = record.instance_id.as_deref() == Some(m.name.as_str());
+    let current_attempt = m.attempt.len() == 16
+        && record
+            .token_hash
+            .as_deref()
+            .is_some_and(|h| h.starts_with(m.attempt.as_str()));
+    !named && !current_attempt
+}
+
+async fn live_records(
+    client: &Client,
+    with_status: bool,
+) -> Result<HashMap<String, Live>, ReaperError> {
     let api: Api<Workspace> = Api::all(client.clone());
-    let live: HashSet<String> = api
-        .list_metadata(&ListParams::default())
+    if !with_status {
+        return Ok(api
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter_map(|w| w.uid())
+            .map(|u| (u, Live::default()))
+            .collect());
+    }
+    Ok(api
+        .list(&ListParams::default())
         .await?
         .items
+        .into_iter()
+        .filter_map(|w| {
+            let st = w.status.clone().unwrap_or_default();
+            w.uid().map(|u| {
+                (
+                    u,
+                    Live {
+                        instance_id: st.instance_id,
+                        token_hash: st.token_hash,
+                    },
+                )
+            })
+        })
+        .collect())
+}
+
+fn kind_label(k: &ManagedKind) -> &'static str {
+    match k {
+        ManagedKind::Container => "container",
+        ManagedKind::Volume => "volume",
+        ManagedKind::Instance => "instance",
+    }
+}
+
+/// One pass over every backend: returns how many objects were removed. A backend that cannot
+/// list (e.g. the control plane is down) does not stop the others; its error is returned after
+/// the others were reaped.
+pub async fn reap_once(
+    client: &Client,
+    backends: &[Arc<dyn WorkspaceBackend>],
+    metrics: &Metrics,
+) -> Result<usize, ReaperError> {
+    let mut listed = Vec::new();
+    let mut first_error = None;
+    for b in backends {
+        match b.list_managed().await {
+            Ok(m) if !m.is_empty() => listed.push((b.clone(), m)),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(event = "reaper.list_failed", error = %e, "could not list managed objects; will retry");
+                first_error.get_or_insert(ReaperError::from(e));
+            }
+        }
+    }
+    if listed.is_empty() {
+        return first_error.map_or(Ok(0), Err);
+    }
+    let with_status = listed
         .iter()
-        .filter_map(|w| w.uid())
-        .collect();
+        .any(|(_, m)| m.iter().any(|m| m.kind == ManagedKind::Instance));
+    let live = live_records(client, with_status).await?;
     let mut removed = 0;
     // Containers before volumes: a volume in use cannot be removed.
-    for kind in [ManagedKind::Container, ManagedKind::Volume] {
-        for m in managed
-            .iter()
-            .filter(|m| m.kind == kind && !live.contains(&m.uid))
-        {
-            match backend.remove_managed(m).await {
-                Ok(()) => {
-                    removed += 1;
-                    metrics.inc(
-                        "molecule_reaper_removed_total",
-                        &[(
-                            "kind",
-                            if kind == ManagedKind::Container {
-                                "container"
-                            } else {
-                                "volume"
-                            },
-                        )],
-                    );
-                    tracing::info!(event = "reaper.removed", kind = ?kind, name = %m.name, uid = %m.uid, workspace = %m.workspace, "removed an orphan");
-                }
-                Err(e) => {
-                    tracing::warn!(event = "reaper.failed", name = %m.name, error = %e, "could not remove an orphan; will retry")
+    for kind in [
+        ManagedKind::Container,
+        ManagedKind::Volume,
+        ManagedKind::Instance,
+    ] {
+        for (backend, managed) in &listed {
+            for m in managed
+                .iter()
+                .filter(|m| m.kind == kind && is_orphan(m, &live))
+            {
+                match backend.remove_managed(m).await {
+                    Ok(()) => {
+                        removed += 1;
+                        metrics.inc(
+                            "molecule_reaper_removed_total",
+                            &[("kind", kind_label(&kind))],
+                        );
+                        tracing::info!(event = "reaper.removed", kind = ?kind, name = %m.name, uid = %m.uid, workspace = %m.workspace, "removed an orphan");
+                    }
+                    Err(e) => {
+                        tracing::warn!(event = "reaper.failed", name = %m.name, error = %e, "could not remove an orphan; will retry")
+                    }
                 }
             }
         }
     }
-    Ok(removed)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(removed),
+    }
 }
 
 /// Runs passes on every trigger (debounced) and every `every`, until shutdown.
 pub async fn run(
     client: Client,
-    backend: Arc<dyn WorkspaceBackend>,
+    backends: Vec<Arc<dyn WorkspaceBackend>>,
     every: Duration,
     mut triggers: mpsc::Receiver<()>,
     metrics: Arc<Metrics>,
@@ -98,7 +185,7 @@ pub async fn run(
             _ = &mut stop => return,
         }
         let t = Instant::now();
-        match reap_once(&client, backend.as_ref(), &metrics).await {
+        match reap_once(&client, &backends, &metrics).await {
             Ok(n) => {
                 metrics.observe(
                     "molecule_reconcile_seconds",
@@ -117,5 +204,81 @@ pub async fn run(
                 tracing::warn!(error = %e, "reaper pass failed; will retry");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(kind: ManagedKind, name: &str, uid: &str, attempt: &str) -> Managed {
+        Managed {
+            kind,
+            name: name.into(),
+            uid: uid.into(),
+            namespace: "ns".into(),
+            workspace: "w".into(),
+            attempt: attempt.into(),
+        }
+    }
+
+    #[test]
+    fn containers_and_volumes_are_orphans_only_without_a_live_record() {
+        let live: HashMap<String, Live> = [("u1".to_string(), Live::default())].into();
+        assert!(!is_orphan(
+            &m(ManagedKind::Container, "ws-u1", "u1", ""),
+            &live
+        ));
+        assert!(!is_orphan(
+            &m(ManagedKind::Volume, "ws-u1-configs", "u1", ""),
+            &live
+        ));
+        assert!(is_orphan(
+            &m(ManagedKind::Container, "ws-u2", "u2", ""),
+            &live
+        ));
+    }
+
+    #[test]
+    fn instances_must_be_named_by_their_record_or_be_its_current_attempt() {
+        let hash = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let live: HashMap<String, Live> = [(
+            "u1".to_string(),
+            Live {
+                instance_id: Some("i-current".into()),
+                token_hash: Some(hash.into()),
+            },
+        )]
+        .into();
+        // Recorded: kept, whatever its attempt.
+        assert!(!is_orphan(
+            &m(ManagedKind::Instance, "i-current", "u1", "ffffffffffffffff"),
+            &live
+        ));
+        // Not yet recorded but of the current attempt (its id is being written): kept.
+        assert!(!is_orphan(
+            &m(ManagedKind::Instance, "i-new", "u1", &hash[..16]),
+            &live
+        ));
+        // An older attempt whose answer was lost (crash, timeout): reaped.
+        assert!(is_orphan(
+            &m(ManagedKind::Instance, "i-lost", "u1", "ffffffffffffffff"),
+            &live
+        ));
+        // No attempt tag and not recorded: reaped.
+        assert!(is_orphan(
+            &m(ManagedKind::Instance, "i-untagged", "u1", ""),
+            &live
+        ));
+        // A short tag never matches by prefix.
+        assert!(is_orphan(
+            &m(ManagedKind::Instance, "i-short", "u1", "0"),
+            &live
+        ));
+        // No live record at all: reaped.
+        assert!(is_orphan(
+            &m(ManagedKind::Instance, "i-current", "u9", &hash[..16]),
+            &live
+        ));
     }
 }

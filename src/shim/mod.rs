@@ -6,6 +6,7 @@
 //! by a watch); they never touch Docker, so the same code serves an embedded or an external API
 //! server.
 
+pub mod a2a;
 pub mod auth;
 pub mod cache;
 pub mod canvas;

@@ -375,6 +375,7 @@ fn wref(ws: &Workspace) -> Option<WorkspaceRef> {
         uid: ws.uid()?,
         namespace: ws.namespace().unwrap_or_else(|| "default".into()),
         name: ws.name_any(),
+        instance_id: None,
     })
 }
 
@@ -659,6 +660,16 @@ async fn apply(pi: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Plug
             "ExternalRuntime",
             format!(
                 "workspace {ws_name} runs an external agent (runtime: external) and has no container to install into; the agent downloads the plugin itself: GET {} with its workspace token as Bearer",
+                crate::shim::plugin_download::download_path(&ns, &pi.name_any())
+            ),
+        );
+        return refuse(&ctx, &pi, next, r, generation, &now, None, wait).await;
+    }
+    if ws.spec.backend == Some(crate::resources::Backend::ControlPlane) {
+        let r = Refusal::new(
+            "BackendUnsupported",
+            format!(
+                "workspace {ws_name} runs on the control plane (EC2), where molecule cannot swap files in place; its agent downloads the plugin itself: GET {} with its workspace token as Bearer",
                 crate::shim::plugin_download::download_path(&ns, &pi.name_any())
             ),
         );

@@ -1,7 +1,8 @@
-//! The Workspace controller: converges each Workspace record to a running agent container
-//! (FEATURES W01–W17). `reconcile` is a thin driver: read the record, its Secrets and the
-//! container's presence; decide with the pure `plan`; act on the backend; write status and
-//! Events. The finalizer guards the container and volume.
+//! The Workspace controller: converges each Workspace record to a running agent — a Docker
+//! container, or an EC2 instance through the control plane (`spec.backend`; FEATURES W01–W17,
+//! C01–C06). `reconcile` is a thin driver: read the record, its Secrets and the runtime's
+//! presence; decide with the pure `plan`; act on the workspace's backend; write status and
+//! Events. The finalizer guards the container and volume, or the instance.
 
 pub mod env;
 pub mod files;
@@ -22,10 +23,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::backends::{
-    BackendError, ConfigFile, Presence, StartSpec, Tier, WorkspaceBackend, WorkspaceRef,
+    BackendError, Backends, ConfigFile, Presence, StartSpec, Tier, WorkspaceBackend, WorkspaceRef,
 };
 use crate::resources::{
-    Condition, ConditionStatus, Runtime, Workspace, WorkspacePhase, WorkspaceStatus,
+    Backend, Condition, ConditionStatus, Runtime, Workspace, WorkspacePhase, WorkspaceStatus,
 };
 use crate::telemetry::Metrics;
 use plan::{ProvisionReason, Step};
@@ -76,12 +77,14 @@ pub struct Settings {
     pub template_root: PathBuf,
     /// The binary packed into the echo image.
     pub agent_binary: PathBuf,
+    /// Where agents on control-plane instances reach `/registry/*` (`None`: `platform_url`).
+    pub control_plane_platform_url: Option<String>,
 }
 
 /// Shared state of the controller.
 pub struct Context {
     pub client: Client,
-    pub backend: Arc<dyn WorkspaceBackend>,
+    pub backends: Backends,
     pub docker: bollard::Docker,
     pub recorder: Recorder,
     pub settings: Settings,
@@ -97,7 +100,7 @@ pub struct Context {
 impl Context {
     pub fn new(
         client: Client,
-        backend: Arc<dyn WorkspaceBackend>,
+        backends: Backends,
         docker: bollard::Docker,
         recorder: Recorder,
         settings: Settings,
@@ -106,7 +109,7 @@ impl Context {
     ) -> Self {
         Context {
             client,
-            backend,
+            backends,
             docker,
             recorder,
             settings,
@@ -234,7 +237,31 @@ fn wref(ws: &Workspace) -> Result<WorkspaceRef, WorkspaceError> {
         uid: ws.uid().ok_or(WorkspaceError::NoUid)?,
         namespace: ws.namespace().unwrap_or_else(|| "default".into()),
         name: ws.name_any(),
+        instance_id: ws.status.as_ref().and_then(|s| s.instance_id.clone()),
     })
+}
+
+/// How the controller talks about one backend's runtime unit.
+fn noun(kind: Backend) -> &'static str {
+    match kind {
+        Backend::Docker => "container",
+        Backend::ControlPlane => "instance",
+    }
+}
+
+fn kind_label(kind: Backend) -> &'static str {
+    match kind {
+        Backend::Docker => "docker",
+        Backend::ControlPlane => "controlPlane",
+    }
+}
+
+/// What the record says runs on `kind`: the container id or the instance id.
+fn recorded(st: &WorkspaceStatus, kind: Backend) -> Option<&str> {
+    match kind {
+        Backend::Docker => st.container_id.as_deref(),
+        Backend::ControlPlane => st.instance_id.as_deref().filter(|i| !i.trim().is_empty()),
+    }
 }
 
 async fn load_secrets(client: &Client, ns: &str) -> Result<env::Secrets, WorkspaceError> {
@@ -256,6 +283,7 @@ async fn load_secrets(client: &Client, ns: &str) -> Result<env::Secrets, Workspa
 async fn target(
     ws: &Workspace,
     ctx: &Context,
+    kind: Backend,
 ) -> Result<Result<(Target, Vec<String>), Permanent>, WorkspaceError> {
     let runtime = ws.spec.runtime.as_deref().unwrap_or("echo");
     let runtimes: Api<Runtime> = Api::all(ctx.client.clone());
@@ -269,6 +297,10 @@ async fn target(
     }
     if let Some(img) = ws.spec.image.as_ref().filter(|i| !i.is_empty()) {
         return Ok(Ok((Target::Image(img.clone()), required)));
+    }
+    if runtime == "echo" && kind == Backend::ControlPlane {
+        // The control plane runs its own echo image; nothing to build here.
+        return Ok(Ok((Target::Image(String::new()), required)));
     }
     if runtime == "echo" {
         return match ctx.echo_image().await {
@@ -461,13 +493,45 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
     let before = ws.status.clone().unwrap_or_default();
     let mut next = before.clone();
     next.observed_generation = Some(generation);
-    next.container_name = Some(w.container_name());
-    next.volume_name = Some(w.volume_name());
+    let kind = ws.spec.backend.unwrap_or_default();
+    let Some(backend) = ctx.backends.get(kind).cloned() else {
+        return fail(
+            &ctx,
+            &ws,
+            next,
+            permanent(
+                "ControlPlaneNotConfigured",
+                "spec.backend is controlPlane but this operator has no control plane configured (serve --control-plane-url)",
+            ),
+            generation,
+            &now,
+        )
+        .await;
+    };
+    leave_other_backend(&ctx, &w, kind, &mut next).await?;
+    if kind == Backend::Docker {
+        next.container_name = Some(w.container_name());
+        next.volume_name = Some(w.volume_name());
+    }
 
-    let (target, runtime_required) = match target(&ws, &ctx).await? {
+    let (target, runtime_required) = match target(&ws, &ctx, kind).await? {
         Ok(t) => t,
         Err(p) => return fail(&ctx, &ws, next, p, generation, &now).await,
     };
+    if kind == Backend::ControlPlane && ws.spec.workspace_dir.is_some() {
+        return fail(
+            &ctx,
+            &ws,
+            next,
+            permanent(
+                "InvalidConfig",
+                "workspaceDir mounts a host directory and is not available with backend controlPlane",
+            ),
+            generation,
+            &now,
+        )
+        .await;
+    }
     let Some(tier) = Tier::from_number(ws.spec.tier.unwrap_or(2)) else {
         return fail(
             &ctx,
@@ -480,13 +544,20 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
         .await;
     };
 
-    // Pause: stop the container, keep the volume.
+    // Pause: stop the container and keep the volume; terminate the instance.
     if ws.spec.paused {
         if matches!(target, Target::Image(_)) {
-            ctx.backend.stop(&w).await?;
+            backend.stop(&w).await?;
         }
+        let message = match kind {
+            Backend::Docker => "paused: the container is stopped and the volume kept",
+            Backend::ControlPlane => {
+                next.instance_id = None;
+                "paused: the instance is terminated; resuming provisions a new one"
+            }
+        };
         next.phase = Some(WorkspacePhase::Paused);
-        next.message = Some("paused: the container is stopped and the volume kept".into());
+        next.message = Some(message.into());
         set_conditions(
             &mut next,
             generation,
@@ -501,7 +572,11 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
                 &ws,
                 EventType::Normal,
                 "Paused",
-                "container stopped; volume kept".into(),
+                match kind {
+                    Backend::Docker => "container stopped; volume kept",
+                    Backend::ControlPlane => "instance terminated",
+                }
+                .into(),
             )
             .await;
         }
@@ -524,10 +599,18 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
         }
     };
     let secrets = load_secrets(&ctx.client, &w.namespace).await?;
+    let platform_url = match kind {
+        Backend::Docker => ctx.settings.platform_url.as_str(),
+        Backend::ControlPlane => ctx
+            .settings
+            .control_plane_platform_url
+            .as_deref()
+            .unwrap_or(&ctx.settings.platform_url),
+    };
     let env_ctx = env::EnvContext {
         workspace: &w.name,
         workspace_id: &w.uid,
-        platform_url: &ctx.settings.platform_url,
+        platform_url,
         tier: tier.number(),
         runtime_required: &runtime_required,
     };
@@ -555,7 +638,10 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
                 "MissingEnv"
             };
             if matches!(target, Target::Image(_)) {
-                ctx.backend.stop(&w).await?;
+                backend.stop(&w).await?;
+                if kind == Backend::ControlPlane {
+                    next.instance_id = None;
+                }
             }
             return fail(
                 &ctx,
@@ -579,7 +665,7 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
         Target::Image(i) => i,
     };
     let agent = files::AgentConfig {
-        platform_url: &ctx.settings.platform_url,
+        platform_url,
         heartbeat_seconds: ctx.settings.heartbeat_seconds,
     };
     config_files.push(ConfigFile {
@@ -604,10 +690,11 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
         hex::encode(h.finalize())[..16].to_string()
     };
 
-    let presence = ctx.backend.inspect(&w).await?;
+    let presence = backend.inspect(&w).await?;
     let observed = plan::Observed {
         status: &before,
         presence: &presence,
+        recorded: recorded(&before, kind),
         desired_hash: &desired_hash,
         restart_annotation: ws.annotations().get(RESTART_ANNOTATION).map(String::as_str),
         now: now_s,
@@ -695,6 +782,9 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
                             ctx.settings.heartbeat_timeout.as_secs(),
                             delay.as_secs()
                         ),
+                        (_, Presence::Stopped { .. }) if kind == Backend::ControlPlane => {
+                            format!("the instance stopped; restarting in {}s", delay.as_secs())
+                        }
                         (
                             _,
                             Presence::Stopped {
@@ -710,7 +800,11 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
                                 delay.as_secs()
                             )
                         }
-                        _ => format!("the container is gone; restarting in {}s", delay.as_secs()),
+                        _ => format!(
+                            "the {} is gone; restarting in {}s",
+                            noun(kind),
+                            delay.as_secs()
+                        ),
                     };
                     next.message = Some(why.clone());
                     set_conditions(
@@ -738,6 +832,8 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
             }
             provision(
                 &ctx,
+                backend.as_ref(),
+                kind,
                 &ws,
                 &w,
                 next,
@@ -759,6 +855,8 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
 #[allow(clippy::too_many_arguments)]
 async fn provision(
     ctx: &Context,
+    backend: &dyn WorkspaceBackend,
+    kind: Backend,
     ws: &Workspace,
     w: &WorkspaceRef,
     mut next: WorkspaceStatus,
@@ -779,8 +877,14 @@ async fn provision(
     next.spec_hash = Some(desired_hash);
     next.provisioned_at = Some(crate::util::now_micro());
     next.phase = Some(WorkspacePhase::Provisioning);
-    next.image = Some(image.clone());
-    let msg = format!("{}: starting a container from {image}", reason.reason());
+    next.image = Some(image.clone()).filter(|i| !i.is_empty());
+    let msg = match kind {
+        Backend::Docker => format!("{}: starting a container from {image}", reason.reason()),
+        Backend::ControlPlane => format!(
+            "{}: provisioning an instance through the control plane",
+            reason.reason()
+        ),
+    };
     next.message = Some(msg.clone());
     set_conditions(
         &mut next,
@@ -795,8 +899,11 @@ async fn provision(
     tracing::info!(event = "provision.start", workspace = %w.name, uid = %w.uid, reason = reason.reason(), image = %image, "provisioning");
     event(ctx, ws, EventType::Normal, reason.reason(), msg).await;
     if !matches!(presence, Presence::Absent) {
-        tracing::info!(event = "restart.pre_stop", workspace = %w.name, "removing the previous container (the volume is kept)");
-        ctx.backend.remove(w, false).await?;
+        tracing::info!(event = "restart.pre_stop", workspace = %w.name, backend = kind_label(kind), "removing the previous {} (a volume is kept)", noun(kind));
+        backend.remove(w, false).await?;
+    }
+    if kind == Backend::ControlPlane {
+        next.instance_id = None;
     }
     config_files.push(ConfigFile {
         path: ".auth_token".into(),
@@ -805,6 +912,7 @@ async fn provision(
     });
     let spec = StartSpec {
         workspace: w.clone(),
+        runtime: ws.spec.runtime.clone().unwrap_or_else(|| "echo".into()),
         image,
         env: env.into_iter().collect(),
         tier,
@@ -823,36 +931,45 @@ async fn provision(
         extra_hosts: vec!["host.docker.internal:host-gateway".into()],
     };
     let t = Instant::now();
-    let started = match ctx.backend.ensure_started(&spec).await {
+    let started = match backend.ensure_started(&spec).await {
         Ok(s) => s,
-        Err(e) if e.is_transient() => return Err(e.into()),
         Err(e) => {
-            tracing::warn!(workspace = %w.name, error = %e, "provision failed");
-            let p = match &e {
-                BackendError::ImageMissing(img) => permanent(
-                    "ImageMissing",
-                    format!("image {img} is not present locally and no registry is configured"),
-                ),
-                _ => permanent(
-                    "ProvisionFailed",
-                    "the container engine refused the container; see the operator log",
-                ),
+            let Some(f) = plan::start_failure(kind == Backend::ControlPlane, &e) else {
+                return Err(e.into());
             };
-            return fail(ctx, ws, next, p, generation, now).await;
+            tracing::warn!(workspace = %w.name, backend = kind_label(kind), error = %e, "provision failed");
+            fail(
+                ctx,
+                ws,
+                next,
+                permanent(f.reason, f.message),
+                generation,
+                now,
+            )
+            .await?;
+            return if f.retry {
+                Err(e.into())
+            } else {
+                Ok(Action::await_change())
+            };
         }
     };
     ctx.metrics.observe(
         "molecule_backend_call_seconds",
-        &[("backend", "docker"), ("call", "ensure_started")],
+        &[("backend", kind_label(kind)), ("call", "ensure_started")],
         t.elapsed().as_secs_f64(),
     );
-    next.container_id = Some(started.container_id.clone());
+    match kind {
+        Backend::Docker => next.container_id = Some(started.container_id.clone()),
+        // Recorded at once: every later call uses it (C02).
+        Backend::ControlPlane => next.instance_id = Some(started.container_id.clone()),
+    }
     next.url = Some(started.host_url.clone());
     if let Some(a) = ws.annotations().get(RESTART_ANNOTATION) {
         next.restarted_at = Some(a.clone());
     }
     write_status(ctx, ws, &next, None).await?;
-    tracing::info!(event = "provision.started", workspace = %w.name, container = %started.container_id, ms = t.elapsed().as_millis() as u64, "container started");
+    tracing::info!(event = "provision.started", workspace = %w.name, backend = kind_label(kind), id = %started.container_id, ms = t.elapsed().as_millis() as u64, "{} started", noun(kind));
     Ok(Action::requeue(
         ctx.settings.provision_timeout.min(Duration::from_secs(30)),
     ))
@@ -958,14 +1075,17 @@ async fn external(
     ))
 }
 
-/// Delete (W11): remove the container; the volume only if the container is really gone. A
-/// failure is reported and the finalizer released anyway: the orphan reaper removes what is
-/// left (no uid of a live record owns it any more).
+/// Delete (W11, C06). Docker: remove the container, then the volume only if the container is
+/// really gone; a failure is reported and the finalizer released anyway — the orphan reaper
+/// removes what is left (no uid of a live record owns it any more). Control plane: terminate
+/// the instance; until the control plane confirms (2xx, or 404: already gone) the finalizer is
+/// kept, the Ready condition says why, and the call is retried with backoff.
 async fn cleanup(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, WorkspaceError> {
     let w = wref(&ws)?;
     let external = ws.spec.runtime.as_deref() == Some("external");
-    if !external {
-        match ctx.backend.remove(&w, true).await {
+    let kind = ws.spec.backend.unwrap_or_default();
+    if !external && kind == Backend::Docker {
+        match ctx.backends.docker.remove(&w, true).await {
             Ok(()) => {
                 tracing::info!(event = "delete.done", workspace = %w.name, uid = %w.uid, "container and volume removed");
                 event(
@@ -983,6 +1103,44 @@ async fn cleanup(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Worksp
             }
         }
     }
+    // An instance on record (a control-plane workspace, or one switched to Docker before its
+    // instance could be stopped) must be confirmed gone.
+    if w.instance_id
+        .as_deref()
+        .is_some_and(|i| !i.trim().is_empty())
+    {
+        let result = match ctx.backends.control_plane.as_ref() {
+            Some(cp) => cp.remove(&w, true).await,
+            None => Err(BackendError::Config(
+                "an instance is on record but no control plane is configured to stop it".into(),
+            )),
+        };
+        if let Err(e) = result {
+            let message = plan::stop_failure_message(&e);
+            tracing::warn!(event = "delete.stop_failed", workspace = %w.name, uid = %w.uid, error = %e, "the instance could not be stopped; keeping the finalizer and retrying");
+            let before = ws.status.clone().unwrap_or_default();
+            let mut next = before.clone();
+            let generation = ws.metadata.generation.unwrap_or(1);
+            let mut c = Condition::new("Ready", ConditionStatus::False, "StopFailed", &message);
+            c.observed_generation = Some(generation);
+            Condition::upsert(&mut next.conditions, c, &crate::util::now_rfc3339());
+            next.message = Some(message.clone());
+            write_status(&ctx, &ws, &next, None).await?;
+            if before.message.as_deref() != Some(message.as_str()) {
+                event(&ctx, &ws, EventType::Warning, "StopFailed", message).await;
+            }
+            return Err(e.into());
+        }
+        tracing::info!(event = "delete.done", workspace = %w.name, uid = %w.uid, "instance terminated");
+        event(
+            &ctx,
+            &ws,
+            EventType::Normal,
+            "Deleted",
+            "instance terminated".into(),
+        )
+        .await;
+    }
     ctx.backoff
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -992,8 +1150,43 @@ async fn cleanup(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Worksp
             "workspace.deleted",
             &w.namespace,
             &w.name,
-            json!({"uid": w.uid, "runtime": ws.spec.runtime.as_deref().unwrap_or("echo")}),
+            json!({"uid": w.uid, "runtime": ws.spec.runtime.as_deref().unwrap_or("echo"), "backend": kind_label(kind)}),
         )
         .await;
     Ok(Action::await_change())
+}
+
+/// A workspace whose `spec.backend` changed leaves nothing running on the other one: the
+/// recorded instance is terminated (Docker now), or the container and volume removed
+/// (control plane now).
+async fn leave_other_backend(
+    ctx: &Context,
+    w: &WorkspaceRef,
+    kind: Backend,
+    next: &mut WorkspaceStatus,
+) -> Result<(), WorkspaceError> {
+    match kind {
+        Backend::Docker => {
+            if next
+                .instance_id
+                .as_deref()
+                .is_some_and(|i| !i.trim().is_empty())
+                && let Some(cp) = ctx.backends.control_plane.as_ref()
+            {
+                tracing::info!(workspace = %w.name, "backend changed to docker: terminating the instance");
+                cp.remove(w, true).await?;
+                next.instance_id = None;
+            }
+        }
+        Backend::ControlPlane => {
+            if next.container_id.is_some() || next.container_name.is_some() {
+                tracing::info!(workspace = %w.name, "backend changed to controlPlane: removing the container and volume");
+                ctx.backends.docker.remove(w, true).await?;
+                next.container_id = None;
+                next.container_name = None;
+                next.volume_name = None;
+            }
+        }
+    }
+    Ok(())
 }

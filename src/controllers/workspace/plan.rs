@@ -1,7 +1,8 @@
 //! The pure decision step of the Workspace controller: from what was observed (spec, status,
-//! the container's presence, the clock) to what to do and which phase to report (W09, W10, W13).
+//! the container's presence, the clock) to what to do and which phase to report (W09, W10, W13),
+//! and what a failed backend call means for the record (C04).
 
-use crate::backends::Presence;
+use crate::backends::{BackendError, Presence};
 use crate::resources::{WorkspacePhase, WorkspaceStatus};
 
 /// Why a (new) container is provisioned.
@@ -56,6 +57,9 @@ pub enum Step {
 pub struct Observed<'a> {
     pub status: &'a WorkspaceStatus,
     pub presence: &'a Presence,
+    /// What the record says runs: `status.containerId` (Docker) or `status.instanceId`
+    /// (control plane).
+    pub recorded: Option<&'a str>,
     pub desired_hash: &'a str,
     pub restart_annotation: Option<&'a str>,
     /// Seconds since the epoch.
@@ -99,14 +103,13 @@ pub fn decide(o: &Observed<'_>) -> Step {
         _ => None,
     };
     let Some(running_id) = running_id else {
-        return if was_up || (st.phase == Some(WorkspacePhase::Offline) && st.container_id.is_some())
-        {
+        return if was_up || (st.phase == Some(WorkspacePhase::Offline) && o.recorded.is_some()) {
             Step::Provision(ProvisionReason::Died)
         } else {
             Step::Provision(ProvisionReason::Initial)
         };
     };
-    if st.container_id.as_ref() != Some(running_id) {
+    if o.recorded != Some(running_id.as_str()) {
         return Step::Provision(ProvisionReason::Unrecorded);
     }
     if st.spec_hash.as_deref() != Some(o.desired_hash) {
@@ -206,6 +209,90 @@ pub fn trigger_hash(ws: &crate::resources::Workspace) -> Option<u64> {
     Some(h.finish())
 }
 
+/// What a failed start means for the record: a reason and a canned message for the condition
+/// and the Event (never the backend's error text: it may quote a remote body), and whether to
+/// retry with backoff (else wait for the record to change).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartFailure {
+    pub reason: &'static str,
+    pub message: String,
+    pub retry: bool,
+}
+
+/// Maps a failed `ensure_started`. `None`: retry quietly (a Docker engine hiccup; the phase
+/// stays Provisioning). Control-plane failures are always reported, since the user cannot see
+/// the remote side.
+pub fn start_failure(control_plane: bool, e: &BackendError) -> Option<StartFailure> {
+    let f = |reason, message: String, retry| {
+        Some(StartFailure {
+            reason,
+            message,
+            retry,
+        })
+    };
+    if !control_plane {
+        return match e {
+            _ if e.is_transient() => None,
+            BackendError::ImageMissing(img) => f(
+                "ImageMissing",
+                format!("image {img} is not present locally and no registry is configured"),
+                false,
+            ),
+            _ => f(
+                "ProvisionFailed",
+                "the container engine refused the container; see the operator log".into(),
+                false,
+            ),
+        };
+    }
+    match e {
+        BackendError::Upstream {
+            status: status @ (401 | 403),
+            ..
+        } => f(
+            "ControlPlaneAuth",
+            format!(
+                "the control plane refused this operator's credentials (HTTP {status}); check the credentials Secret; retrying"
+            ),
+            true,
+        ),
+        BackendError::Upstream { status, .. } if e.is_transient() => f(
+            "ProvisionFailed",
+            format!("the control plane could not provision an instance (HTTP {status}); retrying"),
+            true,
+        ),
+        BackendError::Upstream { status, .. } => f(
+            "ProvisionRejected",
+            format!(
+                "the control plane rejected the provision request (HTTP {status}); see the operator log"
+            ),
+            false,
+        ),
+        BackendError::Config(msg) => f("ControlPlaneConfig", format!("{msg}; retrying"), true),
+        BackendError::Transient(_) => f(
+            "ControlPlaneUnavailable",
+            "the control plane could not be reached or gave an unusable answer; retrying".into(),
+            true,
+        ),
+        BackendError::Permanent(_) | BackendError::ImageMissing(_) => f(
+            "ProvisionFailed",
+            "the control plane backend refused the workspace; see the operator log".into(),
+            false,
+        ),
+    }
+}
+
+/// The canned message of a stop that failed while deleting (the finalizer is kept and retried).
+pub fn stop_failure_message(e: &BackendError) -> String {
+    match e {
+        BackendError::Upstream { status, .. } => format!(
+            "the control plane did not confirm that the instance was stopped (HTTP {status}); retrying"
+        ),
+        BackendError::Config(msg) => format!("{msg}; retrying"),
+        _ => "the control plane could not be reached to stop the instance; retrying".into(),
+    }
+}
+
 /// Backoff before automatic restart number `n` (1-based): 1s, 2s, 4s … capped at 5 min.
 pub fn restart_backoff_secs(n: i64) -> i64 {
     let exp = n.saturating_sub(1).clamp(0, 16) as u32;
@@ -245,6 +332,7 @@ mod tests {
         Observed {
             status,
             presence,
+            recorded: status.container_id.as_deref(),
             desired_hash: "h",
             restart_annotation: None,
             now,
@@ -483,5 +571,113 @@ mod tests {
             (1, 2, 8)
         );
         assert_eq!(restart_backoff_secs(50), 300);
+    }
+
+    #[test]
+    fn a_control_plane_instance_is_matched_by_its_recorded_instance_id() {
+        // The record keeps the instance id, not a container id.
+        let st = WorkspaceStatus {
+            phase: Some(WorkspacePhase::Online),
+            instance_id: Some("i-0abc".into()),
+            spec_hash: Some("h".into()),
+            provisioned_at: Some(ts(1000)),
+            last_heartbeat: Some(ts(1010)),
+            ..Default::default()
+        };
+        let run = Presence::Running {
+            container_id: "i-0abc".into(),
+            host_url: None,
+            started_at: None,
+        };
+        let o = Observed {
+            recorded: st.instance_id.as_deref(),
+            ..obs(&st, &run, 1020)
+        };
+        assert!(matches!(
+            decide(&o),
+            Step::Observe {
+                phase: WorkspacePhase::Online,
+                ..
+            }
+        ));
+        // Another instance running for this workspace (a crash before the id was recorded).
+        let other = Presence::Running {
+            container_id: "i-0def".into(),
+            host_url: None,
+            started_at: None,
+        };
+        let o = Observed {
+            recorded: st.instance_id.as_deref(),
+            ..obs(&st, &other, 1020)
+        };
+        assert_eq!(decide(&o), Step::Provision(ProvisionReason::Unrecorded));
+        // Marked Offline (by the A2A proxy) with an instance on record that is gone: it died.
+        let offline = WorkspaceStatus {
+            phase: Some(WorkspacePhase::Offline),
+            ..st.clone()
+        };
+        let o = Observed {
+            recorded: offline.instance_id.as_deref(),
+            ..obs(&offline, &Presence::Absent, 1020)
+        };
+        assert_eq!(decide(&o), Step::Provision(ProvisionReason::Died));
+        // Nothing recorded, nothing running: a first provision.
+        let empty = WorkspaceStatus::default();
+        let o = Observed {
+            recorded: None,
+            ..obs(&empty, &Presence::Absent, 1020)
+        };
+        assert_eq!(decide(&o), Step::Provision(ProvisionReason::Initial));
+    }
+
+    #[test]
+    fn start_failures_get_canned_messages() {
+        let secret_body = "upstream said: Authorization Bearer sk-live-123 <html>boom</html>";
+        let up = |status| BackendError::Upstream {
+            call: "control plane provision",
+            status,
+            detail: secret_body.into(),
+        };
+        let f = start_failure(true, &up(500)).expect("reported");
+        assert_eq!(f.reason, "ProvisionFailed");
+        assert!(f.retry);
+        assert!(f.message.contains("HTTP 500"), "{}", f.message);
+        let f = start_failure(true, &up(400)).expect("reported");
+        assert_eq!((f.reason, f.retry), ("ProvisionRejected", false));
+        let f = start_failure(true, &up(401)).expect("reported");
+        assert_eq!((f.reason, f.retry), ("ControlPlaneAuth", true));
+        let f =
+            start_failure(true, &BackendError::Transient(secret_body.into())).expect("reported");
+        assert_eq!((f.reason, f.retry), ("ControlPlaneUnavailable", true));
+        let f = start_failure(
+            true,
+            &BackendError::Config("the Secret x/y does not exist".into()),
+        )
+        .expect("reported");
+        assert_eq!(f.reason, "ControlPlaneConfig");
+        assert!(f.message.starts_with("the Secret x/y does not exist"));
+        for e in [
+            up(500),
+            up(400),
+            up(401),
+            BackendError::Transient(secret_body.into()),
+            BackendError::Permanent(secret_body.into()),
+        ] {
+            let m = start_failure(true, &e).expect("reported").message;
+            assert!(!m.contains("sk-live") && !m.contains("boom"), "{m}");
+            let m = stop_failure_message(&e);
+            assert!(!m.contains("sk-live") && !m.contains("boom"), "{m}");
+        }
+        // Docker keeps its behaviour: engine hiccups retry quietly.
+        assert_eq!(
+            start_failure(false, &BackendError::Transient("x".into())),
+            None
+        );
+        assert_eq!(
+            start_failure(false, &BackendError::ImageMissing("img:1".into()))
+                .expect("reported")
+                .reason,
+            "ImageMissing"
+        );
     }
 }
