@@ -346,8 +346,10 @@ impl Git<'_> {
         identity: &str,
         r: &str,
     ) -> Result<(String, String), TemplateError> {
+        // The `^{}` pattern lists the commit an annotated tag points at.
+        let peeled = format!("{r}^{{}}");
         let out = self
-            .run(None, &["ls-remote", url, r])
+            .run(None, &["ls-remote", url, r, &peeled])
             .map_err(|e| fetch_failed(format!("could not list refs of {identity}: {e}")))?;
         let refs: Vec<(&str, &str)> = out.lines().filter_map(|l| l.split_once('\t')).collect();
         let find = |name: &str| {
