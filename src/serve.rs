@@ -136,7 +136,9 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let registry: crate::shim::registry::Slot = Arc::default();
     let server = {
         let shutdown = shutdown.clone();
-        let app = crate::shim::registry::router(registry.clone()).merge(api.router());
+        let app = crate::shim::registry::router(registry.clone())
+            .merge(crate::audit::router(audit.clone(), token.clone()))
+            .merge(api.router());
         let tls = cert.config.clone();
         tokio::spawn(crate::apiserver::listener::serve(
             listener, app, tls, shutdown,
@@ -164,9 +166,10 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
                 heartbeat_seconds: opts.workspaces.heartbeat_seconds,
                 heartbeat_timeout: opts.workspaces.heartbeat_timeout,
                 provision_timeout: opts.workspaces.provision_timeout,
-                template_root,
+                template_root: template_root.clone(),
                 agent_binary: std::env::current_exe()?,
             },
+            org_import: controllers::org_import::Settings::from_env(template_root),
             agent_port: addr.port(),
             reap_every: opts.workspaces.reap_every,
             registry: registry.clone(),

@@ -9,11 +9,12 @@ use kube::Client;
 
 use crate::telemetry::Metrics;
 
+pub mod org_import;
 pub mod reaper;
 pub mod workspace;
 
 /// Names of the controllers this build has, in start order.
-pub const KNOWN: &[&str] = &["workspace", "reaper"];
+pub const KNOWN: &[&str] = &["workspace", "reaper", "org_import"];
 
 /// The Docker network every workspace joins (W01).
 pub const NETWORK: &str = "molecule-core-net";
@@ -34,6 +35,8 @@ pub struct HostSettings {
     pub audit: crate::audit::Audit,
     /// Installation id labelled on every container and volume; the reaper only touches its own.
     pub instance: String,
+    /// OrgImport controller settings (template root, `!external` settings).
+    pub org_import: org_import::Settings,
 }
 
 /// Which controllers to run (`--controllers`).
@@ -135,9 +138,23 @@ pub async fn run(
         selection.0.len() as f64,
     );
     let wants = |n: &str| selection.0.iter().any(|s| s == n);
+    let mut tasks = vec![];
+    // The OrgImport controller only writes records: it needs no Docker.
+    if wants("org_import") {
+        tasks.push(tokio::spawn(org_import::run(
+            client.clone(),
+            host.org_import.clone(),
+            metrics.clone(),
+            host.audit.clone(),
+            shutdown.clone(),
+        )));
+    }
     if !wants("workspace") && !wants("reaper") {
-        tracing::info!("controller host started with no controllers");
+        tracing::info!(controllers = ?selection.0, "controller host started");
         shutdown.wait().await;
+        for t in tasks {
+            let _ = t.await;
+        }
         return Ok(());
     }
     let names: Vec<&str> = workspace::env::mutators().iter().map(|m| m.name).collect();
@@ -182,7 +199,6 @@ pub async fn run(
             }
         }
     });
-    let mut tasks = vec![];
     if wants("workspace") {
         let gateway = network
             .gateway_ip
