@@ -304,10 +304,15 @@ async fn audit(
     json: bool,
 ) -> anyhow::Result<()> {
     let path = molecule::kubeconfig::path(&data_dir);
-    let kc = kube::config::Kubeconfig::read_from(&path)
-        .with_context(|| format!("reading {} (is `molecule serve` running on this data dir?)", path.display()))?;
+    let kc = kube::config::Kubeconfig::read_from(&path).with_context(|| {
+        format!(
+            "reading {} (is `molecule serve` running on this data dir?)",
+            path.display()
+        )
+    })?;
     let config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
     let client = kube::Client::try_from(config)?;
     let mut query = form_urlencoded::Serializer::new(String::new());
     if let Some(e) = &event {
@@ -327,7 +332,10 @@ async fn audit(
         println!("{}", serde_json::to_string_pretty(&items)?);
         return Ok(());
     }
-    println!("{:<27} {:<22} {:<16} {:<24} DATA", "AT", "EVENT", "NAMESPACE", "NAME");
+    println!(
+        "{:<27} {:<22} {:<16} {:<24} DATA",
+        "AT", "EVENT", "NAMESPACE", "NAME"
+    );
     for r in items {
         let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
         println!(

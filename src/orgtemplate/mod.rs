@@ -431,6 +431,42 @@ mod tests {
     }
 
     #[test]
+    fn the_example_org_loads() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/org-templates");
+        let opts = Options {
+            external: ExternalConfig::for_root(&root),
+            root,
+            persona_root: None,
+        };
+        let p = load_plan(&opts, &Source::Dir("research-lab".into())).expect("example");
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let keys: Vec<&str> = p.workspaces.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "lab-lead",
+                "lab-lead/research-lead",
+                "lab-lead/research-lead/analyst",
+                "lab-lead/research-lead/writer",
+                "lab-lead/reviewer"
+            ]
+        );
+        assert_eq!((p.total, p.skipped), (7, 2));
+        let by = |k: &str| p.workspaces.iter().find(|w| w.key.ends_with(k)).expect(k);
+        assert_eq!(by("reviewer").plugins, ["memory", "code-review"]);
+        assert_eq!(by("analyst").env.0["REPORT_STYLE"], "tables");
+        assert_eq!(by("writer").env.0["REPORT_STYLE"], "brief");
+        assert_eq!(
+            by("analyst").files_dir.as_deref(),
+            Some("research-lab/research/analyst")
+        );
+        assert!(by("writer").idle_prompt.is_some());
+        let listed = list_templates(&opts.root);
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].workspaces, listed[0].spawning), (7, 5));
+    }
+
+    #[test]
     fn env_map_debug_hides_values() {
         let m = EnvMap([("TOKEN".to_string(), "s3cret".to_string())].into());
         let d = format!("{m:?}");

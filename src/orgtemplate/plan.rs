@@ -354,7 +354,7 @@ mod tests {
         );
         // `a-b` under the root and `b` under `a` never collide.
         assert_ne!(workspace_name("o", "a-b"), workspace_name("o", "a/b"));
-        let long_key = vec!["segment-with-a-long-name"; 12].join("/");
+        let long_key = ["segment-with-a-long-name"; 12].join("/");
         let n = workspace_name("org", &long_key);
         assert!(n.len() <= max_name_len(), "{}", n.len());
         assert_ne!(n, workspace_name("org", &format!("{long_key}/x")));

@@ -116,6 +116,10 @@ pub struct OrgImportStatus {
     /// Digest of the last planned children (changes when the template's result changes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_digest: Option<String>,
+    /// Set (to the plan digest) while an import pass runs, before its `org.import.started`
+    /// audit row; a pass that finds it set after a crash records the interrupted pass as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_in_progress: Option<String>,
     /// Tolerated template problems (unknown keys), each naming file and YAML path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,

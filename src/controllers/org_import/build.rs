@@ -54,7 +54,10 @@ pub fn source_of(spec: &OrgImportSpec) -> Result<Source, String> {
     Ok(Source::Git(ExternalRef {
         repo: g.repo,
         git_ref: g.git_ref.unwrap_or_else(|| "main".into()),
-        path: g.path.filter(|p| !p.is_empty()).unwrap_or_else(|| ".".into()),
+        path: g
+            .path
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| ".".into()),
         url: g.url,
     }))
 }
@@ -120,7 +123,12 @@ fn settings_file(org: &str, w: &DesiredWorkspace) -> String {
     s
 }
 
-fn spec_of(org: &OrgImport, plan: &Plan, w: &DesiredWorkspace, secret: Option<&str>) -> WorkspaceSpec {
+fn spec_of(
+    org: &OrgImport,
+    plan: &Plan,
+    w: &DesiredWorkspace,
+    secret: Option<&str>,
+) -> WorkspaceSpec {
     let org_name = org.name_any();
     let mut inline = BTreeMap::new();
     for (file, text) in [
@@ -259,7 +267,10 @@ pub fn digest(children: &[Child]) -> String {
     for c in children {
         h.update(c.workspace.to_string().as_bytes());
         if let Some(s) = &c.secret {
-            let keys: Vec<&String> = s["data"].as_object().map(|m| m.keys().collect()).unwrap_or_default();
+            let keys: Vec<&String> = s["data"]
+                .as_object()
+                .map(|m| m.keys().collect())
+                .unwrap_or_default();
             h.update(json!(keys).to_string().as_bytes());
         }
         h.update(b"\n");
@@ -403,27 +414,45 @@ workspaces:
         assert_eq!(analyst["metadata"]["namespace"], "team");
         assert_eq!(analyst["metadata"]["labels"][ORG_LABEL], "demo");
         assert_eq!(analyst["metadata"]["labels"][TREE_PATH], "lead.analyst");
-        assert_eq!(analyst["metadata"]["annotations"][TREE_PATH], "Lead/Analyst");
-        assert_eq!(analyst["metadata"]["annotations"][PLUGINS_ANNOTATION], "[\"memory\"]");
-        assert_eq!(lead["metadata"]["annotations"][CANVAS_ANNOTATION], "{\"x\":1.0,\"y\":2.0}");
+        assert_eq!(
+            analyst["metadata"]["annotations"][TREE_PATH],
+            "Lead/Analyst"
+        );
+        assert_eq!(
+            analyst["metadata"]["annotations"][PLUGINS_ANNOTATION],
+            "[\"memory\"]"
+        );
+        assert_eq!(
+            lead["metadata"]["annotations"][CANVAS_ANNOTATION],
+            "{\"x\":1.0,\"y\":2.0}"
+        );
         let owner = &analyst["metadata"]["ownerReferences"][0];
-        assert_eq!((owner["kind"].as_str(), owner["uid"].as_str()), (Some("OrgImport"), Some("uid-1")));
+        assert_eq!(
+            (owner["kind"].as_str(), owner["uid"].as_str()),
+            (Some("OrgImport"), Some("uid-1"))
+        );
         assert_eq!(owner["controller"], true);
         assert_eq!(analyst["spec"]["parentRef"]["name"], "demo.lead");
         assert!(lead["spec"].get("parentRef").is_none());
         assert_eq!(analyst["spec"]["tier"], 3);
         assert_eq!(analyst["spec"]["workspaceAccess"], "read-only");
         assert_eq!(analyst["spec"]["requiredEnv"], json!(["ANALYST_KEY"]));
-        assert_eq!(lead["spec"]["files"]["inline"]["system-prompt.md"], "lead well");
+        assert_eq!(
+            lead["spec"]["files"]["inline"]["system-prompt.md"],
+            "lead well"
+        );
         let settings: Value = serde_json::from_str(
-            analyst["spec"]["files"]["inline"][ORG_SETTINGS_FILE].as_str().expect("settings"),
+            analyst["spec"]["files"]["inline"][ORG_SETTINGS_FILE]
+                .as_str()
+                .expect("settings"),
         )
         .expect("json");
         assert_eq!(settings["org"], "Demo Org");
         assert_eq!(settings["tree_path"], json!(["Lead", "Analyst"]));
         assert!(c.iter().all(|c| c.secret.is_none()));
         // The spec round-trips into the typed Workspace.
-        let typed: crate::resources::Workspace = serde_json::from_value(analyst.clone()).expect("typed");
+        let typed: crate::resources::Workspace =
+            serde_json::from_value(analyst.clone()).expect("typed");
         assert_eq!(typed.spec.display_name.as_deref(), Some("Analyst"));
     }
 
@@ -445,7 +474,10 @@ workspaces:
         );
         // The digest ignores env values but sees names and spec changes.
         let d1 = digest(&c);
-        p.workspaces[1].env.0.insert("ANALYST_KEY".into(), "other".into());
+        p.workspaces[1]
+            .env
+            .0
+            .insert("ANALYST_KEY".into(), "other".into());
         assert_eq!(digest(&children(&org(), &p)), d1);
         p.workspaces[1].env.0.insert("NEW".into(), "x".into());
         assert_ne!(digest(&children(&org(), &p)), d1);
@@ -472,7 +504,10 @@ workspaces:
         let p = prune(true, &c, &existing);
         assert_eq!(p.delete, ["demo.lead.writer"]);
         let p = prune(false, &c, &existing);
-        assert_eq!((p.delete.len(), p.keep.clone()), (0, vec!["demo.lead.writer".to_string()]));
+        assert_eq!(
+            (p.delete.len(), p.keep.clone()),
+            (0, vec!["demo.lead.writer".to_string()])
+        );
         let p = prune(true, &[], &existing);
         assert!(p.delete.is_empty() && p.guarded, "{p:?}");
         assert_eq!(conflicts(&c, &[ex("demo.lead", false)]), ["demo.lead"]);

@@ -172,7 +172,9 @@ fn child_triggers(client: Client) -> impl futures::Stream<Item = ObjectRef<OrgIm
             }
             Ok(watcher::Event::Apply(w)) => {
                 let before = generations.insert(w.uid().unwrap_or_default(), w.metadata.generation);
-                (before != Some(w.metadata.generation)).then(|| owner(&w)).flatten()
+                (before != Some(w.metadata.generation))
+                    .then(|| owner(&w))
+                    .flatten()
             }
             Ok(watcher::Event::Delete(w)) => {
                 generations.remove(&w.uid().unwrap_or_default());
@@ -221,7 +223,8 @@ pub fn error_policy(org: Arc<OrgImport>, err: &OrgImportError, ctx: Arc<Context>
         *n = n.saturating_add(1);
         *n
     };
-    let delay = Duration::from_secs(1u64 << n.min(9).saturating_sub(1)).min(Duration::from_secs(300));
+    let delay =
+        Duration::from_secs(1u64 << n.min(9).saturating_sub(1)).min(Duration::from_secs(300));
     tracing::warn!(org = %org.name_any(), category = err.category(), error = %err, retry_in = ?delay, "org import failed; will retry");
     Action::requeue(delay)
 }
@@ -304,6 +307,7 @@ impl Pass<'_> {
     ) -> Result<(), OrgImportError> {
         let mut next = self.prev.clone();
         next.observed_generation = Some(self.generation);
+        next.import_in_progress = None;
         next.missing_env = missing_env;
         if let Some(d) = &self.digest {
             next.plan_digest = Some(d.clone());
@@ -315,11 +319,18 @@ impl Pass<'_> {
         let changed = ready(&self.prev).is_none_or(|c| {
             c.reason.as_deref() != Some(reason) || c.message.as_deref() != Some(message.as_str())
         });
-        set_ready(&mut next, ConditionStatus::False, reason, &message, self.generation);
+        set_ready(
+            &mut next,
+            ConditionStatus::False,
+            reason,
+            &message,
+            self.generation,
+        );
         self.write(&next).await?;
         if changed {
             tracing::info!(org = %self.org.name_any(), reason, "org import failed");
-            self.event(EventType::Warning, reason, message.clone()).await;
+            self.event(EventType::Warning, reason, message.clone())
+                .await;
         }
         if self.is_new {
             self.audit(
@@ -336,7 +347,13 @@ fn ready(s: &OrgImportStatus) -> Option<&Condition> {
     s.conditions.iter().find(|c| c.type_ == "Ready")
 }
 
-fn set_ready(s: &mut OrgImportStatus, st: ConditionStatus, reason: &str, msg: &str, generation: i64) {
+fn set_ready(
+    s: &mut OrgImportStatus,
+    st: ConditionStatus,
+    reason: &str,
+    msg: &str,
+    generation: i64,
+) {
     let mut c = Condition::new("Ready", st, reason, msg);
     c.observed_generation = Some(generation);
     Condition::upsert(&mut s.conditions, c, &crate::util::now_rfc3339());
@@ -354,6 +371,7 @@ fn status_patch(s: &OrgImportStatus) -> Value {
         "inventory",
         "missingEnv",
         "planDigest",
+        "importInProgress",
         "warnings",
     ] {
         patch.insert(field.into(), v.get(field).cloned().unwrap_or(Value::Null));
@@ -501,7 +519,22 @@ async fn import(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError
     pass.is_new = pass.prev.observed_generation != Some(pass.generation)
         || pass.prev.plan_digest.as_deref() != Some(digest.as_str());
     pass.digest = Some(digest.clone());
+    if pass.prev.import_in_progress.is_some() {
+        // The last pass died between its started row and its end (kill -9): close it.
+        pass.audit(
+            "org.import.failed",
+            json!({"name": plan.name, "mode": pass.mode(), "error": "interrupted: the controller stopped during the import", "reason": "Interrupted"}),
+        )
+        .await;
+        pass.prev.import_in_progress = None;
+        pass.is_new = true;
+    }
     if pass.is_new {
+        // Marked before the started row, so a crash can never leave it unpaired.
+        let mut marked = pass.prev.clone();
+        marked.import_in_progress = Some(digest.clone());
+        pass.write(&marked).await?;
+        pass.prev = marked;
         pass.audit(
             "org.import.started",
             json!({"name": plan.name, "mode": pass.mode(), "source": org_source_kind(org), "desired": plan.workspaces.len(), "skipped": plan.skipped}),
@@ -628,9 +661,7 @@ async fn import(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError
     let kept: BTreeSet<&str> = prune.keep.iter().map(String::as_str).collect();
     for (name, s) in &existing_secrets {
         let is_env_secret = name.ends_with("-org-env") && owned_by(&s.metadata, &uid);
-        let kept_child = kept
-            .iter()
-            .any(|k| build::env_secret_name(k) == *name);
+        let kept_child = kept.iter().any(|k| build::env_secret_name(k) == *name);
         if is_env_secret && !wanted_secrets.contains(name) && !kept_child {
             match secret_api.delete(name, &DeleteParams::background()).await {
                 Ok(_) | Err(kube::Error::Api(_)) => {}
@@ -653,14 +684,18 @@ async fn import(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError
     // 7. Status, Events, audit.
     let mut next = pass.prev.clone();
     next.observed_generation = Some(pass.generation);
+    next.import_in_progress = None;
     next.plan_digest = Some(digest);
     next.missing_env = vec![];
     next.revisions = revisions(&plan);
     next.warnings = plan.warnings.iter().take(20).cloned().collect();
     let mut inventory: Vec<String> = children.iter().map(|c| c.tree_path.clone()).collect();
-    inventory.extend(existing.iter().filter(|e| kept.contains(e.name.as_str())).map(|e| {
-        e.tree_path.clone().unwrap_or_else(|| e.name.clone())
-    }));
+    inventory.extend(
+        existing
+            .iter()
+            .filter(|e| kept.contains(e.name.as_str()))
+            .map(|e| e.tree_path.clone().unwrap_or_else(|| e.name.clone())),
+    );
     inventory.sort();
     next.inventory = inventory;
     let changed = counts.created + counts.updated + counts.pruned > 0;
@@ -668,27 +703,47 @@ async fn import(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError
     if pass.is_new || changed || pass.prev.counts.is_none() {
         next.counts = Some(counts.clone());
     }
+    // The condition describes the counts status shows (those of the last pass that did
+    // something); a resync that changed nothing keeps both.
+    let shown = next.counts.clone().unwrap_or_else(|| counts.clone());
     let summary = format!(
         "{} workspaces: {} created, {} updated, {} unchanged, {} pruned, {} skipped (spawning: false){}",
-        counts.desired,
-        counts.created,
-        counts.updated,
-        counts.unchanged,
-        counts.pruned,
-        counts.skipped,
+        shown.desired,
+        shown.created,
+        shown.updated,
+        shown.unchanged,
+        shown.pruned,
+        shown.skipped,
         if prune.keep.is_empty() || prune.guarded {
             String::new()
         } else {
             format!(", {} kept outside the tree (mode merge)", prune.keep.len())
         }
     );
-    set_ready(&mut next, ConditionStatus::True, "Imported", &summary, pass.generation);
+    set_ready(
+        &mut next,
+        ConditionStatus::True,
+        "Imported",
+        &summary,
+        pass.generation,
+    );
     pass.write(&next).await?;
     if pass.prev.warnings != next.warnings && !next.warnings.is_empty() {
-        pass.event(EventType::Warning, "UnknownKeys", next.warnings.join("; ")).await;
+        pass.event(EventType::Warning, "UnknownKeys", next.warnings.join("; "))
+            .await;
     }
     if pass.is_new || changed || !was_ready {
-        pass.event(EventType::Normal, "Imported", summary.clone()).await;
+        let summary = format!(
+            "{} workspaces: {} created, {} updated, {} unchanged, {} pruned, {} skipped (spawning: false)",
+            counts.desired,
+            counts.created,
+            counts.updated,
+            counts.unchanged,
+            counts.pruned,
+            counts.skipped
+        );
+        pass.event(EventType::Normal, "Imported", summary.clone())
+            .await;
         if !pass.is_new {
             // A resync that changed something (a child deleted by hand, an env file edited)
             // is an import too: record the pair.
