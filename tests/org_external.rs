@@ -447,6 +447,15 @@ fn a_git_source_loads_an_org_from_a_repository() {
             .join("system-prompt.md")
             .is_file()
     );
+    // The default path (the repository root) finds a root org.yaml.
+    Repo::create(
+        &w.repos(),
+        "team/rootorg",
+        &[("org.yaml", "name: Root Org\nworkspaces: [{name: Solo}]\n")],
+    );
+    let p =
+        load_plan(&w.options(), &Source::Git(ext("team/rootorg", "main", "."))).expect("root org");
+    assert_eq!((p.name.as_str(), p.workspaces.len()), ("Root Org", 1));
     let e = load_plan(&w.options(), &Source::Git(ext("other/orgs", "main", "dev")))
         .expect_err("allowlist");
     assert_eq!(e.kind, ErrorKind::ExternalRefused);

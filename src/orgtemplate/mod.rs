@@ -294,6 +294,17 @@ pub fn load_plan(opts: &Options, source: &Source) -> Result<Plan, TemplateError>
     Ok(plan)
 }
 
+/// The env preflight of a template before any OrgImport exists (what the canvas shim answers
+/// with 412): loads `source`, then checks it against `available` — the names with a non-empty
+/// value in the namespace's `molecule-global-secrets`.
+pub fn check_env(
+    opts: &Options,
+    source: &Source,
+    available: &BTreeSet<String>,
+) -> Result<Preflight, TemplateError> {
+    Ok(preflight(&load_plan(opts, source)?, available))
+}
+
 /// Lexically normalises `rel` (no filesystem access): `.` dropped, `..` pops; None when it is
 /// absolute or climbs above its start.
 pub(crate) fn normalize_rel(rel: &Path) -> Option<PathBuf> {

@@ -278,7 +278,7 @@ pub(crate) fn load(opts: &Options, source: &Source) -> Result<Loaded, TemplateEr
                 sha: fetched.sha.clone(),
             });
             let scope = ex.external_scope(&fetched)?;
-            let mut file = PathBuf::from(&r.path);
+            let mut file = normalize_rel(Path::new(&r.path)).unwrap_or_default();
             if scope.confine.join(&file).is_dir() {
                 file = file.join(ORG_FILE);
             }
@@ -362,7 +362,7 @@ impl Expander<'_> {
         ext_depth: usize,
         at: At<'_>,
     ) -> Result<Node, TemplateError> {
-        let name = format!("{}{}", scope.display, display_rel(scope, rel));
+        let name = format!("{}{}", scope.display, slash(rel));
         let canon = match confined(&scope.confine, rel) {
             Ok(p) => p,
             Err(Confinement::Missing) => {
@@ -657,10 +657,6 @@ struct FileCtx<'a> {
     rel: &'a Path,
     depth: usize,
     ext_depth: usize,
-}
-
-fn display_rel(_scope: &Scope, rel: &Path) -> String {
-    slash(rel)
 }
 
 #[cfg(test)]

@@ -390,8 +390,9 @@ fn revisions(p: &Plan) -> Vec<ResolvedRevision> {
         .collect()
 }
 
-/// Names of the namespace's global secrets with a non-empty value.
-async fn global_env(client: &Client, ns: &str) -> Result<BTreeSet<String>, OrgImportError> {
+/// Names of the namespace's global secrets with a non-empty value: what the env preflight
+/// (`orgtemplate::preflight` / `check_env`) takes as available.
+pub async fn global_env(client: &Client, ns: &str) -> Result<BTreeSet<String>, kube::Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let s = api
         .get_opt(crate::controllers::workspace::env::GLOBAL_SECRET)
