@@ -278,6 +278,36 @@ pub fn digest(children: &[Child]) -> String {
     hex::encode(&h.finalize()[..12])
 }
 
+/// Whether a Secret name is a child's env Secret.
+pub fn is_env_secret(name: &str) -> bool {
+    name.ends_with("-org-env")
+}
+
+/// Tree paths of the children, plus those of owned children kept outside the tree, sorted.
+pub fn inventory(children: &[Child], existing: &[Existing], kept: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = children.iter().map(|c| c.tree_path.clone()).collect();
+    out.extend(
+        existing
+            .iter()
+            .filter(|e| kept.contains(&e.name))
+            .map(|e| e.tree_path.clone().unwrap_or_else(|| e.name.clone())),
+    );
+    out.sort();
+    out
+}
+
+/// The Ready message and Imported Event of a pass.
+pub fn summary(c: &crate::resources::OrgImportCounts, kept: usize) -> String {
+    let mut s = format!(
+        "{} workspaces: {} created, {} updated, {} unchanged, {} pruned, {} skipped (spawning: false)",
+        c.desired, c.created, c.updated, c.unchanged, c.pruned, c.skipped
+    );
+    if kept > 0 {
+        s.push_str(&format!(", {kept} kept outside the tree (mode merge)"));
+    }
+    s
+}
+
 /// A child record that exists in the namespace.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Existing {
@@ -510,6 +540,23 @@ workspaces:
         );
         let p = prune(true, &[], &existing);
         assert!(p.delete.is_empty() && p.guarded, "{p:?}");
+        let mut kept = existing.clone();
+        kept[2].tree_path = Some("Lead/Writer".into());
+        assert_eq!(
+            inventory(&c, &kept, &["demo.lead.writer".to_string()]),
+            ["Lead", "Lead/Analyst", "Lead/Writer"]
+        );
+        let counts = crate::resources::OrgImportCounts {
+            desired: 2,
+            created: 1,
+            unchanged: 1,
+            skipped: 3,
+            ..Default::default()
+        };
+        assert_eq!(
+            summary(&counts, 1),
+            "2 workspaces: 1 created, 0 updated, 1 unchanged, 0 pruned, 3 skipped (spawning: false), 1 kept outside the tree (mode merge)"
+        );
         assert_eq!(conflicts(&c, &[ex("demo.lead", false)]), ["demo.lead"]);
         assert!(conflicts(&c, &existing).is_empty());
     }

@@ -463,6 +463,132 @@ async fn apply_child(
     })
 }
 
+/// The namespace as this pass found it.
+struct Observed {
+    workspaces: BTreeMap<String, Workspace>,
+    secrets: BTreeMap<String, Secret>,
+    /// Every Workspace, with whether this import owns it.
+    existing: Vec<Existing>,
+}
+
+async fn observe(ctx: &Context, ns: &str, uid: &str) -> Result<Observed, OrgImportError> {
+    let ws_api: Api<Workspace> = Api::namespaced(ctx.client.clone(), ns);
+    let workspaces: BTreeMap<String, Workspace> = ws_api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|w| (w.name_any(), w))
+        .collect();
+    let secret_api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let secrets: BTreeMap<String, Secret> = secret_api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|s| (s.name_any(), s))
+        .collect();
+    let existing = workspaces
+        .values()
+        .map(|w| Existing {
+            name: w.name_any(),
+            owned: owned_by(&w.metadata, uid),
+            tree_path: w.annotations().get(TREE_PATH).cloned(),
+        })
+        .collect();
+    Ok(Observed {
+        workspaces,
+        secrets,
+        existing,
+    })
+}
+
+/// Names the children need that objects this import does not own already use.
+fn clashes(children: &[Child], seen: &Observed, uid: &str) -> Vec<String> {
+    let mut out = build::conflicts(children, &seen.existing);
+    out.extend(children.iter().filter_map(|c| {
+        let s = seen.secrets.get(&c.secret_name())?;
+        (c.secret.is_some() && !owned_by(&s.metadata, uid)).then(|| c.secret_name())
+    }));
+    out
+}
+
+/// Applies every child, `APPLY_CONCURRENCY` at a time; counts what happened.
+async fn apply_children(
+    ctx: &Context,
+    ns: &str,
+    children: &[Child],
+    seen: &Observed,
+) -> Result<OrgImportCounts, OrgImportError> {
+    // (Collected first: a stream closure over borrowed children trips the Send check.)
+    let applies: Vec<_> = children
+        .iter()
+        .map(|c| {
+            apply_child(
+                ctx,
+                ns,
+                c,
+                seen.workspaces.get(&c.name),
+                seen.secrets.get(&c.secret_name()),
+            )
+        })
+        .collect();
+    let results: Vec<Result<Applied, OrgImportError>> = futures::stream::iter(applies)
+        .buffered(APPLY_CONCURRENCY)
+        .collect()
+        .await;
+    let mut counts = OrgImportCounts {
+        desired: children.len() as i64,
+        ..Default::default()
+    };
+    for r in results {
+        match r? {
+            Applied::Created => counts.created += 1,
+            Applied::Updated => counts.updated += 1,
+            Applied::Unchanged => counts.unchanged += 1,
+        }
+    }
+    Ok(counts)
+}
+
+/// Deletes `prune.delete`, and every owned env Secret that no desired or kept child refers to.
+/// Returns how many Workspaces were deleted.
+async fn prune_children(
+    ctx: &Context,
+    ns: &str,
+    uid: &str,
+    children: &[Child],
+    prune: &build::Prune,
+    seen: &Observed,
+) -> Result<i64, OrgImportError> {
+    let ws_api: Api<Workspace> = Api::namespaced(ctx.client.clone(), ns);
+    let mut pruned = 0;
+    for name in &prune.delete {
+        match ws_api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => pruned += 1,
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let wanted: BTreeSet<String> = children
+        .iter()
+        .filter(|c| c.secret.is_some())
+        .map(Child::secret_name)
+        .chain(prune.keep.iter().map(|k| build::env_secret_name(k)))
+        .collect();
+    let secret_api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    for (name, s) in &seen.secrets {
+        if build::is_env_secret(name) && owned_by(&s.metadata, uid) && !wanted.contains(name) {
+            match secret_api.delete(name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(pruned)
+}
+
 async fn import(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError> {
     if org.metadata.deletion_timestamp.is_some() {
         // Garbage collection removes the children.
@@ -481,14 +607,15 @@ async fn import(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError
         template_name: String::new(),
         digest: None,
     };
+    // Files do not trigger watches: dir and git sources are read again after a while.
     let inline = org.spec.source.template.is_some();
-    let wait = if inline {
+    let retry = if inline {
         Action::await_change()
     } else {
         Action::requeue(Duration::from_secs(60))
     };
 
-    // 1. Load and plan the template (reads files, may run git).
+    // 1. Load and plan the template (reads files, may run git) and build the children.
     let source = match build::source_of(&org.spec) {
         Ok(s) => s,
         Err(msg) => {
@@ -508,7 +635,7 @@ async fn import(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError
             return if e.is_transient() {
                 Err(e.into())
             } else {
-                Ok(wait)
+                Ok(retry)
             };
         }
     };
@@ -516,7 +643,8 @@ async fn import(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError
     let children = build::children(org, &plan);
     let digest = build::digest(&children);
 
-    // 2. A new import pass: the spec or the template's result changed (O09: after parse).
+    // 2. A new pass when the spec or the template's result changed; started is recorded after
+    // the parse (O09) and after the in-progress mark (crash-safe pairing).
     pass.is_new = pass.prev.observed_generation != Some(pass.generation)
         || pass.prev.plan_digest.as_deref() != Some(digest.as_str());
     pass.digest = Some(digest.clone());
@@ -531,16 +659,12 @@ async fn import(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError
         pass.is_new = true;
     }
     if pass.is_new {
-        // Marked before the started row, so a crash can never leave it unpaired.
         let mut marked = pass.prev.clone();
         marked.import_in_progress = Some(digest.clone());
         pass.write(&marked).await?;
         pass.prev = marked;
-        pass.audit(
-            "org.import.started",
-            json!({"name": plan.name, "mode": pass.mode(), "source": org_source_kind(org), "desired": plan.workspaces.len(), "skipped": plan.skipped}),
-        )
-        .await;
+        pass.audit("org.import.started", pass.started_data(&plan, false))
+            .await;
     }
 
     // 3. Env preflight over the whole tree (O07) before anything is created.
@@ -555,121 +679,37 @@ async fn import(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError
         }
     }
 
-    // 4. What exists: children (ours or not) and their Secrets.
-    let ws_api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing_ws: BTreeMap<String, Workspace> = ws_api
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .map(|w| (w.name_any(), w))
-        .collect();
-    let secret_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing_secrets: BTreeMap<String, Secret> = secret_api
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .map(|s| (s.name_any(), s))
-        .collect();
-    let existing: Vec<Existing> = existing_ws
-        .values()
-        .map(|w| Existing {
-            name: w.name_any(),
-            owned: owned_by(&w.metadata, &uid),
-            tree_path: w.annotations().get(TREE_PATH).cloned(),
-        })
-        .collect();
-    let mut clashes = build::conflicts(&children, &existing);
-    clashes.extend(children.iter().filter_map(|c| {
-        let s = existing_secrets.get(&c.secret_name())?;
-        (c.secret.is_some() && !owned_by(&s.metadata, &uid)).then(|| c.secret_name())
-    }));
-    if !clashes.is_empty() {
+    // 4. Nothing is applied when a name belongs to someone else.
+    let seen = observe(ctx, &ns, &uid).await?;
+    let taken = clashes(&children, &seen, &uid);
+    if !taken.is_empty() {
         let msg = format!(
             "these names are already used by objects this import does not own: {}",
-            clashes.join(", ")
+            taken.join(", ")
         );
         pass.fail("NameConflict", msg, vec![], Some(&plan)).await?;
-        return Ok(wait);
+        return Ok(retry);
     }
 
     // 5. Apply every child (server-side apply: re-applying the same tree is a no-op).
-    // (Collected first: a stream closure over borrowed children trips the Send check.)
-    let applies: Vec<_> = children
-        .iter()
-        .map(|c| {
-            apply_child(
-                ctx,
-                &ns,
-                c,
-                existing_ws.get(&c.name),
-                existing_secrets.get(&c.secret_name()),
-            )
-        })
-        .collect();
-    let results: Vec<Result<Applied, OrgImportError>> = futures::stream::iter(applies)
-        .buffered(APPLY_CONCURRENCY)
-        .collect()
-        .await;
-    let mut counts = OrgImportCounts {
-        desired: children.len() as i64,
-        skipped: plan.skipped as i64,
-        ..Default::default()
-    };
-    let mut first_error = None;
-    for r in results {
-        match r {
-            Ok(Applied::Created) => counts.created += 1,
-            Ok(Applied::Updated) => counts.updated += 1,
-            Ok(Applied::Unchanged) => counts.unchanged += 1,
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
+    let mut counts = match apply_children(ctx, &ns, &children, &seen).await {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("applying the children failed: {e}");
+            pass.fail("ApplyFailed", msg, vec![], Some(&plan)).await?;
+            return Err(e);
         }
-    }
-    if let Some(e) = first_error {
-        pass.fail(
-            "ApplyFailed",
-            format!("applying the children failed: {e}"),
-            vec![],
-            Some(&plan),
-        )
-        .await?;
-        return Err(e);
-    }
-    // Env Secrets no child refers to any more (its env became empty, or it was pruned).
-    let wanted_secrets: BTreeSet<String> = children
-        .iter()
-        .filter(|c| c.secret.is_some())
-        .map(Child::secret_name)
-        .collect();
+    };
+    counts.skipped = plan.skipped as i64;
 
-    // 6. Prune (mode reconcile): only children this import owns; never all because the
-    // desired set came out empty (O06).
+    // 6. Prune (mode reconcile): only what this import owns, never all because the tree came
+    // out empty (O06).
     let prune = build::prune(
         org.spec.mode == OrgImportMode::Reconcile,
         &children,
-        &existing,
+        &seen.existing,
     );
-    for name in &prune.delete {
-        match ws_api.delete(name, &DeleteParams::background()).await {
-            Ok(_) => counts.pruned += 1,
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let kept: BTreeSet<&str> = prune.keep.iter().map(String::as_str).collect();
-    for (name, s) in &existing_secrets {
-        let is_env_secret = name.ends_with("-org-env") && owned_by(&s.metadata, &uid);
-        let kept_child = kept.iter().any(|k| build::env_secret_name(k) == *name);
-        if is_env_secret && !wanted_secrets.contains(name) && !kept_child {
-            match secret_api.delete(name, &DeleteParams::background()).await {
-                Ok(_) | Err(kube::Error::Api(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
+    counts.pruned = prune_children(ctx, &ns, &uid, &children, &prune, &seen).await?;
     if prune.guarded {
         pass.event(
             EventType::Warning,
@@ -683,89 +723,80 @@ async fn import(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError
     }
 
     // 7. Status, Events, audit.
-    let mut next = pass.prev.clone();
-    next.observed_generation = Some(pass.generation);
-    next.import_in_progress = None;
-    next.plan_digest = Some(digest);
-    next.missing_env = vec![];
-    next.revisions = revisions(&plan);
-    next.warnings = plan.warnings.iter().take(20).cloned().collect();
-    let mut inventory: Vec<String> = children.iter().map(|c| c.tree_path.clone()).collect();
-    inventory.extend(
-        existing
-            .iter()
-            .filter(|e| kept.contains(e.name.as_str()))
-            .map(|e| e.tree_path.clone().unwrap_or_else(|| e.name.clone())),
-    );
-    inventory.sort();
-    next.inventory = inventory;
-    let changed = counts.created + counts.updated + counts.pruned > 0;
-    let was_ready = ready(&pass.prev).is_some_and(|c| c.status == ConditionStatus::True);
-    if pass.is_new || changed || pass.prev.counts.is_none() {
-        next.counts = Some(counts.clone());
-    }
-    // The condition describes the counts status shows (those of the last pass that did
-    // something); a resync that changed nothing keeps both.
-    let shown = next.counts.clone().unwrap_or_else(|| counts.clone());
-    let summary = format!(
-        "{} workspaces: {} created, {} updated, {} unchanged, {} pruned, {} skipped (spawning: false){}",
-        shown.desired,
-        shown.created,
-        shown.updated,
-        shown.unchanged,
-        shown.pruned,
-        shown.skipped,
-        if prune.keep.is_empty() || prune.guarded {
-            String::new()
-        } else {
-            format!(", {} kept outside the tree (mode merge)", prune.keep.len())
-        }
-    );
-    set_ready(
-        &mut next,
-        ConditionStatus::True,
-        "Imported",
-        &summary,
-        pass.generation,
-    );
-    pass.write(&next).await?;
-    if pass.prev.warnings != next.warnings && !next.warnings.is_empty() {
-        pass.event(EventType::Warning, "UnknownKeys", next.warnings.join("; "))
-            .await;
-    }
-    if pass.is_new || changed || !was_ready {
-        let summary = format!(
-            "{} workspaces: {} created, {} updated, {} unchanged, {} pruned, {} skipped (spawning: false)",
-            counts.desired,
-            counts.created,
-            counts.updated,
-            counts.unchanged,
-            counts.pruned,
-            counts.skipped
-        );
-        pass.event(EventType::Normal, "Imported", summary.clone())
-            .await;
-        if !pass.is_new {
-            // A resync that changed something (a child deleted by hand, an env file edited)
-            // is an import too: record the pair.
-            pass.audit(
-                "org.import.started",
-                json!({"name": plan.name, "mode": pass.mode(), "source": org_source_kind(org), "desired": counts.desired, "skipped": counts.skipped, "resync": true}),
-            )
-            .await;
-        }
-        pass.audit(
-            "org.import.completed",
-            json!({"name": plan.name, "mode": pass.mode(), "desired": counts.desired, "created": counts.created, "updated": counts.updated, "unchanged": counts.unchanged, "skipped": counts.skipped, "removed": counts.pruned, "duration_ms": pass.ms()}),
-        )
-        .await;
-        tracing::info!(org = %org.name_any(), summary = %summary, "org imported");
-    }
+    pass.finish(&plan, &children, counts, &prune, &seen).await?;
     Ok(if inline {
         Action::await_change()
     } else {
         Action::requeue(ctx.settings.resync)
     })
+}
+
+impl Pass<'_> {
+    fn started_data(&self, plan: &Plan, resync: bool) -> Value {
+        let mut d = json!({"name": plan.name, "mode": self.mode(), "source": org_source_kind(self.org), "desired": plan.workspaces.len(), "skipped": plan.skipped});
+        if resync {
+            d["resync"] = json!(true);
+        }
+        d
+    }
+
+    /// Writes the successful status; the Imported Event and the completed row when this was an
+    /// import (or a resync that changed something, which then gets its started row too).
+    async fn finish(
+        &self,
+        plan: &Plan,
+        children: &[Child],
+        counts: OrgImportCounts,
+        prune: &build::Prune,
+        seen: &Observed,
+    ) -> Result<(), OrgImportError> {
+        let mut next = self.prev.clone();
+        next.observed_generation = Some(self.generation);
+        next.import_in_progress = None;
+        next.plan_digest = self.digest.clone();
+        next.missing_env = vec![];
+        next.revisions = revisions(plan);
+        next.warnings = plan.warnings.iter().take(20).cloned().collect();
+        next.inventory = build::inventory(children, &seen.existing, &prune.keep);
+        let changed = counts.created + counts.updated + counts.pruned > 0;
+        let was_ready = ready(&self.prev).is_some_and(|c| c.status == ConditionStatus::True);
+        // Counts are those of the last pass that did something; a quiet resync keeps them.
+        if self.is_new || changed || self.prev.counts.is_none() {
+            next.counts = Some(counts.clone());
+        }
+        let shown = next.counts.clone().unwrap_or_else(|| counts.clone());
+        let kept = if prune.guarded { 0 } else { prune.keep.len() };
+        set_ready(
+            &mut next,
+            ConditionStatus::True,
+            "Imported",
+            &build::summary(&shown, kept),
+            self.generation,
+        );
+        self.write(&next).await?;
+        if self.prev.warnings != next.warnings && !next.warnings.is_empty() {
+            self.event(EventType::Warning, "UnknownKeys", next.warnings.join("; "))
+                .await;
+        }
+        if self.is_new || changed || !was_ready {
+            let summary = build::summary(&counts, kept);
+            self.event(EventType::Normal, "Imported", summary.clone())
+                .await;
+            if !self.is_new {
+                // A resync that changed something (a child deleted by hand, an env file
+                // edited) is an import too: record the pair.
+                self.audit("org.import.started", self.started_data(plan, true))
+                    .await;
+            }
+            self.audit(
+                "org.import.completed",
+                json!({"name": plan.name, "mode": self.mode(), "desired": counts.desired, "created": counts.created, "updated": counts.updated, "unchanged": counts.unchanged, "skipped": counts.skipped, "removed": counts.pruned, "duration_ms": self.ms()}),
+            )
+            .await;
+            tracing::info!(org = %self.org.name_any(), summary = %summary, "org imported");
+        }
+        Ok(())
+    }
 }
 
 fn org_source_kind(org: &OrgImport) -> &'static str {
