@@ -7,7 +7,7 @@
 //!    201 files without any processing — target < 200 ms;
 //! 2. OrgImport applied → all 200 Workspace records exist, with a backend that does nothing
 //!    (`serve --controllers org_import`: records only), vs `kubectl apply` of the same 200
-//!    Workspace manifests — target < 2 s;
+//!    Workspace manifests (same parents, same files_dir) — target < 2 s;
 //! 3. with Docker (`serve --controllers all`): OrgImport → all Online, vs `kubectl apply` of the
 //!    200 plain Workspaces → all Online. `MOLECULE_BENCH_ORG_DOCKER=N` changes the size of this
 //!    phase (0 skips it).
@@ -265,7 +265,7 @@ fn plain_manifests(nodes: &[(usize, Option<usize>)]) -> String {
                 .map(|p| format!("  parentRef:\n    name: w{p}\n"))
                 .unwrap_or_default();
             format!(
-                "apiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: w{id}\nspec:\n  runtime: echo\n  displayName: Role {id}\n  role: role number {id}\n{parent}---\n"
+                "apiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: w{id}\nspec:\n  runtime: echo\n  displayName: Role {id}\n  role: role number {id}\n  files:\n    filesDir: bench/prompts/w{id}\n{parent}---\n"
             )
         })
         .collect()

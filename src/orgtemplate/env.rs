@@ -137,11 +137,19 @@ fn read_confined(opts: &Options, rel: &Path) -> Result<BTreeMap<String, String>,
     }
 }
 
+/// The org root `.env` (read once per plan; every workspace shares it).
+pub(crate) fn org_root(
+    opts: &Options,
+    org_dir_rel: &Path,
+) -> Result<BTreeMap<String, String>, TemplateError> {
+    read_confined(opts, &org_dir_rel.join(".env"))
+}
+
 /// The layered env of one workspace. `files_dir_raw` is files_dir as written (the persona
 /// key); `files_dir_rel` is it resolved against the template root.
 pub(crate) fn layered(
     opts: &Options,
-    org_dir_rel: &Path,
+    org_env: &BTreeMap<String, String>,
     files_dir_raw: Option<&str>,
     files_dir_rel: Option<&str>,
 ) -> Result<EnvMap, TemplateError> {
@@ -154,7 +162,7 @@ pub(crate) fn layered(
             &format!("persona env {key}"),
         )?);
     }
-    env.extend(read_confined(opts, &org_dir_rel.join(".env"))?);
+    env.extend(org_env.iter().map(|(k, v)| (k.clone(), v.clone())));
     if let Some(fd) = files_dir_rel {
         env.extend(read_confined(opts, &Path::new(fd).join(".env"))?);
     }

@@ -81,7 +81,8 @@ pub(crate) fn merge_plugins(defaults: &[PluginEntry], own: &[PluginEntry]) -> Ve
 struct Builder<'a> {
     opts: &'a Options,
     defaults: &'a Defaults,
-    loaded: &'a Loaded,
+    /// The org root `.env` (O08), shared by every workspace.
+    org_env: BTreeMap<String, String>,
     out: Vec<DesiredWorkspace>,
     skipped: usize,
 }
@@ -95,7 +96,7 @@ pub(crate) fn build(
     let mut b = Builder {
         opts,
         defaults: &t.defaults,
-        loaded,
+        org_env: env::org_root(opts, &loaded.org_dir_rel)?,
         out: vec![],
         skipped: 0,
     };
@@ -193,7 +194,7 @@ impl Builder<'_> {
         }
         let env = env::layered(
             self.opts,
-            &self.loaded.org_dir_rel,
+            &self.org_env,
             d.files_dir.as_ref().map(|(fd, _)| fd.as_str()),
             files_dir.as_deref(),
         )?;
