@@ -64,3 +64,74 @@ impl Audit {
         }
     }
 }
+
+/// `GET /audit?event=&namespace=&name=`: audit rows, oldest first, as
+/// `{"items": [{"at", "event", "namespace", "name", "data"}]}`. Requires the API bearer token.
+pub fn router(audit: Audit, token: String) -> axum::Router {
+    use axum::extract::{Query, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use std::collections::HashMap;
+
+    #[derive(Clone)]
+    struct Route {
+        audit: Audit,
+        token: Arc<str>,
+    }
+
+    async fn list(
+        State(r): State<Route>,
+        headers: HeaderMap,
+        Query(q): Query<HashMap<String, String>>,
+    ) -> axum::response::Response {
+        let got = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(got.as_bytes(), r.token.as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(serde_json::json!({"error": "a valid bearer token is required"})),
+            )
+                .into_response();
+        }
+        let rows = match r.audit.rows(q.get("event").map(String::as_str)).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading audit rows failed");
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::Json(serde_json::json!({"error": "the audit log could not be read"})),
+                )
+                    .into_response();
+            }
+        };
+        let items: Vec<Value> = rows
+            .into_iter()
+            .filter(|r| q.get("namespace").is_none_or(|n| *n == r.namespace))
+            .filter(|r| q.get("name").is_none_or(|n| *n == r.name))
+            .map(|r| {
+                serde_json::json!({
+                    "at": r.at,
+                    "event": r.event,
+                    "namespace": r.namespace,
+                    "name": r.name,
+                    "data": serde_json::from_str::<Value>(&r.data).unwrap_or(Value::String(r.data)),
+                })
+            })
+            .collect();
+        axum::Json(serde_json::json!({ "items": items })).into_response()
+    }
+
+    axum::Router::new()
+        .route("/audit", axum::routing::get(list))
+        .with_state(Route {
+            audit,
+            token: token.into(),
+        })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

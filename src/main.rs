@@ -308,6 +308,20 @@ enum Command {
         #[arg(long, env = "MOLECULE_DATA_DIR", default_value_os_t = default_data_dir())]
         data_dir: PathBuf,
     },
+    /// List audit rows (org.import.started, org.import.completed, …) of a running `serve`.
+    Audit {
+        #[arg(long, env = "MOLECULE_DATA_DIR", default_value_os_t = default_data_dir())]
+        data_dir: PathBuf,
+        /// Only this event, e.g. org.import.completed.
+        #[arg(long)]
+        event: Option<String>,
+        /// Only rows about objects in this namespace.
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        /// Print the rows as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -322,6 +336,15 @@ fn main() -> anyhow::Result<()> {
         Command::CanvasUrl { data_dir } => {
             println!("{}", molecule::kubeconfig::canvas_url(&data_dir)?);
             Ok(())
+        }
+        Command::Audit {
+            data_dir,
+            event,
+            namespace,
+            json,
+        } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(audit(data_dir, event, namespace, json))
         }
         Command::Kubeconfig { data_dir } => {
             println!("{}", molecule::kubeconfig::path(&data_dir).display());
@@ -414,10 +437,13 @@ fn main() -> anyhow::Result<()> {
                         heartbeat_seconds: opts.heartbeat_seconds,
                         heartbeat_timeout: opts.heartbeat_timeout,
                         provision_timeout: opts.provision_timeout,
-                        template_root: org_templates,
+                        template_root: org_templates.clone(),
                         agent_binary: std::env::current_exe()?,
                         control_plane_platform_url: opts.control_plane_platform_url.clone(),
                     },
+                    org_import: molecule::controllers::org_import::Settings::from_env(
+                        org_templates,
+                    ),
                     agent_port: 0,
                     reap_every: opts.reap_every,
                     registry: std::sync::Arc::default(),
@@ -458,4 +484,58 @@ fn main() -> anyhow::Result<()> {
             }))
         }
     }
+}
+
+/// `molecule audit`: GET /audit on the server named by the data dir's kubeconfig.
+async fn audit(
+    data_dir: PathBuf,
+    event: Option<String>,
+    namespace: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let path = molecule::kubeconfig::path(&data_dir);
+    let kc = kube::config::Kubeconfig::read_from(&path).with_context(|| {
+        format!(
+            "reading {} (is `molecule serve` running on this data dir?)",
+            path.display()
+        )
+    })?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    let client = kube::Client::try_from(config)?;
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    if let Some(e) = &event {
+        query.append_pair("event", e);
+    }
+    if let Some(n) = &namespace {
+        query.append_pair("namespace", n);
+    }
+    let req = axum::http::Request::get(format!("/audit?{}", query.finish())).body(Vec::new())?;
+    let text = client
+        .request_text(req)
+        .await
+        .context("listing audit rows")?;
+    let body: serde_json::Value = serde_json::from_str(&text).context("the server's answer")?;
+    let items = body["items"].as_array().cloned().unwrap_or_default();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(());
+    }
+    println!(
+        "{:<27} {:<22} {:<16} {:<24} DATA",
+        "AT", "EVENT", "NAMESPACE", "NAME"
+    );
+    for r in items {
+        let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+        println!(
+            "{:<27} {:<22} {:<16} {:<24} {}",
+            s("at"),
+            s("event"),
+            s("namespace"),
+            s("name"),
+            r["data"]
+        );
+    }
+    Ok(())
 }

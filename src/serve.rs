@@ -219,6 +219,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             .merge(crate::shim::plugin_download::router(
                 plugins.downloads.clone(),
             ))
+            .merge(crate::audit::router(audit.clone(), token.clone()))
             .merge(api.router());
         let tls = cert.config.clone();
         tokio::spawn(crate::apiserver::listener::serve(
@@ -247,7 +248,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
                 heartbeat_seconds: opts.workspaces.heartbeat_seconds,
                 heartbeat_timeout: opts.workspaces.heartbeat_timeout,
                 provision_timeout: opts.workspaces.provision_timeout,
-                template_root,
+                template_root: template_root.clone(),
                 agent_binary: std::env::current_exe()?,
                 control_plane_platform_url: Some(
                     opts.workspaces
@@ -256,6 +257,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
                         .unwrap_or_else(|| plain_url.clone()),
                 ),
             },
+            org_import: controllers::org_import::Settings::from_env(template_root),
             agent_port: addr.port(),
             reap_every: opts.workspaces.reap_every,
             registry: registry.clone(),

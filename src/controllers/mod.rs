@@ -9,12 +9,13 @@ use kube::{Client, ResourceExt};
 
 use crate::telemetry::Metrics;
 
+pub mod org_import;
 pub mod plugin;
 pub mod reaper;
 pub mod workspace;
 
 /// Names of the controllers this build has, in start order.
-pub const KNOWN: &[&str] = &["workspace", "reaper", "plugin"];
+pub const KNOWN: &[&str] = &["workspace", "reaper", "plugin", "org_import"];
 
 /// The Docker network every workspace joins (W01).
 pub const NETWORK: &str = "molecule-core-net";
@@ -41,6 +42,8 @@ pub struct HostSettings {
     pub control_plane: Option<crate::backends::controlplane::ControlPlaneConfig>,
     /// Where the A2A proxy finds the controller's state.
     pub a2a: crate::shim::a2a::Slot,
+    /// OrgImport controller settings (template root, `!external` settings).
+    pub org_import: org_import::Settings,
 }
 
 /// Which controllers to run (`--controllers`).
@@ -142,9 +145,23 @@ pub async fn run(
         selection.0.len() as f64,
     );
     let wants = |n: &str| selection.0.iter().any(|s| s == n);
+    let mut tasks = vec![];
+    // The OrgImport controller only writes records: it needs no Docker.
+    if wants("org_import") {
+        tasks.push(tokio::spawn(org_import::run(
+            client.clone(),
+            host.org_import.clone(),
+            metrics.clone(),
+            host.audit.clone(),
+            shutdown.clone(),
+        )));
+    }
     if !wants("workspace") && !wants("reaper") && !wants("plugin") {
-        tracing::info!("controller host started with no controllers");
+        tracing::info!(controllers = ?selection.0, "controller host started");
         shutdown.wait().await;
+        for t in tasks {
+            let _ = t.await;
+        }
         return Ok(());
     }
     let names: Vec<&str> = workspace::env::mutators().iter().map(|m| m.name).collect();
@@ -209,7 +226,6 @@ pub async fn run(
             }
         }
     });
-    let mut tasks = vec![];
     if wants("workspace") {
         let gateway = network
             .gateway_ip

@@ -70,14 +70,20 @@ pub struct OrgImportSource {
     pub git: Option<GitSource>,
 }
 
-/// A template in a git repository.
+/// A template in a git repository (validated and allowlisted like `!external`).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 pub struct GitSource {
+    /// `owner/name` on the host.
     pub repo: String,
+    /// Branch, tag or full commit sha (default `main`).
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub git_ref: Option<String>,
+    /// The org file, or a dir holding `org.yaml` (default: the repository root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Host or `scheme://host[/prefix]` (default `MOLECULE_EXTERNAL_GITEA_URL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// How children that left the tree are treated.
@@ -107,16 +113,29 @@ pub struct OrgImportStatus {
     pub inventory: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_env: Vec<String>,
+    /// Digest of the last planned children (changes when the template's result changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_digest: Option<String>,
+    /// Set (to the plan digest) while an import pass runs, before its `org.import.started`
+    /// audit row; a pass that finds it set after a crash records the interrupted pass as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_in_progress: Option<String>,
+    /// Tolerated template problems (unknown keys), each naming file and YAML path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Counts of the last import pass.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 pub struct OrgImportCounts {
+    /// Workspaces the template asks for (`spawning: false` subtrees excluded).
     pub desired: i64,
     pub created: i64,
     pub updated: i64,
     pub unchanged: i64,
+    /// Children removed because they left the tree (mode `reconcile`).
     pub pruned: i64,
+    /// Workspaces left out by `spawning: false`.
     pub skipped: i64,
 }
 
