@@ -37,6 +37,8 @@ pub struct WorkspaceOptions {
     /// `--instance`: the installation id on every managed container and volume (default: a
     /// random id kept in DATA_DIR/instance-id).
     pub instance: Option<String>,
+    /// `--backend` (hidden): `simulated` does no container work, for benchmarks.
+    pub backend: crate::backends::BackendChoice,
 }
 
 /// Reads the API token of a data dir, creating it (0600) on first start.
@@ -172,6 +174,11 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             registry: registry.clone(),
             audit,
             instance,
+            backend: opts.workspaces.backend,
+            agent_address: None,
+            election: None,
+            shutdown_grace: std::time::Duration::from_secs(8),
+            ready: Default::default(),
         };
         tokio::spawn(
             async move { controllers::run(client, selection, host, metrics, shutdown).await },

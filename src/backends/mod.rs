@@ -5,6 +5,8 @@
 
 pub mod docker;
 pub mod events;
+pub mod metered;
+pub mod simulated;
 
 use std::path::PathBuf;
 
@@ -241,6 +243,36 @@ impl BackendError {
             BackendError::Transient(_) => "Transient",
             BackendError::Permanent(_) => "Permanent",
             BackendError::ImageMissing(_) => "ImageMissing",
+        }
+    }
+}
+
+/// Which backend the controller host runs (`--backend`, hidden: `simulated` is for benchmarks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// The local (or `DOCKER_HOST`) Docker engine.
+    #[default]
+    Docker,
+    /// No container work at all; see [`simulated`].
+    Simulated,
+}
+
+impl BackendChoice {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "docker" => Ok(BackendChoice::Docker),
+            "simulated" => Ok(BackendChoice::Simulated),
+            other => Err(format!(
+                "unknown backend {other:?}; known backends: docker, simulated"
+            )),
+        }
+    }
+
+    /// The `backend` metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Docker => "docker",
+            BackendChoice::Simulated => "simulated",
         }
     }
 }

@@ -1,14 +1,24 @@
 //! The controller host: builds a `kube::Client` (from the serve-written kubeconfig in embedded
 //! mode, or KUBECONFIG/in-cluster config in cluster mode) and runs the selected controllers
 //! until shutdown. Controllers never know which API server they talk to.
+//!
+//! The host gates every controller uniformly behind leadership (`leader`): caches (`cache`)
+//! stay warm on every replica, controllers run only on the Lease holder. `rbac` declares the
+//! API permissions all of it needs.
 
 use std::sync::Arc;
 
+use crate::backends::WorkspaceBackend;
+use crate::backends::metered::MeteredBackend;
 use crate::shutdown::Shutdown;
 use kube::Client;
 
+pub use crate::backends::BackendChoice;
 use crate::telemetry::Metrics;
 
+pub mod cache;
+pub mod leader;
+pub mod rbac;
 pub mod reaper;
 pub mod workspace;
 
@@ -21,7 +31,8 @@ pub const NETWORK: &str = "molecule-core-net";
 /// Settings of the controller host.
 #[derive(Clone)]
 pub struct HostSettings {
-    /// Workspace controller settings; `platform_url` is filled in once the agent listener is bound.
+    /// Workspace controller settings; an empty `platform_url` is filled in once the agent
+    /// listener is bound (a set one, e.g. a Service address in a cluster, is kept).
     pub workspace: workspace::Settings,
     /// Port of the agent listener on the Docker network's gateway (0: any).
     pub agent_port: u16,
@@ -34,6 +45,16 @@ pub struct HostSettings {
     pub audit: crate::audit::Audit,
     /// Installation id labelled on every container and volume; the reaper only touches its own.
     pub instance: String,
+    /// The workspace backend (`docker`, or `simulated` for benchmarks).
+    pub backend: BackendChoice,
+    /// Address of the agent listener (default: the Docker network's gateway).
+    pub agent_address: Option<std::net::IpAddr>,
+    /// Leader election; `None` runs the controllers unconditionally (embedded mode).
+    pub election: Option<leader::Settings>,
+    /// How long in-flight reconciles may take to finish on shutdown.
+    pub shutdown_grace: std::time::Duration,
+    /// Set once the caches are synced.
+    pub ready: Readiness,
 }
 
 /// Which controllers to run (`--controllers`).
@@ -115,7 +136,46 @@ pub async fn cluster_instance_id(client: &Client) -> anyhow::Result<String> {
     Ok(uid)
 }
 
+/// Whether the host is ready: CRDs served and caches synced (the operator's `/readyz`).
+#[derive(Clone, Debug, Default)]
+pub struct Readiness(Arc<std::sync::atomic::AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Binds the agent listener with SO_REUSEPORT, so every replica of one installation can share
+/// one address agents are told about (the kernel spreads connections over live replicas).
+fn bind_shared(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Why one leadership term of the controllers ended.
+enum TermEnd {
+    Lost,
+    Shutdown,
+}
+
 /// Runs the selected controllers until `shutdown` fires.
+///
+/// Every replica connects the backend, keeps the caches warm and serves the agent endpoints;
+/// only while it leads (always, without `host.election`) does it run the controllers. Losing
+/// the lease aborts them at once; shutdown lets in-flight reconciles finish within
+/// `host.shutdown_grace`, then releases the lease (ADR 0025).
 pub async fn run(
     client: Client,
     selection: Selection,
@@ -124,9 +184,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     use futures::StreamExt;
-    use kube::runtime::controller::Controller;
     use kube::runtime::reflector::ObjectRef;
-    use kube::runtime::watcher;
 
     check_crds(&client).await?;
     metrics.set(
@@ -136,6 +194,7 @@ pub async fn run(
     );
     let wants = |n: &str| selection.0.iter().any(|s| s == n);
     if !wants("workspace") && !wants("reaper") {
+        host.ready.set(true);
         tracing::info!("controller host started with no controllers");
         shutdown.wait().await;
         return Ok(());
@@ -143,113 +202,246 @@ pub async fn run(
     let names: Vec<&str> = workspace::env::mutators().iter().map(|m| m.name).collect();
     tracing::info!(mutators = ?names, "env mutator chain");
 
-    // The Docker engine may come up after us: retry until it answers.
-    let backend = loop {
-        match crate::backends::docker::DockerBackend::connect(NETWORK, &host.instance).await {
-            Ok(b) => break b,
-            Err(e) => {
-                tracing::warn!(error = %e, "Docker is not reachable; workspaces cannot be provisioned until it is (retrying)");
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
-                    _ = shutdown.clone().wait() => return Ok(()),
+    // The backend, and its fast triggers (every replica; nobody listens to them until it leads).
+    let ws_triggers: cache::Relay<ObjectRef<crate::resources::Workspace>> = cache::Relay::default();
+    let reap_triggers: cache::Relay<()> = cache::Relay::default();
+    let mut background = tokio::task::JoinSet::new();
+    let (backend, docker, gateway): (Arc<dyn WorkspaceBackend>, _, _) = match host.backend {
+        BackendChoice::Docker => {
+            // The Docker engine may come up after us: retry until it answers.
+            let backend = loop {
+                match crate::backends::docker::DockerBackend::connect(NETWORK, &host.instance).await
+                {
+                    Ok(b) => break b,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Docker is not reachable; workspaces cannot be provisioned until it is (retrying)");
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                            _ = shutdown.clone().wait() => return Ok(()),
+                        }
+                    }
                 }
-            }
+            };
+            let network = backend.ensure_network().await?;
+            let docker = backend.docker().clone();
+            background.spawn({
+                let docker = docker.clone();
+                let instance = host.instance.clone();
+                let (ws_triggers, reap_triggers) = (ws_triggers.clone(), reap_triggers.clone());
+                async move {
+                    let mut s =
+                        std::pin::pin!(crate::backends::events::managed_events(docker, instance));
+                    while let Some(ev) = s.next().await {
+                        if ev.kind == crate::backends::ManagedKind::Container
+                            && !ev.name.is_empty()
+                            && matches!(
+                                ev.action.as_str(),
+                                "die" | "stop" | "kill" | "oom" | "destroy" | "start"
+                            )
+                        {
+                            ws_triggers.send(ObjectRef::new(&ev.name).within(&ev.namespace));
+                        }
+                        if matches!(ev.action.as_str(), "create" | "start" | "destroy" | "die") {
+                            reap_triggers.send(());
+                        }
+                    }
+                }
+            });
+            let backend: Arc<dyn WorkspaceBackend> = Arc::new(backend);
+            (backend, docker, network.gateway_ip)
+        }
+        BackendChoice::Simulated => {
+            tracing::warn!("simulated backend: no container is created (benchmarking only)");
+            let backend: Arc<dyn WorkspaceBackend> =
+                Arc::new(crate::backends::simulated::SimulatedBackend::new());
+            let docker = bollard::Docker::connect_with_local_defaults()
+                .map_err(|e| anyhow::anyhow!("Docker client: {e}"))?;
+            (
+                backend,
+                docker,
+                Some(std::net::IpAddr::from([127, 0, 0, 1])),
+            )
         }
     };
-    let network = backend.ensure_network().await?;
-    let docker = backend.docker().clone();
-    let backend: Arc<dyn crate::backends::WorkspaceBackend> = Arc::new(backend);
-    let (reap_tx, reap_rx) = tokio::sync::mpsc::channel::<()>(64);
-    let (ws_tx, ws_rx) = tokio::sync::mpsc::channel::<ObjectRef<crate::resources::Workspace>>(1024);
-    let events = tokio::spawn({
-        let docker = docker.clone();
-        let instance = host.instance.clone();
-        async move {
-            let mut s = std::pin::pin!(crate::backends::events::managed_events(docker, instance,));
-            while let Some(ev) = s.next().await {
-                if ev.kind == crate::backends::ManagedKind::Container
-                    && !ev.name.is_empty()
-                    && matches!(
-                        ev.action.as_str(),
-                        "die" | "stop" | "kill" | "oom" | "destroy" | "start"
-                    )
-                {
-                    let _ = ws_tx.try_send(ObjectRef::new(&ev.name).within(&ev.namespace));
-                }
-                if matches!(ev.action.as_str(), "create" | "start" | "destroy" | "die") {
-                    let _ = reap_tx.try_send(());
-                }
-            }
-        }
-    });
-    let mut tasks = vec![];
+    let backend: Arc<dyn WorkspaceBackend> = Arc::new(MeteredBackend::new(
+        backend,
+        metrics.clone(),
+        host.backend.name(),
+    ));
+
+    // Caches, warm on every replica.
+    let workspaces = cache::SharedCache::<crate::resources::Workspace>::start(
+        kube::Api::all(client.clone()),
+        kube::runtime::watcher::Config::default(),
+    );
+
+    // The agent listener: every replica serves /registry/* (it only writes status via the API).
+    let mut ws_ctx = None;
     if wants("workspace") {
-        let gateway = network
-            .gateway_ip
+        let ip = host
+            .agent_address
+            .or(gateway)
             .ok_or_else(|| anyhow::anyhow!("the Docker network {NETWORK} has no IPv4 gateway"))?;
-        let listener = match tokio::net::TcpListener::bind((gateway, host.agent_port)).await {
+        let embedded = host.election.is_none() && host.workspace.platform_url.is_empty();
+        let listener = match bind_shared((ip, host.agent_port).into()) {
             Ok(l) => l,
-            Err(_) => tokio::net::TcpListener::bind((gateway, 0)).await?,
+            Err(_) if embedded => bind_shared((ip, 0).into())?,
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "binding the agent listener on {ip}:{}: {e}",
+                    host.agent_port
+                ));
+            }
         };
-        let platform_url = format!("http://{}", listener.local_addr()?);
-        tracing::info!(url = %platform_url, "agent listener ready (registry endpoints for containers)");
+        let platform_url = if host.workspace.platform_url.is_empty() {
+            format!("http://{}", listener.local_addr()?)
+        } else {
+            host.workspace.platform_url.clone()
+        };
+        tracing::info!(listen = %listener.local_addr()?, url = %platform_url, "agent listener ready (registry endpoints for containers)");
         let agent_app = crate::shim::registry::router(host.registry.clone());
         let stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
+        background.spawn(async move {
             let _ = axum::serve(listener, agent_app)
                 .with_graceful_shutdown(stop.wait())
                 .await;
-        }));
-        let settings = workspace::Settings {
-            platform_url,
-            ..host.workspace.clone()
-        };
-        let reporter = kube::runtime::events::Reporter {
-            controller: "molecule-workspace".into(),
-            instance: std::env::var("HOSTNAME").ok(),
-        };
-        let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
-        let ctx = Arc::new(workspace::Context::new(
-            client.clone(),
-            backend.clone(),
-            docker.clone(),
-            recorder,
-            settings,
-            metrics.clone(),
-            host.audit.clone(),
-        ));
-        let api: kube::Api<crate::resources::Workspace> = kube::Api::all(client.clone());
-        let controller = Controller::new(api, watcher::Config::default())
-            .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(ws_rx))
-            .graceful_shutdown_on(shutdown.clone().wait());
+        });
         let _ = host
             .registry
             .set(Arc::new(crate::shim::registry::RegistryState {
                 client: client.clone(),
-                workspaces: controller.store(),
+                workspaces: workspaces.reader(),
                 metrics: metrics.clone(),
             }));
-        tasks.push(tokio::spawn(
-            controller
-                .run(workspace::reconcile, workspace::error_policy, ctx)
-                .for_each(|_| async {}),
-        ));
-    }
-    if wants("reaper") {
-        tasks.push(tokio::spawn(reaper::run(
+        let reporter = kube::runtime::events::Reporter {
+            controller: "molecule-workspace".into(),
+            instance: std::env::var("HOSTNAME").ok(),
+        };
+        ws_ctx = Some(Arc::new(workspace::Context::new(
             client.clone(),
             backend.clone(),
-            host.reap_every,
-            reap_rx,
+            docker,
+            kube::runtime::events::Recorder::new(client.clone(), reporter),
+            workspace::Settings {
+                platform_url,
+                ..host.workspace.clone()
+            },
             metrics.clone(),
-            shutdown.clone(),
+            host.audit.clone(),
         )));
     }
-    tracing::info!(controllers = ?selection.0, "controller host started");
-    for t in tasks {
-        let _ = t.await;
+    tokio::select! {
+        _ = workspaces.ready() => {}
+        _ = shutdown.clone().wait() => return Ok(()),
     }
-    events.abort();
+    host.ready.set(true);
+
+    // Leadership: without an election this process always leads (embedded mode).
+    let (lead_tx, mut leading) = tokio::sync::watch::channel(host.election.is_none());
+    let (release_trigger, release) = crate::shutdown::channel();
+    let elector = host.election.clone().map(|s| {
+        tokio::spawn(leader::Elector::new(client.clone(), s, metrics.clone()).run(lead_tx, release))
+    });
+    let ws_queue = cache::WorkQueue::new("workspace", metrics.clone());
+    tracing::info!(controllers = ?selection.0, "controller host started");
+    loop {
+        tokio::select! {
+            r = leading.wait_for(|l| *l) => if r.is_err() { break },
+            _ = shutdown.clone().wait() => break,
+        }
+        // One leadership term.
+        let (term_trigger, term) = crate::shutdown::channel();
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(ctx) = &ws_ctx {
+            let triggers = {
+                let queue = ws_queue.clone();
+                tokio_stream::wrappers::ReceiverStream::new(ws_triggers.subscribe(1024)).inspect(
+                    move |r: &ObjectRef<crate::resources::Workspace>| {
+                        queue.add(cache::WorkQueue::key(r.namespace.as_deref(), &r.name))
+                    },
+                )
+            };
+            let controller = workspaces
+                .controller(&ws_queue)
+                .reconcile_on(triggers)
+                .graceful_shutdown_on(term.clone().wait());
+            let queue = ws_queue.clone();
+            tasks.spawn(
+                controller
+                    .run(
+                        move |ws, ctx| {
+                            use kube::ResourceExt;
+                            let guard = queue.begin(&cache::WorkQueue::key(
+                                ws.namespace().as_deref(),
+                                &ws.name_any(),
+                            ));
+                            async move {
+                                let _guard = guard;
+                                workspace::reconcile(ws, ctx).await
+                            }
+                        },
+                        workspace::error_policy,
+                        ctx.clone(),
+                    )
+                    .for_each(|_| async {}),
+            );
+        }
+        if wants("reaper") {
+            tasks.spawn(reaper::run(
+                client.clone(),
+                backend.clone(),
+                host.reap_every,
+                reap_triggers.subscribe(64),
+                metrics.clone(),
+                term.clone(),
+            ));
+        }
+        metrics.set("molecule_controllers_active", &[], 1.0);
+        tracing::info!(
+            event = "controllers.started",
+            "controllers started: this replica leads"
+        );
+        let end = tokio::select! {
+            _ = leading.wait_for(|l| !*l) => TermEnd::Lost,
+            _ = shutdown.clone().wait() => TermEnd::Shutdown,
+        };
+        match end {
+            TermEnd::Lost => {
+                // Stop writing at once: in-flight reconciles are dropped where they stand.
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                ws_queue.clear();
+                metrics.set("molecule_controllers_active", &[], 0.0);
+                tracing::warn!(
+                    event = "controllers.stopped",
+                    "leadership lost: controllers stopped"
+                );
+            }
+            TermEnd::Shutdown => {
+                term_trigger.trigger();
+                let drained = tokio::time::timeout(host.shutdown_grace, async {
+                    while tasks.join_next().await.is_some() {}
+                })
+                .await;
+                if drained.is_err() {
+                    tracing::warn!(
+                        grace_s = host.shutdown_grace.as_secs_f64(),
+                        "in-flight reconciles did not finish within the grace period; aborting them"
+                    );
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                }
+                metrics.set("molecule_controllers_active", &[], 0.0);
+                break;
+            }
+        }
+    }
+    // Only once nothing writes any more may another replica take over.
+    release_trigger.trigger();
+    if let Some(e) = elector {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), e).await;
+    }
+    background.abort_all();
     tracing::info!("controller host stopped");
     Ok(())
 }

@@ -773,11 +773,6 @@ async fn provision(
             return fail(ctx, ws, next, p, generation, now).await;
         }
     };
-    ctx.metrics.observe(
-        "molecule_backend_call_seconds",
-        &[("backend", "docker"), ("call", "ensure_started")],
-        t.elapsed().as_secs_f64(),
-    );
     next.container_id = Some(started.container_id.clone());
     next.url = Some(started.host_url.clone());
     if let Some(a) = ws.annotations().get(RESTART_ANNOTATION) {
