@@ -275,6 +275,10 @@ impl Elector {
     }
 
     fn set_leading(&self, tx: &watch::Sender<bool>, leading: bool) {
+        self.publish(tx, leading, false)
+    }
+
+    fn publish(&self, tx: &watch::Sender<bool>, leading: bool, stopping: bool) {
         let changed = tx.send_if_modified(|v| {
             let changed = *v != leading;
             *v = leading;
@@ -292,6 +296,8 @@ impl Elector {
                     &[("lease", &self.settings.name)],
                 );
                 tracing::info!(event = "leader.acquired", identity = %self.settings.identity, lease = %self.settings.name, "this replica is the leader");
+            } else if stopping {
+                tracing::info!(event = "leader.stepped_down", identity = %self.settings.identity, lease = %self.settings.name, "stepping down for shutdown");
             } else {
                 tracing::warn!(event = "leader.lost", identity = %self.settings.identity, lease = %self.settings.name, "this replica is no longer the leader");
             }
@@ -411,7 +417,7 @@ impl Elector {
         }
         watch_task.abort();
         let was_leading = *leading.borrow();
-        self.set_leading(&leading, false);
+        self.publish(&leading, false, true);
         if was_leading {
             match tokio::time::timeout(Duration::from_secs(5), self.release()).await {
                 Ok(Ok(true)) => {

@@ -167,6 +167,7 @@ fn bind_shared(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpLis
 /// Why one leadership term of the controllers ended.
 enum TermEnd {
     Lost,
+    ElectorGone,
     Shutdown,
 }
 
@@ -339,9 +340,16 @@ pub async fn run(
     // Leadership: without an election this process always leads (embedded mode).
     let (lead_tx, mut leading) = tokio::sync::watch::channel(host.election.is_none());
     let (release_trigger, release) = crate::shutdown::channel();
-    let elector = host.election.clone().map(|s| {
-        tokio::spawn(leader::Elector::new(client.clone(), s, metrics.clone()).run(lead_tx, release))
-    });
+    // Without an election the sender stays here, so "leading" never changes.
+    let (elector, _always) = match host.election.clone() {
+        Some(s) => (
+            Some(tokio::spawn(
+                leader::Elector::new(client.clone(), s, metrics.clone()).run(lead_tx, release),
+            )),
+            None,
+        ),
+        None => (None, Some(lead_tx)),
+    };
     let ws_queue = cache::WorkQueue::new("workspace", metrics.clone());
     tracing::info!(controllers = ?selection.0, "controller host started");
     loop {
@@ -402,11 +410,11 @@ pub async fn run(
             "controllers started: this replica leads"
         );
         let end = tokio::select! {
-            _ = leading.wait_for(|l| !*l) => TermEnd::Lost,
+            r = leading.wait_for(|l| !*l) => if r.is_ok() { TermEnd::Lost } else { TermEnd::ElectorGone },
             _ = shutdown.clone().wait() => TermEnd::Shutdown,
         };
         match end {
-            TermEnd::Lost => {
+            TermEnd::Lost | TermEnd::ElectorGone => {
                 // Stop writing at once: in-flight reconciles are dropped where they stand.
                 tasks.abort_all();
                 while tasks.join_next().await.is_some() {}
@@ -416,6 +424,12 @@ pub async fn run(
                     event = "controllers.stopped",
                     "leadership lost: controllers stopped"
                 );
+                if matches!(end, TermEnd::ElectorGone) {
+                    tracing::error!(
+                        "leader election stopped unexpectedly; the controllers stay stopped"
+                    );
+                    break;
+                }
             }
             TermEnd::Shutdown => {
                 term_trigger.trigger();

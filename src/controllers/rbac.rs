@@ -58,8 +58,8 @@ pub const RULES: &[Rule] = &[
         scope: Scope::Cluster,
         group: MOLECULE,
         resource: "workspaces",
-        verbs: &["list", "watch", "patch"],
-        why: "the cache every replica keeps, and the finalizer the controller adds and removes",
+        verbs: &["get", "list", "watch", "patch"],
+        why: "the cache every replica keeps; a fresh read before replacing a container; the finalizer",
     },
     Rule {
         controller: "workspace",

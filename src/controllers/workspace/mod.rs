@@ -557,7 +557,20 @@ async fn apply(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Workspac
         heartbeat_timeout_secs: ctx.settings.heartbeat_timeout.as_secs() as i64,
         provision_timeout_secs: ctx.settings.provision_timeout.as_secs() as i64,
     };
-    match plan::decide(&observed) {
+    let step = plan::decide(&observed);
+    // Replacing an existing container is decided on fresh state only: the cache can lag behind
+    // this controller's own last status write, and the container it just started would look
+    // unrecorded and be created a second time.
+    if matches!(step, Step::Provision(_)) && !matches!(presence, Presence::Absent) {
+        let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &w.namespace);
+        if let Some(fresh) = api.get_opt(&w.name).await?
+            && fresh.metadata.resource_version != ws.metadata.resource_version
+        {
+            tracing::debug!(workspace = %w.name, "the cached record is stale; waiting for the newer one");
+            return Ok(Action::requeue(Duration::from_millis(500)));
+        }
+    }
+    match step {
         Step::Observe {
             phase,
             reason,
