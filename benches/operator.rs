@@ -1,0 +1,330 @@
+//! Cluster-mode benchmark (issue 9). Run with `cargo bench --bench operator`. `molecule serve
+//! --controllers none` plays the external API server; every figure has a baseline from the same
+//! run:
+//!
+//! 1. Reconcile throughput: 1,000 Workspaces already stored, then the controllers start with
+//!    the simulated backend (no Docker work; each "container" registers like the echo agent), and
+//!    the clock runs until all 1,000 are Online. `molecule operator` (external API, kubeconfig,
+//!    leader election) against the embedded baseline (`serve --controllers all`, same backend).
+//!    Target ≥ 200 workspaces/s; Flux, the original's peer, manages about 4 objects/s.
+//! 2. Failover: two operator replicas; the leader is killed (`kill -9`), a workspace is applied
+//!    at once, and the clock runs until the new leader's first reconcile of it (its status
+//!    appears). Median of 5, against the median of 5 graceful handovers (SIGTERM: the leader
+//!    releases the Lease).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::api::{Api, ListParams, PostParams};
+use molecule::resources::Workspace;
+
+const N: usize = 1000;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+fn get_ok(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.1 200")
+        .then(|| buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()))
+        .flatten()
+}
+
+fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(secs) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(dir: &Path, port: u16, controllers: &str) -> Proc {
+    let p = Proc(
+        Command::new(env!("CARGO_BIN_EXE_molecule"))
+            .args([
+                "serve",
+                "--controllers",
+                controllers,
+                "--backend",
+                "simulated",
+            ])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .env_remove("DATABASE_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("serve"),
+    );
+    wait("serve", 60, || get_ok(port, "/readyz").is_some());
+    p
+}
+
+fn operator(kubeconfig: &Path, agent_port: u16) -> (Proc, u16) {
+    let port = free_port();
+    let p = Proc(
+        Command::new(env!("CARGO_BIN_EXE_molecule"))
+            .args(["operator", "--backend", "simulated"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--agent-address", "127.0.0.1"])
+            .args(["--agent-port", &agent_port.to_string()])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "warn")
+            .env_remove("DATABASE_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("operator"),
+    );
+    wait("operator", 60, || get_ok(port, "/readyz").is_some());
+    (p, port)
+}
+
+fn leads(port: u16) -> bool {
+    get_ok(port, "/metrics")
+        .is_some_and(|m| m.contains("molecule_leader{lease=\"molecule-operator\"} 1"))
+}
+
+async fn client(kubeconfig: &Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .expect("config");
+    kube::Client::try_from(cfg).expect("client")
+}
+
+fn workspace(name: &str) -> Workspace {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "molecule.ai/v1alpha1",
+        "kind": "Workspace",
+        "metadata": {"name": name},
+        "spec": {"runtime": "echo", "image": "molecule-bench/simulated:1"},
+    }))
+    .expect("workspace")
+}
+
+async fn create_all(api: &Api<Workspace>, n: usize) {
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                api.create(&PostParams::default(), &workspace(&format!("w{i:04}")))
+                    .await
+                    .expect("create")
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+async fn online(api: &Api<Workspace>) -> usize {
+    api.list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .filter(|w| {
+                    w.status.as_ref().and_then(|s| s.phase)
+                        == Some(molecule::resources::WorkspacePhase::Online)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Stores N workspaces with no controller running; returns the data dir.
+fn prepare(root: &Path, name: &str, rt: &tokio::runtime::Runtime) -> PathBuf {
+    let dir = root.join(name);
+    let port = free_port();
+    let mut s = serve(&dir, port, "none");
+    rt.block_on(async {
+        let c = client(&dir.join("kubeconfig")).await;
+        create_all(&Api::namespaced(c, "bench"), N).await;
+    });
+    s.terminate();
+    dir
+}
+
+/// Seconds from `start` until all N are Online.
+fn until_online(kubeconfig: &Path, rt: &tokio::runtime::Runtime, start: Instant) -> f64 {
+    rt.block_on(async {
+        let api: Api<Workspace> = Api::namespaced(client(kubeconfig).await, "bench");
+        while start.elapsed() < Duration::from_secs(600) {
+            if online(&api).await == N {
+                return start.elapsed().as_secs_f64();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the workspaces did not all come Online");
+    })
+}
+
+fn throughput(root: &Path, rt: &tokio::runtime::Runtime) -> (f64, f64) {
+    // Embedded baseline: the same binary, controllers in-process with the API server.
+    let dir = prepare(root, "embedded", rt);
+    let port = free_port();
+    let t = Instant::now();
+    let _s = serve(&dir, port, "all");
+    let embedded = until_online(&dir.join("kubeconfig"), rt, t);
+    drop(_s);
+
+    // Cluster mode: the API server alone, the operator against it through the kubeconfig.
+    let dir = prepare(root, "cluster", rt);
+    let port = free_port();
+    let _s = serve(&dir, port, "none");
+    let t = Instant::now();
+    let _op = operator(&dir.join("kubeconfig"), free_port());
+    let cluster = until_online(&dir.join("kubeconfig"), rt, t);
+    (embedded, cluster)
+}
+
+/// One handover: stop the leader (`kill9` or SIGTERM), apply a workspace, wait for its first
+/// reconcile by the other replica. Returns the seconds and the respawned replica.
+fn handover(
+    ops: &mut [(Proc, u16); 2],
+    kubeconfig: &Path,
+    agent_port: u16,
+    api: &Api<Workspace>,
+    rt: &tokio::runtime::Runtime,
+    round: &str,
+    kill9: bool,
+) -> f64 {
+    let mut leader = None;
+    wait("a leader", 30, || {
+        leader = (0..2).find(|i| leads(ops[*i].1));
+        leader.is_some()
+    });
+    let l = leader.expect("leader");
+    let t = Instant::now();
+    if kill9 {
+        let _ = ops[l].0.0.kill();
+        let _ = ops[l].0.0.wait();
+    } else {
+        ops[l].0.terminate();
+    }
+    let secs = rt.block_on(async {
+        api.create(&PostParams::default(), &workspace(round))
+            .await
+            .expect("create");
+        loop {
+            let w = api.get(round).await.expect("get");
+            if w.status.as_ref().and_then(|s| s.phase).is_some() {
+                return t.elapsed().as_secs_f64();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    ops[l] = operator(kubeconfig, agent_port);
+    secs
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn failover(root: &Path, rt: &tokio::runtime::Runtime) -> (Vec<f64>, Vec<f64>) {
+    let dir = root.join("failover");
+    let port = free_port();
+    let _s = serve(&dir, port, "none");
+    let kubeconfig = dir.join("kubeconfig");
+    let agent_port = free_port();
+    let mut ops = [
+        operator(&kubeconfig, agent_port),
+        operator(&kubeconfig, agent_port),
+    ];
+    let api: Api<Workspace> =
+        rt.block_on(async { Api::namespaced(client(&kubeconfig).await, "bench") });
+    let mut graceful = vec![];
+    let mut killed = vec![];
+    for i in 0..5 {
+        graceful.push(handover(
+            &mut ops,
+            &kubeconfig,
+            agent_port,
+            &api,
+            rt,
+            &format!("g{i}"),
+            false,
+        ));
+        killed.push(handover(
+            &mut ops,
+            &kubeconfig,
+            agent_port,
+            &api,
+            rt,
+            &format!("k{i}"),
+            true,
+        ));
+    }
+    (graceful, killed)
+}
+
+fn main() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+
+    let (embedded, cluster) = throughput(tmp.path(), &rt);
+    println!("reconcile throughput, {N} workspaces to Online (simulated backend):");
+    println!(
+        "  embedded (serve --controllers all): {embedded:.2} s = {:.0} workspaces/s (baseline)",
+        N as f64 / embedded
+    );
+    println!(
+        "  operator (external API, kubeconfig): {cluster:.2} s = {:.0} workspaces/s ({:.2}x the embedded rate; target >= 200/s; Flux ~4/s)",
+        N as f64 / cluster,
+        embedded / cluster
+    );
+
+    let (graceful, killed) = failover(tmp.path(), &rt);
+    println!("failover (leader stopped -> first reconcile by the new leader), lease 15 s:");
+    println!(
+        "  SIGTERM (lease released): median {:.2} s of {:?} (baseline)",
+        median(graceful.clone()),
+        graceful
+            .iter()
+            .map(|s| format!("{s:.2}"))
+            .collect::<Vec<_>>()
+    );
+    println!(
+        "  kill -9 (lease expires):  median {:.2} s of {:?} ({:.1}x the graceful handover; requirement <= 20 s)",
+        median(killed.clone()),
+        killed.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>(),
+        median(killed.clone()) / median(graceful)
+    );
+}
