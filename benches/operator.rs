@@ -20,7 +20,21 @@ use futures::StreamExt;
 use kube::api::{Api, ListParams, PostParams};
 use molecule::resources::Workspace;
 
-const N: usize = 1000;
+/// Workspaces in the throughput run (`MOLECULE_BENCH_WORKSPACES` to try a smaller one).
+fn n() -> usize {
+    std::env::var("MOLECULE_BENCH_WORKSPACES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+/// Handovers of each kind (`MOLECULE_BENCH_ROUNDS`).
+fn rounds() -> usize {
+    std::env::var("MOLECULE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -37,7 +51,8 @@ fn get_ok(port: u16, path: &str) -> Option<String> {
         .ok()?;
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf);
-    buf.starts_with("HTTP/1.1 200")
+    let code = buf.split_whitespace().nth(1)?;
+    (code == "200")
         .then(|| buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()))
         .flatten()
 }
@@ -174,7 +189,7 @@ fn prepare(root: &Path, name: &str, rt: &tokio::runtime::Runtime) -> PathBuf {
     let mut s = serve(&dir, port, "none");
     rt.block_on(async {
         let c = client(&dir.join("kubeconfig")).await;
-        create_all(&Api::namespaced(c, "bench"), N).await;
+        create_all(&Api::namespaced(c, "bench"), n()).await;
     });
     s.terminate();
     dir
@@ -185,7 +200,7 @@ fn until_online(kubeconfig: &Path, rt: &tokio::runtime::Runtime, start: Instant)
     rt.block_on(async {
         let api: Api<Workspace> = Api::namespaced(client(kubeconfig).await, "bench");
         while start.elapsed() < Duration::from_secs(600) {
-            if online(&api).await == N {
+            if online(&api).await == n() {
                 return start.elapsed().as_secs_f64();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -272,7 +287,7 @@ fn failover(root: &Path, rt: &tokio::runtime::Runtime) -> (Vec<f64>, Vec<f64>) {
         rt.block_on(async { Api::namespaced(client(&kubeconfig).await, "bench") });
     let mut graceful = vec![];
     let mut killed = vec![];
-    for i in 0..5 {
+    for i in 0..rounds() {
         graceful.push(handover(
             &mut ops,
             &kubeconfig,
@@ -300,14 +315,15 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
 
     let (embedded, cluster) = throughput(tmp.path(), &rt);
-    println!("reconcile throughput, {N} workspaces to Online (simulated backend):");
+    let n = n();
+    println!("reconcile throughput, {n} workspaces to Online (simulated backend):");
     println!(
         "  embedded (serve --controllers all): {embedded:.2} s = {:.0} workspaces/s (baseline)",
-        N as f64 / embedded
+        n as f64 / embedded
     );
     println!(
         "  operator (external API, kubeconfig): {cluster:.2} s = {:.0} workspaces/s ({:.2}x the embedded rate; target >= 200/s; Flux ~4/s)",
-        N as f64 / cluster,
+        n as f64 / cluster,
         embedded / cluster
     );
 
