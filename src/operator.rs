@@ -144,7 +144,9 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
     election.validate().map_err(anyhow::Error::msg)?;
 
     if opts.agent_port == 0 && opts.platform_url.is_none() {
-        tracing::warn!("--agent-port 0: each replica picks its own agent address, so a new leader would recreate every container; set --agent-port (shared by all replicas) or --platform-url when running more than one replica");
+        tracing::warn!(
+            "--agent-port 0: each replica picks its own agent address, so a new leader would recreate every container; set --agent-port (shared by all replicas) or --platform-url when running more than one replica"
+        );
     }
     let metrics = Arc::new(Metrics::default());
     metrics.set("molecule_leader", &[("lease", &election.name)], 0.0);

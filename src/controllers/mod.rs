@@ -164,6 +164,108 @@ fn bind_shared(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpLis
     socket.listen(1024)
 }
 
+/// The backend the host runs, with the Docker client the echo image is built with and the
+/// gateway agents reach the host on. Docker events feed the relays (every replica). `None`
+/// when shutdown came while waiting for the Docker engine.
+async fn connect_backend(
+    host: &HostSettings,
+    ws_triggers: &cache::Relay<kube::runtime::reflector::ObjectRef<crate::resources::Workspace>>,
+    reap_triggers: &cache::Relay<()>,
+    background: &mut tokio::task::JoinSet<()>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<
+    Option<(
+        Arc<dyn WorkspaceBackend>,
+        bollard::Docker,
+        Option<std::net::IpAddr>,
+    )>,
+> {
+    use futures::StreamExt;
+    use kube::runtime::reflector::ObjectRef;
+    if host.backend == BackendChoice::Simulated {
+        tracing::warn!("simulated backend: no container is created (benchmarking only)");
+        let docker = bollard::Docker::connect_with_local_defaults()
+            .map_err(|e| anyhow::anyhow!("Docker client: {e}"))?;
+        return Ok(Some((
+            Arc::new(crate::backends::simulated::SimulatedBackend::new()),
+            docker,
+            Some(std::net::IpAddr::from([127, 0, 0, 1])),
+        )));
+    }
+    // The Docker engine may come up after us: retry until it answers.
+    let backend = loop {
+        match crate::backends::docker::DockerBackend::connect(NETWORK, &host.instance).await {
+            Ok(b) => break b,
+            Err(e) => {
+                tracing::warn!(error = %e, "Docker is not reachable; workspaces cannot be provisioned until it is (retrying)");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                    _ = shutdown.clone().wait() => return Ok(None),
+                }
+            }
+        }
+    };
+    let network = backend.ensure_network().await?;
+    let docker = backend.docker().clone();
+    background.spawn({
+        let docker = docker.clone();
+        let instance = host.instance.clone();
+        let (ws_triggers, reap_triggers) = (ws_triggers.clone(), reap_triggers.clone());
+        async move {
+            let mut s = std::pin::pin!(crate::backends::events::managed_events(docker, instance));
+            while let Some(ev) = s.next().await {
+                if ev.kind == crate::backends::ManagedKind::Container
+                    && !ev.name.is_empty()
+                    && matches!(
+                        ev.action.as_str(),
+                        "die" | "stop" | "kill" | "oom" | "destroy" | "start"
+                    )
+                {
+                    ws_triggers.send(ObjectRef::new(&ev.name).within(&ev.namespace));
+                }
+                if matches!(ev.action.as_str(), "create" | "start" | "destroy" | "die") {
+                    reap_triggers.send(());
+                }
+            }
+        }
+    });
+    Ok(Some((Arc::new(backend), docker, network.gateway_ip)))
+}
+
+/// Binds the agent listener and decides the URL agents are told to call.
+fn agent_listener(
+    host: &HostSettings,
+    gateway: Option<std::net::IpAddr>,
+) -> anyhow::Result<(tokio::net::TcpListener, String)> {
+    let ip = host
+        .agent_address
+        .or(gateway)
+        .ok_or_else(|| anyhow::anyhow!("the Docker network {NETWORK} has no IPv4 gateway"))?;
+    // Embedded mode may fall back to any port; replicas must share the one they were given.
+    let embedded = host.election.is_none() && host.workspace.platform_url.is_empty();
+    let listener = match bind_shared((ip, host.agent_port).into()) {
+        Ok(l) => l,
+        Err(_) if embedded => bind_shared((ip, 0).into())?,
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "binding the agent listener on {ip}:{}: {e}",
+                host.agent_port
+            ));
+        }
+    };
+    let platform_url = if host.workspace.platform_url.is_empty() {
+        format!("http://{}", listener.local_addr()?)
+    } else {
+        host.workspace.platform_url.clone()
+    };
+    tracing::info!(listen = %listener.local_addr()?, url = %platform_url, "agent listener ready (registry endpoints for containers)");
+    Ok((listener, platform_url))
+}
+
+/// Reconciles one controller runs at once. Unbounded, a backlog of 1,000 objects opens as many
+/// API connections (and TLS handshakes) at once; a bound keeps connections reused.
+pub const MAX_CONCURRENT_RECONCILES: u16 = 64;
+
 /// Why one leadership term of the controllers ended.
 enum TermEnd {
     Lost,
@@ -207,62 +309,16 @@ pub async fn run(
     let ws_triggers: cache::Relay<ObjectRef<crate::resources::Workspace>> = cache::Relay::default();
     let reap_triggers: cache::Relay<()> = cache::Relay::default();
     let mut background = tokio::task::JoinSet::new();
-    let (backend, docker, gateway): (Arc<dyn WorkspaceBackend>, _, _) = match host.backend {
-        BackendChoice::Docker => {
-            // The Docker engine may come up after us: retry until it answers.
-            let backend = loop {
-                match crate::backends::docker::DockerBackend::connect(NETWORK, &host.instance).await
-                {
-                    Ok(b) => break b,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Docker is not reachable; workspaces cannot be provisioned until it is (retrying)");
-                        tokio::select! {
-                            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
-                            _ = shutdown.clone().wait() => return Ok(()),
-                        }
-                    }
-                }
-            };
-            let network = backend.ensure_network().await?;
-            let docker = backend.docker().clone();
-            background.spawn({
-                let docker = docker.clone();
-                let instance = host.instance.clone();
-                let (ws_triggers, reap_triggers) = (ws_triggers.clone(), reap_triggers.clone());
-                async move {
-                    let mut s =
-                        std::pin::pin!(crate::backends::events::managed_events(docker, instance));
-                    while let Some(ev) = s.next().await {
-                        if ev.kind == crate::backends::ManagedKind::Container
-                            && !ev.name.is_empty()
-                            && matches!(
-                                ev.action.as_str(),
-                                "die" | "stop" | "kill" | "oom" | "destroy" | "start"
-                            )
-                        {
-                            ws_triggers.send(ObjectRef::new(&ev.name).within(&ev.namespace));
-                        }
-                        if matches!(ev.action.as_str(), "create" | "start" | "destroy" | "die") {
-                            reap_triggers.send(());
-                        }
-                    }
-                }
-            });
-            let backend: Arc<dyn WorkspaceBackend> = Arc::new(backend);
-            (backend, docker, network.gateway_ip)
-        }
-        BackendChoice::Simulated => {
-            tracing::warn!("simulated backend: no container is created (benchmarking only)");
-            let backend: Arc<dyn WorkspaceBackend> =
-                Arc::new(crate::backends::simulated::SimulatedBackend::new());
-            let docker = bollard::Docker::connect_with_local_defaults()
-                .map_err(|e| anyhow::anyhow!("Docker client: {e}"))?;
-            (
-                backend,
-                docker,
-                Some(std::net::IpAddr::from([127, 0, 0, 1])),
-            )
-        }
+    let Some((backend, docker, gateway)) = connect_backend(
+        &host,
+        &ws_triggers,
+        &reap_triggers,
+        &mut background,
+        &shutdown,
+    )
+    .await?
+    else {
+        return Ok(()); // shut down while waiting for Docker
     };
     let backend: Arc<dyn WorkspaceBackend> = Arc::new(MeteredBackend::new(
         backend,
@@ -279,27 +335,7 @@ pub async fn run(
     // The agent listener: every replica serves /registry/* (it only writes status via the API).
     let mut ws_ctx = None;
     if wants("workspace") {
-        let ip = host
-            .agent_address
-            .or(gateway)
-            .ok_or_else(|| anyhow::anyhow!("the Docker network {NETWORK} has no IPv4 gateway"))?;
-        let embedded = host.election.is_none() && host.workspace.platform_url.is_empty();
-        let listener = match bind_shared((ip, host.agent_port).into()) {
-            Ok(l) => l,
-            Err(_) if embedded => bind_shared((ip, 0).into())?,
-            Err(e) => {
-                return Err(anyhow::anyhow!(
-                    "binding the agent listener on {ip}:{}: {e}",
-                    host.agent_port
-                ));
-            }
-        };
-        let platform_url = if host.workspace.platform_url.is_empty() {
-            format!("http://{}", listener.local_addr()?)
-        } else {
-            host.workspace.platform_url.clone()
-        };
-        tracing::info!(listen = %listener.local_addr()?, url = %platform_url, "agent listener ready (registry endpoints for containers)");
+        let (listener, platform_url) = agent_listener(&host, gateway)?;
         let agent_app = crate::shim::registry::router(host.registry.clone());
         let stop = shutdown.clone();
         background.spawn(async move {
@@ -372,6 +408,10 @@ pub async fn run(
             let controller = workspaces
                 .controller(&ws_queue)
                 .reconcile_on(triggers)
+                .with_config(
+                    kube::runtime::controller::Config::default()
+                        .concurrency(MAX_CONCURRENT_RECONCILES),
+                )
                 .graceful_shutdown_on(term.clone().wait());
             let queue = ws_queue.clone();
             tasks.spawn(
