@@ -203,6 +203,20 @@ fn deploy_renders_with_the_generated_crds_and_every_object_is_strictly_valid() {
         assert_eq!(b["subjects"][0]["namespace"], "molecule-system", "{kind}");
     }
 
+    // The example Secret is the one the Deployment reads, with the key it reads.
+    let example = std::fs::read_to_string(root().join("examples/cluster/postgres-secret.yaml"))
+        .expect("examples/cluster/postgres-secret.yaml");
+    let secret: Value = serde_yaml::from_str(&example).expect("yaml");
+    strict::<k8s_openapi::api::core::v1::Secret>(&secret).expect("a valid Secret");
+    assert_eq!(secret["metadata"]["name"], "molecule-postgres");
+    assert_eq!(secret["metadata"]["namespace"], "molecule-system");
+    assert!(
+        secret["stringData"]["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("postgres://"))
+    );
+    assert_eq!(db["valueFrom"]["secretKeyRef"]["key"], "url");
+
     // Every flag the Deployment passes is one `molecule operator` has.
     let help = Command::new(env!("CARGO_BIN_EXE_molecule"))
         .args(["operator", "--help"])
