@@ -261,29 +261,65 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// How many times the engine created each container of `ns` since `since` (unix seconds).
-fn creations(ns: &str, since: u64) -> BTreeMap<String, usize> {
-    let (okay, out) = docker(&[
-        "events",
-        "--since",
-        &since.to_string(),
-        "--until",
-        &(unix_now() + 1).to_string(),
-        "--filter",
-        "type=container",
-        "--filter",
-        "event=create",
-        "--filter",
-        &format!("label=molecule.ai/namespace={ns}"),
-        "--format",
-        "{{.Actor.Attributes.name}}",
-    ]);
-    assert!(okay, "docker events failed");
-    let mut counts = BTreeMap::new();
-    for name in out.lines().filter(|l| !l.is_empty()) {
-        *counts.entry(name.to_string()).or_insert(0) += 1;
+/// Docker's container-create events for one namespace, streamed from the start of a test (the
+/// engine keeps only its last few hundred events, too few on a shared engine to ask afterwards).
+struct Creations {
+    child: Child,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Creations {
+    fn watch(ns: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let out = dir.path().join("events");
+        let f = std::fs::File::create(&out).expect("events file");
+        let child = Command::new("docker")
+            .args([
+                "events",
+                "--since",
+                &unix_now().saturating_sub(1).to_string(),
+                "--filter",
+                "type=container",
+                "--filter",
+                "event=create",
+                "--filter",
+                &format!("label=molecule.ai/namespace={ns}"),
+                "--format",
+                "{{.Actor.Attributes.name}}",
+            ])
+            .stdin(Stdio::null())
+            .stdout(f)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker events");
+        Creations {
+            child,
+            out,
+            _dir: dir,
+        }
     }
-    counts
+
+    /// How many times each container was created so far.
+    fn counts(&self) -> BTreeMap<String, usize> {
+        std::thread::sleep(Duration::from_millis(500)); // let the stream catch up
+        let mut counts = BTreeMap::new();
+        for name in std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
+            *counts.entry(name.to_string()).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+impl Drop for Creations {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn wait_for_leader<'a>(ops: &'a [&'a Operator]) -> usize {
@@ -565,7 +601,7 @@ fn two_replicas_one_leads_kill9_fails_over_within_20s_and_no_container_is_create
     let mut a = Operator::start(&s, "a", agent_port, &[], None);
     let mut b = Operator::start(&s, "b", agent_port, &[], None);
     let ns = ns();
-    let since = unix_now();
+    let creations = Creations::watch(&ns);
     let first = wait_for_leader(&[&a, &b]);
     let (leader, follower) = if first == 0 {
         (&mut a, &mut b)
@@ -628,7 +664,7 @@ fn two_replicas_one_leads_kill9_fails_over_within_20s_and_no_container_is_create
             "{n}"
         );
     }
-    let created = creations(&ns, since);
+    let created = creations.counts();
     assert_eq!(created.len(), 3, "{created:?}");
     assert!(
         created.values().all(|n| *n == 1),
@@ -648,7 +684,7 @@ fn sigterm_during_a_burst_exits_zero_releases_the_lease_and_the_next_replica_tak
     let mut a = Operator::start(&s, "a", agent_port, &grace, None);
     let mut b = Operator::start(&s, "b", agent_port, &grace, None);
     let ns = ns();
-    let since = unix_now();
+    let creations = Creations::watch(&ns);
     let first = wait_for_leader(&[&a, &b]);
     let (leader, follower) = if first == 0 {
         (&mut a, &mut b)
@@ -689,7 +725,7 @@ fn sigterm_during_a_burst_exits_zero_releases_the_lease_and_the_next_replica_tak
     for n in &names {
         wait_phase(&s, &[follower], &ns, n, "Online", 120);
     }
-    let created = creations(&ns, since);
+    let created = creations.counts();
     assert_eq!(created.len(), names.len(), "{created:?}");
     assert!(
         created.values().all(|n| *n == 1),
