@@ -254,6 +254,15 @@ fn cleanup(ns: &str) {
     }
 }
 
+/// Removes the namespace's containers and volumes when dropped (also when a test fails).
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        cleanup(&self.0);
+    }
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -408,11 +417,13 @@ fn operator_lifecycle_converges_with_audit_in_postgres_and_declared_rbac_covers_
         eprintln!("MOLECULE_TEST_DATABASE_URL is not set: skipping (CI sets it)");
         return;
     };
+    let ns = ns();
+    // Dropped last: removes what a failing test left behind, after the operators are gone.
+    let _cleanup = Cleanup(ns.clone());
     let s = Server::start(Backend::Sqlite);
     let op = Operator::start(&s, "a", free_port(), &[], Some(&pg));
     let ops = [&op];
     assert!(eventually(30, || op.leads()), "a lone replica leads");
-    let ns = ns();
 
     // Online, A2A, through the operator.
     apply(&s, &ns, &ws_yaml("alpha", "  role: researcher\n"));
@@ -596,11 +607,13 @@ fn operator_lifecycle_converges_with_audit_in_postgres_and_declared_rbac_covers_
 #[test]
 fn two_replicas_one_leads_kill9_fails_over_within_20s_and_no_container_is_created_twice() {
     let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
+    let ns = ns();
+    // Dropped last: removes what a failing test left behind, after the operators are gone.
+    let _cleanup = Cleanup(ns.clone());
     let s = Server::start(Backend::Sqlite);
     let agent_port = free_port();
     let mut a = Operator::start(&s, "a", agent_port, &[], None);
     let mut b = Operator::start(&s, "b", agent_port, &[], None);
-    let ns = ns();
     let creations = Creations::watch(&ns);
     let first = wait_for_leader(&[&a, &b]);
     let (leader, follower) = if first == 0 {
@@ -678,12 +691,14 @@ fn two_replicas_one_leads_kill9_fails_over_within_20s_and_no_container_is_create
 #[test]
 fn sigterm_during_a_burst_exits_zero_releases_the_lease_and_the_next_replica_takes_over_at_once() {
     let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
+    let ns = ns();
+    // Dropped last: removes what a failing test left behind, after the operators are gone.
+    let _cleanup = Cleanup(ns.clone());
     let s = Server::start(Backend::Sqlite);
     let agent_port = free_port();
     let grace = ["--shutdown-grace-seconds", "10"];
     let mut a = Operator::start(&s, "a", agent_port, &grace, None);
     let mut b = Operator::start(&s, "b", agent_port, &grace, None);
-    let ns = ns();
     let creations = Creations::watch(&ns);
     let first = wait_for_leader(&[&a, &b]);
     let (leader, follower) = if first == 0 {
