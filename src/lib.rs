@@ -13,6 +13,7 @@ pub mod backends;
 pub mod controllers;
 pub mod images;
 pub mod kubeconfig;
+pub mod operator;
 pub mod orgtemplate;
 pub mod plugins;
 pub mod resources;

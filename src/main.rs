@@ -45,6 +45,9 @@ struct WorkspaceFlags {
     /// `operator` uses the uid of the API server's `default` Namespace.
     #[arg(long, env = "MOLECULE_INSTANCE", value_parser = parse_instance)]
     instance: Option<String>,
+    /// Workspace backend: `docker`, or `simulated` (no container work; for benchmarks).
+    #[arg(long, hide = true, default_value = "docker", value_parser = molecule::backends::BackendChoice::parse)]
+    backend: molecule::backends::BackendChoice,
     #[command(flatten)]
     control_plane: ControlPlaneFlags,
 }
@@ -175,6 +178,7 @@ impl WorkspaceFlags {
             template_root,
             reap_every: std::time::Duration::from_secs(self.reap_interval_seconds.max(1)),
             instance: self.instance.clone(),
+            backend: self.backend,
             control_plane: self.control_plane.config()?,
             control_plane_platform_url: self.control_plane.control_plane_platform_url.clone(),
         })
@@ -263,16 +267,54 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:8000")]
         listen: SocketAddr,
     },
-    /// Run the controllers alone against an external API server (KUBECONFIG or in-cluster).
+    /// Run the controllers alone against an external API server (KUBECONFIG or in-cluster),
+    /// with leader election among replicas.
     Operator {
         /// Controllers to run: `all`, `none` or a comma-separated list.
         #[arg(long, env = "MOLECULE_CONTROLLERS", default_value = "all")]
         controllers: String,
+        /// Address of /healthz, /readyz, /metrics and the agent-facing /registry/*.
+        #[arg(long, env = "MOLECULE_LISTEN", default_value = "127.0.0.1:9090")]
+        listen: SocketAddr,
+        /// Where audit rows go (postgres://…); without it they only reach the log.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
         #[command(flatten)]
         workspaces: WorkspaceFlags,
         /// Root that workspace `filesDir` paths are confined to.
         #[arg(long, default_value = "org-templates")]
         org_templates: PathBuf,
+        /// Address the agent listener binds (default: the Docker network's gateway).
+        #[arg(long, env = "MOLECULE_AGENT_ADDRESS")]
+        agent_address: Option<std::net::IpAddr>,
+        /// Port of the agent listener; replicas share it (SO_REUSEPORT). 0: any (one replica).
+        #[arg(long, env = "MOLECULE_AGENT_PORT", default_value_t = 0)]
+        agent_port: u16,
+        /// URL agents are told to call (e.g. a Service in front of every replica); default:
+        /// the agent listener's own address.
+        #[arg(long, env = "MOLECULE_PLATFORM_URL")]
+        platform_url: Option<String>,
+        /// Name of the leader-election Lease.
+        #[arg(long, default_value = "molecule-operator")]
+        lease_name: String,
+        /// Namespace of the Lease (default: the kubeconfig's or the pod's namespace).
+        #[arg(long, env = "POD_NAMESPACE")]
+        lease_namespace: Option<String>,
+        /// Holder identity (default: hostname plus a random suffix).
+        #[arg(long)]
+        identity: Option<String>,
+        /// Seconds a Lease that stopped being renewed stays held.
+        #[arg(long, default_value_t = 15)]
+        lease_duration_seconds: u64,
+        /// Seconds the leader keeps trying to renew before it steps down.
+        #[arg(long, default_value_t = 10)]
+        renew_deadline_seconds: u64,
+        /// Seconds between renewals and re-checks.
+        #[arg(long, default_value_t = 2)]
+        retry_period_seconds: u64,
+        /// Seconds in-flight reconciles get to finish on SIGTERM.
+        #[arg(long, default_value_t = 20)]
+        shutdown_grace_seconds: u64,
         #[command(flatten)]
         plugins: PluginFlags,
     },
@@ -413,61 +455,45 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Operator {
             controllers,
+            listen,
+            database_url,
             workspaces,
             org_templates,
             plugins,
+            agent_address,
+            agent_port,
+            platform_url,
+            lease_name,
+            lease_namespace,
+            identity,
+            lease_duration_seconds,
+            renew_deadline_seconds,
+            retry_period_seconds,
+            shutdown_grace_seconds,
         } => {
             molecule::telemetry::init_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
-            let opts = workspaces.options(Some(org_templates.clone()))?;
+            let secs = std::time::Duration::from_secs;
+            let opts = molecule::operator::OperatorOptions {
+                controllers,
+                listen,
+                database_url,
+                workspaces: workspaces.options(Some(org_templates.clone()))?,
+                plugins: plugins.options(),
+                template_root: org_templates,
+                agent_address,
+                agent_port,
+                platform_url,
+                lease_name,
+                lease_namespace,
+                identity,
+                lease_duration: secs(lease_duration_seconds),
+                renew_deadline: secs(renew_deadline_seconds),
+                retry_period: secs(retry_period_seconds),
+                shutdown_grace: secs(shutdown_grace_seconds),
+            };
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(async move {
-                let client = kube::Client::try_default()
-                    .await
-                    .context("building a client from KUBECONFIG or the in-cluster config")?;
-                let instance = match opts.instance.clone() {
-                    Some(i) => i,
-                    None => molecule::controllers::cluster_instance_id(&client).await?,
-                };
-                let (trigger, shutdown) = molecule::shutdown::channel();
-                let metrics = std::sync::Arc::new(molecule::telemetry::Metrics::default());
-                let host = molecule::controllers::HostSettings {
-                    workspace: molecule::controllers::workspace::Settings {
-                        platform_url: String::new(),
-                        heartbeat_seconds: opts.heartbeat_seconds,
-                        heartbeat_timeout: opts.heartbeat_timeout,
-                        provision_timeout: opts.provision_timeout,
-                        template_root: org_templates.clone(),
-                        agent_binary: std::env::current_exe()?,
-                        control_plane_platform_url: opts.control_plane_platform_url.clone(),
-                    },
-                    org_import: molecule::controllers::org_import::Settings::from_env(
-                        org_templates,
-                    ),
-                    agent_port: 0,
-                    reap_every: opts.reap_every,
-                    registry: std::sync::Arc::default(),
-                    audit: molecule::audit::Audit::log_only(),
-                    instance,
-                    plugins: plugins
-                        .options()
-                        .settings(PathBuf::from("plugins"), std::env::temp_dir()),
-                    control_plane: opts.control_plane.clone(),
-                    a2a: std::sync::Arc::default(),
-                };
-                let mut task = tokio::spawn(molecule::controllers::run(
-                    client,
-                    controllers,
-                    host,
-                    metrics,
-                    shutdown,
-                ));
-                tokio::select! {
-                    _ = molecule::shutdown::signal() => trigger.trigger(),
-                    done = &mut task => return done.context("controller host panicked")?,
-                }
-                task.await.context("controller host panicked")?
-            })
+            rt.block_on(molecule::operator::run(opts))
         }
         Command::Agent {
             config,

@@ -79,6 +79,8 @@ pub struct WorkspaceOptions {
     /// `--control-plane-platform-url`: where agents on instances reach `/registry/*` (default:
     /// this server's own plain-http URL, right for a control plane on the same host).
     pub control_plane_platform_url: Option<String>,
+    /// `--backend` (hidden): `simulated` does no container work, for benchmarks.
+    pub backend: crate::backends::BackendChoice,
 }
 
 /// Reads the API token of a data dir, creating it (0600) on first start.
@@ -266,6 +268,11 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             plugins,
             control_plane: opts.workspaces.control_plane.clone(),
             a2a,
+            backend: opts.workspaces.backend,
+            agent_address: None,
+            election: None,
+            shutdown_grace: std::time::Duration::from_secs(8),
+            ready: Default::default(),
         };
         tokio::spawn(
             async move { controllers::run(client, selection, host, metrics, shutdown).await },

@@ -346,6 +346,7 @@ async fn resource(
     body: Body,
 ) -> Result<Response, ApiError> {
     let t = resolve(api, group, version, rest)?;
+    record_resource_request(api, &t, &method, q, headers);
     if let Some(ns) = &t.ns
         && let Some(msg) = super::validation::validate_dns1123_label(ns)
     {
@@ -387,6 +388,62 @@ async fn resource(
         }
         (m, _) => Err(ApiError::method_not_allowed(m.as_str())),
     }
+}
+
+/// The Kubernetes verb of a resource request (what RBAC authorizes).
+pub fn kube_verb(method: &Method, named: bool, watch: bool) -> &'static str {
+    match (method.as_str(), named) {
+        ("GET", false) if watch => "watch",
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => "other",
+    }
+}
+
+/// The product token of a User-Agent (`kubectl.1.33/v1.33.1 (linux/amd64)` → `kubectl.1.33`),
+/// or `unknown`: a bounded metric label naming the client.
+pub fn client_name(headers: &HeaderMap) -> String {
+    let ua = headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let product = ua.split(['/', ' ']).next().unwrap_or("");
+    if product.is_empty()
+        || product.len() > 40
+        || !product
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return "unknown".into();
+    }
+    product.to_string()
+}
+
+/// Counts one request per (client, verb, group, resource, subresource), like kube-apiserver's
+/// `apiserver_request_total`: what a client really used, from which RBAC rules are checked.
+fn record_resource_request(
+    api: &ApiServer,
+    t: &Target,
+    method: &Method,
+    q: &Query,
+    headers: &HeaderMap,
+) {
+    let verb = kube_verb(method, t.name.is_some(), q.flag("watch"));
+    api.metrics.inc(
+        "molecule_apiserver_resource_requests_total",
+        &[
+            ("client", &client_name(headers)),
+            ("verb", verb),
+            ("group", &t.def.group),
+            ("resource", &t.def.plural),
+            ("subresource", t.sub.as_deref().unwrap_or("")),
+        ],
+    );
 }
 
 async fn read_body(
@@ -982,4 +1039,38 @@ async fn delete_collection(
             }),
         )
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kube_verbs_follow_rbac_names() {
+        assert_eq!(kube_verb(&Method::GET, false, true), "watch");
+        assert_eq!(kube_verb(&Method::GET, false, false), "list");
+        assert_eq!(kube_verb(&Method::GET, true, false), "get");
+        assert_eq!(kube_verb(&Method::POST, false, false), "create");
+        assert_eq!(kube_verb(&Method::PUT, true, false), "update");
+        assert_eq!(kube_verb(&Method::PATCH, true, false), "patch");
+        assert_eq!(kube_verb(&Method::DELETE, true, false), "delete");
+        assert_eq!(kube_verb(&Method::DELETE, false, false), "deletecollection");
+    }
+
+    #[test]
+    fn client_names_are_bounded_product_tokens() {
+        let with = |ua: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("user-agent", ua.parse().expect("header"));
+            client_name(&h)
+        };
+        assert_eq!(
+            with("kubectl.1.33/v1.33.1 (linux/amd64) kubernetes/8adc0f0"),
+            "kubectl.1.33"
+        );
+        assert_eq!(with("molecule-operator/0.1.0"), "molecule-operator");
+        assert_eq!(with("evil\"label{x}"), "unknown");
+        assert_eq!(with(&"a".repeat(80)), "unknown");
+        assert_eq!(client_name(&HeaderMap::new()), "unknown");
+    }
 }

@@ -9,6 +9,8 @@ pub mod controlplane;
 pub mod docker;
 pub mod events;
 pub mod http;
+pub mod metered;
+pub mod simulated;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -291,6 +293,36 @@ impl BackendError {
     }
 }
 
+/// Which backend the controller host runs (`--backend`, hidden: `simulated` is for benchmarks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// The local (or `DOCKER_HOST`) Docker engine.
+    #[default]
+    Docker,
+    /// No container work at all; see [`simulated`].
+    Simulated,
+}
+
+impl BackendChoice {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "docker" => Ok(BackendChoice::Docker),
+            "simulated" => Ok(BackendChoice::Simulated),
+            other => Err(format!(
+                "unknown backend {other:?}; known backends: docker, simulated"
+            )),
+        }
+    }
+
+    /// The `backend` metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Docker => "docker",
+            BackendChoice::Simulated => "simulated",
+        }
+    }
+}
+
 /// A workspace runtime backend.
 #[async_trait::async_trait]
 pub trait WorkspaceBackend: Send + Sync + 'static {
@@ -324,12 +356,7 @@ pub trait WorkspaceBackend: Send + Sync + 'static {
     async fn remove_managed(&self, m: &Managed) -> Result<(), BackendError>;
     /// The tail of the workspace's console: container logs (Docker), the instance's serial
     /// console (control plane). At most [`MAX_CONSOLE_BYTES`].
-    async fn console(&self, ws: &WorkspaceRef) -> Result<String, BackendError> {
-        let _ = ws;
-        Err(BackendError::Permanent(
-            "console output is not available for this backend".into(),
-        ))
-    }
+    async fn console(&self, ws: &WorkspaceRef) -> Result<String, BackendError>;
 }
 
 /// Largest console output returned by [`WorkspaceBackend::console`] (C01).

@@ -1,16 +1,26 @@
 //! The controller host: builds a `kube::Client` (from the serve-written kubeconfig in embedded
 //! mode, or KUBECONFIG/in-cluster config in cluster mode) and runs the selected controllers
 //! until shutdown. Controllers never know which API server they talk to.
+//!
+//! The host gates every controller uniformly behind leadership (`leader`): caches (`cache`)
+//! stay warm on every replica, controllers run only on the Lease holder. `rbac` declares the
+//! API permissions all of it needs.
 
 use std::sync::Arc;
 
+use crate::backends::WorkspaceBackend;
+use crate::backends::metered::MeteredBackend;
 use crate::shutdown::Shutdown;
-use kube::{Client, ResourceExt};
+use kube::Client;
 
+pub use crate::backends::BackendChoice;
 use crate::telemetry::Metrics;
 
+pub mod cache;
+pub mod leader;
 pub mod org_import;
 pub mod plugin;
+pub mod rbac;
 pub mod reaper;
 pub mod workspace;
 
@@ -23,7 +33,8 @@ pub const NETWORK: &str = "molecule-core-net";
 /// Settings of the controller host.
 #[derive(Clone)]
 pub struct HostSettings {
-    /// Workspace controller settings; `platform_url` is filled in once the agent listener is bound.
+    /// Workspace controller settings; an empty `platform_url` is filled in once the agent
+    /// listener is bound (a set one, e.g. a Service address in a cluster, is kept).
     pub workspace: workspace::Settings,
     /// Port of the agent listener on the Docker network's gateway (0: any).
     pub agent_port: u16,
@@ -36,6 +47,16 @@ pub struct HostSettings {
     pub audit: crate::audit::Audit,
     /// Installation id labelled on every container and volume; the reaper only touches its own.
     pub instance: String,
+    /// The workspace backend (`docker`, or `simulated` for benchmarks).
+    pub backend: BackendChoice,
+    /// Address of the agent listener (default: the Docker network's gateway).
+    pub agent_address: Option<std::net::IpAddr>,
+    /// Leader election; `None` runs the controllers unconditionally (embedded mode).
+    pub election: Option<leader::Settings>,
+    /// How long in-flight reconciles may take to finish on shutdown.
+    pub shutdown_grace: std::time::Duration,
+    /// Set once the caches are synced.
+    pub ready: Readiness,
     /// PluginInstall controller settings (plugin registry dir, fetch limits).
     pub plugins: plugin::Settings,
     /// The EC2 control plane, when configured (`--control-plane-url`).
@@ -125,48 +146,62 @@ pub async fn cluster_instance_id(client: &Client) -> anyhow::Result<String> {
     Ok(uid)
 }
 
-/// Runs the selected controllers until `shutdown` fires.
-pub async fn run(
-    client: Client,
-    selection: Selection,
-    host: HostSettings,
-    metrics: Arc<Metrics>,
-    shutdown: Shutdown,
-) -> anyhow::Result<()> {
-    use futures::StreamExt;
-    use kube::runtime::controller::Controller;
-    use kube::runtime::reflector::ObjectRef;
-    use kube::runtime::{WatchStreamExt, watcher};
+/// Whether the host is ready: CRDs served and caches synced (the operator's `/readyz`).
+#[derive(Clone, Debug, Default)]
+pub struct Readiness(Arc<std::sync::atomic::AtomicBool>);
 
-    check_crds(&client).await?;
-    metrics.set(
-        "molecule_controllers_running",
-        &[],
-        selection.0.len() as f64,
-    );
-    let wants = |n: &str| selection.0.iter().any(|s| s == n);
-    let mut tasks = vec![];
-    // The OrgImport controller only writes records: it needs no Docker.
-    if wants("org_import") {
-        tasks.push(tokio::spawn(org_import::run(
-            client.clone(),
-            host.org_import.clone(),
-            metrics.clone(),
-            host.audit.clone(),
-            shutdown.clone(),
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Binds the agent listener with SO_REUSEPORT, so every replica of one installation can share
+/// one address agents are told about (the kernel spreads connections over live replicas).
+fn bind_shared(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// The backend the host runs, with the Docker client the echo image is built with and the
+/// gateway agents reach the host on. Docker events feed the relays (every replica). `None`
+/// when shutdown came while waiting for the Docker engine.
+async fn connect_backend(
+    host: &HostSettings,
+    ws_triggers: &cache::Relay<kube::runtime::reflector::ObjectRef<crate::resources::Workspace>>,
+    reap_triggers: &cache::Relay<()>,
+    background: &mut tokio::task::JoinSet<()>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<
+    Option<(
+        Arc<dyn WorkspaceBackend>,
+        bollard::Docker,
+        Option<std::net::IpAddr>,
+    )>,
+> {
+    use futures::StreamExt;
+    use kube::runtime::reflector::ObjectRef;
+    if host.backend == BackendChoice::Simulated {
+        tracing::warn!("simulated backend: no container is created (benchmarking only)");
+        let docker = bollard::Docker::connect_with_local_defaults()
+            .map_err(|e| anyhow::anyhow!("Docker client: {e}"))?;
+        return Ok(Some((
+            Arc::new(crate::backends::simulated::SimulatedBackend::new()),
+            docker,
+            Some(std::net::IpAddr::from([127, 0, 0, 1])),
         )));
     }
-    if !wants("workspace") && !wants("reaper") && !wants("plugin") {
-        tracing::info!(controllers = ?selection.0, "controller host started");
-        shutdown.wait().await;
-        for t in tasks {
-            let _ = t.await;
-        }
-        return Ok(());
-    }
-    let names: Vec<&str> = workspace::env::mutators().iter().map(|m| m.name).collect();
-    tracing::info!(mutators = ?names, "env mutator chain");
-
     // The Docker engine may come up after us: retry until it answers.
     let backend = loop {
         match crate::backends::docker::DockerBackend::connect(NETWORK, &host.instance).await {
@@ -175,41 +210,19 @@ pub async fn run(
                 tracing::warn!(error = %e, "Docker is not reachable; workspaces cannot be provisioned until it is (retrying)");
                 tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
-                    _ = shutdown.clone().wait() => return Ok(()),
+                    _ = shutdown.clone().wait() => return Ok(None),
                 }
             }
         }
     };
     let network = backend.ensure_network().await?;
     let docker = backend.docker().clone();
-    let control_plane = match &host.control_plane {
-        Some(cfg) => {
-            let cp = crate::backends::controlplane::ControlPlaneBackend::new(
-                cfg.clone(),
-                &host.instance,
-                Some(client.clone()),
-            )
-            .map_err(|e| anyhow::anyhow!("control plane: {e}"))?;
-            if cp.config().is_cleartext_remote() {
-                tracing::warn!(url = %cp.config().base_url, "the control-plane URL is plain http to a remote host: its credentials cross the network in clear text");
-            }
-            tracing::info!(url = %cp.config().base_url, org = %cp.config().org_id, "control-plane backend ready");
-            Some(Arc::new(cp) as Arc<dyn crate::backends::WorkspaceBackend>)
-        }
-        None => None,
-    };
-    let backends = crate::backends::Backends {
-        docker: Arc::new(backend),
-        control_plane,
-    };
-    let (reap_tx, reap_rx) = tokio::sync::mpsc::channel::<()>(64);
-    let reap_deleted_tx = reap_tx.clone();
-    let (ws_tx, ws_rx) = tokio::sync::mpsc::channel::<ObjectRef<crate::resources::Workspace>>(1024);
-    let events = tokio::spawn({
+    background.spawn({
         let docker = docker.clone();
         let instance = host.instance.clone();
+        let (ws_triggers, reap_triggers) = (ws_triggers.clone(), reap_triggers.clone());
         async move {
-            let mut s = std::pin::pin!(crate::backends::events::managed_events(docker, instance,));
+            let mut s = std::pin::pin!(crate::backends::events::managed_events(docker, instance));
             while let Some(ev) = s.next().await {
                 if ev.kind == crate::backends::ManagedKind::Container
                     && !ev.name.is_empty()
@@ -218,151 +231,411 @@ pub async fn run(
                         "die" | "stop" | "kill" | "oom" | "destroy" | "start"
                     )
                 {
-                    let _ = ws_tx.try_send(ObjectRef::new(&ev.name).within(&ev.namespace));
+                    ws_triggers.send(ObjectRef::new(&ev.name).within(&ev.namespace));
                 }
                 if matches!(ev.action.as_str(), "create" | "start" | "destroy" | "die") {
-                    let _ = reap_tx.try_send(());
+                    reap_triggers.send(());
                 }
             }
         }
     });
-    if wants("workspace") {
-        let gateway = network
-            .gateway_ip
-            .ok_or_else(|| anyhow::anyhow!("the Docker network {NETWORK} has no IPv4 gateway"))?;
-        let listener = match tokio::net::TcpListener::bind((gateway, host.agent_port)).await {
-            Ok(l) => l,
-            Err(_) => tokio::net::TcpListener::bind((gateway, 0)).await?,
+    Ok(Some((Arc::new(backend), docker, network.gateway_ip)))
+}
+
+/// The control-plane backend, when one is configured.
+fn control_plane_backend(
+    host: &HostSettings,
+    client: &Client,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Arc<dyn WorkspaceBackend>>> {
+    let Some(cfg) = &host.control_plane else {
+        return Ok(None);
+    };
+    let cp = crate::backends::controlplane::ControlPlaneBackend::new(
+        cfg.clone(),
+        &host.instance,
+        Some(client.clone()),
+    )
+    .map_err(|e| anyhow::anyhow!("control plane: {e}"))?;
+    if cp.config().is_cleartext_remote() {
+        tracing::warn!(url = %cp.config().base_url, "the control-plane URL is plain http to a remote host: its credentials cross the network in clear text");
+    }
+    tracing::info!(url = %cp.config().base_url, org = %cp.config().org_id, "control-plane backend ready");
+    Ok(Some(Arc::new(MeteredBackend::new(
+        Arc::new(cp),
+        metrics.clone(),
+        "controlPlane",
+    ))))
+}
+
+/// Maps a Secret to the workspaces whose env reads it (W13: a Secret change restarts them).
+fn secret_dependents(
+    workspaces: kube::runtime::reflector::Store<crate::resources::Workspace>,
+) -> impl Fn(
+    k8s_openapi::api::core::v1::Secret,
+) -> Vec<kube::runtime::reflector::ObjectRef<crate::resources::Workspace>>
++ Send
++ Sync
++ 'static {
+    use kube::ResourceExt;
+    move |secret| {
+        let ns = secret.metadata.namespace.clone().unwrap_or_default();
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        workspaces
+            .state()
+            .into_iter()
+            .filter(|w| {
+                w.metadata.namespace.as_deref() == Some(ns.as_str())
+                    && workspace::env::referenced_secrets(&w.name_any(), &w.spec).contains(&name)
+            })
+            .map(|w| kube::runtime::reflector::ObjectRef::from_obj(&*w))
+            .collect()
+    }
+}
+
+/// Wakes the reaper on every Workspace deletion: a record that disappears (deleted, finalizer
+/// stripped, store wiped) leaves orphans at once, not at the next resync.
+async fn reap_on_deletions(client: Client, triggers: cache::Relay<()>, stop: Shutdown) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: kube::Api<crate::resources::Workspace> = kube::Api::all(client);
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    let stop = stop.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            ev = stream.next() => match ev {
+                Some(Ok(watcher::Event::Delete(_))) => triggers.send(()),
+                Some(_) => {}
+                None => return,
+            },
+            _ = &mut stop => return,
+        }
+    }
+}
+
+/// Binds the agent listener and decides the URL agents are told to call.
+fn agent_listener(
+    host: &HostSettings,
+    gateway: Option<std::net::IpAddr>,
+) -> anyhow::Result<(tokio::net::TcpListener, String)> {
+    let ip = host
+        .agent_address
+        .or(gateway)
+        .ok_or_else(|| anyhow::anyhow!("the Docker network {NETWORK} has no IPv4 gateway"))?;
+    // Embedded mode may fall back to any port; replicas must share the one they were given.
+    let embedded = host.election.is_none() && host.workspace.platform_url.is_empty();
+    let listener = match bind_shared((ip, host.agent_port).into()) {
+        Ok(l) => l,
+        Err(_) if embedded => bind_shared((ip, 0).into())?,
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "binding the agent listener on {ip}:{}: {e}",
+                host.agent_port
+            ));
+        }
+    };
+    let platform_url = if host.workspace.platform_url.is_empty() {
+        format!("http://{}", listener.local_addr()?)
+    } else {
+        host.workspace.platform_url.clone()
+    };
+    tracing::info!(listen = %listener.local_addr()?, url = %platform_url, "agent listener ready (registry endpoints for containers)");
+    Ok((listener, platform_url))
+}
+
+/// Reconciles one controller runs at once. Unbounded, a backlog of 1,000 objects opens as many
+/// API connections (and TLS handshakes) at once; a bound keeps connections reused.
+pub const MAX_CONCURRENT_RECONCILES: u16 = 64;
+
+/// Why one leadership term of the controllers ended.
+enum TermEnd {
+    Lost,
+    ElectorGone,
+    Shutdown,
+}
+
+/// Runs the selected controllers until `shutdown` fires.
+///
+/// Every replica connects the backend, keeps the caches warm and serves the agent endpoints;
+/// only while it leads (always, without `host.election`) does it run the controllers. Losing
+/// the lease aborts them at once; shutdown lets in-flight reconciles finish within
+/// `host.shutdown_grace`, then releases the lease (ADR 0025).
+pub async fn run(
+    client: Client,
+    selection: Selection,
+    host: HostSettings,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use kube::runtime::reflector::ObjectRef;
+
+    check_crds(&client).await?;
+    metrics.set(
+        "molecule_controllers_running",
+        &[],
+        selection.0.len() as f64,
+    );
+    let wants = |n: &str| selection.0.iter().any(|s| s == n);
+    if selection.0.is_empty() {
+        host.ready.set(true);
+        tracing::info!("controller host started with no controllers");
+        shutdown.wait().await;
+        return Ok(());
+    }
+    // Workspaces, the reaper and plugins drive a backend; org imports only write records.
+    let needs_backend = wants("workspace") || wants("reaper") || wants("plugin");
+    let names: Vec<&str> = workspace::env::mutators().iter().map(|m| m.name).collect();
+    tracing::info!(mutators = ?names, "env mutator chain");
+
+    // The backend, and its fast triggers (every replica; nobody listens to them until it leads).
+    let ws_triggers: cache::Relay<ObjectRef<crate::resources::Workspace>> = cache::Relay::default();
+    let reap_triggers: cache::Relay<()> = cache::Relay::default();
+    let mut background = tokio::task::JoinSet::new();
+    let mut backends = None;
+    let mut docker_gateway = None;
+    if needs_backend {
+        let Some((backend, docker, gateway)) = connect_backend(
+            &host,
+            &ws_triggers,
+            &reap_triggers,
+            &mut background,
+            &shutdown,
+        )
+        .await?
+        else {
+            return Ok(()); // shut down while waiting for Docker
         };
-        let platform_url = format!("http://{}", listener.local_addr()?);
-        tracing::info!(url = %platform_url, "agent listener ready (registry endpoints for containers)");
+        let backend: Arc<dyn WorkspaceBackend> = Arc::new(MeteredBackend::new(
+            backend,
+            metrics.clone(),
+            host.backend.name(),
+        ));
+        backends = Some(crate::backends::Backends {
+            docker: backend,
+            control_plane: control_plane_backend(&host, &client, &metrics)?,
+        });
+        docker_gateway = Some((docker, gateway));
+    }
+
+    // Caches, warm on every replica.
+    let workspaces = cache::SharedCache::<crate::resources::Workspace>::start(
+        kube::Api::all(client.clone()),
+        kube::runtime::watcher::Config::default(),
+    );
+
+    // The agent listener: every replica serves /registry/* (it only writes status via the API).
+    let mut ws_ctx = None;
+    if wants("workspace")
+        && let (Some(backends), Some((docker, gateway))) = (&backends, docker_gateway.clone())
+    {
+        let (listener, platform_url) = agent_listener(&host, gateway)?;
         let agent_app = crate::shim::registry::router(host.registry.clone()).merge(
             crate::shim::plugin_download::router(host.plugins.downloads.clone()),
         );
         let stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
+        background.spawn(async move {
             let _ = axum::serve(listener, agent_app)
                 .with_graceful_shutdown(stop.wait())
                 .await;
-        }));
-        let settings = workspace::Settings {
-            platform_url,
-            ..host.workspace.clone()
-        };
-        let reporter = kube::runtime::events::Reporter {
-            controller: "molecule-workspace".into(),
-            instance: std::env::var("HOSTNAME").ok(),
-        };
-        let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
-        let ctx = Arc::new(workspace::Context::new(
-            client.clone(),
-            backends.clone(),
-            docker.clone(),
-            recorder,
-            settings,
-            metrics.clone(),
-            host.audit.clone(),
-        ));
-        // Status writes of the controller itself and routine heartbeats do not re-trigger
-        // reconciles: only what `trigger_hash` covers does (plus requeues and Docker events).
-        let api: kube::Api<crate::resources::Workspace> = kube::Api::all(client.clone());
-        let (reader, writer) = kube::runtime::reflector::store();
-        let trigger = kube::runtime::reflector(writer, watcher(api, watcher::Config::default()))
-            .applied_objects()
-            .predicate_filter(workspace::plan::trigger_hash, Default::default());
-        // A Secret change wakes the workspaces whose env reads it.
-        let by_secret = {
-            let reader = reader.clone();
-            move |secret: k8s_openapi::api::core::v1::Secret| {
-                let ns = secret.metadata.namespace.clone().unwrap_or_default();
-                let name = secret.metadata.name.clone().unwrap_or_default();
-                reader
-                    .state()
-                    .into_iter()
-                    .filter(|w| {
-                        w.metadata.namespace.as_deref() == Some(ns.as_str())
-                            && workspace::env::referenced_secrets(&w.name_any(), &w.spec)
-                                .contains(&name)
-                    })
-                    .map(|w| ObjectRef::from_obj(&*w))
-                    .collect::<Vec<_>>()
-            }
-        };
-        let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::all(client.clone());
-        let controller = Controller::for_stream(trigger, reader)
-            .watches(secrets, watcher::Config::default(), by_secret)
-            .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(ws_rx))
-            .graceful_shutdown_on(shutdown.clone().wait());
+        });
         let _ = host
             .registry
             .set(Arc::new(crate::shim::registry::RegistryState {
                 client: client.clone(),
-                workspaces: controller.store(),
+                workspaces: workspaces.reader(),
                 metrics: metrics.clone(),
             }));
         let _ = host.a2a.set(Arc::new(crate::shim::a2a::A2aState::new(
             client.clone(),
-            controller.store(),
+            workspaces.reader(),
             backends.clone(),
             metrics.clone(),
         )));
-        tasks.push(tokio::spawn(
-            controller
-                .run(workspace::reconcile, workspace::error_policy, ctx)
-                .for_each(|_| async {}),
-        ));
-    }
-    if wants("reaper") {
-        // A record that disappears (deleted, finalizer stripped, store wiped and refilled) leaves
-        // orphans at once: trigger a pass on every deletion the watch reports.
-        let deletions = {
-            let tx = reap_deleted_tx;
-            let api: kube::Api<crate::resources::Workspace> = kube::Api::all(client.clone());
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                let stream = watcher(api, watcher::Config::default()).default_backoff();
-                let mut stream = std::pin::pin!(stream);
-                let stop = stop.wait();
-                tokio::pin!(stop);
-                loop {
-                    tokio::select! {
-                        ev = stream.next() => match ev {
-                            Some(Ok(watcher::Event::Delete(_))) => {
-                                let _ = tx.try_send(());
-                            }
-                            Some(_) => {}
-                            None => return,
-                        },
-                        _ = &mut stop => return,
-                    }
-                }
-            })
+        let reporter = kube::runtime::events::Reporter {
+            controller: "molecule-workspace".into(),
+            instance: std::env::var("HOSTNAME").ok(),
         };
-        tasks.push(deletions);
-        tasks.push(tokio::spawn(reaper::run(
+        ws_ctx = Some(Arc::new(workspace::Context::new(
             client.clone(),
-            backends.all(),
-            host.reap_every,
-            reap_rx,
-            metrics.clone(),
-            shutdown.clone(),
-        )));
-    }
-    if wants("plugin") {
-        tasks.push(tokio::spawn(plugin::run(
-            client.clone(),
-            backends.docker.clone(),
-            host.plugins.clone(),
+            backends.clone(),
+            docker,
+            kube::runtime::events::Recorder::new(client.clone(), reporter),
+            workspace::Settings {
+                platform_url,
+                ..host.workspace.clone()
+            },
             metrics.clone(),
             host.audit.clone(),
-            shutdown.clone(),
         )));
     }
-    tracing::info!(controllers = ?selection.0, "controller host started");
-    for t in tasks {
-        let _ = t.await;
+    tokio::select! {
+        _ = workspaces.ready() => {}
+        _ = shutdown.clone().wait() => return Ok(()),
     }
-    events.abort();
+    host.ready.set(true);
+
+    // Leadership: without an election this process always leads (embedded mode).
+    let (lead_tx, mut leading) = tokio::sync::watch::channel(host.election.is_none());
+    let (release_trigger, release) = crate::shutdown::channel();
+    // Without an election the sender stays here, so "leading" never changes.
+    let (elector, _always) = match host.election.clone() {
+        Some(s) => (
+            Some(tokio::spawn(
+                leader::Elector::new(client.clone(), s, metrics.clone()).run(lead_tx, release),
+            )),
+            None,
+        ),
+        None => (None, Some(lead_tx)),
+    };
+    let ws_queue = cache::WorkQueue::new("workspace", metrics.clone());
+    tracing::info!(controllers = ?selection.0, "controller host started");
+    loop {
+        tokio::select! {
+            r = leading.wait_for(|l| *l) => if r.is_err() { break },
+            _ = shutdown.clone().wait() => break,
+        }
+        // One leadership term.
+        let (term_trigger, term) = crate::shutdown::channel();
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(ctx) = &ws_ctx {
+            let triggers = {
+                let queue = ws_queue.clone();
+                tokio_stream::wrappers::ReceiverStream::new(ws_triggers.subscribe(1024)).inspect(
+                    move |r: &ObjectRef<crate::resources::Workspace>| {
+                        queue.add(cache::WorkQueue::key(r.namespace.as_deref(), &r.name))
+                    },
+                )
+            };
+            // Status writes of the controller itself and routine heartbeats do not wake it:
+            // only what `trigger_hash` covers does (plus requeues, Docker events and Secrets).
+            let controller = workspaces
+                .controller_filtered(&ws_queue, workspace::plan::trigger_hash)
+                .watches(
+                    kube::Api::<k8s_openapi::api::core::v1::Secret>::all(client.clone()),
+                    kube::runtime::watcher::Config::default(),
+                    secret_dependents(workspaces.reader()),
+                )
+                .reconcile_on(triggers)
+                .with_config(
+                    kube::runtime::controller::Config::default()
+                        .concurrency(MAX_CONCURRENT_RECONCILES),
+                )
+                .graceful_shutdown_on(term.clone().wait());
+            let queue = ws_queue.clone();
+            tasks.spawn(
+                controller
+                    .run(
+                        move |ws, ctx| {
+                            use kube::ResourceExt;
+                            let guard = queue.begin(&cache::WorkQueue::key(
+                                ws.namespace().as_deref(),
+                                &ws.name_any(),
+                            ));
+                            async move {
+                                let _guard = guard;
+                                workspace::reconcile(ws, ctx).await
+                            }
+                        },
+                        workspace::error_policy,
+                        ctx.clone(),
+                    )
+                    .for_each(|_| async {}),
+            );
+        }
+        if wants("reaper")
+            && let Some(backends) = &backends
+        {
+            let triggers = reap_triggers.subscribe(64);
+            tasks.spawn(reap_on_deletions(
+                client.clone(),
+                reap_triggers.clone(),
+                term.clone(),
+            ));
+            tasks.spawn(reaper::run(
+                client.clone(),
+                backends.all(),
+                host.reap_every,
+                triggers,
+                metrics.clone(),
+                term.clone(),
+            ));
+        }
+        if wants("plugin")
+            && let Some(backends) = &backends
+        {
+            tasks.spawn(plugin::run(
+                client.clone(),
+                backends.docker.clone(),
+                host.plugins.clone(),
+                metrics.clone(),
+                host.audit.clone(),
+                term.clone(),
+            ));
+        }
+        if wants("org_import") {
+            tasks.spawn(org_import::run(
+                client.clone(),
+                host.org_import.clone(),
+                metrics.clone(),
+                host.audit.clone(),
+                term.clone(),
+            ));
+        }
+        metrics.set("molecule_controllers_active", &[], 1.0);
+        tracing::info!(
+            event = "controllers.started",
+            "controllers started: this replica leads"
+        );
+        let end = tokio::select! {
+            r = leading.wait_for(|l| !*l) => if r.is_ok() { TermEnd::Lost } else { TermEnd::ElectorGone },
+            _ = shutdown.clone().wait() => TermEnd::Shutdown,
+        };
+        match end {
+            TermEnd::Lost | TermEnd::ElectorGone => {
+                // Stop writing at once: in-flight reconciles are dropped where they stand.
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                ws_queue.clear();
+                metrics.set("molecule_controllers_active", &[], 0.0);
+                tracing::warn!(
+                    event = "controllers.stopped",
+                    "leadership lost: controllers stopped"
+                );
+                if matches!(end, TermEnd::ElectorGone) {
+                    tracing::error!(
+                        "leader election stopped unexpectedly; the controllers stay stopped"
+                    );
+                    break;
+                }
+            }
+            TermEnd::Shutdown => {
+                term_trigger.trigger();
+                let drained = tokio::time::timeout(host.shutdown_grace, async {
+                    while tasks.join_next().await.is_some() {}
+                })
+                .await;
+                if drained.is_err() {
+                    tracing::warn!(
+                        grace_s = host.shutdown_grace.as_secs_f64(),
+                        "in-flight reconciles did not finish within the grace period; aborting them"
+                    );
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                }
+                metrics.set("molecule_controllers_active", &[], 0.0);
+                break;
+            }
+        }
+    }
+    // Only once nothing writes any more may another replica take over.
+    release_trigger.trigger();
+    if let Some(e) = elector {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), e).await;
+    }
+    background.abort_all();
     tracing::info!("controller host stopped");
     Ok(())
 }

@@ -701,7 +701,8 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
         heartbeat_timeout_secs: ctx.settings.heartbeat_timeout.as_secs() as i64,
         provision_timeout_secs: ctx.settings.provision_timeout.as_secs() as i64,
     };
-    match plan::decide(&observed) {
+    let step = plan::decide(&observed);
+    match step {
         Step::Observe {
             phase,
             reason,
@@ -954,11 +955,6 @@ async fn provision(
             };
         }
     };
-    ctx.metrics.observe(
-        "molecule_backend_call_seconds",
-        &[("backend", kind_label(kind)), ("call", "ensure_started")],
-        t.elapsed().as_secs_f64(),
-    );
     match kind {
         Backend::Docker => next.container_id = Some(started.container_id.clone()),
         // Recorded at once: every later call uses it (C02).

@@ -1,0 +1,334 @@
+//! What every replica keeps warm, and how the leader's controllers plug into it (ADR 0025).
+//!
+//! - [`SharedCache`] runs one watch + reflector per kind for the life of the process, on every
+//!   replica, leader or not: the registry endpoints read it, and a replica that becomes leader
+//!   starts reconciling from a synced cache instead of listing everything first.
+//! - A controller started for one leadership term subscribes to the cache ([`SharedCache::controller`]):
+//!   it gets every later change plus one reconcile of everything already cached.
+//! - [`Relay`] does the same for other trigger sources (Docker events): while no controller
+//!   listens, triggers are dropped, not queued.
+//! - [`WorkQueue`] counts what is waiting: objects triggered but not yet picked up
+//!   (`molecule_workqueue_depth`) and reconciles running (`molecule_reconcile_in_flight`).
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use crate::telemetry::Metrics;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Triggered-but-not-started objects and running reconciles of one controller.
+pub struct WorkQueue {
+    controller: &'static str,
+    pending: Mutex<HashSet<String>>,
+    in_flight: std::sync::atomic::AtomicI64,
+    metrics: Arc<Metrics>,
+}
+
+/// Held while one reconcile runs (also when it is aborted).
+pub struct InFlight(Arc<WorkQueue>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let n = self
+            .0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
+            - 1;
+        self.0.metrics.set(
+            "molecule_reconcile_in_flight",
+            &[("controller", self.0.controller)],
+            n as f64,
+        );
+    }
+}
+
+impl WorkQueue {
+    pub fn new(controller: &'static str, metrics: Arc<Metrics>) -> Arc<Self> {
+        let q = Arc::new(WorkQueue {
+            controller,
+            pending: Mutex::default(),
+            in_flight: Default::default(),
+            metrics,
+        });
+        q.publish(0);
+        q.metrics.set(
+            "molecule_reconcile_in_flight",
+            &[("controller", controller)],
+            0.0,
+        );
+        q
+    }
+
+    fn publish(&self, depth: usize) {
+        self.metrics.set(
+            "molecule_workqueue_depth",
+            &[("controller", self.controller)],
+            depth as f64,
+        );
+    }
+
+    /// The key of an object: `namespace/name` (or `name`).
+    pub fn key(namespace: Option<&str>, name: &str) -> String {
+        match namespace {
+            Some(ns) => format!("{ns}/{name}"),
+            None => name.to_string(),
+        }
+    }
+
+    /// An object was triggered.
+    pub fn add(&self, key: String) {
+        let mut p = lock(&self.pending);
+        p.insert(key);
+        self.publish(p.len());
+    }
+
+    /// A reconcile of `key` starts; the returned guard ends it.
+    pub fn begin(self: &Arc<Self>, key: &str) -> InFlight {
+        {
+            let mut p = lock(&self.pending);
+            p.remove(key);
+            self.publish(p.len());
+        }
+        let n = self
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        self.metrics.set(
+            "molecule_reconcile_in_flight",
+            &[("controller", self.controller)],
+            n as f64,
+        );
+        InFlight(self.clone())
+    }
+
+    /// The term ended: nothing is waiting any more.
+    pub fn clear(&self) {
+        let mut p = lock(&self.pending);
+        p.clear();
+        self.publish(0);
+    }
+
+    /// Objects waiting.
+    pub fn depth(&self) -> usize {
+        lock(&self.pending).len()
+    }
+}
+
+/// A trigger source whose items reach the current subscriber, or nobody.
+pub struct Relay<T> {
+    slot: Arc<Mutex<Option<mpsc::Sender<T>>>>,
+}
+
+impl<T> Clone for Relay<T> {
+    fn clone(&self) -> Self {
+        Relay {
+            slot: self.slot.clone(),
+        }
+    }
+}
+
+impl<T> Default for Relay<T> {
+    fn default() -> Self {
+        Relay {
+            slot: Arc::default(),
+        }
+    }
+}
+
+impl<T: Send + 'static> Relay<T> {
+    /// Hands `item` to the subscriber, if any (dropped when it is full: triggers are hints).
+    pub fn send(&self, item: T) {
+        if let Some(tx) = lock(&self.slot).as_ref() {
+            let _ = tx.try_send(item);
+        }
+    }
+
+    /// Replaces the subscriber.
+    pub fn subscribe(&self, capacity: usize) -> mpsc::Receiver<T> {
+        let (tx, rx) = mpsc::channel(capacity);
+        *lock(&self.slot) = Some(tx);
+        rx
+    }
+}
+
+type Subscriber<K> = Arc<Mutex<Option<mpsc::UnboundedSender<Arc<K>>>>>;
+
+/// One kind, watched for the life of the process; see the module docs.
+pub struct SharedCache<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    reader: Store<K>,
+    subscriber: Subscriber<K>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<K> Drop for SharedCache<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<K> SharedCache<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    /// Starts watching `api`.
+    pub fn start(api: Api<K>, config: watcher::Config) -> Self {
+        let (reader, writer) = reflector::store();
+        let subscriber: Subscriber<K> = Arc::default();
+        let task = tokio::spawn({
+            let subscriber = subscriber.clone();
+            async move {
+                let stream = watcher(api, config)
+                    .default_backoff()
+                    .reflect(writer)
+                    .applied_objects();
+                let mut stream = std::pin::pin!(stream);
+                while let Some(item) = stream.next().await {
+                    match item {
+                        Ok(obj) => {
+                            let mut slot = lock(&subscriber);
+                            if let Some(tx) = slot.as_ref()
+                                && tx.send(Arc::new(obj)).is_err()
+                            {
+                                *slot = None;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(kind = %K::kind(&Default::default()), error = %e, "watch failed; retrying with backoff")
+                        }
+                    }
+                }
+            }
+        });
+        SharedCache {
+            reader,
+            subscriber,
+            task,
+        }
+    }
+
+    /// The cache itself.
+    pub fn reader(&self) -> Store<K> {
+        self.reader.clone()
+    }
+
+    /// Resolves once the first list is in.
+    pub async fn ready(&self) {
+        let _ = self.reader.wait_until_ready().await;
+    }
+
+    /// Every change from now on (replacing any earlier subscriber).
+    fn subscribe(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *lock(&self.subscriber) = Some(tx);
+        tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+    }
+
+    /// A controller over this cache for one leadership term: it reconciles everything cached
+    /// now, then every change, and reports what waits on `queue`.
+    pub fn controller(&self, queue: &Arc<WorkQueue>) -> Controller<K> {
+        self.controller_filtered(queue, |_: &K| None)
+    }
+
+    /// Like [`SharedCache::controller`], but a change only triggers a reconcile when
+    /// `predicate` hashes the object differently from the last time it was seen (`None` always
+    /// triggers), as kube-runtime's `predicate_filter` does for a plain watch.
+    pub fn controller_filtered(
+        &self,
+        queue: &Arc<WorkQueue>,
+        predicate: impl Fn(&K) -> Option<u64> + Send + 'static,
+    ) -> Controller<K> {
+        let changes = {
+            let queue = queue.clone();
+            let mut seen: std::collections::HashMap<ObjectRef<K>, u64> = Default::default();
+            self.subscribe()
+                .filter(move |o| {
+                    let pass = match predicate(o.as_ref()) {
+                        Some(h) => seen.insert(ObjectRef::from_obj(o.as_ref()), h) != Some(h),
+                        None => true,
+                    };
+                    futures::future::ready(pass)
+                })
+                .inspect(move |o| {
+                    queue.add(WorkQueue::key(o.namespace().as_deref(), &o.name_any()))
+                })
+        };
+        let existing: Vec<ObjectRef<K>> = self
+            .reader
+            .state()
+            .iter()
+            .map(|o| {
+                queue.add(WorkQueue::key(o.namespace().as_deref(), &o.name_any()));
+                ObjectRef::from_obj(o.as_ref())
+            })
+            .collect();
+        Controller::for_shared_stream(changes, self.reader.clone())
+            .reconcile_on(futures::stream::iter(existing))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_counts_distinct_waiting_objects_and_in_flight_reconciles() {
+        let m = Arc::new(Metrics::default());
+        let q = WorkQueue::new("workspace", m.clone());
+        q.add("ns/a".into());
+        q.add("ns/a".into());
+        q.add("ns/b".into());
+        assert_eq!(q.depth(), 2);
+        assert!(
+            m.render()
+                .contains("molecule_workqueue_depth{controller=\"workspace\"} 2")
+        );
+        let g = q.begin("ns/a");
+        assert_eq!(q.depth(), 1);
+        assert!(
+            m.render()
+                .contains("molecule_reconcile_in_flight{controller=\"workspace\"} 1")
+        );
+        drop(g);
+        assert!(
+            m.render()
+                .contains("molecule_reconcile_in_flight{controller=\"workspace\"} 0")
+        );
+        q.clear();
+        assert_eq!(q.depth(), 0);
+    }
+
+    #[tokio::test]
+    async fn relays_reach_only_the_current_subscriber() {
+        let r: Relay<u32> = Relay::default();
+        r.send(1); // nobody listens: dropped
+        let mut first = r.subscribe(4);
+        r.send(2);
+        let mut second = r.subscribe(4);
+        r.send(3);
+        assert_eq!(first.recv().await, Some(2));
+        assert_eq!(first.recv().await, None, "replaced subscribers are closed");
+        assert_eq!(second.recv().await, Some(3));
+    }
+}

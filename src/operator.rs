@@ -1,0 +1,236 @@
+//! `molecule operator`: cluster mode. The controllers alone, against an external API server
+//! (KUBECONFIG, else the in-cluster service account), with audit rows in the store named by
+//! `DATABASE_URL` (Postgres), workspaces on the Docker engine of `DOCKER_HOST`, and leader
+//! election so several replicas can run (ADR 0025, 0026). Its own HTTP listener serves
+//! `/healthz`, `/readyz`, `/metrics` and the agent-facing `/registry/*`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::controllers::{self, HostSettings, Readiness, Selection, leader};
+use crate::serve::WorkspaceOptions;
+use crate::telemetry::Metrics;
+
+/// The User-Agent of the operator's API client (the API server's per-client request metric,
+/// and hence the RBAC drift test, tells its calls apart by it).
+pub const USER_AGENT: &str = concat!("molecule-operator/", env!("CARGO_PKG_VERSION"));
+
+/// Options of `operator`.
+#[derive(Clone, Debug)]
+pub struct OperatorOptions {
+    pub controllers: Selection,
+    /// Health, readiness, metrics and registry endpoints.
+    pub listen: SocketAddr,
+    /// `DATABASE_URL`: where audit rows go (log only when unset).
+    pub database_url: Option<String>,
+    pub workspaces: WorkspaceOptions,
+    /// Root that workspace `filesDir` paths are confined to.
+    pub template_root: PathBuf,
+    /// Agent listener address (default: the Docker network's gateway) and port (0: any).
+    pub agent_address: Option<IpAddr>,
+    pub agent_port: u16,
+    /// What agents are told to call (default: the agent listener's own address).
+    pub platform_url: Option<String>,
+    /// Lease name, namespace (default: the client's namespace) and holder identity.
+    pub lease_name: String,
+    pub lease_namespace: Option<String>,
+    pub identity: Option<String>,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+    /// Bound on in-flight reconciles at shutdown.
+    pub shutdown_grace: Duration,
+    /// The PluginInstall controller's options (registry dir, fetch limits).
+    pub plugins: crate::serve::PluginOptions,
+}
+
+/// A client from KUBECONFIG (or ~/.kube/config), else the in-cluster service account; nothing
+/// in-process. Requests carry [`USER_AGENT`].
+pub async fn client() -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer()
+        .await
+        .context("building a client from KUBECONFIG or the in-cluster config")?;
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(USER_AGENT),
+    ));
+    kube::Client::try_from(config).context("building the API client")
+}
+
+#[derive(Clone)]
+struct Http {
+    metrics: Arc<Metrics>,
+    ready: Readiness,
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(h): State<Http>) -> axum::response::Response {
+    if h.ready.get() {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
+    }
+}
+
+async fn metrics(State(h): State<Http>) -> axum::response::Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        h.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The operator's HTTP endpoints.
+pub fn router(
+    metrics: Arc<Metrics>,
+    ready: Readiness,
+    registry: crate::shim::registry::Slot,
+) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/livez", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(self::metrics))
+        .with_state(Http { metrics, ready })
+        .merge(crate::shim::registry::router(registry))
+}
+
+/// Runs until SIGTERM/SIGINT, then stops the controllers (bounded), releases the Lease and
+/// returns `Ok` (exit 0).
+pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
+    let client = client().await?;
+    let instance = match opts.workspaces.instance.clone() {
+        Some(i) => i,
+        None => controllers::cluster_instance_id(&client).await?,
+    };
+    let audit = match opts.database_url.as_deref() {
+        Some(url) => {
+            let store = crate::store::open(Some(url), std::path::Path::new("molecule.db"))
+                .await
+                .context("opening the audit store from DATABASE_URL")?;
+            tracing::info!(store = store.backend(), "audit rows go to the store");
+            crate::audit::Audit::new(store)
+        }
+        None => {
+            tracing::warn!("DATABASE_URL is not set: audit rows only reach the log");
+            crate::audit::Audit::log_only()
+        }
+    };
+    let identity = opts
+        .identity
+        .clone()
+        .unwrap_or_else(leader::default_identity);
+    let election = leader::Settings {
+        namespace: opts
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string()),
+        name: opts.lease_name.clone(),
+        identity: identity.clone(),
+        lease_duration: opts.lease_duration,
+        renew_deadline: opts.renew_deadline,
+        retry_period: opts.retry_period,
+    };
+    election.validate().map_err(anyhow::Error::msg)?;
+
+    if opts.agent_port == 0 && opts.platform_url.is_none() {
+        tracing::warn!(
+            "--agent-port 0: each replica picks its own agent address, so a new leader would recreate every container; set --agent-port (shared by all replicas) or --platform-url when running more than one replica"
+        );
+    }
+    let metrics = Arc::new(Metrics::default());
+    metrics.set("molecule_leader", &[("lease", &election.name)], 0.0);
+    let ready = Readiness::default();
+    let registry: crate::shim::registry::Slot = Arc::default();
+    // Plugin fetches use throwaway git repositories in a private temp dir.
+    let scratch = std::env::temp_dir().join(format!("molecule-plugins-{}", std::process::id()));
+    let plugins = opts.plugins.settings(PathBuf::from("plugins"), scratch);
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("binding {}", opts.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, identity = %identity, lease = %format!("{}/{}", election.namespace, election.name), instance = %instance, "molecule operator starting");
+
+    let (trigger, shutdown) = crate::shutdown::channel();
+    let http = {
+        let app = router(metrics.clone(), ready.clone(), registry.clone()).merge(
+            crate::shim::plugin_download::router(plugins.downloads.clone()),
+        );
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.wait())
+                .await;
+        })
+    };
+    let host = HostSettings {
+        workspace: controllers::workspace::Settings {
+            platform_url: opts.platform_url.clone().unwrap_or_default(),
+            heartbeat_seconds: opts.workspaces.heartbeat_seconds,
+            heartbeat_timeout: opts.workspaces.heartbeat_timeout,
+            provision_timeout: opts.workspaces.provision_timeout,
+            template_root: opts.template_root.clone(),
+            agent_binary: std::env::current_exe()?,
+            control_plane_platform_url: opts.workspaces.control_plane_platform_url.clone(),
+        },
+        org_import: controllers::org_import::Settings::from_env(opts.template_root.clone()),
+        plugins: plugins.clone(),
+        control_plane: opts.workspaces.control_plane.clone(),
+        a2a: Arc::default(),
+        agent_port: opts.agent_port,
+        reap_every: opts.workspaces.reap_every,
+        registry,
+        audit,
+        instance,
+        backend: opts.workspaces.backend,
+        agent_address: opts.agent_address,
+        election: Some(election),
+        shutdown_grace: opts.shutdown_grace,
+        ready,
+    };
+    let mut controllers = tokio::spawn(controllers::run(
+        client,
+        opts.controllers.clone(),
+        host,
+        metrics,
+        shutdown,
+    ));
+    let result = tokio::select! {
+        _ = crate::shutdown::signal() => {
+            tracing::info!("shutting down: no new reconciles; waiting for in-flight ones");
+            trigger.trigger();
+            // The host bounds the drain by the grace period and the release by 10 s.
+            match tokio::time::timeout(opts.shutdown_grace + Duration::from_secs(15), &mut controllers).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => Err(anyhow::anyhow!("controller host panicked: {e}")),
+                Err(_) => {
+                    tracing::warn!("the controller host did not stop in time");
+                    controllers.abort();
+                    Ok(())
+                }
+            }
+        }
+        done = &mut controllers => {
+            trigger.trigger();
+            match done {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow::anyhow!("controller host panicked: {e}")),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    tracing::info!("stopped");
+    result
+}
