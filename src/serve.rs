@@ -197,6 +197,12 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         .plugins
         .settings(opts.data_dir.join("plugins"), scratch);
     let _ = std::fs::create_dir_all(&plugins.registry);
+    let template_root = opts
+        .workspaces
+        .template_root
+        .clone()
+        .unwrap_or_else(|| opts.data_dir.join("org-templates"));
+    let _ = std::fs::create_dir_all(&template_root);
     let shim = crate::shim::Shim::start(
         crate::shim::ShimSettings {
             client: client_from(&kubeconfig).await?,
@@ -204,6 +210,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             audit: audit.clone(),
             namespace: "default".into(),
             plugin_root: plugins.registry.clone(),
+            org_templates: crate::orgtemplate::Options::from_env(template_root.clone()),
             metrics: metrics.clone(),
             backlog: opts.stream_backlog,
         },
@@ -238,12 +245,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         let selection = opts.controllers.clone();
         let shutdown = shutdown.clone();
         let metrics = metrics.clone();
-        let template_root = opts
-            .workspaces
-            .template_root
-            .clone()
-            .unwrap_or_else(|| opts.data_dir.join("org-templates"));
-        let _ = std::fs::create_dir_all(&template_root);
+        let template_root = template_root.clone();
         let host = controllers::HostSettings {
             workspace: crate::controllers::workspace::Settings {
                 platform_url: String::new(),

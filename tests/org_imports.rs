@@ -765,3 +765,137 @@ fn kill9_mid_import_converges_to_exactly_the_tree_with_paired_audit_rows() {
         );
     }
 }
+
+/// The canvas's org routes: `GET /org/templates` lists the template root, `POST /org/import`
+/// preflights the env (412 with the names, nothing created), then applies an OrgImport.
+#[test]
+fn rest_templates_listing_and_import_with_the_env_preflight() {
+    let e = start("org_import");
+    let root = e.root();
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/org-templates/research-lab"),
+        &root.join("research-lab"),
+    );
+    std::fs::create_dir_all(root.join("needs-env")).expect("mkdir");
+    std::fs::write(
+        root.join("needs-env/org.yaml"),
+        "name: Needs Env\ndescription: one agent with a key\ndefaults:\n  runtime: echo\n  required_env: [OPENAI_API_KEY, {any_of: [GH_TOKEN, GITHUB_TOKEN]}]\nworkspaces:\n  - name: Solo\n    role: solo\n",
+    )
+    .expect("org.yaml");
+    let token = e.s.token();
+    let call = |method: &str, path: &str, body: &str| {
+        e.s.http_as(method, path, Some(&token), body.as_bytes())
+    };
+    let items = |path: &str| -> Vec<String> {
+        let body = e.s.http("GET", path, None, b"").1;
+        serde_json::from_str::<Value>(&body).expect("list")["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["metadata"]["name"].as_str().map(String::from))
+            .collect()
+    };
+    let imports = || items("/apis/molecule.ai/v1alpha1/namespaces/default/orgimports");
+
+    // The listing.
+    assert_eq!(e.s.http_as("GET", "/org/templates", None, b"").0, 401);
+    let (code, body) = call("GET", "/org/templates", "");
+    assert_eq!(code, 200, "{body}");
+    let list: Value = serde_json::from_str(&body).expect("json");
+    let by_dir = |d: &str| {
+        list.as_array()
+            .and_then(|l| l.iter().find(|t| t["dir"] == d).cloned())
+            .unwrap_or(Value::Null)
+    };
+    let lab = by_dir("research-lab");
+    assert_eq!(lab["name"], "Research Lab", "{list}");
+    assert_eq!(
+        lab["workspaces"], 7,
+        "spawning:false subtrees are counted: {lab}"
+    );
+    let needs = by_dir("needs-env");
+    assert_eq!(
+        needs["required_env"],
+        serde_json::json!(["GH_TOKEN|GITHUB_TOKEN", "OPENAI_API_KEY"]),
+        "{needs}"
+    );
+
+    // Bad input: a clear 4xx, nothing created, nothing echoed.
+    for (body, want) in [
+        (r#"{"dir": "../../etc"}"#, 400),
+        (r#"{"dir": "research-lab/../x"}"#, 400),
+        (r#"{"dir": "no-such-template"}"#, 404),
+        (r#"{"dir": "research-lab", "template": "name: x"}"#, 400),
+        (r#"{"dir": "research-lab", "mode": "obliterate"}"#, 400),
+        (r#"{"dir": 7}"#, 400),
+        (r#"{"dir": "research-lab""#, 400),
+        (
+            r#"{"template": "name: x\nworkspaces: [ {name: a, tier: high} ]"}"#,
+            422,
+        ),
+    ] {
+        let (code, resp) = call("POST", "/org/import", body);
+        assert_eq!(code, want, "{body} → {resp}");
+        assert!(resp.contains("\"error\""), "{resp}");
+        assert!(
+            !resp.contains("etc"),
+            "the hostile path is not echoed: {resp}"
+        );
+    }
+    assert!(imports().is_empty(), "nothing created: {:?}", imports());
+
+    // The preflight: 412 with the missing names and nothing created; force goes ahead.
+    let (code, resp) = call("POST", "/org/import", r#"{"dir": "needs-env"}"#);
+    assert_eq!(code, 412, "{resp}");
+    let v: Value = serde_json::from_str(&resp).expect("json");
+    assert_eq!(
+        v["missing_env"],
+        serde_json::json!(["GH_TOKEN|GITHUB_TOKEN", "OPENAI_API_KEY"]),
+        "{v}"
+    );
+    assert_eq!(v["required_env"].as_array().map(Vec::len), Some(2), "{v}");
+    assert!(imports().is_empty(), "nothing created: {:?}", imports());
+    let (code, resp) = call(
+        "POST",
+        "/org/import",
+        r#"{"dir": "needs-env", "force": true}"#,
+    );
+    assert_eq!(code, 201, "{resp}");
+
+    // A template that needs nothing: 201, then the controller creates the records; a second
+    // post re-applies the same record (200) and changes nothing.
+    let (code, resp) = call(
+        "POST",
+        "/org/import",
+        r#"{"dir": "research-lab", "mode": "reconcile"}"#,
+    );
+    assert_eq!(code, 201, "{resp}");
+    let v: Value = serde_json::from_str(&resp).expect("json");
+    assert_eq!(
+        (v["name"].as_str(), v["desired"].as_u64()),
+        (Some("research-lab"), Some(5)),
+        "{v}"
+    );
+    let count = || {
+        items("/apis/molecule.ai/v1alpha1/namespaces/default/workspaces?labelSelector=molecule.ai%2Forg%3Dresearch-lab").len()
+    };
+    assert!(
+        eventually(60, || count() == 5),
+        "records: {}\n{}",
+        count(),
+        e.tail()
+    );
+    let (code, resp) = call(
+        "POST",
+        "/org/import",
+        r#"{"dir": "research-lab", "mode": "reconcile"}"#,
+    );
+    assert_eq!(code, 200, "{resp}");
+    let import = e.s.http(
+        "GET",
+        "/apis/molecule.ai/v1alpha1/namespaces/default/orgimports/research-lab",
+        None,
+        b"",
+    );
+    assert!(import.1.contains("\"mode\":\"reconcile\""), "{}", import.1);
+}

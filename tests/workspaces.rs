@@ -288,6 +288,7 @@ fn lifecycle_online_a2a_pause_restart_kill_delete() {
         "leftovers after delete"
     );
     assert!(get(&s, &ns, "alpha").is_null());
+    drop(s); // stop the server first: its controller would re-create what cleanup removes
     cleanup(&ns);
 }
 
@@ -412,6 +413,7 @@ fn bad_input_missing_env_unknown_runtime_paths_and_tokens() {
         !s.log().contains(&"x".repeat(64)),
         "file contents leaked into the log"
     );
+    drop(s); // stop the server first: its controller would re-create what cleanup removes
     cleanup(&ns);
 }
 
@@ -477,6 +479,7 @@ fn external_runtime_goes_online_when_its_agent_registers() {
     wait_phase(&s, &ns, "remote", "Degraded", 30);
     let describe = ok(&s, &["describe", "ws", "remote", "-n", &ns]);
     assert!(describe.contains("wedged"), "{describe}");
+    drop(s); // stop the server first: its controller would re-create what cleanup removes
     cleanup(&ns);
 }
 
@@ -513,6 +516,7 @@ fn kill9_mid_provisioning_converges_to_exactly_ten() {
     ok(&s, &["delete", "ws", "--all", "-n", &ns, "--timeout=120s"]);
     assert!(eventually(30, || managed_in(&ns, "container").is_empty()
         && managed_in(&ns, "volume").is_empty()));
+    drop(s); // stop the server first: its controller would re-create what cleanup removes
     cleanup(&ns);
 }
 
@@ -587,6 +591,7 @@ fn wiped_store_and_strays_are_reaped_unlabelled_untouched() {
         "another installation's container was touched"
     );
     docker(&["rm", "-f", &unlabelled, &foreign]);
+    drop(s); // stop the server first: its controller would re-create what cleanup removes
     cleanup(&ns);
 }
 
@@ -609,6 +614,7 @@ fn examples_apply_and_come_online() {
     assert!(ok(&s, &["get", "ws", "-n", &ns, "-o", "wide"]).contains("lead"));
     ok(&s, &["delete", "ws", "--all", "-n", &ns, "--timeout=120s"]);
     assert!(eventually(30, || managed_in(&ns, "container").is_empty()));
+    drop(s); // stop the server first: its controller would re-create what cleanup removes
     cleanup(&ns);
     let _ = Duration::from_secs(0);
 }
@@ -694,6 +700,7 @@ fn delete_whose_removal_fails_keeps_the_volume_and_the_reaper_finishes() {
         tail(&s)
     );
     drop(pin);
+    drop(s); // stop the server first: its controller would re-create what cleanup removes
     cleanup(&ns);
 }
 
@@ -752,5 +759,45 @@ fn secret_change_restarts_once_with_the_new_env() {
         .sum();
     assert_eq!(reconfigured, 1, "{events}");
     ok(&s, &["delete", "ws", "keyed", "-n", &ns, "--timeout=60s"]);
+    drop(s); // stop the server first: its controller would re-create what cleanup removes
+    cleanup(&ns);
+}
+
+#[test]
+fn a_running_container_whose_id_never_reached_status_is_adopted_not_replaced() {
+    let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
+    let s = start();
+    let ns = ns();
+    apply(&s, &ns, &ws_yaml("adoptee", ""));
+    wait_phase(&s, &ns, "adoptee", "Online", 120);
+    let container = get(&s, &ns, "adoptee")["status"]["containerId"]
+        .as_str()
+        .expect("containerId")
+        .to_string();
+    // The state a crash (or a timed-out engine call) between the start and the status write
+    // leaves: tokenHash and specHash of this attempt on record, containerId not.
+    let (code, body) = s.http(
+        "PATCH",
+        &format!("/apis/molecule.ai/v1alpha1/namespaces/{ns}/workspaces/adoptee/status"),
+        Some("application/merge-patch+json"),
+        br#"{"status":{"containerId":null}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        eventually(30, || get(&s, &ns, "adoptee")["status"]["containerId"]
+            .as_str()
+            .is_some()),
+        "the container was not recorded again:\n{}",
+        tail(&s)
+    );
+    assert_eq!(
+        get(&s, &ns, "adoptee")["status"]["containerId"].as_str(),
+        Some(container.as_str()),
+        "adopted, not replaced"
+    );
+    assert_eq!(managed_in(&ns, "container").len(), 1);
+    assert_eq!(phase(&s, &ns, "adoptee"), "Online");
+    ok(&s, &["delete", "ws", "adoptee", "-n", &ns, "--timeout=60s"]);
+    drop(s); // stop the server first: its controller would re-create what cleanup removes
     cleanup(&ns);
 }

@@ -23,7 +23,6 @@ use base64::Engine;
 use bytes::Bytes;
 use hyper::http::Method;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::http::{HttpClient, HttpError, Response, Timeouts, first_json};
 use super::{
@@ -173,15 +172,7 @@ pub fn usable_instance_id(id: Option<&str>, uid: &str) -> Option<String> {
     Some(id.to_string())
 }
 
-/// The provision attempt of a set of files: the first 16 hex digits of sha256(token), the same
-/// as `status.tokenHash[..16]` after the provision that generated it.
-pub fn attempt_of(files: &[ConfigFile]) -> String {
-    files
-        .iter()
-        .find(|f| f.path == ".auth_token")
-        .map(|f| hex::encode(Sha256::digest(&f.content))[..16].to_string())
-        .unwrap_or_default()
-}
+pub use super::attempt_of;
 
 /// At most [`MAX_ERROR_EXCERPT`] bytes of `body`, with the credentials and any bearer token
 /// replaced by `[redacted]` (before truncating, so a secret on the boundary cannot leak in
@@ -216,6 +207,7 @@ pub fn presence_of_state(
 ) -> Result<Presence, BackendError> {
     match state {
         "pending" | "running" => Ok(Presence::Running {
+            attempt: None,
             container_id: instance_id.to_string(),
             host_url,
             started_at: None,
@@ -932,7 +924,7 @@ mod tests {
             content: token.to_vec(),
             mode: 0o600,
         }];
-        let full = hex::encode(Sha256::digest(token));
+        let full = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token));
         assert_eq!(attempt_of(&files), full[..16]);
         assert_eq!(attempt_of(&[]), "");
     }

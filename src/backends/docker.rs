@@ -40,6 +40,8 @@ pub const LABEL_INSTANCE: &str = "molecule.ai/instance";
 /// sha256 of everything that needs a new container when it changes (image, env, tier, limits,
 /// mounts, extra hosts, network).
 pub const LABEL_SPEC_HASH: &str = "molecule.ai/spec-hash";
+/// The provision attempt a container was created by ([`crate::backends::attempt_of`]).
+pub const LABEL_ATTEMPT: &str = "molecule.ai/attempt";
 /// "workspace" for the workspace container, "file-writer" for a short-lived helper.
 pub const LABEL_ROLE: &str = "molecule.ai/role";
 /// The production network name (W01).
@@ -422,6 +424,10 @@ impl DockerBackend {
         let mut labels = self.workspace_labels(ws);
         labels.insert(LABEL_SPEC_HASH.to_string(), hash.to_string());
         labels.insert(LABEL_ROLE.to_string(), ROLE_WORKSPACE.to_string());
+        let attempt = crate::backends::attempt_of(&spec.files);
+        if !attempt.is_empty() {
+            labels.insert(LABEL_ATTEMPT.to_string(), attempt);
+        }
 
         let mut mounts = vec![Mount {
             typ: Some(MountType::VOLUME),
@@ -1113,6 +1119,12 @@ fn presence_of(c: &ContainerInspectResponse, fallback_id: &str) -> Presence {
             container_id,
             host_url: host_url(c),
             started_at: state.started_at.filter(|s| !s.is_empty()),
+            attempt: c
+                .config
+                .as_ref()
+                .and_then(|cfg| cfg.labels.as_ref())
+                .and_then(|l| l.get(LABEL_ATTEMPT))
+                .cloned(),
         }
     } else {
         Presence::Stopped {
@@ -2070,7 +2082,13 @@ mod tests {
                     container_id,
                     host_url,
                     started_at,
+                    attempt,
                 } => {
+                    assert_eq!(
+                        attempt,
+                        Some(crate::backends::attempt_of(&spec.files)),
+                        "the container carries its provision attempt"
+                    );
                     assert_eq!(container_id, started.container_id);
                     assert_eq!(host_url.as_deref(), Some(started.host_url.as_str()));
                     assert!(started_at.is_some());

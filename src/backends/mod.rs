@@ -205,6 +205,9 @@ pub enum Presence {
         container_id: String,
         host_url: Option<String>,
         started_at: Option<String>,
+        /// The provision attempt that created it ([`attempt_of`] of its files), when the
+        /// backend can tell: lets the controller adopt a container whose id it never recorded.
+        attempt: Option<String>,
     },
     Stopped {
         container_id: String,
@@ -321,6 +324,17 @@ impl BackendChoice {
             BackendChoice::Simulated => "simulated",
         }
     }
+}
+
+/// The provision attempt of a set of files: the first 16 hex digits of sha256(token), the same
+/// as `status.tokenHash[..16]` after the provision that generated it ("" without a token).
+pub fn attempt_of(files: &[ConfigFile]) -> String {
+    use sha2::Digest;
+    files
+        .iter()
+        .find(|f| f.path == ".auth_token")
+        .map(|f| hex::encode(sha2::Sha256::digest(&f.content))[..16].to_string())
+        .unwrap_or_default()
 }
 
 /// A workspace runtime backend.

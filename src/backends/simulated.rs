@@ -180,6 +180,7 @@ impl WorkspaceBackend for SimulatedBackend {
                 container_id: s.id.clone(),
                 host_url: Some(format!("http://127.0.0.1:9/sim/{}", ws.id12())),
                 started_at: None,
+                attempt: None,
             },
             Some(s) => Presence::Stopped {
                 container_id: s.id.clone(),

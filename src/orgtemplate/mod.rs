@@ -29,7 +29,7 @@ use std::path::{Component, Path, PathBuf};
 
 pub use env::{Preflight, preflight};
 pub use external::{ExternalConfig, ExternalRef, Fetched, fetch};
-pub use listing::{TemplateInfo, list_templates};
+pub use listing::{TemplateInfo, list_templates, list_templates_with};
 pub use plan::{max_name_len, tree_label, workspace_name};
 pub use schema::{Canvas, Requirement};
 

@@ -57,6 +57,27 @@ impl Fields<'_> {
         }
     }
 
+    /// Multi-line text (a YAML document) of at most `max` bytes: newlines and tabs are allowed,
+    /// other control characters are not; null counts as absent.
+    pub fn text(&self, key: &str, max: usize) -> Result<Option<String>, ShimError> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.len() > max => Err(ShimError::bad(format!(
+                "field `{key}` must be at most {max} bytes"
+            ))),
+            Some(Value::String(s))
+                if s.chars()
+                    .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) =>
+            {
+                Err(ShimError::bad(format!(
+                    "field `{key}` must not contain control characters other than newlines and tabs"
+                )))
+            }
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ShimError::bad(format!("field `{key}` must be a string"))),
+        }
+    }
+
     /// A required non-empty string.
     pub fn required_str(&self, key: &str, max: usize) -> Result<String, ShimError> {
         match self.str(key, max)? {

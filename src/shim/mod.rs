@@ -13,6 +13,7 @@ pub mod canvas;
 pub mod error;
 pub mod events;
 pub mod input;
+pub mod org;
 pub mod plugin_download;
 pub mod plugins;
 pub mod registry;
@@ -51,6 +52,8 @@ pub struct ShimSettings {
     pub namespace: String,
     /// The local plugin registry listed by `GET /plugins`.
     pub plugin_root: PathBuf,
+    /// The org template root and `!external` settings (`GET /org/templates`, `POST /org/import`).
+    pub org_templates: crate::orgtemplate::Options,
     pub metrics: Arc<Metrics>,
     /// Stream messages a client may fall behind before it is dropped (`STREAM_BACKLOG`).
     pub backlog: usize,
@@ -63,6 +66,7 @@ pub struct Shim {
     pub audit: crate::audit::Audit,
     pub namespace: String,
     pub plugin_root: PathBuf,
+    pub org_templates: crate::orgtemplate::Options,
     pub metrics: Arc<Metrics>,
     pub cache: Arc<cache::Cache>,
     pub events: broadcast::Sender<Arc<cache::Outgoing>>,
@@ -79,6 +83,7 @@ impl Shim {
             audit: s.audit,
             namespace: s.namespace,
             plugin_root: s.plugin_root,
+            org_templates: s.org_templates,
             metrics: s.metrics,
             cache: Arc::default(),
             events,
@@ -140,6 +145,8 @@ impl Shim {
             )
             .route("/admin/plugin-updates-pending", get(plugins::pending))
             .route("/admin/plugin-updates/{id}/apply", post(plugins::apply))
+            .route("/org/templates", get(org::templates))
+            .route("/org/import", post(org::import))
             .route("/events", get(events::list))
             .route("/events/stream", get(ws::sse))
             .route("/events/{workspace_id}", get(events::for_workspace))

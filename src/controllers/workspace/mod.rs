@@ -765,6 +765,24 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
                 ),
             })
         }
+        Step::Adopt { container_id } => {
+            tracing::info!(event = "provision.adopt", workspace = %w.name, container = %container_id, "recording a container of the current provision whose id was never written");
+            match kind {
+                Backend::Docker => next.container_id = Some(container_id),
+                Backend::ControlPlane => next.instance_id = Some(container_id),
+            }
+            if let Presence::Running {
+                host_url: Some(u), ..
+            } = &presence
+            {
+                next.url = Some(u.clone());
+            }
+            if let Some(a) = ws.annotations().get(RESTART_ANNOTATION) {
+                next.restarted_at = Some(a.clone());
+            }
+            write_status(&ctx, &ws, &next, None).await?;
+            Ok(Action::requeue(Duration::from_millis(100)))
+        }
         Step::Provision(reason) => {
             if reason.is_recovery() {
                 let n = before.restart_count.unwrap_or(0) + 1;

@@ -45,6 +45,12 @@ impl ProvisionReason {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     Provision(ProvisionReason),
+    /// The running container was created by the current provision attempt (its token is the
+    /// one on record) but its id never reached status — the operator died or a slow engine call
+    /// timed out between start and the status write. Record it instead of replacing it.
+    Adopt {
+        container_id: String,
+    },
     /// Report the phase; nothing to change in the backend.
     Observe {
         phase: WorkspacePhase,
@@ -98,9 +104,13 @@ pub fn decide(o: &Observed<'_>) -> Step {
         st.phase,
         Some(WorkspacePhase::Online | WorkspacePhase::Degraded)
     );
-    let running_id = match o.presence {
-        Presence::Running { container_id, .. } => Some(container_id),
-        _ => None,
+    let (running_id, attempt) = match o.presence {
+        Presence::Running {
+            container_id,
+            attempt,
+            ..
+        } => (Some(container_id), attempt.as_deref()),
+        _ => (None, None),
     };
     let Some(running_id) = running_id else {
         return if was_up || (st.phase == Some(WorkspacePhase::Offline) && o.recorded.is_some()) {
@@ -110,6 +120,16 @@ pub fn decide(o: &Observed<'_>) -> Step {
         };
     };
     if o.recorded != Some(running_id.as_str()) {
+        let current_attempt = st
+            .token_hash
+            .as_deref()
+            .zip(attempt)
+            .is_some_and(|(hash, a)| a.len() == 16 && hash.starts_with(a));
+        if current_attempt && st.spec_hash.as_deref() == Some(o.desired_hash) {
+            return Step::Adopt {
+                container_id: running_id.clone(),
+            };
+        }
         return Step::Provision(ProvisionReason::Unrecorded);
     }
     if st.spec_hash.as_deref() != Some(o.desired_hash) {
@@ -314,7 +334,51 @@ mod tests {
             container_id: "c1".into(),
             host_url: None,
             started_at: None,
+            attempt: None,
         }
+    }
+
+    #[test]
+    fn a_container_of_the_current_attempt_is_adopted_not_replaced() {
+        // The provision wrote tokenHash and specHash, created and started the container, and
+        // died (or timed out) before writing containerId.
+        let st = WorkspaceStatus {
+            phase: Some(WorkspacePhase::Provisioning),
+            token_hash: Some("0123456789abcdef0123".into()),
+            spec_hash: Some("h".into()),
+            provisioned_at: Some(ts(1000)),
+            ..Default::default()
+        };
+        let ours = |attempt: &str| Presence::Running {
+            container_id: "c9".into(),
+            host_url: None,
+            started_at: None,
+            attempt: Some(attempt.into()),
+        };
+        let p = ours("0123456789abcdef");
+        assert_eq!(
+            decide(&obs(&st, &p, 1001)),
+            Step::Adopt {
+                container_id: "c9".into()
+            }
+        );
+        // An older attempt's container (its token is no longer on record) is replaced.
+        let p = ours("fedcba9876543210");
+        assert_eq!(
+            decide(&obs(&st, &p, 1001)),
+            Step::Provision(ProvisionReason::Unrecorded)
+        );
+        // So is one whose spec no longer matches, and one that carries no attempt.
+        let p = ours("0123456789abcdef");
+        let o = Observed {
+            desired_hash: "other",
+            ..obs(&st, &p, 1001)
+        };
+        assert_eq!(decide(&o), Step::Provision(ProvisionReason::Unrecorded));
+        assert_eq!(
+            decide(&obs(&st, &running(), 1001)),
+            Step::Provision(ProvisionReason::Unrecorded)
+        );
     }
 
     fn up(phase: WorkspacePhase) -> WorkspaceStatus {
@@ -588,6 +652,7 @@ mod tests {
             container_id: "i-0abc".into(),
             host_url: None,
             started_at: None,
+            attempt: None,
         };
         let o = Observed {
             recorded: st.instance_id.as_deref(),
@@ -605,6 +670,7 @@ mod tests {
             container_id: "i-0def".into(),
             host_url: None,
             started_at: None,
+            attempt: None,
         };
         let o = Observed {
             recorded: st.instance_id.as_deref(),
