@@ -23,6 +23,10 @@ pub struct ServeOptions {
     pub secret_key: Option<String>,
     pub api: ApiConfig,
     pub workspaces: WorkspaceOptions,
+    /// Image settings (the agent binary and instance are filled in by `run`).
+    pub images: crate::images::ImageSettings,
+    /// Seed the known runtimes with auto-refresh on (`IMAGE_AUTO_REFRESH`).
+    pub seed_auto_refresh: bool,
 }
 
 /// Options of the workspace controller and reaper.
@@ -134,9 +138,21 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
 
     let (trigger, shutdown) = crate::shutdown::channel();
     let registry: crate::shim::registry::Slot = Arc::default();
+    let images_slot: crate::shim::images::Slot = Arc::default();
     let server = {
         let shutdown = shutdown.clone();
-        let app = crate::shim::registry::router(registry.clone()).merge(api.router());
+        let admin = crate::shim::images::admin_routes_enabled();
+        tracing::info!(
+            enabled = admin,
+            "admin routes: POST /admin/workspace-images/refresh"
+        );
+        let app = crate::shim::registry::router(registry.clone())
+            .merge(crate::shim::images::router(
+                images_slot.clone(),
+                token.clone(),
+                admin,
+            ))
+            .merge(api.router());
         let tls = cert.config.clone();
         tokio::spawn(crate::apiserver::listener::serve(
             listener, app, tls, shutdown,
@@ -158,6 +174,13 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| opts.data_dir.join("org-templates"));
         let _ = std::fs::create_dir_all(&template_root);
+        let images = crate::images::ImageSettings {
+            agent_binary: std::env::current_exe()?,
+            instance: instance.clone(),
+            roll_timeout: opts.workspaces.provision_timeout + std::time::Duration::from_secs(60),
+            ..opts.images.clone()
+        };
+        let seed_auto_refresh = opts.seed_auto_refresh;
         let host = controllers::HostSettings {
             workspace: crate::controllers::workspace::Settings {
                 platform_url: String::new(),
@@ -172,10 +195,16 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             registry: registry.clone(),
             audit,
             instance,
+            images,
+            images_slot: images_slot.clone(),
         };
-        tokio::spawn(
-            async move { controllers::run(client, selection, host, metrics, shutdown).await },
-        )
+        tokio::spawn(async move {
+            // The known runtimes, unless they exist (a deleted one comes back on restart).
+            if let Err(e) = controllers::runtime::seed(&client, seed_auto_refresh).await {
+                tracing::warn!(error = %e, "could not seed the known runtimes");
+            }
+            controllers::run(client, selection, host, metrics, shutdown).await
+        })
     };
 
     crate::shutdown::signal().await;

@@ -10,10 +10,11 @@ use kube::{Client, ResourceExt};
 use crate::telemetry::Metrics;
 
 pub mod reaper;
+pub mod runtime;
 pub mod workspace;
 
 /// Names of the controllers this build has, in start order.
-pub const KNOWN: &[&str] = &["workspace", "reaper"];
+pub const KNOWN: &[&str] = &["workspace", "reaper", "runtime"];
 
 /// The Docker network every workspace joins (W01).
 pub const NETWORK: &str = "molecule-core-net";
@@ -34,6 +35,10 @@ pub struct HostSettings {
     pub audit: crate::audit::Audit,
     /// Installation id labelled on every container and volume; the reaper only touches its own.
     pub instance: String,
+    /// Image resolution settings (registry, template prefix and token, build cache, platform).
+    pub images: crate::images::ImageSettings,
+    /// Where the shim's refresh route finds the image service.
+    pub images_slot: crate::shim::images::Slot,
 }
 
 /// Which controllers to run (`--controllers`).
@@ -135,7 +140,7 @@ pub async fn run(
         selection.0.len() as f64,
     );
     let wants = |n: &str| selection.0.iter().any(|s| s == n);
-    if !wants("workspace") && !wants("reaper") {
+    if !wants("workspace") && !wants("reaper") && !wants("runtime") {
         tracing::info!("controller host started with no controllers");
         shutdown.wait().await;
         return Ok(());
@@ -158,6 +163,13 @@ pub async fn run(
     };
     let network = backend.ensure_network().await?;
     let docker = backend.docker().clone();
+    let images = Arc::new(crate::images::Images::new(
+        docker.clone(),
+        client.clone(),
+        host.images.clone(),
+        metrics.clone(),
+    ));
+    let _ = host.images_slot.set(images.clone());
     let backend: Arc<dyn crate::backends::WorkspaceBackend> = Arc::new(backend);
     let (reap_tx, reap_rx) = tokio::sync::mpsc::channel::<()>(64);
     let reap_deleted_tx = reap_tx.clone();
@@ -214,6 +226,7 @@ pub async fn run(
             client.clone(),
             backend.clone(),
             docker.clone(),
+            images.clone(),
             recorder,
             settings,
             metrics.clone(),
@@ -259,6 +272,38 @@ pub async fn run(
         tasks.push(tokio::spawn(
             controller
                 .run(workspace::reconcile, workspace::error_policy, ctx)
+                .for_each(|_| async {}),
+        ));
+    }
+    if wants("runtime") {
+        let reporter = kube::runtime::events::Reporter {
+            controller: "molecule-runtime".into(),
+            instance: std::env::var("HOSTNAME").ok(),
+        };
+        let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
+        let ctx = Arc::new(runtime::Context::new(
+            client.clone(),
+            images.clone(),
+            recorder,
+            metrics.clone(),
+        ));
+        // Resolution changes found by workspace starts (a rebuilt template) wake the record.
+        let (tx, rx) = tokio::sync::mpsc::channel::<String>(256);
+        images.set_notify(tx);
+        let nudges = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(|name| ObjectRef::<crate::resources::Runtime>::new(&name));
+        // Status writes do not wake the controller; spec changes, requeues and nudges do.
+        let api: kube::Api<crate::resources::Runtime> = kube::Api::all(client.clone());
+        let (reader, writer) = kube::runtime::reflector::store();
+        let trigger = kube::runtime::reflector(writer, watcher(api, watcher::Config::default()))
+            .applied_objects()
+            .predicate_filter(kube::runtime::predicates::generation, Default::default());
+        let controller = Controller::for_stream(trigger, reader)
+            .reconcile_on(nudges)
+            .graceful_shutdown_on(shutdown.clone().wait());
+        tasks.push(tokio::spawn(
+            controller
+                .run(runtime::reconcile, runtime::error_policy, ctx)
                 .for_each(|_| async {}),
         ));
     }
