@@ -225,7 +225,6 @@ pub async fn run(
         let ctx = Arc::new(workspace::Context::new(
             client.clone(),
             backend.clone(),
-            docker.clone(),
             images.clone(),
             recorder,
             settings,

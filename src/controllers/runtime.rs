@@ -145,7 +145,7 @@ pub fn seeded_spec(name: &str, auto_refresh: bool) -> RuntimeSpec {
     RuntimeSpec {
         // hermes installs a large toolchain on first start (W10: 30 min).
         provision_timeout_seconds: (name == "hermes").then_some(1800),
-        auto_refresh: (auto_refresh && name != "echo").then(|| AutoRefresh {
+        auto_refresh: (auto_refresh && name != "echo").then_some(AutoRefresh {
             enabled: true,
             interval_seconds: None,
         }),

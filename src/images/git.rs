@@ -189,39 +189,38 @@ async fn run(
     })?;
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
-    let work = async {
-        let read_out = async {
-            let mut buf = Vec::new();
-            if let Some(s) = stdout.as_mut() {
-                let mut chunk = [0u8; 8192];
-                loop {
-                    let n = s.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if buf.len() > stdout_cap {
-                        return Err(());
-                    }
+    // stderr is drained on its own so that git never blocks on it; stdout is read here, and
+    // the child is killed the moment it exceeds the cap (it would otherwise block writing).
+    let err_task = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        if let Some(s) = stderr.as_mut() {
+            let _ = s.take(STDERR_CAP as u64).read_to_end(&mut buf).await;
+        }
+        buf
+    });
+    let read_out = async {
+        let mut buf = Vec::new();
+        if let Some(s) = stdout.as_mut() {
+            let mut chunk = [0u8; 8192];
+            loop {
+                let n = s.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > stdout_cap {
+                    return Err(());
                 }
             }
-            Ok(buf)
-        };
-        let read_err = async {
-            let mut buf = Vec::new();
-            if let Some(s) = stderr.as_mut() {
-                let _ = s.take(STDERR_CAP as u64).read_to_end(&mut buf).await;
-            }
-            buf
-        };
-        let (out, err) = tokio::join!(read_out, read_err);
-        (out, err)
+        }
+        Ok(buf)
     };
     let secs = timeout.as_secs().max(1);
-    let (out, err) = match tokio::time::timeout(timeout, work).await {
+    let out = match tokio::time::timeout(timeout, read_out).await {
         Ok(r) => r,
         Err(_) => {
             let _ = child.start_kill();
+            err_task.abort();
             return Err(GitError::Timeout {
                 what: what.to_string(),
                 secs,
@@ -230,10 +229,15 @@ async fn run(
     };
     let Ok(stdout) = out else {
         let _ = child.start_kill();
+        err_task.abort();
         return Err(GitError::TooLarge {
             what: what.to_string(),
             cap: stdout_cap,
         });
+    };
+    let err = match tokio::time::timeout(Duration::from_secs(5), err_task).await {
+        Ok(Ok(e)) => e,
+        _ => Vec::new(),
     };
     let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
         Ok(Ok(s)) => s,

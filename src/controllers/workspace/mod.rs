@@ -102,7 +102,6 @@ impl Context {
     pub fn new(
         client: Client,
         backend: Arc<dyn WorkspaceBackend>,
-        docker: bollard::Docker,
         images: Arc<crate::images::Images>,
         recorder: Recorder,
         settings: Settings,
@@ -112,7 +111,7 @@ impl Context {
         Context {
             client,
             backend,
-            docker,
+            docker: images.docker.clone(),
             recorder,
             settings,
             metrics,
@@ -269,7 +268,18 @@ async fn target(
 ) -> Result<Result<(Target, Vec<String>), Permanent>, WorkspaceError> {
     let runtime = ws.spec.runtime.as_deref().unwrap_or("echo");
     let runtimes: Api<Runtime> = Api::all(ctx.client.clone());
-    let record = runtimes.get_opt(runtime).await?;
+    // Only a possible object name is looked up: anything else (`../x`, spaces, ...) is simply
+    // an unknown runtime, never part of an API path.
+    let nameable = !runtime.is_empty()
+        && runtime.len() <= 253
+        && runtime
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let record = if nameable {
+        runtimes.get_opt(runtime).await?
+    } else {
+        None
+    };
     let required = record
         .as_ref()
         .map(|r| r.spec.required_env.clone())
