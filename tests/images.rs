@@ -377,6 +377,8 @@ fn local_build_builds_once_then_hits_the_cache_and_follows_head() {
         // The token was configured but is never printed.
         assert!(!s.log().contains(&token));
     }));
+    // The server goes first: a live controller would re-create what the cleanup removes.
+    drop(s);
     cleanup_namespace(&ns);
     remove_tags(&image_repo);
     if let Err(e) = outcome {
@@ -547,6 +549,8 @@ fn local_build_fails_closed_with_clear_conditions_and_never_shows_the_token() {
             );
         }
     }));
+    // The server goes first: a live controller would re-create what the cleanup removes.
+    drop(s);
     cleanup_namespace(&ns);
     if let Err(e) = outcome {
         std::panic::resume_unwind(e);
@@ -866,6 +870,8 @@ fn registry_mode_pins_repulls_and_auto_refresh_rolls_one_at_a_time() {
         // The hanging runtime never stopped the other one.
         assert_eq!(cond(&runtime(&s, &bad), "Ready").1, "RegistryUnreachable");
     }));
+    // The server goes first: a live controller would re-create what the cleanup removes.
+    drop(s);
     cleanup_namespace(&ns);
     for r in [&repo, &pin_repo] {
         remove_tags(&format!("{}/{r}", reg.addr));

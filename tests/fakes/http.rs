@@ -83,6 +83,11 @@ fn handle(mut s: TcpStream, handler: Handler) {
             Ok(0) | Err(_) => return,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
+        // A TLS ClientHello (Docker tries HTTPS first, even for loopback registries): close at
+        // once so the client falls back to plain HTTP without waiting for a handshake timeout.
+        if buf.first() == Some(&0x16) {
+            return;
+        }
         if buf.len() > 64 * 1024 {
             return;
         }
