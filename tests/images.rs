@@ -869,6 +869,43 @@ fn registry_mode_pins_repulls_and_auto_refresh_rolls_one_at_a_time() {
         );
         // The hanging runtime never stopped the other one.
         assert_eq!(cond(&runtime(&s, &bad), "Ready").1, "RegistryUnreachable");
+
+        // POST /admin/workspace-images/refresh maps onto the same machinery.
+        let route = "/admin/workspace-images/refresh";
+        let (code, _) = s
+            .http_raw("POST", &format!("{route}?runtime={pin}"), None, b"", false)
+            .expect("http");
+        assert_eq!(code, 401, "the admin route needs the API token");
+        let (code, body) = s.http("POST", &format!("{route}?recreate=maybe"), None, b"");
+        assert_eq!(code, 400, "{body}");
+        // Unpin: the refresh pulls `latest` and rolls p onto it.
+        apply(&s, None, &runtime_yaml(&pin, "  tag: latest\n"));
+        wait_until(
+            &s,
+            30,
+            "the unpinned runtime",
+            || st(&runtime(&s, &pin), "resolvedImage").ends_with(":latest"),
+            || runtime(&s, &pin)["status"].to_string(),
+        );
+        let (code, body) = s.http(
+            "POST",
+            &format!("{route}?runtime={pin},nosuch&recreate=true"),
+            None,
+            b"",
+        );
+        assert_eq!(code, 200, "{body}");
+        let report: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(
+            report["pulled"],
+            serde_json::json!([format!("{registry}/workspace-template-{pin}:latest")]),
+            "{body}"
+        );
+        assert_eq!(report["recreated"], serde_json::json!([format!("{ns}/p")]), "{body}");
+        assert_eq!(report["failed"][0]["runtime"], "nosuch", "{body}");
+        assert_eq!(report["failed"][0]["reason"], "UnknownRuntime", "{body}");
+        let p = ws(&s, &ns, "p");
+        assert_eq!(st(&p, "imageDigest"), p2);
+        assert_eq!(st(&p, "phase"), "Online");
     }));
     // The server goes first: a live controller would re-create what the cleanup removes.
     drop(s);
