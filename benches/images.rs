@@ -86,7 +86,10 @@ fn main() {
     let hits = env_usize("BENCH_HITS", 50).max(5);
     let builds = env_usize("BENCH_BUILDS", 3).max(1);
     let tmp = tempfile::tempdir().expect("tmp");
-    let runtime_name = format!("bench{}", molecule::util::random_suffix(6).to_ascii_lowercase());
+    let runtime_name = format!(
+        "bench{}",
+        molecule::util::random_suffix(6).to_ascii_lowercase()
+    );
     let templates = tmp.path().join("templates");
     let repo = templates.join(format!("workspace-template-{runtime_name}"));
     make_template_repo(&repo);
@@ -139,7 +142,14 @@ fn main() {
         let t = Instant::now();
         assert!(sh(
             "git",
-            &["clone", "-q", "--depth", "1", &url, &clone.to_string_lossy()]
+            &[
+                "clone",
+                "-q",
+                "--depth",
+                "1",
+                &url,
+                &clone.to_string_lossy()
+            ]
         ));
         assert!(sh(
             "docker",

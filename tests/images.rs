@@ -374,6 +374,39 @@ fn local_build_builds_once_then_hits_the_cache_and_follows_head() {
             },
             || runtime(&s, &rt).to_string(),
         );
+        // A template whose build fails: a clear condition, and no image tag at all (the
+        // build runs under a temporary tag that is removed).
+        let broken = format!("{rt}x");
+        let broken_repo = templates.join(format!("workspace-template-{broken}"));
+        make_template_repo(&broken_repo);
+        std::fs::write(
+            broken_repo.join("Dockerfile"),
+            "FROM scratch\nCOPY missing-file /x\n",
+        )
+        .expect("Dockerfile");
+        git(&broken_repo, &["commit", "-q", "-am", "broken"]);
+        apply(
+            &s,
+            None,
+            &format!(
+                "apiVersion: molecule.ai/v1alpha1\nkind: Runtime\nmetadata:\n  name: {broken}\nspec: {{}}\n"
+            ),
+        );
+        apply(&s, Some(&ns), &workspace_yaml("broken", &broken));
+        wait_until(
+            &s,
+            120,
+            "the failed build to be reported",
+            || {
+                let w = ws(&s, &ns, "broken");
+                st(&w, "phase") == "Failed" && cond(&w, "Ready").1 == "BuildFailed"
+            },
+            || ws(&s, &ns, "broken")["status"].to_string(),
+        );
+        assert!(
+            tags_of(&format!("molecule-local/workspace-template-{broken}")).is_empty(),
+            "a failed build leaves no tag"
+        );
         // The token was configured but is never printed.
         assert!(!s.log().contains(&token));
     }));
@@ -381,6 +414,7 @@ fn local_build_builds_once_then_hits_the_cache_and_follows_head() {
     drop(s);
     cleanup_namespace(&ns);
     remove_tags(&image_repo);
+    remove_tags(&format!("{image_repo}x"));
     if let Err(e) = outcome {
         std::panic::resume_unwind(e);
     }
@@ -627,6 +661,9 @@ fn registry_mode_pins_repulls_and_auto_refresh_rolls_one_at_a_time() {
             &registry,
             "--image-lookup-timeout-seconds",
             "2",
+            // I05: pulls and creates name the platform (the host's, so it runs here).
+            "--image-platform",
+            "linux/amd64",
         ],
     );
     let ns = format!("t{}", suffix(8));
@@ -900,7 +937,11 @@ fn registry_mode_pins_repulls_and_auto_refresh_rolls_one_at_a_time() {
             serde_json::json!([format!("{registry}/workspace-template-{pin}:latest")]),
             "{body}"
         );
-        assert_eq!(report["recreated"], serde_json::json!([format!("{ns}/p")]), "{body}");
+        assert_eq!(
+            report["recreated"],
+            serde_json::json!([format!("{ns}/p")]),
+            "{body}"
+        );
         assert_eq!(report["failed"][0]["runtime"], "nosuch", "{body}");
         assert_eq!(report["failed"][0]["reason"], "UnknownRuntime", "{body}");
         let p = ws(&s, &ns, "p");
