@@ -288,15 +288,18 @@ fn local_build_builds_once_then_hits_the_cache_and_follows_head() {
             id1,
             "running digest recorded"
         );
-        let built_from = docker(&[
+        let version = docker(&[
             "image",
             "inspect",
             "--format",
-            "{{index .Config.Labels \"molecule.ai/built-from\"}}",
+            "{{.Config.Entrypoint}}",
             &tag1,
         ])
         .1;
-        assert_eq!(built_from, sha1);
+        assert_eq!(
+            version, "[/bin/sleep 3600]",
+            "built from the repo's Dockerfile"
+        );
         assert_eq!(entries(&cache.join(&rt)), vec![sha1[..12].to_string()]);
         assert_eq!(
             tags_of(&image_repo),
@@ -966,6 +969,143 @@ fn registry_mode_pins_repulls_and_auto_refresh_rolls_one_at_a_time() {
             docker(&["rmi", d]);
         }
     }
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
+fn local_build_auto_refresh_rebuilds_and_rolls_when_head_moves() {
+    let _g = lock();
+    // A template that runs a real agent: the built-in echo image plus a file from the repo
+    // (the engine has the base image, so nothing is pulled).
+    let echo = {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio");
+        rt.block_on(async {
+            let d = bollard::Docker::connect_with_local_defaults()
+                .expect("docker")
+                .negotiate_version()
+                .await
+                .expect("docker version");
+            molecule::images::ensure_echo_image(&d, Path::new(env!("CARGO_BIN_EXE_molecule")))
+                .await
+                .expect("echo image")
+        })
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rt = format!("ar{}", suffix(6));
+    let templates = tmp.path().join("templates");
+    let repo = templates.join(format!("workspace-template-{rt}"));
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    std::fs::write(
+        repo.join("Dockerfile"),
+        format!("FROM {echo}\nCOPY VERSION /VERSION\n"),
+    )
+    .expect("Dockerfile");
+    std::fs::write(repo.join("VERSION"), "1\n").expect("VERSION");
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "v1"]);
+    let sha1 = git(&repo, &["rev-parse", "HEAD"]);
+    let prefix = format!("file://{}/workspace-template-", templates.display());
+    let cache = tmp.path().join("cache").display().to_string();
+    let s = Server::start_with(
+        Backend::Sqlite,
+        &[
+            "--controllers",
+            "all",
+            "--agent-heartbeat-seconds",
+            "1",
+            "--heartbeat-timeout-seconds",
+            "30",
+            "--reap-interval-seconds",
+            "2",
+            "--template-repo-prefix",
+            &prefix,
+            "--build-cache",
+            &cache,
+        ],
+    );
+    let ns = format!("t{}", suffix(8));
+    let image_repo = format!("molecule-local/workspace-template-{rt}");
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        kubectl_ok(&s, &["create", "namespace", &ns]);
+        apply(
+            &s,
+            None,
+            &format!(
+                "apiVersion: molecule.ai/v1alpha1\nkind: Runtime\nmetadata:\n  name: {rt}\nspec:\n  autoRefresh:\n    enabled: true\n    intervalSeconds: 2\n"
+            ),
+        );
+        for name in ["a", "b"] {
+            apply(&s, Some(&ns), &workspace_yaml(name, &rt));
+        }
+        let tag1 = format!("{image_repo}:{}", &sha1[..12]);
+        for name in ["a", "b"] {
+            wait_until(
+                &s,
+                300,
+                &format!("workspace {name} Online"),
+                || {
+                    let w = ws(&s, &ns, name);
+                    st(&w, "phase") == "Online" && st(&w, "image") == tag1
+                },
+                || ws(&s, &ns, name)["status"].to_string(),
+            );
+        }
+        let builds = format!("molecule_image_builds_total{{runtime=\"{rt}\",result=\"ok\"}}");
+        assert_eq!(metric(&s, &builds), 1.0);
+        std::thread::sleep(Duration::from_secs(5)); // ticks on an unmoved HEAD do nothing
+        assert_eq!(metric(&s, &builds), 1.0);
+
+        // HEAD moves: the next tick rebuilds and rolls both workspaces, one at a time.
+        std::fs::write(repo.join("VERSION"), "2\n").expect("VERSION");
+        git(&repo, &["commit", "-q", "-am", "v2"]);
+        let sha2 = git(&repo, &["rev-parse", "HEAD"]);
+        let tag2 = format!("{image_repo}:{}", &sha2[..12]);
+        let mut provisioned: Vec<std::collections::BTreeSet<String>> = vec![Default::default(); 2];
+        let started = Instant::now();
+        loop {
+            let (wa, wb) = (ws(&s, &ns, "a"), ws(&s, &ns, "b"));
+            let down = [&wa, &wb]
+                .iter()
+                .filter(|w| st(w, "phase") != "Online")
+                .count();
+            assert!(down <= 1, "both workspaces down at once");
+            provisioned[0].insert(st(&wa, "provisionedAt").to_string());
+            provisioned[1].insert(st(&wb, "provisionedAt").to_string());
+            let on_new = |w: &Value| st(w, "image") == tag2 && st(w, "phase") == "Online";
+            if on_new(&wa) && on_new(&wb) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "the roll did not finish\n{}",
+                tail(&s)
+            );
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        assert_eq!(metric(&s, &builds), 2.0, "one rebuild");
+        for (i, p) in provisioned.iter().enumerate() {
+            assert_eq!(p.len(), 2, "workspace {i} restarted exactly once: {p:?}");
+        }
+        wait_until(
+            &s,
+            60,
+            "the runtime to report the rolled image",
+            || {
+                let r = runtime(&s, &rt);
+                st(&r, "resolvedImage") == tag2 && cond(&r, "RolledOut").0 == "True"
+            },
+            || runtime(&s, &rt)["status"].to_string(),
+        );
+    }));
+    drop(s);
+    cleanup_namespace(&ns);
+    remove_tags(&image_repo);
     if let Err(e) = outcome {
         std::panic::resume_unwind(e);
     }

@@ -54,10 +54,6 @@ pub const DEFAULT_TEMPLATE_PREFIX: &str =
     "https://git.moleculesai.app/molecule-ai/molecule-ai-workspace-template-";
 /// Largest accepted build context (the template's tree as a tar).
 pub const CONTEXT_CAP: usize = 512 * 1024 * 1024;
-/// Label naming the runtime on images built here.
-pub const LABEL_RUNTIME: &str = "molecule.ai/runtime";
-/// Label naming the template commit on images built here.
-pub const LABEL_BUILT_FROM: &str = "molecule.ai/built-from";
 
 /// Installation-wide image settings.
 #[derive(Clone)]
@@ -819,22 +815,18 @@ impl Images {
         let prefix = format!("building-{}-", self.settings.instance);
         self.remove_tags(&repo, &prefix).await;
         let temp = format!("{repo}:{prefix}{}", crate::util::random_suffix(8));
-        let labels = HashMap::from([
-            (LABEL_MANAGED_IMAGE.to_string(), "true".to_string()),
-            (LABEL_RUNTIME.to_string(), runtime.to_string()),
-            (LABEL_BUILT_FROM.to_string(), sha.to_string()),
-        ]);
+        // No build-time labels: the classic builder turns them into an extra committed step
+        // (seconds on some storage drivers); the tag already names the commit.
         let mut options = BuildImageOptionsBuilder::default()
             .dockerfile("Dockerfile")
             .t(&temp)
             .rm(true)
-            .forcerm(true)
-            .labels(&labels);
+            .forcerm(true);
         if let Some(p) = &self.settings.platform {
             options = options.platform(p);
         }
         let t = Instant::now();
-        tracing::info!(runtime, image = %tag, bytes = context.len(), "local-build: docker build");
+        tracing::info!(runtime, image = %tag, commit = %sha, bytes = context.len(), "local-build: docker build");
         let drain = async {
             let mut stream = self.docker.build_image(
                 options.build(),
