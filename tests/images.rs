@@ -578,6 +578,31 @@ fn local_build_fails_closed_with_clear_conditions_and_never_shows_the_token() {
                 assert!(!v.contains(secret.as_str()), "a secret leaked into:\n{v}");
             }
         }
+        // The example manifests apply and resolve as documented.
+        let examples = format!("{}/examples/runtimes.yaml", env!("CARGO_MANIFEST_DIR"));
+        kubectl_ok(&s, &["apply", "-f", &examples]);
+        wait_until(
+            &s,
+            30,
+            "the pinned example runtime",
+            || {
+                let r = runtime(&s, "my-codex");
+                st(&r, "source") == "registry"
+                    && st(&r, "resolvedImage")
+                        == format!(
+                            "ghcr.io/example/workspace-template-codex@sha256:{}",
+                            "0".repeat(64)
+                        )
+            },
+            || runtime(&s, "my-codex")["status"].to_string(),
+        );
+        wait_until(
+            &s,
+            30,
+            "the local-build example runtime",
+            || cond(&runtime(&s, "my-langgraph"), "Ready").1 == "NotMirrored",
+            || runtime(&s, "my-langgraph")["status"].to_string(),
+        );
         // Nothing was built or tagged for any of them.
         for name in [&nm, &big, &hang, &badref, &reghang] {
             assert!(
