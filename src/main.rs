@@ -218,6 +218,64 @@ impl PluginFlags {
     }
 }
 
+/// Flags of runtime image resolution (FEATURES I01–I06).
+#[derive(clap::Args, Clone, Debug)]
+struct ImageFlags {
+    /// Registry mode: images are `<registry>/workspace-template-<runtime>:<tag>`. Unset (the
+    /// default): images are built locally from the template repositories.
+    #[arg(long, env = "MOLECULE_IMAGE_REGISTRY")]
+    image_registry: Option<String>,
+    /// Platform of pulls, template builds and creates, e.g. linux/amd64 (empty: the engine's).
+    #[arg(long, env = "MOLECULE_IMAGE_PLATFORM")]
+    image_platform: Option<String>,
+    /// Allowlisted prefix of template repositories (`<prefix><runtime>`); point it at a fork.
+    #[arg(long, env = "MOLECULE_LOCAL_TEMPLATE_REPO_PREFIX", default_value = molecule::images::DEFAULT_TEMPLATE_PREFIX)]
+    template_repo_prefix: String,
+    /// Where template clones are kept (default ~/.cache/molecule/workspace-template-build).
+    #[arg(long, env = "MOLECULE_LOCAL_BUILD_CACHE")]
+    build_cache: Option<PathBuf>,
+    /// Bound of each registry or template lookup, in seconds.
+    #[arg(long, default_value_t = 10)]
+    image_lookup_timeout_seconds: u64,
+    /// Bound of each template clone + build and each pull, in seconds.
+    #[arg(long, default_value_t = 1200)]
+    image_build_timeout_seconds: u64,
+    /// Seed the known runtimes with auto-refresh enabled.
+    #[arg(long, env = "IMAGE_AUTO_REFRESH", default_value_t = false)]
+    image_auto_refresh: bool,
+}
+
+impl ImageFlags {
+    /// The settings (the template token comes from MOLECULE_GITEA_TOKEN, never from a flag).
+    fn settings(&self) -> anyhow::Result<molecule::images::ImageSettings> {
+        let registry = self
+            .image_registry
+            .clone()
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty());
+        if let Some(r) = &registry {
+            molecule::images::reference::validate_registry(r).map_err(anyhow::Error::msg)?;
+        }
+        let mut s = molecule::images::ImageSettings::new(PathBuf::new(), String::new());
+        s.registry = registry;
+        s.platform = self
+            .image_platform
+            .clone()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty());
+        s.template_prefix = self.template_repo_prefix.trim().to_string();
+        s.template_token = std::env::var("MOLECULE_GITEA_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty());
+        if let Some(c) = &self.build_cache {
+            s.build_cache = c.clone();
+        }
+        s.lookup_timeout = std::time::Duration::from_secs(self.image_lookup_timeout_seconds.max(1));
+        s.build_timeout = std::time::Duration::from_secs(self.image_build_timeout_seconds.max(1));
+        Ok(s)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run everything in one process: the embedded API server, its store and the controllers.
@@ -257,6 +315,8 @@ enum Command {
         workspaces: WorkspaceFlags,
         #[command(flatten)]
         plugins: PluginFlags,
+        #[command(flatten)]
+        images: ImageFlags,
     },
     /// Run the built-in echo agent (inside a workspace container).
     Agent {
@@ -281,6 +341,8 @@ enum Command {
         database_url: Option<String>,
         #[command(flatten)]
         workspaces: WorkspaceFlags,
+        #[command(flatten)]
+        images: ImageFlags,
         /// Root that workspace `filesDir` paths are confined to.
         #[arg(long, default_value = "org-templates")]
         org_templates: PathBuf,
@@ -419,9 +481,11 @@ fn main() -> anyhow::Result<()> {
             org_templates,
             stream_backlog,
             plugins,
+            images,
         } => {
             molecule::telemetry::init_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
+            let image_settings = images.settings()?;
             let api = ApiConfig {
                 max_body: max_body_bytes,
                 bookmark_every: std::time::Duration::from_secs(bookmark_seconds.max(1)),
@@ -442,6 +506,8 @@ fn main() -> anyhow::Result<()> {
                 workspaces: workspaces.options(org_templates)?,
                 stream_backlog: stream_backlog.max(1),
                 plugins: plugins.options(),
+                images: image_settings,
+                seed_auto_refresh: images.image_auto_refresh,
             }))
         }
         Command::PluginFs { args } => std::process::exit(molecule::plugins::fs::main(&args)),
@@ -460,6 +526,7 @@ fn main() -> anyhow::Result<()> {
             workspaces,
             org_templates,
             plugins,
+            images,
             agent_address,
             agent_port,
             platform_url,
@@ -480,6 +547,7 @@ fn main() -> anyhow::Result<()> {
                 database_url,
                 workspaces: workspaces.options(Some(org_templates.clone()))?,
                 plugins: plugins.options(),
+                images: images.settings()?,
                 template_root: org_templates,
                 agent_address,
                 agent_port,

@@ -51,6 +51,8 @@ pub struct OperatorOptions {
     pub shutdown_grace: Duration,
     /// The PluginInstall controller's options (registry dir, fetch limits).
     pub plugins: crate::serve::PluginOptions,
+    /// Image resolution (registry, template prefix and token, build cache, platform).
+    pub images: crate::images::ImageSettings,
 }
 
 /// A client from KUBECONFIG (or ~/.kube/config), else the in-cluster service account; nothing
@@ -188,6 +190,13 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
         plugins: plugins.clone(),
         control_plane: opts.workspaces.control_plane.clone(),
         a2a: Arc::default(),
+        images: crate::images::ImageSettings {
+            agent_binary: std::env::current_exe()?,
+            instance: instance.clone(),
+            roll_timeout: opts.workspaces.provision_timeout + Duration::from_secs(60),
+            ..opts.images.clone()
+        },
+        images_slot: Arc::default(),
         agent_port: opts.agent_port,
         reap_every: opts.workspaces.reap_every,
         registry,

@@ -26,6 +26,10 @@ pub struct ServeOptions {
     /// Live-stream messages a client may fall behind before it is dropped.
     pub stream_backlog: usize,
     pub plugins: PluginOptions,
+    /// Image settings (the agent binary and instance are filled in by `run`).
+    pub images: crate::images::ImageSettings,
+    /// Seed the known runtimes with auto-refresh on (`IMAGE_AUTO_REFRESH`).
+    pub seed_auto_refresh: bool,
 }
 
 /// Options of the PluginInstall controller.
@@ -190,6 +194,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let (trigger, shutdown) = crate::shutdown::channel();
     let registry: crate::shim::registry::Slot = Arc::default();
     let a2a: crate::shim::a2a::Slot = Arc::default();
+    let images_slot: crate::shim::images::Slot = Arc::default();
     // Throwaway git repositories of plugin fetches; whatever a killed process left is removed.
     let scratch = opts.data_dir.join("tmp").join("plugins");
     let _ = std::fs::remove_dir_all(&scratch);
@@ -222,7 +227,17 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     );
     let server = {
         let shutdown = shutdown.clone();
+        let admin = crate::shim::images::admin_routes_enabled();
+        tracing::info!(
+            enabled = admin,
+            "admin routes: POST /admin/workspace-images/refresh"
+        );
         let app = crate::shim::registry::router(registry.clone())
+            .merge(crate::shim::images::router(
+                images_slot.clone(),
+                token.clone(),
+                admin,
+            ))
             .merge(shim.router())
             .merge(crate::shim::a2a::router(a2a.clone(), &token))
             .merge(crate::shim::plugin_download::router(
@@ -246,6 +261,13 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         let metrics = metrics.clone();
         let template_root = template_root.clone();
+        let images = crate::images::ImageSettings {
+            agent_binary: std::env::current_exe()?,
+            instance: instance.clone(),
+            roll_timeout: opts.workspaces.provision_timeout + std::time::Duration::from_secs(60),
+            ..opts.images.clone()
+        };
+        let seed_auto_refresh = opts.seed_auto_refresh;
         let host = controllers::HostSettings {
             workspace: crate::controllers::workspace::Settings {
                 platform_url: String::new(),
@@ -275,10 +297,16 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             election: None,
             shutdown_grace: std::time::Duration::from_secs(8),
             ready: Default::default(),
+            images,
+            images_slot: images_slot.clone(),
         };
-        tokio::spawn(
-            async move { controllers::run(client, selection, host, metrics, shutdown).await },
-        )
+        tokio::spawn(async move {
+            // The known runtimes, unless they exist (a deleted one comes back on restart).
+            if let Err(e) = controllers::runtime::seed(&client, seed_auto_refresh).await {
+                tracing::warn!(error = %e, "could not seed the known runtimes");
+            }
+            controllers::run(client, selection, host, metrics, shutdown).await
+        })
     };
 
     crate::shutdown::signal().await;

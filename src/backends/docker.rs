@@ -508,7 +508,11 @@ impl DockerBackend {
         body: ContainerCreateBody,
     ) -> Result<String, BackendError> {
         let name = spec.workspace.container_name();
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let mut options = CreateContainerOptionsBuilder::default().name(&name);
+        if let Some(p) = spec.platform.as_deref().filter(|p| !p.is_empty()) {
+            options = options.platform(p);
+        }
+        let options = options.build();
         match self
             .timed(self.docker.create_container(Some(options), body))
             .await
@@ -1743,6 +1747,7 @@ mod tests {
             files: vec![],
             workspace_dir: None,
             extra_hosts: vec![],
+            platform: None,
         }
     }
 
@@ -1897,6 +1902,7 @@ mod tests {
                 ],
                 workspace_dir: None,
                 extra_hosts: vec!["host.docker.internal:host-gateway".into()],
+                platform: None,
             }
         }
 

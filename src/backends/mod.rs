@@ -152,6 +152,8 @@ pub struct StartSpec {
     pub workspace_dir: Option<(PathBuf, bool)>,
     /// e.g. "host.docker.internal:host-gateway"
     pub extra_hosts: Vec<String>,
+    /// Platform of the image (`MOLECULE_IMAGE_PLATFORM`, FEATURES I05), for the create.
+    pub platform: Option<String>,
 }
 
 impl std::fmt::Debug for StartSpec {
@@ -168,6 +170,7 @@ impl std::fmt::Debug for StartSpec {
             .field("files", &self.files)
             .field("workspace_dir", &self.workspace_dir)
             .field("extra_hosts", &self.extra_hosts)
+            .field("platform", &self.platform)
             .finish()
     }
 }
@@ -521,6 +524,7 @@ mod tests {
             files: vec![],
             workspace_dir: None,
             extra_hosts: vec![],
+            platform: None,
         };
         assert_eq!(spec.effective_memory_mib(), Some(1024));
         assert_eq!(spec.effective_cpus(), Some(1.0));
@@ -543,6 +547,7 @@ mod tests {
             }],
             workspace_dir: None,
             extra_hosts: vec![],
+            platform: None,
         };
         let printed = format!("{spec:?}");
         assert!(printed.contains("API_KEY") && printed.contains(".auth_token"));

@@ -254,6 +254,7 @@ mod tests {
             files: vec![],
             workspace_dir: None,
             extra_hosts: vec![],
+            platform: None,
         }
     }
 

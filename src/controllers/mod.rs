@@ -22,10 +22,11 @@ pub mod org_import;
 pub mod plugin;
 pub mod rbac;
 pub mod reaper;
+pub mod runtime;
 pub mod workspace;
 
 /// Names of the controllers this build has, in start order.
-pub const KNOWN: &[&str] = &["workspace", "reaper", "plugin", "org_import"];
+pub const KNOWN: &[&str] = &["workspace", "reaper", "plugin", "org_import", "runtime"];
 
 /// The Docker network every workspace joins (W01).
 pub const NETWORK: &str = "molecule-core-net";
@@ -65,6 +66,10 @@ pub struct HostSettings {
     pub a2a: crate::shim::a2a::Slot,
     /// OrgImport controller settings (template root, `!external` settings).
     pub org_import: org_import::Settings,
+    /// Image resolution settings (registry, template prefix and token, build cache, platform).
+    pub images: crate::images::ImageSettings,
+    /// Where the shim's refresh route finds the image service.
+    pub images_slot: crate::shim::images::Slot,
 }
 
 /// Which controllers to run (`--controllers`).
@@ -315,6 +320,47 @@ async fn reap_on_deletions(client: Client, triggers: cache::Relay<()>, stop: Shu
     }
 }
 
+/// The Runtime controller for one leadership term: spec changes, requeues and nudges from
+/// workspace starts (a rebuilt template) wake it; its own status writes do not.
+async fn runtime_controller(
+    client: Client,
+    images: Arc<crate::images::Images>,
+    metrics: Arc<Metrics>,
+    stop: Shutdown,
+) {
+    use futures::StreamExt;
+    use kube::runtime::controller::Controller;
+    use kube::runtime::reflector::ObjectRef;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let reporter = kube::runtime::events::Reporter {
+        controller: "molecule-runtime".into(),
+        instance: std::env::var("HOSTNAME").ok(),
+    };
+    let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
+    let ctx = Arc::new(runtime::Context::new(
+        client.clone(),
+        images.clone(),
+        recorder,
+        metrics,
+    ));
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(256);
+    images.set_notify(tx);
+    let nudges = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|name| ObjectRef::<crate::resources::Runtime>::new(&name));
+    let api: kube::Api<crate::resources::Runtime> = kube::Api::all(client);
+    let (reader, writer) = kube::runtime::reflector::store();
+    let trigger = kube::runtime::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(kube::runtime::predicates::generation, Default::default());
+    Controller::for_stream(trigger, reader)
+        .reconcile_on(nudges)
+        .graceful_shutdown_on(stop.wait())
+        .run(runtime::reconcile, runtime::error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
 /// Binds the agent listener and decides the URL agents are told to call.
 fn agent_listener(
     host: &HostSettings,
@@ -386,7 +432,8 @@ pub async fn run(
         return Ok(());
     }
     // Workspaces, the reaper and plugins drive a backend; org imports only write records.
-    let needs_backend = wants("workspace") || wants("reaper") || wants("plugin");
+    let needs_backend =
+        wants("workspace") || wants("reaper") || wants("plugin") || wants("runtime");
     let names: Vec<&str> = workspace::env::mutators().iter().map(|m| m.name).collect();
     tracing::info!(mutators = ?names, "env mutator chain");
 
@@ -396,6 +443,7 @@ pub async fn run(
     let mut background = tokio::task::JoinSet::new();
     let mut backends = None;
     let mut docker_gateway = None;
+    let mut images = None;
     if needs_backend {
         let Some((backend, docker, gateway)) = connect_backend(
             &host,
@@ -417,6 +465,14 @@ pub async fn run(
             docker: backend,
             control_plane: control_plane_backend(&host, &client, &metrics)?,
         });
+        let service = Arc::new(crate::images::Images::new(
+            docker.clone(),
+            client.clone(),
+            host.images.clone(),
+            metrics.clone(),
+        ));
+        let _ = host.images_slot.set(service.clone());
+        images = Some(service);
         docker_gateway = Some((docker, gateway));
     }
 
@@ -429,7 +485,8 @@ pub async fn run(
     // The agent listener: every replica serves /registry/* (it only writes status via the API).
     let mut ws_ctx = None;
     if wants("workspace")
-        && let (Some(backends), Some((docker, gateway))) = (&backends, docker_gateway.clone())
+        && let (Some(backends), Some((_, gateway)), Some(images)) =
+            (&backends, docker_gateway.clone(), &images)
     {
         let (listener, platform_url) = agent_listener(&host, gateway)?;
         let agent_app = crate::shim::registry::router(host.registry.clone()).merge(
@@ -461,7 +518,7 @@ pub async fn run(
         ws_ctx = Some(Arc::new(workspace::Context::new(
             client.clone(),
             backends.clone(),
-            docker,
+            images.clone(),
             kube::runtime::events::Recorder::new(client.clone(), reporter),
             workspace::Settings {
                 platform_url,
@@ -572,6 +629,16 @@ pub async fn run(
                 host.plugins.clone(),
                 metrics.clone(),
                 host.audit.clone(),
+                term.clone(),
+            ));
+        }
+        if wants("runtime")
+            && let Some(images) = &images
+        {
+            tasks.spawn(runtime_controller(
+                client.clone(),
+                images.clone(),
+                metrics.clone(),
                 term.clone(),
             ));
         }

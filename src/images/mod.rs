@@ -1,439 +1,1158 @@
-//! Runtime images built locally, without a registry or network (FEATURES I07): the built-in
-//! `echo` image is a `FROM scratch` image holding the operator's own binary at `/molecule` plus the
-//! shared libraries `ldd` reports, tagged by a hash of their content so an unchanged binary is
-//! never rebuilt.
+//! Runtime → image resolution (FEATURES I01–I07): which image a workspace of a runtime starts
+//! from, and getting it onto the Docker engine.
+//!
+//! - `plan`: the pure decision — built in (`echo`), registry mode, or local build.
+//! - `reference`: image references, the moving-tag classifier, the allowlists.
+//! - `registry`: a Docker Registry v2 client (token endpoint + manifest HEAD digests).
+//! - `git`: the template repository's HEAD (one capped `ls-remote`), shallow fetch, archive.
+//! - `echo`: the built-in echo image, `FROM scratch` with the operator's own binary.
+//! - `refresh`: pull/rebuild and roll a runtime's workspaces one at a time; the auto-refresh
+//!   bookkeeping (first observation seeds, a failure rolls the seen digest back).
+//!
+//! [`Images`] is the one service both the Runtime and the Workspace controllers (and the refresh
+//! route of the shim) use, so a workspace start and `kubectl get runtimes` agree.
 
+pub mod echo;
+pub mod git;
+pub mod plan;
+pub mod reference;
+pub mod refresh;
+pub mod registry;
+
+pub use echo::{
+    BINARY_PATH, ECHO_ENTRYPOINT, ECHO_REPOSITORY, LABEL_MANAGED_IMAGE, content_tag,
+    ensure_echo_image, ensure_image_for,
+};
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
+use bollard::auth::DockerCredentials;
 use bollard::errors::Error as DockerError;
-use bollard::query_parameters::BuildImageOptionsBuilder;
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateImageOptionsBuilder, ListImagesOptionsBuilder,
+    RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+};
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
 
 use crate::backends::BackendError;
-use crate::backends::docker::{TarBuilder, map_error};
+use crate::backends::docker::map_error;
+use crate::resources::{ImageSource, Runtime, RuntimeSpec};
+use crate::telemetry::Metrics;
+use git::{GitError, Masker};
+use plan::{Plan, PlanError, PlanSettings};
+use reference::ImageRef;
+use registry::{Credentials, RegistryClient, RegistryError};
 
-/// Repository of the built-in echo image.
-pub const ECHO_REPOSITORY: &str = "molecule-local/echo";
-/// Entrypoint of the built-in echo image.
-pub const ECHO_ENTRYPOINT: &[&str] = &["/molecule", "agent"];
-/// Label carried by every image built here.
-pub const LABEL_MANAGED_IMAGE: &str = "molecule.platform.managed-image";
-/// Where the binary lands inside the image.
-pub const BINARY_PATH: &str = "/molecule";
+/// The allowlisted template repository prefix (forks override it).
+pub const DEFAULT_TEMPLATE_PREFIX: &str =
+    "https://git.moleculesai.app/molecule-ai/molecule-ai-workspace-template-";
+/// Largest accepted build context (the template's tree as a tar).
+pub const CONTEXT_CAP: usize = 512 * 1024 * 1024;
 
-const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
-const CONTEXT_ROOT: &str = "rootfs";
-
-/// The tag [`ensure_echo_image`] builds for `binary` (runs `ldd` and hashes the files; blocking).
-pub fn content_tag(binary: &Path) -> Result<String, BackendError> {
-    Ok(Recipe::resolve(binary, ECHO_REPOSITORY, ECHO_ENTRYPOINT)?.tag)
+/// Installation-wide image settings.
+#[derive(Clone)]
+pub struct ImageSettings {
+    /// `MOLECULE_IMAGE_REGISTRY`.
+    pub registry: Option<String>,
+    /// `MOLECULE_IMAGE_PLATFORM` (I05), for pulls, template builds and container creates.
+    pub platform: Option<String>,
+    /// `MOLECULE_LOCAL_TEMPLATE_REPO_PREFIX`.
+    pub template_prefix: String,
+    /// `MOLECULE_GITEA_TOKEN`: sent to the template host as a header, masked everywhere.
+    pub template_token: Option<String>,
+    /// `MOLECULE_LOCAL_BUILD_CACHE`: where template clones live.
+    pub build_cache: PathBuf,
+    /// The binary packed into the echo image.
+    pub agent_binary: PathBuf,
+    /// Bound of every lookup (registry HEAD with its token call, `git ls-remote`).
+    pub lookup_timeout: Duration,
+    /// Bound of a clone + build, and of a pull.
+    pub build_timeout: Duration,
+    /// How long a rolled workspace may take to come back Online.
+    pub roll_timeout: Duration,
+    /// Installation id (temporary build tags carry it).
+    pub instance: String,
 }
 
-/// Ensures the built-in echo image for `binary` exists locally and returns its tag.
-pub async fn ensure_echo_image(docker: &Docker, binary: &Path) -> Result<String, BackendError> {
-    ensure_image_for(docker, binary, ECHO_REPOSITORY, ECHO_ENTRYPOINT).await
+impl std::fmt::Debug for ImageSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageSettings")
+            .field("registry", &self.registry)
+            .field("platform", &self.platform)
+            .field("template_prefix", &git::display_url(&self.template_prefix))
+            .field(
+                "template_token",
+                &self.template_token.as_ref().map(|_| "***"),
+            )
+            .field("build_cache", &self.build_cache)
+            .finish_non_exhaustive()
+    }
 }
 
-/// Ensures a `FROM scratch` image with `binary` at `/molecule`, its shared libraries at their
-/// host paths, `entrypoint`, `EXPOSE 8000` and the managed-image label exists, tagged
-/// `<repo>:<first 12 hex of the content hash>`; returns the tag. A present tag is a cache hit.
-pub async fn ensure_image_for(
-    docker: &Docker,
-    binary: &Path,
-    repo: &str,
-    entrypoint: &[&str],
-) -> Result<String, BackendError> {
-    let binary_owned = binary.to_path_buf();
-    let repo_owned = repo.to_string();
-    let entry: Vec<String> = entrypoint.iter().map(|s| s.to_string()).collect();
-    let recipe = tokio::task::spawn_blocking(move || {
-        let entry: Vec<&str> = entry.iter().map(String::as_str).collect();
-        Recipe::resolve(&binary_owned, &repo_owned, &entry)
-    })
-    .await
-    .map_err(|e| BackendError::Permanent(format!("resolving image contents: {e}")))??;
-
-    match docker.inspect_image(&recipe.tag).await {
-        Ok(_) => {
-            tracing::debug!(image = %recipe.tag, "local image present");
-            return Ok(recipe.tag);
+impl ImageSettings {
+    /// Defaults for everything but the binary and the instance.
+    pub fn new(agent_binary: PathBuf, instance: String) -> ImageSettings {
+        ImageSettings {
+            registry: None,
+            platform: None,
+            template_prefix: DEFAULT_TEMPLATE_PREFIX.into(),
+            template_token: None,
+            build_cache: default_build_cache(),
+            agent_binary,
+            lookup_timeout: Duration::from_secs(10),
+            build_timeout: Duration::from_secs(1200),
+            roll_timeout: Duration::from_secs(900),
+            instance,
         }
-        Err(DockerError::DockerResponseServerError {
-            status_code: 404, ..
-        }) => {}
-        Err(e) => return Err(map_error("inspect image", e)),
     }
 
-    let tag = recipe.tag.clone();
-    let context = tokio::task::spawn_blocking(move || recipe.build_context())
-        .await
-        .map_err(|e| BackendError::Permanent(format!("building image context: {e}")))??;
-    tracing::info!(image = %tag, bytes = context.len(), "building local image");
+    pub fn plan_settings(&self) -> PlanSettings {
+        PlanSettings {
+            registry: self.registry.clone(),
+            template_prefix: self.template_prefix.clone(),
+        }
+    }
+}
 
-    let options = BuildImageOptionsBuilder::default()
-        .dockerfile("Dockerfile")
-        .t(&tag)
-        .rm(true)
-        .forcerm(true)
-        // Our own tag is the cache. Builder-cache layers would be shared with other images of
-        // the same content, and removing one of those mid-build breaks the other build.
-        .nocache(true)
-        .build();
-    let drain = async {
-        let mut stream =
-            docker.build_image(options, None, Some(bollard::body_full(context.into())));
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(info) => {
-                    if let Some(detail) = info.error_detail {
-                        return Err(BackendError::Permanent(format!(
-                            "building {tag}: {}",
-                            detail.message.unwrap_or_default()
-                        )));
-                    }
-                    if let Some(line) = info.stream.as_deref().map(str::trim)
-                        && !line.is_empty()
-                    {
-                        tracing::debug!(image = %tag, "{line}");
-                    }
+/// `$XDG_CACHE_HOME/molecule/workspace-template-build` or `~/.cache/molecule/...`.
+pub fn default_build_cache() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("molecule").join("workspace-template-build")
+}
+
+/// Errors of image resolution; `category` is the condition reason, Event reason and metric label.
+/// Messages never carry a token (they pass through the template [`Masker`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(
+        "runtime {runtime} is not mirrored at {repo}: mirror the template repository there, point MOLECULE_LOCAL_TEMPLATE_REPO_PREFIX (or spec.localBuild.repo) at a fork that has it, or configure a registry (MOLECULE_IMAGE_REGISTRY or spec.image)"
+    )]
+    NotMirrored { runtime: String, repo: String },
+    #[error("local build of runtime {runtime}: {source}")]
+    Git { runtime: String, source: GitError },
+    #[error("runtime {runtime}: {source}")]
+    Registry {
+        runtime: String,
+        source: RegistryError,
+    },
+    #[error("building {image} failed: {detail}")]
+    BuildFailed { image: String, detail: String },
+    #[error("pulling {image} failed: {detail}")]
+    PullFailed {
+        image: String,
+        detail: String,
+        transient: bool,
+    },
+    #[error("pull secret {secret}: {detail}")]
+    PullSecret { secret: String, detail: String },
+    #[error("image {0} is not present on the engine")]
+    Missing(String),
+    #[error("rolling runtime {runtime}: {detail}")]
+    Roll { runtime: String, detail: String },
+    #[error(transparent)]
+    Engine(#[from] BackendError),
+    #[error("kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl ImageError {
+    pub fn category(&self) -> &'static str {
+        match self {
+            ImageError::Plan(e) => e.category(),
+            ImageError::NotMirrored { .. } => "NotMirrored",
+            ImageError::Git { source, .. } => match source {
+                GitError::NotFound { .. } => "NotMirrored",
+                GitError::RefNotFound { .. } => "RefNotFound",
+                GitError::AuthFailed { .. } => "TemplateAuthFailed",
+                GitError::Unreachable { .. } | GitError::Timeout { .. } => "TemplateUnreachable",
+                GitError::TooLarge { .. } => "ResponseTooLarge",
+                GitError::Failed { .. } => "TemplateLookupFailed",
+            },
+            ImageError::Registry { source, .. } => match source {
+                RegistryError::Timeout { .. } | RegistryError::Unreachable { .. } => {
+                    "RegistryUnreachable"
                 }
-                Err(DockerError::DockerStreamError { error }) => {
-                    return Err(BackendError::Permanent(format!("building {tag}: {error}")));
-                }
-                Err(e) => return Err(map_error("build image", e)),
+                RegistryError::AuthFailed { .. } => "RegistryAuthFailed",
+                RegistryError::ManifestUnknown { .. } => "ManifestUnknown",
+                RegistryError::TooLarge { .. } => "ResponseTooLarge",
+                _ => "RegistryError",
+            },
+            ImageError::BuildFailed { .. } => "BuildFailed",
+            ImageError::PullFailed { .. } => "PullFailed",
+            ImageError::PullSecret { .. } => "PullSecretInvalid",
+            ImageError::Missing(_) => "ImageMissing",
+            ImageError::Roll { .. } => "RollFailed",
+            ImageError::Engine(e) => e.category(),
+            ImageError::Kube(_) => "ApiError",
+        }
+    }
+
+    /// Whether a retry soon may help; permanent errors wait for a change of the record.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ImageError::Git { source, .. } => source.is_transient(),
+            ImageError::Registry { source, .. } => source.is_transient(),
+            ImageError::PullFailed { transient, .. } => *transient,
+            ImageError::Engine(e) => e.is_transient(),
+            ImageError::Kube(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// What a runtime resolves to right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    /// The reference workspaces start from.
+    pub image: String,
+    /// Registry mode: the manifest digest (probe) or the pulled repo digest (ensure); otherwise
+    /// the local image id.
+    pub digest: Option<String>,
+    pub source: ImageSource,
+    /// Local-build mode: the template commit.
+    pub built_from_sha: Option<String>,
+    /// Whether the image is on the engine.
+    pub available: bool,
+    /// What changes when the source moves: the registry digest, the template commit, the echo
+    /// tag. Auto-refresh compares these.
+    pub fingerprint: String,
+    /// A caveat worth an Event (a failed re-pull with a cached image, a skipped pin, ...).
+    pub note: Option<String>,
+}
+
+/// Why an image is being made available.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// A workspace start: moving tags are re-pulled, pinned ones only pulled when missing (I04).
+    Start,
+    /// A refresh: always pull (or rebuild when the template moved).
+    Refresh,
+}
+
+/// The image service shared by the controllers and the shim.
+pub struct Images {
+    pub docker: Docker,
+    pub client: Client,
+    pub settings: ImageSettings,
+    pub metrics: Arc<Metrics>,
+    registry: RegistryClient,
+    masker: Masker,
+    echo: tokio::sync::OnceCell<String>,
+    /// One build/pull at a time per runtime (a second start waits and then hits the cache).
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One roll at a time per runtime.
+    roll_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Tells the Runtime controller that a runtime's resolution changed outside its reconcile.
+    notify: Mutex<Option<tokio::sync::mpsc::Sender<String>>>,
+}
+
+fn lock_of(
+    map: &Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    name: &str,
+) -> Arc<tokio::sync::Mutex<()>> {
+    map.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(name.to_string())
+        .or_default()
+        .clone()
+}
+
+impl Images {
+    pub fn new(
+        docker: Docker,
+        client: Client,
+        settings: ImageSettings,
+        metrics: Arc<Metrics>,
+    ) -> Images {
+        let masker = Masker::new(
+            settings.template_token.as_deref(),
+            &[settings.template_prefix.as_str()],
+        );
+        Images {
+            registry: RegistryClient::new(settings.lookup_timeout),
+            docker,
+            client,
+            settings,
+            metrics,
+            masker,
+            echo: tokio::sync::OnceCell::new(),
+            locks: Mutex::default(),
+            roll_locks: Mutex::default(),
+            notify: Mutex::default(),
+        }
+    }
+
+    /// Where resolution changes are reported (the Runtime controller's trigger).
+    pub fn set_notify(&self, tx: tokio::sync::mpsc::Sender<String>) {
+        *self.notify.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    }
+
+    fn notify(&self, runtime: &str) {
+        if let Some(tx) = self
+            .notify
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = tx.try_send(runtime.to_string());
+        }
+    }
+
+    /// Masks the template token and URL credentials in `text`.
+    pub fn mask(&self, text: &str) -> String {
+        self.masker.mask(text)
+    }
+
+    pub(crate) fn roll_lock(&self, runtime: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock_of(&self.roll_locks, runtime)
+    }
+
+    /// The plan of a runtime record.
+    pub fn plan(&self, name: &str, spec: &RuntimeSpec) -> Result<Plan, ImageError> {
+        Ok(plan::plan(name, spec, &self.settings.plan_settings())?)
+    }
+
+    /// The built-in echo image, built from our own binary on first use (I07).
+    pub async fn echo_image(&self) -> Result<String, ImageError> {
+        let tag = self
+            .echo
+            .get_or_try_init(|| async {
+                let t = Instant::now();
+                let tag = echo::ensure_echo_image(&self.docker, &self.settings.agent_binary).await?;
+                tracing::info!(image = %tag, ms = t.elapsed().as_millis() as u64, "echo image ready");
+                Ok::<_, BackendError>(tag)
+            })
+            .await?;
+        Ok(tag.clone())
+    }
+
+    /// Looks a runtime up without building or pulling: the echo tag, the registry digest (one
+    /// manifest HEAD), or the template HEAD (one `ls-remote`) and whether its image is cached.
+    pub async fn probe(&self, name: &str, spec: &RuntimeSpec) -> Result<Resolved, ImageError> {
+        let started = Instant::now();
+        let plan = self.plan(name, spec)?;
+        let result = match &plan {
+            Plan::Builtin => self.builtin().await,
+            Plan::Registry { image, pinned } => {
+                let digest = if *pinned {
+                    image.digest.clone().unwrap_or_default()
+                } else {
+                    let creds = self.credentials(spec, image).await?;
+                    self.registry
+                        .manifest_digest(image, creds.as_ref())
+                        .await
+                        .map_err(|source| ImageError::Registry {
+                            runtime: name.to_string(),
+                            source,
+                        })?
+                };
+                let available = self.local_id(&image.canonical()).await?.is_some();
+                Ok(Resolved {
+                    image: image.canonical(),
+                    digest: Some(digest.clone()),
+                    source: ImageSource::Registry,
+                    built_from_sha: None,
+                    available,
+                    fingerprint: digest,
+                    note: None,
+                })
+            }
+            Plan::LocalBuild {
+                repo,
+                git_ref,
+                skipped_pin,
+            } => {
+                let sha = self.head(name, repo, git_ref).await?;
+                let tag = reference::local_tag(name, &sha);
+                let id = self.local_id(&tag).await?;
+                Ok(Resolved {
+                    image: tag,
+                    available: id.is_some(),
+                    digest: id,
+                    source: ImageSource::LocalBuild,
+                    built_from_sha: Some(sha.clone()),
+                    fingerprint: sha,
+                    note: skipped_pin.then(|| {
+                        "spec.digest is ignored in local-build mode (a local build skips pins)"
+                            .to_string()
+                    }),
+                })
+            }
+        };
+        self.metrics.observe(
+            "molecule_image_probe_seconds",
+            &[("source", plan.source().as_str())],
+            started.elapsed().as_secs_f64(),
+        );
+        result
+    }
+
+    /// Makes the runtime's image available on the engine for `purpose` and returns it with
+    /// its running digest: the echo build, a pull per I04, or a cache hit / clone + build
+    /// (I02). Falls back to the last built image only when the template host is unreachable —
+    /// never to a registry.
+    pub async fn ensure(
+        &self,
+        name: &str,
+        record: Option<&Runtime>,
+        purpose: Purpose,
+    ) -> Result<Resolved, ImageError> {
+        let default_spec = RuntimeSpec::default();
+        let spec = record.map_or(&default_spec, |r| &r.spec);
+        let started = Instant::now();
+        let plan = self.plan(name, spec)?;
+        let lock = lock_of(&self.locks, name);
+        let _guard = lock.lock().await;
+        let result = match &plan {
+            Plan::Builtin => self.builtin().await,
+            Plan::Registry { image, .. } => {
+                let creds = self.credentials(spec, image).await?;
+                self.ensure_registry(name, image, creds.as_ref(), purpose)
+                    .await
+            }
+            Plan::LocalBuild { repo, git_ref, .. } => {
+                let previous = record
+                    .and_then(|r| r.status.as_ref())
+                    .and_then(|s| s.resolved_image.clone());
+                self.ensure_local(name, repo, git_ref, previous.as_deref())
+                    .await
+            }
+        };
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.observe(
+            "molecule_image_resolve_seconds",
+            &[("source", plan.source().as_str()), ("result", outcome)],
+            started.elapsed().as_secs_f64(),
+        );
+        if let Ok(r) = &result {
+            let recorded = record.and_then(|r| r.status.as_ref());
+            if recorded.and_then(|s| s.resolved_image.as_deref()) != Some(r.image.as_str())
+                || recorded.and_then(|s| s.digest.as_deref()) != r.digest.as_deref()
+            {
+                self.notify(name);
             }
         }
-        Ok(())
-    };
-    match tokio::time::timeout(BUILD_TIMEOUT, drain).await {
-        Ok(result) => result?,
-        Err(_) => {
-            return Err(BackendError::Transient(format!(
-                "building {tag} took longer than {}s",
-                BUILD_TIMEOUT.as_secs()
-            )));
-        }
+        result
     }
-    match docker.inspect_image(&tag).await {
-        Ok(_) => Ok(tag),
-        Err(e) => Err(map_error("inspect built image", e)),
-    }
-}
 
-/// What goes into one image: the files (host path → same path inside, the binary → /molecule),
-/// the Dockerfile, and the tag derived from all of it.
-struct Recipe {
-    binary: PathBuf,
-    libraries: Vec<PathBuf>,
-    dockerfile: String,
-    tag: String,
-}
-
-impl Recipe {
-    fn resolve(binary: &Path, repo: &str, entrypoint: &[&str]) -> Result<Self, BackendError> {
-        let libraries = shared_libraries(binary)?;
-        let dockerfile = dockerfile(entrypoint)?;
-        let mut h = Sha256::new();
-        h.update(dockerfile.as_bytes());
-        hash_file(&mut h, BINARY_PATH, binary)?;
-        for lib in &libraries {
-            hash_file(&mut h, &lib.to_string_lossy(), lib)?;
+    /// A workspace's explicit `spec.image`: pulled per I04 (no credentials), local images as is.
+    pub async fn ensure_explicit(&self, image: &str) -> Result<Resolved, ImageError> {
+        let parsed = ImageRef::parse(image)
+            .map_err(|e| ImageError::Plan(PlanError::InvalidSpec(format!("spec.image: {e}"))))?;
+        if parsed.is_local() {
+            let id = self
+                .local_id(image)
+                .await?
+                .ok_or_else(|| ImageError::Missing(image.to_string()))?;
+            return Ok(Resolved {
+                image: image.to_string(),
+                digest: Some(id),
+                source: ImageSource::LocalBuild,
+                built_from_sha: None,
+                available: true,
+                fingerprint: image.to_string(),
+                note: None,
+            });
         }
-        let digest = hex::encode(h.finalize());
-        Ok(Self {
-            binary: binary.to_path_buf(),
-            libraries,
-            dockerfile,
-            tag: format!("{repo}:{}", &digest[..12]),
+        let lock = lock_of(&self.locks, &format!("image:{}", parsed.repository()));
+        let _guard = lock.lock().await;
+        let mut r = self
+            .ensure_registry("(spec.image)", &parsed, None, Purpose::Start)
+            .await?;
+        // Keep the reference as the user wrote it.
+        r.image = image.to_string();
+        Ok(r)
+    }
+
+    async fn builtin(&self) -> Result<Resolved, ImageError> {
+        let tag = self.echo_image().await?;
+        let id = self.local_id(&tag).await?;
+        Ok(Resolved {
+            image: tag.clone(),
+            available: id.is_some(),
+            digest: id,
+            source: ImageSource::Builtin,
+            built_from_sha: None,
+            fingerprint: tag,
+            note: None,
         })
     }
 
-    /// The in-memory build context: Dockerfile + rootfs/ with every file.
-    fn build_context(&self) -> Result<Vec<u8>, BackendError> {
-        let mut tar = TarBuilder::new(0);
-        tar.file("Dockerfile", 0o644, self.dockerfile.as_bytes())?;
-        let binary = stripped_or_original(&self.binary)?;
-        tar.file(&format!("{CONTEXT_ROOT}{BINARY_PATH}"), 0o755, &binary)?;
-        for lib in &self.libraries {
-            // std::fs::read follows symlinks: the real content lands at the linked path.
-            let bytes = std::fs::read(lib)
-                .map_err(|e| BackendError::Permanent(format!("reading {}: {e}", lib.display())))?;
-            tar.file(&format!("{CONTEXT_ROOT}{}", lib.display()), 0o755, &bytes)?;
-        }
-        Ok(tar.finish())
-    }
-}
-
-fn dockerfile(entrypoint: &[&str]) -> Result<String, BackendError> {
-    let entry = serde_json::to_string(entrypoint)
-        .map_err(|e| BackendError::Permanent(format!("encoding entrypoint: {e}")))?;
-    Ok(format!(
-        "FROM scratch\nCOPY {CONTEXT_ROOT}/ /\nEXPOSE 8000\nLABEL {LABEL_MANAGED_IMAGE}=\"true\"\nENTRYPOINT {entry}\n"
-    ))
-}
-
-fn hash_file(h: &mut Sha256, in_image: &str, path: &Path) -> Result<(), BackendError> {
-    let mut file = std::fs::File::open(path)
-        .map_err(|e| BackendError::Permanent(format!("opening {}: {e}", path.display())))?;
-    h.update(in_image.as_bytes());
-    h.update([0u8]);
-    let len = std::io::copy(&mut file, h)
-        .map_err(|e| BackendError::Permanent(format!("reading {}: {e}", path.display())))?;
-    h.update(len.to_be_bytes());
-    Ok(())
-}
-
-/// The binary with debug info stripped when `strip` is available, else the original bytes.
-fn stripped_or_original(binary: &Path) -> Result<Vec<u8>, BackendError> {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let out = std::env::temp_dir().join(format!("molecule-strip-{}-{nanos}", std::process::id()));
-    let stripped = std::process::Command::new("strip")
-        .arg("--strip-debug")
-        .arg("-o")
-        .arg(&out)
-        .arg(binary)
-        .output();
-    let result = match stripped {
-        Ok(o) if o.status.success() => std::fs::read(&out).ok(),
-        _ => None,
-    };
-    // Best effort: the file may not exist when strip failed.
-    let _ = std::fs::remove_file(&out);
-    match result {
-        Some(bytes) => Ok(bytes),
-        None => std::fs::read(binary)
-            .map_err(|e| BackendError::Permanent(format!("reading {}: {e}", binary.display()))),
-    }
-}
-
-/// Absolute paths of the shared libraries (and loader) `binary` needs, from `ldd`.
-fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, BackendError> {
-    if !binary.is_file() {
-        return Err(BackendError::Permanent(format!(
-            "{} is not a file",
-            binary.display()
-        )));
-    }
-    let output = std::process::Command::new("ldd")
-        .arg(binary)
-        .output()
-        .map_err(|e| BackendError::Permanent(format!("running ldd: {e}")))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() {
-        if stdout.contains("not a dynamic executable")
-            || stderr.contains("not a dynamic executable")
-        {
-            return Ok(Vec::new());
-        }
-        return Err(BackendError::Permanent(format!(
-            "ldd {} failed: {}",
-            binary.display(),
-            stderr.trim()
-        )));
-    }
-    parse_ldd(&stdout).map_err(BackendError::Permanent)
-}
-
-/// Parses `ldd` output: the `=> /path` entries and the loader line, deduplicated, in order.
-pub(crate) fn parse_ldd(output: &str) -> Result<Vec<PathBuf>, String> {
-    let mut libs: Vec<PathBuf> = Vec::new();
-    for line in output.lines().map(str::trim) {
-        let path = if let Some((lib, target)) = line.split_once("=>") {
-            let target = target.trim();
-            if target.starts_with("not found") {
-                return Err(format!("shared library {} not found", lib.trim()));
+    async fn ensure_registry(
+        &self,
+        runtime: &str,
+        image: &ImageRef,
+        creds: Option<&Credentials>,
+        purpose: Purpose,
+    ) -> Result<Resolved, ImageError> {
+        let reference = image.canonical();
+        let present = self.local_id(&reference).await?.is_some();
+        let want_pull = purpose == Purpose::Refresh || image.is_moving() || !present;
+        let mut note = None;
+        if want_pull {
+            match self.pull(runtime, image, creds).await {
+                Ok(()) => {}
+                Err(e) if present && purpose == Purpose::Start => {
+                    tracing::warn!(runtime, image = %reference, error = %e, "re-pull failed; starting from the cached image");
+                    note = Some(format!(
+                        "re-pulling {reference} failed ({}); started from the cached image",
+                        e.category()
+                    ));
+                }
+                Err(e) => return Err(e),
             }
-            target.split_whitespace().next()
-        } else {
-            line.split_whitespace().next()
+        }
+        let inspect = match self.docker.inspect_image(&reference).await {
+            Ok(i) => i,
+            Err(e) if status_of(&e) == Some(404) => {
+                return Err(ImageError::Missing(reference));
+            }
+            Err(e) => return Err(map_error("inspect image", e).into()),
         };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            let p = PathBuf::from(p);
-            if !libs.contains(&p) {
-                libs.push(p);
-            }
+        let repo = image.repository();
+        let digest = inspect
+            .repo_digests
+            .unwrap_or_default()
+            .iter()
+            .find_map(|d| {
+                d.split_once('@')
+                    .filter(|(r, _)| *r == repo)
+                    .map(|(_, d)| d.to_string())
+            })
+            .or(inspect.id);
+        Ok(Resolved {
+            image: reference,
+            fingerprint: digest.clone().unwrap_or_default(),
+            digest,
+            source: ImageSource::Registry,
+            built_from_sha: None,
+            available: true,
+            note,
+        })
+    }
+
+    /// Pulls `image` (with the platform override and credentials), bounded by the build timeout.
+    async fn pull(
+        &self,
+        runtime: &str,
+        image: &ImageRef,
+        creds: Option<&Credentials>,
+    ) -> Result<(), ImageError> {
+        let reference = image.canonical();
+        let tag = image
+            .digest
+            .clone()
+            .or_else(|| image.tag.clone())
+            .unwrap_or_else(|| "latest".into());
+        let mut options = CreateImageOptionsBuilder::default()
+            .from_image(&image.repository())
+            .tag(&tag);
+        if let Some(p) = &self.settings.platform {
+            options = options.platform(p);
         }
-    }
-    Ok(libs)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bollard::models::ContainerCreateBody;
-    use bollard::query_parameters::{
-        CreateContainerOptionsBuilder, ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
-        RemoveImageOptions, WaitContainerOptionsBuilder,
-    };
-
-    #[test]
-    fn ldd_output_is_parsed() {
-        let out = "\tlinux-vdso.so.1 (0x00007ffd4a5f2000)\n\
-                   \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f0000000000)\n\
-                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f062cf65000)\n\
-                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f062cf65000)\n\
-                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f062d165000)\n";
-        assert_eq!(
-            parse_ldd(out).unwrap(),
-            vec![
-                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
-                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
-                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
-            ]
+        let credentials = creds.map(|c| DockerCredentials {
+            username: Some(c.username.clone()),
+            password: Some(c.password.clone()),
+            serveraddress: Some(image.registry_host()),
+            ..Default::default()
+        });
+        let t = Instant::now();
+        tracing::info!(runtime, image = %reference, platform = ?self.settings.platform, "pulling");
+        let drain = async {
+            let mut stream = self
+                .docker
+                .create_image(Some(options.build()), None, credentials);
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(info) => {
+                        if let Some(detail) = info.error_detail {
+                            let msg = detail.message.unwrap_or_default();
+                            return Err(pull_failed(&reference, &msg));
+                        }
+                    }
+                    Err(DockerError::DockerStreamError { error }) => {
+                        return Err(pull_failed(&reference, &error));
+                    }
+                    Err(DockerError::DockerResponseServerError { message, .. }) => {
+                        return Err(pull_failed(&reference, &message));
+                    }
+                    Err(e) => return Err(ImageError::Engine(map_error("pull image", e))),
+                }
+            }
+            Ok(())
+        };
+        let result = match tokio::time::timeout(self.settings.build_timeout, drain).await {
+            Ok(r) => r,
+            Err(_) => Err(ImageError::PullFailed {
+                image: reference.clone(),
+                detail: format!(
+                    "did not finish within {}s",
+                    self.settings.build_timeout.as_secs()
+                ),
+                transient: true,
+            }),
+        };
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.inc(
+            "molecule_image_pulls_total",
+            &[("runtime", runtime), ("result", outcome)],
         );
-        assert_eq!(
-            parse_ldd("\tstatically linked\n").unwrap(),
-            Vec::<PathBuf>::new()
+        if result.is_ok() {
+            tracing::info!(runtime, image = %reference, ms = t.elapsed().as_millis() as u64, "pulled");
+        }
+        result
+    }
+
+    /// Pull credentials from the runtime's Secret (I01).
+    async fn credentials(
+        &self,
+        spec: &RuntimeSpec,
+        image: &ImageRef,
+    ) -> Result<Option<Credentials>, ImageError> {
+        let Some(r) = &spec.pull_secret else {
+            return Ok(None);
+        };
+        let ns = r.namespace.clone().unwrap_or_else(|| "default".into());
+        let what = format!("{ns}/{}", r.name);
+        let api: kube::Api<Secret> = kube::Api::namespaced(self.client.clone(), &ns);
+        let secret = api
+            .get_opt(&r.name)
+            .await?
+            .ok_or_else(|| ImageError::PullSecret {
+                secret: what.clone(),
+                detail: "not found".into(),
+            })?;
+        credentials_from_secret(&secret, &image.registry_host())
+            .map(Some)
+            .map_err(|detail| ImageError::PullSecret {
+                secret: what,
+                detail,
+            })
+    }
+
+    /// The template commit (one capped `ls-remote`), as an [`ImageError`].
+    async fn head(&self, runtime: &str, repo: &str, git_ref: &str) -> Result<String, ImageError> {
+        let r = git::head_sha(
+            repo,
+            git_ref,
+            self.settings.template_token.as_deref(),
+            &self.masker,
+            self.settings.lookup_timeout,
+        )
+        .await;
+        self.metrics.inc(
+            "molecule_image_lookups_total",
+            &[
+                ("runtime", runtime),
+                ("result", if r.is_ok() { "ok" } else { "error" }),
+            ],
         );
-        assert!(parse_ldd("\tlibfoo.so.1 => not found\n").is_err());
-        // Old glibc prints the vdso with an empty target.
-        assert_eq!(
-            parse_ldd("\tlinux-gate.so.1 =>  (0x00007ffd)\n").unwrap(),
-            Vec::<PathBuf>::new()
-        );
+        r.map_err(|source| match source {
+            GitError::NotFound { repo } => ImageError::NotMirrored {
+                runtime: runtime.to_string(),
+                repo,
+            },
+            source => ImageError::Git {
+                runtime: runtime.to_string(),
+                source,
+            },
+        })
     }
 
-    #[test]
-    fn content_tag_is_stable_and_content_addressed() {
-        let a = content_tag(Path::new("/bin/sleep")).unwrap();
-        assert!(a.starts_with("molecule-local/echo:"), "{a}");
-        assert_eq!(a.len(), "molecule-local/echo:".len() + 12);
-        assert_eq!(a, content_tag(Path::new("/bin/sleep")).unwrap());
-        assert_ne!(a, content_tag(Path::new("/usr/bin/env")).unwrap());
-        assert!(content_tag(Path::new("/nonexistent/binary")).is_err());
+    async fn ensure_local(
+        &self,
+        runtime: &str,
+        repo: &str,
+        git_ref: &str,
+        previous: Option<&str>,
+    ) -> Result<Resolved, ImageError> {
+        let sha = match self.head(runtime, repo, git_ref).await {
+            Ok(sha) => sha,
+            Err(e) if e.is_transient() => {
+                // The host is down: the last image built for this runtime still serves.
+                if let Some(prev) =
+                    previous.filter(|p| p.starts_with(&reference::local_repository(runtime)))
+                    && let Some(id) = self.local_id(prev).await?
+                {
+                    tracing::warn!(runtime, image = %prev, error = %e, "template host unreachable; using the last built image");
+                    return Ok(Resolved {
+                        image: prev.to_string(),
+                        digest: Some(id),
+                        source: ImageSource::LocalBuild,
+                        built_from_sha: None,
+                        available: true,
+                        fingerprint: prev.to_string(),
+                        note: Some(format!(
+                            "the template host is unreachable ({}); started from the last built image",
+                            e.category()
+                        )),
+                    });
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let tag = reference::local_tag(runtime, &sha);
+        if let Some(id) = self.local_id(&tag).await? {
+            self.metrics
+                .inc("molecule_image_cache_hits_total", &[("runtime", runtime)]);
+            tracing::debug!(runtime, image = %tag, "local build cache hit");
+            return Ok(Resolved {
+                image: tag,
+                digest: Some(id),
+                source: ImageSource::LocalBuild,
+                built_from_sha: Some(sha.clone()),
+                available: true,
+                fingerprint: sha,
+                note: None,
+            });
+        }
+        let (sha, tag, id) = self.clone_and_build(runtime, repo, git_ref, &sha).await?;
+        Ok(Resolved {
+            image: tag,
+            digest: Some(id),
+            source: ImageSource::LocalBuild,
+            built_from_sha: Some(sha.clone()),
+            available: true,
+            fingerprint: sha,
+            note: None,
+        })
     }
 
-    #[test]
-    fn dockerfile_has_entrypoint_expose_and_label() {
-        let d = dockerfile(&["/molecule", "agent"]).unwrap();
-        assert!(d.starts_with("FROM scratch\n"));
-        assert!(d.contains("ENTRYPOINT [\"/molecule\",\"agent\"]"));
-        assert!(d.contains("EXPOSE 8000"));
-        assert!(d.contains("LABEL molecule.platform.managed-image=\"true\""));
-    }
-
-    fn run_id() -> String {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let mut h = Sha256::new();
-        h.update(std::process::id().to_be_bytes());
-        h.update(nanos.to_be_bytes());
-        hex::encode(&h.finalize()[..4])
-    }
-
-    /// Removes the test container and every image of the test repository.
-    async fn cleanup(docker: &Docker, repo: &str, container: &str) {
-        let _ = docker
-            .remove_container(
-                container,
-                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+    /// Shallow-clones `sha` into `<cache>/<runtime>/<sha12>` (unless a complete clone is there)
+    /// and builds it; returns the commit actually built, its tag and the image id.
+    async fn clone_and_build(
+        &self,
+        runtime: &str,
+        repo: &str,
+        git_ref: &str,
+        sha: &str,
+    ) -> Result<(String, String, String), ImageError> {
+        let dir = self.settings.build_cache.join(runtime);
+        let git_err = |source: GitError| ImageError::Git {
+            runtime: runtime.to_string(),
+            source,
+        };
+        let io_err = |what: &str, e: std::io::Error| ImageError::BuildFailed {
+            image: reference::local_tag(runtime, sha),
+            detail: format!("{what}: {e}"),
+        };
+        create_private_dir(&dir).map_err(|e| io_err("creating the build cache", e))?;
+        let mut sha = sha.to_string();
+        let mut clone = dir.join(&sha[..12]);
+        if !clone.join(".git").is_dir() {
+            let tmp = dir.join(format!(
+                ".tmp-{}-{}",
+                &sha[..12],
+                crate::util::random_suffix(6)
+            ));
+            let t = Instant::now();
+            tracing::info!(runtime, repo = %git::display_url(repo), into = %tmp.display(), "local-build: cloning");
+            let fetched = git::shallow_fetch(
+                repo,
+                &sha,
+                git_ref,
+                &tmp,
+                self.settings.template_token.as_deref(),
+                &self.masker,
+                self.settings.build_timeout,
             )
             .await;
-        let filters = std::collections::HashMap::from([("reference", vec![repo.to_string()])]);
-        let images = docker
+            let fetched = match fetched {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    return Err(git_err(e));
+                }
+            };
+            self.metrics
+                .inc("molecule_image_clones_total", &[("runtime", runtime)]);
+            if fetched != sha {
+                // HEAD moved between the lookup and the fetch: build what was fetched.
+                tracing::info!(runtime, looked_up = %sha, fetched = %fetched, "template moved during the clone; building the fetched commit");
+                sha = fetched;
+                clone = dir.join(&sha[..12]);
+            }
+            let _ = std::fs::remove_dir_all(&clone);
+            std::fs::rename(&tmp, &clone).map_err(|e| io_err("moving the clone into place", e))?;
+            tracing::info!(
+                runtime,
+                ms = t.elapsed().as_millis() as u64,
+                "local-build: cloned"
+            );
+        }
+        let tag = reference::local_tag(runtime, &sha);
+        let context = git::archive(&clone, &sha, CONTEXT_CAP, self.settings.build_timeout)
+            .await
+            .map_err(git_err)?;
+        let id = self.build(runtime, &sha, &tag, context).await?;
+        prune_cache(&dir, &sha[..12]);
+        Ok((sha, tag, id))
+    }
+
+    /// Builds `context` through the Docker API under a temporary tag and only then tags it
+    /// `tag`, so a failed or interrupted build never leaves `tag` behind. No build args.
+    async fn build(
+        &self,
+        runtime: &str,
+        sha: &str,
+        tag: &str,
+        context: Vec<u8>,
+    ) -> Result<String, ImageError> {
+        let repo = reference::local_repository(runtime);
+        let prefix = format!("building-{}-", self.settings.instance);
+        self.remove_tags(&repo, &prefix).await;
+        let temp = format!("{repo}:{prefix}{}", crate::util::random_suffix(8));
+        // No build-time labels: the classic builder turns them into an extra committed step
+        // (seconds on some storage drivers); the tag already names the commit.
+        let mut options = BuildImageOptionsBuilder::default()
+            .dockerfile("Dockerfile")
+            .t(&temp)
+            .rm(true)
+            .forcerm(true);
+        if let Some(p) = &self.settings.platform {
+            options = options.platform(p);
+        }
+        let t = Instant::now();
+        tracing::info!(runtime, image = %tag, commit = %sha, bytes = context.len(), "local-build: docker build");
+        let drain = async {
+            let mut stream = self.docker.build_image(
+                options.build(),
+                None,
+                Some(bollard::body_full(context.into())),
+            );
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(info) => {
+                        if let Some(detail) = info.error_detail {
+                            return Err(detail.message.unwrap_or_default());
+                        }
+                        if let Some(line) = info.stream.as_deref().map(str::trim)
+                            && !line.is_empty()
+                        {
+                            tracing::debug!(runtime, "{}", self.mask(line));
+                        }
+                    }
+                    Err(DockerError::DockerStreamError { error }) => return Err(error),
+                    Err(DockerError::DockerResponseServerError { message, .. }) => {
+                        return Err(message);
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(())
+        };
+        let outcome = tokio::time::timeout(self.settings.build_timeout, drain).await;
+        let failure = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(msg)) => Some(self.mask(msg.trim())),
+            Err(_) => Some(format!(
+                "did not finish within {}s",
+                self.settings.build_timeout.as_secs()
+            )),
+        };
+        let result = match failure {
+            Some(detail) => Err(ImageError::BuildFailed {
+                image: tag.to_string(),
+                detail: detail.chars().take(500).collect(),
+            }),
+            None => {
+                let (final_repo, final_tag) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
+                let tagged = self
+                    .docker
+                    .tag_image(
+                        &temp,
+                        Some(
+                            TagImageOptionsBuilder::default()
+                                .repo(final_repo)
+                                .tag(final_tag)
+                                .build(),
+                        ),
+                    )
+                    .await;
+                match tagged {
+                    Ok(()) => match self.local_id(tag).await? {
+                        Some(id) => Ok(id),
+                        None => Err(ImageError::Missing(tag.to_string())),
+                    },
+                    Err(e) => Err(map_error("tag image", e).into()),
+                }
+            }
+        };
+        self.remove_tag(&temp).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.inc(
+            "molecule_image_builds_total",
+            &[("runtime", runtime), ("result", outcome)],
+        );
+        self.metrics.observe(
+            "molecule_image_build_seconds",
+            &[("runtime", runtime)],
+            t.elapsed().as_secs_f64(),
+        );
+        match &result {
+            Ok(_) => {
+                tracing::info!(runtime, image = %tag, ms = t.elapsed().as_millis() as u64, "local-build: docker build done")
+            }
+            Err(e) => {
+                tracing::warn!(runtime, image = %tag, error = %e, "local-build: build failed")
+            }
+        }
+        result
+    }
+
+    /// Removes one tag (never the image other tags keep).
+    async fn remove_tag(&self, tag: &str) {
+        let options = RemoveImageOptionsBuilder::default().noprune(false).build();
+        if let Err(e) = self.docker.remove_image(tag, Some(options), None).await
+            && status_of(&e) != Some(404)
+        {
+            tracing::warn!(image = %tag, error = %e, "could not remove a temporary build tag");
+        }
+    }
+
+    /// Removes this installation's leftover temporary build tags of `repo` (a crash mid-build).
+    async fn remove_tags(&self, repo: &str, tag_prefix: &str) {
+        let filters = HashMap::from([("reference", vec![format!("{repo}:{tag_prefix}*")])]);
+        let Ok(images) = self
+            .docker
             .list_images(Some(
                 ListImagesOptionsBuilder::default()
                     .filters(&filters)
                     .build(),
             ))
             .await
-            .unwrap_or_default();
-        // By tag, never by id: identical content gives other tests' images the same id.
-        let own = format!("{repo}:");
-        for tag in images
+        else {
+            return;
+        };
+        let own = format!("{repo}:{tag_prefix}");
+        for t in images
             .iter()
             .flat_map(|i| i.repo_tags.iter())
             .filter(|t| t.starts_with(&own))
         {
-            let _ = docker
-                .remove_image(tag, None::<RemoveImageOptions>, None)
-                .await;
+            self.remove_tag(t).await;
         }
     }
 
-    #[tokio::test]
-    async fn builds_a_scratch_image_that_runs_and_caches() {
-        let docker = Docker::connect_with_local_defaults()
-            .unwrap()
-            .negotiate_version()
-            .await
-            .unwrap();
-        let id = run_id();
-        let repo = format!("molecule-test-{id}/sleep");
-        let container = format!("molecule-test-img-{id}");
-
-        let (d, r, c) = (docker.clone(), repo.clone(), container.clone());
-        let outcome = tokio::spawn(async move {
-            let tag = ensure_image_for(&d, Path::new("/bin/sleep"), &r, &["/molecule", "1"])
-                .await
-                .unwrap();
-            assert!(tag.starts_with(&format!("{r}:")));
-            let first = d.inspect_image(&tag).await.unwrap();
-            let cfg = first.config.clone().unwrap();
-            let labels = cfg.labels.clone().unwrap_or_default();
-            assert_eq!(
-                labels.get(LABEL_MANAGED_IMAGE).map(String::as_str),
-                Some("true")
-            );
-            assert_eq!(
-                cfg.entrypoint,
-                Some(vec!["/molecule".to_string(), "1".to_string()])
-            );
-            assert!(
-                cfg.exposed_ports
-                    .unwrap_or_default()
-                    .contains(&"8000/tcp".to_string())
-            );
-
-            d.create_container(
-                Some(CreateContainerOptionsBuilder::default().name(&c).build()),
-                ContainerCreateBody {
-                    image: Some(tag.clone()),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-            d.start_container(&c, None).await.unwrap();
-            let waited: Vec<_> = d
-                .wait_container(
-                    &c,
-                    Some(
-                        WaitContainerOptionsBuilder::default()
-                            .condition("not-running")
-                            .build(),
-                    ),
-                )
-                .collect()
-                .await;
-            match waited.first() {
-                Some(Ok(r)) => assert_eq!(r.status_code, 0),
-                other => panic!("wait failed: {other:?}"),
-            }
-
-            // Cache hit: same tag, same image id, no rebuild.
-            let again = ensure_image_for(&d, Path::new("/bin/sleep"), &r, &["/molecule", "1"])
-                .await
-                .unwrap();
-            assert_eq!(again, tag);
-            let second = d.inspect_image(&again).await.unwrap();
-            assert_eq!(first.id, second.id);
-            assert_eq!(first.created, second.created);
-        })
-        .await;
-
-        cleanup(&docker, &repo, &container).await;
-        if let Err(e) = outcome {
-            std::panic::resume_unwind(e.into_panic());
+    /// The local image id of a reference, if present.
+    pub async fn local_id(&self, reference: &str) -> Result<Option<String>, ImageError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(i) => Ok(i.id),
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(map_error("inspect image", e).into()),
         }
+    }
+}
+
+fn status_of(e: &DockerError) -> Option<u16> {
+    match e {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn pull_failed(image: &str, message: &str) -> ImageError {
+    let lower = message.to_ascii_lowercase();
+    let permanent = [
+        "not found",
+        "manifest unknown",
+        "unauthorized",
+        "denied",
+        "no matching manifest",
+        "invalid reference",
+    ]
+    .iter()
+    .any(|m| lower.contains(m));
+    ImageError::PullFailed {
+        image: image.to_string(),
+        detail: message.trim().chars().take(300).collect(),
+        transient: !permanent,
+    }
+}
+
+/// Reads registry credentials from a Secret: a `kubernetes.io/dockerconfigjson` entry for
+/// `host`, or plain `username`/`password` keys.
+pub fn credentials_from_secret(secret: &Secret, host: &str) -> Result<Credentials, String> {
+    let data = secret.data.clone().unwrap_or_default();
+    let text = |k: &str| {
+        data.get(k)
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .or_else(|| secret.string_data.as_ref().and_then(|s| s.get(k).cloned()))
+    };
+    if let Some(cfg) = text(".dockerconfigjson") {
+        let v: serde_json::Value =
+            serde_json::from_str(&cfg).map_err(|_| ".dockerconfigjson is not JSON".to_string())?;
+        let auths = v
+            .get("auths")
+            .and_then(|a| a.as_object())
+            .ok_or_else(|| ".dockerconfigjson has no auths".to_string())?;
+        let entry = auths
+            .iter()
+            .find(|(k, _)| {
+                let k = k
+                    .trim_start_matches("https://")
+                    .trim_start_matches("http://");
+                k.split('/').next() == Some(host)
+            })
+            .map(|(_, v)| v)
+            .ok_or_else(|| format!(".dockerconfigjson has no entry for {host}"))?;
+        let field = |k: &str| entry.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        if let (Some(u), Some(p)) = (field("username"), field("password")) {
+            return Ok(Credentials {
+                username: u,
+                password: p,
+            });
+        }
+        if let Some(auth) = field("auth") {
+            use base64::Engine;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| format!("the auth of {host} is not base64 user:password"))?;
+            if let Some((u, p)) = decoded.split_once(':') {
+                return Ok(Credentials {
+                    username: u.to_string(),
+                    password: p.to_string(),
+                });
+            }
+        }
+        return Err(format!("the entry for {host} has no username/password"));
+    }
+    match (text("username"), text("password")) {
+        (Some(username), Some(password)) => Ok(Credentials { username, password }),
+        _ => Err("needs keys username and password, or .dockerconfigjson".into()),
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700));
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Removes every clone of a runtime but `keep` (the cache invalidates when HEAD moves), and
+/// temporary clones a crash left behind.
+fn prune_cache(dir: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name != keep {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use std::collections::BTreeMap;
+
+    fn secret(data: &[(&str, &str)]) -> Secret {
+        Secret {
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pull_credentials_from_secrets() {
+        let plain = secret(&[("username", "u"), ("password", "p")]);
+        assert_eq!(
+            credentials_from_secret(&plain, "ghcr.io").unwrap(),
+            Credentials {
+                username: "u".into(),
+                password: "p".into()
+            }
+        );
+        let cfg = secret(&[(
+            ".dockerconfigjson",
+            r#"{"auths":{"https://ghcr.io":{"auth":"dTI6cDI="},"127.0.0.1:5000":{"username":"a","password":"b"}}}"#,
+        )]);
+        assert_eq!(
+            credentials_from_secret(&cfg, "ghcr.io").unwrap().username,
+            "u2"
+        );
+        assert_eq!(
+            credentials_from_secret(&cfg, "127.0.0.1:5000")
+                .unwrap()
+                .password,
+            "b"
+        );
+        let e = credentials_from_secret(&cfg, "other.example").unwrap_err();
+        assert!(e.contains("no entry for other.example"), "{e}");
+        assert!(credentials_from_secret(&secret(&[("x", "y")]), "h").is_err());
+        assert!(credentials_from_secret(&secret(&[(".dockerconfigjson", "nope")]), "h").is_err());
+    }
+
+    #[test]
+    fn pull_errors_are_classified() {
+        assert!(!pull_failed("x", "manifest unknown: manifest unknown").is_transient());
+        assert!(!pull_failed("x", "unauthorized: authentication required").is_transient());
+        assert!(pull_failed("x", "Get \"https://h/v2/\": dial tcp: i/o timeout").is_transient());
+        assert_eq!(pull_failed("x", "y").category(), "PullFailed");
+    }
+
+    #[test]
+    fn not_mirrored_is_actionable_and_settings_hide_the_token() {
+        let e = ImageError::NotMirrored {
+            runtime: "crewai".into(),
+            repo: "https://git.example/org/workspace-template-crewai".into(),
+        };
+        let m = e.to_string();
+        assert!(
+            m.starts_with("runtime crewai is not mirrored at https://git.example/org/workspace-template-crewai"),
+            "{m}"
+        );
+        assert!(m.contains("MOLECULE_LOCAL_TEMPLATE_REPO_PREFIX"));
+        assert_eq!(e.category(), "NotMirrored");
+        assert!(!e.is_transient());
+        let mut s = ImageSettings::new("/bin/true".into(), "i".into());
+        s.template_token = Some("tok-never-printed".into());
+        s.template_prefix = "https://u:pw-never-printed@git.example/x-".into();
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("never-printed"), "{printed}");
+    }
+
+    #[test]
+    fn the_cache_keeps_only_the_current_clone() {
+        let tmp = tempfile::tempdir().unwrap();
+        for d in ["aaaaaaaaaaaa", "bbbbbbbbbbbb", ".tmp-cccccccccccc-x"] {
+            std::fs::create_dir_all(tmp.path().join(d).join(".git")).unwrap();
+        }
+        prune_cache(tmp.path(), "bbbbbbbbbbbb");
+        let left: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(left, vec!["bbbbbbbbbbbb".to_string()]);
     }
 }

@@ -23,7 +23,8 @@ pub use plugin::{
     PluginUpdate, PluginUpdateSpec, PluginUpdateStatus, RestartClass, UpdatePolicy,
 };
 pub use runtime::{
-    AutoRefresh, ImageSource, LocalBuildSource, Runtime, RuntimeSpec, RuntimeStatus,
+    AutoRefresh, ImageSource, LocalBuildSource, NamespacedSecretReference, Runtime, RuntimeSpec,
+    RuntimeStatus,
 };
 pub use workspace::{
     Backend, ConfigFiles, EnvFromSource, EnvVar, EnvVarSource, LocalObjectReference,

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod canvas;
 pub mod error;
 pub mod events;
+pub mod images;
 pub mod input;
 pub mod org;
 pub mod plugin_download;

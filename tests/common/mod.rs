@@ -35,6 +35,7 @@ pub struct Server {
     pub backend: Backend,
     child: Option<Child>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 /// The kubectl binary of a minor version (`1.27`, `1.33`), or the default dispatcher.
@@ -60,6 +61,11 @@ impl Server {
     }
 
     pub fn start_with(backend: Backend, extra: &[&str]) -> Server {
+        Self::start_with_env(backend, extra, &[])
+    }
+
+    /// Like `start_with`, with extra environment variables for the server process.
+    pub fn start_with_env(backend: Backend, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Server {
             dir,
@@ -67,6 +73,10 @@ impl Server {
             backend,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.spawn();
         s
@@ -104,6 +114,7 @@ impl Server {
             cmd.arg("--controllers").arg("none");
         }
         cmd.args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("DATABASE_URL")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -49,6 +49,8 @@ pub enum WorkspaceError {
     Finalizer(String),
     #[error("the record has no uid")]
     NoUid,
+    #[error(transparent)]
+    Image(#[from] crate::images::ImageError),
 }
 
 impl WorkspaceError {
@@ -58,6 +60,7 @@ impl WorkspaceError {
             WorkspaceError::Backend(e) => e.category(),
             WorkspaceError::Finalizer(_) => "FinalizerError",
             WorkspaceError::NoUid => "NoUid",
+            WorkspaceError::Image(e) => e.category(),
         }
     }
 }
@@ -90,7 +93,8 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub audit: crate::audit::Audit,
-    echo_image: tokio::sync::OnceCell<String>,
+    /// Image resolution, shared with the Runtime controller (FEATURES I01–I07).
+    pub images: Arc<crate::images::Images>,
     /// Earliest time of the next automatic restart, per uid.
     backoff: Mutex<HashMap<String, Instant>>,
     /// Retry delays after failed reconciles, per object; dropped on the next success.
@@ -101,7 +105,7 @@ impl Context {
     pub fn new(
         client: Client,
         backends: Backends,
-        docker: bollard::Docker,
+        images: Arc<crate::images::Images>,
         recorder: Recorder,
         settings: Settings,
         metrics: Arc<Metrics>,
@@ -110,28 +114,15 @@ impl Context {
         Context {
             client,
             backends,
-            docker,
+            docker: images.docker.clone(),
             recorder,
             settings,
             metrics,
             audit,
-            echo_image: tokio::sync::OnceCell::new(),
+            images,
             backoff: Mutex::default(),
             retries: Mutex::default(),
         }
-    }
-
-    /// The echo image, built from our own binary on first use (I07).
-    async fn echo_image(&self) -> Result<String, BackendError> {
-        self.echo_image
-            .get_or_try_init(|| async {
-                let t = Instant::now();
-                let tag = crate::images::ensure_echo_image(&self.docker, &self.settings.agent_binary).await?;
-                tracing::info!(image = %tag, ms = t.elapsed().as_millis() as u64, "echo image ready");
-                Ok(tag)
-            })
-            .await
-            .cloned()
     }
 }
 
@@ -142,7 +133,28 @@ fn sha256_hex(data: &[u8]) -> String {
 /// What the record asks the backend to run.
 enum Target {
     External,
-    Image(String),
+    /// A container (or instance) from the image `want` resolves to when it is provisioned;
+    /// `key` stands for that image in the desired hash (the explicit image, the echo tag, or
+    /// the runtime name — a runtime's new image reaches running workspaces through a roll, one
+    /// at a time, not through every workspace noticing at once).
+    Image {
+        want: ImageWant,
+        key: String,
+    },
+}
+
+/// Where a workspace's image comes from.
+enum ImageWant {
+    /// `spec.image`.
+    Explicit(String),
+    /// The runtime's resolution (through the Runtime record, if any).
+    Runtime {
+        name: String,
+        record: Option<Box<Runtime>>,
+    },
+    /// The control plane picks the machine image by runtime name (and `spec.image`, if set):
+    /// nothing is pulled or built here.
+    ControlPlane(Option<String>),
 }
 
 /// A permanent problem with the record: Failed until the record changes.
@@ -287,7 +299,18 @@ async fn target(
 ) -> Result<Result<(Target, Vec<String>), Permanent>, WorkspaceError> {
     let runtime = ws.spec.runtime.as_deref().unwrap_or("echo");
     let runtimes: Api<Runtime> = Api::all(ctx.client.clone());
-    let record = runtimes.get_opt(runtime).await?;
+    // Only a possible object name is looked up: anything else (`../x`, spaces, ...) is simply
+    // an unknown runtime, never part of an API path.
+    let nameable = !runtime.is_empty()
+        && runtime.len() <= 253
+        && runtime
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let record = if nameable {
+        runtimes.get_opt(runtime).await?
+    } else {
+        None
+    };
     let required = record
         .as_ref()
         .map(|r| r.spec.required_env.clone())
@@ -295,16 +318,45 @@ async fn target(
     if runtime == "external" {
         return Ok(Ok((Target::External, required)));
     }
-    if let Some(img) = ws.spec.image.as_ref().filter(|i| !i.is_empty()) {
-        return Ok(Ok((Target::Image(img.clone()), required)));
+    let explicit = ws.spec.image.clone().filter(|i| !i.is_empty());
+    let is_builtin_echo = runtime == crate::images::plan::BUILTIN_ECHO
+        && record
+            .as_ref()
+            .is_none_or(|r| r.spec.image.is_none() && r.spec.local_build.is_none());
+    if kind == Backend::ControlPlane && (is_builtin_echo || record.is_some() || explicit.is_some())
+    {
+        let key = explicit
+            .clone()
+            .unwrap_or_else(|| format!("runtime:{runtime}"));
+        return Ok(Ok((
+            Target::Image {
+                want: ImageWant::ControlPlane(explicit),
+                key,
+            },
+            required,
+        )));
     }
-    if runtime == "echo" && kind == Backend::ControlPlane {
-        // The control plane runs its own echo image; nothing to build here.
-        return Ok(Ok((Target::Image(String::new()), required)));
+    if let Some(img) = explicit {
+        return Ok(Ok((
+            Target::Image {
+                want: ImageWant::Explicit(img.clone()),
+                key: img,
+            },
+            required,
+        )));
     }
-    if runtime == "echo" {
-        return match ctx.echo_image().await {
-            Ok(tag) => Ok(Ok((Target::Image(tag), required))),
+    if is_builtin_echo {
+        return match ctx.images.echo_image().await {
+            Ok(tag) => Ok(Ok((
+                Target::Image {
+                    want: ImageWant::Runtime {
+                        name: runtime.to_string(),
+                        record: record.map(Box::new),
+                    },
+                    key: tag,
+                },
+                required,
+            ))),
             Err(e) if e.is_transient() => Err(e.into()),
             Err(e) => Ok(Err(permanent(
                 "ImageBuildFailed",
@@ -315,12 +367,17 @@ async fn target(
             ))),
         };
     }
-    if let Some(img) = record
-        .as_ref()
-        .and_then(|r| r.status.as_ref())
-        .and_then(|s| s.resolved_image.clone())
-    {
-        return Ok(Ok((Target::Image(img), required)));
+    if record.is_some() {
+        return Ok(Ok((
+            Target::Image {
+                want: ImageWant::Runtime {
+                    name: runtime.to_string(),
+                    record: record.map(Box::new),
+                },
+                key: format!("runtime:{runtime}"),
+            },
+            required,
+        )));
     }
     let mut known: Vec<String> = BUILTIN_RUNTIMES.iter().map(|s| s.to_string()).collect();
     for r in runtimes.list(&ListParams::default()).await?.items {
@@ -328,14 +385,11 @@ async fn target(
     }
     known.sort();
     known.dedup();
-    let why = if record.is_some() {
-        format!("runtime {runtime:?} has no resolved image yet")
-    } else {
-        format!(
-            "unknown runtime {runtime:?}; known runtimes: {}",
-            known.join(", ")
-        )
-    };
+    let shown: String = runtime.chars().take(80).collect();
+    let why = format!(
+        "unknown runtime {shown:?}; known runtimes: {}",
+        known.join(", ")
+    );
     Ok(Err(permanent("UnknownRuntime", why)))
 }
 
@@ -546,7 +600,7 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
 
     // Pause: stop the container and keep the volume; terminate the instance.
     if ws.spec.paused {
-        if matches!(target, Target::Image(_)) {
+        if matches!(target, Target::Image { .. }) {
             backend.stop(&w).await?;
         }
         let message = match kind {
@@ -637,7 +691,7 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
             } else {
                 "MissingEnv"
             };
-            if matches!(target, Target::Image(_)) {
+            if matches!(target, Target::Image { .. }) {
                 backend.stop(&w).await?;
                 if kind == Backend::ControlPlane {
                     next.instance_id = None;
@@ -660,9 +714,9 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
     };
     next.missing_env = vec![];
 
-    let image = match target {
+    let (want, image_key) = match target {
         Target::External => return external(&ctx, &ws, &w, next, generation, &now, now_s).await,
-        Target::Image(i) => i,
+        Target::Image { want, key } => (want, key),
     };
     let agent = files::AgentConfig {
         platform_url,
@@ -675,7 +729,7 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
     });
     let desired_hash = {
         let mut h = Sha256::new();
-        h.update(image.as_bytes());
+        h.update(image_key.as_bytes());
         h.update(tier.number().to_le_bytes());
         for (k, v) in &env {
             h.update(k.as_bytes());
@@ -858,7 +912,7 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
                 next,
                 reason,
                 &presence,
-                image,
+                want,
                 tier,
                 env,
                 config_files,
@@ -881,7 +935,7 @@ async fn provision(
     mut next: WorkspaceStatus,
     reason: ProvisionReason,
     presence: &Presence,
-    image: String,
+    want: ImageWant,
     tier: Tier,
     env: BTreeMap<String, String>,
     mut config_files: Vec<ConfigFile>,
@@ -889,6 +943,63 @@ async fn provision(
     generation: i64,
     now: &str,
 ) -> Result<Action, WorkspaceError> {
+    // The image: a fresh resolution per start — moving tags re-pulled, pinned ones only when
+    // missing (I04), a template cache hit or clone + build (I02) — and its running digest (I03).
+    // Control-plane instances take their machine image from the control plane.
+    let prepared = match &want {
+        ImageWant::ControlPlane(_) => Ok(None),
+        ImageWant::Explicit(image) => ctx.images.ensure_explicit(image).await.map(Some),
+        ImageWant::Runtime { name, record } => ctx
+            .images
+            .ensure(name, record.as_deref(), crate::images::Purpose::Start)
+            .await
+            .map(Some),
+    };
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let message = ctx.images.mask(&e.to_string());
+            tracing::warn!(workspace = %w.name, category = e.category(), error = %message, "image not ready");
+            if e.is_transient() {
+                event(
+                    ctx,
+                    ws,
+                    EventType::Warning,
+                    e.category(),
+                    format!("{message}; retrying"),
+                )
+                .await;
+                return Err(e.into());
+            }
+            return fail(
+                ctx,
+                ws,
+                next,
+                permanent(e.category(), message),
+                generation,
+                now,
+            )
+            .await;
+        }
+    };
+    let (image, platform) = match &prepared {
+        Some(p) => {
+            if let Some(note) = &p.note {
+                event(ctx, ws, EventType::Warning, "ImageNote", note.clone()).await;
+            }
+            next.image_digest = p.digest.clone();
+            let platform = match p.source {
+                crate::resources::ImageSource::Builtin => None,
+                _ => ctx.images.settings.platform.clone(),
+            };
+            (p.image.clone(), platform)
+        }
+        // The control plane's own machine image for the runtime, or the explicit `spec.image`.
+        None => match &want {
+            ImageWant::ControlPlane(image) => (image.clone().unwrap_or_default(), None),
+            _ => (String::new(), None),
+        },
+    };
     // A new token per provision; only its hash is kept, and it is written to status before the
     // container exists, so a crash at any point is healed by the next pass (W04).
     let token = crate::util::random_token();
@@ -948,6 +1059,7 @@ async fn provision(
             )
         }),
         extra_hosts: vec!["host.docker.internal:host-gateway".into()],
+        platform,
     };
     let t = Instant::now();
     let started = match backend.ensure_started(&spec).await {

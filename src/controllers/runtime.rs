@@ -1,0 +1,664 @@
+//! The Runtime controller (FEATURES I01–I07): resolves each cluster-scoped Runtime to an image
+//! and says why in its status (`resolvedImage`, `digest`, `source`, `builtFromSha`, conditions
+//! `Ready`, `ImageAvailable`, `RolledOut`). With `spec.autoRefresh` it polls the source on an
+//! interval — the registry's manifest digest or the template's HEAD — and rolls the runtime's
+//! workspaces onto a changed image one at a time (I06). `serve` seeds the known runtimes.
+//!
+//! `reconcile` is a thin driver: probe through [`Images`] (one lookup), tick the auto-refresh
+//! bookkeeping, compute the next status with the pure [`next_status`], write it if it changed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KEvent, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::images::refresh::{self, Seen, Tick};
+use crate::images::{ImageError, Images, Resolved};
+use crate::resources::{
+    AutoRefresh, Condition, ConditionStatus, Runtime, RuntimeSpec, RuntimeStatus,
+};
+use crate::telemetry::Metrics;
+
+/// The runtimes `serve` creates unless they exist: the template runtimes and the built-in echo.
+pub const KNOWN_RUNTIMES: &[&str] = &[
+    "claude-code",
+    "langgraph",
+    "crewai",
+    "autogen",
+    "deepagents",
+    "hermes",
+    "gemini-cli",
+    "openclaw",
+    "codex",
+    "echo",
+];
+/// Label on seeded records.
+pub const LABEL_SEEDED: &str = "molecule.ai/seeded";
+/// Default poll interval of auto-refresh (I06: 5 min).
+pub const DEFAULT_REFRESH_SECONDS: i64 = 300;
+/// Resync of runtimes without auto-refresh, so `kubectl get runtimes` stays honest.
+const RESYNC: Duration = Duration::from_secs(1800);
+/// Re-check of permanently failing runtimes (a repository may get mirrored without any change
+/// of the record).
+const RECHECK_FAILED: Duration = Duration::from_secs(300);
+
+/// Errors of the Runtime controller that abort a reconcile (image problems do not: they are
+/// reported in status).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl RuntimeError {
+    pub fn category(&self) -> &'static str {
+        match self {
+            RuntimeError::Kube(_) => "ApiError",
+        }
+    }
+}
+
+/// Shared state of the controller.
+pub struct Context {
+    pub client: Client,
+    pub images: Arc<Images>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Auto-refresh: the last observed fingerprint per runtime (first observation seeds).
+    pub seen: Seen,
+    retries: Mutex<HashMap<String, backon::ExponentialBackoff>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        images: Arc<Images>,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+    ) -> Context {
+        Context {
+            client,
+            images,
+            recorder,
+            metrics,
+            seen: Seen::default(),
+            retries: Mutex::default(),
+        }
+    }
+
+    /// The next retry delay of a runtime whose source is unreachable (500 ms … 5 min).
+    fn backoff(&self, name: &str) -> Duration {
+        use backon::BackoffBuilder;
+        self.retries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                backon::ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(500))
+                    .with_max_delay(Duration::from_secs(300))
+                    .with_jitter()
+                    .without_max_times()
+                    .build()
+            })
+            .next()
+            .unwrap_or(Duration::from_secs(300))
+    }
+
+    fn reset_backoff(&self, name: &str) {
+        self.retries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+}
+
+/// Creates the known runtimes that do not exist yet (existing records are left alone).
+pub async fn seed(client: &Client, auto_refresh: bool) -> Result<usize, kube::Error> {
+    let api: Api<Runtime> = Api::all(client.clone());
+    let mut created = 0;
+    for name in KNOWN_RUNTIMES {
+        if api.get_opt(name).await?.is_some() {
+            continue;
+        }
+        let mut rt = Runtime::new(name, seeded_spec(name, auto_refresh));
+        rt.metadata.labels = Some([(LABEL_SEEDED.to_string(), "true".to_string())].into());
+        match api.create(&PostParams::default(), &rt).await {
+            Ok(_) => created += 1,
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if created > 0 {
+        tracing::info!(created, "seeded the known runtimes");
+    }
+    Ok(created)
+}
+
+/// The spec a known runtime is seeded with.
+pub fn seeded_spec(name: &str, auto_refresh: bool) -> RuntimeSpec {
+    RuntimeSpec {
+        // hermes installs a large toolchain on first start (W10: 30 min).
+        provision_timeout_seconds: (name == "hermes").then_some(1800),
+        auto_refresh: (auto_refresh && name != "echo").then_some(AutoRefresh {
+            enabled: true,
+            interval_seconds: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// What the auto-refresh (or a resumed roll) did in this reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RollOutcome {
+    /// A roll is starting (written before it runs, so a crash resumes it).
+    Rolling {
+        target: String,
+    },
+    Rolled {
+        image: String,
+        workspaces: usize,
+    },
+    Failed {
+        reason: String,
+        message: String,
+    },
+}
+
+/// The probe result as status sees it: the resolution, or (category, masked message).
+pub type Probe = Result<Resolved, (String, String)>;
+
+const REASON_ROLLING: &str = "Rolling";
+
+/// The next status from the previous one and what was observed (pure).
+pub fn next_status(
+    before: &RuntimeStatus,
+    generation: i64,
+    probe: &Probe,
+    roll: Option<&RollOutcome>,
+    now: &str,
+) -> RuntimeStatus {
+    let mut next = before.clone();
+    next.observed_generation = Some(generation);
+    let mut set = |type_: &str, status: ConditionStatus, reason: &str, message: String| {
+        let mut c = Condition::new(type_, status, reason, message);
+        c.observed_generation = Some(generation);
+        Condition::upsert(&mut next.conditions, c, now);
+    };
+    match probe {
+        Ok(r) => {
+            let what = match (r.source, &r.built_from_sha, &r.digest) {
+                (crate::resources::ImageSource::LocalBuild, Some(sha), _) => {
+                    format!("built locally from template commit {sha}")
+                }
+                (crate::resources::ImageSource::Registry, _, Some(d)) => {
+                    format!("registry image, currently {d}")
+                }
+                (crate::resources::ImageSource::Builtin, _, _) => {
+                    "built in: the operator's own binary".to_string()
+                }
+                _ => "resolved".to_string(),
+            };
+            let message = match &r.note {
+                Some(n) => format!("{}: {what}; {n}", r.image),
+                None => format!("{}: {what}", r.image),
+            };
+            set("Ready", ConditionStatus::True, "Resolved", message);
+            if r.available {
+                set(
+                    "ImageAvailable",
+                    ConditionStatus::True,
+                    "Present",
+                    "the image is on the engine".into(),
+                );
+            } else {
+                set(
+                    "ImageAvailable",
+                    ConditionStatus::False,
+                    "NotYetFetched",
+                    "the image is pulled or built when the first workspace starts".into(),
+                );
+            }
+            let changed = before.resolved_image.as_deref() != Some(r.image.as_str())
+                || before.digest != r.digest;
+            next.resolved_image = Some(r.image.clone());
+            next.digest = r.digest.clone();
+            next.source = Some(r.source);
+            next.built_from_sha = r.built_from_sha.clone();
+            if changed || before.resolved_at.is_none() {
+                next.resolved_at = Some(now.to_string());
+            }
+        }
+        Err((reason, message)) => {
+            // The last good resolution stays: workspaces already running are not affected.
+            set("Ready", ConditionStatus::False, reason, message.clone());
+        }
+    }
+    match roll {
+        Some(RollOutcome::Rolling { target }) => set(
+            "RolledOut",
+            ConditionStatus::Unknown,
+            REASON_ROLLING,
+            format!("rolling this runtime's workspaces onto {target}, one at a time"),
+        ),
+        Some(RollOutcome::Rolled { image, workspaces }) => set(
+            "RolledOut",
+            ConditionStatus::True,
+            "RolledOut",
+            format!("{workspaces} workspace(s) restarted onto {image}"),
+        ),
+        Some(RollOutcome::Failed { reason, message }) => {
+            set("RolledOut", ConditionStatus::False, reason, message.clone())
+        }
+        None => {}
+    }
+    next
+}
+
+/// Whether a previous process left a roll unfinished (the condition says Rolling).
+pub fn interrupted_roll(status: &RuntimeStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "RolledOut" && c.reason.as_deref() == Some(REASON_ROLLING))
+}
+
+fn ready_of(s: &RuntimeStatus) -> Option<(ConditionStatus, Option<String>)> {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status, c.reason.clone()))
+}
+
+async fn write_status(
+    ctx: &Context,
+    name: &str,
+    before: &RuntimeStatus,
+    next: &RuntimeStatus,
+) -> Result<(), RuntimeError> {
+    if before == next {
+        return Ok(());
+    }
+    let api: Api<Runtime> = Api::all(ctx.client.clone());
+    let value = serde_json::to_value(next).unwrap_or_else(|_| json!({}));
+    // Merge patch with every field present (nulls remove what the next status dropped).
+    let mut patch = serde_json::Map::new();
+    for f in [
+        "observedGeneration",
+        "conditions",
+        "resolvedImage",
+        "digest",
+        "source",
+        "builtFromSha",
+        "resolvedAt",
+    ] {
+        patch.insert(
+            f.into(),
+            value.get(f).cloned().unwrap_or(serde_json::Value::Null),
+        );
+    }
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": patch })),
+    )
+    .await?;
+    Ok(())
+}
+
+fn event(ctx: &Context, rt: &Runtime, type_: EventType, reason: &str, note: String) {
+    let ev = KEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Resolve".into(),
+        secondary: None,
+    };
+    let recorder = ctx.recorder.clone();
+    let object = rt.object_ref(&());
+    tokio::spawn(async move {
+        if let Err(e) = recorder.publish(&ev, &object).await {
+            tracing::warn!(error = %e, "could not publish an Event");
+        }
+    });
+}
+
+/// Entry point for kube-runtime.
+pub async fn reconcile(cached: Arc<Runtime>, ctx: Arc<Context>) -> Result<Action, RuntimeError> {
+    let started = Instant::now();
+    let name = cached.name_any();
+    let result = reconcile_inner(&name, &ctx).await;
+    ctx.metrics.inc(
+        "molecule_reconcile_total",
+        &[
+            ("controller", "runtime"),
+            ("result", if result.is_ok() { "ok" } else { "error" }),
+        ],
+    );
+    ctx.metrics.observe(
+        "molecule_reconcile_seconds",
+        &[("controller", "runtime")],
+        started.elapsed().as_secs_f64(),
+    );
+    result
+}
+
+async fn reconcile_inner(name: &str, ctx: &Arc<Context>) -> Result<Action, RuntimeError> {
+    let api: Api<Runtime> = Api::all(ctx.client.clone());
+    let Some(rt) = api.get_opt(name).await? else {
+        ctx.seen.forget(name);
+        ctx.reset_backoff(name);
+        return Ok(Action::await_change());
+    };
+    let generation = rt.metadata.generation.unwrap_or(1);
+    let before = rt.status.clone().unwrap_or_default();
+    let auto = rt
+        .spec
+        .auto_refresh
+        .as_ref()
+        .filter(|a| a.enabled)
+        .map(|a| {
+            Duration::from_secs(a.interval_seconds.unwrap_or(DEFAULT_REFRESH_SECONDS).max(1) as u64)
+        });
+    if auto.is_none() {
+        ctx.seen.forget(name);
+    }
+
+    let probed = ctx.images.probe(name, &rt.spec).await;
+    let probe: Probe = probed
+        .as_ref()
+        .map(Clone::clone)
+        .map_err(|e| (e.category().to_string(), ctx.images.mask(&e.to_string())));
+    let now = crate::util::now_rfc3339();
+
+    // Auto-refresh (or a roll a crashed process left unfinished).
+    let mut roll = None;
+    if let Ok(p) = &probed {
+        let resume = interrupted_roll(&before);
+        let run_refresh = || async {
+            let rolling = next_status(
+                &before,
+                generation,
+                &probe,
+                Some(&RollOutcome::Rolling {
+                    target: p.fingerprint.clone(),
+                }),
+                &now,
+            );
+            write_status(ctx, name, &before, &rolling).await?;
+            refresh::refresh_one(&ctx.images, &rt, true)
+                .await
+                .map_err(RollError::Image)
+        };
+        let outcome = if auto.is_some() {
+            match refresh::tick(&ctx.seen, name, &p.fingerprint, run_refresh).await {
+                Tick::Seeded | Tick::Unchanged if resume => Some(run_refresh().await),
+                Tick::Seeded => {
+                    tracing::info!(runtime = name, fingerprint = %p.fingerprint, "auto-refresh: first observation (seed only)");
+                    None
+                }
+                Tick::Unchanged => None,
+                Tick::Refreshed(r) => Some(Ok(r)),
+                Tick::Failed(e) => Some(Err(e)),
+            }
+        } else if resume {
+            Some(run_refresh().await)
+        } else {
+            None
+        };
+        roll = match outcome {
+            None => None,
+            Some(Ok((resolved, recreated))) => {
+                ctx.metrics.inc(
+                    "molecule_image_refresh_total",
+                    &[("runtime", name), ("result", "rolled")],
+                );
+                let n = recreated.len();
+                tracing::info!(runtime = name, image = %resolved.image, workspaces = n, "refreshed and rolled");
+                event(
+                    ctx,
+                    &rt,
+                    EventType::Normal,
+                    "Refreshed",
+                    format!(
+                        "{} is current; {n} workspace(s) rolled onto it",
+                        resolved.image
+                    ),
+                );
+                Some(RollOutcome::Rolled {
+                    image: resolved.image,
+                    workspaces: n,
+                })
+            }
+            Some(Err(RollError::Kube(e))) => return Err(e.into()),
+            Some(Err(RollError::Image(e))) => {
+                ctx.metrics.inc(
+                    "molecule_image_refresh_total",
+                    &[("runtime", name), ("result", "failed")],
+                );
+                let message = ctx.images.mask(&e.to_string());
+                tracing::warn!(runtime = name, category = e.category(), error = %message, "refresh failed; the next tick retries");
+                event(
+                    ctx,
+                    &rt,
+                    EventType::Warning,
+                    "RefreshFailed",
+                    message.clone(),
+                );
+                Some(RollOutcome::Failed {
+                    reason: e.category().to_string(),
+                    message,
+                })
+            }
+        };
+    }
+
+    // The status the roll may have written is the base now.
+    let base = match &roll {
+        Some(_) => api
+            .get_opt(name)
+            .await?
+            .and_then(|r| r.status)
+            .unwrap_or_else(|| before.clone()),
+        None => before.clone(),
+    };
+    let next = next_status(&base, generation, &probe, roll.as_ref(), &now);
+    write_status(ctx, name, &base, &next).await?;
+
+    let (was, is) = (ready_of(&before), ready_of(&next));
+    if was != is {
+        match &probe {
+            Ok(r) => {
+                tracing::info!(runtime = name, image = %r.image, source = r.source.as_str(), "runtime resolved");
+                event(
+                    ctx,
+                    &rt,
+                    EventType::Normal,
+                    "Resolved",
+                    format!("{} ({})", r.image, r.source.as_str()),
+                );
+            }
+            Err((reason, message)) => {
+                tracing::warn!(runtime = name, reason = %reason, error = %message, "runtime does not resolve");
+                event(ctx, &rt, EventType::Warning, reason, message.clone());
+            }
+        }
+    }
+
+    Ok(match (&probed, auto) {
+        (Ok(_), Some(every)) => {
+            ctx.reset_backoff(name);
+            Action::requeue(every)
+        }
+        (Ok(_), None) => {
+            ctx.reset_backoff(name);
+            Action::requeue(RESYNC)
+        }
+        (Err(e), auto) if e.is_transient() => {
+            let delay = ctx.backoff(name);
+            Action::requeue(auto.map_or(delay, |every| delay.min(every)))
+        }
+        (Err(_), auto) => Action::requeue(auto.map_or(RECHECK_FAILED, |e| e.min(RECHECK_FAILED))),
+    })
+}
+
+/// What the refresh closure fails with.
+enum RollError {
+    Image(ImageError),
+    Kube(kube::Error),
+}
+
+impl From<RuntimeError> for RollError {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::Kube(k) => RollError::Kube(k),
+        }
+    }
+}
+
+/// Requeue policy for API errors (image problems never get here).
+pub fn error_policy(rt: Arc<Runtime>, err: &RuntimeError, ctx: Arc<Context>) -> Action {
+    ctx.metrics.inc(
+        "molecule_reconcile_errors_total",
+        &[("controller", "runtime"), ("category", err.category())],
+    );
+    let delay = ctx.backoff(&rt.name_any());
+    tracing::warn!(runtime = %rt.name_any(), error = %err, retry_in_ms = delay.as_millis() as u64, "runtime reconcile failed; will retry");
+    Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::ImageSource;
+
+    fn resolved(image: &str, digest: &str, available: bool) -> Resolved {
+        Resolved {
+            image: image.into(),
+            digest: Some(digest.into()),
+            source: ImageSource::Registry,
+            built_from_sha: None,
+            available,
+            fingerprint: digest.into(),
+            note: None,
+        }
+    }
+
+    fn cond<'a>(s: &'a RuntimeStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).expect(t)
+    }
+
+    #[test]
+    fn status_reports_the_resolution_and_is_stable() {
+        let p: Probe = Ok(resolved("reg/x:latest", "sha256:a", false));
+        let s1 = next_status(&RuntimeStatus::default(), 3, &p, None, "t1");
+        assert_eq!(s1.resolved_image.as_deref(), Some("reg/x:latest"));
+        assert_eq!(s1.digest.as_deref(), Some("sha256:a"));
+        assert_eq!(s1.source, Some(ImageSource::Registry));
+        assert_eq!(s1.resolved_at.as_deref(), Some("t1"));
+        assert_eq!(cond(&s1, "Ready").status, ConditionStatus::True);
+        assert_eq!(cond(&s1, "Ready").observed_generation, Some(3));
+        assert_eq!(cond(&s1, "ImageAvailable").status, ConditionStatus::False);
+        // Same observation later: nothing changes (no write, no storm).
+        assert_eq!(next_status(&s1, 3, &p, None, "t2"), s1);
+        // A new digest: resolvedAt moves, transition times stay.
+        let s2 = next_status(
+            &s1,
+            3,
+            &Ok(resolved("reg/x:latest", "sha256:b", true)),
+            None,
+            "t3",
+        );
+        assert_eq!(s2.resolved_at.as_deref(), Some("t3"));
+        assert_eq!(
+            cond(&s2, "Ready").last_transition_time.as_deref(),
+            Some("t1")
+        );
+        assert_eq!(cond(&s2, "ImageAvailable").status, ConditionStatus::True);
+    }
+
+    #[test]
+    fn a_failure_keeps_the_last_good_resolution() {
+        let good = next_status(
+            &RuntimeStatus::default(),
+            1,
+            &Ok(resolved("reg/x:latest", "sha256:a", true)),
+            None,
+            "t1",
+        );
+        let bad = next_status(
+            &good,
+            1,
+            &Err((
+                "RegistryUnreachable".into(),
+                "registry 127.0.0.1:1 did not answer within 2s".into(),
+            )),
+            None,
+            "t2",
+        );
+        assert_eq!(bad.resolved_image.as_deref(), Some("reg/x:latest"));
+        let ready = cond(&bad, "Ready");
+        assert_eq!(ready.status, ConditionStatus::False);
+        assert_eq!(ready.reason.as_deref(), Some("RegistryUnreachable"));
+        assert_eq!(ready.last_transition_time.as_deref(), Some("t2"));
+    }
+
+    #[test]
+    fn rolls_are_recorded_and_an_interrupted_one_is_recognised() {
+        let p: Probe = Ok(resolved("reg/x:latest", "sha256:b", true));
+        let rolling = next_status(
+            &RuntimeStatus::default(),
+            1,
+            &p,
+            Some(&RollOutcome::Rolling {
+                target: "sha256:b".into(),
+            }),
+            "t1",
+        );
+        assert!(interrupted_roll(&rolling));
+        let done = next_status(
+            &rolling,
+            1,
+            &p,
+            Some(&RollOutcome::Rolled {
+                image: "reg/x:latest".into(),
+                workspaces: 2,
+            }),
+            "t2",
+        );
+        assert!(!interrupted_roll(&done));
+        assert_eq!(cond(&done, "RolledOut").status, ConditionStatus::True);
+        let failed = next_status(
+            &done,
+            1,
+            &p,
+            Some(&RollOutcome::Failed {
+                reason: "PullFailed".into(),
+                message: "pulling reg/x:latest failed".into(),
+            }),
+            "t3",
+        );
+        assert_eq!(
+            cond(&failed, "RolledOut").reason.as_deref(),
+            Some("PullFailed")
+        );
+        assert!(!interrupted_roll(&failed));
+    }
+
+    #[test]
+    fn seeds_cover_the_known_runtimes() {
+        assert!(KNOWN_RUNTIMES.contains(&"echo") && KNOWN_RUNTIMES.len() == 10);
+        assert_eq!(
+            seeded_spec("hermes", false).provision_timeout_seconds,
+            Some(1800)
+        );
+        assert!(seeded_spec("codex", true).auto_refresh.is_some());
+        assert!(seeded_spec("echo", true).auto_refresh.is_none());
+        assert_eq!(seeded_spec("codex", false), RuntimeSpec::default());
+    }
+}

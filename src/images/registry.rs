@@ -1,0 +1,644 @@
+//! A small Docker Registry HTTP API v2 client (FEATURES I06): the manifest digest of a reference
+//! via `HEAD /v2/<name>/manifests/<ref>` and its `Docker-Content-Digest` header, answering a
+//! `401` challenge through the token endpoint (`WWW-Authenticate: Bearer realm=…,service=…,
+//! scope=…`) or with Basic credentials. Every call is bounded by one timeout; bodies are capped.
+//! Loopback registries are spoken to over plain HTTP (as Docker does), all others over HTTPS.
+
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::reference::{self, ImageRef};
+
+/// Largest accepted token-endpoint body.
+pub const BODY_CAP: usize = 64 * 1024;
+
+/// Manifest media types asked for: lists and indexes first, so the digest is the one a
+/// multi-platform pull records.
+const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json";
+
+/// Registry credentials. `Debug` never prints the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+impl Credentials {
+    fn basic(&self) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", self.username, self.password))
+        )
+    }
+}
+
+/// Errors of registry calls (never carrying credentials).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry {host} did not answer within {secs}s")]
+    Timeout { host: String, secs: u64 },
+    #[error("registry {host} is unreachable: {detail}")]
+    Unreachable { host: String, detail: String },
+    #[error("registry {host} refused the credentials ({detail})")]
+    AuthFailed { host: String, detail: String },
+    #[error("registry {host} has no manifest for {reference}")]
+    ManifestUnknown { host: String, reference: String },
+    #[error("registry {host} answered HTTP {code}")]
+    Status { host: String, code: u16 },
+    #[error("registry {host} answered without a valid Docker-Content-Digest header")]
+    NoDigest { host: String },
+    #[error("registry {host} sent a body larger than {cap} bytes")]
+    TooLarge { host: String, cap: usize },
+    #[error("registry {host}: {detail}")]
+    Protocol { host: String, detail: String },
+}
+
+impl RegistryError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Timeout { .. } | RegistryError::Unreachable { .. } => true,
+            RegistryError::Status { code, .. } => *code >= 500 || *code == 429,
+            _ => false,
+        }
+    }
+}
+
+/// The client; cheap to clone.
+#[derive(Clone)]
+pub struct RegistryClient {
+    http: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl RegistryClient {
+    /// A client whose every operation finishes (or fails) within `timeout`.
+    pub fn new(timeout: Duration) -> RegistryClient {
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = match builder.with_provider_and_native_roots(provider.clone()) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "no system CA certificates; HTTPS registries will fail verification");
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map(|b| {
+                        b.with_root_certificates(rustls::RootCertStore::empty())
+                            .with_no_client_auth()
+                    });
+                match config {
+                    Ok(c) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(c),
+                    Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+                        rustls::ClientConfig::builder()
+                            .with_root_certificates(rustls::RootCertStore::empty())
+                            .with_no_client_auth(),
+                    ),
+                }
+            }
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(timeout));
+        let connector = builder.https_or_http().enable_http1().wrap_connector(http);
+        RegistryClient {
+            http: Client::builder(TokioExecutor::new()).build(connector),
+            timeout,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The digest `image` (tag or digest) currently resolves to, from a manifest HEAD.
+    pub async fn manifest_digest(
+        &self,
+        image: &ImageRef,
+        creds: Option<&Credentials>,
+    ) -> Result<String, RegistryError> {
+        let host = image.registry_host();
+        match tokio::time::timeout(self.timeout, self.digest_inner(image, creds)).await {
+            Ok(r) => r,
+            Err(_) => Err(RegistryError::Timeout {
+                host,
+                secs: self.timeout.as_secs().max(1),
+            }),
+        }
+    }
+
+    async fn digest_inner(
+        &self,
+        image: &ImageRef,
+        creds: Option<&Credentials>,
+    ) -> Result<String, RegistryError> {
+        let host = image.registry_host();
+        let path = image.api_path();
+        let url = format!(
+            "{}://{host}/v2/{path}/manifests/{}",
+            scheme(&host),
+            image.manifest_ref()
+        );
+        let (status, headers, _) = self.call(Method::HEAD, &url, None, &host).await?;
+        let (status, headers) = if status == StatusCode::UNAUTHORIZED {
+            let challenge = headers
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let auth = self.authorize(challenge, creds, &path, &host).await?;
+            let (s, h, _) = self.call(Method::HEAD, &url, Some(&auth), &host).await?;
+            if s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN {
+                return Err(RegistryError::AuthFailed {
+                    host,
+                    detail: format!("HTTP {} after authenticating", s.as_u16()),
+                });
+            }
+            (s, h)
+        } else {
+            (status, headers)
+        };
+        match status {
+            StatusCode::OK => {
+                let digest = headers
+                    .get("docker-content-digest")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::trim)
+                    .unwrap_or("");
+                reference::validate_digest(digest)
+                    .map(|()| digest.to_string())
+                    .map_err(|_| RegistryError::NoDigest { host })
+            }
+            StatusCode::NOT_FOUND => Err(RegistryError::ManifestUnknown {
+                host,
+                reference: image.canonical(),
+            }),
+            StatusCode::FORBIDDEN => Err(RegistryError::AuthFailed {
+                host,
+                detail: "HTTP 403".into(),
+            }),
+            s => Err(RegistryError::Status {
+                host,
+                code: s.as_u16(),
+            }),
+        }
+    }
+
+    /// The `Authorization` header answering a challenge.
+    async fn authorize(
+        &self,
+        challenge: &str,
+        creds: Option<&Credentials>,
+        path: &str,
+        host: &str,
+    ) -> Result<String, RegistryError> {
+        let (scheme_name, params) =
+            parse_challenge(challenge).ok_or_else(|| RegistryError::Protocol {
+                host: host.to_string(),
+                detail: "HTTP 401 without a usable WWW-Authenticate challenge".into(),
+            })?;
+        if scheme_name.eq_ignore_ascii_case("basic") {
+            return creds
+                .map(Credentials::basic)
+                .ok_or_else(|| RegistryError::AuthFailed {
+                    host: host.to_string(),
+                    detail: "the registry wants credentials and no pull secret is set".into(),
+                });
+        }
+        if !scheme_name.eq_ignore_ascii_case("bearer") {
+            return Err(RegistryError::Protocol {
+                host: host.to_string(),
+                detail: format!("unsupported auth scheme {scheme_name:?}"),
+            });
+        }
+        let realm = params
+            .iter()
+            .find(|(k, _)| k == "realm")
+            .map(|(_, v)| v.clone())
+            .filter(|r| r.starts_with("https://") || r.starts_with("http://"))
+            .ok_or_else(|| RegistryError::Protocol {
+                host: host.to_string(),
+                detail: "the Bearer challenge has no http(s) realm".into(),
+            })?;
+        let scope = params
+            .iter()
+            .find(|(k, _)| k == "scope")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| format!("repository:{path}:pull"));
+        let query = {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            if let Some((_, service)) = params.iter().find(|(k, _)| k == "service") {
+                q.append_pair("service", service);
+            }
+            q.append_pair("scope", &scope);
+            q.finish()
+        };
+        let sep = if realm.contains('?') { '&' } else { '?' };
+        let url = format!("{realm}{sep}{query}");
+        let basic = creds.map(Credentials::basic);
+        let (status, _, body) = self.call(Method::GET, &url, basic.as_deref(), host).await?;
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(RegistryError::AuthFailed {
+                host: host.to_string(),
+                detail: format!("token endpoint answered HTTP {}", status.as_u16()),
+            });
+        }
+        if status != StatusCode::OK {
+            return Err(RegistryError::Status {
+                host: host.to_string(),
+                code: status.as_u16(),
+            });
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenBody {
+            #[serde(default)]
+            token: Option<String>,
+            #[serde(default)]
+            access_token: Option<String>,
+        }
+        let parsed: TokenBody =
+            serde_json::from_slice(&body).map_err(|_| RegistryError::Protocol {
+                host: host.to_string(),
+                detail: "the token endpoint did not answer JSON".into(),
+            })?;
+        let token = parsed
+            .token
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty() && t.len() < BODY_CAP)
+            .ok_or_else(|| RegistryError::Protocol {
+                host: host.to_string(),
+                detail: "the token endpoint answered without a token".into(),
+            })?;
+        Ok(format!("Bearer {token}"))
+    }
+
+    /// One request; the body is read up to [`BODY_CAP`].
+    async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        authorization: Option<&str>,
+        host: &str,
+    ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), RegistryError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(url)
+            .header("accept", ACCEPT)
+            .header(
+                "user-agent",
+                concat!("molecule/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| RegistryError::Protocol {
+                host: host.to_string(),
+                detail: "could not build the request URL".into(),
+            })?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| RegistryError::Unreachable {
+                host: host.to_string(),
+                detail: connect_detail(&e),
+            })?;
+        let (parts, body) = resp.into_parts();
+        let body = Limited::new(body, BODY_CAP)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    RegistryError::TooLarge {
+                        host: host.to_string(),
+                        cap: BODY_CAP,
+                    }
+                } else {
+                    RegistryError::Unreachable {
+                        host: host.to_string(),
+                        detail: "the connection broke while reading the answer".into(),
+                    }
+                }
+            })?
+            .to_bytes();
+        Ok((parts.status, parts.headers, body))
+    }
+}
+
+/// `http` for loopback registries (Docker treats them as insecure-allowed), else `https`.
+pub fn scheme(host: &str) -> &'static str {
+    let bare = host
+        .rsplit_once(':')
+        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h);
+    if bare == "localhost" || bare.starts_with("127.") || bare == "[::1]" {
+        "http"
+    } else {
+        "https"
+    }
+}
+
+fn connect_detail(e: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error;
+    let mut detail = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        detail = s.to_string();
+        src = s.source();
+    }
+    detail.chars().take(200).collect()
+}
+
+/// Parses `Scheme k="v",k2="v2"` (quoted values may hold commas).
+pub fn parse_challenge(header: &str) -> Option<(String, Vec<(String, String)>)> {
+    let header = header.trim();
+    let (scheme, rest) = match header.split_once(char::is_whitespace) {
+        Some((s, r)) => (s, r.trim()),
+        None if !header.is_empty() => (header, ""),
+        None => return None,
+    };
+    let mut params = Vec::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars
+            .by_ref()
+            .take_while(|c| *c != '=')
+            .collect::<String>()
+            .trim()
+            .to_ascii_lowercase();
+        if key.is_empty() {
+            break;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(n) = chars.next() {
+                            value.push(n);
+                        }
+                    }
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.peek() {
+                if *c == ',' {
+                    break;
+                }
+                value.push(*c);
+                chars.next();
+            }
+            value = value.trim().to_string();
+        }
+        params.push((key, value));
+    }
+    Some((scheme.to_string(), params))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_parse() {
+        let (s, p) = parse_challenge(
+            r#"Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:m/x:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(s, "Bearer");
+        assert_eq!(
+            p,
+            vec![
+                ("realm".to_string(), "https://ghcr.io/token".to_string()),
+                ("service".to_string(), "ghcr.io".to_string()),
+                ("scope".to_string(), "repository:m/x:pull,push".to_string()),
+            ]
+        );
+        let (s, p) = parse_challenge(r#"Basic realm="Registry Realm""#).unwrap();
+        assert_eq!(s, "Basic");
+        assert_eq!(p[0].1, "Registry Realm");
+        assert!(parse_challenge("").is_none());
+    }
+
+    #[test]
+    fn loopback_registries_use_plain_http() {
+        assert_eq!(scheme("127.0.0.1:5000"), "http");
+        assert_eq!(scheme("localhost:5000"), "http");
+        assert_eq!(scheme("localhost"), "http");
+        assert_eq!(scheme("ghcr.io"), "https");
+        assert_eq!(scheme("registry.example:5000"), "https");
+    }
+
+    #[test]
+    fn credentials_never_print_their_password() {
+        let c = Credentials {
+            username: "u".into(),
+            password: "hunter2-secret".into(),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(
+            !RegistryError::AuthFailed {
+                host: "h".into(),
+                detail: "HTTP 401".into()
+            }
+            .to_string()
+            .contains("hunter2")
+        );
+    }
+
+    type Answer = Box<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
+
+    /// A loopback HTTP server answering each request head with `answer(head, addr)`; `None`
+    /// hangs. Returns the address and the request heads seen.
+    async fn scripted(answer: Answer) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answer = std::sync::Arc::new(answer);
+        let (a2, s2) = (addr.clone(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = l.accept().await else {
+                    return;
+                };
+                let (answer, seen, addr) = (answer.clone(), s2.clone(), a2.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_string();
+                    seen.lock().unwrap().push(head.clone());
+                    match answer(&head, &addr) {
+                        Some(a) => {
+                            let _ = sock.write_all(a.as_bytes()).await;
+                        }
+                        None => tokio::time::sleep(Duration::from_secs(60)).await,
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    fn resp(status: &str, headers: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn image(addr: &str) -> ImageRef {
+        ImageRef::parse(&format!("{addr}/m/x:latest")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn token_dance_then_digest() {
+        let digest = format!("sha256:{}", "7".repeat(64));
+        let d2 = digest.clone();
+        let (addr, seen) = scripted(Box::new(move |head, addr| {
+            let line = head.lines().next().unwrap_or("");
+            if line.starts_with("GET /token?") {
+                assert!(
+                    line.contains("service=fake")
+                        && line.contains("scope=repository%3Am%2Fx%3Apull"),
+                    "{line}"
+                );
+                return Some(resp("200 OK", "", r#"{"token":"tok-1"}"#));
+            }
+            if head.contains("authorization: Bearer tok-1") {
+                return Some(resp(
+                    "200 OK",
+                    &format!("Docker-Content-Digest: {d2}\r\n"),
+                    "",
+                ));
+            }
+            Some(resp(
+                "401 Unauthorized",
+                &format!(
+                    "WWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"fake\"\r\n"
+                ),
+                "",
+            ))
+        }))
+        .await;
+        let c = RegistryClient::new(Duration::from_secs(5));
+        let creds = Credentials {
+            username: "puller".into(),
+            password: "pw".into(),
+        };
+        let got = c
+            .manifest_digest(&image(&addr), Some(&creds))
+            .await
+            .unwrap();
+        assert_eq!(got, digest);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(
+            seen[0].starts_with("HEAD /v2/m/x/manifests/latest "),
+            "{}",
+            seen[0]
+        );
+        assert!(
+            seen[1].contains(&creds.basic()),
+            "token request carries the credentials"
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_are_precise_and_bounded() {
+        let (addr, _) = scripted(Box::new(|head, _| {
+            let line = head.lines().next().unwrap_or("");
+            if line.contains("/hang/") {
+                None
+            } else if line.contains("/missing/") {
+                Some(resp("404 Not Found", "", ""))
+            } else if line.contains("/nodigest/") {
+                Some(resp("200 OK", "", ""))
+            } else if line.contains("/big/") && line.starts_with("HEAD") {
+                Some(resp(
+                    "401 Unauthorized",
+                    "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:1/x\"\r\n",
+                    "",
+                ))
+            } else {
+                Some(resp("503 Service Unavailable", "", ""))
+            }
+        }))
+        .await;
+        let c = RegistryClient::new(Duration::from_secs(1));
+        let at = |p: &str| ImageRef::parse(&format!("{addr}/{p}/x:latest")).unwrap();
+        let started = std::time::Instant::now();
+        let e = c.manifest_digest(&at("hang"), None).await.unwrap_err();
+        assert!(matches!(e, RegistryError::Timeout { .. }), "{e:?}");
+        assert!(e.is_transient());
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(matches!(
+            c.manifest_digest(&at("missing"), None).await.unwrap_err(),
+            RegistryError::ManifestUnknown { .. }
+        ));
+        assert!(matches!(
+            c.manifest_digest(&at("nodigest"), None).await.unwrap_err(),
+            RegistryError::NoDigest { .. }
+        ));
+        let e = c.manifest_digest(&at("other"), None).await.unwrap_err();
+        assert!(
+            matches!(e, RegistryError::Status { code: 503, .. }) && e.is_transient(),
+            "{e:?}"
+        );
+        let e = c.manifest_digest(&at("big"), None).await.unwrap_err();
+        assert!(matches!(e, RegistryError::Unreachable { .. }), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_token_answer_is_refused() {
+        let (addr, _) = scripted(Box::new(|head, addr| {
+            if head.starts_with("GET /token") {
+                Some(resp(
+                    "200 OK",
+                    "",
+                    &format!("{{\"token\":\"{}\"}}", "x".repeat(BODY_CAP + 10)),
+                ))
+            } else {
+                Some(resp(
+                    "401 Unauthorized",
+                    &format!("WWW-Authenticate: Bearer realm=\"http://{addr}/token\"\r\n"),
+                    "",
+                ))
+            }
+        }))
+        .await;
+        let c = RegistryClient::new(Duration::from_secs(5));
+        let e = c.manifest_digest(&image(&addr), None).await.unwrap_err();
+        assert!(matches!(e, RegistryError::TooLarge { .. }), "{e:?}");
+    }
+}
