@@ -909,8 +909,17 @@ fn registry_mode_pins_repulls_and_auto_refresh_rolls_one_at_a_time() {
             || metric(&s, &failed) >= 2.0,
             || runtime(&s, &rt)["status"].to_string(),
         );
-        let (status, reason, _) = cond(&runtime(&s, &rt), "RolledOut");
-        assert_eq!((status.as_str(), reason.as_str()), ("False", "PullFailed"));
+        // A tick marks the roll "Rolling" before it pulls; the failure lands right after.
+        wait_until(
+            &s,
+            60,
+            "RolledOut=False PullFailed",
+            || {
+                let (status, reason, _) = cond(&runtime(&s, &rt), "RolledOut");
+                (status.as_str(), reason.as_str()) == ("False", "PullFailed")
+            },
+            || runtime(&s, &rt)["status"].to_string(),
+        );
         assert_eq!(
             state(&s, &ns, "a").2,
             d3,

@@ -674,7 +674,8 @@ fn two_replicas_one_leads_kill9_fails_over_within_20s_and_no_container_is_create
         assert_eq!(
             w["status"]["containerId"].as_str(),
             Some(id.as_str()),
-            "{n}"
+            "{n} got a new container; the new leader's log:\n{}",
+            tail(&follower.log())
         );
     }
     let created = creations.counts();

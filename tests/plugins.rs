@@ -1097,44 +1097,46 @@ fn a_plugin_of_an_org_workspace_arrives_with_it_and_honours_the_allowlist() {
         &e.registry.path().join("other"),
         &refs(&plugin("other", "# no\n", "#!/bin/sh\n")),
     );
-    // What an org import creates: the OrgImport (allowing only `hello`), a child Workspace owned
-    // by it, and the PluginInstalls `install_for_workspace` builds for its `plugins:` — all at
-    // once, before the workspace runs.
-    e.apply("apiVersion: molecule.ai/v1alpha1\nkind: OrgImport\nmetadata:\n  name: team\nspec:\n  source: {template: \"name: team\"}\n  allowedPlugins: [hello]\n");
-    let org_uid = e.get("orgimports", "team")["metadata"]["uid"]
-        .as_str()
-        .expect("uid")
-        .to_string();
-    e.apply(&format!(
-        "apiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: lead\n  labels: {{molecule.ai/org: team}}\n  ownerReferences:\n  - {{apiVersion: molecule.ai/v1alpha1, kind: OrgImport, name: team, uid: {org_uid}, controller: true}}\nspec:\n  runtime: echo\n"
-    ));
-    let ws: molecule::resources::Workspace =
-        serde_json::from_value(e.get("workspaces", "lead")).expect("workspace");
-    for plugin in ["hello", "other"] {
-        let pi = molecule::controllers::plugin::install_for_workspace(&ws, plugin, None, None)
-            .expect("install");
-        let yaml = serde_yaml::to_string(&pi).expect("yaml");
-        e.apply(&yaml);
-    }
+    // A real org import: its template gives the workspace two plugins; the import allows only
+    // `hello`. The import turns `plugins:` into PluginInstalls owned by the child Workspace.
+    let team = |plugins: &str| {
+        format!(
+            "apiVersion: molecule.ai/v1alpha1\nkind: OrgImport\nmetadata:\n  name: team\nspec:\n  allowedPlugins: [hello]\n  source:\n    template: |\n      name: team\n      defaults: {{runtime: echo, plugins: [{plugins}]}}\n      workspaces:\n        - name: Lead\n          role: lead\n"
+        )
+    };
+    e.apply(&team("hello, other"));
+    e.wait("the org import did not create its workspace", 120, || {
+        !e.get("workspaces", "team.lead").is_null()
+    });
     e.wait("the org plugin did not arrive", 240, || {
-        e.ready("lead-hello").0 == "True"
+        e.ready("team.lead-hello").0 == "True"
     });
-    e.wait_online("lead");
+    e.wait_online("team.lead");
     e.wait("the workspace did not settle with its plugin", 240, || {
-        e.get("plugininstalls", "lead-hello")["status"]["installedContainerId"].as_str()
-            == Some(e.container_id("lead").as_str())
-            && e.online("lead")
+        e.get("plugininstalls", "team.lead-hello")["status"]["installedContainerId"].as_str()
+            == Some(e.container_id("team.lead").as_str())
+            && e.online("team.lead")
     });
-    assert_eq!(skill_text(&e.agent_plugins("lead"), "hello"), "# org\n");
+    assert_eq!(
+        skill_text(&e.agent_plugins("team.lead"), "hello"),
+        "# org\n"
+    );
     e.wait("the allowlist did not refuse `other`", 120, || {
-        e.ready("lead-other").1 == "NotAllowed"
+        e.ready("team.lead-other").1 == "NotAllowed"
     });
-    assert!(plugin_dir(&e.plugin_files("lead"), "other").is_empty());
-    // The records go with the workspace.
-    e.kubectl(&["delete", "workspace", "lead", "--timeout=90s"]);
+    assert!(plugin_dir(&e.plugin_files("team.lead"), "other").is_empty());
+    // A plugin dropped from the template is uninstalled; the rest stays.
+    e.apply(&team("hello"));
+    e.wait("the dropped plugin's record stayed", 120, || {
+        e.get("plugininstalls", "team.lead-other").is_null()
+    });
+    assert_eq!(e.ready("team.lead-hello").0, "True");
+    // The records go with the workspace, which goes with its import.
+    e.kubectl(&["delete", "orgimport", "team", "--timeout=90s"]);
     e.wait("the PluginInstalls outlived their workspace", 120, || {
-        e.get("plugininstalls", "lead-hello").is_null()
-            && e.get("plugininstalls", "lead-other").is_null()
+        e.get("workspaces", "team.lead").is_null()
+            && e.get("plugininstalls", "team.lead-hello").is_null()
+            && e.get("plugininstalls", "team.lead-other").is_null()
     });
 }
 

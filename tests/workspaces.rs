@@ -801,3 +801,59 @@ fn a_running_container_whose_id_never_reached_status_is_adopted_not_replaced() {
     drop(s); // stop the server first: its controller would re-create what cleanup removes
     cleanup(&ns);
 }
+
+#[test]
+fn an_agent_that_never_registers_fails_with_the_runtimes_provision_timeout() {
+    let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
+    let s = start();
+    let ns = ns();
+    // An image whose process runs but never registers: `sleep`, packed FROM scratch.
+    let image = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let docker = bollard::Docker::connect_with_local_defaults().expect("docker");
+            molecule::images::ensure_image_for(
+                &docker,
+                std::path::Path::new("/bin/sleep"),
+                "molecule-test/sleeper",
+                &["/molecule", "600"],
+            )
+            .await
+        })
+        .expect("sleep image");
+    let (repo, tag) = image.rsplit_once(':').expect("a tagged image");
+    let runtime = format!("sleepy-{}", molecule::util::random_suffix(6));
+    // The default provision timeout is 10 min; this runtime's own is 4 s (W10, like hermes' 30).
+    let o = s.kubectl_stdin(
+        "1.33",
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: molecule.ai/v1alpha1\nkind: Runtime\nmetadata:\n  name: {runtime}\nspec:\n  image: {repo}\n  tag: {tag}\n  provisionTimeoutSeconds: 4\n"
+        )),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    apply(
+        &s,
+        &ns,
+        &format!(
+            "apiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: mute\nspec:\n  runtime: {runtime}\n"
+        ),
+    );
+    wait_phase(&s, &ns, "mute", "Failed", 90);
+    let st = &get(&s, &ns, "mute")["status"];
+    let ready = st["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+        .unwrap_or(Value::Null);
+    assert_eq!(ready["reason"], "ProvisionTimeout", "{st}");
+    assert!(
+        ready["message"].as_str().unwrap_or("").contains("4s"),
+        "{ready}"
+    );
+    let describe = ok(&s, &["describe", "ws", "mute", "-n", &ns]);
+    assert!(describe.contains("ProvisionTimeout"), "{describe}");
+    ok(&s, &["delete", "ws", "mute", "-n", &ns, "--timeout=60s"]);
+    ok(&s, &["delete", "runtime", &runtime]);
+    drop(s); // stop the server first: its controller would re-create what cleanup removes
+    cleanup(&ns);
+}

@@ -200,6 +200,14 @@ pub const RULES: &[Rule] = &[
     Rule {
         controller: "org_import",
         scope: Scope::Cluster,
+        group: MOLECULE,
+        resource: "plugininstalls",
+        verbs: &["list", "patch", "delete"],
+        why: "each child's `plugins:` as PluginInstalls (server-side apply); dropped plugins uninstalled",
+    },
+    Rule {
+        controller: "org_import",
+        scope: Scope::Cluster,
         group: "events.k8s.io",
         resource: "events",
         verbs: &["create", "patch"],

@@ -71,6 +71,9 @@ pub struct Child {
     pub tree_path: String,
     pub workspace: Value,
     pub secret: Option<Value>,
+    /// The workspace's plugins after the defaults union and opt-outs (O04): each becomes a
+    /// PluginInstall owned by the Workspace.
+    pub plugins: Vec<String>,
 }
 
 impl Child {
@@ -255,6 +258,7 @@ pub fn children(org: &OrgImport, plan: &Plan) -> Vec<Child> {
                 tree_path,
                 workspace,
                 secret,
+                plugins: w.plugins.clone(),
             }
         })
         .collect()

@@ -189,7 +189,16 @@ fn child_triggers(client: Client) -> impl futures::Stream<Item = ObjectRef<OrgIm
 /// Entry point for kube-runtime.
 pub async fn reconcile(org: Arc<OrgImport>, ctx: Arc<Context>) -> Result<Action, OrgImportError> {
     let started = Instant::now();
-    let result = import(&org, &ctx).await;
+    let result = match import(&org, &ctx).await {
+        // The record went away under this pass (deleted, its cascade running): a write to it
+        // found nothing. Nothing is left to converge; its children go by garbage collection.
+        Err(OrgImportError::Kube(kube::Error::Api(e)))
+            if e.code == 404 && gone(&ctx, &org).await =>
+        {
+            Ok(Action::await_change())
+        }
+        other => other,
+    };
     let outcome = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics.inc(
         "molecule_reconcile_total",
@@ -209,6 +218,17 @@ pub async fn reconcile(org: Arc<OrgImport>, ctx: Arc<Context>) -> Result<Action,
             .remove(&uid);
     }
     result
+}
+
+/// Whether the OrgImport no longer exists (or exists with another uid).
+async fn gone(ctx: &Context, org: &OrgImport) -> bool {
+    let api: Api<OrgImport> =
+        Api::namespaced(ctx.client.clone(), &org.namespace().unwrap_or_default());
+    match api.get_opt(&org.name_any()).await {
+        Ok(Some(now)) => now.uid() != org.uid(),
+        Ok(None) => true,
+        Err(_) => false,
+    }
 }
 
 /// Transient errors back off per object: 1 s, 2 s, 4 s … capped at 5 minutes.
@@ -435,6 +455,7 @@ async fn apply_child(
     child: &Child,
     before: Option<&Workspace>,
     secret_before: Option<&Secret>,
+    plugins_before: &[crate::resources::PluginInstall],
 ) -> Result<Applied, OrgImportError> {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let mut secret_changed = false;
@@ -449,6 +470,7 @@ async fn apply_child(
     let after = api
         .patch(&child.name, &pp, &Patch::Apply(&child.workspace))
         .await?;
+    apply_plugins(ctx, ns, child, &after, plugins_before).await?;
     Ok(match before {
         None => Applied::Created,
         Some(b)
@@ -463,12 +485,69 @@ async fn apply_child(
     })
 }
 
+/// Label on the PluginInstalls an import creates for its children's `plugins:` (its value is
+/// the plugin name), so that a plugin dropped from the template is uninstalled again.
+pub const ORG_PLUGIN_LABEL: &str = "molecule.ai/org-plugin";
+
+/// Makes the child's PluginInstalls match its `plugins:` list (P-integration of issue 5): one
+/// record per plugin, owned by the Workspace (it goes with it), applied idempotently; records
+/// this import made for plugins no longer listed are deleted. Records made by hand or through
+/// the REST shim are never touched. A plugin name the plugin module refuses is skipped with a
+/// warning (the template listing shows the same refusal on the record when created by hand).
+async fn apply_plugins(
+    ctx: &Context,
+    ns: &str,
+    child: &Child,
+    ws: &Workspace,
+    before: &[crate::resources::PluginInstall],
+) -> Result<(), OrgImportError> {
+    use crate::resources::PluginInstall;
+    let api: Api<PluginInstall> = Api::namespaced(ctx.client.clone(), ns);
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    for plugin in &child.plugins {
+        let mut pi = match crate::controllers::plugin::install_for_workspace(ws, plugin, None, None)
+        {
+            Ok(pi) => pi,
+            Err(refusal) => {
+                tracing::warn!(workspace = %child.name, plugin = %plugin, reason = %refusal, "skipping a plugin the template lists");
+                continue;
+            }
+        };
+        pi.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(ORG_PLUGIN_LABEL.into(), plugin.clone());
+        pi.metadata.managed_fields = None;
+        let name = pi.name_any();
+        api.patch(&name, &pp, &Patch::Apply(&pi)).await?;
+    }
+    for pi in before {
+        let listed = pi
+            .labels()
+            .get(ORG_PLUGIN_LABEL)
+            .is_some_and(|p| child.plugins.contains(p));
+        if !listed {
+            match api
+                .delete(&pi.name_any(), &DeleteParams::background())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The namespace as this pass found it.
 struct Observed {
     workspaces: BTreeMap<String, Workspace>,
     secrets: BTreeMap<String, Secret>,
     /// Every Workspace, with whether this import owns it.
     existing: Vec<Existing>,
+    /// PluginInstalls made from templates' `plugins:` lists, by workspace name.
+    plugins: BTreeMap<String, Vec<crate::resources::PluginInstall>>,
 }
 
 async fn observe(ctx: &Context, ns: &str, uid: &str) -> Result<Observed, OrgImportError> {
@@ -496,10 +575,23 @@ async fn observe(ctx: &Context, ns: &str, uid: &str) -> Result<Observed, OrgImpo
             tree_path: w.annotations().get(TREE_PATH).cloned(),
         })
         .collect();
+    let pi_api: Api<crate::resources::PluginInstall> = Api::namespaced(ctx.client.clone(), ns);
+    let mut plugins: BTreeMap<String, Vec<crate::resources::PluginInstall>> = BTreeMap::new();
+    for pi in pi_api
+        .list(&ListParams::default().labels(ORG_PLUGIN_LABEL))
+        .await?
+        .items
+    {
+        plugins
+            .entry(pi.spec.workspace_ref.name.clone())
+            .or_default()
+            .push(pi);
+    }
     Ok(Observed {
         workspaces,
         secrets,
         existing,
+        plugins,
     })
 }
 
@@ -530,6 +622,7 @@ async fn apply_children(
                 c,
                 seen.workspaces.get(&c.name),
                 seen.secrets.get(&c.secret_name()),
+                seen.plugins.get(&c.name).map_or(&[][..], Vec::as_slice),
             )
         })
         .collect();

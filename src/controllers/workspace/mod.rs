@@ -157,6 +157,14 @@ enum ImageWant {
     ControlPlane(Option<String>),
 }
 
+/// What a workspace's Runtime record asks of it.
+struct RuntimeNeeds {
+    /// Env names every workspace of the runtime must have (W07).
+    required_env: Vec<String>,
+    /// The runtime's own provision timeout (W10: e.g. hermes 30 min), overriding the default.
+    provision_timeout: Option<Duration>,
+}
+
 /// A permanent problem with the record: Failed until the record changes.
 struct Permanent {
     reason: &'static str,
@@ -296,7 +304,7 @@ async fn target(
     ws: &Workspace,
     ctx: &Context,
     kind: Backend,
-) -> Result<Result<(Target, Vec<String>), Permanent>, WorkspaceError> {
+) -> Result<Result<(Target, RuntimeNeeds), Permanent>, WorkspaceError> {
     let runtime = ws.spec.runtime.as_deref().unwrap_or("echo");
     let runtimes: Api<Runtime> = Api::all(ctx.client.clone());
     // Only a possible object name is looked up: anything else (`../x`, spaces, ...) is simply
@@ -311,10 +319,17 @@ async fn target(
     } else {
         None
     };
-    let required = record
-        .as_ref()
-        .map(|r| r.spec.required_env.clone())
-        .unwrap_or_default();
+    let required = RuntimeNeeds {
+        required_env: record
+            .as_ref()
+            .map(|r| r.spec.required_env.clone())
+            .unwrap_or_default(),
+        provision_timeout: record
+            .as_ref()
+            .and_then(|r| r.spec.provision_timeout_seconds)
+            .filter(|s| *s > 0)
+            .map(|s| Duration::from_secs(s as u64)),
+    };
     if runtime == "external" {
         return Ok(Ok((Target::External, required)));
     }
@@ -568,10 +583,14 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
         next.volume_name = Some(w.volume_name());
     }
 
-    let (target, runtime_required) = match target(&ws, &ctx, kind).await? {
+    let (target, needs) = match target(&ws, &ctx, kind).await? {
         Ok(t) => t,
         Err(p) => return fail(&ctx, &ws, next, p, generation, &now).await,
     };
+    let runtime_required = needs.required_env;
+    let provision_timeout = needs
+        .provision_timeout
+        .unwrap_or(ctx.settings.provision_timeout);
     if kind == Backend::ControlPlane && ws.spec.workspace_dir.is_some() {
         return fail(
             &ctx,
@@ -753,7 +772,7 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
         restart_annotation: ws.annotations().get(RESTART_ANNOTATION).map(String::as_str),
         now: now_s,
         heartbeat_timeout_secs: ctx.settings.heartbeat_timeout.as_secs() as i64,
-        provision_timeout_secs: ctx.settings.provision_timeout.as_secs() as i64,
+        provision_timeout_secs: provision_timeout.as_secs() as i64,
     };
     let step = plan::decide(&observed);
     match step {
@@ -808,8 +827,7 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
                         .as_ref()
                         .and_then(|t| t.parse::<jiff::Timestamp>().ok())
                         .map_or(now_s, |t| t.as_second());
-                    let left =
-                        ctx.settings.provision_timeout.as_secs() as i64 - (now_s - provisioned);
+                    let left = provision_timeout.as_secs() as i64 - (now_s - provisioned);
                     Action::requeue(Duration::from_secs(left.clamp(1, 30) as u64))
                 }
                 WorkspacePhase::Failed => Action::await_change(),
