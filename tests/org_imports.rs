@@ -464,7 +464,9 @@ fn the_example_org_converges_reapplies_prunes_and_cascades_with_docker() {
     let o = e.wait_reason("research-lab", "Imported", 60);
     assert_eq!(
         o["status"]["counts"],
-        serde_json::json!({"desired": 5, "created": 5, "updated": 0, "unchanged": 0, "pruned": 0, "skipped": 2})
+        serde_json::json!({"desired": 5, "created": 5, "updated": 0, "unchanged": 0, "pruned": 0, "skipped": 2}),
+        "{}",
+        e.tail()
     );
     let ok = eventually(180, || all_online(&e, EXAMPLE));
     assert!(
@@ -490,7 +492,7 @@ fn the_example_org_converges_reapplies_prunes_and_cascades_with_docker() {
     let reviewer = e.get("workspaces", EXAMPLE[4]);
     assert_eq!(
         reviewer["metadata"]["annotations"]["molecule.ai/plugins"],
-        "[\"memory\",\"code-review\"]"
+        "[\"hello-skills\"]"
     );
     assert_eq!(
         reviewer["metadata"]["labels"]["molecule.ai/org"],

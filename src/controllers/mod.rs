@@ -22,6 +22,7 @@ pub mod org_import;
 pub mod plugin;
 pub mod rbac;
 pub mod reaper;
+pub mod report;
 pub mod runtime;
 pub mod workspace;
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KEvent, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -312,20 +312,14 @@ async fn write_status(
 }
 
 fn event(ctx: &Context, rt: &Runtime, type_: EventType, reason: &str, note: String) {
-    let ev = KEvent {
+    super::report::publish(
+        &ctx.recorder,
+        rt.object_ref(&()),
         type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Resolve".into(),
-        secondary: None,
-    };
-    let recorder = ctx.recorder.clone();
-    let object = rt.object_ref(&());
-    tokio::spawn(async move {
-        if let Err(e) = recorder.publish(&ev, &object).await {
-            tracing::warn!(error = %e, "could not publish an Event");
-        }
-    });
+        reason,
+        note,
+        "Resolve",
+    );
 }
 
 /// Entry point for kube-runtime.

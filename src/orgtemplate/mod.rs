@@ -464,7 +464,7 @@ mod tests {
         );
         assert_eq!((p.total, p.skipped), (7, 2));
         let by = |k: &str| p.workspaces.iter().find(|w| w.key.ends_with(k)).expect(k);
-        assert_eq!(by("reviewer").plugins, ["memory", "code-review"]);
+        assert_eq!(by("reviewer").plugins, ["hello-skills"]);
         assert_eq!(by("analyst").env.0["REPORT_STYLE"], "tables");
         assert_eq!(by("writer").env.0["REPORT_STYLE"], "brief");
         assert_eq!(

@@ -366,9 +366,14 @@ fn hash_live(l: &Layout, complete: &mut bool) -> Option<BTreeMap<String, String>
     hash_tree(&live).ok()
 }
 
-/// Hashes the live tree only.
+/// Heals leftovers of an interrupted install, then hashes the live tree. Used on a workspace's
+/// new container, where no install of this plugin is running (installs of one plugin are
+/// serialized), so any staging dir is a leftover of one cut short by the old container's stop.
 pub fn inspect(l: &Layout) -> Report {
-    let mut r = Report::default();
+    let mut r = Report {
+        recovered: recover(&l.root, &l.name, None),
+        ..Report::default()
+    };
     r.live = hash_live(l, &mut r.complete);
     r.result = "inspected".into();
     r
@@ -781,6 +786,12 @@ pub(crate) mod tests {
             main(&args(&["inspect", &root.to_string_lossy(), "hello", "1"])),
             0
         );
+        // Inspect heals a stage an install cut short left behind.
+        write(root, ".staging/hello.5/plugin.yaml", "name: hello");
+        let l = Layout::new(root, "hello", "6").unwrap();
+        let r = inspect(&l);
+        assert_eq!(r.recovered, vec!["removed-staging hello.5"]);
+        assert!(!root.join(".staging/hello.5").exists());
     }
 
     #[test]

@@ -111,6 +111,7 @@ discard)
   echo "result discarded"
   ;;
 inspect)
+  recover ""
   hashlive
   echo "result inspected"
   ;;
@@ -204,8 +205,14 @@ mod tests {
             std::fs::read_to_string(root.join("hello/skills/a/SKILL.md")).unwrap(),
             "v2 with spaces in it"
         );
+        // A stage left by an install cut short (the container stopped before prepare ran) is
+        // removed by the inspect a new container gets; live stays.
+        write(root, ".staging/hello.7/plugin.yaml", "name: hello");
         let i = run("inspect", root, "3", "");
         assert_eq!(i.live.as_ref().map(|l| l.len()), Some(3));
+        assert!(i.complete);
+        assert_eq!(i.recovered, vec!["removed-staging hello.7"]);
+        assert!(!root.join(".staging/hello.7").exists());
         assert_eq!(run("uninstall", root, "4", "").result, "uninstalled");
         assert_eq!(listing(root), vec![".previous/", ".staging/"]);
     }

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -189,6 +189,15 @@ fn child_triggers(client: Client) -> impl futures::Stream<Item = ObjectRef<OrgIm
 /// Entry point for kube-runtime.
 pub async fn reconcile(org: Arc<OrgImport>, ctx: Arc<Context>) -> Result<Action, OrgImportError> {
     let started = Instant::now();
+    // The pass starts from the record as stored, not the watch cache: the cache may still hold
+    // this controller's previous status write unseen (an in-progress mark would read as a pass
+    // interrupted by a crash, and a finished pass as a new one).
+    let api: Api<OrgImport> =
+        Api::namespaced(ctx.client.clone(), &org.namespace().unwrap_or_default());
+    let org = match api.get_opt(&org.name_any()).await? {
+        Some(fresh) if fresh.uid() == org.uid() => Arc::new(fresh),
+        _ => return Ok(Action::await_change()),
+    };
     let result = match import(&org, &ctx).await {
         // The record went away under this pass (deleted, its cascade running): a write to it
         // found nothing. Nothing is left to converge; its children go by garbage collection.
@@ -284,21 +293,14 @@ impl Pass<'_> {
     }
 
     async fn event(&self, type_: EventType, reason: &str, note: String) {
-        let ev = KEvent {
+        crate::controllers::report::publish(
+            &self.ctx.recorder,
+            self.org.object_ref(&()),
             type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Import".into(),
-            secondary: None,
-        };
-        if let Err(e) = self
-            .ctx
-            .recorder
-            .publish(&ev, &self.org.object_ref(&()))
-            .await
-        {
-            tracing::warn!(error = %e, "could not publish an Event");
-        }
+            reason,
+            note,
+            "Import",
+        );
     }
 
     /// Writes `next` unless nothing changed.
@@ -381,22 +383,20 @@ fn set_ready(
 
 /// The whole status as a merge patch (every field set or nulled).
 fn status_patch(s: &OrgImportStatus) -> Value {
-    let v = serde_json::to_value(s).unwrap_or_else(|_| json!({}));
-    let mut patch = serde_json::Map::new();
-    for field in [
-        "observedGeneration",
-        "conditions",
-        "counts",
-        "revisions",
-        "inventory",
-        "missingEnv",
-        "planDigest",
-        "importInProgress",
-        "warnings",
-    ] {
-        patch.insert(field.into(), v.get(field).cloned().unwrap_or(Value::Null));
-    }
-    Value::Object(patch)
+    crate::controllers::report::owned_fields(
+        s,
+        &[
+            "observedGeneration",
+            "conditions",
+            "counts",
+            "revisions",
+            "inventory",
+            "missingEnv",
+            "planDigest",
+            "importInProgress",
+            "warnings",
+        ],
+    )
 }
 
 fn revisions(p: &Plan) -> Vec<ResolvedRevision> {

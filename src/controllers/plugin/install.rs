@@ -179,7 +179,15 @@ pub async fn install(
     timings.stage = t.elapsed();
 
     let t = Instant::now();
-    let prepared = step(backend, w, method, "prepare", &l, "", failpoints).await?;
+    let prepared = match step(backend, w, method, "prepare", &l, "", failpoints).await {
+        Ok(p) => p,
+        Err(e) => {
+            // The exec did not run (the container stopping under a restart): drop the stage
+            // if the container still allows it; the next install or inspect heals it if not.
+            let _ = step(backend, w, method, "discard", &l, "", false).await;
+            return Err(e);
+        }
+    };
     timings.prepare = t.elapsed();
     let Some(staged) = prepared
         .staged

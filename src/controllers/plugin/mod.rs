@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalize, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
@@ -451,10 +451,8 @@ fn ready_reason(s: &PluginInstallStatus) -> Option<(String, String)> {
 /// Every status field this reconcile owns, `null` when unset, so a merge patch also clears
 /// fields.
 fn status_patch(s: &PluginInstallStatus) -> Value {
-    let v = serde_json::to_value(s).unwrap_or_else(|_| json!({}));
-    let mut patch = serde_json::Map::new();
     // upstreamSha belongs to the drift loop: never written (or cleared) here.
-    for field in [
+    json!({ "status": crate::controllers::report::owned_fields(s, &[
         "observedGeneration",
         "conditions",
         "installedSha",
@@ -467,10 +465,7 @@ fn status_patch(s: &PluginInstallStatus) -> Value {
         "contentDigest",
         "installedAt",
         "pending",
-    ] {
-        patch.insert(field.into(), v.get(field).cloned().unwrap_or(Value::Null));
-    }
-    json!({ "status": patch })
+    ]) })
 }
 
 async fn write_status(
@@ -493,16 +488,14 @@ async fn write_status(
 }
 
 async fn event(ctx: &Context, pi: &PluginInstall, type_: EventType, reason: &str, note: String) {
-    let ev = KEvent {
+    crate::controllers::report::publish(
+        &ctx.recorder,
+        pi.object_ref(&()),
         type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &pi.object_ref(&())).await {
-        tracing::warn!(error = %e, "could not publish an Event");
-    }
+        reason,
+        note,
+        "Reconcile",
+    );
 }
 
 /// Brings every queued update of this install to the phase `plan::update_phase` gives,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KEvent, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalize, finalizer};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -411,9 +411,7 @@ async fn target(
 /// The controller-owned part of status, as a merge patch (fields the registry endpoints write —
 /// heartbeats, agent card — are left alone).
 fn status_patch(s: &WorkspaceStatus) -> Value {
-    let v = serde_json::to_value(s).unwrap_or_else(|_| json!({}));
-    let mut patch = serde_json::Map::new();
-    for field in [
+    json!({ "status": super::report::owned_fields(s, &[
         "phase",
         "observedGeneration",
         "conditions",
@@ -431,10 +429,7 @@ fn status_patch(s: &WorkspaceStatus) -> Value {
         "provisionedAt",
         "specHash",
         "restartCount",
-    ] {
-        patch.insert(field.into(), v.get(field).cloned().unwrap_or(Value::Null));
-    }
-    json!({ "status": patch })
+    ]) })
 }
 
 async fn write_status(
@@ -468,20 +463,14 @@ async fn write_status(
 /// Publishes a k8s Event in the background: Events explain, they never gate progress, so the
 /// reconcile does not wait for the API round trip.
 async fn event(ctx: &Context, ws: &Workspace, type_: EventType, reason: &str, note: String) {
-    let ev = KEvent {
+    super::report::publish(
+        &ctx.recorder,
+        ws.object_ref(&()),
         type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    let recorder = ctx.recorder.clone();
-    let object = ws.object_ref(&());
-    tokio::spawn(async move {
-        if let Err(e) = recorder.publish(&ev, &object).await {
-            tracing::warn!(error = %e, "could not publish an Event");
-        }
-    });
+        reason,
+        note,
+        "Reconcile",
+    );
 }
 
 fn set_conditions(
