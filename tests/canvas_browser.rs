@@ -10,7 +10,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Backend, Server, docker, eventually, text};
+use common::{Backend, Server, cleanup, docker, eventually, text};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
@@ -131,19 +131,6 @@ fn screenshot_path() -> std::path::PathBuf {
     std::env::var_os("MOLECULE_SCREENSHOT")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("canvas.png"))
-}
-
-fn cleanup(ns: &str) {
-    let filter = format!("label=molecule.ai/namespace={ns}");
-    for c in docker(&["ps", "-aq", "--filter", &filter]).1.lines() {
-        docker(&["rm", "-f", c]);
-    }
-    for v in docker(&["volume", "ls", "-q", "--filter", &filter])
-        .1
-        .lines()
-    {
-        docker(&["volume", "rm", "-f", v]);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

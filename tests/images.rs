@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{Backend, Server, docker, eventually, text};
+use common::{Backend, Server, cleanup, docker, eventually, text};
 use fakes::git_http::{FakeGitHost, GitBehavior};
 use fakes::registry::{Behavior, FakeRegistry, SavedImage};
 use serde_json::Value;
@@ -118,19 +118,6 @@ fn workspace_yaml(name: &str, runtime: &str) -> String {
     format!(
         "apiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: {name}\nspec:\n  runtime: {runtime}\n"
     )
-}
-
-fn cleanup_namespace(ns: &str) {
-    let filter = format!("label=molecule.ai/namespace={ns}");
-    for c in docker(&["ps", "-aq", "--filter", &filter]).1.lines() {
-        docker(&["rm", "-f", c]);
-    }
-    for v in docker(&["volume", "ls", "-q", "--filter", &filter])
-        .1
-        .lines()
-    {
-        docker(&["volume", "rm", "-f", v]);
-    }
 }
 
 /// Every tag of `repo` on the engine.
@@ -415,7 +402,7 @@ fn local_build_builds_once_then_hits_the_cache_and_follows_head() {
     }));
     // The server goes first: a live controller would re-create what the cleanup removes.
     drop(s);
-    cleanup_namespace(&ns);
+    cleanup(&ns);
     remove_tags(&image_repo);
     remove_tags(&format!("{image_repo}x"));
     if let Err(e) = outcome {
@@ -613,7 +600,7 @@ fn local_build_fails_closed_with_clear_conditions_and_never_shows_the_token() {
     }));
     // The server goes first: a live controller would re-create what the cleanup removes.
     drop(s);
-    cleanup_namespace(&ns);
+    cleanup(&ns);
     if let Err(e) = outcome {
         std::panic::resume_unwind(e);
     }
@@ -987,7 +974,7 @@ fn registry_mode_pins_repulls_and_auto_refresh_rolls_one_at_a_time() {
     }));
     // The server goes first: a live controller would re-create what the cleanup removes.
     drop(s);
-    cleanup_namespace(&ns);
+    cleanup(&ns);
     for r in [&repo, &pin_repo] {
         remove_tags(&format!("{}/{r}", reg.addr));
         for d in docker(&[
@@ -1138,7 +1125,7 @@ fn local_build_auto_refresh_rebuilds_and_rolls_when_head_moves() {
         );
     }));
     drop(s);
-    cleanup_namespace(&ns);
+    cleanup(&ns);
     remove_tags(&image_repo);
     if let Err(e) = outcome {
         std::panic::resume_unwind(e);

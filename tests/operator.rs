@@ -18,7 +18,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{Backend, Server, docker, eventually, post_url, text};
+use common::{
+    Backend, Cleanup, Server, cleanup, docker, eventually, exists, managed_in, post_url, text,
+};
 use serde_json::{Value, json};
 
 static DOCKER: Mutex<()> = Mutex::new(());
@@ -226,41 +228,6 @@ fn container_of(s: &Server, ns: &str, name: &str) -> String {
         .unwrap_or("")
         .replace('-', "");
     format!("ws-{}", &uid[..12.min(uid.len())])
-}
-
-fn exists(kind: &str, name: &str) -> bool {
-    docker(&[kind, "inspect", name]).0
-}
-
-fn managed_in(ns: &str, kind: &str) -> Vec<String> {
-    let filter = format!("label=molecule.ai/namespace={ns}");
-    let out = if kind == "container" {
-        docker(&["ps", "-aq", "--filter", &filter]).1
-    } else {
-        docker(&["volume", "ls", "-q", "--filter", &filter]).1
-    };
-    out.lines()
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect()
-}
-
-fn cleanup(ns: &str) {
-    for c in managed_in(ns, "container") {
-        docker(&["rm", "-f", &c]);
-    }
-    for v in managed_in(ns, "volume") {
-        docker(&["volume", "rm", "-f", &v]);
-    }
-}
-
-/// Removes the namespace's containers and volumes when dropped (also when a test fails).
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        cleanup(&self.0);
-    }
 }
 
 fn unix_now() -> u64 {

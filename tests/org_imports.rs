@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-use common::{Backend, Server, docker, eventually, text};
+use common::{Backend, Cleanup, Server, docker, eventually, managed_in, text};
 use serde_json::Value;
 
 static DOCKER: Mutex<()> = Mutex::new(());
@@ -394,35 +394,6 @@ fn uid(w: &Value) -> String {
 fn container_id(uid: &str) -> String {
     let id12: String = uid.chars().filter(|c| *c != '-').take(12).collect();
     docker(&["inspect", "-f", "{{.Id}}", &format!("ws-{id12}")]).1
-}
-
-fn managed_in(ns: &str, kind: &str) -> Vec<String> {
-    let filter = format!("label=molecule.ai/namespace={ns}");
-    let out = if kind == "container" {
-        docker(&["ps", "-aq", "--filter", &filter]).1
-    } else {
-        docker(&["volume", "ls", "-q", "--filter", &filter]).1
-    };
-    out.lines()
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect()
-}
-
-fn cleanup(ns: &str) {
-    for c in managed_in(ns, "container") {
-        docker(&["rm", "-f", &c]);
-    }
-    for v in managed_in(ns, "volume") {
-        docker(&["volume", "rm", "-f", &v]);
-    }
-}
-
-struct Cleanup(String);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        cleanup(&self.0);
-    }
 }
 
 const EXAMPLE: &[&str] = &[

@@ -77,6 +77,20 @@ impl Shim {
         }
     }
 
+    /// [`Self::require_workspace`] for routes that change a workspace: one being deleted is
+    /// refused (409) rather than changed under its finalizer.
+    pub async fn require_live_workspace(
+        &self,
+        token: Option<&str>,
+        uid: &str,
+    ) -> Result<(Caller, Arc<Workspace>), ShimError> {
+        let (caller, ws) = self.require_workspace(token, uid).await?;
+        if ws.metadata.deletion_timestamp.is_some() {
+            return Err(ShimError::Conflict("the workspace is being deleted".into()));
+        }
+        Ok((caller, ws))
+    }
+
     /// Workspace routes: the admin token, or the token of workspace `uid`. Returns the record.
     /// A non-admin caller never learns whether another uid exists (401/403, never 404).
     pub async fn require_workspace(

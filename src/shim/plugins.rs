@@ -266,11 +266,8 @@ pub async fn install(
     body: Body,
 ) -> ShimResult {
     let (_, ws) = shim
-        .require_workspace(bearer(&headers).as_deref(), &id)
+        .require_live_workspace(bearer(&headers).as_deref(), &id)
         .await?;
-    if ws.metadata.deletion_timestamp.is_some() {
-        return Err(ShimError::Conflict("the workspace is being deleted".into()));
-    }
     let m = input::object(body, false).await?;
     let f = Fields(&m);
     let source = f.required_str("source", 2048)?;

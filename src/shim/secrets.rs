@@ -216,11 +216,8 @@ pub async fn set(
     body: Body,
 ) -> ShimResult {
     let (_, ws) = shim
-        .require_workspace(bearer(&headers).as_deref(), &id)
+        .require_live_workspace(bearer(&headers).as_deref(), &id)
         .await?;
-    if ws.metadata.deletion_timestamp.is_some() {
-        return Err(ShimError::Conflict("the workspace is being deleted".into()));
-    }
     let (key, value) = key_value(&input::object(body, false).await?)?;
     let ns = ws.namespace().unwrap_or_default();
     upsert(

@@ -85,13 +85,6 @@ fn paused_parent_error(name: &str) -> ShimError {
     ))
 }
 
-fn refuse_if_terminating(ws: &Workspace) -> Result<(), ShimError> {
-    if ws.metadata.deletion_timestamp.is_some() {
-        return Err(ShimError::Conflict("the workspace is being deleted".into()));
-    }
-    Ok(())
-}
-
 /// `GET /workspaces` (admin).
 pub async fn list(State(shim): State<Arc<Shim>>, headers: HeaderMap) -> ShimResult {
     shim.require_admin(bearer(&headers).as_deref())?;
@@ -230,9 +223,8 @@ pub async fn update(
     body: Body,
 ) -> ShimResult {
     let (_, ws) = shim
-        .require_workspace(bearer(&headers).as_deref(), &id)
+        .require_live_workspace(bearer(&headers).as_deref(), &id)
         .await?;
-    refuse_if_terminating(&ws)?;
     let m = input::object(body, false).await?;
     let f = Fields(&m);
     const UPDATABLE: [&str; 8] = [
@@ -391,9 +383,8 @@ pub async fn restart(
     headers: HeaderMap,
 ) -> ShimResult {
     let (_, ws) = shim
-        .require_workspace(bearer(&headers).as_deref(), &id)
+        .require_live_workspace(bearer(&headers).as_deref(), &id)
         .await?;
-    refuse_if_terminating(&ws)?;
     if let Some(p) = ancestor_paused(&shim.cache.tree(), &id) {
         return Err(paused_parent_error(&p));
     }
@@ -439,9 +430,8 @@ pub async fn pause(
     headers: HeaderMap,
 ) -> ShimResult {
     let (caller, ws) = shim
-        .require_workspace(bearer(&headers).as_deref(), &id)
+        .require_live_workspace(bearer(&headers).as_deref(), &id)
         .await?;
-    refuse_if_terminating(&ws)?;
     if ws.spec.paused {
         return Err(ShimError::Conflict(
             "the workspace is already paused".into(),
@@ -474,9 +464,8 @@ pub async fn resume(
     headers: HeaderMap,
 ) -> ShimResult {
     let (_, ws) = shim
-        .require_workspace(bearer(&headers).as_deref(), &id)
+        .require_live_workspace(bearer(&headers).as_deref(), &id)
         .await?;
-    refuse_if_terminating(&ws)?;
     if !ws.spec.paused {
         return Err(ShimError::Conflict("the workspace is not paused".into()));
     }

@@ -367,3 +367,41 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// The managed Docker objects of one test namespace: `kind` is `container` or `volume`.
+pub fn managed_in(ns: &str, kind: &str) -> Vec<String> {
+    let filter = format!("label=molecule.ai/namespace={ns}");
+    let out = if kind == "container" {
+        docker(&["ps", "-aq", "--filter", &filter]).1
+    } else {
+        docker(&["volume", "ls", "-q", "--filter", &filter]).1
+    };
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Removes every managed container and volume of a test namespace.
+pub fn cleanup(ns: &str) {
+    for c in managed_in(ns, "container") {
+        docker(&["rm", "-f", &c]);
+    }
+    for v in managed_in(ns, "volume") {
+        docker(&["volume", "rm", "-f", &v]);
+    }
+}
+
+/// Removes the namespace's containers and volumes when dropped (also when a test fails).
+pub struct Cleanup(pub String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        cleanup(&self.0);
+    }
+}
+
+/// Whether the Docker object `name` of `kind` (`container`, `volume`) exists.
+pub fn exists(kind: &str, name: &str) -> bool {
+    docker(&[kind, "inspect", name]).0
+}
