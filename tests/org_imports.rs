@@ -14,10 +14,13 @@ use serde_json::Value;
 static DOCKER: Mutex<()> = Mutex::new(());
 
 /// A server with its own template root.
+/// Fields drop in order: the server stops before the namespace's containers are removed, so
+/// nothing re-creates them after the cleanup (also when a test fails).
 struct Env {
     s: Server,
     templates: tempfile::TempDir,
     ns: String,
+    _cleanup: Cleanup,
 }
 
 fn start(controllers: &str) -> Env {
@@ -36,10 +39,12 @@ fn start(controllers: &str) -> Env {
             "2",
         ],
     );
+    let ns = format!("o{}", molecule::util::random_suffix(8));
     Env {
         s,
         templates,
-        ns: format!("o{}", molecule::util::random_suffix(8)),
+        _cleanup: Cleanup(ns.clone()),
+        ns,
     }
 }
 
@@ -414,7 +419,6 @@ fn all_online(e: &Env, names: &[&str]) -> bool {
 fn the_example_org_converges_reapplies_prunes_and_cascades_with_docker() {
     let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
     let e = start("all");
-    let _c = Cleanup(e.ns.clone());
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     copy_dir(&examples.join("org-templates"), &e.root());
     let manifest = std::fs::read_to_string(examples.join("org-import.yaml")).expect("manifest");

@@ -469,7 +469,10 @@ pub async fn run(
         let service = Arc::new(crate::images::Images::new(
             docker.clone(),
             client.clone(),
-            host.images.clone(),
+            crate::images::ImageSettings {
+                simulated: host.backend == BackendChoice::Simulated,
+                ..host.images.clone()
+            },
             metrics.clone(),
         ));
         let _ = host.images_slot.set(service.clone());

@@ -78,6 +78,9 @@ pub struct ImageSettings {
     pub roll_timeout: Duration,
     /// Installation id (temporary build tags carry it).
     pub instance: String,
+    /// No engine work: a start takes its image as given (the simulated backend, which creates
+    /// no container, so nothing is pulled or built for it).
+    pub simulated: bool,
 }
 
 impl std::fmt::Debug for ImageSettings {
@@ -109,6 +112,7 @@ impl ImageSettings {
             build_timeout: Duration::from_secs(1200),
             roll_timeout: Duration::from_secs(900),
             instance,
+            simulated: false,
         }
     }
 

@@ -955,6 +955,7 @@ async fn provision(
     // Control-plane instances take their machine image from the control plane.
     let prepared = match &want {
         ImageWant::ControlPlane(_) => Ok(None),
+        _ if ctx.images.settings.simulated => Ok(None),
         ImageWant::Explicit(image) => ctx.images.ensure_explicit(image).await.map(Some),
         ImageWant::Runtime { name, record } => ctx
             .images
@@ -1004,6 +1005,7 @@ async fn provision(
         // The control plane's own machine image for the runtime, or the explicit `spec.image`.
         None => match &want {
             ImageWant::ControlPlane(image) => (image.clone().unwrap_or_default(), None),
+            ImageWant::Explicit(image) => (image.clone(), None),
             _ => (String::new(), None),
         },
     };
