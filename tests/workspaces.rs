@@ -831,3 +831,59 @@ fn an_agent_that_never_registers_fails_with_the_runtimes_provision_timeout() {
     drop(s); // stop the server first: its controller would re-create what cleanup removes
     cleanup(&ns);
 }
+
+/// Builds a tiny labelled image in the echo repository (what an earlier operator binary left).
+fn old_echo_image(tag: &str, cmd: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", tag, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("docker build");
+    let dockerfile =
+        format!("FROM scratch\nLABEL molecule.platform.managed-image=true\nCMD [\"{cmd}\"]\n");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(dockerfile.as_bytes())
+        .expect("dockerfile");
+    assert!(child.wait().expect("build").success(), "building {tag}");
+}
+
+#[test]
+fn echo_images_of_earlier_binaries_are_removed_unless_a_container_uses_them() {
+    let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
+    let id = molecule::util::random_suffix(8);
+    let unused = format!("molecule-local/echo:old{id}a");
+    let in_use = format!("molecule-local/echo:old{id}b");
+    let holder = format!("molecule-test-holder-{id}");
+    old_echo_image(&unused, "/unused");
+    old_echo_image(&in_use, "/in-use");
+    assert!(docker(&["create", "--name", &holder, &in_use]).0);
+
+    let s = start();
+    let ns = ns();
+    apply(&s, &ns, &ws_yaml("fresh", ""));
+    wait_phase(&s, &ns, "fresh", "Online", 90);
+    let current = docker(&[
+        "inspect",
+        "-f",
+        "{{.Config.Image}}",
+        &container_of(&s, &ns, "fresh"),
+    ])
+    .1;
+    let gone = eventually(30, || !exists("image", &unused));
+    let kept = exists("image", &in_use);
+    let current_kept = exists("image", &current);
+    ok(&s, &["delete", "ws", "fresh", "-n", &ns, "--timeout=60s"]);
+    drop(s);
+    cleanup(&ns);
+    docker(&["rm", "-f", &holder]);
+    docker(&["rmi", &in_use]);
+    docker(&["rmi", &unused]);
+    assert!(gone, "the superseded echo image {unused} was not removed");
+    assert!(kept, "an image a container was created from was removed");
+    assert!(current_kept, "the current echo image {current} was removed");
+}

@@ -37,6 +37,44 @@ pub async fn ensure_echo_image(docker: &Docker, binary: &Path) -> Result<String,
     ensure_image_for(docker, binary, ECHO_REPOSITORY, ECHO_ENTRYPOINT).await
 }
 
+/// Removes the echo images of earlier operator binaries: every other tag of
+/// [`ECHO_REPOSITORY`] with the managed-image label that no container uses (without `force`
+/// the engine refuses an image a container, running or stopped, was created from). An operator
+/// whose image went this way under it builds it again on its next start. Returns the removed
+/// tags.
+pub async fn prune_superseded(docker: &Docker, keep: &str) -> Vec<String> {
+    let filters = std::collections::HashMap::from([
+        ("reference", vec![ECHO_REPOSITORY.to_string()]),
+        ("label", vec![format!("{LABEL_MANAGED_IMAGE}=true")]),
+    ]);
+    let options = bollard::query_parameters::ListImagesOptionsBuilder::default()
+        .filters(&filters)
+        .build();
+    let Ok(images) = docker.list_images(Some(options)).await else {
+        return vec![];
+    };
+    let own = format!("{ECHO_REPOSITORY}:");
+    let mut removed = vec![];
+    for tag in images
+        .iter()
+        .flat_map(|i| i.repo_tags.iter())
+        .filter(|t| t.starts_with(&own) && t.as_str() != keep)
+    {
+        match docker
+            .remove_image(
+                tag,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await
+        {
+            Ok(_) => removed.push(tag.clone()),
+            Err(e) => tracing::debug!(image = %tag, error = %e, "superseded echo image kept"),
+        }
+    }
+    removed
+}
+
 /// Ensures a `FROM scratch` image with `binary` at `/molecule`, its shared libraries at their
 /// host paths, `entrypoint`, `EXPOSE 8000` and the managed-image label exists, tagged
 /// `<repo>:<first 12 hex of the content hash>`; returns the tag. A present tag is a cache hit.

@@ -336,6 +336,14 @@ impl Images {
                 let t = Instant::now();
                 let tag = echo::ensure_echo_image(&self.docker, &self.settings.agent_binary).await?;
                 tracing::info!(image = %tag, ms = t.elapsed().as_millis() as u64, "echo image ready");
+                // Images of earlier binaries would otherwise pile up with every upgrade.
+                let (docker, keep) = (self.docker.clone(), tag.clone());
+                tokio::spawn(async move {
+                    let removed = echo::prune_superseded(&docker, &keep).await;
+                    if !removed.is_empty() {
+                        tracing::info!(images = ?removed, "removed superseded echo images");
+                    }
+                });
                 Ok::<_, BackendError>(tag)
             })
             .await?;
@@ -482,7 +490,12 @@ impl Images {
 
     async fn builtin(&self) -> Result<Resolved, ImageError> {
         let tag = self.echo_image().await?;
-        let id = self.local_id(&tag).await?;
+        let mut id = self.local_id(&tag).await?;
+        if id.is_none() {
+            // Removed under us (another installation pruned it, or `docker rmi`): build again.
+            echo::ensure_echo_image(&self.docker, &self.settings.agent_binary).await?;
+            id = self.local_id(&tag).await?;
+        }
         Ok(Resolved {
             image: tag.clone(),
             available: id.is_some(),
