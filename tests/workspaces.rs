@@ -839,6 +839,7 @@ fn old_echo_image(tag: &str, cmd: &str) {
         .args(["build", "-q", "-t", tag, "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("docker build");
     let dockerfile =
