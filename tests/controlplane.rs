@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Backend, Server, docker, eventually, text};
+use common::{Backend, Server, apply, docker, eventually, get, ok, phase, tail};
 use cpsim::{Fault, Sim, SimConfig};
 use serde_json::{Value, json};
 
@@ -67,50 +67,11 @@ fn start(sim: &Sim, ns: &str, extra: &[&str]) -> Server {
     s
 }
 
-fn ok(s: &Server, args: &[&str]) -> String {
-    let o = s.kubectl("1.33", args);
-    assert!(
-        o.status.success(),
-        "kubectl {args:?} failed:\n{}\nserver log:\n{}",
-        text(&o),
-        tail(s)
-    );
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn apply(s: &Server, ns: &str, yaml: &str) {
-    let o = s.kubectl_stdin("1.33", &["apply", "-n", ns, "-f", "-"], Some(yaml));
-    assert!(o.status.success(), "apply failed:\n{}", text(&o));
-}
-
-fn tail(s: &Server) -> String {
-    let log = s.log();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(80)..].join("\n")
-}
-
-fn get(s: &Server, ns: &str, name: &str) -> Value {
-    let (code, body) = s.http(
-        "GET",
-        &format!("/apis/molecule.ai/v1alpha1/namespaces/{ns}/workspaces/{name}"),
-        None,
-        b"",
-    );
-    if code != 200 {
-        return Value::Null;
-    }
-    serde_json::from_str(&body).unwrap_or(Value::Null)
-}
-
 fn status_str(s: &Server, ns: &str, name: &str, field: &str) -> String {
     get(s, ns, name)["status"][field]
         .as_str()
         .unwrap_or("")
         .to_string()
-}
-
-fn phase(s: &Server, ns: &str, name: &str) -> String {
-    status_str(s, ns, name, "phase")
 }
 
 fn uid(s: &Server, ns: &str, name: &str) -> String {

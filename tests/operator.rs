@@ -19,7 +19,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{
-    Backend, Cleanup, Server, cleanup, docker, eventually, exists, managed_in, post_url, text,
+    Backend, Cleanup, Server, apply, cleanup, docker, eventually, exists, get, managed_in, ok,
+    phase, post_url, text, ws_yaml,
 };
 use serde_json::{Value, json};
 
@@ -164,43 +165,6 @@ impl Drop for Operator {
 
 fn ns() -> String {
     format!("op{}", molecule::util::random_suffix(8))
-}
-
-fn ok(s: &Server, args: &[&str]) -> String {
-    let o = s.kubectl("1.33", args);
-    assert!(o.status.success(), "kubectl {args:?} failed:\n{}", text(&o));
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn apply(s: &Server, ns: &str, yaml: &str) {
-    let o = s.kubectl_stdin("1.33", &["apply", "-n", ns, "-f", "-"], Some(yaml));
-    assert!(o.status.success(), "apply failed:\n{}", text(&o));
-}
-
-fn ws_yaml(name: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: {name}\nspec:\n  runtime: echo\n{extra}"
-    )
-}
-
-fn get(s: &Server, ns: &str, name: &str) -> Value {
-    let (code, body) = s.http(
-        "GET",
-        &format!("/apis/molecule.ai/v1alpha1/namespaces/{ns}/workspaces/{name}"),
-        None,
-        b"",
-    );
-    if code != 200 {
-        return Value::Null;
-    }
-    serde_json::from_str(&body).unwrap_or(Value::Null)
-}
-
-fn phase(s: &Server, ns: &str, name: &str) -> String {
-    get(s, ns, name)["status"]["phase"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
 }
 
 fn tail(log: &str) -> String {

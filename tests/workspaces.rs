@@ -7,7 +7,10 @@ mod common;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{Backend, Server, cleanup, docker, eventually, exists, managed_in, post_url, text};
+use common::{
+    Backend, Server, apply, cleanup, docker, eventually, exists, get, managed_in, ok, phase,
+    post_url, tail, text, ws_yaml,
+};
 use serde_json::{Value, json};
 
 static DOCKER: Mutex<()> = Mutex::new(());
@@ -31,48 +34,6 @@ fn ns() -> String {
     format!("t{}", molecule::util::random_suffix(8))
 }
 
-fn ok(s: &Server, args: &[&str]) -> String {
-    let o = s.kubectl("1.33", args);
-    assert!(
-        o.status.success(),
-        "kubectl {args:?} failed:\n{}\nserver log:\n{}",
-        text(&o),
-        tail(s)
-    );
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn apply(s: &Server, ns: &str, yaml: &str) {
-    let o = s.kubectl_stdin("1.33", &["apply", "-n", ns, "-f", "-"], Some(yaml));
-    assert!(o.status.success(), "apply failed:\n{}", text(&o));
-}
-
-fn tail(s: &Server) -> String {
-    let log = s.log();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(60)..].join("\n")
-}
-
-fn get(s: &Server, ns: &str, name: &str) -> Value {
-    let (code, body) = s.http(
-        "GET",
-        &format!("/apis/molecule.ai/v1alpha1/namespaces/{ns}/workspaces/{name}"),
-        None,
-        b"",
-    );
-    if code != 200 {
-        return Value::Null;
-    }
-    serde_json::from_str(&body).unwrap_or(Value::Null)
-}
-
-fn phase(s: &Server, ns: &str, name: &str) -> String {
-    get(s, ns, name)["status"]["phase"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
-}
-
 fn wait_phase(s: &Server, ns: &str, name: &str, want: &str, secs: u64) {
     let ok = eventually(secs, || phase(s, ns, name) == want);
     assert!(
@@ -82,12 +43,6 @@ fn wait_phase(s: &Server, ns: &str, name: &str, want: &str, secs: u64) {
         serde_json::to_string_pretty(&get(s, ns, name)["status"]).unwrap_or_default(),
         tail(s)
     );
-}
-
-fn ws_yaml(name: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: {name}\nspec:\n  runtime: echo\n{extra}"
-    )
 }
 
 fn container_of(s: &Server, ns: &str, name: &str) -> String {

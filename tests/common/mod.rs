@@ -405,3 +405,57 @@ impl Drop for Cleanup {
 pub fn exists(kind: &str, name: &str) -> bool {
     docker(&[kind, "inspect", name]).0
 }
+
+/// The last lines of the server's log, for assertion messages.
+pub fn tail(s: &Server) -> String {
+    let log = s.log();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(80)..].join("\n")
+}
+
+/// kubectl 1.33 with `args`; asserts success (printing the server log's tail) and returns stdout.
+pub fn ok(s: &Server, args: &[&str]) -> String {
+    let o = s.kubectl("1.33", args);
+    assert!(
+        o.status.success(),
+        "kubectl {args:?} failed:\n{}\nserver log:\n{}",
+        text(&o),
+        tail(s)
+    );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// `kubectl apply -n ns -f -` of `yaml`; asserts success.
+pub fn apply(s: &Server, ns: &str, yaml: &str) {
+    let o = s.kubectl_stdin("1.33", &["apply", "-n", ns, "-f", "-"], Some(yaml));
+    assert!(o.status.success(), "apply failed:\n{}", text(&o));
+}
+
+/// The Workspace `ns/name` as JSON over plain HTTP (`Null` when it is not there).
+pub fn get(s: &Server, ns: &str, name: &str) -> serde_json::Value {
+    let (code, body) = s.http(
+        "GET",
+        &format!("/apis/molecule.ai/v1alpha1/namespaces/{ns}/workspaces/{name}"),
+        None,
+        b"",
+    );
+    if code != 200 {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
+}
+
+/// The Workspace's `status.phase` (empty when unset).
+pub fn phase(s: &Server, ns: &str, name: &str) -> String {
+    get(s, ns, name)["status"]["phase"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// An echo Workspace manifest; `extra` is appended to its spec (indented two spaces).
+pub fn ws_yaml(name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: {name}\nspec:\n  runtime: echo\n{extra}"
+    )
+}
