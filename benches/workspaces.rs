@@ -79,53 +79,49 @@ fn start(dir: &Path, port: u16) -> Child {
     panic!("serve did not start");
 }
 
-/// One plain-HTTP GET against the API port with the bearer token; the body.
-fn http_get(port: u16, token: &str, path: &str) -> String {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let req =
-        format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return String::new();
-    }
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    buf.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
-
-/// Phases of every Workspace in `ns`, read with one cheap HTTP GET (a fresh kubectl process
-/// per poll would steal the CPU the operator is being measured on).
-fn phases(port: u16, token: &str, ns: &str) -> Vec<String> {
-    let body = http_get(
-        port,
-        token,
-        &format!("/apis/molecule.ai/v1alpha1/namespaces/{ns}/workspaces"),
-    );
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    v["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|i| i["status"]["phase"].as_str().unwrap_or("").to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
+/// Waits until `n` Workspaces in `ns` are Online, following one watch stream (initial ADDED
+/// events, then changes) so that the bench puts no polling load on the operator it measures.
 fn wait_online(port: u16, token: &str, ns: &str, n: usize) -> Duration {
+    use std::io::BufRead;
     let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(600) {
-        let p = phases(port, token, ns);
-        if p.len() == n && p.iter().all(|x| x == "Online") {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(600)))
+        .expect("timeout");
+    // HTTP/1.0: the body is the raw stream of JSON lines until the server closes it.
+    let req = format!(
+        "GET /apis/molecule.ai/v1alpha1/namespaces/{ns}/workspaces?watch=true HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).expect("watch request");
+    let mut r = std::io::BufReader::new(s);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(r.read_line(&mut line).expect("watch headers") > 0, "watch closed");
+        if line.trim().is_empty() {
+            break;
+        }
+    }
+    let mut phases: std::collections::HashMap<String, String> = Default::default();
+    loop {
+        line.clear();
+        assert!(
+            r.read_line(&mut line).expect("watch stream") > 0,
+            "watch ended before {n} workspaces were Online"
+        );
+        let Ok(ev) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let name = ev["object"]["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if ev["type"] == "DELETED" {
+            phases.remove(&name);
+        } else {
+            let phase = ev["object"]["status"]["phase"].as_str().unwrap_or("");
+            phases.insert(name, phase.to_string());
+        }
+        if phases.len() == n && phases.values().all(|p| p == "Online") {
             return t.elapsed();
         }
-        std::thread::sleep(Duration::from_millis(5));
     }
-    panic!("workspaces did not come Online");
 }
 
 fn ws(name: &str) -> String {

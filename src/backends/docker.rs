@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     BackendError, ConfigFile, ExecOutput, Managed, ManagedKind, Presence, StartSpec, Started, Tier,
-    WorkspaceBackend, WorkspaceRef, normalize_line_endings, validate_file_path,
+    WorkspaceBackend, WorkspaceRef, normalize_line_endings, validate_file_path, volume_dir,
 };
 
 /// Label carried by every container, volume and network this backend creates.
@@ -83,6 +84,18 @@ pub struct DockerBackend {
     host_cpus: tokio::sync::OnceCell<i64>,
     /// Bounds concurrent container starts (see [`DockerBackend::with_start_concurrency`]).
     starts: tokio::sync::Semaphore,
+    /// Config files go straight into a local volume's directory before a first start (ADR 0034);
+    /// cleared for good once the volume directories turn out not to be reachable from here.
+    direct_writes: std::sync::atomic::AtomicBool,
+    writes: ConfigWriteCounts,
+}
+
+/// How config files reached volumes so far: straight into the volume's directory, or through
+/// the engine's archive API ([`DockerBackend::config_writes`]).
+#[derive(Debug, Default)]
+pub struct ConfigWriteCounts {
+    pub direct: AtomicU64,
+    pub archive: AtomicU64,
 }
 
 impl std::fmt::Debug for DockerBackend {
@@ -130,7 +143,21 @@ impl DockerBackend {
             network_ready: std::sync::atomic::AtomicBool::new(false),
             host_cpus: tokio::sync::OnceCell::new(),
             starts: tokio::sync::Semaphore::new(DEFAULT_START_CONCURRENCY),
+            direct_writes: std::sync::atomic::AtomicBool::new(true),
+            writes: ConfigWriteCounts::default(),
         }
+    }
+
+    /// How config files were written so far (diagnostics; ADR 0034).
+    pub fn config_writes(&self) -> &ConfigWriteCounts {
+        &self.writes
+    }
+
+    /// Whether config files may be written straight into a `local` volume's directory when it is
+    /// reachable from this process (default on; off, every write uses the archive API).
+    pub fn with_direct_volume_writes(self, on: bool) -> Self {
+        self.direct_writes.store(on, Ordering::Relaxed);
+        self
     }
 
     /// Sets the helper image (see [`DockerBackend::new`]).
@@ -322,28 +349,64 @@ impl DockerBackend {
         }
     }
 
-    /// Creates the config volume if missing; an existing volume must be ours.
-    async fn ensure_volume(&self, ws: &WorkspaceRef) -> Result<(), BackendError> {
+    /// Creates the config volume if missing (one call: the engine returns an existing volume
+    /// as it is); an existing volume must be ours. The volume's directory when it is a plain
+    /// `local` volume that direct writes may use.
+    async fn ensure_volume(&self, ws: &WorkspaceRef) -> Result<Option<PathBuf>, BackendError> {
         let name = ws.volume_name();
-        match self.timed(self.docker.inspect_volume(&name)).await {
-            Ok(v) if self.owned_by(&v.labels, ws) => Ok(()),
-            Ok(_) => Err(BackendError::Permanent(format!(
+        let request = VolumeCreateRequest {
+            name: Some(name.clone()),
+            labels: Some(self.workspace_labels(ws)),
+            ..Default::default()
+        };
+        let v = self
+            .timed(self.docker.create_volume(request))
+            .await
+            .map_err(|e| map_error("create volume", e))?;
+        if !self.owned_by(&v.labels, ws) {
+            return Err(BackendError::Permanent(format!(
                 "volume {name} exists but is not managed by molecule for this workspace"
-            ))),
-            Err(e) if is_not_found(&e) => {
-                let request = VolumeCreateRequest {
-                    name: Some(name.clone()),
-                    labels: Some(self.workspace_labels(ws)),
-                    ..Default::default()
-                };
-                self.timed(self.docker.create_volume(request))
-                    .await
-                    .map_err(|e| map_error("create volume", e))?;
-                tracing::debug!(volume = %name, "created config volume");
-                Ok(())
-            }
-            Err(e) => Err(map_error("inspect volume", e)),
+            )));
         }
+        let plain_local = v.driver == "local" && v.options.values().all(|o| o.is_empty());
+        let dir = PathBuf::from(&v.mountpoint);
+        let usable = self.direct_writes.load(Ordering::Relaxed)
+            && plain_local
+            && dir.is_absolute()
+            && dir.ends_with(Path::new(&name).join("_data"));
+        Ok(usable.then_some(dir))
+    }
+
+    /// Writes the config files while no container of the workspace runs: straight into the
+    /// volume's directory when it is reachable (ADR 0034), else through the archive API into
+    /// `container`, which has the volume mounted.
+    async fn write_before_start(
+        &self,
+        container: &str,
+        volume_dir: Option<PathBuf>,
+        payload: ConfigPayload,
+    ) -> Result<(), BackendError> {
+        let ConfigPayload { tar, entries } = payload;
+        if let Some(dir) = volume_dir.filter(|_| self.direct_writes.load(Ordering::Relaxed)) {
+            let written = tokio::task::spawn_blocking(move || volume_dir::write(&dir, &entries))
+                .await
+                .map_err(|e| BackendError::Transient(format!("write config files: {e}")))?;
+            match written {
+                Ok(()) => {
+                    self.writes.direct.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(r) if r.unreachable => {
+                    if self.direct_writes.swap(false, Ordering::Relaxed) {
+                        tracing::info!(reason = %r.reason, "volume directories are not reachable from this process; config files go through the archive API");
+                    }
+                }
+                Err(r) => {
+                    tracing::info!(container, reason = %r.reason, "config volume holds something unexpected; writing through the archive API instead");
+                }
+            }
+        }
+        self.upload(container, tar).await
     }
 
     /// The local image id of `image`, or None when the engine does not have it.
@@ -356,6 +419,7 @@ impl DockerBackend {
     }
 
     async fn upload(&self, container: &str, tar: Vec<u8>) -> Result<(), BackendError> {
+        self.writes.archive.fetch_add(1, Ordering::Relaxed);
         let options = UploadToContainerOptionsBuilder::default()
             .path(CONFIG_MOUNT)
             .build();
@@ -632,7 +696,7 @@ impl WorkspaceBackend for DockerBackend {
     async fn ensure_started(&self, spec: &StartSpec) -> Result<Started, BackendError> {
         let ws = &spec.workspace;
         check_ref(ws)?;
-        let tar = config_tar(&spec.files)?;
+        let payload = config_payload(&spec.files)?;
         let env = normalized_env(&spec.env)?;
         let limits = limits(spec)?;
         let hash = spec_hash(spec, &env, limits, &self.network);
@@ -646,7 +710,7 @@ impl WorkspaceBackend for DockerBackend {
             self.lookup_container(ws),
         );
         network?;
-        volume?;
+        let volume_dir = volume?;
         let host_cpus = host_cpus?;
         let image_id = image_id?;
 
@@ -699,8 +763,12 @@ impl WorkspaceBackend for DockerBackend {
                 let id = c.id.clone().unwrap_or_else(|| ws.container_name());
                 let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
                 let image = c.image.clone().or(image_id).unwrap_or_default();
-                if let Some(tar) = tar {
-                    self.upload(&id, tar).await?;
+                if let Some(payload) = payload {
+                    if running {
+                        self.upload(&id, payload.tar).await?;
+                    } else {
+                        self.write_before_start(&id, volume_dir, payload).await?;
+                    }
                 }
                 (id, running, image)
             }
@@ -726,10 +794,10 @@ impl WorkspaceBackend for DockerBackend {
                 };
                 let body = self.container_body(spec, &env, applied, &hash);
                 let id = self.create_workspace_container(spec, body).await?;
-                if let Some(tar) = tar {
+                if let Some(payload) = payload {
                     // Before the first start (W04: no token race). A failure leaves a created
-                    // container with the right hash; the retry uploads again and starts it.
-                    self.upload(&id, tar).await?;
+                    // container with the right hash; the retry writes again and starts it.
+                    self.write_before_start(&id, volume_dir, payload).await?;
                 }
                 (id, false, image_id)
             }
@@ -1262,6 +1330,17 @@ fn redact(message: &str, env: &[(String, String)]) -> String {
 /// Tar of the config files (parents created as needed, modes from the files, CRLF→LF for scripts),
 /// or None when there are no files. Later duplicates of a path win.
 fn config_tar(files: &[ConfigFile]) -> Result<Option<Vec<u8>>, BackendError> {
+    Ok(config_payload(files)?.map(|p| p.tar))
+}
+
+/// The config files both as a tar for the archive API and as entries for a direct write into the
+/// volume's directory ([`volume_dir`]); the same validation and normalisation for both.
+struct ConfigPayload {
+    tar: Vec<u8>,
+    entries: Vec<volume_dir::Entry>,
+}
+
+fn config_payload(files: &[ConfigFile]) -> Result<Option<ConfigPayload>, BackendError> {
     if files.is_empty() {
         return Ok(None);
     }
@@ -1276,6 +1355,7 @@ fn config_tar(files: &[ConfigFile]) -> Result<Option<Vec<u8>>, BackendError> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut tar = TarBuilder::new(mtime);
+    let mut entries = Vec::with_capacity(last.len());
     for f in files {
         // Keep the caller's order but write each path once, with its last content.
         if last
@@ -1284,9 +1364,17 @@ fn config_tar(files: &[ConfigFile]) -> Result<Option<Vec<u8>>, BackendError> {
         {
             let content = normalize_line_endings(&f.path, &f.content);
             tar.file(&f.path, f.mode, &content)?;
+            entries.push(volume_dir::Entry {
+                path: f.path.clone(),
+                mode: f.mode,
+                content,
+            });
         }
     }
-    Ok(Some(tar.finish()))
+    Ok(Some(ConfigPayload {
+        tar: tar.finish(),
+        entries,
+    }))
 }
 
 /// Minimal in-memory tar writer (ustar headers, PAX records for long paths), regular files and
@@ -2376,6 +2464,73 @@ mod tests {
             backend.remove_managed(&expected[1]).await.unwrap();
             assert!(env.container(&ours.container_name()).await.is_none());
             assert!(!env.volume_exists(&ours.volume_name()).await);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn direct_volume_writes_match_the_archive_api_and_never_follow_symlinks() {
+        use std::os::unix::fs::MetadataExt;
+        with_env(|env| async move {
+            let sorted = |mut v: Vec<Entry>| {
+                v.sort();
+                v
+            };
+            // The same spec through both paths: the container sees the same tree.
+            let direct = env.backend().await;
+            let archive = env.backend().await.with_direct_volume_writes(false);
+            let a = direct
+                .ensure_started(&env.spec(1, Tier::Standard))
+                .await
+                .unwrap();
+            let b = archive
+                .ensure_started(&env.spec(2, Tier::Standard))
+                .await
+                .unwrap();
+            assert_eq!(direct.config_writes().direct.load(Ordering::Relaxed), 1);
+            assert_eq!(direct.config_writes().archive.load(Ordering::Relaxed), 0);
+            assert_eq!(archive.config_writes().direct.load(Ordering::Relaxed), 0);
+            assert_eq!(archive.config_writes().archive.load(Ordering::Relaxed), 1);
+            let seen_a = sorted(env.configs_of(&a.container_id).await);
+            assert_eq!(seen_a, sorted(env.configs_of(&b.container_id).await));
+            let token = find(&seen_a, "configs/.auth_token").unwrap();
+            assert_eq!((token.2 & 0o7777, token.3.as_slice()), (0o600, &b"token-123"[..]));
+            assert_eq!(find(&seen_a, "configs/run.sh").unwrap().3, b"echo hi\n");
+            // Owned by the container's root, like the archive API's 0:0.
+            let dir = env
+                .docker
+                .inspect_volume(&env.ws(1).volume_name())
+                .await
+                .unwrap()
+                .mountpoint;
+            let root = std::fs::metadata(&dir).unwrap();
+            let nested = std::fs::metadata(Path::new(&dir).join("a/b.txt")).unwrap();
+            assert_eq!((nested.uid(), nested.gid()), (root.uid(), root.gid()));
+
+            // An earlier container left a symlink to a host file where the token goes: the
+            // direct path refuses it, the archive API writes inside the container's view, and
+            // the host file is untouched.
+            let victim = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(victim.path(), "host file").unwrap();
+            direct.stop(&env.ws(1)).await.unwrap();
+            std::fs::remove_file(Path::new(&dir).join(".auth_token")).unwrap();
+            std::os::unix::fs::symlink(victim.path(), Path::new(&dir).join(".auth_token"))
+                .unwrap();
+            let mut changed = env.spec(1, Tier::Standard);
+            changed.files[0].content = b"token-456".to_vec();
+            direct.ensure_started(&changed).await.unwrap();
+            assert_eq!(std::fs::read(victim.path()).unwrap(), b"host file");
+            let token_path = Path::new(&dir).join(".auth_token");
+            let meta = std::fs::symlink_metadata(&token_path).unwrap();
+            assert!(meta.file_type().is_file(), "{meta:?}");
+            assert_eq!(std::fs::read(&token_path).unwrap(), b"token-456");
+            assert_eq!(direct.config_writes().archive.load(Ordering::Relaxed), 1);
+            // Direct writes stay on for the next workspace.
+            direct
+                .ensure_started(&env.spec(3, Tier::Standard))
+                .await
+                .unwrap();
+            assert_eq!(direct.config_writes().direct.load(Ordering::Relaxed), 2);
         })
         .await;
     }

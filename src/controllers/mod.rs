@@ -187,6 +187,7 @@ async fn connect_backend(
     host: &HostSettings,
     ws_triggers: &cache::Relay<kube::runtime::reflector::ObjectRef<crate::resources::Workspace>>,
     reap_triggers: &cache::Relay<()>,
+    live: &reaper::LiveUids,
     background: &mut tokio::task::JoinSet<()>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<
@@ -227,6 +228,7 @@ async fn connect_backend(
         let docker = docker.clone();
         let instance = host.instance.clone();
         let (ws_triggers, reap_triggers) = (ws_triggers.clone(), reap_triggers.clone());
+        let live = live.clone();
         async move {
             let mut s = std::pin::pin!(crate::backends::events::managed_events(docker, instance));
             while let Some(ev) = s.next().await {
@@ -239,7 +241,9 @@ async fn connect_backend(
                 {
                     ws_triggers.send(ObjectRef::new(&ev.name).within(&ev.namespace));
                 }
-                if matches!(ev.action.as_str(), "create" | "start" | "destroy" | "die") {
+                if matches!(ev.action.as_str(), "create" | "start" | "destroy" | "die")
+                    && !live.contains(&ev.uid)
+                {
                     reap_triggers.send(());
                 }
             }
@@ -300,8 +304,14 @@ fn secret_dependents(
 }
 
 /// Wakes the reaper on every Workspace deletion: a record that disappears (deleted, finalizer
-/// stripped, store wiped) leaves orphans at once, not at the next resync.
-async fn reap_on_deletions(client: Client, triggers: cache::Relay<()>, stop: Shutdown) {
+/// stripped, store wiped) leaves orphans at once, not at the next resync. The same watch keeps
+/// `live` current, which lets Docker events about live Workspaces pass without a reaper pass.
+async fn reap_on_deletions(
+    client: Client,
+    triggers: cache::Relay<()>,
+    live: reaper::LiveUids,
+    stop: Shutdown,
+) {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
     let api: kube::Api<crate::resources::Workspace> = kube::Api::all(client);
@@ -312,8 +322,12 @@ async fn reap_on_deletions(client: Client, triggers: cache::Relay<()>, stop: Shu
     loop {
         tokio::select! {
             ev = stream.next() => match ev {
-                Some(Ok(watcher::Event::Delete(_))) => triggers.send(()),
-                Some(_) => {}
+                Some(Ok(ev)) => {
+                    if live.apply(&ev) {
+                        triggers.send(());
+                    }
+                }
+                Some(Err(_)) => {}
                 None => return,
             },
             _ = &mut stop => return,
@@ -441,6 +455,7 @@ pub async fn run(
     // The backend, and its fast triggers (every replica; nobody listens to them until it leads).
     let ws_triggers: cache::Relay<ObjectRef<crate::resources::Workspace>> = cache::Relay::default();
     let reap_triggers: cache::Relay<()> = cache::Relay::default();
+    let live_uids = reaper::LiveUids::default();
     let mut background = tokio::task::JoinSet::new();
     let mut backends = None;
     let mut docker_gateway = None;
@@ -450,6 +465,7 @@ pub async fn run(
             &host,
             &ws_triggers,
             &reap_triggers,
+            &live_uids,
             &mut background,
             &shutdown,
         )
@@ -613,6 +629,7 @@ pub async fn run(
             tasks.spawn(reap_on_deletions(
                 client.clone(),
                 reap_triggers.clone(),
+                live_uids.clone(),
                 term.clone(),
             ));
             tasks.spawn(reaper::run(

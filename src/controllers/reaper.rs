@@ -1,15 +1,17 @@
 //! The orphan reaper (W12, C06): any managed container or volume whose uid belongs to no live
 //! Workspace is removed, and any control-plane instance of this org and installation that no
-//! live Workspace accounts for is terminated. Triggered by Docker events and record deletions
-//! (fast path) and a periodic resync (safety net); it also heals a wiped store. Only objects
-//! carrying the managed label (or listed for this installation) are ever touched, and liveness
-//! is checked against the API itself, not a cache.
+//! live Workspace accounts for is terminated. Triggered by record deletions and by Docker events
+//! about objects of no known Workspace (fast path), and by a periodic resync (safety net); it
+//! also heals a wiped store. Only objects carrying the managed label (or listed for this
+//! installation) are ever touched, and a removal is decided against the API itself: the watched
+//! set of live uids ([`LiveUids`]) only filters triggers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, ListParams};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
@@ -34,6 +36,59 @@ pub struct Live {
     pub instance_id: Option<String>,
     /// `status.tokenHash`: rotated and written before every provision call.
     pub token_hash: Option<String>,
+}
+
+/// The uids of the Workspaces that exist, kept current by the reaper's own watch. A Docker event
+/// about an object of a live Workspace cannot make an orphan (only the record's deletion can,
+/// and that wakes the reaper itself), so such events do not trigger a pass: a burst of
+/// provisions no longer makes the reaper list every container again and again.
+#[derive(Clone, Debug, Default)]
+pub struct LiveUids(Arc<std::sync::RwLock<LiveState>>);
+
+#[derive(Debug, Default)]
+struct LiveState {
+    /// None until the first full list arrived: every event counts until then.
+    known: Option<HashSet<String>>,
+    /// The list being received after a (re)start of the watch.
+    pending: HashSet<String>,
+}
+
+impl LiveUids {
+    /// Whether `uid` belongs to a Workspace that exists (false while unknown).
+    pub fn contains(&self, uid: &str) -> bool {
+        self.0
+            .read()
+            .map(|s| s.known.as_ref().is_some_and(|k| k.contains(uid)))
+            .unwrap_or(false)
+    }
+
+    /// Folds one watch event in; true when it was a deletion (a pass is due).
+    pub fn apply(&self, ev: &watcher::Event<Workspace>) -> bool {
+        let Ok(mut s) = self.0.write() else {
+            return matches!(ev, watcher::Event::Delete(_));
+        };
+        match ev {
+            watcher::Event::Init => s.pending.clear(),
+            watcher::Event::InitApply(w) => {
+                if let Some(u) = w.uid() {
+                    s.pending.insert(u);
+                }
+            }
+            watcher::Event::InitDone => s.known = Some(std::mem::take(&mut s.pending)),
+            watcher::Event::Apply(w) => {
+                if let (Some(u), Some(k)) = (w.uid(), s.known.as_mut()) {
+                    k.insert(u);
+                }
+            }
+            watcher::Event::Delete(w) => {
+                if let (Some(u), Some(k)) = (w.uid(), s.known.as_mut()) {
+                    k.remove(&u);
+                }
+                return true;
+            }
+        }
+        false
+    }
 }
 
 /// Whether `m` is an orphan given the live records by uid. Containers and volumes: their uid
@@ -210,6 +265,36 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ws(uid: &str) -> Workspace {
+        let mut w = Workspace::new("w", Default::default());
+        w.metadata.uid = Some(uid.into());
+        w
+    }
+
+    #[test]
+    fn live_uids_follow_the_watch_and_know_nothing_before_the_first_list() {
+        use watcher::Event;
+        let live = LiveUids::default();
+        assert!(!live.apply(&Event::Apply(ws("a"))));
+        assert!(!live.contains("a"), "unknown until the first list is complete");
+        live.apply(&Event::Init);
+        live.apply(&Event::InitApply(ws("a")));
+        live.apply(&Event::InitApply(ws("b")));
+        assert!(!live.contains("a"));
+        live.apply(&Event::InitDone);
+        assert!(live.contains("a") && live.contains("b"));
+        live.apply(&Event::Apply(ws("c")));
+        assert!(live.contains("c"));
+        assert!(live.apply(&Event::Delete(ws("b"))), "a deletion is due a pass");
+        assert!(!live.contains("b"));
+        // A re-list replaces the set: what vanished meanwhile is gone.
+        live.apply(&Event::Init);
+        live.apply(&Event::InitApply(ws("c")));
+        assert!(live.contains("a"), "the old set holds until the new list is complete");
+        live.apply(&Event::InitDone);
+        assert!(!live.contains("a") && live.contains("c"));
+    }
 
     fn m(kind: ManagedKind, name: &str, uid: &str, attempt: &str) -> Managed {
         Managed {

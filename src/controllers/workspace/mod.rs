@@ -193,10 +193,15 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, 
         }
     })
     .await
-    .map_err(|e| match e {
+    .or_else(|e| match e {
         kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => WorkspaceError::Finalizer(other.to_string()),
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => Err(e),
+        // A queued pass over a record that another pass already released: it is gone, which is
+        // what the cleanup was for.
+        kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(e)) if e.code == 404 => {
+            Ok(Action::await_change())
+        }
+        other => Err(WorkspaceError::Finalizer(other.to_string())),
     });
     let outcome = if result.is_ok() {
         ctx.retries
@@ -1215,7 +1220,21 @@ async fn external(
 /// removes what is left (no uid of a live record owns it any more). Control plane: terminate
 /// the instance; until the control plane confirms (2xx, or 404: already gone) the finalizer is
 /// kept, the Ready condition says why, and the call is retried with backoff.
-async fn cleanup(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, WorkspaceError> {
+async fn cleanup(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, WorkspaceError> {
+    // Like apply, from the record as it is now: a pass queued by a Docker event (the container
+    // this very cleanup removed) can run on a cached copy of a record that an earlier pass has
+    // already released; it must not remove, notify and audit the deletion a second time.
+    let cached_ref = wref(&cached)?;
+    let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &cached_ref.namespace);
+    let ws = match api.get_opt(&cached_ref.name).await? {
+        Some(fresh)
+            if fresh.uid().as_deref() == Some(cached_ref.uid.as_str())
+                && fresh.finalizers().iter().any(|f| f == FINALIZER) =>
+        {
+            Arc::new(fresh)
+        }
+        _ => return Ok(Action::await_change()),
+    };
     let w = wref(&ws)?;
     let external = ws.spec.runtime.as_deref() == Some("external");
     let kind = ws.spec.backend.unwrap_or_default();
