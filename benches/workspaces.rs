@@ -96,7 +96,10 @@ fn wait_online(port: u16, token: &str, ns: &str, n: usize) -> Duration {
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(r.read_line(&mut line).expect("watch headers") > 0, "watch closed");
+        assert!(
+            r.read_line(&mut line).expect("watch headers") > 0,
+            "watch closed"
+        );
         if line.trim().is_empty() {
             break;
         }
@@ -111,7 +114,10 @@ fn wait_online(port: u16, token: &str, ns: &str, n: usize) -> Duration {
         let Ok(ev) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
-        let name = ev["object"]["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let name = ev["object"]["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         if ev["type"] == "DELETED" {
             phases.remove(&name);
         } else {

@@ -2494,7 +2494,10 @@ mod tests {
             let seen_a = sorted(env.configs_of(&a.container_id).await);
             assert_eq!(seen_a, sorted(env.configs_of(&b.container_id).await));
             let token = find(&seen_a, "configs/.auth_token").unwrap();
-            assert_eq!((token.2 & 0o7777, token.3.as_slice()), (0o600, &b"token-123"[..]));
+            assert_eq!(
+                (token.2 & 0o7777, token.3.as_slice()),
+                (0o600, &b"token-123"[..])
+            );
             assert_eq!(find(&seen_a, "configs/run.sh").unwrap().3, b"echo hi\n");
             // Owned by the container's root, like the archive API's 0:0.
             let dir = env
@@ -2514,8 +2517,7 @@ mod tests {
             std::fs::write(victim.path(), "host file").unwrap();
             direct.stop(&env.ws(1)).await.unwrap();
             std::fs::remove_file(Path::new(&dir).join(".auth_token")).unwrap();
-            std::os::unix::fs::symlink(victim.path(), Path::new(&dir).join(".auth_token"))
-                .unwrap();
+            std::os::unix::fs::symlink(victim.path(), Path::new(&dir).join(".auth_token")).unwrap();
             let mut changed = env.spec(1, Tier::Standard);
             changed.files[0].content = b"token-456".to_vec();
             direct.ensure_started(&changed).await.unwrap();

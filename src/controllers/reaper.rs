@@ -277,7 +277,10 @@ mod tests {
         use watcher::Event;
         let live = LiveUids::default();
         assert!(!live.apply(&Event::Apply(ws("a"))));
-        assert!(!live.contains("a"), "unknown until the first list is complete");
+        assert!(
+            !live.contains("a"),
+            "unknown until the first list is complete"
+        );
         live.apply(&Event::Init);
         live.apply(&Event::InitApply(ws("a")));
         live.apply(&Event::InitApply(ws("b")));
@@ -286,12 +289,18 @@ mod tests {
         assert!(live.contains("a") && live.contains("b"));
         live.apply(&Event::Apply(ws("c")));
         assert!(live.contains("c"));
-        assert!(live.apply(&Event::Delete(ws("b"))), "a deletion is due a pass");
+        assert!(
+            live.apply(&Event::Delete(ws("b"))),
+            "a deletion is due a pass"
+        );
         assert!(!live.contains("b"));
         // A re-list replaces the set: what vanished meanwhile is gone.
         live.apply(&Event::Init);
         live.apply(&Event::InitApply(ws("c")));
-        assert!(live.contains("a"), "the old set holds until the new list is complete");
+        assert!(
+            live.contains("a"),
+            "the old set holds until the new list is complete"
+        );
         live.apply(&Event::InitDone);
         assert!(!live.contains("a") && live.contains("c"));
     }
