@@ -1,7 +1,8 @@
 //! Docker engine backend (bollard), FEATURES W01-W04/W11: one container `ws-<id12>` and one config
 //! volume `ws-<id12>-configs` per workspace on the `molecule-core-net` bridge network, all
-//! labelled as managed. Config files go into the volume through the archive API (a tar body, no
-//! shell needed in the image) before the container first starts.
+//! labelled as managed. Config files go into the volume before the container first starts:
+//! straight into the volume's directory when the operator shares the engine's host (ADR 0034),
+//! else through the archive API (a tar body, no shell needed in the image).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;

@@ -613,8 +613,19 @@ async fn request_restart(ctx: &Context, ws: &Workspace, now: &str) -> Result<(),
     Ok(())
 }
 
-async fn apply(pi: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, PluginError> {
-    let ns = pi.namespace().unwrap_or_else(|| "default".into());
+async fn apply(cached: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, PluginError> {
+    let ns = cached.namespace().unwrap_or_else(|| "default".into());
+    // Decide from the record as it is now (as the Workspace controller does, ADR 0028): a pass
+    // queued while the previous one ran can start before the watch cache holds that pass's
+    // status write, and a status built on the stale copy would clear what it recorded (the
+    // owned fields are written whole, lastRestartClass among them).
+    let api: Api<PluginInstall> = Api::namespaced(ctx.client.clone(), &ns);
+    let pi = match api.get_opt(&cached.name_any()).await? {
+        Some(fresh) if fresh.uid() == cached.uid() && fresh.metadata.deletion_timestamp.is_none() => {
+            Arc::new(fresh)
+        }
+        _ => return Ok(Action::await_change()), // gone, re-created or being deleted: events follow
+    };
     let uid = pi.uid().unwrap_or_default();
     let generation = pi.metadata.generation.unwrap_or(1);
     let now = crate::util::now_rfc3339();
