@@ -91,7 +91,10 @@ impl Context {
         }
     }
 
-    /// The next retry delay of a runtime whose source is unreachable (500 ms … 5 min).
+    /// The next retry delay of a runtime whose source is unreachable (5 s … 5 min). Not faster:
+    /// no workspace start waits on this controller (a start resolves its image itself), and on
+    /// a host without network every built-in runtime fails its probe at once, so 500 ms steps
+    /// spawned dozens of `git ls-remote` processes in an operator's first seconds.
     fn backoff(&self, name: &str) -> Duration {
         use backon::BackoffBuilder;
         self.retries
@@ -100,7 +103,7 @@ impl Context {
             .entry(name.to_string())
             .or_insert_with(|| {
                 backon::ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(500))
+                    .with_min_delay(Duration::from_secs(5))
                     .with_max_delay(Duration::from_secs(300))
                     .with_jitter()
                     .without_max_times()

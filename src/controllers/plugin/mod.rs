@@ -621,7 +621,9 @@ async fn apply(cached: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, 
     // owned fields are written whole, lastRestartClass among them).
     let api: Api<PluginInstall> = Api::namespaced(ctx.client.clone(), &ns);
     let pi = match api.get_opt(&cached.name_any()).await? {
-        Some(fresh) if fresh.uid() == cached.uid() && fresh.metadata.deletion_timestamp.is_none() => {
+        Some(fresh)
+            if fresh.uid() == cached.uid() && fresh.metadata.deletion_timestamp.is_none() =>
+        {
             Arc::new(fresh)
         }
         _ => return Ok(Action::await_change()), // gone, re-created or being deleted: events follow
