@@ -53,6 +53,17 @@ fn container_of(s: &Server, ns: &str, name: &str) -> String {
     format!("ws-{}", &uid[..12.min(uid.len())])
 }
 
+/// The image reference the workspace's container was created from.
+fn image_of(s: &Server, ns: &str, name: &str) -> String {
+    docker(&[
+        "inspect",
+        "-f",
+        "{{.Config.Image}}",
+        &container_of(s, ns, name),
+    ])
+    .1
+}
+
 fn a2a(url: &str, text: &str) -> Value {
     let body = json!({"jsonrpc": "2.0", "id": 7, "method": "message/send", "params": {"message": {"role": "user", "parts": [{"kind": "text", "text": text}], "messageId": "m1"}}});
     let (code, resp) = post_url(url, &body.to_string(), None).expect("a2a call");
@@ -457,13 +468,7 @@ fn wiped_store_and_strays_are_reaped_unlabelled_untouched() {
     apply(&s, &ns, &(ws_yaml("a", "") + "---\n" + &ws_yaml("b", "")));
     wait_phase(&s, &ns, "a", "Online", 120);
     wait_phase(&s, &ns, "b", "Online", 120);
-    let image = docker(&[
-        "inspect",
-        "-f",
-        "{{.Config.Image}}",
-        &container_of(&s, &ns, "a"),
-    ])
-    .1;
+    let image = image_of(&s, &ns, "a");
     let unlabelled = format!("ws-unlabelled-{}", molecule::util::random_suffix(6));
     assert!(docker(&["create", "--name", &unlabelled, &image]).0);
 
@@ -823,13 +828,7 @@ fn echo_images_of_earlier_binaries_are_removed_unless_a_container_uses_them() {
     let ns = ns();
     apply(&s, &ns, &ws_yaml("fresh", ""));
     wait_phase(&s, &ns, "fresh", "Online", 90);
-    let current = docker(&[
-        "inspect",
-        "-f",
-        "{{.Config.Image}}",
-        &container_of(&s, &ns, "fresh"),
-    ])
-    .1;
+    let current = image_of(&s, &ns, "fresh");
     let gone = eventually(30, || !exists("image", &unused));
     let kept = exists("image", &in_use);
     let current_kept = exists("image", &current);

@@ -352,7 +352,7 @@ impl DockerBackend {
 
     /// Creates the config volume if missing (one call: the engine returns an existing volume
     /// as it is); an existing volume must be ours. The volume's directory when it is a plain
-    /// `local` volume that direct writes may use.
+    /// `local` volume, for direct writes ([`DockerBackend::write_before_start`]).
     async fn ensure_volume(&self, ws: &WorkspaceRef) -> Result<Option<PathBuf>, BackendError> {
         let name = ws.volume_name();
         let request = VolumeCreateRequest {
@@ -371,10 +371,8 @@ impl DockerBackend {
         }
         let plain_local = v.driver == "local" && v.options.values().all(|o| o.is_empty());
         let dir = PathBuf::from(&v.mountpoint);
-        let usable = self.direct_writes.load(Ordering::Relaxed)
-            && plain_local
-            && dir.is_absolute()
-            && dir.ends_with(Path::new(&name).join("_data"));
+        let usable =
+            plain_local && dir.is_absolute() && dir.ends_with(Path::new(&name).join("_data"));
         Ok(usable.then_some(dir))
     }
 

@@ -14,7 +14,7 @@
 
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One file to write: path relative to the volume root (already validated), mode, content.
 pub(crate) struct Entry {
@@ -90,7 +90,7 @@ fn ensure_dir(dir: &Path, owner: (u32, u32)) -> Result<(), Refusal> {
     }
 }
 
-fn write_file(path: &PathBuf, entry: &Entry, owner: (u32, u32)) -> Result<(), Refusal> {
+fn write_file(path: &Path, entry: &Entry, owner: (u32, u32)) -> Result<(), Refusal> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_file() => {}
         Ok(_) => return Err(Refusal::at(path, "exists and is not a regular file")),

@@ -1,9 +1,30 @@
-//! What every controller reports back the same way: the fields of status it owns, as a merge
-//! patch, and Kubernetes Events published off the reconcile's critical path.
+//! What every controller does the same way around a pass: it starts from the record as it is
+//! now (ADR 0028), and reports back the fields of status it owns, as a merge patch, and
+//! Kubernetes Events published off the reconcile's critical path.
 
+use kube::Resource;
+use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+/// The record `cached` stands for, read again from the API: None when it is gone or was
+/// re-created under the same name (another uid; its own events follow). A pass queued while
+/// an earlier one ran can start before the watch cache holds that pass's writes.
+pub async fn fresh<K>(api: &Api<K>, cached: &K) -> Result<Option<K>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let meta = cached.meta();
+    let Some(name) = meta.name.as_deref() else {
+        return Ok(None);
+    };
+    Ok(api
+        .get_opt(name)
+        .await?
+        .filter(|f| f.meta().uid.is_some() && f.meta().uid == meta.uid))
+}
 
 /// The status fields a controller owns, as the body of a merge patch: every field of `fields`
 /// is present, set from `status` or `null` (so a value the next status dropped is removed),

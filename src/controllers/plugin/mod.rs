@@ -620,12 +620,8 @@ async fn apply(cached: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, 
     // status write, and a status built on the stale copy would clear what it recorded (the
     // owned fields are written whole, lastRestartClass among them).
     let api: Api<PluginInstall> = Api::namespaced(ctx.client.clone(), &ns);
-    let pi = match api.get_opt(&cached.name_any()).await? {
-        Some(fresh)
-            if fresh.uid() == cached.uid() && fresh.metadata.deletion_timestamp.is_none() =>
-        {
-            Arc::new(fresh)
-        }
+    let pi = match crate::controllers::report::fresh(&api, cached.as_ref()).await? {
+        Some(fresh) if fresh.metadata.deletion_timestamp.is_none() => Arc::new(fresh),
         _ => return Ok(Action::await_change()), // gone, re-created or being deleted: events follow
     };
     let uid = pi.uid().unwrap_or_default();

@@ -541,14 +541,11 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
     // a stale `containerId` would make a fresh container look unrecorded and get replaced.
     let w = wref(&cached)?;
     let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &w.namespace);
-    let ws = match api.get_opt(&w.name).await? {
-        Some(fresh) if fresh.uid().as_deref() == Some(w.uid.as_str()) => {
-            if fresh.metadata.deletion_timestamp.is_some() {
-                return Ok(Action::await_change()); // the deletion's watch event runs cleanup
-            }
-            Arc::new(fresh)
-        }
-        _ => return Ok(Action::await_change()), // gone or re-created: its own events follow
+    let ws = match super::report::fresh(&api, &cached).await? {
+        Some(fresh) if fresh.metadata.deletion_timestamp.is_none() => Arc::new(fresh),
+        // Gone or re-created (its own events follow), or being deleted (the deletion's watch
+        // event runs cleanup).
+        _ => return Ok(Action::await_change()),
     };
     let generation = ws.metadata.generation.unwrap_or(1);
     let now = crate::util::now_rfc3339();
@@ -1224,15 +1221,9 @@ async fn cleanup(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Wo
     // Like apply, from the record as it is now: a pass queued by a Docker event (the container
     // this very cleanup removed) can run on a cached copy of a record that an earlier pass has
     // already released; it must not remove, notify and audit the deletion a second time.
-    let cached_ref = wref(&cached)?;
-    let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &cached_ref.namespace);
-    let ws = match api.get_opt(&cached_ref.name).await? {
-        Some(fresh)
-            if fresh.uid().as_deref() == Some(cached_ref.uid.as_str())
-                && fresh.finalizers().iter().any(|f| f == FINALIZER) =>
-        {
-            Arc::new(fresh)
-        }
+    let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &wref(&cached)?.namespace);
+    let ws = match super::report::fresh(&api, &cached).await? {
+        Some(fresh) if fresh.finalizers().iter().any(|f| f == FINALIZER) => Arc::new(fresh),
         _ => return Ok(Action::await_change()),
     };
     let w = wref(&ws)?;
