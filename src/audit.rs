@@ -84,12 +84,8 @@ pub fn router(audit: Audit, token: String) -> axum::Router {
         headers: HeaderMap,
         Query(q): Query<HashMap<String, String>>,
     ) -> axum::response::Response {
-        let got = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(got.as_bytes(), r.token.as_bytes()) {
+        let got = crate::tokens::bearer(&headers).unwrap_or("");
+        if !crate::tokens::same_token(got, &r.token) {
             return (
                 StatusCode::UNAUTHORIZED,
                 axum::Json(serde_json::json!({"error": "a valid bearer token is required"})),
@@ -130,8 +126,4 @@ pub fn router(audit: Audit, token: String) -> axum::Router {
             audit,
             token: token.into(),
         })
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -24,4 +24,5 @@ pub mod store;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
+pub mod tokens;
 pub mod util;

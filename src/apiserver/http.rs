@@ -84,18 +84,8 @@ fn json_response(code: u16, body: &Value, warnings: &[String]) -> Response {
 }
 
 fn authorized(api: &ApiServer, headers: &HeaderMap) -> bool {
-    let got = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let want = api.token.as_bytes();
-    got.len() == want.len()
-        && got
-            .bytes()
-            .zip(want.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    let got = crate::tokens::bearer(headers).unwrap_or("");
+    crate::tokens::same_token(got, &api.token)
 }
 
 /// The single entry point for every Kubernetes API path.

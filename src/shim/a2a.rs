@@ -103,19 +103,7 @@ fn error(code: StatusCode, msg: &str) -> Response {
     (code, axum::Json(json!({"error": msg}))).into_response()
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-/// Compares digests, so the time taken does not depend on how much of a token matched.
-fn same_digest(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use crate::tokens::{bearer, same_digest};
 
 enum Caller {
     Admin,

@@ -11,7 +11,6 @@ use axum::http::HeaderMap;
 use base64::Engine;
 use kube::ResourceExt;
 use kube::api::Api;
-use sha2::{Digest, Sha256};
 
 use super::Shim;
 use super::error::ShimError;
@@ -30,13 +29,7 @@ pub enum Caller {
 
 /// The bearer token of a request, if any.
 pub fn bearer(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(String::from)
+    crate::tokens::bearer(headers).map(String::from)
 }
 
 /// The token carried in the WebSocket subprotocol list, if any.
@@ -52,17 +45,13 @@ pub fn protocol_token(headers: &HeaderMap) -> Option<String> {
 }
 
 pub fn sha256_hex(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    crate::tokens::digest_hex(token)
 }
 
 impl Shim {
     /// Constant-time comparison through the digests.
     pub fn is_admin_token(&self, token: &str) -> bool {
-        let got: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        got.iter()
-            .zip(self.admin_hash.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        crate::tokens::same_digest(&crate::tokens::digest(token), &self.admin_hash)
     }
 
     /// Admin routes: the admin token only.

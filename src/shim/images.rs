@@ -58,17 +58,8 @@ fn error(code: StatusCode, msg: &str) -> Response {
 }
 
 fn authorized(headers: &HeaderMap, want: &str) -> bool {
-    let got = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    got.len() == want.len()
-        && got
-            .bytes()
-            .zip(want.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    let got = crate::tokens::bearer(headers).unwrap_or("");
+    crate::tokens::same_token(got, want)
 }
 
 /// Parses `recreate` (`true`/`false`/`1`/`0`, default false) and the runtime list.

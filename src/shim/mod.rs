@@ -32,7 +32,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use sha2::{Digest, Sha256};
+
 use tokio::sync::broadcast;
 
 use crate::telemetry::Metrics;
@@ -80,7 +80,7 @@ impl Shim {
         let (events, _) = broadcast::channel(s.backlog.max(1));
         let shim = Arc::new(Shim {
             client: s.client,
-            admin_hash: Sha256::digest(s.token.as_bytes()).into(),
+            admin_hash: crate::tokens::digest(&s.token),
             audit: s.audit,
             namespace: s.namespace,
             plugin_root: s.plugin_root,

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::resources::Workspace;
 use crate::telemetry::Metrics;
+use crate::tokens::bearer;
 
 /// Largest accepted registry request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -70,15 +71,6 @@ struct HeartbeatBody {
     uptime_seconds: Option<i64>,
     #[serde(default)]
     runtime_state: Option<String>,
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
 }
 
 fn truncate(s: Option<String>, n: usize) -> Option<String> {

@@ -1,0 +1,12 @@
+//! Security suite: each test here pins one hardening point (privilege, template policy, fetches,
+//! resource exhaustion, durability) and failed on the code before the fix.
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../fakes/mod.rs"]
+mod fakes;
+
+mod apiserver;
+mod auth;
+mod fetch;
+mod templates;
