@@ -320,7 +320,12 @@ pub fn fetch(cfg: &ExternalConfig, r: &ExternalRef) -> Result<Option<Fetched>, T
         }
         // Another import fetched the same sha at the same time: theirs is complete.
     } else {
-        std::fs::write(dir.join(COMPLETE_MARKER), format!("{sha}\n"))
+        // The checkout's rename must be durable before the marker that vouches for it
+        // (ADR 0042).
+        crate::util::sync_dir(&repo_dir)
+            .and_then(|()| {
+                crate::util::write_marker(&dir.join(COMPLETE_MARKER), format!("{sha}\n").as_bytes())
+            })
             .map_err(|_| io("write the .complete marker"))?;
     }
     tracing::info!(repo = %identity, sha = %sha, "external fetched into the cache");

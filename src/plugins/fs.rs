@@ -19,7 +19,6 @@
 //! ([`Report`]), which the controller parses.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -436,8 +435,10 @@ pub fn swap(l: &Layout, sha: &str, failpoints: bool) -> Report {
     let marked = if failpoint(&l.root, failpoints, "marker") {
         Err(std::io::Error::other("failpoint"))
     } else {
-        std::fs::File::create(live.join(MARKER))
-            .and_then(|mut f| f.write_all(format!("{sha}\n").as_bytes()))
+        // The swap's rename is made durable first, then the marker (ADR 0042).
+        crate::util::sync_dir(&l.root).and_then(|()| {
+            crate::util::write_marker(&live.join(MARKER), format!("{sha}\n").as_bytes())
+        })
     };
     if let Err(e) = marked {
         eprintln!(

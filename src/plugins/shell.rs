@@ -103,6 +103,9 @@ swap)
     echo "molecule plugin: CONTENT INSTALLED BUT UNMARKED: $live has the new version but no .complete; loaders skip it until 'touch $live/.complete' or the next install" >&2
     echo "error the .complete marker could not be written"; echo "result marker_failed"; exit 0
   fi
+  # Durable marker (ADR 0042): fsync it and the dirs it and the swap live in; plain `sync`
+  # where `sync FILE` is not supported.
+  sync "$live/.complete" "$live" "$root" 2>/dev/null || sync 2>/dev/null || true
   if [ $snap = 1 ]; then rm -rf "$prev"; fi
   echo "result swapped"
   ;;
