@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::store::{AuditRow, Store};
+use crate::store::{AuditFilter, AuditRow, Store};
 
 /// Where controllers record audit rows; cheap to clone.
 #[derive(Clone, Default)]
@@ -42,6 +42,7 @@ impl Audit {
             return;
         };
         let row = AuditRow {
+            id: 0,
             at: crate::util::now_micro(),
             event: event.to_string(),
             namespace: namespace.to_string(),
@@ -53,19 +54,55 @@ impl Audit {
         }
     }
 
-    /// Rows, oldest first, optionally only one event name; empty without a store.
-    pub async fn rows(
+    /// The newest `limit` rows matching `filter`, newest first (filtered and limited in SQL);
+    /// empty without a store.
+    pub async fn query(
         &self,
-        event: Option<&str>,
+        filter: &AuditFilter,
+        limit: usize,
     ) -> Result<Vec<AuditRow>, crate::store::StoreError> {
         match &self.store {
-            Some(s) => s.audit_rows(event).await,
+            Some(s) => s.audit_query(filter, limit).await,
             None => Ok(vec![]),
         }
     }
+
+    /// Deletes the rows older than `keep` once now and then every `every`, until `shutdown`
+    /// (ADR 0042). Failures are logged and retried at the next tick.
+    pub fn spawn_retention(
+        &self,
+        keep: std::time::Duration,
+        every: std::time::Duration,
+        shutdown: crate::shutdown::Shutdown,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let store = self.store.clone()?;
+        Some(tokio::spawn(async move {
+            let stop = shutdown.wait();
+            tokio::pin!(stop);
+            loop {
+                let cutoff = crate::store::audit_cutoff(keep);
+                match store.audit_prune(&cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(removed = n, before = %cutoff, "audit retention removed old rows")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "audit retention failed; retrying later"),
+                }
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        }))
+    }
 }
 
-/// `GET /audit?event=&namespace=&name=`: audit rows, oldest first, as
+/// Default and largest `limit` of `GET /audit`.
+const AUDIT_LIMIT: usize = 1_000;
+const AUDIT_MAX_LIMIT: usize = 10_000;
+
+/// `GET /audit?event=&namespace=&name=&limit=`: the newest `limit` audit rows (default 1000),
+/// oldest first, as
 /// `{"items": [{"at", "event", "namespace", "name", "data"}]}`. Requires the API bearer token.
 pub fn router(audit: Audit, token: String) -> axum::Router {
     use axum::extract::{Query, State};
@@ -92,7 +129,24 @@ pub fn router(audit: Audit, token: String) -> axum::Router {
             )
                 .into_response();
         }
-        let rows = match r.audit.rows(q.get("event").map(String::as_str)).await {
+        let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+            None => AUDIT_LIMIT,
+            Some(Ok(n)) if (1..=AUDIT_MAX_LIMIT).contains(&n) => n,
+            Some(_) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(serde_json::json!({"error": format!("query `limit` must be between 1 and {AUDIT_MAX_LIMIT}")})),
+                )
+                    .into_response();
+            }
+        };
+        let filter = AuditFilter {
+            event: q.get("event").cloned(),
+            namespace: q.get("namespace").cloned(),
+            name: q.get("name").cloned(),
+            workspace: None,
+        };
+        let mut rows = match r.audit.query(&filter, limit).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "reading audit rows failed");
@@ -103,10 +157,10 @@ pub fn router(audit: Audit, token: String) -> axum::Router {
                     .into_response();
             }
         };
+        // The newest `limit`, listed oldest first.
+        rows.reverse();
         let items: Vec<Value> = rows
             .into_iter()
-            .filter(|r| q.get("namespace").is_none_or(|n| *n == r.namespace))
-            .filter(|r| q.get("name").is_none_or(|n| *n == r.name))
             .map(|r| {
                 serde_json::json!({
                     "at": r.at,

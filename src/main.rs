@@ -52,6 +52,23 @@ struct WorkspaceFlags {
     control_plane: ControlPlaneFlags,
 }
 
+/// Audit retention (ADR 0042), shared by `serve` and `operator`.
+#[derive(clap::Args, Clone, Debug)]
+struct AuditFlags {
+    /// Days audit rows are kept: older ones are deleted at start and every hour. 0 keeps them
+    /// forever.
+    #[arg(long, env = "MOLECULE_AUDIT_RETENTION_DAYS", default_value_t = 30)]
+    audit_retention_days: u64,
+}
+
+impl AuditFlags {
+    fn retention(&self) -> Option<std::time::Duration> {
+        (self.audit_retention_days > 0).then(|| {
+            std::time::Duration::from_secs(self.audit_retention_days.saturating_mul(86_400))
+        })
+    }
+}
+
 /// Flags of the EC2 control-plane backend (workspaces with `backend: controlPlane`).
 #[derive(clap::Args, Clone, Debug)]
 struct ControlPlaneFlags {
@@ -317,6 +334,8 @@ enum Command {
         plugins: PluginFlags,
         #[command(flatten)]
         images: ImageFlags,
+        #[command(flatten)]
+        audit: AuditFlags,
     },
     /// Run the built-in echo agent (inside a workspace container).
     Agent {
@@ -379,6 +398,8 @@ enum Command {
         shutdown_grace_seconds: u64,
         #[command(flatten)]
         plugins: PluginFlags,
+        #[command(flatten)]
+        audit: AuditFlags,
     },
     /// Validate a plugin directory and print its manifest.json (sha256 of every file), for
     /// plugin authors who want integrity checks.
@@ -482,6 +503,7 @@ fn main() -> anyhow::Result<()> {
             stream_backlog,
             plugins,
             images,
+            audit,
         } => {
             molecule::telemetry::init_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
@@ -508,6 +530,7 @@ fn main() -> anyhow::Result<()> {
                 plugins: plugins.options(),
                 images: image_settings,
                 seed_auto_refresh: images.image_auto_refresh,
+                audit_retention: audit.retention(),
             }))
         }
         Command::PluginFs { args } => std::process::exit(molecule::plugins::fs::main(&args)),
@@ -537,6 +560,7 @@ fn main() -> anyhow::Result<()> {
             renew_deadline_seconds,
             retry_period_seconds,
             shutdown_grace_seconds,
+            audit,
         } => {
             molecule::telemetry::init_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
@@ -559,6 +583,7 @@ fn main() -> anyhow::Result<()> {
                 renew_deadline: secs(renew_deadline_seconds),
                 retry_period: secs(retry_period_seconds),
                 shutdown_grace: secs(shutdown_grace_seconds),
+                audit_retention: audit.retention(),
             };
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(molecule::operator::run(opts))

@@ -53,6 +53,8 @@ pub struct OperatorOptions {
     pub plugins: crate::serve::PluginOptions,
     /// Image resolution (registry, template prefix and token, build cache, platform).
     pub images: crate::images::ImageSettings,
+    /// `--audit-retention-days`: audit rows older than this are deleted (None: kept forever).
+    pub audit_retention: Option<Duration>,
 }
 
 /// A client from KUBECONFIG (or ~/.kube/config), else the in-cluster service account; nothing
@@ -165,6 +167,10 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, identity = %identity, lease = %format!("{}/{}", election.namespace, election.name), instance = %instance, "molecule operator starting");
 
     let (trigger, shutdown) = crate::shutdown::channel();
+    // Every replica prunes; the deletes are idempotent (ADR 0042).
+    if let Some(keep) = opts.audit_retention {
+        audit.spawn_retention(keep, crate::serve::AUDIT_RETENTION_EVERY, shutdown.clone());
+    }
     let http = {
         let app = router(metrics.clone(), ready.clone(), registry.clone()).merge(
             crate::shim::plugin_download::router(plugins.downloads.clone()),

@@ -30,7 +30,12 @@ pub struct ServeOptions {
     pub images: crate::images::ImageSettings,
     /// Seed the known runtimes with auto-refresh on (`IMAGE_AUTO_REFRESH`).
     pub seed_auto_refresh: bool,
+    /// `--audit-retention-days`: audit rows older than this are deleted (None: kept forever).
+    pub audit_retention: Option<std::time::Duration>,
 }
+
+/// How often audit retention runs (ADR 0042).
+pub const AUDIT_RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Options of the PluginInstall controller.
 #[derive(Clone, Debug, Default)]
@@ -149,7 +154,8 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         opts.secret_key.as_deref(),
         &opts.data_dir.join("secret.key"),
     )?;
-    let store = store::open(
+    // The writer's open: on Postgres it takes the writer lock, or refuses (ADR 0042).
+    let store = store::open_writer(
         opts.database_url.as_deref(),
         &opts.data_dir.join("molecule.db"),
     )
@@ -192,6 +198,9 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     );
 
     let (trigger, shutdown) = crate::shutdown::channel();
+    if let Some(keep) = opts.audit_retention {
+        audit.spawn_retention(keep, AUDIT_RETENTION_EVERY, shutdown.clone());
+    }
     let registry: crate::shim::registry::Slot = Arc::default();
     let a2a: crate::shim::a2a::Slot = Arc::default();
     let images_slot: crate::shim::images::Slot = Arc::default();

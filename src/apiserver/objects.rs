@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::error::ApiError;
-use crate::store::{ChangeKind, ChangeRow, SecretKey, Store, StoreError};
+use crate::store::{ChangeKind, ChangeRow, CommitOutcome, SecretKey, Store, StoreError};
 
 /// (storage, namespace, name); namespace is "" for cluster-scoped kinds.
 pub type Key = (Arc<str>, String, String);
@@ -521,6 +521,30 @@ pub struct WatchStart {
     pub backlog: Vec<Arc<WatchEvent>>,
 }
 
+/// Applies a committed batch in memory, trims the history and wakes the watchers.
+fn apply_committed(objects: &Objects, batch: Batch, rv: u64, history: usize) {
+    let mut inner = objects.inner.write().unwrap_or_else(|p| p.into_inner());
+    for e in batch.iter() {
+        let v = (e.kind != ChangeKind::Deleted).then(|| e.obj.clone());
+        inner.set(&e.key, v);
+        inner.history.push_back(e.clone());
+    }
+    inner.rv = rv;
+    while inner.history.len() > history {
+        if let Some(e) = inner.history.pop_front() {
+            inner.compacted = e.rv;
+        }
+    }
+    let _ = objects.events.send(batch);
+}
+
+/// A batch whose commit failed without the writer learning whether it landed (ADR 0042).
+struct Unsettled {
+    prev: u64,
+    rv: u64,
+    batch: Batch,
+}
+
 async fn writer(
     objects: Arc<Objects>,
     store: Arc<dyn Store>,
@@ -530,6 +554,10 @@ async fn writer(
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let mut store_compacted = objects.read().compacted;
+    let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    // A commit whose outcome is unknown blocks every later write until the database says
+    // whether it landed: the next batch would reuse its resourceVersions (ADR 0042).
+    let mut unsettled: Option<Unsettled> = None;
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < config.max_batch {
@@ -538,9 +566,35 @@ async fn writer(
                 Err(_) => break,
             }
         }
+        if let Some(u) = unsettled.take() {
+            match crate::store::commit_outcome(&*store, as_i64(u.prev), as_i64(u.rv)).await {
+                CommitOutcome::Landed => {
+                    tracing::warn!(
+                        rv = u.rv,
+                        "an earlier commit reported as failed did land; applying it"
+                    );
+                    apply_committed(&objects, u.batch, u.rv, config.history);
+                }
+                CommitOutcome::NotLanded => {
+                    tracing::info!(rv = u.rv, "an earlier failed commit did not land");
+                }
+                CommitOutcome::Unknown(why) => {
+                    tracing::error!(error = %why, "the outcome of an earlier commit is still unknown; writes wait");
+                    objects.stats.failures.fetch_add(1, Relaxed);
+                    for job in jobs {
+                        let _ = job.reply.send(Err(ApiError::unavailable(
+                            "the store is unavailable; retry",
+                        )));
+                    }
+                    unsettled = Some(u);
+                    continue;
+                }
+            }
+        }
         // Run every write against one transaction; a refused write leaves no trace.
-        let (replies, events, rv) = {
+        let (replies, events, rv, prev) = {
             let inner = objects.read();
+            let prev = inner.rv;
             let mut txn = Txn::new(&inner);
             let mut replies = Vec::with_capacity(jobs.len());
             for job in jobs {
@@ -552,7 +606,7 @@ async fn writer(
                 }
                 replies.push((job.reply, result));
             }
-            (replies, txn.events, txn.rv)
+            (replies, txn.events, txn.rv, prev)
         };
         objects.stats.batches.fetch_add(1, Relaxed);
         objects
@@ -563,7 +617,7 @@ async fn writer(
             let rows: Vec<ChangeRow> = events
                 .iter()
                 .map(|e| ChangeRow {
-                    rv: i64::try_from(e.rv).unwrap_or(i64::MAX),
+                    rv: as_i64(e.rv),
                     resource: e.key.0.to_string(),
                     namespace: e.key.1.clone(),
                     name: e.key.2.clone(),
@@ -571,41 +625,32 @@ async fn writer(
                     value: encode(&e.key.0, &e.obj, &key),
                 })
                 .collect();
-            if let Err(err) = store
-                .commit(i64::try_from(rv).unwrap_or(i64::MAX), &rows)
-                .await
-            {
-                tracing::error!(error = %err, "store commit failed; the batch is refused");
-                objects.stats.failures.fetch_add(1, Relaxed);
-                for (reply, result) in replies {
-                    let _ = reply.send(result.and(Err(ApiError::internal(
-                        "the write could not be persisted; retry",
-                    ))));
-                }
-                continue;
-            }
             let batch: Batch = Arc::new(events);
-            {
-                let mut inner = objects.inner.write().unwrap_or_else(|p| p.into_inner());
-                for e in batch.iter() {
-                    let v = (e.kind != ChangeKind::Deleted).then(|| e.obj.clone());
-                    inner.set(&e.key, v);
-                    inner.history.push_back(e.clone());
-                }
-                inner.rv = rv;
-                while inner.history.len() > config.history {
-                    if let Some(e) = inner.history.pop_front() {
-                        inner.compacted = e.rv;
+            if let Err(err) = store.commit(as_i64(rv), &rows).await {
+                // The error may hide a commit that landed (its reply lost): ask the database
+                // before answering, so memory and store never disagree (ADR 0042).
+                let outcome = crate::store::commit_outcome(&*store, as_i64(prev), as_i64(rv)).await;
+                if matches!(outcome, CommitOutcome::Landed) {
+                    tracing::warn!(error = %err, rv, "store commit reported an error but landed");
+                } else {
+                    tracing::error!(error = %err, "store commit failed; the batch is refused");
+                    objects.stats.failures.fetch_add(1, Relaxed);
+                    if let CommitOutcome::Unknown(why) = outcome {
+                        tracing::error!(error = %why, "the commit's outcome is unknown; writes wait until the database answers");
+                        unsettled = Some(Unsettled { prev, rv, batch });
                     }
+                    for (reply, result) in replies {
+                        let _ = reply.send(result.and(Err(ApiError::internal(
+                            "the write could not be persisted; retry",
+                        ))));
+                    }
+                    continue;
                 }
-                let _ = objects.events.send(batch);
             }
+            apply_committed(&objects, batch, rv, config.history);
             let floor = objects.read().compacted;
             if floor > store_compacted + (config.history as u64).max(1000) {
-                match store
-                    .compact(i64::try_from(floor).unwrap_or(i64::MAX))
-                    .await
-                {
+                match store.compact(as_i64(floor)).await {
                     Ok(()) => store_compacted = floor,
                     Err(err) => {
                         tracing::warn!(error = %err, "change-log compaction failed; will retry")

@@ -9,6 +9,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use k8s_openapi::api::core::v1::Event as KubeEvent;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 
@@ -16,7 +17,7 @@ use super::Shim;
 use super::auth::bearer;
 use super::error::{ShimError, ShimResult};
 use super::tree::Tree;
-use crate::store::AuditRow;
+use crate::store::{AuditFilter, AuditRow, WorkspaceRef};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
@@ -32,9 +33,9 @@ fn parse_time(s: &str) -> jiff::Timestamp {
     s.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH)
 }
 
-/// An audit row as a log row; `workspace_id` from its data (`uid`, `workspace_uid`) or, for
-/// `workspace.*` events, from the live record of that name.
-pub fn audit_row(index: usize, r: &AuditRow, tree: &Tree) -> Row {
+/// An audit row as a log row (id `audit-<row id>`); `workspace_id` from its data (`uid`,
+/// `workspace_uid`) or, for `workspace.*` events, from the live record of that name.
+pub fn audit_row(r: &AuditRow, tree: &Tree) -> Row {
     let mut data: Value = serde_json::from_str(&r.data).unwrap_or_else(|_| json!({}));
     let ws = data
         .get("uid")
@@ -55,7 +56,7 @@ pub fn audit_row(index: usize, r: &AuditRow, tree: &Tree) -> Row {
     Row {
         at: parse_time(&r.at),
         json: json!({
-            "id": format!("audit-{}", index + 1),
+            "id": format!("audit-{}", r.id),
             "event_type": r.event,
             "workspace_id": ws,
             "payload": data,
@@ -114,17 +115,29 @@ fn limit_of(q: Option<String>) -> Result<usize, ShimError> {
     }
 }
 
-async fn gather(shim: &Shim, uid: Option<&str>) -> Result<Vec<Row>, ShimError> {
+/// The newest `limit` audit rows (of one workspace, when `uid` is given; filtered and limited
+/// in SQL, ADR 0042) and the Kubernetes Events of workspaces.
+async fn gather(shim: &Shim, uid: Option<&str>, limit: usize) -> Result<Vec<Row>, ShimError> {
     shim.cache.wait_ready().await?;
     let tree = shim.cache.tree();
-    let audit = shim.audit.rows(None).await.map_err(|e| {
+    let filter = AuditFilter {
+        workspace: uid.map(|u| WorkspaceRef {
+            uid: u.to_string(),
+            object: tree
+                .get(u)
+                .map(|w| (w.namespace().unwrap_or_default(), w.name_any())),
+        }),
+        ..Default::default()
+    };
+    let audit = shim.audit.query(&filter, limit).await.map_err(|e| {
         tracing::warn!(error = %e, "shim: reading the audit log failed");
         ShimError::Unavailable("the audit log is unavailable; retry")
     })?;
+    // The SQL filter matches by uid in the data, or by name for `workspace.*` rows; the same
+    // rule as `audit_row`'s `workspace_id`, checked once more on the result.
     let mut rows: Vec<Row> = audit
         .iter()
-        .enumerate()
-        .map(|(i, r)| audit_row(i, r, &tree))
+        .map(|r| audit_row(r, &tree))
         .filter(|r| uid.is_none_or(|u| r.json["workspace_id"].as_str() == Some(u)))
         .collect();
     let selector = match uid {
@@ -151,7 +164,7 @@ pub async fn list(
 ) -> ShimResult {
     shim.require_admin(bearer(&headers).as_deref())?;
     let limit = limit_of(q)?;
-    Ok(axum::Json(newest(gather(&shim, None).await?, limit)).into_response())
+    Ok(axum::Json(newest(gather(&shim, None, limit).await?, limit)).into_response())
 }
 
 /// `GET /events/:workspace_id[?limit=N]`: the admin token or that workspace's token. A deleted
@@ -170,7 +183,7 @@ pub async fn for_workspace(
         Err(ShimError::NotFound(_)) => false,
         Err(e) => return Err(e),
     };
-    let rows = gather(&shim, Some(&id)).await?;
+    let rows = gather(&shim, Some(&id), limit).await?;
     if !live && rows.is_empty() {
         return Err(ShimError::NotFound("workspace"));
     }
@@ -185,6 +198,7 @@ mod tests {
     fn audit_rows_find_their_workspace_and_sort_newest_first() {
         let tree = Tree::new([]);
         let a = AuditRow {
+            id: 1,
             at: "2026-01-01T00:00:01.000000Z".into(),
             event: "workspace.deleted".into(),
             namespace: "ns".into(),
@@ -192,18 +206,19 @@ mod tests {
             data: r#"{"uid":"u-1"}"#.into(),
         };
         let b = AuditRow {
+            id: 2,
             at: "2026-01-01T00:00:02.000000Z".into(),
             event: "org.import.started".into(),
             namespace: "ns".into(),
             name: "team".into(),
             data: "not json".into(),
         };
-        let rows = newest(vec![audit_row(0, &a, &tree), audit_row(1, &b, &tree)], 10);
+        let rows = newest(vec![audit_row(&a, &tree), audit_row(&b, &tree)], 10);
         assert_eq!(rows[0]["event_type"], "org.import.started");
         assert!(rows[0]["workspace_id"].is_null());
         assert_eq!(rows[0]["payload"]["name"], "team");
         assert_eq!(rows[1]["workspace_id"], "u-1");
         assert_eq!(rows[1]["id"], "audit-1");
-        assert_eq!(newest(vec![audit_row(0, &a, &tree)], 0).len(), 0);
+        assert_eq!(newest(vec![audit_row(&a, &tree)], 0).len(), 0);
     }
 }

@@ -13,18 +13,34 @@ pub struct Migration {
 }
 
 /// Migrations of the SQLite backend.
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "objects",
-    sql: include_str!("../../migrations/sqlite/0001_objects.sql"),
-}];
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "objects",
+        sql: include_str!("../../migrations/sqlite/0001_objects.sql"),
+    },
+    // ADR 0042: audit queries and retention in SQL.
+    Migration {
+        version: 2,
+        name: "audit_query",
+        sql: include_str!("../../migrations/sqlite/0002_audit_query.sql"),
+    },
+];
 
 /// Migrations of the Postgres backend.
-pub const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "objects",
-    sql: include_str!("../../migrations/postgres/0001_objects.sql"),
-}];
+pub const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "objects",
+        sql: include_str!("../../migrations/postgres/0001_objects.sql"),
+    },
+    // ADR 0042: audit queries and retention in SQL.
+    Migration {
+        version: 2,
+        name: "audit_query",
+        sql: include_str!("../../migrations/postgres/0002_audit_query.sql"),
+    },
+];
 
 /// Applies every migration not yet recorded in `schema_migrations`, each in its own transaction.
 pub async fn run<DB>(pool: &sqlx::Pool<DB>, migrations: &[Migration]) -> Result<(), StoreError>

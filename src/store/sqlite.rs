@@ -9,7 +9,10 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::{AuditRow, ChangeKind, ChangeRow, ObjectRow, Snapshot, Store, StoreError};
+use super::{
+    AuditFilter, AuditRow, ChangeKind, ChangeRow, ObjectRow, PRUNE_CHUNK, Snapshot, Store,
+    StoreError,
+};
 
 /// The embedded default store.
 pub struct SqliteStore {
@@ -136,26 +139,40 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn committed_rv(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT rv FROM meta WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("rv")?)
+    }
+
     async fn audit(&self, row: &AuditRow) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO audit (at, event, namespace, name, data) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO audit (at, event, namespace, name, data, workspace_uid) VALUES (?, ?, ?, ?, ?, ?)")
             .bind(&row.at)
             .bind(&row.event)
             .bind(&row.namespace)
             .bind(&row.name)
             .bind(&row.data)
+            .bind(super::workspace_uid_of(&row.data))
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
-    async fn audit_rows(&self, event: Option<&str>) -> Result<Vec<AuditRow>, StoreError> {
-        let rows = sqlx::query("SELECT at, event, namespace, name, data FROM audit WHERE (? IS NULL OR event = ?) ORDER BY id")
-            .bind(event).bind(event)
-            .fetch_all(&self.pool)
-            .await?;
+    async fn audit_query(
+        &self,
+        filter: &AuditFilter,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT id, at, event, namespace, name, data FROM audit",
+        );
+        super::push_audit_filter(&mut qb, filter, limit);
+        let rows = qb.build().fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(AuditRow {
+                    id: r.try_get("id")?,
                     at: r.try_get("at")?,
                     event: r.try_get("event")?,
                     namespace: r.try_get("namespace")?,
@@ -164,5 +181,22 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn audit_prune(&self, before: &str) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = sqlx::query("DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < ? ORDER BY id LIMIT ?)")
+                .bind(before)
+                .bind(PRUNE_CHUNK)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            total += n;
+            if n < PRUNE_CHUNK as u64 {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 }

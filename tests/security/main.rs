@@ -7,6 +7,7 @@ mod common;
 mod fakes;
 
 mod apiserver;
+mod apiserver_store;
 mod auth;
 mod fetch;
 mod templates;
