@@ -6,6 +6,10 @@
 //! commits the whole batch to the store in one transaction (group commit), and only then
 //! applies it in memory, broadcasts the watch events and answers the callers. One global,
 //! strictly increasing counter is the resourceVersion of every kind.
+//!
+//! Bounds (ADR 0041): a write that leaves an object larger than `max_object_bytes` (serialized)
+//! is refused with 413, and the watch history is bounded by the bytes of its objects as well as
+//! by its length; a watcher whose resourceVersion fell out of it gets 410.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
@@ -47,6 +51,10 @@ struct Inner {
     compacted: u64,
     objects: HashMap<Arc<str>, Bucket>,
     history: VecDeque<Arc<WatchEvent>>,
+    /// Serialized size of each history entry's object, in step with `history`.
+    history_sizes: VecDeque<usize>,
+    /// Sum of `history_sizes`.
+    history_bytes: usize,
     by_uid: HashMap<String, Key>,
     dependents: HashMap<String, BTreeSet<Key>>,
 }
@@ -99,6 +107,24 @@ impl Inner {
         }
     }
 
+    fn push_history(&mut self, e: Arc<WatchEvent>, size: usize) {
+        self.history.push_back(e);
+        self.history_sizes.push_back(size);
+        self.history_bytes += size;
+    }
+
+    /// Drops the oldest changes until the history fits both bounds.
+    fn trim_history(&mut self, max_len: usize, max_bytes: usize) {
+        while self.history.len() > max_len || self.history_bytes > max_bytes {
+            let Some(e) = self.history.pop_front() else {
+                break;
+            };
+            self.compacted = e.rv;
+            let size = self.history_sizes.pop_front().unwrap_or(0);
+            self.history_bytes = self.history_bytes.saturating_sub(size);
+        }
+    }
+
     fn set(&mut self, key: &Key, v: Option<Arc<Value>>) {
         let map = self.objects.entry(key.0.clone()).or_default();
         let old = match &v {
@@ -121,6 +147,9 @@ pub struct Txn<'a> {
     op: HashMap<Key, Option<Arc<Value>>>,
     events: Vec<Arc<WatchEvent>>,
     op_events: Vec<Arc<WatchEvent>>,
+    /// The serialized objects of `events` / `op_events`, in step with them.
+    texts: Vec<String>,
+    op_texts: Vec<String>,
     rv: u64,
     op_start_rv: u64,
     now: String,
@@ -134,6 +163,8 @@ impl<'a> Txn<'a> {
             op: HashMap::new(),
             events: vec![],
             op_events: vec![],
+            texts: vec![],
+            op_texts: vec![],
             rv: base.rv,
             op_start_rv: base.rv,
             now: crate::util::now_rfc3339(),
@@ -251,15 +282,30 @@ impl<'a> Txn<'a> {
         Some(last)
     }
 
+    /// Serializes what the operation wrote (once: the text is what the store gets) and refuses
+    /// it when an object it leaves is larger than `max` bytes (ADR 0041). Deletions always pass.
+    fn measure_op(&mut self, max: usize) -> Result<(), ApiError> {
+        for e in &self.op_events {
+            let text = e.obj.to_string();
+            if e.kind != ChangeKind::Deleted && text.len() > max {
+                return Err(ApiError::object_too_large(text.len(), max));
+            }
+            self.op_texts.push(text);
+        }
+        Ok(())
+    }
+
     fn commit_op(&mut self) {
         self.batch.extend(self.op.drain());
         self.events.append(&mut self.op_events);
+        self.texts.append(&mut self.op_texts);
         self.op_start_rv = self.rv;
     }
 
     fn abort_op(&mut self) {
         self.op.clear();
         self.op_events.clear();
+        self.op_texts.clear();
         self.rv = self.op_start_rv;
     }
 }
@@ -303,14 +349,26 @@ struct Job {
 pub struct ObjectsConfig {
     /// How many changes watchers can resume from.
     pub history: usize,
+    /// Bytes of serialized objects the watch history may hold (ADR 0041).
+    pub history_bytes: usize,
+    /// Largest object a write may leave, serialized (ADR 0041).
+    pub max_object_bytes: usize,
     /// Most writes committed in one store transaction.
     pub max_batch: usize,
 }
+
+/// Default bound of the watch history in bytes: 64 MiB (ADR 0041).
+pub const DEFAULT_HISTORY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Largest stored object: etcd's default request limit, 1.5 MiB (ADR 0041).
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
 
 impl Default for ObjectsConfig {
     fn default() -> Self {
         ObjectsConfig {
             history: 20_000,
+            history_bytes: DEFAULT_HISTORY_BYTES,
+            max_object_bytes: MAX_OBJECT_BYTES,
             max_batch: 512,
         }
     }
@@ -352,8 +410,8 @@ fn decode(storage: &str, value: &str, key: &SecretKey) -> Result<Value, LoadErro
     serde_json::from_str(&text).map_err(|_| LoadError::Json(storage.to_string()))
 }
 
-fn encode(storage: &str, obj: &Value, key: &SecretKey) -> String {
-    let text = obj.to_string();
+/// The stored form of a serialized object (Secrets are sealed).
+fn encode(storage: &str, text: String, key: &SecretKey) -> String {
     if storage == SECRETS {
         key.seal(&text)
     } else {
@@ -389,6 +447,7 @@ impl Objects {
             .unwrap_or(inner.rv);
         for c in snap.history {
             let k: Key = (Arc::from(c.resource.as_str()), c.namespace, c.name);
+            let size = c.value.len();
             let obj = Arc::new(decode(&k.0, &c.value, &key)?);
             let old = last.get(&k).cloned();
             if c.kind == ChangeKind::Deleted {
@@ -396,14 +455,18 @@ impl Objects {
             } else {
                 last.insert(k.clone(), obj.clone());
             }
-            inner.history.push_back(Arc::new(WatchEvent {
-                rv: u64::try_from(c.rv).unwrap_or(0),
-                kind: c.kind,
-                key: k,
-                old,
-                obj,
-            }));
+            inner.push_history(
+                Arc::new(WatchEvent {
+                    rv: u64::try_from(c.rv).unwrap_or(0),
+                    kind: c.kind,
+                    key: k,
+                    old,
+                    obj,
+                }),
+                size,
+            );
         }
+        inner.trim_history(config.history, config.history_bytes);
         let (queue, rx) = mpsc::channel(4096);
         let (events, _) = broadcast::channel(16_384);
         let objects = Arc::new(Objects {
@@ -539,12 +602,13 @@ async fn writer(
             }
         }
         // Run every write against one transaction; a refused write leaves no trace.
-        let (replies, events, rv) = {
+        let (replies, events, texts, rv) = {
             let inner = objects.read();
             let mut txn = Txn::new(&inner);
             let mut replies = Vec::with_capacity(jobs.len());
             for job in jobs {
-                let result = (job.f)(&mut txn);
+                let result = (job.f)(&mut txn)
+                    .and_then(|r| txn.measure_op(config.max_object_bytes).map(|()| r));
                 if result.is_err() || job.dry_run {
                     txn.abort_op();
                 } else {
@@ -552,7 +616,7 @@ async fn writer(
                 }
                 replies.push((job.reply, result));
             }
-            (replies, txn.events, txn.rv)
+            (replies, txn.events, txn.texts, txn.rv)
         };
         objects.stats.batches.fetch_add(1, Relaxed);
         objects
@@ -560,15 +624,17 @@ async fn writer(
             .writes
             .fetch_add(replies.len() as u64, Relaxed);
         if !events.is_empty() {
+            let sizes: Vec<usize> = texts.iter().map(String::len).collect();
             let rows: Vec<ChangeRow> = events
                 .iter()
-                .map(|e| ChangeRow {
+                .zip(texts)
+                .map(|(e, text)| ChangeRow {
                     rv: i64::try_from(e.rv).unwrap_or(i64::MAX),
                     resource: e.key.0.to_string(),
                     namespace: e.key.1.clone(),
                     name: e.key.2.clone(),
                     kind: e.kind,
-                    value: encode(&e.key.0, &e.obj, &key),
+                    value: encode(&e.key.0, text, &key),
                 })
                 .collect();
             if let Err(err) = store
@@ -587,17 +653,13 @@ async fn writer(
             let batch: Batch = Arc::new(events);
             {
                 let mut inner = objects.inner.write().unwrap_or_else(|p| p.into_inner());
-                for e in batch.iter() {
+                for (e, size) in batch.iter().zip(sizes) {
                     let v = (e.kind != ChangeKind::Deleted).then(|| e.obj.clone());
                     inner.set(&e.key, v);
-                    inner.history.push_back(e.clone());
+                    inner.push_history(e.clone(), size);
                 }
                 inner.rv = rv;
-                while inner.history.len() > config.history {
-                    if let Some(e) = inner.history.pop_front() {
-                        inner.compacted = e.rv;
-                    }
-                }
+                inner.trim_history(config.history, config.history_bytes);
                 let _ = objects.events.send(batch);
             }
             let floor = objects.read().compacted;
