@@ -439,3 +439,42 @@ async fn require_tls_refuses_plain_http() {
     assert!(served, "kubectl over TLS failed; log:\n{log}");
     assert_ne!(plain, 200, "plain HTTP was served; log:\n{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_on_a_non_loopback_listen_warns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let data = dir.path().join("data").to_string_lossy().to_string();
+    let listen = format!("0.0.0.0:{port}");
+    let log_path = dir.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let mut child = molecule(
+        &[
+            "serve",
+            "--controllers",
+            "none",
+            "--listen",
+            listen.as_str(),
+        ],
+        &[("MOLECULE_DATA_DIR", data.as_str())],
+    )
+    .stdout(log.try_clone().expect("log"))
+    .stderr(log)
+    .spawn()
+    .expect("spawn serve");
+    let warned = crate::common::eventually(20, || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("non-loopback")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        warned,
+        "no warning; log:\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+}
