@@ -202,6 +202,34 @@ impl WorkspaceFlags {
     }
 }
 
+/// Flags bounding the HTTP listeners and refusing plain HTTP (ADR 0041).
+#[derive(clap::Args, Clone, Debug)]
+struct ListenFlags {
+    /// Seconds a client gets to send a whole request head (and TLS handshake) once it began.
+    #[arg(long, default_value_t = 30)]
+    header_timeout_seconds: u64,
+    /// Seconds a connection with no request in flight may stay silent before it is closed.
+    #[arg(long, default_value_t = 120)]
+    idle_timeout_seconds: u64,
+    /// Open connections per listener; beyond it new connections are closed at once.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Refuse to serve plain HTTP: `serve` speaks TLS only on --listen, and a listener that
+    /// can only speak plain HTTP stops the process at start.
+    #[arg(long, env = "MOLECULE_REQUIRE_TLS")]
+    require_tls: bool,
+}
+
+impl ListenFlags {
+    fn limits(&self) -> molecule::apiserver::listener::Limits {
+        molecule::apiserver::listener::Limits {
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_seconds.max(1)),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_seconds.max(1)),
+            max_connections: self.max_connections.max(1),
+        }
+    }
+}
+
 /// Flags of the PluginInstall controller.
 #[derive(clap::Args, Clone, Debug)]
 struct PluginFlags {
@@ -324,6 +352,10 @@ enum Command {
         /// How many changes watchers can resume from; older resourceVersions get 410 Expired.
         #[arg(long, default_value_t = 20_000)]
         watch_history: usize,
+        /// Bytes of changes (serialized objects) watchers can resume from; older
+        /// resourceVersions get 410 Expired (ADR 0041).
+        #[arg(long, default_value_t = molecule::apiserver::objects::DEFAULT_HISTORY_BYTES)]
+        watch_history_bytes: usize,
         /// How many live-stream (/ws, SSE) messages a client may fall behind before it is
         /// dropped (it reconnects and reloads the list).
         #[arg(long, default_value_t = molecule::shim::STREAM_BACKLOG)]
@@ -336,6 +368,8 @@ enum Command {
         images: ImageFlags,
         #[command(flatten)]
         audit: AuditFlags,
+        #[command(flatten)]
+        listen_flags: ListenFlags,
     },
     /// Run the built-in echo agent (inside a workspace container).
     Agent {
@@ -400,6 +434,8 @@ enum Command {
         plugins: PluginFlags,
         #[command(flatten)]
         audit: AuditFlags,
+        #[command(flatten)]
+        listen_flags: ListenFlags,
     },
     /// Validate a plugin directory and print its manifest.json (sha256 of every file), for
     /// plugin authors who want integrity checks.
@@ -498,12 +534,14 @@ fn main() -> anyhow::Result<()> {
             max_body_bytes,
             bookmark_seconds,
             watch_history,
+            watch_history_bytes,
             workspaces,
             org_templates,
             stream_backlog,
             plugins,
             images,
             audit,
+            listen_flags,
         } => {
             molecule::telemetry::init_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
@@ -513,6 +551,7 @@ fn main() -> anyhow::Result<()> {
                 bookmark_every: std::time::Duration::from_secs(bookmark_seconds.max(1)),
                 objects: molecule::apiserver::objects::ObjectsConfig {
                     history: watch_history.max(1),
+                    history_bytes: watch_history_bytes.max(1),
                     ..Default::default()
                 },
                 ..ApiConfig::default()
@@ -531,6 +570,8 @@ fn main() -> anyhow::Result<()> {
                 images: image_settings,
                 seed_auto_refresh: images.image_auto_refresh,
                 audit_retention: audit.retention(),
+                listen_limits: listen_flags.limits(),
+                require_tls: listen_flags.require_tls,
             }))
         }
         Command::PluginFs { args } => std::process::exit(molecule::plugins::fs::main(&args)),
@@ -561,6 +602,7 @@ fn main() -> anyhow::Result<()> {
             retry_period_seconds,
             shutdown_grace_seconds,
             audit,
+            listen_flags,
         } => {
             molecule::telemetry::init_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
@@ -584,6 +626,8 @@ fn main() -> anyhow::Result<()> {
                 retry_period: secs(retry_period_seconds),
                 shutdown_grace: secs(shutdown_grace_seconds),
                 audit_retention: audit.retention(),
+                listen_limits: listen_flags.limits(),
+                require_tls: listen_flags.require_tls,
             };
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(molecule::operator::run(opts))

@@ -55,6 +55,10 @@ pub struct OperatorOptions {
     pub images: crate::images::ImageSettings,
     /// `--audit-retention-days`: audit rows older than this are deleted (None: kept forever).
     pub audit_retention: Option<Duration>,
+    /// Timeouts and connection cap of both listeners (ADR 0041).
+    pub listen_limits: crate::apiserver::listener::Limits,
+    /// `--require-tls`: both listeners speak plain HTTP only, so the operator refuses to start.
+    pub require_tls: bool,
 }
 
 /// A client from KUBECONFIG (or ~/.kube/config), else the in-cluster service account; nothing
@@ -114,6 +118,16 @@ pub fn router(
 /// Runs until SIGTERM/SIGINT, then stops the controllers (bounded), releases the Lease and
 /// returns `Ok` (exit 0).
 pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
+    // ADR 0041: no TLS here; refuse rather than serve tokens in clear against the operator's wish.
+    if opts.require_tls {
+        anyhow::bail!(
+            "--require-tls: the operator serves plain HTTP only (on --listen {} and on the agent listener); terminate TLS in front of it (an ingress or a mesh) and drop --require-tls",
+            opts.listen
+        );
+    }
+    if !opts.listen.ip().is_loopback() {
+        tracing::warn!(listen = %opts.listen, "the operator answers plain HTTP on a non-loopback address: workspace tokens sent to /registry/* travel in clear unless TLS is terminated in front of it");
+    }
     let client = client().await?;
     let instance = match opts.workspaces.instance.clone() {
         Some(i) => i,
@@ -175,12 +189,13 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
         let app = router(metrics.clone(), ready.clone(), registry.clone()).merge(
             crate::shim::plugin_download::router(plugins.downloads.clone()),
         );
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.wait())
-                .await;
-        })
+        tokio::spawn(crate::apiserver::listener::serve(
+            listener,
+            app,
+            crate::apiserver::listener::Protocols::Plain,
+            opts.listen_limits,
+            shutdown.clone(),
+        ))
     };
     let host = HostSettings {
         workspace: controllers::workspace::Settings {
@@ -213,6 +228,7 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
         election: Some(election),
         shutdown_grace: opts.shutdown_grace,
         ready,
+        listen_limits: opts.listen_limits,
     };
     let mut controllers = tokio::spawn(controllers::run(
         client,

@@ -32,6 +32,34 @@ pub struct ServeOptions {
     pub seed_auto_refresh: bool,
     /// `--audit-retention-days`: audit rows older than this are deleted (None: kept forever).
     pub audit_retention: Option<std::time::Duration>,
+    /// Timeouts and connection cap of every listener (ADR 0041).
+    pub listen_limits: crate::apiserver::listener::Limits,
+    /// `--require-tls`: TLS only on `listen`; refuse to start if anything needs plain HTTP.
+    pub require_tls: bool,
+}
+
+/// Refuses `--require-tls` when something would still be reached over plain HTTP, and warns
+/// when a non-loopback listener answers plain HTTP (ADR 0041).
+fn check_plain_http(opts: &ServeOptions) -> anyhow::Result<()> {
+    if opts.require_tls {
+        if opts.workspaces.control_plane.is_some()
+            && !opts
+                .workspaces
+                .control_plane_platform_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"))
+        {
+            anyhow::bail!(
+                "--require-tls: agents on control-plane instances would reach this server over plain HTTP; set --control-plane-platform-url to an https:// URL"
+            );
+        }
+    } else if !opts.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %opts.listen,
+            "serving plain HTTP beside TLS on a non-loopback address: the admin token and workspace tokens can cross the network in clear; use https:// or --require-tls"
+        );
+    }
+    Ok(())
 }
 
 /// How often audit retention runs (ADR 0042).
@@ -138,6 +166,7 @@ async fn client_from(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
 
 /// Runs until SIGTERM/SIGINT, then shuts down gracefully.
 pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
+    check_plain_http(&opts)?;
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
     #[cfg(unix)]
@@ -188,9 +217,18 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     };
     let server_url = format!("https://{host}:{}", addr.port());
     let plain_url = format!("http://{host}:{}", addr.port());
+    let page_url = if opts.require_tls {
+        &server_url
+    } else {
+        &plain_url
+    };
     let kubeconfig = crate::kubeconfig::write(&opts.data_dir, &server_url, &token, &cert.ca_pem)?;
     tracing::info!(listen = %addr, store = backend, objects = api.objects.count(), "molecule API server ready");
-    println!("molecule is serving on {server_url} (plain http on the same port)");
+    if opts.require_tls {
+        println!("molecule is serving on {server_url} (TLS only)");
+    } else {
+        println!("molecule is serving on {server_url} (plain http on the same port)");
+    }
     println!("kubeconfig: {}", kubeconfig.display());
     println!(
         "try: KUBECONFIG={} kubectl get workspaces",
@@ -230,10 +268,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     );
-    println!(
-        "canvas: http://{host}:{}/ (molecule canvas-url prints a signed-in link)",
-        addr.port()
-    );
+    println!("canvas: {page_url}/ (molecule canvas-url prints a signed-in link)");
     let server = {
         let shutdown = shutdown.clone();
         let admin = crate::shim::images::admin_routes_enabled();
@@ -254,9 +289,17 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             ))
             .merge(crate::audit::router(audit.clone(), token.clone()))
             .merge(api.router());
-        let tls = cert.config.clone();
+        let protocols = if opts.require_tls {
+            crate::apiserver::listener::Protocols::TlsOnly(cert.config.clone())
+        } else {
+            crate::apiserver::listener::Protocols::TlsAndPlain(cert.config.clone())
+        };
         tokio::spawn(crate::apiserver::listener::serve(
-            listener, app, tls, shutdown,
+            listener,
+            app,
+            protocols,
+            opts.listen_limits,
+            shutdown,
         ))
     };
     let controllers_task = {
@@ -308,6 +351,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             ready: Default::default(),
             images,
             images_slot: images_slot.clone(),
+            listen_limits: opts.listen_limits,
         };
         tokio::spawn(async move {
             // The known runtimes, unless they exist (a deleted one comes back on restart).

@@ -1,7 +1,32 @@
 //! Logging set-up and a small Prometheus text-format metrics registry (counters and summaries).
+//!
+//! The registry is bounded (ADR 0041): each metric name holds at most [`MAX_SERIES`] label
+//! sets; later ones are counted into one `{overflow="true"}` series, so label values a client
+//! chooses (a method, a User-Agent) cannot grow memory or `/metrics` without limit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+
+/// Most label sets one metric name keeps (ADR 0041); the rest share the overflow series.
+pub const MAX_SERIES: usize = 1000;
+
+/// An HTTP method as a metrics label: one of a fixed set, `OTHER` for anything else, so a
+/// client cannot mint label values (ADR 0041).
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
 
 /// Label set rendered as `{k="v",…}`.
 type Labels = Vec<(String, String)>;
@@ -11,6 +36,33 @@ struct Series {
     counters: BTreeMap<(String, Labels), f64>,
     gauges: BTreeMap<(String, Labels), f64>,
     summaries: BTreeMap<(String, Labels), (u64, f64)>,
+    /// Label sets held per metric name (all three maps together).
+    per_name: HashMap<String, usize>,
+}
+
+impl Series {
+    /// The key a new observation goes to: its own series while the name has room, else the
+    /// name's overflow series.
+    fn key(
+        &mut self,
+        name: &str,
+        l: &[(&str, &str)],
+        exists: impl Fn(&Self, &(String, Labels)) -> bool,
+    ) -> (String, Labels) {
+        let key = (name.to_string(), labels(l));
+        if exists(self, &key) {
+            return key;
+        }
+        let held = self.per_name.entry(name.to_string()).or_default();
+        if *held < MAX_SERIES {
+            *held += 1;
+            return key;
+        }
+        (
+            name.to_string(),
+            vec![("overflow".to_string(), "true".to_string())],
+        )
+    }
 }
 
 /// Process-wide metrics, rendered on `/metrics`.
@@ -40,23 +92,21 @@ impl Metrics {
     }
     /// Adds one to a counter.
     pub fn inc(&self, name: &str, l: &[(&str, &str)]) {
-        *self
-            .lock()
-            .counters
-            .entry((name.to_string(), labels(l)))
-            .or_default() += 1.0;
+        let mut s = self.lock();
+        let key = s.key(name, l, |s, k| s.counters.contains_key(k));
+        *s.counters.entry(key).or_default() += 1.0;
     }
-    /// Sets a gauge.
+    /// Sets a gauge (an overflowing gauge keeps the last value set).
     pub fn set(&self, name: &str, l: &[(&str, &str)], v: f64) {
-        self.lock().gauges.insert((name.to_string(), labels(l)), v);
+        let mut s = self.lock();
+        let key = s.key(name, l, |s, k| s.gauges.contains_key(k));
+        s.gauges.insert(key, v);
     }
     /// Records one observation (count and sum) of a summary.
     pub fn observe(&self, name: &str, l: &[(&str, &str)], v: f64) {
         let mut s = self.lock();
-        let e = s
-            .summaries
-            .entry((name.to_string(), labels(l)))
-            .or_default();
+        let key = s.key(name, l, |s, k| s.summaries.contains_key(k));
+        let e = s.summaries.entry(key).or_default();
         e.0 += 1;
         e.1 += v;
     }
@@ -129,5 +179,28 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("objects 3\n"), "{t}");
+    }
+
+    #[test]
+    fn caps_label_sets_per_name() {
+        let m = Metrics::default();
+        for i in 0..(MAX_SERIES + 50) {
+            m.inc("hits_total", &[("client", &format!("c{i}"))]);
+        }
+        m.inc("hits_total", &[("client", "c0")]);
+        m.inc("other_total", &[("client", "x")]);
+        let t = m.render();
+        let series = t.lines().filter(|l| l.starts_with("hits_total{")).count();
+        assert_eq!(series, MAX_SERIES + 1, "{series}");
+        assert!(t.contains("hits_total{overflow=\"true\"} 50\n"));
+        assert!(t.contains("hits_total{client=\"c0\"} 2\n"));
+        assert!(t.contains("other_total{client=\"x\"} 1\n"));
+    }
+
+    #[test]
+    fn unknown_methods_are_other() {
+        let m = axum::http::Method::from_bytes(b"AAAAAAAAAAAAAAAAAAAA").expect("a method");
+        assert_eq!(method_label(&m), "OTHER");
+        assert_eq!(method_label(&axum::http::Method::PATCH), "PATCH");
     }
 }

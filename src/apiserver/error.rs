@@ -114,6 +114,14 @@ impl ApiError {
             format!("the request body is larger than the limit of {limit} bytes"),
         )
     }
+    /// A write that would leave an object over the size limit (ADR 0041).
+    pub fn object_too_large(size: usize, limit: usize) -> Self {
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("the object would be {size} bytes, over the limit of {limit} bytes"),
+        )
+    }
     pub fn unsupported_media_type(accepted: &str) -> Self {
         Self::new(
             415,

@@ -98,7 +98,8 @@ pub async fn handle(
 ) -> Response {
     let started = Instant::now();
     let path = uri.path().to_string();
-    let verb = method.as_str().to_string();
+    // A fixed set of method labels: the raw method is the client's choice (ADR 0041).
+    let verb = crate::telemetry::method_label(&method);
     let resp = match route(&api, method, &uri, &headers, body).await {
         Ok(r) => r,
         Err(e) => {
@@ -111,11 +112,11 @@ pub async fn handle(
     let code = resp.status().as_u16().to_string();
     api.metrics.inc(
         "molecule_apiserver_requests_total",
-        &[("verb", &verb), ("code", &code)],
+        &[("verb", verb), ("code", &code)],
     );
     api.metrics.observe(
         "molecule_apiserver_request_seconds",
-        &[("verb", &verb)],
+        &[("verb", verb)],
         started.elapsed().as_secs_f64(),
     );
     resp

@@ -6,6 +6,10 @@
 //! commits the whole batch to the store in one transaction (group commit), and only then
 //! applies it in memory, broadcasts the watch events and answers the callers. One global,
 //! strictly increasing counter is the resourceVersion of every kind.
+//!
+//! Bounds (ADR 0041): a write that leaves an object larger than `max_object_bytes` (serialized)
+//! is refused with 413, and the watch history is bounded by the bytes of its objects as well as
+//! by its length; a watcher whose resourceVersion fell out of it gets 410.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
@@ -47,6 +51,10 @@ struct Inner {
     compacted: u64,
     objects: HashMap<Arc<str>, Bucket>,
     history: VecDeque<Arc<WatchEvent>>,
+    /// Serialized size of each history entry's object, in step with `history`.
+    history_sizes: VecDeque<usize>,
+    /// Sum of `history_sizes`.
+    history_bytes: usize,
     by_uid: HashMap<String, Key>,
     dependents: HashMap<String, BTreeSet<Key>>,
 }
@@ -99,6 +107,24 @@ impl Inner {
         }
     }
 
+    fn push_history(&mut self, e: Arc<WatchEvent>, size: usize) {
+        self.history.push_back(e);
+        self.history_sizes.push_back(size);
+        self.history_bytes += size;
+    }
+
+    /// Drops the oldest changes until the history fits both bounds.
+    fn trim_history(&mut self, max_len: usize, max_bytes: usize) {
+        while self.history.len() > max_len || self.history_bytes > max_bytes {
+            let Some(e) = self.history.pop_front() else {
+                break;
+            };
+            self.compacted = e.rv;
+            let size = self.history_sizes.pop_front().unwrap_or(0);
+            self.history_bytes = self.history_bytes.saturating_sub(size);
+        }
+    }
+
     fn set(&mut self, key: &Key, v: Option<Arc<Value>>) {
         let map = self.objects.entry(key.0.clone()).or_default();
         let old = match &v {
@@ -121,6 +147,9 @@ pub struct Txn<'a> {
     op: HashMap<Key, Option<Arc<Value>>>,
     events: Vec<Arc<WatchEvent>>,
     op_events: Vec<Arc<WatchEvent>>,
+    /// The serialized objects of `events` / `op_events`, in step with them.
+    texts: Vec<String>,
+    op_texts: Vec<String>,
     rv: u64,
     op_start_rv: u64,
     now: String,
@@ -134,6 +163,8 @@ impl<'a> Txn<'a> {
             op: HashMap::new(),
             events: vec![],
             op_events: vec![],
+            texts: vec![],
+            op_texts: vec![],
             rv: base.rv,
             op_start_rv: base.rv,
             now: crate::util::now_rfc3339(),
@@ -251,15 +282,30 @@ impl<'a> Txn<'a> {
         Some(last)
     }
 
+    /// Serializes what the operation wrote (once: the text is what the store gets) and refuses
+    /// it when an object it leaves is larger than `max` bytes (ADR 0041). Deletions always pass.
+    fn measure_op(&mut self, max: usize) -> Result<(), ApiError> {
+        for e in &self.op_events {
+            let text = e.obj.to_string();
+            if e.kind != ChangeKind::Deleted && text.len() > max {
+                return Err(ApiError::object_too_large(text.len(), max));
+            }
+            self.op_texts.push(text);
+        }
+        Ok(())
+    }
+
     fn commit_op(&mut self) {
         self.batch.extend(self.op.drain());
         self.events.append(&mut self.op_events);
+        self.texts.append(&mut self.op_texts);
         self.op_start_rv = self.rv;
     }
 
     fn abort_op(&mut self) {
         self.op.clear();
         self.op_events.clear();
+        self.op_texts.clear();
         self.rv = self.op_start_rv;
     }
 }
@@ -303,14 +349,26 @@ struct Job {
 pub struct ObjectsConfig {
     /// How many changes watchers can resume from.
     pub history: usize,
+    /// Bytes of serialized objects the watch history may hold (ADR 0041).
+    pub history_bytes: usize,
+    /// Largest object a write may leave, serialized (ADR 0041).
+    pub max_object_bytes: usize,
     /// Most writes committed in one store transaction.
     pub max_batch: usize,
 }
+
+/// Default bound of the watch history in bytes: 64 MiB (ADR 0041).
+pub const DEFAULT_HISTORY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Largest stored object: etcd's default request limit, 1.5 MiB (ADR 0041).
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
 
 impl Default for ObjectsConfig {
     fn default() -> Self {
         ObjectsConfig {
             history: 20_000,
+            history_bytes: DEFAULT_HISTORY_BYTES,
+            max_object_bytes: MAX_OBJECT_BYTES,
             max_batch: 512,
         }
     }
@@ -352,8 +410,8 @@ fn decode(storage: &str, value: &str, key: &SecretKey) -> Result<Value, LoadErro
     serde_json::from_str(&text).map_err(|_| LoadError::Json(storage.to_string()))
 }
 
-fn encode(storage: &str, obj: &Value, key: &SecretKey) -> String {
-    let text = obj.to_string();
+/// The stored form of a serialized object (Secrets are sealed).
+fn encode(storage: &str, text: String, key: &SecretKey) -> String {
     if storage == SECRETS {
         key.seal(&text)
     } else {
@@ -389,6 +447,7 @@ impl Objects {
             .unwrap_or(inner.rv);
         for c in snap.history {
             let k: Key = (Arc::from(c.resource.as_str()), c.namespace, c.name);
+            let size = c.value.len();
             let obj = Arc::new(decode(&k.0, &c.value, &key)?);
             let old = last.get(&k).cloned();
             if c.kind == ChangeKind::Deleted {
@@ -396,14 +455,18 @@ impl Objects {
             } else {
                 last.insert(k.clone(), obj.clone());
             }
-            inner.history.push_back(Arc::new(WatchEvent {
-                rv: u64::try_from(c.rv).unwrap_or(0),
-                kind: c.kind,
-                key: k,
-                old,
-                obj,
-            }));
+            inner.push_history(
+                Arc::new(WatchEvent {
+                    rv: u64::try_from(c.rv).unwrap_or(0),
+                    kind: c.kind,
+                    key: k,
+                    old,
+                    obj,
+                }),
+                size,
+            );
         }
+        inner.trim_history(config.history, config.history_bytes);
         let (queue, rx) = mpsc::channel(4096);
         let (events, _) = broadcast::channel(16_384);
         let objects = Arc::new(Objects {
@@ -522,19 +585,21 @@ pub struct WatchStart {
 }
 
 /// Applies a committed batch in memory, trims the history and wakes the watchers.
-fn apply_committed(objects: &Objects, batch: Batch, rv: u64, history: usize) {
+fn apply_committed(
+    objects: &Objects,
+    batch: Batch,
+    sizes: Vec<usize>,
+    rv: u64,
+    config: &ObjectsConfig,
+) {
     let mut inner = objects.inner.write().unwrap_or_else(|p| p.into_inner());
-    for e in batch.iter() {
+    for (e, size) in batch.iter().zip(sizes) {
         let v = (e.kind != ChangeKind::Deleted).then(|| e.obj.clone());
         inner.set(&e.key, v);
-        inner.history.push_back(e.clone());
+        inner.push_history(e.clone(), size);
     }
     inner.rv = rv;
-    while inner.history.len() > history {
-        if let Some(e) = inner.history.pop_front() {
-            inner.compacted = e.rv;
-        }
-    }
+    inner.trim_history(config.history, config.history_bytes);
     let _ = objects.events.send(batch);
 }
 
@@ -543,6 +608,7 @@ struct Unsettled {
     prev: u64,
     rv: u64,
     batch: Batch,
+    sizes: Vec<usize>,
 }
 
 async fn writer(
@@ -573,7 +639,7 @@ async fn writer(
                         rv = u.rv,
                         "an earlier commit reported as failed did land; applying it"
                     );
-                    apply_committed(&objects, u.batch, u.rv, config.history);
+                    apply_committed(&objects, u.batch, u.sizes, u.rv, &config);
                 }
                 CommitOutcome::NotLanded => {
                     tracing::info!(rv = u.rv, "an earlier failed commit did not land");
@@ -592,13 +658,14 @@ async fn writer(
             }
         }
         // Run every write against one transaction; a refused write leaves no trace.
-        let (replies, events, rv, prev) = {
+        let (replies, events, texts, rv, prev) = {
             let inner = objects.read();
             let prev = inner.rv;
             let mut txn = Txn::new(&inner);
             let mut replies = Vec::with_capacity(jobs.len());
             for job in jobs {
-                let result = (job.f)(&mut txn);
+                let result = (job.f)(&mut txn)
+                    .and_then(|r| txn.measure_op(config.max_object_bytes).map(|()| r));
                 if result.is_err() || job.dry_run {
                     txn.abort_op();
                 } else {
@@ -606,7 +673,7 @@ async fn writer(
                 }
                 replies.push((job.reply, result));
             }
-            (replies, txn.events, txn.rv, prev)
+            (replies, txn.events, txn.texts, txn.rv, prev)
         };
         objects.stats.batches.fetch_add(1, Relaxed);
         objects
@@ -614,15 +681,17 @@ async fn writer(
             .writes
             .fetch_add(replies.len() as u64, Relaxed);
         if !events.is_empty() {
+            let sizes: Vec<usize> = texts.iter().map(String::len).collect();
             let rows: Vec<ChangeRow> = events
                 .iter()
-                .map(|e| ChangeRow {
+                .zip(texts)
+                .map(|(e, text)| ChangeRow {
                     rv: as_i64(e.rv),
                     resource: e.key.0.to_string(),
                     namespace: e.key.1.clone(),
                     name: e.key.2.clone(),
                     kind: e.kind,
-                    value: encode(&e.key.0, &e.obj, &key),
+                    value: encode(&e.key.0, text, &key),
                 })
                 .collect();
             let batch: Batch = Arc::new(events);
@@ -637,7 +706,12 @@ async fn writer(
                     objects.stats.failures.fetch_add(1, Relaxed);
                     if let CommitOutcome::Unknown(why) = outcome {
                         tracing::error!(error = %why, "the commit's outcome is unknown; writes wait until the database answers");
-                        unsettled = Some(Unsettled { prev, rv, batch });
+                        unsettled = Some(Unsettled {
+                            prev,
+                            rv,
+                            batch,
+                            sizes,
+                        });
                     }
                     for (reply, result) in replies {
                         let _ = reply.send(result.and(Err(ApiError::internal(
@@ -647,7 +721,7 @@ async fn writer(
                     continue;
                 }
             }
-            apply_committed(&objects, batch, rv, config.history);
+            apply_committed(&objects, batch, sizes, rv, &config);
             let floor = objects.read().compacted;
             if floor > store_compacted + (config.history as u64).max(1000) {
                 match store.compact(as_i64(floor)).await {

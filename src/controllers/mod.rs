@@ -71,6 +71,8 @@ pub struct HostSettings {
     pub images: crate::images::ImageSettings,
     /// Where the shim's refresh route finds the image service.
     pub images_slot: crate::shim::images::Slot,
+    /// Timeouts and connection cap of the agent listener (ADR 0041).
+    pub listen_limits: crate::apiserver::listener::Limits,
 }
 
 /// Which controllers to run (`--controllers`).
@@ -512,12 +514,14 @@ pub async fn run(
         let agent_app = crate::shim::registry::router(host.registry.clone()).merge(
             crate::shim::plugin_download::router(host.plugins.downloads.clone()),
         );
-        let stop = shutdown.clone();
-        background.spawn(async move {
-            let _ = axum::serve(listener, agent_app)
-                .with_graceful_shutdown(stop.wait())
-                .await;
-        });
+        // Bounded like every listener (ADR 0041).
+        background.spawn(crate::apiserver::listener::serve(
+            listener,
+            agent_app,
+            crate::apiserver::listener::Protocols::Plain,
+            host.listen_limits,
+            shutdown.clone(),
+        ));
         let _ = host
             .registry
             .set(Arc::new(crate::shim::registry::RegistryState {

@@ -175,12 +175,13 @@ async fn count_requests(
     let route = path
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "other".into());
-    let method = req.method().as_str().to_string();
+    // A fixed set of method labels (ADR 0041).
+    let method = crate::telemetry::method_label(req.method());
     let resp = next.run(req).await;
     let code = resp.status().as_u16().to_string();
     shim.metrics.inc(
         "molecule_shim_requests_total",
-        &[("method", &method), ("route", &route), ("code", &code)],
+        &[("method", method), ("route", &route), ("code", &code)],
     );
     resp
 }
