@@ -677,8 +677,15 @@ mod tests {
         assert!(sends_token("http://h/o/r.git"));
         assert!(!sends_token("file:///srv/o/r.git"));
         assert!(!sends_token("git://h/o/r.git"));
-        let listing = "100644 blob aaaa      10\tREADME\0040000 tree bbbb       -\tdir\0100755 blob cccc 5\tdir/run.sh\0120000 blob dddd 3\tlink\0";
-        assert_eq!(tree_bytes(listing), 18);
+        let listing = [
+            "100644 blob aaaa      10\tREADME",
+            "040000 tree bbbb       -\tdir",
+            "100755 blob cccc 5\tdir/run.sh",
+            "120000 blob dddd 3\tlink",
+            "",
+        ]
+        .join("\0");
+        assert_eq!(tree_bytes(&listing), 18);
         assert_eq!(tree_bytes("100644 blob a huge\tx\0"), u64::MAX);
     }
 

@@ -29,9 +29,12 @@ fn rt() -> tokio::runtime::Runtime {
 const CHILD: &str = "MOLECULE_SECURITY_FETCH_CHILD";
 const LEAKED: &str = "leaked-password-from-the-helper";
 
+/// Headers a fake received, (name, value).
+type Headers = Arc<Mutex<Vec<(String, String)>>>;
+
 /// A host that answers every request 401 (Basic) and records the headers git sent.
-fn recording_401_host() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
-    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+fn recording_401_host() -> (String, Headers) {
+    let seen: Headers = Arc::default();
     let log = seen.clone();
     let addr = serve(Arc::new(move |req: &Request| {
         for (k, v) in &req.headers {
