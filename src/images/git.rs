@@ -14,6 +14,9 @@ use base64::Engine;
 
 /// Largest accepted answer of the HEAD lookup.
 pub const LOOKUP_CAP: usize = 64 * 1024;
+/// Largest file a clone may write (its pack, each checked-out file): the build-context cap
+/// plus room for pack overhead.
+pub const CLONE_FILE_CAP: u64 = (super::CONTEXT_CAP as u64) + (super::CONTEXT_CAP as u64) / 8;
 
 /// Errors of git calls; messages are already masked.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -139,7 +142,9 @@ async fn run(
 ) -> Result<Output, GitError> {
     let mut spec = crate::git::Spec::new(args.iter().copied());
     if let Some(dir) = cwd {
-        spec = spec.cwd(dir);
+        // Calls inside the clone write the pack and the checkout: no file may outgrow the
+        // build-context cap, enforced while it is written (ADR 0040).
+        spec = spec.cwd(dir).max_file_bytes(CLONE_FILE_CAP);
     }
     if let Some(url) = remote {
         spec = spec.allow_url(url);
@@ -167,6 +172,12 @@ async fn run(
                 detail: format!("could not run git: {detail}"),
             },
         })?;
+    if cwd.is_some() && out.hit_file_limit() {
+        return Err(GitError::TooLarge {
+            what: what.to_string(),
+            cap: CLONE_FILE_CAP as usize,
+        });
+    }
     Ok(Output {
         success: out.success,
         stdout: out.stdout,
