@@ -11,6 +11,7 @@ pub mod apiserver;
 pub mod audit;
 pub mod backends;
 pub mod controllers;
+pub mod git;
 pub mod images;
 pub mod kubeconfig;
 pub mod operator;

@@ -288,6 +288,10 @@ struct ImageFlags {
     /// Seed the known runtimes with auto-refresh enabled.
     #[arg(long, env = "IMAGE_AUTO_REFRESH", default_value_t = false)]
     image_auto_refresh: bool,
+    /// Token realm hosts (`host[:port]`, comma-separated) trusted with registry pull
+    /// credentials besides each registry's own host (ADR 0040); always over https.
+    #[arg(long, env = "MOLECULE_REGISTRY_REALM_HOSTS", value_delimiter = ',')]
+    registry_realm_hosts: Vec<String>,
 }
 
 impl ImageFlags {
@@ -317,6 +321,12 @@ impl ImageFlags {
         }
         s.lookup_timeout = std::time::Duration::from_secs(self.image_lookup_timeout_seconds.max(1));
         s.build_timeout = std::time::Duration::from_secs(self.image_build_timeout_seconds.max(1));
+        s.realm_hosts = self
+            .registry_realm_hosts
+            .iter()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .collect();
         Ok(s)
     }
 }

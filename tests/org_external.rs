@@ -37,10 +37,11 @@ impl World {
     fn file_url(&self) -> String {
         format!("file://{}", self.repos().display())
     }
-    /// Options whose allowlist admits `<repos>/team/*` only.
+    /// Options whose allowlist admits `file://<repos>/team/*` only (a scheme-less entry would
+    /// admit https only, ADR 0040).
     fn options(&self) -> Options {
         let mut external = ExternalConfig::for_root(&self.root());
-        external.allowlist = vec![format!("{}/team/*", self.repos().display())];
+        external.allowlist = vec![format!("file://{}/team/*", self.repos().display())];
         external.default_url = self.file_url();
         Options {
             root: self.root(),
@@ -355,7 +356,8 @@ fn the_token_is_a_header_and_never_in_urls_errors_logs_or_the_cache() {
     let repo = Repo::create(&w.repos(), "team/dept", &dept_files());
     let server = HttpGit::start(&w.repos(), TOKEN);
     let mut opts = w.options();
-    opts.external.allowlist = vec![format!("127.0.0.1:{}/team/", server.port)];
+    // Plain http must be allowlisted explicitly (ADR 0040).
+    opts.external.allowlist = vec![format!("http://127.0.0.1:{}/team/", server.port)];
     opts.external.default_url = server.url();
     opts.external.token = Some(TOKEN.into());
     w.org(

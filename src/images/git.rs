@@ -2,21 +2,21 @@
 //! `git ls-remote` call with its answer capped at 64 KiB, a shallow fetch into the build cache,
 //! and the commit's tree as a tar (`git archive`) for the Docker build context.
 //!
-//! git runs with a cleared environment and no user or system config, never prompts, and gets the
-//! token as an `http.extraHeader` through `GIT_CONFIG_*` variables — never in argv, a URL or a
-//! file. Every message that leaves this module passes through a [`Masker`].
+//! git runs sealed by [`crate::git`] (ADR 0040): a cleared environment, no user or system config,
+//! no credential helpers, never a prompt, and the token as an `http.<repo url>.extraHeader`
+//! through `GIT_CONFIG_*` variables — scoped to the repository, never in argv, a URL or a file.
+//! Every message that leaves this module passes through a [`Masker`].
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine;
-use tokio::io::AsyncReadExt;
 
 /// Largest accepted answer of the HEAD lookup.
 pub const LOOKUP_CAP: usize = 64 * 1024;
-/// Largest kept stderr of a git call (for the error message).
-const STDERR_CAP: usize = 16 * 1024;
+/// Largest file a clone may write (its pack, each checked-out file): the build-context cap
+/// plus room for pack overhead.
+pub const CLONE_FILE_CAP: u64 = (super::CONTEXT_CAP as u64) + (super::CONTEXT_CAP as u64) / 8;
 
 /// Errors of git calls; messages are already masked.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -126,133 +126,62 @@ struct Output {
     stderr: String,
 }
 
-/// Runs git with a clean environment, bounded in time and output.
+/// Runs git sealed by [`crate::git`] (ADR 0040), bounded in time and output. `remote` is the
+/// repository URL a network call talks to: its transport is the only one allowed besides
+/// https, and the token header is scoped to it (`http.<url>.extraHeader`).
+#[allow(clippy::too_many_arguments)]
 async fn run(
     args: &[&str],
     cwd: Option<&Path>,
+    remote: Option<&str>,
     token: Option<&str>,
     masker: &Masker,
     timeout: Duration,
     stdout_cap: usize,
     what: &str,
 ) -> Result<Output, GitError> {
-    let mut cmd = tokio::process::Command::new("git");
-    cmd.args(args)
-        .env_clear()
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for keep in [
-        "PATH",
-        "HOME",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "NO_PROXY",
-        "no_proxy",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-    ] {
-        if let Some(v) = std::env::var_os(keep) {
-            cmd.env(keep, v);
-        }
-    }
-    let mut config = vec![
-        ("credential.helper", String::new()),
-        ("core.hooksPath", "/dev/null".to_string()),
-        ("protocol.file.allow", "always".to_string()),
-        ("protocol.ext.allow", "never".to_string()),
-    ];
-    if let Some(t) = token.filter(|t| !t.is_empty()) {
-        config.push((
-            "http.extraHeader",
-            format!("Authorization: Basic {}", basic_credentials(t)),
-        ));
-    }
-    cmd.env("GIT_CONFIG_COUNT", config.len().to_string());
-    for (i, (k, v)) in config.iter().enumerate() {
-        cmd.env(format!("GIT_CONFIG_KEY_{i}"), k)
-            .env(format!("GIT_CONFIG_VALUE_{i}"), v);
-    }
+    let mut spec = crate::git::Spec::new(args.iter().copied());
     if let Some(dir) = cwd {
-        cmd.current_dir(dir);
+        // Calls inside the clone write the pack and the checkout: no file may outgrow the
+        // build-context cap, enforced while it is written (ADR 0040).
+        spec = spec.cwd(dir).max_file_bytes(CLONE_FILE_CAP);
     }
-    let mut child = cmd.spawn().map_err(|e| GitError::Failed {
-        what: what.to_string(),
-        detail: format!("could not run git: {e}"),
-    })?;
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    // stderr is drained on its own so that git never blocks on it; stdout is read here, and
-    // the child is killed the moment it exceeds the cap (it would otherwise block writing).
-    let err_task = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        if let Some(s) = stderr.as_mut() {
-            let _ = s.take(STDERR_CAP as u64).read_to_end(&mut buf).await;
+    if let Some(url) = remote {
+        spec = spec.allow_url(url);
+        if let Some(t) = token.filter(|t| !t.is_empty()) {
+            spec = spec.header(
+                url,
+                format!("Authorization: Basic {}", basic_credentials(t)),
+            );
         }
-        buf
-    });
-    let read_out = async {
-        let mut buf = Vec::new();
-        if let Some(s) = stdout.as_mut() {
-            let mut chunk = [0u8; 8192];
-            loop {
-                let n = s.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if buf.len() > stdout_cap {
-                    return Err(());
-                }
-            }
-        }
-        Ok(buf)
-    };
+    }
     let secs = timeout.as_secs().max(1);
-    let out = match tokio::time::timeout(timeout, read_out).await {
-        Ok(r) => r,
-        Err(_) => {
-            let _ = child.start_kill();
-            err_task.abort();
-            return Err(GitError::Timeout {
+    let out = crate::git::run(&spec, None, stdout_cap, timeout)
+        .await
+        .map_err(|e| match e {
+            crate::git::RunError::Timeout { .. } => GitError::Timeout {
                 what: what.to_string(),
                 secs,
-            });
-        }
-    };
-    let Ok(stdout) = out else {
-        let _ = child.start_kill();
-        err_task.abort();
+            },
+            crate::git::RunError::TooLarge { cap } => GitError::TooLarge {
+                what: what.to_string(),
+                cap,
+            },
+            crate::git::RunError::Spawn(detail) => GitError::Failed {
+                what: what.to_string(),
+                detail: format!("could not run git: {detail}"),
+            },
+        })?;
+    if cwd.is_some() && out.hit_file_limit() {
         return Err(GitError::TooLarge {
             what: what.to_string(),
-            cap: stdout_cap,
+            cap: CLONE_FILE_CAP as usize,
         });
-    };
-    let err = match tokio::time::timeout(Duration::from_secs(5), err_task).await {
-        Ok(Ok(e)) => e,
-        _ => Vec::new(),
-    };
-    let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
-        Ok(Ok(s)) => s,
-        _ => {
-            let _ = child.start_kill();
-            return Err(GitError::Timeout {
-                what: what.to_string(),
-                secs,
-            });
-        }
-    };
+    }
     Ok(Output {
-        success: status.success(),
-        stdout,
-        stderr: masker.mask(String::from_utf8_lossy(&err).trim()),
+        success: out.success,
+        stdout: out.stdout,
+        stderr: masker.mask(out.stderr.trim()),
     })
 }
 
@@ -322,6 +251,7 @@ pub async fn head_sha(
     let out = run(
         &["ls-remote", "--", repo, git_ref],
         None,
+        Some(repo),
         token,
         masker,
         timeout,
@@ -386,6 +316,7 @@ pub async fn shallow_fetch(
     let mut fetched = run(
         &["fetch", "-q", "--depth", "1", "--no-tags", "--", repo, sha],
         Some(dest),
+        Some(repo),
         token,
         masker,
         timeout,
@@ -411,6 +342,7 @@ pub async fn shallow_fetch(
                 git_ref,
             ],
             Some(dest),
+            Some(repo),
             token,
             masker,
             timeout,
@@ -458,6 +390,7 @@ async fn local(
         args,
         Some(dir),
         None,
+        None,
         &Masker::default(),
         timeout,
         1024 * 1024,
@@ -485,6 +418,7 @@ pub async fn archive(
     let out = run(
         &["archive", "--format=tar", commit],
         Some(dir),
+        None,
         None,
         &Masker::default(),
         timeout,

@@ -81,6 +81,9 @@ pub struct ImageSettings {
     /// No engine work: a start takes its image as given (the simulated backend, which creates
     /// no container, so nothing is pulled or built for it).
     pub simulated: bool,
+    /// Token realm hosts trusted with pull credentials besides each registry's own host
+    /// (`MOLECULE_REGISTRY_REALM_HOSTS`, ADR 0040).
+    pub realm_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for ImageSettings {
@@ -113,6 +116,7 @@ impl ImageSettings {
             roll_timeout: Duration::from_secs(900),
             instance,
             simulated: false,
+            realm_hosts: Vec::new(),
         }
     }
 
@@ -285,7 +289,8 @@ impl Images {
             &[settings.template_prefix.as_str()],
         );
         Images {
-            registry: RegistryClient::new(settings.lookup_timeout),
+            registry: RegistryClient::new(settings.lookup_timeout)
+                .with_realm_hosts(settings.realm_hosts.clone()),
             docker,
             client,
             settings,

@@ -3,6 +3,7 @@
 //! `401` challenge through the token endpoint (`WWW-Authenticate: Bearer realm=…,service=…,
 //! scope=…`) or with Basic credentials. Every call is bounded by one timeout; bodies are capped.
 //! Loopback registries are spoken to over plain HTTP (as Docker does), all others over HTTPS.
+//! Pull credentials go to a token realm only as [`realm_use`] decides (ADR 0040).
 
 use std::time::Duration;
 
@@ -85,6 +86,73 @@ impl RegistryError {
 pub struct RegistryClient {
     http: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
+    /// Token realm hosts trusted with pull credentials besides each registry's own host
+    /// (`--registry-realm-hosts`, ADR 0040).
+    realm_hosts: Vec<String>,
+}
+
+/// What a Bearer challenge's token realm may receive (ADR 0040).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RealmUse {
+    /// The pull credentials go with the token request.
+    Credentials,
+    /// The token is asked for anonymously: the realm is not trusted with credentials.
+    Anonymous,
+}
+
+/// Realm hosts a registry declares by being what it is: Docker Hub's token service.
+fn builtin_realms(registry_host: &str) -> &'static [&'static str] {
+    match registry_host {
+        "registry-1.docker.io" => &["auth.docker.io"],
+        _ => &[],
+    }
+}
+
+/// `host[:port]` lower-cased, the scheme's default port dropped.
+fn authority_key(authority: &str, scheme: &str) -> String {
+    let a = authority.to_ascii_lowercase();
+    let default = if scheme == "https" { ":443" } else { ":80" };
+    a.strip_suffix(default).map(str::to_string).unwrap_or(a)
+}
+
+/// Decides whether the token `realm` of a challenge from `registry_host` gets the pull
+/// credentials: only over https, and only when the realm is the registry's own host (or its
+/// built-in token service) or a declared realm host (`declared`, entries `host[:port]`). The
+/// one plain-http case is a loopback registry's realm on that same host and port, which the
+/// credentials already reach in the clear (loopback registries are spoken to over http, as
+/// Docker does). Everything else is asked anonymously.
+pub fn realm_use(registry_host: &str, realm: &str, declared: &[String]) -> RealmUse {
+    let Some((realm_scheme, rest)) = realm.split_once("://") else {
+        return RealmUse::Anonymous;
+    };
+    let realm_scheme = realm_scheme.to_ascii_lowercase();
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') {
+        return RealmUse::Anonymous;
+    }
+    let registry_scheme = scheme(registry_host);
+    let realm_key = authority_key(authority, &realm_scheme);
+    let same_host = realm_key == authority_key(registry_host, registry_scheme);
+    match realm_scheme.as_str() {
+        "https" => {
+            let trusted = same_host
+                || builtin_realms(registry_host)
+                    .iter()
+                    .any(|h| authority_key(h, "https") == realm_key)
+                || declared
+                    .iter()
+                    .map(|d| d.trim())
+                    .filter(|d| !d.is_empty())
+                    .any(|d| authority_key(d, "https") == realm_key);
+            if trusted {
+                RealmUse::Credentials
+            } else {
+                RealmUse::Anonymous
+            }
+        }
+        "http" if same_host && registry_scheme == "http" => RealmUse::Credentials,
+        _ => RealmUse::Anonymous,
+    }
 }
 
 impl RegistryClient {
@@ -119,7 +187,14 @@ impl RegistryClient {
         RegistryClient {
             http: Client::builder(TokioExecutor::new()).build(connector),
             timeout,
+            realm_hosts: Vec::new(),
         }
+    }
+
+    /// Trusts the token realms on `hosts` (`host[:port]`) with pull credentials.
+    pub fn with_realm_hosts(mut self, hosts: Vec<String>) -> RegistryClient {
+        self.realm_hosts = hosts;
+        self
     }
 
     pub fn timeout(&self) -> Duration {
@@ -249,7 +324,15 @@ impl RegistryClient {
         };
         let sep = if realm.contains('?') { '&' } else { '?' };
         let url = format!("{realm}{sep}{query}");
-        let basic = creds.map(Credentials::basic);
+        let basic = match realm_use(host, &realm, &self.realm_hosts) {
+            RealmUse::Credentials => creds.map(Credentials::basic),
+            RealmUse::Anonymous => {
+                if creds.is_some() {
+                    tracing::warn!(registry = %host, "the token realm is not the registry's host or a declared realm host (--registry-realm-hosts), or is not https; asking it for a token without the pull credentials");
+                }
+                None
+            }
+        };
         let (status, _, body) = self.call(Method::GET, &url, basic.as_deref(), host).await?;
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(RegistryError::AuthFailed {
@@ -442,6 +525,60 @@ mod tests {
         assert_eq!(s, "Basic");
         assert_eq!(p[0].1, "Registry Realm");
         assert!(parse_challenge("").is_none());
+    }
+
+    #[test]
+    fn realms_get_credentials_only_over_https_on_trusted_hosts() {
+        let declared = vec![
+            "auth.example.com".to_string(),
+            "tok.example:8443".to_string(),
+        ];
+        use RealmUse::{Anonymous, Credentials};
+        for (registry, realm, want) in [
+            // The registry's own host, over https.
+            ("ghcr.io", "https://ghcr.io/token", Credentials),
+            ("GHCR.io", "https://ghcr.io:443/token?x=1", Credentials),
+            ("quay.io", "https://quay.io/v2/auth", Credentials),
+            // Over plain http: never, even on the registry's own (non-loopback) host.
+            ("ghcr.io", "http://ghcr.io/token", Anonymous),
+            // Another host: only when declared, or Docker Hub's own token service.
+            ("ghcr.io", "https://evil.example/token", Anonymous),
+            ("ghcr.io", "https://ghcr.io.evil.example/token", Anonymous),
+            ("reg.example", "https://auth.example.com/token", Credentials),
+            ("reg.example", "http://auth.example.com/token", Anonymous),
+            ("reg.example", "https://tok.example:8443/t", Credentials),
+            ("reg.example", "https://tok.example/t", Anonymous),
+            (
+                "registry-1.docker.io",
+                "https://auth.docker.io/token",
+                Credentials,
+            ),
+            ("ghcr.io", "https://auth.docker.io/token", Anonymous),
+            // Loopback registries speak http; their realm on the same host and port may too.
+            ("127.0.0.1:5000", "http://127.0.0.1:5000/token", Credentials),
+            ("127.0.0.1:5000", "http://127.0.0.1:5001/token", Anonymous),
+            ("127.0.0.1:5000", "http://localhost:5000/token", Anonymous),
+            (
+                "localhost:5000",
+                "https://localhost:5000/token",
+                Credentials,
+            ),
+            // Malformed or tricky realms.
+            ("ghcr.io", "https://user@ghcr.io/token", Anonymous),
+            ("ghcr.io", "ghcr.io/token", Anonymous),
+            ("ghcr.io", "ftp://ghcr.io/token", Anonymous),
+            ("ghcr.io", "https:///token", Anonymous),
+        ] {
+            assert_eq!(
+                realm_use(registry, realm, &declared),
+                want,
+                "{registry} -> {realm}"
+            );
+        }
+        assert_eq!(
+            realm_use("reg.example", "https://auth.example.com/t", &[]),
+            Anonymous
+        );
     }
 
     #[test]

@@ -3,18 +3,20 @@
 //! filled with the real `git` CLI.
 //!
 //! - `repo` must match the allowlist (`MOLECULE_EXTERNAL_REPO_ALLOWLIST`, comma-separated
-//!   `host/path` prefixes ending in `/` or `/*`, or exact repositories);
+//!   `host/path` prefixes ending in `/` or `/*`, or exact repositories); entries without a
+//!   scheme admit https only, `http://…` and `file://…` entries must be written out (ADR 0040);
 //! - `ref` matches `^[a-zA-Z0-9_./-]+$`, has no `..` and does not start with `-`;
 //! - `path` is relative and downward only;
 //! - a fetch goes into a temp dir, is renamed into place, and only then gets its `.complete`
 //!   marker: a directory without the marker is a partial cache and is fetched again;
-//! - the token is sent as an `Authorization` http header through git's environment
-//!   (`GIT_CONFIG_*`), never in a URL, an argument or a file, and is masked in every message.
+//! - the token is sent as an `Authorization` http header scoped to the repository URL
+//!   (`http.<url>.extraHeader`) through git's environment (`GIT_CONFIG_*`), never in a URL, an
+//!   argument or a file, and is masked in every message;
+//! - git runs sealed by [`crate::git`]; the pack and the checkout are bounded while they are
+//!   written ([`ExternalConfig::max_checkout_bytes`]).
 
-use std::io::Read;
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{CACHE_DIR, ErrorKind, TemplateError};
 
@@ -42,6 +44,8 @@ pub struct ExternalConfig {
     pub timeout: Duration,
     /// Never run git: only complete cache entries resolve (the template listing).
     pub offline: bool,
+    /// Largest checkout, enforced while fetching and before checking out (ADR 0040).
+    pub max_checkout_bytes: u64,
 }
 
 impl std::fmt::Debug for ExternalConfig {
@@ -53,6 +57,7 @@ impl std::fmt::Debug for ExternalConfig {
             .field("cache_dir", &self.cache_dir)
             .field("timeout", &self.timeout)
             .field("offline", &self.offline)
+            .field("max_checkout_bytes", &self.max_checkout_bytes)
             .finish()
     }
 }
@@ -67,6 +72,7 @@ impl ExternalConfig {
             cache_dir: root.join(CACHE_DIR),
             timeout: Duration::from_secs(300),
             offline: false,
+            max_checkout_bytes: MAX_CHECKOUT_BYTES,
         }
     }
 
@@ -213,16 +219,24 @@ pub(crate) fn locate(
     Ok((format!("{scheme}://{identity}{suffix}"), identity))
 }
 
-/// Whether `identity` (`host/owner/name`) is allowlisted.
-pub(crate) fn allowed(allowlist: &[String], identity: &str) -> bool {
-    let strip = |s: &str| -> String {
-        let s = s.trim();
-        let s = s.split_once("://").map(|(_, r)| r).unwrap_or(s);
-        s.to_string()
+/// Whether the clone URL `url` (`scheme://host/owner/name.git`) is allowlisted. Entries are
+/// scheme-aware (ADR 0040): without a scheme they admit https only; `http://`, `file://` and
+/// `git://` entries admit exactly that scheme and must be written explicitly.
+pub(crate) fn allowed(allowlist: &[String], url: &str) -> bool {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return false;
     };
-    let id = identity.trim_end_matches(".git");
+    let scheme = scheme.to_ascii_lowercase();
+    let id = rest.trim_end_matches(".git");
     allowlist.iter().any(|entry| {
-        let e = strip(entry);
+        let entry = entry.trim();
+        let (e_scheme, e) = match entry.split_once("://") {
+            Some((s, r)) => (s.to_ascii_lowercase(), r),
+            None => ("https".to_string(), entry),
+        };
+        if e_scheme != scheme {
+            return false;
+        }
         if let Some(prefix) = e.strip_suffix("/*").or_else(|| e.strip_suffix('/')) {
             !prefix.is_empty() && id.starts_with(&format!("{prefix}/"))
         } else {
@@ -265,14 +279,16 @@ pub fn fetch(cfg: &ExternalConfig, r: &ExternalRef) -> Result<Option<Fetched>, T
     validate_ref(&r.git_ref)?;
     validate_path(&r.path)?;
     let (url, identity) = locate(cfg, r)?;
-    if !allowed(&cfg.allowlist, &identity) {
+    if !allowed(&cfg.allowlist, &url) {
         return Err(refused(format!(
-            "repository {identity} is not in the allowlist (MOLECULE_EXTERNAL_REPO_ALLOWLIST)"
+            "repository {identity} is not in the allowlist (MOLECULE_EXTERNAL_REPO_ALLOWLIST) for {}; entries without a scheme admit https only",
+            url.split_once("://").map_or("", |(s, _)| s)
         )));
     }
     let git = Git {
         token: cfg.token.as_deref(),
         timeout: cfg.timeout,
+        max_bytes: cfg.max_checkout_bytes,
     };
     let repo_dir = cache_repo_dir(cfg, &identity);
     let (sha, want) = if is_full_sha(&r.git_ref) {
@@ -341,6 +357,62 @@ pub fn fetch(cfg: &ExternalConfig, r: &ExternalRef) -> Result<Option<Fetched>, T
 struct Git<'a> {
     token: Option<&'a str>,
     timeout: Duration,
+    /// Largest checkout.
+    max_bytes: u64,
+}
+
+/// Why a git run failed.
+enum RunFailure {
+    /// A written file reached its cap.
+    TooLarge,
+    /// A masked one-line reason.
+    Failed(String),
+}
+
+impl std::fmt::Display for RunFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunFailure::TooLarge => f.write_str("a file exceeded its size limit"),
+            RunFailure::Failed(r) => f.write_str(r),
+        }
+    }
+}
+
+/// Largest stdout of one git run (ref listings, tree listings).
+const STDOUT_CAP: usize = 16 * 1024 * 1024;
+
+fn too_large(identity: &str, max: u64) -> TemplateError {
+    TemplateError::new(
+        ErrorKind::TooLarge,
+        "",
+        "",
+        format!("{identity} is larger than {max} bytes"),
+    )
+}
+
+/// The total size of the blobs in `git ls-tree -r -l -z` output.
+fn tree_bytes(listing: &str) -> u64 {
+    listing
+        .split('\0')
+        .filter_map(|rec| rec.split_once('\t'))
+        .filter_map(|(meta, _)| {
+            let parts: Vec<&str> = meta.split_whitespace().collect();
+            match parts[..] {
+                [_, "blob", _, size] => Some(size.parse::<u64>().unwrap_or(u64::MAX)),
+                _ => None,
+            }
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
+/// Whether the token may travel to `url`: over https, or over plain http only when an
+/// allowlist entry names `http://` explicitly (which [`allowed`] has checked); never to
+/// `file://`, `git://` or ssh (ADR 0040).
+fn sends_token(url: &str) -> bool {
+    matches!(
+        crate::git::Protocol::of_url(url),
+        Some(crate::git::Protocol::Https | crate::git::Protocol::Http)
+    )
 }
 
 impl Git<'_> {
@@ -354,7 +426,7 @@ impl Git<'_> {
         // The `^{}` pattern lists the commit an annotated tag points at.
         let peeled = format!("{r}^{{}}");
         let out = self
-            .run(None, &["ls-remote", url, r, &peeled])
+            .run(None, Some(url), &["ls-remote", "--", url, r, &peeled], None)
             .map_err(|e| fetch_failed(format!("could not list refs of {identity}: {e}")))?;
         let refs: Vec<(&str, &str)> = out.lines().filter_map(|l| l.split_once('\t')).collect();
         let find = |name: &str| {
@@ -387,113 +459,99 @@ impl Git<'_> {
         tmp: &Path,
     ) -> Result<(), TemplateError> {
         let tmp_s = tmp.to_string_lossy().to_string();
-        let failed = |step: &str, e: String| fetch_failed(format!("{step} {identity} failed: {e}"));
-        self.run(None, &["init", "-q", &tmp_s])
+        let failed = |step: &str, e: RunFailure| match e {
+            RunFailure::TooLarge => too_large(identity, self.max_bytes),
+            RunFailure::Failed(e) => fetch_failed(format!("{step} {identity} failed: {e}")),
+        };
+        // The pack may be a little larger than the files it holds; anything beyond this is
+        // refused while it streams in (ADR 0040).
+        let pack_cap = self
+            .max_bytes
+            .saturating_add(self.max_bytes / 8)
+            .saturating_add(1024 * 1024);
+        self.run(None, None, &["init", "-q", &tmp_s], None)
             .map_err(|e| failed("preparing the cache for", e))?;
         self.run(
             Some(tmp),
-            &["fetch", "-q", "--depth", "1", "--no-tags", url, want],
+            Some(url),
+            &["fetch", "-q", "--depth", "1", "--no-tags", "--", url, want],
+            Some(pack_cap),
         )
         .map_err(|e| failed("fetching", e))?;
         let got = self
-            .run(Some(tmp), &["rev-parse", "FETCH_HEAD^{commit}"])
+            .run(Some(tmp), None, &["rev-parse", "FETCH_HEAD^{commit}"], None)
             .map_err(|e| failed("reading the fetched commit of", e))?;
         if got.trim() != sha {
             return Err(fetch_failed(format!(
                 "{identity} moved while it was fetched; will retry"
             )));
         }
+        // The checkout is bounded before it is written: the sizes of its blobs, from the
+        // object store, must fit; each written file is capped as well.
+        let listing = self
+            .run(
+                Some(tmp),
+                None,
+                &["ls-tree", "-r", "-l", "-z", "--full-tree", "FETCH_HEAD"],
+                None,
+            )
+            .map_err(|e| failed("listing", e))?;
+        if tree_bytes(&listing) > self.max_bytes {
+            return Err(too_large(identity, self.max_bytes));
+        }
         self.run(
             Some(tmp),
-            &[
-                "-c",
-                "advice.detachedHead=false",
-                "checkout",
-                "-q",
-                "FETCH_HEAD",
-            ],
+            None,
+            &["checkout", "-q", "FETCH_HEAD"],
+            Some(self.max_bytes),
         )
         .map_err(|e| failed("checking out", e))?;
         std::fs::remove_dir_all(tmp.join(".git"))
             .map_err(|_| fetch_failed(format!("cleaning the checkout of {identity} failed")))?;
-        if tree_size(tmp) > MAX_CHECKOUT_BYTES {
-            return Err(TemplateError::new(
-                ErrorKind::TooLarge,
-                "",
-                "",
-                format!("{identity} is larger than {MAX_CHECKOUT_BYTES} bytes"),
-            ));
-        }
         Ok(())
     }
 
-    /// Runs git; Ok(stdout) on success, Err(a masked one-line reason) otherwise.
-    fn run(&self, cwd: Option<&Path>, args: &[&str]) -> Result<String, String> {
-        let mut cmd = Command::new("git");
+    /// Runs git sealed by [`crate::git`] (ADR 0040); Ok(stdout) on success, Err(a masked
+    /// one-line reason) otherwise. `remote`: the URL a network call talks to — its transport
+    /// is allowed and the token header is scoped to it. `max_file`: a bound on every file git
+    /// writes (the pack, each checked-out file).
+    fn run(
+        &self,
+        cwd: Option<&Path>,
+        remote: Option<&str>,
+        args: &[&str],
+        max_file: Option<u64>,
+    ) -> Result<String, RunFailure> {
+        let mut spec = crate::git::Spec::new(args.iter().copied());
         if let Some(dir) = cwd {
-            cmd.arg("-C").arg(dir);
+            spec = spec.cwd(dir);
         }
-        cmd.args(args)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_ASKPASS", "true")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_ALLOW_PROTOCOL", "https:http:git:file")
-            .env("LC_ALL", "C")
-            .env_remove("GIT_DIR")
-            .env_remove("GIT_WORK_TREE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        match self.token {
-            Some(t) => {
-                cmd.env("GIT_CONFIG_COUNT", "1")
-                    .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-                    .env("GIT_CONFIG_VALUE_0", format!("Authorization: token {t}"));
+        if let Some(url) = remote {
+            spec = spec.allow_url(url);
+            if let Some(t) = self.token.filter(|t| !t.is_empty())
+                && sends_token(url)
+            {
+                spec = spec.header(url, format!("Authorization: token {t}"));
             }
-            None => {
-                cmd.env("GIT_CONFIG_COUNT", "0");
-            }
+        }
+        if let Some(cap) = max_file {
+            spec = spec.max_file_bytes(cap);
         }
         tracing::debug!(command = %args.first().copied().unwrap_or(""), "running git");
-        let mut child = cmd
-            .spawn()
-            .map_err(|_| "the git CLI could not be started".to_string())?;
-        let mut stdout = child.stdout.take();
-        let mut stderr = child.stderr.take();
-        let out_t = std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(o) = stdout.as_mut() {
-                let _ = o.read_to_string(&mut s);
-            }
-            s
-        });
-        let err_t = std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(e) = stderr.as_mut() {
-                let _ = e.take(64 * 1024).read_to_string(&mut s);
-            }
-            s
-        });
-        let deadline = Instant::now() + self.timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(st)) => break Some(st),
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                Err(_) => break None,
-            }
-        };
-        let out = out_t.join().unwrap_or_default();
-        let err = err_t.join().unwrap_or_default();
-        match status {
-            Some(st) if st.success() => Ok(out),
-            Some(_) => Err(self.reason(&err)),
-            None => Err(format!("timed out after {}s", self.timeout.as_secs())),
+        match crate::git::run_blocking(&spec, STDOUT_CAP, self.timeout) {
+            Ok(o) if o.success => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+            Ok(o) if max_file.is_some() && o.hit_file_limit() => Err(RunFailure::TooLarge),
+            Ok(o) => Err(RunFailure::Failed(self.reason(&o.stderr))),
+            Err(crate::git::RunError::Timeout { .. }) => Err(RunFailure::Failed(format!(
+                "timed out after {}s",
+                self.timeout.as_secs()
+            ))),
+            Err(crate::git::RunError::TooLarge { cap }) => Err(RunFailure::Failed(format!(
+                "git wrote more than {cap} bytes"
+            ))),
+            Err(crate::git::RunError::Spawn(_)) => Err(RunFailure::Failed(
+                "the git CLI could not be started".to_string(),
+            )),
         }
     }
 
@@ -525,24 +583,6 @@ pub(crate) fn mask(text: &str, token: Option<&str>) -> String {
         Some(t) if !t.is_empty() => text.replace(t, "***"),
         _ => text.to_string(),
     }
-}
-
-fn tree_size(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            match e.file_type() {
-                Ok(ft) if ft.is_dir() => stack.push(e.path()),
-                Ok(ft) if ft.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
-                _ => {}
-            }
-        }
-    }
-    total
 }
 
 #[cfg(test)]
@@ -598,16 +638,60 @@ mod tests {
     fn allowlist_matches_prefixes_and_exact_repos() {
         let list = vec![
             "git.moleculesai.app/molecule-ai/".to_string(),
-            "127.0.0.1:9418/team/*".to_string(),
+            "http://127.0.0.1:9418/team/*".to_string(),
             "https://example.com/solo/repo".to_string(),
+            "file:///srv/git/team/".to_string(),
         ];
-        assert!(allowed(&list, "git.moleculesai.app/molecule-ai/dev"));
-        assert!(!allowed(&list, "git.moleculesai.app/molecule-ai-evil/dev"));
-        assert!(!allowed(&list, "github.com/foo/bar"));
-        assert!(allowed(&list, "127.0.0.1:9418/team/x"));
-        assert!(allowed(&list, "example.com/solo/repo"));
-        assert!(allowed(&list, "example.com/solo/repo.git"));
-        assert!(!allowed(&list, "example.com/solo/repo2"));
+        let https = |id: &str| format!("https://{id}.git");
+        assert!(allowed(
+            &list,
+            &https("git.moleculesai.app/molecule-ai/dev")
+        ));
+        assert!(!allowed(
+            &list,
+            &https("git.moleculesai.app/molecule-ai-evil/dev")
+        ));
+        assert!(!allowed(&list, &https("github.com/foo/bar")));
+        assert!(allowed(&list, "http://127.0.0.1:9418/team/x.git"));
+        assert!(allowed(&list, &https("example.com/solo/repo")));
+        assert!(allowed(&list, "https://example.com/solo/repo.git"));
+        assert!(!allowed(&list, &https("example.com/solo/repo2")));
+        assert!(allowed(&list, "file:///srv/git/team/x.git"));
+        // Scheme-aware (ADR 0040): a scheme-less entry admits https only, an explicit one only
+        // its own scheme.
+        assert!(!allowed(
+            &list,
+            "http://git.moleculesai.app/molecule-ai/dev.git"
+        ));
+        assert!(!allowed(
+            &list,
+            "git://git.moleculesai.app/molecule-ai/dev.git"
+        ));
+        assert!(!allowed(
+            &list,
+            "file:///git.moleculesai.app/molecule-ai/dev.git"
+        ));
+        assert!(!allowed(&list, "https://127.0.0.1:9418/team/x.git"));
+        assert!(!allowed(&list, "http://example.com/solo/repo.git"));
+        assert!(!allowed(&list, "no-scheme/solo/repo"));
+    }
+
+    #[test]
+    fn tokens_go_over_http_only_and_checkouts_are_sized_from_the_tree() {
+        assert!(sends_token("https://h/o/r.git"));
+        assert!(sends_token("http://h/o/r.git"));
+        assert!(!sends_token("file:///srv/o/r.git"));
+        assert!(!sends_token("git://h/o/r.git"));
+        let listing = [
+            "100644 blob aaaa      10\tREADME",
+            "040000 tree bbbb       -\tdir",
+            "100755 blob cccc 5\tdir/run.sh",
+            "120000 blob dddd 3\tlink",
+            "",
+        ]
+        .join("\0");
+        assert_eq!(tree_bytes(&listing), 18);
+        assert_eq!(tree_bytes("100644 blob a huge\tx\0"), u64::MAX);
     }
 
     #[test]

@@ -2,15 +2,12 @@
 //! commit sha with `git ls-remote`, and reading the tree of one commit with a shallow fetch into
 //! a throwaway bare repository plus `ls-tree`/`cat-file` — no checkout, so no hooks, no
 //! worktree and no symlink is ever followed. Every call is bounded by the fetch timeout (5 min by
-//! default) and killed when it runs out. Prompts are disabled and only the `file`, `git`,
-//! `http`, `https` and `ssh` transports are allowed.
+//! default) and killed when it runs out. Every run is sealed by [`crate::git`] (ADR 0040): no
+//! user or system config, no credential helpers, a cleared environment, and only https plus
+//! the transport of the source's own URL; the fetched pack is bounded while it streams in.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
-
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 
 use super::Refusal;
 use super::source::{Track, shorten};
@@ -47,6 +44,8 @@ impl Default for Git {
 
 struct Output {
     code: Option<i32>,
+    /// A written file reached the cap (the pack was larger than the plugin may be).
+    hit_file_limit: bool,
     stdout: Vec<u8>,
     stderr: String,
 }
@@ -72,78 +71,63 @@ fn fetch_failed(what: &str, stderr: &str) -> Refusal {
     )
 }
 
+fn too_large(limits: &Limits) -> Refusal {
+    Refusal::new(
+        "TooLarge",
+        format!(
+            "the plugin is larger than the staging limit of {} MiB",
+            limits.max_bytes / (1024 * 1024)
+        ),
+    )
+}
+
 impl Git {
     pub fn new(timeout: Duration, scratch: PathBuf) -> Self {
         Git { timeout, scratch }
     }
 
+    /// Runs git sealed (ADR 0040): only the transport of `url` (if any) besides https, and
+    /// with `max_file` a bound on every file git writes (the fetched pack), enforced while the
+    /// pack streams in.
     async fn run(
         &self,
         dir: Option<&Path>,
+        url: Option<&str>,
         args: &[&str],
         stdin: Option<Vec<u8>>,
+        max_file: Option<u64>,
     ) -> Result<Output, Refusal> {
-        let mut cmd = Command::new("git");
+        let mut spec = crate::git::Spec::new(args.iter().copied());
         if let Some(d) = dir {
-            cmd.arg("-C").arg(d);
+            spec = spec.cwd(d);
         }
-        cmd.args(["-c", "protocol.allow=never"]);
-        for p in ["file", "git", "http", "https", "ssh"] {
-            cmd.arg("-c").arg(format!("protocol.{p}.allow=always"));
+        if let Some(u) = url {
+            spec = spec.allow_url(u);
         }
-        cmd.args(args)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_ASKPASS", "true")
-            .env("SSH_ASKPASS", "true")
-            .env(
-                "GIT_SSH_COMMAND",
-                std::env::var("GIT_SSH_COMMAND").unwrap_or_else(|_| "ssh -o BatchMode=yes".into()),
-            )
-            .env_remove("GIT_DIR")
-            .env_remove("GIT_WORK_TREE")
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| {
-            tracing::warn!(error = %e, "cannot run git");
-            Refusal::new(
-                "FetchFailed",
-                "the git CLI could not be started (is git installed?)",
-            )
-        })?;
-        let feed = child.stdin.take().zip(stdin);
-        let run = async move {
-            if let Some((mut si, data)) = feed {
-                // Written concurrently with reading stdout so large batches cannot deadlock.
-                tokio::spawn(async move {
-                    let _ = si.write_all(&data).await;
-                    let _ = si.shutdown().await;
-                });
-            }
-            child.wait_with_output().await
-        };
-        match tokio::time::timeout(self.timeout, run).await {
-            Ok(Ok(o)) => Ok(Output {
-                code: o.status.code(),
+        if let Some(cap) = max_file {
+            spec = spec.max_file_bytes(cap);
+        }
+        match crate::git::run(&spec, stdin, usize::MAX, self.timeout).await {
+            Ok(o) => Ok(Output {
+                code: o.code,
+                hit_file_limit: max_file.is_some() && o.hit_file_limit(),
                 stdout: o.stdout,
-                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+                stderr: o.stderr,
             }),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "git did not run to completion");
-                Err(Refusal::new("FetchFailed", "git did not run to completion"))
-            }
-            Err(_) => Err(Refusal::new(
+            Err(crate::git::RunError::Timeout { .. }) => Err(Refusal::new(
                 "FetchTimeout",
                 format!(
                     "git took longer than the fetch timeout of {}s",
                     self.timeout.as_secs()
                 ),
             )),
+            Err(e) => {
+                tracing::warn!(error = %e, "git did not run to completion");
+                Err(Refusal::new(
+                    "FetchFailed",
+                    "the git CLI could not be run (is git installed?)",
+                ))
+            }
         }
     }
 
@@ -160,7 +144,7 @@ impl Git {
         args.push("--");
         args.push(url);
         args.extend_from_slice(patterns);
-        let out = self.run(None, &args, None).await?;
+        let out = self.run(None, Some(url), &args, None, None).await?;
         match out.code {
             Some(0) => {}
             Some(2) => return Ok(None),
@@ -269,18 +253,31 @@ impl Git {
             )
         })?;
         let _guard = Scratch(dir.clone());
+        // The pack may be a little larger than the files it holds (headers, trees, a commit);
+        // anything beyond this is refused while it streams in (ADR 0040).
+        let pack_cap = limits
+            .max_bytes
+            .saturating_add(limits.max_bytes / 8)
+            .saturating_add(1024 * 1024);
         let d = dir.to_string_lossy().to_string();
-        let init = self.run(None, &["init", "-q", "--bare", &d], None).await?;
+        let init = self
+            .run(None, None, &["init", "-q", "--bare", &d], None, None)
+            .await?;
         if init.code != Some(0) {
             return Err(fetch_failed("init", &init.stderr));
         }
         let mut fetched = self
             .run(
                 Some(&dir),
+                Some(url),
                 &["fetch", "-q", "--depth", "1", "--no-tags", "--", url, sha],
                 None,
+                Some(pack_cap),
             )
             .await?;
+        if fetched.hit_file_limit {
+            return Err(too_large(limits));
+        }
         if fetched.code != Some(0)
             && let Some(r) = fallback_ref
         {
@@ -288,10 +285,15 @@ impl Git {
             fetched = self
                 .run(
                     Some(&dir),
+                    Some(url),
                     &["fetch", "-q", "--depth", "1", "--no-tags", "--", url, r],
                     None,
+                    Some(pack_cap),
                 )
                 .await?;
+        }
+        if fetched.hit_file_limit {
+            return Err(too_large(limits));
         }
         if fetched.code != Some(0) {
             let e = fetched.stderr.to_ascii_lowercase();
@@ -315,7 +317,9 @@ impl Git {
         let head = self
             .run(
                 Some(&dir),
+                None,
                 &["rev-parse", "--verify", "-q", "FETCH_HEAD^{commit}"],
+                None,
                 None,
             )
             .await?;
@@ -334,7 +338,9 @@ impl Git {
         let listing = self
             .run(
                 Some(&dir),
+                None,
                 &["ls-tree", "-r", "-l", "-z", "--full-tree", "FETCH_HEAD"],
+                None,
                 None,
             )
             .await?;
@@ -360,13 +366,7 @@ impl Git {
             let size: u64 = size.parse().unwrap_or(u64::MAX);
             total = total.saturating_add(size);
             if total > limits.max_bytes {
-                return Err(Refusal::new(
-                    "TooLarge",
-                    format!(
-                        "the plugin is larger than the staging limit of {} MiB",
-                        limits.max_bytes / (1024 * 1024)
-                    ),
-                ));
+                return Err(too_large(limits));
             }
             if entries.len() >= limits.max_files {
                 return Err(Refusal::new(
@@ -392,8 +392,10 @@ impl Git {
         let blobs = self
             .run(
                 Some(&dir),
+                None,
                 &["cat-file", "--batch"],
                 Some(batch.into_bytes()),
+                None,
             )
             .await?;
         if blobs.code != Some(0) {

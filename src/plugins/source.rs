@@ -85,7 +85,7 @@ fn invalid_source(why: impl Into<String>) -> Refusal {
 
 /// A git URL we are willing to hand to `git`: a known transport, no option injection, no
 /// whitespace or control characters, and no credentials (they would end up in status and logs;
-/// use a credential helper or an SSH key instead).
+/// use an SSH key instead: git runs without credential helpers, ADR 0040).
 pub fn check_git_url(url: &str) -> Result<(), Refusal> {
     if url.is_empty() {
         return Err(invalid_source("source is empty"));
@@ -128,7 +128,7 @@ pub fn check_git_url(url: &str) -> Result<(), Refusal> {
             && (userinfo.contains(':') || *scheme != "ssh://")
         {
             return Err(invalid_source(
-                "credentials in the source URL are not allowed; use a git credential helper or an SSH key",
+                "credentials in the source URL are not allowed; use an SSH key (git runs without credential helpers)",
             ));
         }
         return Ok(());
