@@ -364,3 +364,80 @@ fn lifecycle_secrets_and_creation_need_the_admin_token() {
     assert_eq!(code, 200, "{b}");
 }
 
+#[test]
+fn a_workspace_token_installs_git_plugins_only_from_allowed_hosts() {
+    let o = Org::new(&[
+        "--plugin-git-hosts",
+        "git.allowed.example, git.internal:8443",
+    ]);
+    let path = format!("/workspaces/{}/plugins", o.id("a"));
+    for source in [
+        "https://169.254.169.254/latest/meta-data.git",
+        "https://127.0.0.1:6443/org/plugin.git",
+        "https://git.allowed.example.evil.io/org/plugin.git",
+        "https://git.allowed.example:8080/org/plugin.git",
+        "https://git.internal/org/plugin.git",
+    ] {
+        let (code, b) = o.as_ws(
+            "a",
+            "POST",
+            &path,
+            json!({"source": source, "track": "tag:v1"}),
+        );
+        assert_eq!(code, 403, "{source}: {b}");
+    }
+    let installs = || {
+        let (code, b) = admin(&o.s, "GET", &path, Value::Null);
+        assert_eq!(code, 200, "{b}");
+        b.as_array().expect("array").len()
+    };
+    assert_eq!(installs(), 0, "nothing was recorded");
+
+    // An allowed host is taken, and the record says a workspace asked for it.
+    let (code, b) = o.as_ws(
+        "a",
+        "POST",
+        &path,
+        json!({"source": "https://git.allowed.example/org/allowed-plugin.git", "track": "tag:v1"}),
+    );
+    assert_eq!(code, 201, "{b}");
+    let k8s = b["k8s_name"].as_str().expect("name").to_string();
+    let (code, rec) = o.s.http(
+        "GET",
+        &format!("{API}/namespaces/default/plugininstalls/{k8s}"),
+        None,
+        b"",
+    );
+    assert_eq!(code, 200, "{rec}");
+    assert_eq!(
+        j(&rec)["metadata"]["labels"]["molecule.ai/requested-by"],
+        "workspace"
+    );
+    // The local registry needs no allowlist.
+    let (code, b) = o.as_ws("a", "POST", &path, json!({"source": "local://skills-pack"}));
+    assert_eq!(code, 201, "{b}");
+    // The admin token is not limited.
+    let (code, b) = admin(
+        &o.s,
+        "POST",
+        &format!("/workspaces/{}/plugins", o.id("b")),
+        json!({"source": "https://git.elsewhere.example/org/p.git", "track": "tag:v1"}),
+    );
+    assert_eq!(code, 201, "{b}");
+}
+
+#[test]
+fn with_no_allowlist_a_workspace_token_installs_local_plugins_only() {
+    let o = Org::new(&[]);
+    let path = format!("/workspaces/{}/plugins", o.id("a"));
+    let (code, b) = o.as_ws(
+        "a",
+        "POST",
+        &path,
+        json!({"source": "https://github.com/org/plugin.git", "track": "tag:v1"}),
+    );
+    assert_eq!(code, 403, "{b}");
+    let (code, b) = o.as_ws("a", "POST", &path, json!({"source": "local://skills-pack"}));
+    assert_eq!(code, 201, "{b}");
+}
+
