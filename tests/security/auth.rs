@@ -441,3 +441,81 @@ fn with_no_allowlist_a_workspace_token_installs_local_plugins_only() {
     assert_eq!(code, 201, "{b}");
 }
 
+#[test]
+fn plugin_download_checks_the_token_before_saying_not_found_and_validates_the_path() {
+    // The download route answers once the plugin controller runs.
+    let s = Server::start_with(Backend::Sqlite, &["--controllers", "plugin"]);
+    let ns = format!("dl-{}", molecule::util::random_suffix(6));
+    let (code, b) = s.http(
+        "POST",
+        "/api/v1/namespaces",
+        Some("application/json"),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(code, 201, "{b}");
+    for name in ["mine", "theirs"] {
+        let (code, b) = s.http(
+            "POST",
+            &format!("{API}/namespaces/{ns}/workspaces"),
+            Some("application/json"),
+            json!({"apiVersion": "molecule.ai/v1alpha1", "kind": "Workspace",
+                   "metadata": {"name": name}, "spec": {"runtime": "external", "url": "https://agent.example.com/a2a"}})
+            .to_string()
+            .as_bytes(),
+        );
+        assert_eq!(code, 201, "{b}");
+        let (code, b) = s.http(
+            "PATCH",
+            &format!("{API}/namespaces/{ns}/workspaces/{name}/status"),
+            Some("application/merge-patch+json"),
+            json!({"status": {"tokenHash": sha(&format!("tok-{name}"))}})
+                .to_string()
+                .as_bytes(),
+        );
+        assert_eq!(code, 200, "{b}");
+    }
+    let (code, b) = s.http(
+        "POST",
+        &format!("{API}/namespaces/{ns}/plugininstalls"),
+        Some("application/json"),
+        json!({"apiVersion": "molecule.ai/v1alpha1", "kind": "PluginInstall",
+               "metadata": {"name": "theirs-pack"},
+               "spec": {"workspaceRef": {"name": "theirs"}, "source": "local://skills-pack"}})
+        .to_string()
+        .as_bytes(),
+    );
+    assert_eq!(code, 201, "{b}");
+    let dl = |ns: &str, name: &str, token: Option<&str>| {
+        let path = format!("/registry/plugins/{ns}/{name}/download");
+        let mut last = (0, String::new());
+        // 503 until the plugin controller has started.
+        eventually(30, || {
+            last = s.http_as("GET", &path, token, b"");
+            last.0 != 503
+        });
+        last
+    };
+    // No token, or a token of nobody: 401, whether or not the record exists.
+    assert_eq!(dl(&ns, "missing", None).0, 401);
+    let (code, b) = dl(&ns, "missing", Some("not-a-token"));
+    assert_eq!(code, 401, "a bad token learns nothing: {b}");
+    assert_eq!(dl(&ns, "theirs-pack", Some("not-a-token")).0, 401);
+    assert_eq!(dl("nowhere", "missing", Some("not-a-token")).0, 401);
+    // A workspace's token: 404 for what is missing and for another workspace's install alike.
+    assert_eq!(dl(&ns, "missing", Some("tok-mine")).0, 404);
+    let (code, b) = dl(&ns, "theirs-pack", Some("tok-mine"));
+    assert_eq!(code, 404, "{b}");
+    // The path: a DNS label namespace, a DNS subdomain name; 400 otherwise.
+    for (bad_ns, bad_name) in [
+        ("Bad_NS", "theirs-pack"),
+        (ns.as_str(), "Bad_Name"),
+        (ns.as_str(), "x..y"),
+        ("a.b", "theirs-pack"),
+        (ns.as_str(), &"n".repeat(254)),
+    ] {
+        let (code, b) = dl(bad_ns, bad_name, Some("tok-theirs"));
+        assert_eq!(code, 400, "{bad_ns}/{bad_name}: {b}");
+    }
+}
