@@ -519,3 +519,117 @@ fn plugin_download_checks_the_token_before_saying_not_found_and_validates_the_pa
         assert_eq!(code, 400, "{bad_ns}/{bad_name}: {b}");
     }
 }
+
+/// chromedriver on a free port, killed on drop.
+struct Driver(std::process::Child, u16);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn driver() -> Driver {
+    for bin in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+        assert!(
+            std::path::Path::new(bin).exists(),
+            "{bin} is missing: install Debian's chromium and chromium-driver (.ci/run does)"
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let child = std::process::Command::new("/usr/bin/chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn chromedriver");
+    let d = Driver(child, port);
+    assert!(
+        eventually(20, || std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_ok()),
+        "chromedriver did not listen"
+    );
+    d
+}
+
+async fn js(c: &fantoccini::Client, script: &str) -> Value {
+    c.execute(script, vec![]).await.unwrap_or(Value::Null)
+}
+
+async fn conn_state_becomes(c: &fantoccini::Client, want: &str) -> bool {
+    for _ in 0..100 {
+        if js(c, "return document.getElementById('conn').dataset.state").await == want {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_canvas_keeps_the_admin_token_for_the_browser_session_only() {
+    let s = tokio::task::spawn_blocking(|| Server::start(Backend::Sqlite))
+        .await
+        .expect("serve");
+    let token = s.token();
+    let d = driver();
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"binary": "/usr/bin/chromium",
+               "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
+    );
+    let c =
+        fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", d.1))
+            .await
+            .expect("WebDriver session");
+    let base = format!("http://127.0.0.1:{}/", s.port);
+
+    // Signed in through the link `molecule canvas-url` prints.
+    c.goto(&format!("{base}#token={token}"))
+        .await
+        .expect("open");
+    assert!(
+        conn_state_becomes(&c, "connected").await,
+        "the page did not connect"
+    );
+    assert_eq!(
+        js(&c, "return localStorage.getItem('molecule.token')").await,
+        Value::Null,
+        "the token must not be kept in localStorage, where it outlives the session"
+    );
+    assert_eq!(
+        js(&c, "return sessionStorage.getItem('molecule.token')").await,
+        json!(token)
+    );
+
+    // A token an older page left in localStorage is not used, and is removed.
+    js(
+        &c,
+        &format!(
+            "sessionStorage.clear(); localStorage.setItem('molecule.token', {}); return 1",
+            json!(token)
+        ),
+    )
+    .await;
+    c.goto(&base).await.expect("reload");
+    assert!(
+        conn_state_becomes(&c, "disconnected").await,
+        "a stale token signed the page in"
+    );
+    assert_eq!(
+        js(&c, "return document.getElementById('login').hidden").await,
+        json!(false)
+    );
+    assert_eq!(
+        js(&c, "return localStorage.getItem('molecule.token')").await,
+        Value::Null
+    );
+    let _ = c.close().await;
+}
