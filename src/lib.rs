@@ -22,6 +22,7 @@ pub mod serve;
 pub mod shim;
 pub mod shutdown;
 pub mod store;
+pub mod teams;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;

@@ -246,6 +246,12 @@ struct PluginFlags {
     /// Tests only: honour /configs/plugins/.failpoint in the in-container install steps.
     #[arg(long, hide = true)]
     plugin_failpoints: bool,
+    /// Hosts a workspace's own token may install git plugins from (comma list of host or
+    /// host:port, https only; ADR 0038). Empty (the default): the local registry only. The
+    /// admin token is not limited.
+    #[arg(long = "plugin-git-hosts", env = "MOLECULE_PLUGIN_GIT_HOSTS", value_name = "HOSTS",
+          value_parser = |s: &str| molecule::plugins::git_hosts::GitHosts::parse(s).map_err(|e| e.to_string()))]
+    plugin_git_hosts: Option<molecule::plugins::git_hosts::GitHosts>,
 }
 
 impl PluginFlags {
@@ -259,6 +265,7 @@ impl PluginFlags {
                 self.plugin_drift_tick_seconds.max(1),
             )),
             failpoints: self.plugin_failpoints,
+            git_hosts: self.plugin_git_hosts.clone().unwrap_or_default(),
         }
     }
 }

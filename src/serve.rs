@@ -76,6 +76,8 @@ pub struct PluginOptions {
     pub drift_tick: Option<std::time::Duration>,
     /// Tests only: honour in-container failpoints.
     pub failpoints: bool,
+    /// `--plugin-git-hosts`: git hosts a workspace's own token may install from (ADR 0038).
+    pub git_hosts: crate::plugins::git_hosts::GitHosts,
 }
 
 impl PluginOptions {
@@ -95,6 +97,7 @@ impl PluginOptions {
             s.drift_tick = t;
         }
         s.failpoints = self.failpoints;
+        s.git_hosts = self.git_hosts.clone();
         s
     }
 }
@@ -262,6 +265,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             audit: audit.clone(),
             namespace: "default".into(),
             plugin_root: plugins.registry.clone(),
+            plugin_git_hosts: plugins.git_hosts.clone(),
             org_templates: crate::orgtemplate::Options::from_env(template_root.clone()),
             metrics: metrics.clone(),
             backlog: opts.stream_backlog,

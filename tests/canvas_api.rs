@@ -291,6 +291,8 @@ fn contract(s: &Server) {
         Value::Null
     )
     .0 == 200));
+    // ADR 0038: a workspace's token reads what its workspace may talk to (a child its parent)
+    // and lists those workspaces only.
     let (code, b) = call_as(
         s,
         Some("tok-child"),
@@ -298,12 +300,10 @@ fn contract(s: &Server) {
         &format!("/workspaces/{lead}"),
         Value::Null,
     );
-    assert_eq!(code, 403, "another workspace's token: {b}");
-    assert_eq!(
-        call_as(s, Some("tok-lead"), "GET", "/workspaces", Value::Null).0,
-        403,
-        "admin route"
-    );
+    assert_eq!(code, 200, "the parent, read with the child's token: {b}");
+    let (code, b) = call_as(s, Some("tok-lead"), "GET", "/workspaces", Value::Null);
+    assert_eq!(code, 200, "{b}");
+    assert_eq!(b.as_array().map(Vec::len), Some(2), "{b}");
     assert_eq!(
         call_as(
             s,
@@ -318,13 +318,14 @@ fn contract(s: &Server) {
     assert_eq!(
         call_as(
             s,
-            Some("tok-lead"),
+            Some("tok-child"),
             "DELETE",
             &format!("/workspaces/{lead}"),
             Value::Null
         )
         .0,
-        403
+        403,
+        "a workspace deletes itself only (ADR 0038)"
     );
     assert_eq!(
         call_as(
@@ -373,10 +374,20 @@ fn contract(s: &Server) {
         200
     );
 
-    // Restart sets the restart annotation.
-    let (code, b) = call_as(
+    // Restart sets the restart annotation; it takes the admin token (ADR 0038).
+    assert_eq!(
+        call_as(
+            s,
+            Some("tok-lead"),
+            "POST",
+            &format!("/workspaces/{lead}/restart"),
+            Value::Null,
+        )
+        .0,
+        403
+    );
+    let (code, b) = call(
         s,
-        Some("tok-lead"),
         "POST",
         &format!("/workspaces/{lead}/restart"),
         Value::Null,
@@ -570,7 +581,8 @@ fn contract(s: &Server) {
             Value::Null
         )
         .0,
-        200
+        403,
+        "secrets take the admin token (ADR 0038)"
     );
     let (code, b) = call(
         s,

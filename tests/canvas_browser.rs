@@ -172,6 +172,12 @@ async fn the_canvas_shows_the_org_live_and_restarts_a_workspace() {
             .contains("token"),
         "the token must leave the address bar"
     );
+    // ADR 0038: kept for the browser session only.
+    assert_eq!(
+        js(&c, "return [localStorage.getItem('molecule.token'), sessionStorage.getItem('molecule.token')]").await,
+        json!([null, s.token()]),
+        "the token lives in sessionStorage, not localStorage"
+    );
 
     // The example org appears as it is applied with kubectl.
     let root = env!("CARGO_MANIFEST_DIR");

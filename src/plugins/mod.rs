@@ -14,6 +14,7 @@ pub mod classify;
 pub mod format;
 pub mod fs;
 pub mod git;
+pub mod git_hosts;
 pub mod shell;
 pub mod source;
 pub mod tree;

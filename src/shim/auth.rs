@@ -4,6 +4,11 @@
 //! stream also reads the token from the Kubernetes-style subprotocol
 //! `base64url.bearer.authorization.k8s.io.<base64url token>`, and (for EventSource) from an
 //! `access_token` query parameter on the stream routes only.
+//!
+//! What a workspace's own token may do (ADR 0038): read what its workspace may talk to (the
+//! hierarchy rule of `crate::teams`), change the presentation of its own workspace, delete it,
+//! and install plugins from the allowed sources into it. Everything else takes the admin token;
+//! `docs/api-auth.md` lists every route.
 
 use std::sync::Arc;
 
@@ -63,6 +68,63 @@ impl Shim {
                 ShimError::Forbidden("a workspace token cannot call an admin route"),
             ),
             Some(_) => Err(ShimError::BadToken),
+        }
+    }
+
+    /// Who holds `token`: the admin, or the workspace whose token it is (by the index).
+    pub fn caller(&self, token: Option<&str>) -> Result<Caller, ShimError> {
+        let Some(token) = token else {
+            return Err(ShimError::Unauthenticated);
+        };
+        if self.is_admin_token(token) {
+            return Ok(Caller::Admin);
+        }
+        match self.cache.owner_of_token_hash(&sha256_hex(token)) {
+            Some(uid) => Ok(Caller::Workspace(uid)),
+            None => Err(ShimError::BadToken),
+        }
+    }
+
+    /// Admin routes about one workspace: the admin token, then the live record (404 when
+    /// unknown, 409 while it is being deleted).
+    pub async fn require_admin_on(
+        &self,
+        token: Option<&str>,
+        uid: &str,
+    ) -> Result<Arc<Workspace>, ShimError> {
+        self.require_admin(token)?;
+        let ws = self.workspace(uid).await?;
+        if ws.metadata.deletion_timestamp.is_some() {
+            return Err(ShimError::Conflict("the workspace is being deleted".into()));
+        }
+        Ok(ws)
+    }
+
+    /// Reading a workspace: the admin token, its own token, or the token of a workspace that
+    /// may talk to it under the hierarchy rule (ADR 0038). Any other workspace token gets 403,
+    /// also for an unknown uid, so a workspace never learns what exists beyond its reach.
+    pub async fn require_reader(
+        &self,
+        token: Option<&str>,
+        uid: &str,
+    ) -> Result<(Caller, Arc<Workspace>), ShimError> {
+        match self.require_workspace(token, uid).await {
+            Err(ShimError::Forbidden(_)) => {}
+            other => return other,
+        }
+        let Caller::Workspace(me) = self.caller(token)? else {
+            return Err(ShimError::Forbidden(
+                "this token cannot read that workspace",
+            ));
+        };
+        let tree = self.cache.tree();
+        match tree.get(uid) {
+            Some(target) if tree.can_communicate(&me, uid) => {
+                Ok((Caller::Workspace(me), target.clone()))
+            }
+            _ => Err(ShimError::Forbidden(
+                "this workspace may not read that workspace",
+            )),
         }
     }
 

@@ -53,6 +53,8 @@ pub struct ShimSettings {
     pub namespace: String,
     /// The local plugin registry listed by `GET /plugins`.
     pub plugin_root: PathBuf,
+    /// Git hosts a workspace's own token may install plugins from (ADR 0038).
+    pub plugin_git_hosts: crate::plugins::git_hosts::GitHosts,
     /// The org template root and `!external` settings (`GET /org/templates`, `POST /org/import`).
     pub org_templates: crate::orgtemplate::Options,
     pub metrics: Arc<Metrics>,
@@ -67,6 +69,7 @@ pub struct Shim {
     pub audit: crate::audit::Audit,
     pub namespace: String,
     pub plugin_root: PathBuf,
+    pub plugin_git_hosts: crate::plugins::git_hosts::GitHosts,
     pub org_templates: crate::orgtemplate::Options,
     pub metrics: Arc<Metrics>,
     pub cache: Arc<cache::Cache>,
@@ -84,6 +87,7 @@ impl Shim {
             audit: s.audit,
             namespace: s.namespace,
             plugin_root: s.plugin_root,
+            plugin_git_hosts: s.plugin_git_hosts,
             org_templates: s.org_templates,
             metrics: s.metrics,
             cache: Arc::default(),

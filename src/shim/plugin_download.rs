@@ -1,6 +1,8 @@
 //! `GET /registry/plugins/{namespace}/{name}/download` (W17): an external agent (runtime
 //! `external`, no container to install into) downloads the plugin a PluginInstall names, as a
 //! tar of `<plugin>/…` plus its `.complete` marker, authenticating with its workspace token.
+//! The token is checked before anything about the record is answered (ADR 0038): 401 for a
+//! bad token, 404 only to a workspace of the namespace, and only about its own installs.
 
 use std::sync::{Arc, OnceLock};
 
@@ -9,10 +11,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::plugins::{Fetcher, Origin, Source};
 use crate::resources::{PluginInstall, Workspace};
@@ -64,37 +65,47 @@ async fn download(
             "the plugin controller is not running",
         );
     };
-    let Some(token) = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    else {
+    let Some(token) = crate::tokens::bearer(&headers) else {
         return error(StatusCode::UNAUTHORIZED, "missing bearer token");
+    };
+    // The path is checked before it reaches the API (ADR 0038): the namespace is a DNS label,
+    // the record name a DNS subdomain (record names of plugins such as `a.b` carry dots).
+    if crate::apiserver::validation::validate_dns1123_label(&namespace).is_some() {
+        return error(StatusCode::BAD_REQUEST, "the namespace must be a DNS label");
+    }
+    if crate::apiserver::validation::validate_dns1123_subdomain(&name).is_some() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the plugin install name must be a DNS subdomain",
+        );
+    }
+    // The token first: only a workspace of this namespace learns whether a record exists, and
+    // only about its own records (another workspace's install answers 404 like a missing one).
+    let workspaces: Api<Workspace> = Api::namespaced(state.client.clone(), &namespace);
+    let ws = match workspaces.list(&ListParams::default()).await {
+        Ok(list) => list.items.into_iter().find(|w| {
+            w.status
+                .as_ref()
+                .and_then(|s| s.token_hash.as_deref())
+                .is_some_and(|h| crate::tokens::matches_hex_digest(token, h))
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "plugin download: API error");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "the API is unavailable");
+        }
+    };
+    let Some(ws) = ws else {
+        return error(StatusCode::UNAUTHORIZED, "invalid token");
     };
     let installs: Api<PluginInstall> = Api::namespaced(state.client.clone(), &namespace);
     let pi = match installs.get_opt(&name).await {
-        Ok(Some(pi)) => pi,
-        Ok(None) => return error(StatusCode::NOT_FOUND, "no such plugin install"),
+        Ok(Some(pi)) if pi.spec.workspace_ref.name == ws.name_any() => pi,
+        Ok(_) => return error(StatusCode::NOT_FOUND, "no such plugin install"),
         Err(e) => {
             tracing::warn!(error = %e, "plugin download: API error");
             return error(StatusCode::SERVICE_UNAVAILABLE, "the API is unavailable");
         }
     };
-    let workspaces: Api<Workspace> = Api::namespaced(state.client.clone(), &namespace);
-    let ws = match workspaces.get_opt(&pi.spec.workspace_ref.name).await {
-        Ok(Some(ws)) => ws,
-        Ok(None) => return error(StatusCode::UNAUTHORIZED, "invalid token"),
-        Err(e) => {
-            tracing::warn!(error = %e, "plugin download: API error");
-            return error(StatusCode::SERVICE_UNAVAILABLE, "the API is unavailable");
-        }
-    };
-    let presented = hex::encode(Sha256::digest(token.as_bytes()));
-    if ws.status.as_ref().and_then(|s| s.token_hash.as_deref()) != Some(presented.as_str()) {
-        return error(StatusCode::UNAUTHORIZED, "invalid token");
-    }
     let origin = match Origin::parse(
         &pi.spec.source,
         pi.spec.track.as_deref(),

@@ -14,7 +14,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use super::Shim;
-use super::auth::bearer;
+use super::auth::{Caller, bearer};
 use super::error::{ShimError, ShimResult};
 use super::input::{self, Fields};
 use crate::resources::{
@@ -26,6 +26,9 @@ use crate::resources::{
 pub const PLUGIN_LABEL: &str = "molecule.ai/plugin";
 /// Label on a PluginInstall naming its workspace.
 pub const WORKSPACE_LABEL: &str = "molecule.ai/workspace";
+/// Label on a PluginInstall requested with a workspace's own token (value `workspace`): the
+/// plugin controller holds its git source to `--plugin-git-hosts` too (ADR 0038).
+pub const REQUESTED_BY_LABEL: &str = "molecule.ai/requested-by";
 
 /// Plugin names: `^[a-z0-9][a-z0-9._-]{0,127}$` (P02).
 pub fn valid_plugin_name(n: &str) -> bool {
@@ -258,20 +261,30 @@ pub async fn list(
 }
 
 /// `POST /workspaces/:id/plugins {source, track?, update_policy?, allow_unpinned?}` → 201;
-/// the PluginInstall is owned by the workspace, so deleting the workspace uninstalls it.
+/// the PluginInstall is owned by the workspace, so deleting the workspace uninstalls it. The
+/// workspace's own token may use `local://` sources and git sources on the allowed hosts only
+/// (403 otherwise); the admin token any source.
 pub async fn install(
     State(shim): State<Arc<Shim>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ShimResult {
-    let (_, ws) = shim
+    let (caller, ws) = shim
         .require_live_workspace(bearer(&headers).as_deref(), &id)
         .await?;
     let m = input::object(body, false).await?;
     let f = Fields(&m);
     let source = f.required_str("source", 2048)?;
     let plugin = plugin_name(&source)?;
+    // A git source makes the operator fetch a URL with its own network position and git
+    // credentials: from a workspace's token only hosts an admin allowed (ADR 0038).
+    let by_workspace = caller != Caller::Admin;
+    if by_workspace && !source.starts_with("local://") && !shim.plugin_git_hosts.allows(&source) {
+        return Err(ShimError::Forbidden(
+            "a workspace token may install git plugins only from the hosts of --plugin-git-hosts; use local://<name> or the admin token",
+        ));
+    }
     let track = f.str("track", 210)?;
     if let Some(t) = &track {
         check_track(t)?;
@@ -322,6 +335,9 @@ pub async fn install(
         ]
         .into(),
     );
+    if by_workspace && let Some(labels) = record.metadata.labels.as_mut() {
+        labels.insert(REQUESTED_BY_LABEL.to_string(), "workspace".to_string());
+    }
     record.metadata.owner_references = ws.owner_ref(&()).map(|o| vec![o]);
     let api: Api<PluginInstall> = Api::namespaced(shim.client.clone(), &ns);
     let created = match api.create(&PostParams::default(), &record).await {

@@ -187,15 +187,14 @@ async fn workspace_and_global(
     ))
 }
 
-/// `GET /workspaces/:id/secrets`: the workspace's keys plus the inherited global ones.
+/// `GET /workspaces/:id/secrets` (admin; ADR 0038): the workspace's keys plus the inherited global ones.
 pub async fn list(
     State(shim): State<Arc<Shim>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ShimResult {
-    let (_, ws) = shim
-        .require_workspace(bearer(&headers).as_deref(), &id)
-        .await?;
+    shim.require_admin(bearer(&headers).as_deref())?;
+    let ws = shim.workspace(&id).await?;
     let (own, global) = workspace_and_global(&shim, &ws).await?;
     let own_keys = keys(&own);
     let mut out = vec![];
@@ -208,15 +207,15 @@ pub async fn list(
     Ok(axum::Json(out).into_response())
 }
 
-/// `POST|PUT /workspaces/:id/secrets {key, value}`.
+/// `POST|PUT /workspaces/:id/secrets {key, value}` (admin: secrets become the workspace's env).
 pub async fn set(
     State(shim): State<Arc<Shim>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ShimResult {
-    let (_, ws) = shim
-        .require_live_workspace(bearer(&headers).as_deref(), &id)
+    let ws = shim
+        .require_admin_on(bearer(&headers).as_deref(), &id)
         .await?;
     let (key, value) = key_value(&input::object(body, false).await?)?;
     let ns = ws.namespace().unwrap_or_default();
@@ -244,15 +243,14 @@ pub async fn set(
     Ok(axum::Json(json!({"status": "saved", "key": key})).into_response())
 }
 
-/// `DELETE /workspaces/:id/secrets/:key`.
+/// `DELETE /workspaces/:id/secrets/:key` (admin).
 pub async fn remove(
     State(shim): State<Arc<Shim>>,
     Path((id, key)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ShimResult {
-    let (_, ws) = shim
-        .require_workspace(bearer(&headers).as_deref(), &id)
-        .await?;
+    shim.require_admin(bearer(&headers).as_deref())?;
+    let ws = shim.workspace(&id).await?;
     check_secret_key(&key)?;
     let ns = ws.namespace().unwrap_or_default();
     if !remove_key(&shim, &ns, &workspace_secret(&ws.name_any()), &key).await? {

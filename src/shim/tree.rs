@@ -91,6 +91,37 @@ impl Tree {
         out
     }
 
+    /// A workspace's place in the org for the hierarchy rule (ADR 0038): its ancestors' uids,
+    /// nearest first; a `parentRef` naming no live record ends the chain as `namespace/name`
+    /// (never a uid), so an orphan is not taken for a root.
+    pub fn member(&self, uid: &str) -> crate::teams::Member {
+        let chain = self.ancestors(uid);
+        let mut ids: Vec<String> = chain.iter().filter_map(|w| w.uid()).collect();
+        let top = chain
+            .last()
+            .cloned()
+            .or_else(|| self.by_uid.get(uid).cloned());
+        if let Some(top) = top
+            && let Some(p) = &top.spec.parent_ref
+            && self.parent_of(&top).is_none()
+        {
+            ids.push(format!(
+                "{}/{}",
+                top.namespace().unwrap_or_default(),
+                p.name
+            ));
+        }
+        crate::teams::Member::new(uid, ids)
+    }
+
+    /// Whether workspace `a` may talk to (or read) workspace `b` (`crate::teams`); false when
+    /// either is not a live record here.
+    pub fn can_communicate(&self, a: &str, b: &str) -> bool {
+        self.by_uid.contains_key(a)
+            && self.by_uid.contains_key(b)
+            && crate::teams::can_communicate(&self.member(a), &self.member(b))
+    }
+
     /// Ancestors, nearest first (stops at a loop).
     pub fn ancestors(&self, uid: &str) -> Vec<Arc<Workspace>> {
         let mut out = vec![];
@@ -155,6 +186,29 @@ mod tests {
         assert_eq!(t.parent_of(t.get("u-orphan").expect("o")), None);
         assert_eq!(t.uid_of("ns", "a"), Some("u-a"));
         assert_eq!(t.uid_of("other", "a"), None);
+    }
+
+    #[test]
+    fn members_for_the_hierarchy_rule() {
+        let t = Tree::new([
+            ws("lead", None),
+            ws("a", Some("lead")),
+            ws("b", Some("lead")),
+            ws("a1", Some("a")),
+            ws("other", None),
+            ws("orphan", Some("gone")),
+        ]);
+        assert_eq!(t.member("u-a1").ancestors, ["u-a", "u-lead"]);
+        assert_eq!(t.member("u-orphan").ancestors, ["ns/gone"]);
+        assert!(t.can_communicate("u-a", "u-b"));
+        assert!(t.can_communicate("u-lead", "u-other"));
+        assert!(t.can_communicate("u-a1", "u-lead"));
+        assert!(!t.can_communicate("u-a1", "u-b"));
+        assert!(!t.can_communicate("u-orphan", "u-lead"));
+        assert!(
+            !t.can_communicate("u-lead", "u-unknown"),
+            "unknown is no root"
+        );
     }
 
     #[test]

@@ -85,21 +85,27 @@ fn paused_parent_error(name: &str) -> ShimError {
     ))
 }
 
-/// `GET /workspaces` (admin).
+/// `GET /workspaces`: every workspace for the admin; for a workspace's own token, the ones
+/// it may talk to (itself, parent, children, siblings, ancestors, descendants; ADR 0038).
 pub async fn list(State(shim): State<Arc<Shim>>, headers: HeaderMap) -> ShimResult {
-    shim.require_admin(bearer(&headers).as_deref())?;
+    let caller = shim.caller(bearer(&headers).as_deref())?;
     shim.cache.wait_ready().await?;
-    Ok(axum::Json(shim.cache.views()).into_response())
+    let mut views = shim.cache.views();
+    if let Caller::Workspace(me) = &caller {
+        let tree = shim.cache.tree();
+        views.retain(|v| tree.can_communicate(me, &v.id));
+    }
+    Ok(axum::Json(views).into_response())
 }
 
-/// `GET /workspaces/:id`.
+/// `GET /workspaces/:id`: the admin token, or the token of a workspace that may talk to it.
 pub async fn get(
     State(shim): State<Arc<Shim>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ShimResult {
     let (_, ws) = shim
-        .require_workspace(bearer(&headers).as_deref(), &id)
+        .require_reader(bearer(&headers).as_deref(), &id)
         .await?;
     Ok(axum::Json(shim.cache.view(&ws)).into_response())
 }
@@ -214,18 +220,34 @@ pub async fn create(State(shim): State<Arc<Shim>>, headers: HeaderMap, body: Bod
         .into_response())
 }
 
+/// What a workspace's own token may change of its workspace: presentation only (ADR 0038).
+pub const PRESENTATION: [&str; 4] = ["name", "x", "y", "collapsed"];
+
 /// `PATCH /workspaces/:id` (name, role, tier, parent_id, runtime, x, y, collapsed). Position
-/// and collapse are annotations: changing them never restarts the workspace.
+/// and collapse are annotations: changing them never restarts the workspace. The workspace's
+/// own token may change the presentation fields only; any other field takes the admin token
+/// (403, nothing written), so an agent cannot raise its tier (tier 4 mounts the Docker socket),
+/// swap its runtime or move itself in the org.
 pub async fn update(
     State(shim): State<Arc<Shim>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ShimResult {
-    let (_, ws) = shim
+    let (caller, ws) = shim
         .require_live_workspace(bearer(&headers).as_deref(), &id)
         .await?;
     let m = input::object(body, false).await?;
+    if caller != Caller::Admin
+        && let Some(field) = m.keys().find(|k| !PRESENTATION.contains(&k.as_str()))
+    {
+        return Err(ShimError::Body(
+            StatusCode::FORBIDDEN,
+            json!({
+                "error": format!("field `{}` needs the admin token; a workspace token may change only {}", field.chars().take(64).collect::<String>(), PRESENTATION.join(", ")),
+            }),
+        ));
+    }
     let f = Fields(&m);
     const UPDATABLE: [&str; 8] = [
         "name",
@@ -314,16 +336,18 @@ pub async fn update(
     Ok(axum::Json(json!({"status": "updated"})).into_response())
 }
 
-/// `DELETE /workspaces/:id[?confirm=true]` (admin): 409 with the children unless confirmed;
-/// then the whole subtree is deleted.
+/// `DELETE /workspaces/:id[?confirm=true]` (the admin token or the workspace's own, as the
+/// original allows): 409 with the children unless confirmed; then the whole subtree is
+/// deleted.
 pub async fn delete(
     State(shim): State<Arc<Shim>>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> ShimResult {
-    shim.require_admin(bearer(&headers).as_deref())?;
-    let ws = shim.workspace(&id).await?;
+    let (caller, ws) = shim
+        .require_workspace(bearer(&headers).as_deref(), &id)
+        .await?;
     let confirm = form_urlencoded::parse(q.unwrap_or_default().as_bytes())
         .any(|(k, v)| k == "confirm" && v == "true");
     let tree = shim.cache.tree();
@@ -366,7 +390,7 @@ pub async fn delete(
             "workspace.delete_requested",
             &ws.namespace().unwrap_or_default(),
             &ws.name_any(),
-            json!({"uid": id, "cascade_deleted": descendants.len(), "via": "rest"}),
+            json!({"uid": id, "cascade_deleted": descendants.len(), "via": "rest", "by_admin": caller == Caller::Admin}),
         )
         .await;
     Ok(
@@ -375,15 +399,15 @@ pub async fn delete(
     )
 }
 
-/// `POST /workspaces/:id/restart`: sets `molecule.ai/restartedAt` (requests within the same
+/// `POST /workspaces/:id/restart` (admin; ADR 0038): sets `molecule.ai/restartedAt` (requests within the same
 /// second coalesce into one restart).
 pub async fn restart(
     State(shim): State<Arc<Shim>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ShimResult {
-    let (_, ws) = shim
-        .require_live_workspace(bearer(&headers).as_deref(), &id)
+    let ws = shim
+        .require_admin_on(bearer(&headers).as_deref(), &id)
         .await?;
     if let Some(p) = ancestor_paused(&shim.cache.tree(), &id) {
         return Err(paused_parent_error(&p));
@@ -423,14 +447,14 @@ async fn set_paused(
     Ok(targets.len())
 }
 
-/// `POST /workspaces/:id/pause`: pauses the workspace and its whole subtree.
+/// `POST /workspaces/:id/pause` (admin): pauses the workspace and its whole subtree.
 pub async fn pause(
     State(shim): State<Arc<Shim>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ShimResult {
-    let (caller, ws) = shim
-        .require_live_workspace(bearer(&headers).as_deref(), &id)
+    let ws = shim
+        .require_admin_on(bearer(&headers).as_deref(), &id)
         .await?;
     if ws.spec.paused {
         return Err(ShimError::Conflict(
@@ -450,21 +474,21 @@ pub async fn pause(
             "workspace.paused",
             &ws.namespace().unwrap_or_default(),
             &ws.name_any(),
-            json!({"uid": id, "paused_count": n, "by_admin": caller == Caller::Admin}),
+            json!({"uid": id, "paused_count": n}),
         )
         .await;
     Ok(axum::Json(json!({"status": "paused", "paused_count": n})).into_response())
 }
 
-/// `POST /workspaces/:id/resume`: resumes the workspace and its paused subtree (409 while an
+/// `POST /workspaces/:id/resume` (admin): resumes the workspace and its paused subtree (409 while an
 /// ancestor is paused: resume from the top down).
 pub async fn resume(
     State(shim): State<Arc<Shim>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ShimResult {
-    let (_, ws) = shim
-        .require_live_workspace(bearer(&headers).as_deref(), &id)
+    let ws = shim
+        .require_admin_on(bearer(&headers).as_deref(), &id)
         .await?;
     if !ws.spec.paused {
         return Err(ShimError::Conflict("the workspace is not paused".into()));

@@ -88,6 +88,8 @@ pub struct Settings {
     pub failpoints: bool,
     /// Where the download route for external agents finds the fetcher and client.
     pub downloads: crate::shim::plugin_download::Slot,
+    /// Git hosts a record requested by a workspace's own token may name (ADR 0038).
+    pub git_hosts: crate::plugins::git_hosts::GitHosts,
 }
 
 impl Settings {
@@ -101,6 +103,7 @@ impl Settings {
             drift_tick: Duration::from_secs(5),
             failpoints: false,
             downloads: Arc::default(),
+            git_hosts: Default::default(),
         }
     }
 
@@ -644,6 +647,9 @@ async fn apply(cached: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, 
     if let Err(r) = plan::check_interval(pi.spec.check_interval.as_deref()) {
         return refuse(&ctx, &pi, next, r, generation, &now, None, wait).await;
     }
+    if let Err(r) = check_requester(&pi, &origin, &ctx.settings.git_hosts) {
+        return refuse(&ctx, &pi, next, r, generation, &now, None, wait).await;
+    }
 
     // The workspace (W17, allowlist).
     let ws_name = &pi.spec.workspace_ref.name;
@@ -1108,6 +1114,27 @@ async fn apply(cached: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, 
     Ok(wait_next)
 }
 
+/// A record the REST shim made for a workspace's own token (label `molecule.ai/requested-by:
+/// workspace`) may name a git source only on the allowed hosts (ADR 0038): the same rule the
+/// shim applies, held here too so the operator enforces it whoever serves the shim.
+fn check_requester(
+    pi: &PluginInstall,
+    origin: &Origin,
+    hosts: &crate::plugins::git_hosts::GitHosts,
+) -> Result<(), Refusal> {
+    let by_workspace = pi
+        .labels()
+        .get(crate::shim::plugins::REQUESTED_BY_LABEL)
+        .is_some_and(|v| v == "workspace");
+    match &origin.source {
+        Source::Git(url) if by_workspace && !hosts.allows(url) => Err(Refusal::new(
+            "SourceNotAllowed",
+            "a plugin requested by a workspace may come from the local registry or the hosts of --plugin-git-hosts only",
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn not_allowed(name: &str, list: &[String]) -> Refusal {
     Refusal::new(
         "NotAllowed",
@@ -1188,6 +1215,40 @@ async fn cleanup(pi: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, Pl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_a_workspace_asked_for_keep_to_the_allowed_git_hosts() {
+        let hosts = crate::plugins::git_hosts::GitHosts::parse("git.allowed.example").unwrap();
+        let record = |source: &str, by_workspace: bool| {
+            let mut pi = PluginInstall::new(
+                "p",
+                PluginInstallSpec {
+                    source: source.into(),
+                    ..Default::default()
+                },
+            );
+            if by_workspace {
+                pi.metadata.labels = Some(
+                    [(
+                        crate::shim::plugins::REQUESTED_BY_LABEL.to_string(),
+                        "workspace".to_string(),
+                    )]
+                    .into(),
+                );
+            }
+            let track = (!source.starts_with("local://")).then_some("tag:v1");
+            let origin = Origin::parse(source, track, false).unwrap();
+            check_requester(&pi, &origin, &hosts)
+        };
+        let r = record("https://10.0.0.1/org/p.git", true).unwrap_err();
+        assert_eq!(r.reason, "SourceNotAllowed");
+        assert!(record("https://git.allowed.example/org/p.git", true).is_ok());
+        assert!(record("local://p", true).is_ok());
+        assert!(
+            record("https://10.0.0.1/org/p.git", false).is_ok(),
+            "admin records are not limited"
+        );
+    }
 
     #[test]
     fn install_for_an_org_workspace() {

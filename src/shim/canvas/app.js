@@ -25,13 +25,17 @@ const state = {
 
 // ---------------------------------------------------------------- token and HTTP
 
+// The token lives for the browser session only (sessionStorage: gone when the tab closes), never
+// in localStorage, where it would outlive the session on a shared machine (ADR 0038). A token an
+// older page left in localStorage is removed.
 function readToken() {
+  localStorage.removeItem(TOKEN_KEY);
   const m = location.hash.match(/token=([^&]+)/);
   if (m) {
-    localStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
     history.replaceState(null, '', location.pathname + location.search);
   }
-  return localStorage.getItem(TOKEN_KEY);
+  return sessionStorage.getItem(TOKEN_KEY);
 }
 
 class HttpError extends Error {
@@ -607,10 +611,10 @@ function wire() {
     setZoom(state.zoom * (e.deltaY < 0 ? 1.1 : 1 / 1.1));
   }, { passive: false });
   $('filter').addEventListener('input', (e) => { state.filter = e.target.value.trim().toLowerCase(); scheduleRender(); });
-  $('btn-logout').addEventListener('click', () => { localStorage.removeItem(TOKEN_KEY); location.reload(); });
+  $('btn-logout').addEventListener('click', () => { sessionStorage.removeItem(TOKEN_KEY); location.reload(); });
   $('login-form').addEventListener('submit', (e) => {
     e.preventDefault();
-    localStorage.setItem(TOKEN_KEY, $('login-token').value.trim());
+    sessionStorage.setItem(TOKEN_KEY, $('login-token').value.trim());
     location.reload();
   });
   window.addEventListener('resize', scheduleRender);
