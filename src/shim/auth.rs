@@ -157,9 +157,11 @@ impl Shim {
             let ws = self.workspace(uid).await?;
             return Ok((Caller::Admin, ws));
         }
-        let hash = sha256_hex(token);
         let matches = |w: &Workspace| {
-            w.status.as_ref().and_then(|s| s.token_hash.as_deref()) == Some(hash.as_str())
+            w.status
+                .as_ref()
+                .and_then(|s| s.token_hash.as_deref())
+                .is_some_and(|recorded| crate::tokens::matches_hex_digest(token, recorded))
         };
         if let Some(w) = self.cache.get(uid) {
             if matches(&w) {
@@ -175,7 +177,7 @@ impl Shim {
                 return Ok((Caller::Workspace(uid.to_string()), Arc::new(fresh)));
             }
         }
-        if self.cache.owner_of_token_hash(&hash).is_some() {
+        if self.cache.owner_of_token_hash(&sha256_hex(token)).is_some() {
             return Err(ShimError::Forbidden(
                 "this token belongs to another workspace",
             ));

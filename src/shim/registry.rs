@@ -15,7 +15,6 @@ use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::resources::Workspace;
 use crate::telemetry::Metrics;
@@ -133,9 +132,11 @@ async fn authenticate(
     let Some(token) = token else {
         return Err(error(StatusCode::UNAUTHORIZED, "missing bearer token"));
     };
-    let hash = hex::encode(Sha256::digest(token.as_bytes()));
     let matches = |w: &Workspace| {
-        w.status.as_ref().and_then(|s| s.token_hash.as_deref()) == Some(hash.as_str())
+        w.status
+            .as_ref()
+            .and_then(|s| s.token_hash.as_deref())
+            .is_some_and(|recorded| crate::tokens::matches_hex_digest(token, recorded))
     };
     let ws = match cached {
         Some(w) if matches(&w) => w,
