@@ -341,3 +341,29 @@ fn volume_writes_refuse_hard_links_and_symlinks() {
         b"hello"
     );
 }
+
+/// A workspace an earlier pass created, refused after the admin lowered the policy: it is
+/// neither updated nor pruned (mode reconcile), and counted as refused.
+#[test]
+fn a_workspace_refused_later_is_neither_changed_nor_pruned() {
+    let e = Env::start(&[]);
+    let tmpl = |role: &str| {
+        format!("workspaces:\n  - name: Lead\n    tier: 3\n    role: {role}\n  - name: Other\n")
+    };
+    e.apply(&inline("later", &tmpl("first"), "  mode: reconcile\n"));
+    e.imported("later");
+    assert_eq!(e.workspace("later.lead")["spec"]["role"], "first");
+    e.apply(&inline(
+        "later",
+        &tmpl("second"),
+        "  mode: reconcile\n  policy:\n    maxTier: 2\n",
+    ));
+    e.assert_refused("later", "workspace `lead`: tier 3 exceeds maxTier 2", 1);
+    let lead = e.workspace("later.lead");
+    assert_eq!(
+        lead["spec"]["role"], "first",
+        "the refused workspace changed"
+    );
+    assert_eq!(e.org("later")["status"]["counts"]["pruned"], 0);
+    assert!(!e.workspace("later.other").is_null());
+}

@@ -392,6 +392,14 @@ impl Pass<'_> {
         Condition::upsert(&mut next.conditions, c, &crate::util::now_rfc3339());
     }
 
+    /// Names of the refused workspaces (ADR 0039).
+    fn held(&self) -> BTreeSet<String> {
+        self.refusals
+            .iter()
+            .map(|r| orgtemplate::workspace_name(&self.org.name_any(), &r.key))
+            .collect()
+    }
+
     /// A Warning Event when the refusals changed.
     async fn policy_event(&self, next: &OrgImportStatus) {
         let msg = |s: &OrgImportStatus| {
@@ -913,11 +921,7 @@ async fn import(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError
         &seen.existing,
     );
     // A refused workspace that exists from an earlier pass is neither changed nor deleted.
-    let held: BTreeSet<String> = pass
-        .refusals
-        .iter()
-        .map(|r| orgtemplate::workspace_name(&org.name_any(), &r.key))
-        .collect();
+    let held = pass.held();
     let (hold, delete): (Vec<String>, Vec<String>) = std::mem::take(&mut prune.delete)
         .into_iter()
         .partition(|n| held.contains(n));
@@ -979,7 +983,13 @@ impl Pass<'_> {
             next.counts = Some(counts.clone());
         }
         let shown = next.counts.clone().unwrap_or_else(|| counts.clone());
-        let kept = if prune.guarded { 0 } else { prune.keep.len() };
+        // Refused workspaces kept from an earlier pass are counted as refused, not as kept.
+        let held = self.held();
+        let kept = if prune.guarded {
+            0
+        } else {
+            prune.keep.iter().filter(|n| !held.contains(*n)).count()
+        };
         set_ready(
             &mut next,
             ConditionStatus::True,
