@@ -50,6 +50,48 @@ struct WorkspaceFlags {
     backend: molecule::backends::BackendChoice,
     #[command(flatten)]
     control_plane: ControlPlaneFlags,
+    #[command(flatten)]
+    template_policy: TemplatePolicyFlags,
+}
+
+/// What org templates may ask of the host (ADR 0039): operator-wide defaults of an OrgImport's
+/// `spec.policy`. System directories are refused whatever these say.
+#[derive(clap::Args, Clone, Debug)]
+struct TemplatePolicyFlags {
+    /// Highest tier a template's workspace may ask for (1-4).
+    #[arg(long, default_value_t = molecule::orgtemplate::policy::DEFAULT_MAX_TIER as i64, value_parser = clap::value_parser!(i64).range(1..=4))]
+    template_max_tier: i64,
+    /// Highest tier for workspaces defined in git (a git source or an `!external`; 1-4).
+    #[arg(long, default_value_t = molecule::orgtemplate::policy::DEFAULT_GIT_MAX_TIER as i64, value_parser = clap::value_parser!(i64).range(1..=4))]
+    template_git_max_tier: i64,
+    /// Comma list of absolute host dirs a template's `workspace_dir` may be in (empty: none).
+    #[arg(long, default_value = "", value_parser = parse_roots)]
+    template_workspace_dir_roots: RootList,
+    /// The same for workspaces defined in git (empty: none).
+    #[arg(long, default_value = "", value_parser = parse_roots)]
+    template_git_workspace_dir_roots: RootList,
+}
+
+/// A parsed `--template-*-workspace-dir-roots` list.
+#[derive(Clone, Debug)]
+struct RootList(Vec<PathBuf>);
+
+fn parse_roots(s: &str) -> Result<RootList, String> {
+    molecule::orgtemplate::policy::parse_roots(s)
+        .map(RootList)
+        .map_err(|e| e.to_string())
+}
+
+impl TemplatePolicyFlags {
+    fn policy(&self) -> molecule::orgtemplate::policy::Policy {
+        molecule::orgtemplate::policy::Policy {
+            max_tier: self.template_max_tier as i32,
+            git_max_tier: self.template_git_max_tier as i32,
+            workspace_dir_roots: self.template_workspace_dir_roots.0.clone(),
+            git_workspace_dir_roots: self.template_git_workspace_dir_roots.0.clone(),
+            protected: vec![],
+        }
+    }
 }
 
 /// Audit retention (ADR 0042), shared by `serve` and `operator`.
@@ -198,6 +240,7 @@ impl WorkspaceFlags {
             backend: self.backend,
             control_plane: self.control_plane.config()?,
             control_plane_platform_url: self.control_plane.control_plane_platform_url.clone(),
+            template_policy: self.template_policy.policy(),
         })
     }
 }

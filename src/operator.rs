@@ -207,7 +207,17 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
             agent_binary: std::env::current_exe()?,
             control_plane_platform_url: opts.workspaces.control_plane_platform_url.clone(),
         },
-        org_import: controllers::org_import::Settings::from_env(opts.template_root.clone()),
+        org_import: {
+            // The template root is never a workspace_dir (ADR 0039).
+            let mut s = controllers::org_import::Settings::from_env(opts.template_root.clone());
+            s.policy = opts.workspaces.template_policy.clone();
+            s.policy.protected = vec![
+                opts.template_root
+                    .canonicalize()
+                    .unwrap_or_else(|_| opts.template_root.clone()),
+            ];
+            s
+        },
         plugins: plugins.clone(),
         control_plane: opts.workspaces.control_plane.clone(),
         a2a: Arc::default(),

@@ -121,6 +121,8 @@ pub struct WorkspaceOptions {
     pub control_plane_platform_url: Option<String>,
     /// `--backend` (hidden): `simulated` does no container work, for benchmarks.
     pub backend: crate::backends::BackendChoice,
+    /// `--template-max-tier` and friends: what org templates may ask of the host (ADR 0039).
+    pub template_policy: crate::orgtemplate::policy::Policy,
 }
 
 /// Reads the API token of a data dir, creating it (0600) on first start.
@@ -339,7 +341,14 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
                         .unwrap_or_else(|| plain_url.clone()),
                 ),
             },
-            org_import: controllers::org_import::Settings::from_env(template_root),
+            org_import: {
+                // The data dir and the template root are never a workspace_dir (ADR 0039).
+                let mut s = controllers::org_import::Settings::from_env(template_root.clone());
+                s.policy = opts.workspaces.template_policy.clone();
+                let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+                s.policy.protected = vec![real(&opts.data_dir), real(&template_root)];
+                s
+            },
             agent_port: addr.port(),
             reap_every: opts.workspaces.reap_every,
             registry: registry.clone(),

@@ -11,7 +11,7 @@ pub mod events;
 pub mod http;
 pub mod metered;
 pub mod simulated;
-mod volume_dir;
+pub mod volume_dir;
 
 use std::path::PathBuf;
 use std::sync::Arc;

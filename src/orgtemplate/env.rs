@@ -117,7 +117,19 @@ fn read_env(path: &Path, name: &str) -> Result<BTreeMap<String, String>, Templat
             format!("larger than {MAX_AUX_FILE_BYTES} bytes"),
         ));
     }
-    let text = std::fs::read_to_string(path)
+    // The size is enforced again while reading: the file may have grown since (ADR 0039).
+    let bytes = super::read_limited(path, MAX_AUX_FILE_BYTES).map_err(|e| match e {
+        super::ReadError::TooLarge(_) => TemplateError::new(
+            ErrorKind::TooLarge,
+            name,
+            "",
+            format!("larger than {MAX_AUX_FILE_BYTES} bytes"),
+        ),
+        super::ReadError::Io(_) => {
+            TemplateError::new(ErrorKind::EnvFile, name, "", "not readable UTF-8 text")
+        }
+    })?;
+    let text = String::from_utf8(bytes)
         .map_err(|_| TemplateError::new(ErrorKind::EnvFile, name, "", "not readable UTF-8 text"))?;
     parse_env(&text, name)
 }

@@ -15,13 +15,15 @@
 //! - `schema`: the typed org.yaml (O01), with a precise error for every bad value;
 //! - `plan`: defaults merge, plugin union (O04), `spawning: false` (O05), names and keys;
 //! - `env`: `.env` layering (O08) and the env preflight (O07);
-//! - `listing`: every template under the root with its counts (O10).
+//! - `listing`: every template under the root with its counts (O10);
+//! - `policy`: the tier and host-directory limits a template must keep (ADR 0039).
 
 mod env;
 mod external;
 mod listing;
 mod node;
 mod plan;
+pub mod policy;
 mod schema;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -250,6 +252,9 @@ pub struct DesiredWorkspace {
     pub env: EnvMap,
     /// Where it is defined, for messages: `file: yaml path`.
     pub origin: String,
+    /// Defined in git (a git source or an `!external`), or given values from git: the
+    /// template policy's git limits apply (ADR 0039).
+    pub from_git: bool,
 }
 
 /// A loaded template: what to create, in tree order.
@@ -303,6 +308,35 @@ pub fn check_env(
     available: &BTreeSet<String>,
 ) -> Result<Preflight, TemplateError> {
     Ok(preflight(&load_plan(opts, source)?, available))
+}
+
+/// Why [`read_limited`] gave no content.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The file holds more than the limit: at most `limit + 1` bytes were read.
+    #[error("the file is larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("the file could not be read: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads the file at `path`, refusing it once more than `limit` bytes arrive: the size is
+/// enforced while reading (a file that grows after a size check, or a huge sparse file, is
+/// never read whole). Symlinks are followed; callers confine the path first.
+pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let file = std::fs::File::open(path)?;
+    read_limited_from(file, limit)
+}
+
+/// [`read_limited`] over any reader.
+pub fn read_limited_from(reader: impl std::io::Read, limit: u64) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    reader.take(limit.saturating_add(1)).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(ReadError::TooLarge(limit));
+    }
+    Ok(out)
 }
 
 /// Lexically normalises `rel` (no filesystem access): `.` dropped, `..` pops; None when it is
@@ -475,6 +509,25 @@ mod tests {
         let listed = list_templates(&opts.root);
         assert_eq!(listed.len(), 1);
         assert_eq!((listed[0].workspaces, listed[0].spawning), (7, 5));
+    }
+
+    #[test]
+    fn reads_stop_past_the_limit() {
+        /// An endless reader that counts what was taken from it.
+        struct Endless(u64);
+        impl std::io::Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.0 += buf.len() as u64;
+                buf.fill(b'x');
+                Ok(buf.len())
+            }
+        }
+        let mut r = Endless(0);
+        let e = read_limited_from(&mut r, 1000).expect_err("endless");
+        assert!(matches!(e, ReadError::TooLarge(1000)), "{e}");
+        assert!(r.0 <= 1001 + 8192, "read {} bytes", r.0);
+        assert_eq!(read_limited_from(&b"12345"[..], 5).expect("fits"), b"12345");
+        assert!(read_limited_from(&b"123456"[..], 5).is_err());
     }
 
     #[test]

@@ -152,6 +152,12 @@ impl Node {
         matches!(self.kind, Kind::Null)
     }
 
+    /// Whether the value was read from a git checkout (a git source or an `!external`): the
+    /// stricter template policy applies to it (ADR 0039).
+    pub fn is_from_git(&self) -> bool {
+        !self.file.scope.display.is_empty()
+    }
+
     /// Free-form data (schedules, channels, routing values) as JSON; tags are refused.
     pub fn to_json(&self) -> Result<serde_json::Value, TemplateError> {
         use serde_json::Value as J;
@@ -426,8 +432,18 @@ impl Expander<'_> {
                 format!("the template's files exceed {MAX_TOTAL_BYTES} bytes in total"),
             ));
         }
-        let bytes = std::fs::read(&canon)
-            .map_err(|_| at_err(at, ErrorKind::Include, format!("{name} could not be read")))?;
+        // Bounded while reading too: the file may have grown since the check (ADR 0039).
+        let bytes = super::read_limited(&canon, MAX_FILE_BYTES).map_err(|e| match e {
+            super::ReadError::TooLarge(_) => TemplateError::new(
+                ErrorKind::TooLarge,
+                name.clone(),
+                "",
+                format!("the file is larger than {MAX_FILE_BYTES} bytes"),
+            ),
+            super::ReadError::Io(_) => {
+                at_err(at, ErrorKind::Include, format!("{name} could not be read"))
+            }
+        })?;
         let text = String::from_utf8(bytes).map_err(|_| {
             TemplateError::new(ErrorKind::InvalidYaml, name.clone(), "", "not UTF-8 text")
         })?;

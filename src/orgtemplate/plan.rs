@@ -233,6 +233,7 @@ impl Builder<'_> {
             required_env,
             env,
             origin: d.loc.display(),
+            from_git: d.from_git || df.from_git,
         })
     }
 
@@ -328,12 +329,21 @@ impl Builder<'_> {
                 format!("{path:?} is larger than {MAX_AUX_FILE_BYTES} bytes"),
             ));
         }
-        let text = std::fs::read_to_string(&canon).map_err(|_| {
+        let unreadable = || {
             loc.err(
                 ErrorKind::Include,
                 format!("{path:?} is not readable UTF-8 text"),
             )
+        };
+        // Bounded while reading too: the file may have grown since (ADR 0039).
+        let bytes = super::read_limited(&canon, MAX_AUX_FILE_BYTES).map_err(|e| match e {
+            super::ReadError::TooLarge(_) => loc.err(
+                ErrorKind::TooLarge,
+                format!("{path:?} is larger than {MAX_AUX_FILE_BYTES} bytes"),
+            ),
+            super::ReadError::Io(_) => unreadable(),
         })?;
+        let text = String::from_utf8(bytes).map_err(|_| unreadable())?;
         Ok(Some(text))
     }
 }

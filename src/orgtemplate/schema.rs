@@ -96,6 +96,8 @@ pub(crate) struct Defaults {
     pub idle_interval_seconds: Option<i64>,
     pub category_routing: BTreeMap<String, serde_json::Value>,
     pub required_env: Vec<Requirement>,
+    /// `defaults:` or one of its values came from git (ADR 0039).
+    pub from_git: bool,
 }
 
 /// One workspace entry (with its children).
@@ -125,6 +127,8 @@ pub(crate) struct WorkspaceDef {
     pub idle_interval_seconds: Option<i64>,
     pub category_routing: BTreeMap<String, serde_json::Value>,
     pub children: Vec<WorkspaceDef>,
+    /// The entry or one of its own values (children aside) came from git (ADR 0039).
+    pub from_git: bool,
 }
 
 impl WorkspaceDef {
@@ -377,6 +381,7 @@ impl Parser {
         }
         let m = v.map()?;
         let get = |k: &str| m.iter().find(|(key, _)| key == k).map(|(_, n)| n);
+        d.from_git = v.is_from_git() || m.iter().any(|(_, n)| n.is_from_git());
         for (k, val) in m {
             match k.as_str() {
                 "runtime" => d.runtime = self.runtime(val)?,
@@ -456,6 +461,7 @@ impl Parser {
             idle_interval_seconds: None,
             category_routing: BTreeMap::new(),
             children: vec![],
+            from_git: v.is_from_git() || m.iter().any(|(k, n)| k != "children" && n.is_from_git()),
         };
         for (k, val) in m {
             match k.as_str() {

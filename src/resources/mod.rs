@@ -16,7 +16,7 @@ mod workspace;
 pub use condition::{Condition, ConditionStatus};
 pub use org_import::{
     GitSource, OrgImport, OrgImportCounts, OrgImportMode, OrgImportSource, OrgImportSpec,
-    OrgImportStatus, ResolvedRevision,
+    OrgImportStatus, ResolvedRevision, TemplatePolicy,
 };
 pub use plugin::{
     PendingInstall, PluginDecision, PluginInstall, PluginInstallSpec, PluginInstallStatus,

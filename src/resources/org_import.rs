@@ -53,6 +53,37 @@ pub struct OrgImportSpec {
     /// Plugins children of this import may install (empty: any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_plugins: Vec<String>,
+    /// What the template may ask of the host; unset fields take the operator's defaults
+    /// (`--template-max-tier` …). Only the admin writes OrgImports, so a value here may raise a
+    /// default (ADR 0039).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<TemplatePolicy>,
+}
+
+/// Limits on what an org template may ask of the host (ADR 0039). A workspace over a limit is
+/// refused (condition `PolicyRefused`), with its subtree; the rest of the org is imported.
+/// System directories (`/`, `/etc`, `/proc`, the Docker socket, the data dir, …) are refused
+/// whatever this says.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplatePolicy {
+    /// Highest tier a workspace may ask for (default `--template-max-tier`, 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4))]
+    pub max_tier: Option<i32>,
+    /// Highest tier for workspaces defined in git (a git source or an `!external`; default
+    /// `--template-git-max-tier`, 2); never above maxTier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4))]
+    pub git_max_tier: Option<i32>,
+    /// Absolute host directories a `workspace_dir` may be in (default
+    /// `--template-workspace-dir-roots`, empty: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_dir_roots: Option<Vec<String>>,
+    /// The same for workspaces defined in git (default `--template-git-workspace-dir-roots`,
+    /// empty: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_workspace_dir_roots: Option<Vec<String>>,
 }
 
 /// Exactly one of dir, template or git.
@@ -137,6 +168,13 @@ pub struct OrgImportCounts {
     pub pruned: i64,
     /// Workspaces left out by `spawning: false`.
     pub skipped: i64,
+    /// Workspaces refused by the template policy, subtrees included (ADR 0039).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refused: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// A git reference resolved to a full sha.

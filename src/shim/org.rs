@@ -154,6 +154,10 @@ pub async fn import(State(shim): State<Arc<Shim>>, headers: HeaderMap, body: Bod
             },
             mode,
             force,
+            // Never a policy: the record gets the operator's template policy defaults, and
+            // only the admin raises them, on the record itself (ADR 0039). This route takes
+            // the admin token anyway; it has no way to carry a policy.
+            policy: None,
             ..Default::default()
         },
     );

@@ -306,6 +306,12 @@ pub fn summary(c: &crate::resources::OrgImportCounts, kept: usize) -> String {
         "{} workspaces: {} created, {} updated, {} unchanged, {} pruned, {} skipped (spawning: false)",
         c.desired, c.created, c.updated, c.unchanged, c.pruned, c.skipped
     );
+    if c.refused > 0 {
+        s.push_str(&format!(
+            ", {} refused by the template policy (condition PolicyRefused)",
+            c.refused
+        ));
+    }
     if kept > 0 {
         s.push_str(&format!(", {kept} kept outside the tree (mode merge)"));
     }

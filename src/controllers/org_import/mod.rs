@@ -23,6 +23,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
+use crate::orgtemplate::policy::{self, Policy, Refusal};
 use crate::orgtemplate::{self, Plan, TemplateError};
 use crate::resources::{
     Condition, ConditionStatus, OrgImport, OrgImportCounts, OrgImportMode, OrgImportStatus,
@@ -36,6 +37,10 @@ use build::{Child, Existing, ORG_LABEL, TREE_PATH};
 pub const FIELD_MANAGER: &str = "molecule-org-import";
 /// At most this many children are applied at once.
 const APPLY_CONCURRENCY: usize = 8;
+/// Condition type of a template-policy refusal (ADR 0039).
+pub const POLICY_CONDITION: &str = "PolicyRefused";
+/// Refusals named one by one in the condition message; the rest are counted.
+const POLICY_MESSAGE_ITEMS: usize = 10;
 
 /// Errors of the OrgImport controller; `category` is the Event reason and metric label.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +74,9 @@ pub struct Settings {
     pub options: orgtemplate::Options,
     /// Periodic re-read of dir and git sources (files do not trigger watches).
     pub resync: Duration,
+    /// Template policy defaults (`--template-max-tier` …); a record's `spec.policy` overrides
+    /// them (ADR 0039).
+    pub policy: Policy,
 }
 
 impl Settings {
@@ -77,6 +85,7 @@ impl Settings {
         Settings {
             options: orgtemplate::Options::from_env(template_root),
             resync: Duration::from_secs(300),
+            policy: Policy::default(),
         }
     }
 }
@@ -271,6 +280,8 @@ struct Pass<'a> {
     template_name: String,
     /// Digest of the planned children, once the template loaded.
     digest: Option<String>,
+    /// Workspaces the template policy refused (ADR 0039).
+    refusals: Vec<Refusal>,
 }
 
 impl Pass<'_> {
@@ -348,7 +359,9 @@ impl Pass<'_> {
             &message,
             self.generation,
         );
+        self.set_policy(&mut next);
         self.write(&next).await?;
+        self.policy_event(&next).await;
         if changed {
             tracing::info!(org = %self.org.name_any(), reason, "org import failed");
             self.event(EventType::Warning, reason, message.clone())
@@ -362,6 +375,87 @@ impl Pass<'_> {
             .await;
         }
         Ok(())
+    }
+}
+
+impl Pass<'_> {
+    /// The `PolicyRefused` condition: True naming every refused workspace and field, or gone
+    /// when nothing was refused.
+    fn set_policy(&self, next: &mut OrgImportStatus) {
+        if self.refusals.is_empty() {
+            next.conditions.retain(|c| c.type_ != POLICY_CONDITION);
+            return;
+        }
+        let (reason, message) = policy_summary(&self.refusals);
+        let mut c = Condition::new(POLICY_CONDITION, ConditionStatus::True, reason, message);
+        c.observed_generation = Some(self.generation);
+        Condition::upsert(&mut next.conditions, c, &crate::util::now_rfc3339());
+    }
+
+    /// Names of the refused workspaces (ADR 0039).
+    fn held(&self) -> BTreeSet<String> {
+        self.refusals
+            .iter()
+            .map(|r| orgtemplate::workspace_name(&self.org.name_any(), &r.key))
+            .collect()
+    }
+
+    /// A Warning Event when the refusals changed.
+    async fn policy_event(&self, next: &OrgImportStatus) {
+        let msg = |s: &OrgImportStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == POLICY_CONDITION)
+                .and_then(|c| c.message.clone())
+        };
+        let now = msg(next);
+        if let Some(m) = now.clone()
+            && msg(&self.prev) != now
+        {
+            tracing::info!(org = %self.org.name_any(), refused = self.refusals.len(), "template policy refused workspaces");
+            self.event(EventType::Warning, POLICY_CONDITION, m).await;
+        }
+    }
+}
+
+/// Reason and message of the `PolicyRefused` condition: the field's reason when every direct
+/// refusal is about one field, else `PolicyRefused`; the direct refusals one by one, then how
+/// many workspaces went with them.
+pub fn policy_summary(refusals: &[Refusal]) -> (&'static str, String) {
+    let direct: Vec<&Refusal> = refusals
+        .iter()
+        .filter(|r| r.field != policy::Field::Parent)
+        .collect();
+    let reason = match direct.first() {
+        Some(first) if direct.iter().all(|r| r.field == first.field) => first.field.reason(),
+        _ => POLICY_CONDITION,
+    };
+    let mut parts: Vec<String> = direct
+        .iter()
+        .take(POLICY_MESSAGE_ITEMS)
+        .map(|r| r.message.clone())
+        .collect();
+    if direct.len() > POLICY_MESSAGE_ITEMS {
+        parts.push(format!("and {} more", direct.len() - POLICY_MESSAGE_ITEMS));
+    }
+    let under = refusals.len() - direct.len();
+    let mut message = parts.join("; ");
+    if under > 0 {
+        message.push_str(&format!(
+            " ({under} workspaces under them not created either)"
+        ));
+    }
+    (reason, message)
+}
+
+/// The record's `spec.policy` as overrides of the operator defaults.
+fn overrides(org: &OrgImport) -> policy::Overrides {
+    let p = org.spec.policy.clone().unwrap_or_default();
+    policy::Overrides {
+        max_tier: p.max_tier,
+        git_max_tier: p.git_max_tier,
+        workspace_dir_roots: p.workspace_dir_roots,
+        git_workspace_dir_roots: p.git_workspace_dir_roots,
     }
 }
 
@@ -699,6 +793,7 @@ async fn import(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError
         started: Instant::now(),
         template_name: String::new(),
         digest: None,
+        refusals: vec![],
     };
     // Files do not trigger watches: dir and git sources are read again after a while.
     let inline = org.spec.source.template.is_some();
@@ -716,12 +811,33 @@ async fn import(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError
             return Ok(Action::await_change());
         }
     };
-    let options = ctx.settings.options.clone();
-    let loaded = tokio::task::spawn_blocking(move || orgtemplate::load_plan(&options, &source))
-        .await
-        .map_err(|_| OrgImportError::Interrupted)?;
-    let plan = match loaded {
+    let policy = match ctx.settings.policy.with(&overrides(org)) {
         Ok(p) => p,
+        Err(e) => {
+            pass.fail("InvalidPolicy", format!("spec.policy: {e}"), vec![], None)
+                .await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let options = ctx.settings.options.clone();
+    // The template policy is checked with the plan (it resolves host paths: blocking I/O).
+    let loaded = tokio::task::spawn_blocking(move || {
+        orgtemplate::load_plan(&options, &source).map(|plan| {
+            let refusals = policy::check(&policy, &plan, |p| std::fs::canonicalize(p).ok());
+            (plan, refusals)
+        })
+    })
+    .await
+    .map_err(|_| OrgImportError::Interrupted)?;
+    let plan = match loaded {
+        Ok((mut p, refusals)) => {
+            // 1b. Refused workspaces (and their subtrees) are left out of the plan; the rest
+            // of the org is imported (ADR 0039).
+            p.workspaces
+                .retain(|w| !refusals.iter().any(|r| r.key == w.key));
+            pass.refusals = refusals;
+            p
+        }
         Err(e) => {
             tracing::info!(org = %org.name_any(), category = e.category(), error = %e, "org template could not be loaded");
             pass.fail(e.category(), e.to_string(), vec![], None).await?;
@@ -794,14 +910,23 @@ async fn import(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError
         }
     };
     counts.skipped = plan.skipped as i64;
+    counts.refused = pass.refusals.len() as i64;
+    counts.desired += counts.refused;
 
     // 6. Prune (mode reconcile): only what this import owns, never all because the tree came
     // out empty (O06).
-    let prune = build::prune(
+    let mut prune = build::prune(
         org.spec.mode == OrgImportMode::Reconcile,
         &children,
         &seen.existing,
     );
+    // A refused workspace that exists from an earlier pass is neither changed nor deleted.
+    let held = pass.held();
+    let (hold, delete): (Vec<String>, Vec<String>) = std::mem::take(&mut prune.delete)
+        .into_iter()
+        .partition(|n| held.contains(n));
+    prune.delete = delete;
+    prune.keep.extend(hold);
     counts.pruned = prune_children(ctx, &ns, &uid, &children, &prune, &seen).await?;
     if prune.guarded {
         pass.event(
@@ -858,7 +983,13 @@ impl Pass<'_> {
             next.counts = Some(counts.clone());
         }
         let shown = next.counts.clone().unwrap_or_else(|| counts.clone());
-        let kept = if prune.guarded { 0 } else { prune.keep.len() };
+        // Refused workspaces kept from an earlier pass are counted as refused, not as kept.
+        let held = self.held();
+        let kept = if prune.guarded {
+            0
+        } else {
+            prune.keep.iter().filter(|n| !held.contains(*n)).count()
+        };
         set_ready(
             &mut next,
             ConditionStatus::True,
@@ -866,7 +997,9 @@ impl Pass<'_> {
             &build::summary(&shown, kept),
             self.generation,
         );
+        self.set_policy(&mut next);
         self.write(&next).await?;
+        self.policy_event(&next).await;
         if self.prev.warnings != next.warnings && !next.warnings.is_empty() {
             self.event(EventType::Warning, "UnknownKeys", next.warnings.join("; "))
                 .await;
@@ -881,11 +1014,11 @@ impl Pass<'_> {
                 self.audit("org.import.started", self.started_data(plan, true))
                     .await;
             }
-            self.audit(
-                "org.import.completed",
-                json!({"name": plan.name, "mode": self.mode(), "desired": counts.desired, "created": counts.created, "updated": counts.updated, "unchanged": counts.unchanged, "skipped": counts.skipped, "removed": counts.pruned, "duration_ms": self.ms()}),
-            )
-            .await;
+            let mut data = json!({"name": plan.name, "mode": self.mode(), "desired": counts.desired, "created": counts.created, "updated": counts.updated, "unchanged": counts.unchanged, "skipped": counts.skipped, "removed": counts.pruned, "duration_ms": self.ms()});
+            if counts.refused > 0 {
+                data["refused"] = json!(counts.refused);
+            }
+            self.audit("org.import.completed", data).await;
             tracing::info!(org = %self.org.name_any(), summary = %summary, "org imported");
         }
         Ok(())

@@ -22,7 +22,7 @@ pub const MAX_FILES: usize = 1000;
 pub enum FilesError {
     #[error("inline file {0:?} has an invalid path: {1}")]
     BadPath(String, String),
-    #[error("inline file {0:?} is larger than {MAX_FILE_BYTES} bytes")]
+    #[error("config file {0:?} is larger than {MAX_FILE_BYTES} bytes")]
     TooLarge(String),
     #[error("config files exceed {MAX_TOTAL_BYTES} bytes in total")]
     TotalTooLarge,
@@ -155,10 +155,15 @@ pub fn read_files_dir(dir: &Path) -> Result<Vec<ConfigFile>, FilesError> {
             if matches!(rel.as_str(), "config.yaml" | ".auth_token") {
                 continue;
             }
-            let content = std::fs::read(&p).map_err(|_| FilesError::NotFound)?;
-            if content.len() > MAX_FILE_BYTES {
-                return Err(FilesError::TooLarge(rel));
-            }
+            // The limit holds while reading: a huge (or growing) file is never read whole
+            // (ADR 0039).
+            let content = match crate::orgtemplate::read_limited(&p, MAX_FILE_BYTES as u64) {
+                Ok(c) => c,
+                Err(crate::orgtemplate::ReadError::TooLarge(_)) => {
+                    return Err(FilesError::TooLarge(rel));
+                }
+                Err(crate::orgtemplate::ReadError::Io(_)) => return Err(FilesError::NotFound),
+            };
             out.push(ConfigFile {
                 content: normalize_line_endings(&rel, &content),
                 path: rel,
