@@ -4,8 +4,7 @@
 //! streams in. Fakes on 127.0.0.1 speak the real protocols (smart HTTP through `git
 //! http-backend`, the registry token dance).
 
-#[path = "../common/git.rs"]
-mod gitrepo;
+use crate::gitrepo;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -5,6 +5,8 @@
 mod common;
 #[path = "../fakes/mod.rs"]
 mod fakes;
+#[path = "../common/git.rs"]
+mod gitrepo;
 
 mod apiserver;
 mod apiserver_store;

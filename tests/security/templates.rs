@@ -4,8 +4,7 @@
 //! created; the admin may raise the policy on the record. files_dir reads are bounded while
 //! reading; volume writes never follow a symlink nor write through a hard link.
 
-#[path = "../common/git.rs"]
-mod git;
+use crate::gitrepo as git;
 
 use std::path::{Path, PathBuf};
 
@@ -31,7 +30,7 @@ impl Env {
         let root_s = root.to_string_lossy().to_string();
         let mut args = vec!["--controllers", "org_import", "--org-templates", &root_s];
         args.extend_from_slice(extra);
-        let allow = format!("{}/team/*", repos.display());
+        let allow = format!("file://{}/team/*", repos.display());
         let url = format!("file://{}", repos.display());
         let s = Server::start_with_env(
             Backend::Sqlite,
