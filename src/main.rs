@@ -4,15 +4,89 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use molecule::apiserver::ApiConfig;
 use molecule::controllers::Selection;
 
 #[derive(Parser)]
 #[command(name = "molecule", version, about = "Run teams of AI agents as a Kubernetes-style operator.", long_about = None)]
 struct Cli {
+    /// Log line format on stderr: `text`, or `json` (one object per line with timestamp,
+    /// level, target, message, fields).
+    #[arg(
+        long,
+        global = true,
+        env = "MOLECULE_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: molecule::telemetry::LogFormat,
+    /// Log filter in tracing's EnvFilter syntax, e.g. `info,molecule=debug` (default: RUST_LOG,
+    /// else info).
+    #[arg(long, global = true, env = "MOLECULE_LOG", value_name = "FILTER")]
+    log_filter: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Environment names read before the `MOLECULE_` prefix was used throughout (ADR 0043):
+/// `(old, new, deprecated)`. An old name is honoured only when the new one is unset; a
+/// deprecated one is warned about once at start.
+const ENV_FALLBACKS: &[(&str, &str, bool)] = &[
+    ("DATABASE_URL", "MOLECULE_DATABASE_URL", true),
+    ("IMAGE_AUTO_REFRESH", "MOLECULE_IMAGE_AUTO_REFRESH", true),
+    ("POD_NAMESPACE", "MOLECULE_POD_NAMESPACE", true),
+    // The tracing ecosystem's own name: kept without a warning.
+    ("RUST_LOG", "MOLECULE_LOG", false),
+];
+
+fn env_set(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty())
+}
+
+/// Points every argument whose `env` is a new name at the old name when only the old one is
+/// set, so clap reads it; returns the warnings to log once logging is up.
+fn with_env_fallbacks(
+    cmd: clap::Command,
+    lookup: &dyn Fn(&str) -> bool,
+) -> (clap::Command, Vec<String>) {
+    let mut warnings = vec![];
+    let mut cmd = cmd;
+    for (old, new, deprecated) in ENV_FALLBACKS {
+        if lookup(new) || !lookup(old) {
+            continue;
+        }
+        if *deprecated {
+            warnings.push(format!(
+                "environment variable {old} is deprecated: rename it to {new} (ADR 0043)"
+            ));
+        }
+        cmd = redirect_env(cmd, new, old);
+    }
+    (cmd, warnings)
+}
+
+fn redirect_env(cmd: clap::Command, new: &'static str, old: &'static str) -> clap::Command {
+    cmd.mut_args(|a| {
+        if a.get_env() == Some(std::ffi::OsStr::new(new)) {
+            a.env(old)
+        } else {
+            a
+        }
+    })
+    .mut_subcommands(|sc| redirect_env(sc, new, old))
+}
+
+/// Starts logging and reports the deprecated environment names in use.
+fn start_logging(
+    cli_format: molecule::telemetry::LogFormat,
+    filter: Option<&str>,
+    warnings: &[String],
+) {
+    molecule::telemetry::init_logging(cli_format, filter);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -94,6 +168,36 @@ impl TemplatePolicyFlags {
     }
 }
 
+/// Where org templates may come from besides the template root (ADR 0043).
+#[derive(clap::Args, Clone, Debug)]
+struct TemplateSourceFlags {
+    /// Comma list of repository prefixes `!external` org templates and git sources may name.
+    #[arg(
+        long,
+        env = "MOLECULE_EXTERNAL_REPO_ALLOWLIST",
+        value_name = "PREFIXES"
+    )]
+    external_repo_allowlist: Option<String>,
+    /// Default git host of `!external` org templates.
+    #[arg(long, env = "MOLECULE_EXTERNAL_GITEA_URL", value_name = "URL")]
+    external_gitea_url: Option<String>,
+    /// Directory of persona env files for org templates.
+    #[arg(long, env = "MOLECULE_PERSONA_ROOT", value_name = "DIR",
+          default_value = molecule::orgtemplate::DEFAULT_PERSONA_ROOT)]
+    persona_root: PathBuf,
+}
+
+impl TemplateSourceFlags {
+    fn settings(&self, images: &ImageFlags) -> molecule::orgtemplate::SourceSettings {
+        molecule::orgtemplate::SourceSettings {
+            external_repo_allowlist: self.external_repo_allowlist.clone(),
+            external_gitea_url: self.external_gitea_url.clone(),
+            gitea_token: images.gitea_token.clone(),
+            persona_root: Some(self.persona_root.clone()),
+        }
+    }
+}
+
 /// Audit retention (ADR 0042), shared by `serve` and `operator`.
 #[derive(clap::Args, Clone, Debug)]
 struct AuditFlags {
@@ -127,6 +231,23 @@ struct ControlPlaneFlags {
     /// variables MOLECULE_CP_SHARED_SECRET and MOLECULE_CP_ADMIN_TOKEN.
     #[arg(long, env = "MOLECULE_CONTROL_PLANE_SECRET")]
     control_plane_secret: Option<String>,
+    /// Shared secret of the control plane's provision routes when --control-plane-secret is
+    /// not given (prefer the environment variable: flags show in `ps`).
+    #[arg(
+        long,
+        env = "MOLECULE_CP_SHARED_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    control_plane_shared_secret: Option<String>,
+    /// Token of the control plane's admin routes (default: the shared secret).
+    #[arg(
+        long,
+        env = "MOLECULE_CP_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    control_plane_admin_token: Option<String>,
     /// URL agents on instances use to reach this platform's /registry/* (default for `serve`:
     /// its own plain-http URL, right only when the control plane runs on this host).
     #[arg(long, env = "MOLECULE_CONTROL_PLANE_PLATFORM_URL")]
@@ -171,7 +292,7 @@ impl ControlPlaneFlags {
                 }
             }
             None => {
-                let shared = std::env::var("MOLECULE_CP_SHARED_SECRET").unwrap_or_default();
+                let shared = self.control_plane_shared_secret.clone().unwrap_or_default();
                 if shared.trim().is_empty() {
                     anyhow::bail!(
                         "the control plane needs credentials: --control-plane-secret NAME, or MOLECULE_CP_SHARED_SECRET"
@@ -179,8 +300,9 @@ impl ControlPlaneFlags {
                 }
                 CredentialSource::Static(Credentials {
                     shared_secret: shared.trim().to_string(),
-                    admin_token: std::env::var("MOLECULE_CP_ADMIN_TOKEN")
-                        .ok()
+                    admin_token: self
+                        .control_plane_admin_token
+                        .as_deref()
                         .map(|t| t.trim().to_string())
                         .filter(|t| !t.is_empty()),
                 })
@@ -336,16 +458,25 @@ struct ImageFlags {
     #[arg(long, default_value_t = 1200)]
     image_build_timeout_seconds: u64,
     /// Seed the known runtimes with auto-refresh enabled.
-    #[arg(long, env = "IMAGE_AUTO_REFRESH", default_value_t = false)]
+    #[arg(long, env = "MOLECULE_IMAGE_AUTO_REFRESH", default_value_t = false)]
     image_auto_refresh: bool,
     /// Token realm hosts (`host[:port]`, comma-separated) trusted with registry pull
     /// credentials besides each registry's own host (ADR 0040); always over https.
     #[arg(long, env = "MOLECULE_REGISTRY_REALM_HOSTS", value_delimiter = ',')]
     registry_realm_hosts: Vec<String>,
+    /// Token for cloning template repositories and `!external` org templates (prefer the
+    /// environment variable: flags show in `ps`).
+    #[arg(
+        long,
+        env = "MOLECULE_GITEA_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    gitea_token: Option<String>,
 }
 
 impl ImageFlags {
-    /// The settings (the template token comes from MOLECULE_GITEA_TOKEN, never from a flag).
+    /// The settings of the image service.
     fn settings(&self) -> anyhow::Result<molecule::images::ImageSettings> {
         let registry = self
             .image_registry
@@ -363,9 +494,7 @@ impl ImageFlags {
             .map(|p| p.trim().to_string())
             .filter(|p| !p.is_empty());
         s.template_prefix = self.template_repo_prefix.trim().to_string();
-        s.template_token = std::env::var("MOLECULE_GITEA_TOKEN")
-            .ok()
-            .filter(|t| !t.trim().is_empty());
+        s.template_token = self.gitea_token.clone().filter(|t| !t.trim().is_empty());
         if let Some(c) = &self.build_cache {
             s.build_cache = c.clone();
         }
@@ -395,7 +524,7 @@ enum Command {
         #[arg(long, env = "MOLECULE_CONTROLLERS", default_value = "all")]
         controllers: String,
         /// Postgres URL (postgres://…); the default is SQLite in the data dir.
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        #[arg(long, env = "MOLECULE_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
         /// Root that workspace `filesDir` paths are confined to (default DATA_DIR/org-templates).
         #[arg(long)]
@@ -430,6 +559,15 @@ enum Command {
         audit: AuditFlags,
         #[command(flatten)]
         listen_flags: ListenFlags,
+        #[command(flatten)]
+        template_sources: TemplateSourceFlags,
+        /// Deployment environment; `production` turns the admin routes off unless
+        /// --admin-routes is given.
+        #[arg(long, env = "MOLECULE_ENV", value_name = "NAME")]
+        environment: Option<String>,
+        /// Serve the admin routes (POST /admin/workspace-images/refresh) in production too.
+        #[arg(long, env = "MOLECULE_ADMIN_ROUTES", value_parser = clap::builder::BoolishValueParser::new())]
+        admin_routes: bool,
     },
     /// Run the built-in echo agent (inside a workspace container).
     Agent {
@@ -450,7 +588,7 @@ enum Command {
         #[arg(long, env = "MOLECULE_LISTEN", default_value = "127.0.0.1:9090")]
         listen: SocketAddr,
         /// Where audit rows go (postgres://…); without it they only reach the log.
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        #[arg(long, env = "MOLECULE_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
         #[command(flatten)]
         workspaces: WorkspaceFlags,
@@ -473,7 +611,7 @@ enum Command {
         #[arg(long, default_value = "molecule-operator")]
         lease_name: String,
         /// Namespace of the Lease (default: the kubeconfig's or the pod's namespace).
-        #[arg(long, env = "POD_NAMESPACE")]
+        #[arg(long, env = "MOLECULE_POD_NAMESPACE")]
         lease_namespace: Option<String>,
         /// Holder identity (default: hostname plus a random suffix).
         #[arg(long)]
@@ -496,6 +634,8 @@ enum Command {
         audit: AuditFlags,
         #[command(flatten)]
         listen_flags: ListenFlags,
+        #[command(flatten)]
+        template_sources: TemplateSourceFlags,
     },
     /// Validate a plugin directory and print its manifest.json (sha256 of every file), for
     /// plugin authors who want integrity checks.
@@ -545,11 +685,40 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Print a shell completion script to stdout, e.g.
+    /// `molecule completions bash > /etc/bash_completion.d/molecule`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let (cmd, env_warnings) = with_env_fallbacks(Cli::command(), &env_set);
+    let cli = match Cli::from_arg_matches(&cmd.get_matches()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let (log_format, log_filter) = (cli.log_format, cli.log_filter.clone());
+    let start_logging = || start_logging(log_format, log_filter.as_deref(), &env_warnings);
+    if !matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Operator { .. } | Command::Agent { .. }
+    ) {
+        for w in &env_warnings {
+            eprintln!("warning: {w}");
+        }
+    }
     match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "molecule",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Version => {
             println!("molecule {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -602,9 +771,15 @@ fn main() -> anyhow::Result<()> {
             images,
             audit,
             listen_flags,
+            template_sources,
+            environment,
+            admin_routes,
         } => {
-            molecule::telemetry::init_logging();
+            start_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
+            let template_sources = template_sources.settings(&images);
+            let admin_routes =
+                molecule::shim::images::admin_routes_enabled(environment.as_deref(), admin_routes);
             let image_settings = images.settings()?;
             let api = ApiConfig {
                 max_body: max_body_bytes,
@@ -632,6 +807,8 @@ fn main() -> anyhow::Result<()> {
                 audit_retention: audit.retention(),
                 listen_limits: listen_flags.limits(),
                 require_tls: listen_flags.require_tls,
+                template_sources,
+                admin_routes,
             }))
         }
         Command::PluginFs { args } => std::process::exit(molecule::plugins::fs::main(&args)),
@@ -663,9 +840,11 @@ fn main() -> anyhow::Result<()> {
             shutdown_grace_seconds,
             audit,
             listen_flags,
+            template_sources,
         } => {
-            molecule::telemetry::init_logging();
+            start_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
+            let template_sources = template_sources.settings(&images);
             let secs = std::time::Duration::from_secs;
             let opts = molecule::operator::OperatorOptions {
                 controllers,
@@ -688,6 +867,7 @@ fn main() -> anyhow::Result<()> {
                 audit_retention: audit.retention(),
                 listen_limits: listen_flags.limits(),
                 require_tls: listen_flags.require_tls,
+                template_sources,
             };
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(molecule::operator::run(opts))
@@ -697,7 +877,7 @@ fn main() -> anyhow::Result<()> {
             token,
             listen,
         } => {
-            molecule::telemetry::init_logging();
+            start_logging();
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(molecule::agent::run(molecule::agent::AgentOptions {
                 config_path: config,

@@ -59,6 +59,8 @@ pub struct OperatorOptions {
     pub listen_limits: crate::apiserver::listener::Limits,
     /// `--require-tls`: both listeners speak plain HTTP only, so the operator refuses to start.
     pub require_tls: bool,
+    /// Org template sources besides the root (ADR 0043).
+    pub template_sources: crate::orgtemplate::SourceSettings,
 }
 
 /// A client from KUBECONFIG (or ~/.kube/config), else the in-cluster service account; nothing
@@ -209,7 +211,10 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
         },
         org_import: {
             // The template root is never a workspace_dir (ADR 0039).
-            let mut s = controllers::org_import::Settings::from_env(opts.template_root.clone());
+            let mut s = controllers::org_import::Settings::new(
+                opts.template_root.clone(),
+                &opts.template_sources,
+            );
             s.policy = opts.workspaces.template_policy.clone();
             s.policy.protected = vec![
                 opts.template_root

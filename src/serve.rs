@@ -36,6 +36,10 @@ pub struct ServeOptions {
     pub listen_limits: crate::apiserver::listener::Limits,
     /// `--require-tls`: TLS only on `listen`; refuse to start if anything needs plain HTTP.
     pub require_tls: bool,
+    /// Org template sources besides the root (ADR 0043).
+    pub template_sources: crate::orgtemplate::SourceSettings,
+    /// Whether the admin routes are served (`shim::images::admin_routes_enabled`).
+    pub admin_routes: bool,
 }
 
 /// Refuses `--require-tls` when something would still be reached over plain HTTP, and warns
@@ -268,7 +272,10 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             namespace: "default".into(),
             plugin_root: plugins.registry.clone(),
             plugin_git_hosts: plugins.git_hosts.clone(),
-            org_templates: crate::orgtemplate::Options::from_env(template_root.clone()),
+            org_templates: crate::orgtemplate::Options::with_sources(
+                template_root.clone(),
+                &opts.template_sources,
+            ),
             metrics: metrics.clone(),
             backlog: opts.stream_backlog,
         },
@@ -277,7 +284,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     println!("canvas: {page_url}/ (molecule canvas-url prints a signed-in link)");
     let server = {
         let shutdown = shutdown.clone();
-        let admin = crate::shim::images::admin_routes_enabled();
+        let admin = opts.admin_routes;
         tracing::info!(
             enabled = admin,
             "admin routes: POST /admin/workspace-images/refresh"
@@ -343,7 +350,10 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             },
             org_import: {
                 // The data dir and the template root are never a workspace_dir (ADR 0039).
-                let mut s = controllers::org_import::Settings::from_env(template_root.clone());
+                let mut s = controllers::org_import::Settings::new(
+                    template_root.clone(),
+                    &opts.template_sources,
+                );
                 s.policy = opts.workspaces.template_policy.clone();
                 let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
                 s.policy.protected = vec![real(&opts.data_dir), real(&template_root)];

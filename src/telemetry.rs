@@ -1,4 +1,4 @@
-//! Logging set-up and a small Prometheus text-format metrics registry (counters and summaries).
+//! Logging set-up (text or JSON lines, ADR 0043) and a small Prometheus text-format metrics registry (counters and summaries).
 //!
 //! The registry is bounded (ADR 0041): each metric name holds at most [`MAX_SERIES`] label
 //! sets; later ones are counted into one `{overflow="true"}` series, so label values a client
@@ -144,16 +144,120 @@ impl Metrics {
     }
 }
 
-/// Installs the tracing subscriber (`RUST_LOG`, default `info`).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,sqlx=warn,kube=warn,tower=warn,hyper=warn")
-    });
-    let _ = tracing_subscriber::fmt()
+/// How log lines are written (`--log-format`, ADR 0043).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message`, `fields`, `spans`.
+    Json,
+}
+
+/// The default filter when neither `--log-filter` nor `RUST_LOG` is given.
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn,kube=warn,tower=warn,hyper=warn";
+
+/// Installs the tracing subscriber writing to stderr. `filter` is an `EnvFilter` directive
+/// (`--log-filter` / `MOLECULE_LOG`, else `RUST_LOG`); unset or invalid: [`DEFAULT_FILTER`].
+pub fn init_logging(format: LogFormat, filter: Option<&str>) {
+    let filter = filter
+        .filter(|f| !f.trim().is_empty())
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.event_format(JsonLines).try_init(),
+    };
+}
+
+/// The JSON line format (ADR 0043): one object per event with a fixed set of keys, so log
+/// pipelines can rely on `message` and `level` at the top level.
+struct JsonLines;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonLines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut fields = JsonFields::default();
+        event.record(&mut fields);
+        let meta = event.metadata();
+        let spans: Vec<serde_json::Value> = ctx
+            .event_scope()
+            .map(|scope| {
+                scope
+                    .from_root()
+                    .map(|s| serde_json::Value::String(s.name().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let line = serde_json::json!({
+            "timestamp": jiff::Timestamp::now().to_string(),
+            "level": meta.level().as_str(),
+            "target": meta.target(),
+            "message": fields.message.unwrap_or_default(),
+            "fields": serde_json::Value::Object(fields.fields),
+            "spans": spans,
+        });
+        writeln!(writer, "{line}")
+    }
+}
+
+/// Collects an event's fields; `message` is kept apart.
+#[derive(Default)]
+struct JsonFields {
+    message: Option<String>,
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl JsonFields {
+    fn put(&mut self, field: &tracing::field::Field, v: serde_json::Value) {
+        if field.name() == "message" {
+            self.message = Some(match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            });
+        } else {
+            self.fields.insert(field.name().to_string(), v);
+        }
+    }
+}
+
+impl tracing::field::Visit for JsonFields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.put(field, serde_json::Value::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.put(field, serde_json::Value::String(value.to_string()));
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.put(field, value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.put(field, value.into());
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.put(field, value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.put(field, value.into());
+    }
+    fn record_error(
+        &mut self,
+        field: &tracing::field::Field,
+        value: &(dyn std::error::Error + 'static),
+    ) {
+        self.put(field, serde_json::Value::String(value.to_string()));
+    }
 }
 
 #[cfg(test)]
@@ -195,6 +299,55 @@ mod tests {
         assert!(t.contains("hits_total{overflow=\"true\"} 50\n"));
         assert!(t.contains("hits_total{client=\"c0\"} 2\n"));
         assert!(t.contains("other_total{client=\"x\"} 1\n"));
+    }
+
+    #[test]
+    fn json_lines_carry_the_fixed_keys() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .event_format(JsonLines)
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            let span = tracing::info_span!("reconcile");
+            let _g = span.enter();
+            tracing::warn!(runtime = "echo", layers = 3u64, ok = true, "pulling \"x\"");
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .expect("utf-8");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+        assert_eq!(v["level"], "WARN", "{v}");
+        assert_eq!(v["message"], "pulling \"x\"", "{v}");
+        assert_eq!(v["fields"]["runtime"], "echo", "{v}");
+        assert_eq!(v["fields"]["layers"], 3, "{v}");
+        assert_eq!(v["fields"]["ok"], true, "{v}");
+        assert_eq!(v["spans"][0], "reconcile", "{v}");
+        assert!(
+            v["target"]
+                .as_str()
+                .is_some_and(|t| t.contains("telemetry")),
+            "{v}"
+        );
+        assert!(
+            v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{v}"
+        );
     }
 
     #[test]

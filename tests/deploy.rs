@@ -181,8 +181,8 @@ fn deploy_renders_with_the_generated_crds_and_every_object_is_strictly_valid() {
         .as_array()
         .expect("env")
         .iter()
-        .find(|e| e["name"] == "DATABASE_URL")
-        .expect("DATABASE_URL");
+        .find(|e| e["name"] == "MOLECULE_DATABASE_URL")
+        .expect("MOLECULE_DATABASE_URL");
     assert_eq!(db["valueFrom"]["secretKeyRef"]["name"], "molecule-postgres");
     assert!(
         db.get("value").is_none(),

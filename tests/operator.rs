@@ -81,13 +81,14 @@ impl Operator {
             .args(extra)
             .env("KUBECONFIG", s.kubeconfig())
             .env_remove("DATABASE_URL")
+            .env_remove("MOLECULE_DATABASE_URL")
             .env_remove("MOLECULE_INSTANCE")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(f.try_clone().expect("log"))
             .stderr(f);
         if let Some(url) = db {
-            cmd.env("DATABASE_URL", url);
+            cmd.env("MOLECULE_DATABASE_URL", url);
         }
         let o = Operator {
             child: Some(cmd.spawn().expect("spawn molecule operator")),
@@ -729,6 +730,7 @@ fn operator_fails_fast_with_an_install_hint_when_the_crds_are_not_served() {
         .args(["operator", "--listen", "127.0.0.1:0"])
         .env("KUBECONFIG", &kubeconfig)
         .env_remove("DATABASE_URL")
+        .env_remove("MOLECULE_DATABASE_URL")
         .env("RUST_BACKTRACE", "0")
         .output()
         .expect("run operator");

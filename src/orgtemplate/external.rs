@@ -76,22 +76,27 @@ impl ExternalConfig {
         }
     }
 
-    /// [`for_root`](Self::for_root) with `MOLECULE_EXTERNAL_REPO_ALLOWLIST`,
-    /// `MOLECULE_EXTERNAL_GITEA_URL` and `MOLECULE_GITEA_TOKEN` applied.
-    pub fn from_env(root: &Path) -> Self {
+    /// [`for_root`](Self::for_root) with the operator's settings applied (`--external-repo-allowlist`,
+    /// `--external-gitea-url`, `--gitea-token`; ADR 0043).
+    pub fn with_sources(root: &Path, sources: &super::SourceSettings) -> Self {
         let mut c = Self::for_root(root);
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        if let Some(list) = var("MOLECULE_EXTERNAL_REPO_ALLOWLIST") {
+        let set = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        if let Some(list) = set(&sources.external_repo_allowlist) {
             c.allowlist = list
                 .split(',')
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
                 .collect();
         }
-        if let Some(u) = var("MOLECULE_EXTERNAL_GITEA_URL") {
-            c.default_url = u.trim().to_string();
+        if let Some(u) = set(&sources.external_gitea_url) {
+            c.default_url = u;
         }
-        c.token = var("MOLECULE_GITEA_TOKEN").map(|t| t.trim().to_string());
+        c.token = set(&sources.gitea_token);
         c
     }
 }

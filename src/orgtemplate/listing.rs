@@ -27,9 +27,9 @@ pub struct TemplateInfo {
     pub error: Option<String>,
 }
 
-/// Lists the templates under `root` with the external settings from the environment.
+/// Lists the templates under `root` with the default source settings.
 pub fn list_templates(root: &Path) -> Vec<TemplateInfo> {
-    list_templates_with(&Options::from_env(root))
+    list_templates_with(&Options::with_sources(root, &Default::default()))
 }
 
 /// Lists the templates under `opts.root` (sorted by dir; hidden dirs skipped).

@@ -87,18 +87,42 @@ pub struct Options {
     pub persona_root: Option<PathBuf>,
 }
 
+/// Where org templates may come from besides the template root, as the operator set it
+/// (flags or their `MOLECULE_*` environment variables; ADR 0043).
+#[derive(Clone, Default)]
+pub struct SourceSettings {
+    /// `MOLECULE_EXTERNAL_REPO_ALLOWLIST`: comma list of allowed repository prefixes.
+    pub external_repo_allowlist: Option<String>,
+    /// `MOLECULE_EXTERNAL_GITEA_URL`: the default git host of `!external`s.
+    pub external_gitea_url: Option<String>,
+    /// `MOLECULE_GITEA_TOKEN`.
+    pub gitea_token: Option<String>,
+    /// `MOLECULE_PERSONA_ROOT` (default [`DEFAULT_PERSONA_ROOT`]).
+    pub persona_root: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SourceSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceSettings")
+            .field("external_repo_allowlist", &self.external_repo_allowlist)
+            .field("external_gitea_url", &self.external_gitea_url)
+            .field("gitea_token", &self.gitea_token.as_ref().map(|_| "***"))
+            .field("persona_root", &self.persona_root)
+            .finish()
+    }
+}
+
 impl Options {
-    /// Options for `root`, with the external settings and persona root from the environment
-    /// (`MOLECULE_EXTERNAL_REPO_ALLOWLIST`, `MOLECULE_EXTERNAL_GITEA_URL`, `MOLECULE_GITEA_TOKEN`,
-    /// `MOLECULE_PERSONA_ROOT`).
-    pub fn from_env(root: impl Into<PathBuf>) -> Self {
+    /// Options for `root` with the operator's source settings.
+    pub fn with_sources(root: impl Into<PathBuf>, sources: &SourceSettings) -> Self {
         let root = root.into();
         Options {
-            external: ExternalConfig::from_env(&root),
+            external: ExternalConfig::with_sources(&root, sources),
             persona_root: Some(
-                std::env::var_os("MOLECULE_PERSONA_ROOT")
-                    .filter(|v| !v.is_empty())
-                    .map(PathBuf::from)
+                sources
+                    .persona_root
+                    .clone()
+                    .filter(|v| !v.as_os_str().is_empty())
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_PERSONA_ROOT)),
             ),
             root,

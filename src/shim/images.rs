@@ -27,11 +27,10 @@ struct RouteState {
     enabled: bool,
 }
 
-/// Whether admin routes are allowed: always outside production; in production only with
-/// `MOLECULE_ADMIN_ROUTES=1`.
-pub fn admin_routes_enabled() -> bool {
-    std::env::var("MOLECULE_ENV").as_deref() != Ok("production")
-        || std::env::var("MOLECULE_ADMIN_ROUTES").as_deref() == Ok("1")
+/// Whether admin routes are allowed: always outside production; in production (`--environment
+/// production`, `MOLECULE_ENV`) only with `--admin-routes` (`MOLECULE_ADMIN_ROUTES=1`).
+pub fn admin_routes_enabled(environment: Option<&str>, admin_routes: bool) -> bool {
+    environment != Some("production") || admin_routes
 }
 
 /// The refresh route.

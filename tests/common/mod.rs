@@ -116,12 +116,13 @@ impl Server {
         cmd.args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("DATABASE_URL")
+            .env_remove("MOLECULE_DATABASE_URL")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
         if let Backend::Postgres(url) = &self.backend {
-            cmd.env("DATABASE_URL", url);
+            cmd.env("MOLECULE_DATABASE_URL", url);
         }
         self.child = Some(cmd.spawn().expect("spawn molecule serve"));
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -341,6 +341,7 @@ fn molecule(args: &[&str], env: &[(&str, &str)]) -> Command {
     cmd.args(args)
         .envs(env.iter().copied())
         .env_remove("DATABASE_URL")
+        .env_remove("MOLECULE_DATABASE_URL")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null());
     cmd

@@ -80,10 +80,13 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings for a template root, with `!external` and persona settings from the environment.
-    pub fn from_env(template_root: impl Into<std::path::PathBuf>) -> Self {
+    /// Settings for a template root, with the operator's `!external` and persona settings.
+    pub fn new(
+        template_root: impl Into<std::path::PathBuf>,
+        sources: &orgtemplate::SourceSettings,
+    ) -> Self {
         Settings {
-            options: orgtemplate::Options::from_env(template_root),
+            options: orgtemplate::Options::with_sources(template_root, sources),
             resync: Duration::from_secs(300),
             policy: Policy::default(),
         }
