@@ -52,10 +52,11 @@ fn start_server(dir: &Path, port: u16, database_url: Option<&str>) -> Child {
     .arg(dir)
     .env("RUST_LOG", "warn")
     .env_remove("DATABASE_URL")
+    .env_remove("MOLECULE_DATABASE_URL")
     .stdout(Stdio::null())
     .stderr(Stdio::null());
     if let Some(u) = database_url {
-        cmd.env("DATABASE_URL", u);
+        cmd.env("MOLECULE_DATABASE_URL", u);
     }
     let mut child = cmd.spawn().expect("spawn serve");
     let deadline = Instant::now() + Duration::from_secs(30);

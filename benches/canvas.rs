@@ -46,6 +46,7 @@ fn start_server(dir: &Path, port: u16) -> Child {
         .arg(dir)
         .env("RUST_LOG", "warn")
         .env_remove("DATABASE_URL")
+        .env_remove("MOLECULE_DATABASE_URL")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

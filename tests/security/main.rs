@@ -11,5 +11,6 @@ mod gitrepo;
 mod apiserver;
 mod apiserver_store;
 mod auth;
+mod conventions;
 mod fetch;
 mod templates;
