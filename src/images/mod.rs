@@ -15,6 +15,7 @@
 pub mod echo;
 pub mod git;
 pub mod plan;
+pub mod progress;
 pub mod reference;
 pub mod refresh;
 pub mod registry;
@@ -596,12 +597,35 @@ impl Images {
             let mut stream = self
                 .docker
                 .create_image(Some(options.build()), None, credentials);
+            // Progress lines at most every few seconds (ADR 0043).
+            let mut progress = progress::PullProgress::default();
+            let mut ticker = progress::Ticker::new(progress::EVERY);
             while let Some(item) = stream.next().await {
                 match item {
                     Ok(info) => {
                         if let Some(detail) = info.error_detail {
                             let msg = detail.message.unwrap_or_default();
                             return Err(pull_failed(&reference, &msg));
+                        }
+                        let detail = info.progress_detail.as_ref();
+                        progress.observe(
+                            info.id.as_deref(),
+                            info.status.as_deref(),
+                            detail.and_then(|d| d.current),
+                            detail.and_then(|d| d.total),
+                        );
+                        if ticker.due(Instant::now()) {
+                            let p = progress.snapshot();
+                            tracing::info!(
+                                runtime,
+                                image = %reference,
+                                layers_done = p.layers_done,
+                                layers = p.layers,
+                                bytes_done = p.bytes_done,
+                                bytes_total = p.bytes_total,
+                                secs = t.elapsed().as_secs(),
+                                "pulling: progress"
+                            );
                         }
                     }
                     Err(DockerError::DockerStreamError { error }) => {
@@ -631,8 +655,13 @@ impl Images {
             "molecule_image_pulls_total",
             &[("runtime", runtime), ("result", outcome)],
         );
-        if result.is_ok() {
-            tracing::info!(runtime, image = %reference, ms = t.elapsed().as_millis() as u64, "pulled");
+        match &result {
+            Ok(()) => {
+                tracing::info!(runtime, image = %reference, ms = t.elapsed().as_millis() as u64, "pulled")
+            }
+            Err(e) => {
+                tracing::warn!(runtime, image = %reference, ms = t.elapsed().as_millis() as u64, error = %e, "pull failed")
+            }
         }
         result
     }
@@ -855,6 +884,9 @@ impl Images {
                 None,
                 Some(bollard::body_full(context.into())),
             );
+            // Progress lines at most every few seconds (ADR 0043).
+            let mut ticker = progress::Ticker::new(progress::EVERY);
+            let mut step: Option<String> = None;
             while let Some(item) = stream.next().await {
                 match item {
                     Ok(info) => {
@@ -865,6 +897,14 @@ impl Images {
                             && !line.is_empty()
                         {
                             tracing::debug!(runtime, "{}", self.mask(line));
+                            if let Some(s) = progress::build_step(line) {
+                                step = Some(s);
+                            }
+                        }
+                        if let Some(s) = &step
+                            && ticker.due(Instant::now())
+                        {
+                            tracing::info!(runtime, image = %tag, step = %s, secs = t.elapsed().as_secs(), "local-build: progress");
                         }
                     }
                     Err(DockerError::DockerStreamError { error }) => return Err(error),
@@ -929,7 +969,7 @@ impl Images {
                 tracing::info!(runtime, image = %tag, ms = t.elapsed().as_millis() as u64, "local-build: docker build done")
             }
             Err(e) => {
-                tracing::warn!(runtime, image = %tag, error = %e, "local-build: build failed")
+                tracing::warn!(runtime, image = %tag, ms = t.elapsed().as_millis() as u64, error = %e, "local-build: build failed")
             }
         }
         result
