@@ -3,7 +3,7 @@
 //! 127.0.0.1 that demands `Authorization: token <t>`, the way the original's Gitea did).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -133,13 +133,17 @@ impl HttpGit {
     }
 }
 
-fn handle(
-    mut conn: TcpStream,
-    root: &Path,
-    token: &str,
-    log: &Mutex<Vec<Seen>>,
-) -> std::io::Result<()> {
-    let mut reader = BufReader::new(conn.try_clone()?);
+/// One HTTP/1.1 request as the small test servers read it: method, target, lower-cased
+/// headers and the body (Content-Length or chunked).
+pub struct Request {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Reads one request from `reader` (see [`Request`]).
+pub fn read_request(reader: &mut impl BufRead) -> std::io::Result<Request> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
@@ -181,6 +185,34 @@ fn handle(
         body.resize(n, 0);
         reader.read_exact(&mut body)?;
     }
+    Ok(Request {
+        method,
+        target,
+        headers,
+        body,
+    })
+}
+
+fn handle(
+    mut conn: TcpStream,
+    root: &Path,
+    token: &str,
+    log: &Mutex<Vec<Seen>>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let Request {
+        method,
+        target,
+        headers,
+        body,
+    } = read_request(&mut reader)?;
+    let header = |k: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
     let authorized = header("authorization") == format!("token {token}");
     log.lock().unwrap_or_else(|p| p.into_inner()).push(Seen {
         method: method.clone(),

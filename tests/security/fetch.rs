@@ -289,23 +289,12 @@ fn streaming_git_host(root: &Path) -> (String, Arc<Mutex<Vec<Sent>>>) {
 
 fn stream_one(mut conn: TcpStream, root: &Path, log: &Mutex<Vec<Sent>>) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or("").to_string();
-    let target = parts.next().unwrap_or("").to_string();
-    let mut headers: Vec<(String, String)> = vec![];
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h)?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
+    let gitrepo::Request {
+        method,
+        target,
+        headers,
+        body,
+    } = gitrepo::read_request(&mut reader)?;
     let header = |k: &str| {
         headers
             .iter()
@@ -313,23 +302,6 @@ fn stream_one(mut conn: TcpStream, root: &Path, log: &Mutex<Vec<Sent>>) -> std::
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     };
-    let mut body = vec![];
-    if header("transfer-encoding").eq_ignore_ascii_case("chunked") {
-        loop {
-            let mut size = String::new();
-            reader.read_line(&mut size)?;
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            let mut chunk = vec![0; n + 2];
-            reader.read_exact(&mut chunk)?;
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-    } else if let Ok(n) = header("content-length").parse::<usize>() {
-        body.resize(n, 0);
-        reader.read_exact(&mut body)?;
-    }
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let mut child = Command::new("git")
         .arg("http-backend")
