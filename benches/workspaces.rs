@@ -149,7 +149,7 @@ fn agent_dir(root: &Path, i: usize, platform: &str) -> std::path::PathBuf {
     d
 }
 
-/// The options the operator gives a tier-2 echo workspace container (W01, W02), so that the
+/// The options the operator gives a tier-2 echo workspace container, so that the
 /// baselines start the same kind of container and the ratio measures the operator itself.
 const SAME_OPTIONS: &[&str] = &[
     "--network",

@@ -435,7 +435,7 @@ impl PluginFlags {
     }
 }
 
-/// Flags of runtime image resolution (FEATURES I01–I06).
+/// Flags of runtime image resolution (ADR 0030).
 #[derive(clap::Args, Clone, Debug)]
 struct ImageFlags {
     /// Registry mode: images are `<registry>/workspace-template-<runtime>:<tag>`. Unset (the

@@ -1,4 +1,4 @@
-//! Workspaces on the EC2 control plane (issue 8; FEATURES C01–C06), against the control-plane
+//! Workspaces on the EC2 control plane (issue 8; ADR 0035), against the control-plane
 //! simulator in `tests/cpsim` (real HTTP on 127.0.0.1, real in-process echo agents that
 //! register with the real `molecule serve`), and the same lifecycle scenario on the real Docker
 //! engine to keep the parity table in `docs/backends.md` honest.
@@ -291,7 +291,7 @@ fn lifecycle(s: &Server, ns: &str, rt: &dyn Runtime) {
     assert!(!console.trim().is_empty());
 
     // The agent dies: an A2A call gets 503 {restarting: true} and the workspace comes back on a
-    // new runtime unit (C05).
+    // new runtime unit (ADR 0036).
     let dead = status_str(s, ns, name, rt.id_field());
     rt.kill(s, ns, name);
     let (code, head, body) = a2a(s, &uid, "anyone?");
@@ -376,7 +376,7 @@ fn lifecycle_parity_on_control_plane() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Instance identity (C02) and credentials (C03).
+// Instance identity and credentials (ADR 0035).
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -572,7 +572,7 @@ fn credentials_split_by_route_class() {
     assert!(code == 401 || code == 404, "{code}");
 }
 
-/// Without an admin token the admin routes carry the shared secret (C03), straight from the
+/// Without an admin token the admin routes carry the shared secret, straight from the
 /// client (no server needed).
 #[test]
 fn admin_routes_fall_back_to_the_shared_secret() {
@@ -622,7 +622,7 @@ fn admin_routes_fall_back_to_the_shared_secret() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Faults (C04): error statuses, timeouts, malformed answers, crashes, dying instances.
+// Faults (ADR 0035): error statuses, timeouts, malformed answers, crashes, dying instances.
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -870,7 +870,7 @@ fn a_stop_failure_on_delete_is_a_condition_and_is_retried() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Dead-agent recovery (C05) through POST /workspaces/:id/a2a.
+// Dead-agent recovery (ADR 0036) through POST /workspaces/:id/a2a.
 // ---------------------------------------------------------------------------------------------
 
 #[test]

@@ -1,4 +1,4 @@
-//! Runtimes and images as desired state (issue 7, FEATURES I01–I07), end to end: `molecule serve`
+//! Runtimes and images as desired state (issue 7, ADR 0030–0033), end to end: `molecule serve`
 //! with its controllers, the real Docker engine, real git repositories made in a temp dir, and,
 //! for what this machine cannot have, fakes speaking the real protocols on 127.0.0.1 — a Docker
 //! Registry v2 (token endpoint, manifest HEAD with `Docker-Content-Digest`, blobs: the engine
@@ -676,7 +676,8 @@ fn registry_mode_pins_repulls_and_auto_refresh_rolls_one_at_a_time() {
             &registry,
             "--image-lookup-timeout-seconds",
             "2",
-            // I05: pulls and creates name the platform (the host's, so it runs here).
+            // MOLECULE_IMAGE_PLATFORM: pulls and creates name the platform (the host's, so it
+            // runs here).
             "--image-platform",
             "linux/amd64",
         ],
@@ -759,7 +760,7 @@ fn registry_mode_pins_repulls_and_auto_refresh_rolls_one_at_a_time() {
             || runtime(&s, &bad)["status"].to_string(),
         );
 
-        // I04: a restart re-pulls a moving tag, never a pinned one.
+        // A restart re-pulls a moving tag, never a pinned one.
         let restart = |name: &str, stamp: &str| {
             kubectl_ok(
                 &s,
@@ -801,7 +802,7 @@ fn registry_mode_pins_repulls_and_auto_refresh_rolls_one_at_a_time() {
             reg.engine_pulls(&repo, "latest") > moving_pulls,
             "a moving tag is re-pulled on start"
         );
-        // I03: a pinned digest wins over the tag.
+        // A pinned digest wins over the tag.
         apply(
             &s,
             None,
@@ -819,8 +820,8 @@ fn registry_mode_pins_repulls_and_auto_refresh_rolls_one_at_a_time() {
             "not {p2}, which latest points at"
         );
 
-        // I06: the first observation after a (re)start only seeds, even when the digest moved
-        // while the operator was down.
+        // Auto-refresh (ADR 0032): the first observation after a (re)start only seeds, even when
+        // the digest moved while the operator was down.
         assert_eq!(s.terminate(), Some(0));
         let d2 = reg.push(&repo, "latest", &image, "2");
         s.spawn();

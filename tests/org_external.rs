@@ -1,4 +1,4 @@
-//! `!external` (O03) against real git repositories made in a temp dir, fetched with the real
+//! `!external` (ADR 0011) against real git repositories made in a temp dir, fetched with the real
 //! `git` CLI over `file://` and over smart HTTP (`git http-backend` on 127.0.0.1 behind a
 //! server that requires the token header).
 

@@ -1039,7 +1039,7 @@ fn bad_input_gets_a_clear_condition_and_leaves_the_workspace_untouched() {
     );
     assert!(leftovers(&files).is_empty());
 
-    // W17: an external workspace is refused with the download route, which serves the plugin.
+    // An external workspace is refused with the download route, which serves the plugin.
     e.apply("apiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: remote\nspec:\n  runtime: external\n  url: https://agent.example.com/a2a\n");
     e.install("ext", "remote", &repo.url(), "  track: branch:main\n");
     e.wait("no ExternalRuntime condition", 120, || {

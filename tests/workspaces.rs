@@ -401,7 +401,7 @@ fn external_runtime_goes_online_when_its_agent_registers() {
         "external workspaces have no container"
     );
 
-    // W09 from what the agent reports: Degraded at ≥ 50 % errors, still Degraded at 30 %
+    // The phase from what the agent reports: Degraded at ≥ 50 % errors, still Degraded at 30 %
     // (hysteresis), Online again below 10 %; a wedged runtime is Degraded at any rate.
     let beat = |body: Value| {
         let url = format!("http://127.0.0.1:{}/registry/heartbeat", s.port);
@@ -757,7 +757,7 @@ fn an_agent_that_never_registers_fails_with_the_runtimes_provision_timeout() {
         .expect("sleep image");
     let (repo, tag) = image.rsplit_once(':').expect("a tagged image");
     let runtime = format!("sleepy-{}", molecule::util::random_suffix(6));
-    // The default provision timeout is 10 min; this runtime's own is 4 s (W10, like hermes' 30).
+    // The default provision timeout is 10 min; this runtime's own is 4 s (like hermes' 30 min).
     let o = s.kubectl_stdin(
         "1.33",
         &["apply", "-f", "-"],

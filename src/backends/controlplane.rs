@@ -1,5 +1,5 @@
-//! The EC2 control-plane backend (FEATURES C01–C06): workspaces with `backend: controlPlane`
-//! run on instances that the control-plane service provisions. The routes are C01's:
+//! The EC2 control-plane backend (ADR 0035): workspaces with `backend: controlPlane`
+//! run on instances that the control-plane service provisions. The routes are the original's:
 //!
 //! | call | route | credential |
 //! |---|---|---|
@@ -11,10 +11,10 @@
 //!
 //! `:id` is the workspace uid; `instance_id` is always the id the provision call returned, kept
 //! in `status.instanceId` and handed back through [`WorkspaceRef::instance_id`] — never the
-//! workspace id (C02). With no instance, stop is a no-op and status is "not running". The
-//! admin token falls back to the shared secret (C03). Response bodies are read up to 64 KiB
+//! workspace id. With no instance, stop is a no-op and status is "not running". The
+//! admin token falls back to the shared secret. Response bodies are read up to 64 KiB
 //! (console 256 KiB); errors carry the status and at most 512 bytes of body with credentials
-//! redacted, for the operator log only (C04).
+//! redacted, for the operator log only.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -30,11 +30,11 @@ use super::{
     StartSpec, Started, WorkspaceBackend, WorkspaceRef,
 };
 
-/// Largest response body read from the control plane (C01).
+/// Largest response body read from the control plane.
 pub const MAX_BODY: usize = 64 * 1024;
 /// Largest instance list read by the reaper.
 pub const MAX_LIST_BODY: usize = 4 * 1024 * 1024;
-/// Most bytes of an error body kept in an error (C04).
+/// Most bytes of an error body kept in an error.
 pub const MAX_ERROR_EXCERPT: usize = 512;
 /// How long credentials read from a Secret are used before reading it again.
 pub const CREDENTIALS_TTL: Duration = Duration::from_secs(30);
@@ -43,7 +43,7 @@ pub const KEY_SHARED_SECRET: &str = "sharedSecret";
 /// Key of the admin API token in the credentials Secret (optional).
 pub const KEY_ADMIN_TOKEN: &str = "adminToken";
 
-/// The two credentials (C03). `Debug` never prints them.
+/// The two credentials. `Debug` never prints them.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     /// Bearer of the provision routes (`/cp/workspaces/*`).
@@ -163,7 +163,7 @@ fn valid_label(s: &str, max: usize) -> bool {
 }
 
 /// Whether `id` may be sent to the control plane as the instance id of workspace `uid`: a
-/// well-formed id that is not the workspace id itself (C02).
+/// well-formed id that is not the workspace id itself.
 pub fn usable_instance_id(id: Option<&str>, uid: &str) -> Option<String> {
     let id = id?.trim();
     if id.is_empty() || id.eq_ignore_ascii_case(uid) || !valid_label(id, 128) {

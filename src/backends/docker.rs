@@ -1,4 +1,4 @@
-//! Docker engine backend (bollard), FEATURES W01-W04/W11: one container `ws-<id12>` and one config
+//! Docker engine backend (bollard), ADR 0006: one container `ws-<id12>` and one config
 //! volume `ws-<id12>-configs` per workspace on the `molecule-core-net` bridge network, all
 //! labelled as managed. Config files go into the volume before the container first starts:
 //! straight into the volume's directory when the operator shares the engine's host (ADR 0034),
@@ -46,7 +46,7 @@ pub const LABEL_SPEC_HASH: &str = "molecule.ai/spec-hash";
 pub const LABEL_ATTEMPT: &str = "molecule.ai/attempt";
 /// "workspace" for the workspace container, "file-writer" for a short-lived helper.
 pub const LABEL_ROLE: &str = "molecule.ai/role";
-/// The production network name (W01).
+/// The production network name (the original platform's).
 pub const DEFAULT_NETWORK: &str = "molecule-core-net";
 /// The agent's port inside the container.
 pub const AGENT_PORT: &str = "8000/tcp";
@@ -794,7 +794,7 @@ impl WorkspaceBackend for DockerBackend {
                 let body = self.container_body(spec, &env, applied, &hash);
                 let id = self.create_workspace_container(spec, body).await?;
                 if let Some(payload) = payload {
-                    // Before the first start (W04: no token race). A failure leaves a created
+                    // Before the first start (no token race, ADR 0006). A failure leaves a created
                     // container with the right hash; the retry writes again and starts it.
                     self.write_before_start(&id, volume_dir, payload).await?;
                 }

@@ -23,7 +23,7 @@ pub struct WorkspaceRef {
     pub uid: String,
     pub namespace: String,
     pub name: String,
-    /// The control plane's instance id as recorded in `status.instanceId` (C02). Only the
+    /// The control plane's instance id as recorded in `status.instanceId` (ADR 0035). Only the
     /// control-plane backend reads it; Docker derives everything from the uid. `None` means no
     /// instance is known: stop is a no-op and the workspace is not running.
     pub instance_id: Option<String>,
@@ -74,7 +74,7 @@ impl std::fmt::Debug for ConfigFile {
     }
 }
 
-/// Resource tier (FEATURES W02).
+/// Resource tier.
 ///
 /// 1 sandboxed (read-only rootfs, tmpfs /tmp 64m noexec, only /configs mounted, no workspace
 /// dir, no default limits), 2 standard (512 MiB, 1 CPU) — the default, 3 privileged-lite
@@ -110,7 +110,7 @@ impl Tier {
         }
     }
 
-    /// Default memory limit in MiB; `None` = no limit (tier 1 has no default limit in W02).
+    /// Default memory limit in MiB; `None` = no limit (tier 1 has no default limit).
     pub fn memory_mib(self) -> Option<i64> {
         match self {
             Tier::Sandboxed => None,
@@ -153,7 +153,7 @@ pub struct StartSpec {
     pub workspace_dir: Option<(PathBuf, bool)>,
     /// e.g. "host.docker.internal:host-gateway"
     pub extra_hosts: Vec<String>,
-    /// Platform of the image (`MOLECULE_IMAGE_PLATFORM`, FEATURES I05), for the create.
+    /// Platform of the image (`MOLECULE_IMAGE_PLATFORM`, ADR 0030), for the create.
     pub platform: Option<String>,
 }
 
@@ -262,7 +262,7 @@ pub enum BackendError {
     ImageMissing(String),
     /// A remote service (the control plane) answered with an error status. `detail` holds at
     /// most 512 bytes of its body with credentials redacted: for the operator log, never for
-    /// status, Events or HTTP answers (C04).
+    /// status, Events or HTTP answers (ADR 0035).
     #[error("{call}: HTTP {status}: {detail}")]
     Upstream {
         call: &'static str,
@@ -377,7 +377,7 @@ pub trait WorkspaceBackend: Send + Sync + 'static {
     async fn console(&self, ws: &WorkspaceRef) -> Result<String, BackendError>;
 }
 
-/// Largest console output returned by [`WorkspaceBackend::console`] (C01).
+/// Largest console output returned by [`WorkspaceBackend::console`] (256 KiB).
 pub const MAX_CONSOLE_BYTES: usize = 256 * 1024;
 
 /// The backends this operator runs, by `spec.backend`.
@@ -448,7 +448,7 @@ pub fn validate_file_path(p: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Converts CRLF to LF for `.sh`, `.py` and `.md` files (FEATURES W03, extension matched
+/// Converts CRLF to LF for `.sh`, `.py` and `.md` files (as the original does, extension matched
 /// case-insensitively); any other file is returned unchanged. A lone CR is kept.
 pub fn normalize_line_endings(path: &str, content: &[u8]) -> Vec<u8> {
     let file_name = path.rsplit('/').next().unwrap_or(path);

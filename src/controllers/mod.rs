@@ -29,7 +29,7 @@ pub mod workspace;
 /// Names of the controllers this build has, in start order.
 pub const KNOWN: &[&str] = &["workspace", "reaper", "plugin", "org_import", "runtime"];
 
-/// The Docker network every workspace joins (W01).
+/// The Docker network every workspace joins (the original platform's name).
 pub const NETWORK: &str = "molecule-core-net";
 
 /// Settings of the controller host.
@@ -280,7 +280,7 @@ fn control_plane_backend(
     ))))
 }
 
-/// Maps a Secret to the workspaces whose env reads it (W13: a Secret change restarts them).
+/// Maps a Secret to the workspaces whose env reads it (a Secret change restarts them once).
 fn secret_dependents(
     workspaces: kube::runtime::reflector::Store<crate::resources::Workspace>,
 ) -> impl Fn(

@@ -1,4 +1,4 @@
-//! The orphan reaper (W12, C06): any managed container or volume whose uid belongs to no live
+//! The orphan reaper (ADR 0007, 0035): any managed container or volume whose uid belongs to no live
 //! Workspace is removed, and any control-plane instance of this org and installation that no
 //! live Workspace accounts for is terminated. Triggered by record deletions and by Docker events
 //! about objects of no known Workspace (fast path), and by a periodic resync (safety net); it

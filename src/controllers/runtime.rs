@@ -1,8 +1,8 @@
-//! The Runtime controller (FEATURES I01–I07): resolves each cluster-scoped Runtime to an image
+//! The Runtime controller (ADR 0030): resolves each cluster-scoped Runtime to an image
 //! and says why in its status (`resolvedImage`, `digest`, `source`, `builtFromSha`, conditions
 //! `Ready`, `ImageAvailable`, `RolledOut`). With `spec.autoRefresh` it polls the source on an
 //! interval — the registry's manifest digest or the template's HEAD — and rolls the runtime's
-//! workspaces onto a changed image one at a time (I06). `serve` seeds the known runtimes.
+//! workspaces onto a changed image one at a time (ADR 0032). `serve` seeds the known runtimes.
 //!
 //! `reconcile` is a thin driver: probe through [`Images`] (one lookup), tick the auto-refresh
 //! bookkeeping, compute the next status with the pure [`next_status`], write it if it changed.
@@ -39,7 +39,7 @@ pub const KNOWN_RUNTIMES: &[&str] = &[
 ];
 /// Label on seeded records.
 pub const LABEL_SEEDED: &str = "molecule.ai/seeded";
-/// Default poll interval of auto-refresh (I06: 5 min).
+/// Default poll interval of auto-refresh (5 min, ADR 0032).
 pub const DEFAULT_REFRESH_SECONDS: i64 = 300;
 /// Resync of runtimes without auto-refresh, so `kubectl get runtimes` stays honest.
 const RESYNC: Duration = Duration::from_secs(1800);
@@ -146,7 +146,7 @@ pub async fn seed(client: &Client, auto_refresh: bool) -> Result<usize, kube::Er
 /// The spec a known runtime is seeded with.
 pub fn seeded_spec(name: &str, auto_refresh: bool) -> RuntimeSpec {
     RuntimeSpec {
-        // hermes installs a large toolchain on first start (W10: 30 min).
+        // hermes installs a large toolchain on first start (30 min, as in the original).
         provision_timeout_seconds: (name == "hermes").then_some(1800),
         auto_refresh: (auto_refresh && name != "echo").then_some(AutoRefresh {
             enabled: true,

@@ -1,4 +1,4 @@
-//! Runtime images built locally, without a registry or network (FEATURES I07): the built-in
+//! Runtime images built locally, without a registry or network (ADR 0033): the built-in
 //! `echo` image is a `FROM scratch` image holding the operator's own binary at `/molecule` plus the
 //! shared libraries `ldd` reports, tagged by a hash of their content so an unchanged binary is
 //! never rebuilt.

@@ -1,4 +1,4 @@
-//! The git side of local-build mode (FEATURES I02): the template repository's HEAD in one
+//! The git side of local-build mode (ADR 0031): the template repository's HEAD in one
 //! `git ls-remote` call with its answer capped at 64 KiB, a shallow fetch into the build cache,
 //! and the commit's tree as a tar (`git archive`) for the Docker build context.
 //!

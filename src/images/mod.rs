@@ -1,4 +1,4 @@
-//! Runtime → image resolution (FEATURES I01–I07): which image a workspace of a runtime starts
+//! Runtime → image resolution (ADR 0030): which image a workspace of a runtime starts
 //! from, and getting it onto the Docker engine.
 //!
 //! - `plan`: the pure decision — built in (`echo`), registry mode, or local build.
@@ -61,7 +61,7 @@ pub const CONTEXT_CAP: usize = 512 * 1024 * 1024;
 pub struct ImageSettings {
     /// `MOLECULE_IMAGE_REGISTRY`.
     pub registry: Option<String>,
-    /// `MOLECULE_IMAGE_PLATFORM` (I05), for pulls, template builds and container creates.
+    /// `MOLECULE_IMAGE_PLATFORM` (ADR 0030), for pulls, template builds and container creates.
     pub platform: Option<String>,
     /// `MOLECULE_LOCAL_TEMPLATE_REPO_PREFIX`.
     pub template_prefix: String,
@@ -244,7 +244,8 @@ pub struct Resolved {
 /// Why an image is being made available.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Purpose {
-    /// A workspace start: moving tags are re-pulled, pinned ones only pulled when missing (I04).
+    /// A workspace start: moving tags are re-pulled, pinned ones only pulled when missing
+    /// (ADR 0030).
     Start,
     /// A refresh: always pull (or rebuild when the template moved).
     Refresh,
@@ -334,7 +335,7 @@ impl Images {
         Ok(plan::plan(name, spec, &self.settings.plan_settings())?)
     }
 
-    /// The built-in echo image, built from our own binary on first use (I07).
+    /// The built-in echo image, built from our own binary on first use (ADR 0033).
     pub async fn echo_image(&self) -> Result<String, ImageError> {
         let tag = self
             .echo
@@ -418,9 +419,9 @@ impl Images {
     }
 
     /// Makes the runtime's image available on the engine for `purpose` and returns it with
-    /// its running digest: the echo build, a pull per I04, or a cache hit / clone + build
-    /// (I02). Falls back to the last built image only when the template host is unreachable —
-    /// never to a registry.
+    /// its running digest: the echo build, a pull (moving tags re-pulled), or a cache hit /
+    /// clone + build (ADR 0031). Falls back to the last built image only when the template host
+    /// is unreachable — never to a registry.
     pub async fn ensure(
         &self,
         name: &str,
@@ -465,7 +466,8 @@ impl Images {
         result
     }
 
-    /// A workspace's explicit `spec.image`: pulled per I04 (no credentials), local images as is.
+    /// A workspace's explicit `spec.image`: pulled like a runtime image, moving tags re-pulled
+    /// (no credentials), local images as is.
     pub async fn ensure_explicit(&self, image: &str) -> Result<Resolved, ImageError> {
         let parsed = ImageRef::parse(image)
             .map_err(|e| ImageError::Plan(PlanError::InvalidSpec(format!("spec.image: {e}"))))?;
@@ -666,7 +668,7 @@ impl Images {
         result
     }
 
-    /// Pull credentials from the runtime's Secret (I01).
+    /// Pull credentials from the runtime's Secret.
     async fn credentials(
         &self,
         spec: &RuntimeSpec,

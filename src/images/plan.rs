@@ -1,4 +1,4 @@
-//! The pure decision of how a runtime gets its image (FEATURES I01–I03, I07): built in, pulled
+//! The pure decision of how a runtime gets its image (ADR 0030): built in, pulled
 //! from a registry, or built locally from its template repository. No I/O; every input is
 //! validated here, before anything reaches git, Docker or the network.
 
@@ -21,21 +21,21 @@ pub struct PlanSettings {
 /// How a runtime's image is obtained.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {
-    /// The echo image, built from the operator's own binary (I07).
+    /// The echo image, built from the operator's own binary (ADR 0033).
     Builtin,
-    /// Pulled from a registry (I01): `image.canonical()` is what Docker pulls and runs.
+    /// Pulled from a registry: `image.canonical()` is what Docker pulls and runs.
     Registry {
         image: ImageRef,
-        /// A pinned digest replaced the tag (I03).
+        /// A pinned digest replaced the tag.
         pinned: bool,
     },
-    /// Built from a template repository (I02).
+    /// Built from a template repository (ADR 0031).
     LocalBuild {
         /// The repository URL (may carry credentials in its userinfo: display it with
         /// [`super::git::display_url`]).
         repo: String,
         git_ref: String,
-        /// A digest pin in the spec that local-build mode skips (I03: a local override skips pins).
+        /// A digest pin in the spec that local-build mode skips (a local override skips pins).
         skipped_pin: bool,
     },
 }

@@ -1,8 +1,8 @@
 //! Image references and the names that go into them: parsing (`[host[:port]/]path[:tag][@digest]`),
-//! the moving-tag classifier (FEATURES I04) and the allowlist checks every name, tag, digest and
-//! git ref passes before it reaches git, Docker or a registry (S04). Pure.
+//! the moving-tag classifier (ADR 0030) and the allowlist checks every name, tag, digest and
+//! git ref passes before it reaches git, Docker or a registry. Pure.
 
-/// Tags that move: re-pulled on every start (I04). Everything else is pinned.
+/// Tags that move: re-pulled on every start (ADR 0030). Everything else is pinned.
 pub const MOVING_TAGS: &[&str] = &[
     "latest", "main", "dev", "edge", "nightly", "rolling", "staging",
 ];
@@ -72,7 +72,7 @@ impl ImageRef {
         }
     }
 
-    /// Whether the reference can point at different content over time (I04): no digest, and
+    /// Whether the reference can point at different content over time (ADR 0030): no digest, and
     /// no tag or a well-known moving one. Local builds never move.
     pub fn is_moving(&self) -> bool {
         if self.digest.is_some() || self.is_local() {
@@ -125,7 +125,7 @@ impl ImageRef {
     }
 }
 
-/// The moving-tag classifier over a reference string (I04). Unparseable references count as
+/// The moving-tag classifier over a reference string (ADR 0030). Unparseable references count as
 /// moving: misclassifying a moving tag as pinned would strand a fleet on a stale image.
 pub fn is_moving(reference: &str) -> bool {
     ImageRef::parse(reference).map_or(true, |r| r.is_moving())
@@ -242,7 +242,8 @@ fn validate_path(p: &str) -> Result<(), String> {
 }
 
 /// A git ref: `[A-Za-z0-9_./-]+`, no `..`, not starting with `-` or `/`, no `//`, at most 200
-/// characters (O03's rule; a leading `-` would be read as an option by git).
+/// characters (the `!external` ref rule, ADR 0011; a leading `-` would be read as an option by
+/// git).
 pub fn validate_git_ref(r: &str) -> Result<(), String> {
     let ok = !r.is_empty()
         && r.len() <= 200
@@ -290,7 +291,7 @@ pub fn validate_template_repo(repo: &str, prefix: &str) -> Result<(), String> {
     }
 }
 
-/// The registry image of a runtime: `<registry>/workspace-template-<runtime>` (I01).
+/// The registry image of a runtime: `<registry>/workspace-template-<runtime>` (ADR 0030).
 pub fn registry_repository(registry: &str, runtime: &str) -> String {
     format!(
         "{}/workspace-template-{runtime}",
@@ -298,7 +299,7 @@ pub fn registry_repository(registry: &str, runtime: &str) -> String {
     )
 }
 
-/// The locally built image repository of a runtime (I02).
+/// The locally built image repository of a runtime (ADR 0031).
 pub fn local_repository(runtime: &str) -> String {
     format!("{LOCAL_PREFIX}workspace-template-{runtime}")
 }

@@ -1,4 +1,4 @@
-//! Refresh and roll (FEATURES I06, issue point 5): make a runtime's newest image available
+//! Refresh and roll (ADR 0032, issue point 5): make a runtime's newest image available
 //! (pull, or rebuild when the template moved) and move its workspaces onto it one at a time,
 //! each back Online before the next. The same machinery serves the auto-refresh ticks of the
 //! Runtime controller and `POST /admin/workspace-images/refresh`.

@@ -1,4 +1,4 @@
-//! A small Docker Registry HTTP API v2 client (FEATURES I06): the manifest digest of a reference
+//! A small Docker Registry HTTP API v2 client (ADR 0032): the manifest digest of a reference
 //! via `HEAD /v2/<name>/manifests/<ref>` and its `Docker-Content-Digest` header, answering a
 //! `401` challenge through the token endpoint (`WWW-Authenticate: Bearer realm=…,service=…,
 //! scope=…`) or with Basic credentials. Every call is bounded by one timeout; bodies are capped.

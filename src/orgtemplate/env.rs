@@ -1,4 +1,4 @@
-//! `.env` layering (O08) and the env preflight (O07).
+//! `.env` layering and the env preflight.
 //!
 //! A workspace's env, lowest first: the persona env `$MOLECULE_PERSONA_ROOT/<files_dir>/env`
 //! (only when files_dir is a safe slug), the org root `.env`, then `<files_dir>/.env`. Values are

@@ -1,4 +1,4 @@
-//! `!external {repo, ref, path, url?}` and git sources (O03): validation, the repository
+//! `!external {repo, ref, path, url?}` and git sources (ADR 0011, 0040): validation, the repository
 //! allowlist, and a content-addressed cache `<root>/.external-cache/<host>/<owner>/<repo>/<sha>/`
 //! filled with the real `git` CLI.
 //!

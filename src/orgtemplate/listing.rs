@@ -1,4 +1,4 @@
-//! The template listing (O10): every org dir under the root with its name, description,
+//! The template listing: every org dir under the root with its name, description,
 //! workspace count (`spawning: false` subtrees included) and required env. Never fetches:
 //! `!external`s resolve only from complete cache entries.
 

@@ -1,4 +1,4 @@
-//! Org templates (FEATURES O01–O08, O10, W03): a tree of workspaces in `org.yaml`, with
+//! Org templates (ADR 0010, 0011): a tree of workspaces in `org.yaml`, with
 //! `!include` of other files, `!external` subtrees fetched from git, defaults, plugin opt-outs,
 //! `spawning: false` subtrees, required env and layered `.env` files.
 //!
@@ -12,10 +12,11 @@
 //! - `node`: read a file and expand `!include` / `!external` into one annotated tree, keeping
 //!   for every value the file and YAML path it came from (confinement, cycles, depth, size);
 //! - `external`: validate and fetch `!external` refs into the content-addressed git cache;
-//! - `schema`: the typed org.yaml (O01), with a precise error for every bad value;
-//! - `plan`: defaults merge, plugin union (O04), `spawning: false` (O05), names and keys;
-//! - `env`: `.env` layering (O08) and the env preflight (O07);
-//! - `listing`: every template under the root with its counts (O10);
+//! - `schema`: the typed org.yaml, with a precise error for every bad value;
+//! - `plan`: defaults merge, plugin union with `!name` opt-outs, `spawning: false` subtrees,
+//!   names and keys;
+//! - `env`: `.env` layering and the env preflight;
+//! - `listing`: every template under the root with its counts;
 //! - `policy`: the tier and host-directory limits a template must keep (ADR 0039).
 
 mod env;
@@ -37,9 +38,9 @@ pub use schema::{Canvas, Requirement};
 
 /// The org file inside a template dir (`org.yml` is accepted too).
 pub const ORG_FILE: &str = "org.yaml";
-/// Deepest `!include` chain (O02).
+/// Deepest `!include` chain (ADR 0011).
 pub const MAX_INCLUDE_DEPTH: usize = 16;
-/// Deepest `!external` chain (O03).
+/// Deepest `!external` chain (ADR 0011).
 pub const MAX_EXTERNAL_DEPTH: usize = 4;
 /// Largest single template file (org.yaml, an included file, an inline template).
 pub const MAX_FILE_BYTES: u64 = 512 * 1024;
@@ -51,7 +52,7 @@ pub const MAX_WORKSPACES: usize = 2000;
 pub const MAX_AUX_FILE_BYTES: u64 = 256 * 1024;
 /// Folder under the template root that holds fetched `!external` and git sources.
 pub const CACHE_DIR: &str = ".external-cache";
-/// Persona env root when `MOLECULE_PERSONA_ROOT` is unset (O08).
+/// Persona env root when `MOLECULE_PERSONA_ROOT` is unset.
 pub const DEFAULT_PERSONA_ROOT: &str = "/etc/molecule-bootstrap/personas";
 
 /// Where an org template comes from.
@@ -83,7 +84,7 @@ pub struct Options {
     pub root: PathBuf,
     /// `!external` and git settings (allowlist, token, cache).
     pub external: ExternalConfig,
-    /// Persona env root (O08); None disables persona env.
+    /// Persona env root (lowest `.env` layer); None disables persona env.
     pub persona_root: Option<PathBuf>,
 }
 
@@ -255,7 +256,7 @@ pub struct DesiredWorkspace {
     pub model: Option<String>,
     /// files_dir relative to the template root (normalised, inside it).
     pub files_dir: Option<String>,
-    /// Final plugin list: defaults ∪ own, minus `!name` / `-name` opt-outs (O04).
+    /// Final plugin list: defaults ∪ own, minus `!name` / `-name` opt-outs.
     pub plugins: Vec<String>,
     pub system_prompt: Option<String>,
     pub initial_prompt: Option<String>,

@@ -1,4 +1,4 @@
-//! Reading template files and expanding `!include` (O02) and `!external` (O03) into one tree
+//! Reading template files and expanding `!include` and `!external` (ADR 0011) into one tree
 //! whose every value remembers the file and YAML path it came from, so that later steps can
 //! name both in their errors.
 //!
@@ -186,7 +186,7 @@ pub(crate) struct Loaded {
     pub root: Node,
     pub revisions: Vec<Revision>,
     pub unresolved_externals: usize,
-    /// The org dir relative to the template root (its `.env` is the org root layer, O08).
+    /// The org dir relative to the template root (its `.env` is the org root layer).
     pub org_dir_rel: PathBuf,
     /// Name of the org when org.yaml has none: the dir name, or `inline`.
     pub default_name: String,

@@ -1,6 +1,6 @@
-//! From a parsed template to the flat plan: defaults merge and plugin union with opt-outs (O04),
-//! `spawning: false` subtrees counted but not emitted (O05), identity by tree position, files_dir
-//! confinement (W03), prompt files and the layered env (O08).
+//! From a parsed template to the flat plan: defaults merge and plugin union with opt-outs,
+//! `spawning: false` subtrees counted but not emitted, identity by tree position, files_dir
+//! confinement (ADR 0011), prompt files and the layered env.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,7 +14,7 @@ use super::{
     confined, env, join_rel, slash,
 };
 
-/// Idle interval when an idle prompt is set and no interval is given (O01).
+/// Idle interval when an idle prompt is set and no interval is given (as in the original).
 pub const DEFAULT_IDLE_INTERVAL_SECONDS: i64 = 600;
 
 /// The slug of a workspace name: lowercase letters and digits, other runs become `-`.
@@ -81,7 +81,7 @@ pub(crate) fn merge_plugins(defaults: &[PluginEntry], own: &[PluginEntry]) -> Ve
 struct Builder<'a> {
     opts: &'a Options,
     defaults: &'a Defaults,
-    /// The org root `.env` (O08), shared by every workspace.
+    /// The org root `.env`, shared by every workspace.
     org_env: BTreeMap<String, String>,
     out: Vec<DesiredWorkspace>,
     skipped: usize,
@@ -238,7 +238,7 @@ impl Builder<'_> {
     }
 
     /// files_dir relative to the scope base → relative to the template root, confined to the
-    /// scope (the template root, or the fetched repository) with symlinks resolved (W03).
+    /// scope (the template root, or the fetched repository) with symlinks resolved (ADR 0011).
     fn files_dir(&self, fd: &str, loc: &super::schema::Loc) -> Result<String, TemplateError> {
         let scope = &loc.file.scope;
         let p = Path::new(fd);

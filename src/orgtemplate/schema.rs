@@ -1,4 +1,4 @@
-//! The typed org.yaml (O01). Every value is checked for its type and range, and every error
+//! The typed org.yaml. Every value is checked for its type and range, and every error
 //! names the file and YAML path; unknown keys are tolerated with a warning.
 
 use std::collections::BTreeMap;
@@ -10,7 +10,7 @@ use super::{ErrorKind, MAX_WORKSPACES, TemplateError};
 /// Deepest workspace tree.
 const MAX_TREE_DEPTH: usize = 64;
 
-/// A required env entry: a name, or a group of which any one satisfies it (O07).
+/// A required env entry: a name, or a group of which any one satisfies it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Requirement {
     Name(String),
@@ -186,7 +186,7 @@ struct Parser {
     total: usize,
 }
 
-/// `^[A-Z][A-Z0-9_]{0,127}$` (O07).
+/// `^[A-Z][A-Z0-9_]{0,127}$`.
 pub(crate) fn valid_env_name(n: &str) -> bool {
     let b = n.as_bytes();
     !b.is_empty()

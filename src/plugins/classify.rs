@@ -1,4 +1,4 @@
-//! The hot-reload classifier (FEATURES P05): a pure function over the staged and live file-hash
+//! The hot-reload classifier (ADR 0015): a pure function over the staged and live file-hash
 //! maps deciding whether an install needs a workspace restart.
 //!
 //! Runtimes re-read `SKILL.md` on every skill invocation, so a change confined to `SKILL.md`

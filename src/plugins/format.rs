@@ -1,4 +1,4 @@
-//! The plugin directory format (FEATURES P01) and manifest integrity (P03).
+//! The plugin directory format and manifest integrity.
 //!
 //! ```text
 //! plugin.yaml                 name, version, description, runtimes, skills

@@ -1,4 +1,4 @@
-//! The atomic install steps inside a workspace container (FEATURES P04), as plain filesystem
+//! The atomic install steps inside a workspace container (ADR 0015), as plain filesystem
 //! operations on the plugins root (`/configs/plugins`):
 //!
 //! ```text
@@ -378,7 +378,7 @@ pub fn inspect(l: &Layout) -> Report {
     r
 }
 
-/// Snapshot → swap → marker → GC, with the P04 rollback rules.
+/// Snapshot → swap → marker → GC, with the rollback rules of ADR 0015.
 pub fn swap(l: &Layout, sha: &str, failpoints: bool) -> Report {
     let mut r = Report::default();
     let live = l.live();

@@ -1,4 +1,4 @@
-//! Git sources through the real `git` CLI (FEATURES P02, P03): resolving a tracked ref to a full
+//! Git sources through the real `git` CLI (ADR 0040): resolving a tracked ref to a full
 //! commit sha with `git ls-remote`, and reading the tree of one commit with a shallow fetch into
 //! a throwaway bare repository plus `ls-tree`/`cat-file` — no checkout, so no hooks, no
 //! worktree and no symlink is ever followed. Every call is bounded by the fetch timeout (5 min by
@@ -13,7 +13,7 @@ use super::Refusal;
 use super::source::{Track, shorten};
 use super::tree::{Limits, PluginTree};
 
-/// Default bound on one fetch or resolve (P03).
+/// Default bound on one fetch or resolve.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A resolved tracked ref.

@@ -1,13 +1,13 @@
-//! Plugins (FEATURES P01–P05): what a plugin is, where it comes from, and how an update is
+//! Plugins (ADR 0015, 0016): what a plugin is, where it comes from, and how an update is
 //! classified. Everything here is independent of Kubernetes; the PluginInstall controller
 //! (`controllers::plugin`) drives it.
 //!
-//! - [`source`]: `local://<name>` and git sources, tracked refs, the unpinned policy (P02);
-//! - [`git`]: resolving refs and reading one commit through the real `git` CLI (P02, P03);
-//! - [`tree`]: a plugin's files under the staging limits (P03);
-//! - [`format`]: the plugin dir format and manifest integrity (P01, P03);
-//! - [`classify`]: the pure hot/cold classifier (P05);
-//! - [`fs`] and [`shell`]: the atomic in-container swap (P04), as operator-binary steps and as
+//! - [`source`]: `local://<name>` and git sources, tracked refs, the unpinned policy;
+//! - [`git`]: resolving refs and reading one commit through the real `git` CLI (ADR 0040);
+//! - [`tree`]: a plugin's files under the staging limits;
+//! - [`format`]: the plugin dir format and manifest integrity;
+//! - [`classify`]: the pure hot/cold classifier (ADR 0015);
+//! - [`fs`] and [`shell`]: the atomic in-container swap (ADR 0015), as operator-binary steps and as
 //!   a POSIX `sh` script.
 
 pub mod classify;

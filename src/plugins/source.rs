@@ -1,4 +1,4 @@
-//! Plugin sources and tracked refs (FEATURES P02), parsed and validated without I/O.
+//! Plugin sources and tracked refs, parsed and validated without I/O.
 //!
 //! A source is `local://<name>` (a directory in the operator's plugin registry dir) or a git
 //! repository URL. A git source tracks one ref: `tag:<name>`, `tag:latest` (the highest version

@@ -1,4 +1,4 @@
-//! A plugin's files in memory, read under the staging limits (FEATURES P03): at most 100 MiB and
+//! A plugin's files in memory, read under the staging limits: at most 100 MiB and
 //! 10 000 regular files, safe relative paths only, symlinks and special files skipped, checked
 //! before a byte is read so an oversized plugin is refused cheaply.
 
@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::Refusal;
 
-/// Largest staged plugin (P03).
+/// Largest staged plugin.
 pub const MAX_STAGED_BYTES: u64 = 100 * 1024 * 1024;
 /// Most files in one plugin.
 pub const MAX_FILES: usize = 10_000;

@@ -2,7 +2,7 @@
 //!
 //! Every kind is a plain Rust type with `#[derive(CustomResource, JsonSchema)]`; the CRD YAML in
 //! `crds/` is generated from these types by `molecule crds` and checked for staleness by a test.
-//! The types depend on nothing but serde/schemars/kube-core (FEATURES S05).
+//! The types depend on nothing but serde/schemars/kube-core, never on controllers or HTTP handlers.
 
 // The kube derive repeats `type_`/`priority` keys across printer columns by design.
 #![allow(clippy::duplicated_attributes)]

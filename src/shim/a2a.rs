@@ -1,6 +1,6 @@
 //! `POST /workspaces/:id/a2a`: a plain proxy of an A2A call to the workspace's agent, with
-//! dead-agent recovery (FEATURES C05), and `GET /workspaces/:id/console`: the tail of the
-//! workspace's console (C01). `:id` is the record's `metadata.uid`.
+//! dead-agent recovery (ADR 0036), and `GET /workspaces/:id/console`: the tail of the
+//! workspace's console. `:id` is the record's `metadata.uid`.
 //!
 //! When the agent answers 502/503/504 (or cannot be reached at all), the proxy asks the
 //! workspace's backend whether the agent still runs — the one read a shim handler makes of a

@@ -1,5 +1,5 @@
 //! Errors of the REST shim. Every variant renders as the original's `{"error": "..."}` body
-//! with a status code; messages name fields, never echo values or driver text (W15). The full
+//! with a status code; messages name fields, never echo values or driver text (ADR 0020). The full
 //! cause of an unexpected failure goes to the log only.
 
 use axum::http::StatusCode;

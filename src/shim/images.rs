@@ -2,7 +2,7 @@
 //! (or rebuilds) the named runtimes' images — every Runtime when `runtime` is empty — and, with
 //! `recreate`, rolls their outdated workspaces one at a time. Answers
 //! `{pulled, failed, recreated}`. Authenticated with the API bearer token (DATA_DIR/token);
-//! refused in production (`MOLECULE_ENV=production`) unless enabled (FEATURES S01).
+//! refused in production (`MOLECULE_ENV=production`) unless enabled.
 
 use std::sync::{Arc, OnceLock};
 

@@ -1,4 +1,4 @@
-//! `GET /org/templates` and `POST /org/import` (O10, O07): the template listing and an import
+//! `GET /org/templates` and `POST /org/import`: the template listing and an import
 //! that becomes an OrgImport record. The env preflight runs here, before anything is created,
 //! so a missing env answers 412 `{error, missing_env, required_env}` as the original did; the
 //! OrgImport controller runs the same preflight again when it reconciles.

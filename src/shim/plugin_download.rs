@@ -1,4 +1,4 @@
-//! `GET /registry/plugins/{namespace}/{name}/download` (W17): an external agent (runtime
+//! `GET /registry/plugins/{namespace}/{name}/download` (ADR 0015): an external agent (runtime
 //! `external`, no container to install into) downloads the plugin a PluginInstall names, as a
 //! tar of `<plugin>/…` plus its `.complete` marker, authenticating with its workspace token.
 //! The token is checked before anything about the record is answered (ADR 0038): 401 for a

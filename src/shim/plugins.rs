@@ -30,7 +30,7 @@ pub const WORKSPACE_LABEL: &str = "molecule.ai/workspace";
 /// plugin controller holds its git source to `--plugin-git-hosts` too (ADR 0038).
 pub const REQUESTED_BY_LABEL: &str = "molecule.ai/requested-by";
 
-/// Plugin names: `^[a-z0-9][a-z0-9._-]{0,127}$` (P02).
+/// Plugin names: `^[a-z0-9][a-z0-9._-]{0,127}$`.
 pub fn valid_plugin_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 128
@@ -67,7 +67,7 @@ pub fn plugin_name(source: &str) -> Result<String, ShimError> {
     Ok(name)
 }
 
-/// `tag:<x>`, `sha:<hex>` or a branch name; bare `latest`/`main` are refused (P02).
+/// `tag:<x>`, `sha:<hex>` or a branch name; bare `latest`/`main` are refused.
 pub fn check_track(t: &str) -> Result<(), ShimError> {
     let ref_ok = |r: &str| {
         !r.is_empty()

@@ -1,4 +1,4 @@
-//! `POST /registry/register` and `POST /registry/heartbeat` (W04, W09, W14): agents authenticate
+//! `POST /registry/register` and `POST /registry/heartbeat` (ADR 0006): agents authenticate
 //! with their workspace token (only its sha256 is on record) and drive the Workspace status.
 
 use std::net::IpAddr;

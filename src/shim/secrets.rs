@@ -1,6 +1,6 @@
 //! Secrets routes. A workspace's secrets live in the Secret `<workspace>-secrets`, the global
 //! ones in `molecule-global-secrets` of the shim's namespace: exactly the layers the
-//! Workspace controller assembles env from (W05). Values go in and never come out: lists
+//! Workspace controller assembles env from. Values go in and never come out: lists
 //! carry names and `has_value` only. A change restarts the workspaces it affects, once.
 
 use std::collections::BTreeMap;

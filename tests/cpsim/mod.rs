@@ -1,6 +1,6 @@
-//! A control-plane simulator: the HTTP API of FEATURES C01 (plus the admin list route the
-//! reaper uses) on 127.0.0.1, with the behaviour of the real service where the operator can
-//! tell the difference:
+//! A control-plane simulator: the API `backends::controlplane` calls (ADR 0035; plus the admin list
+//! route the reaper uses) on 127.0.0.1, with the behaviour of the real service where the operator
+//! can tell the difference:
 //!
 //! - credentials: provision routes want `Bearer <shared secret>`, admin routes
 //!   `Bearer <admin token>` (the shared secret when no admin token is set); anything else is 401;

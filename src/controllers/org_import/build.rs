@@ -19,7 +19,7 @@ pub const ORG_LABEL: &str = "molecule.ai/org";
 /// Label (slugs joined by `.`) and annotation (display names joined by `/`) of a child's
 /// position in the tree.
 pub const TREE_PATH: &str = "molecule.ai/tree-path";
-/// Annotation holding the child's final plugin list as a JSON array (O04), for the plugin
+/// Annotation holding the child's final plugin list as a JSON array (ADR 0010), for the plugin
 /// controller.
 pub const PLUGINS_ANNOTATION: &str = "molecule.ai/plugins";
 /// Annotation holding the canvas position `{"x":…,"y":…}`.
@@ -29,7 +29,7 @@ pub const ORIGIN_ANNOTATION: &str = "molecule.ai/org-origin";
 /// Inline config file with the org settings the Workspace spec has no field for.
 pub const ORG_SETTINGS_FILE: &str = "org-workspace.json";
 
-/// The Secret holding a child's layered `.env` (O08).
+/// The Secret holding a child's layered `.env` files (ADR 0010).
 pub fn env_secret_name(workspace: &str) -> String {
     format!("{workspace}-org-env")
 }
@@ -71,7 +71,7 @@ pub struct Child {
     pub tree_path: String,
     pub workspace: Value,
     pub secret: Option<Value>,
-    /// The workspace's plugins after the defaults union and opt-outs (O04): each becomes a
+    /// The workspace's plugins after the defaults union and opt-outs: each becomes a
     /// PluginInstall owned by the Workspace.
     pub plugins: Vec<String>,
 }
@@ -100,7 +100,7 @@ fn labels(org: &OrgImport, key: &str) -> Value {
     })
 }
 
-/// The org settings file: everything O01 has that the Workspace spec does not.
+/// The org settings file: everything org.yaml has that the Workspace spec does not.
 fn settings_file(org: &str, w: &DesiredWorkspace) -> String {
     let mut doc = serde_json::Map::new();
     doc.insert("org".into(), json!(org));
@@ -168,8 +168,8 @@ fn spec_of(
                 }]
             })
             .unwrap_or_default(),
-        // Plain names are checked again by the Workspace controller (W07); `any_of` groups
-        // only by the import's preflight.
+        // Plain names are checked again by the Workspace controller (`requiredEnv`); `any_of`
+        // groups only by the import's preflight.
         required_env: w
             .required_env
             .iter()
@@ -349,7 +349,7 @@ pub struct Prune {
     pub delete: Vec<String>,
     /// Keep these (mode `merge`, or the empty-set guard).
     pub keep: Vec<String>,
-    /// Reconcile mode, but the desired set is empty: nothing is deleted (O06).
+    /// Reconcile mode, but the desired set is empty: nothing is deleted (ADR 0010).
     pub guarded: bool,
 }
 

@@ -1,4 +1,4 @@
-//! The OrgImport controller (FEATURES O01–O09): an org template becomes child Workspaces (and
+//! The OrgImport controller (ADR 0010): an org template becomes child Workspaces (and
 //! Secrets for their layered env), owned by the OrgImport, applied with server-side apply so
 //! that re-applying changes nothing.
 //!
@@ -856,7 +856,7 @@ async fn import(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError
     let digest = build::digest(&children);
 
     // 2. A new pass when the spec or the template's result changed; started is recorded after
-    // the parse (O09) and after the in-progress mark (crash-safe pairing).
+    // the parse (ADR 0010) and after the in-progress mark (crash-safe pairing).
     pass.is_new = pass.prev.observed_generation != Some(pass.generation)
         || pass.prev.plan_digest.as_deref() != Some(digest.as_str());
     pass.digest = Some(digest.clone());
@@ -879,7 +879,7 @@ async fn import(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError
             .await;
     }
 
-    // 3. Env preflight over the whole tree (O07) before anything is created.
+    // 3. Env preflight over the whole tree before anything is created.
     if !org.spec.force {
         let available = global_env(&ctx.client, &ns).await?;
         let pf = orgtemplate::preflight(&plan, &available);
@@ -917,7 +917,7 @@ async fn import(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError
     counts.desired += counts.refused;
 
     // 6. Prune (mode reconcile): only what this import owns, never all because the tree came
-    // out empty (O06).
+    // out empty (ADR 0010).
     let mut prune = build::prune(
         org.spec.mode == OrgImportMode::Reconcile,
         &children,

@@ -1,4 +1,4 @@
-//! The drift queue (FEATURES P07): every tracked, installed PluginInstall is re-resolved
+//! The drift queue (ADR 0016): every tracked, installed PluginInstall is re-resolved
 //! upstream once its check interval elapsed (1 h by default): git sources with a `tag:`,
 //! `tag:latest` or `branch:` track, and `local://` sources (whose "sha" is the digest of the
 //! registry dir's content, so an edit there is queued like an upstream commit). A `sha:` pin

@@ -1,4 +1,4 @@
-//! Installing a fetched plugin into a running workspace container (P04), through the backend:
+//! Installing a fetched plugin into a running workspace container (ADR 0015), through the backend:
 //! the new version is uploaded whole with the archive API into
 //! `/configs/plugins/.staging/<name>.<stamp>/` (stage), then one exec recovers leftovers and
 //! hashes the staged and live trees (prepare), the pure classifier decides, and one more exec

@@ -1,4 +1,4 @@
-//! The PluginInstall controller (FEATURES P01–P08, W17): lands a plugin in a running workspace
+//! The PluginInstall controller (ADR 0015, 0016): lands a plugin in a running workspace
 //! atomically, restarts the workspace only for a cold change, re-applies the plugin whenever
 //! the workspace gets a new container, applies approved `PluginUpdate`s (canaries first), and
 //! removes the plugin when the record is deleted (finalizer).
@@ -9,7 +9,7 @@
 //! workspace's `molecule.ai/restartedAt` annotation when cold, write status, Events, audit rows
 //! and the queued updates' phases. The drift queue is filled by `drift::run`.
 //!
-//! Restarts are never done here: the Workspace controller owns them and coalesces them (W13).
+//! Restarts are never done here: the Workspace controller owns them and coalesces them (ADR 0006).
 
 pub mod drift;
 pub mod install;
@@ -77,7 +77,7 @@ impl PluginError {
 pub struct Settings {
     /// The `local://` plugin registry dir (`serve --plugins DIR`).
     pub registry: PathBuf,
-    /// Bound on one git resolve or fetch (P03, 5 min).
+    /// Bound on one git resolve or fetch (5 min).
     pub fetch_timeout: Duration,
     /// Where throwaway git repositories are made.
     pub scratch: PathBuf,
@@ -635,7 +635,7 @@ async fn apply(cached: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, 
     next.observed_generation = Some(generation);
     let wait = Action::await_change();
 
-    // The spec (P02).
+    // The spec: source and tracked ref.
     let origin = match Origin::parse(
         &pi.spec.source,
         pi.spec.track.as_deref(),
@@ -651,7 +651,7 @@ async fn apply(cached: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, 
         return refuse(&ctx, &pi, next, r, generation, &now, None, wait).await;
     }
 
-    // The workspace (W17, allowlist).
+    // The workspace (not external, ADR 0015; allowlist).
     let ws_name = &pi.spec.workspace_ref.name;
     let Some(ws) = workspace(&ctx, &ns, ws_name).await? else {
         let r = Refusal::new(
@@ -704,7 +704,7 @@ async fn apply(cached: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, 
         .await;
     }
 
-    // The revision (P07, P08).
+    // The revision (ADR 0016: drift, canaries first).
     let all = updates_in(&ctx, &ns);
     let mine: Vec<UpdateView> = all
         .iter()
@@ -814,7 +814,7 @@ async fn apply(cached: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, 
         }
     }
 
-    // Fetch (P02, P03).
+    // Fetch (size and time bounded).
     let t = Instant::now();
     let fetched = async {
         let (sha, ref_name) = match (&target, &origin.source) {
@@ -921,7 +921,7 @@ async fn apply(cached: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, 
         .await;
     }
 
-    // Install (P04, P05); the pending record makes an interrupted install finish cold.
+    // Install (ADR 0015); the pending record makes an interrupted install finish cold.
     let interrupted = before
         .pending
         .as_ref()
@@ -1145,7 +1145,7 @@ fn not_allowed(name: &str, list: &[String]) -> Refusal {
     )
 }
 
-/// Delete (P06): remove the files from the container (a tombstone when it is stopped), restart
+/// Delete: remove the files from the container (a tombstone when it is stopped), restart
 /// the workspace so hooks and settings unload, and drop the tracking (queued updates are
 /// garbage-collected with the record).
 async fn cleanup(pi: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, PluginError> {

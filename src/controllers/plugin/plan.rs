@@ -1,17 +1,17 @@
 //! The pure decisions of the PluginInstall controller: which revision the record wants, which
-//! queued update applies, whether canaries hold production back (P08), the phase each queued
-//! update shows, and whether an install restarts the workspace (P05).
+//! queued update applies, whether canaries hold production back (ADR 0016), the phase each queued
+//! update shows, and whether an install restarts the workspace (ADR 0015).
 
 use std::time::Duration;
 
 use crate::plugins::{Change, Refusal};
 use crate::resources::{PluginDecision, PluginInstallStatus, PluginUpdate, Workspace};
 
-/// Check interval when the record sets none (P07).
+/// Check interval when the record sets none (ADR 0016).
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// Shortest accepted check interval.
 pub const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// Workspace label naming its update tier (P08): `canary`, anything else is production.
+/// Workspace label naming its update tier (ADR 0016): `canary`, anything else is production.
 pub const UPDATE_TIER_LABEL: &str = "molecule.ai/update-tier";
 pub const CANARY: &str = "canary";
 pub const PRODUCTION: &str = "production";
@@ -116,9 +116,9 @@ pub fn applicable<'a>(installed: &str, updates: &'a [UpdateView]) -> Option<&'a 
         .max_by(|a, b| (&a.created, &a.name).cmp(&(&b.created, &b.name)))
 }
 
-/// P08: a production update waits while a canary update of the same source and target sha is
-/// neither applied nor dismissed — also while it is still pending, so approving a batch in any
-/// order (`kubectl patch pu a b`) lands on canaries first. Returns why it waits.
+/// Canaries first (ADR 0016): a production update waits while a canary update of the same source
+/// and target sha is neither applied nor dismissed — also while it is still pending, so approving a
+/// batch in any order (`kubectl patch pu a b`) lands on canaries first. Returns why it waits.
 pub fn canary_hold(update: &UpdateView, all: &[UpdateView]) -> Option<String> {
     if update.tier == CANARY {
         return None;

@@ -1,12 +1,12 @@
-//! Environment assembly for a workspace (FEATURES W05–W08), as pure functions over the spec and
+//! Environment assembly for a workspace, as pure functions over the spec and
 //! the Secrets it references. Later layers win:
 //!
 //! 1. global secrets (the Secret `molecule-global-secrets` in the namespace),
 //! 2. workspace secrets (the Secret `<workspace>-secrets`), then `spec.envFrom`, then `spec.env`,
 //! 3. git identity (set only if absent),
-//! 4. model env (`MODEL`: spec.model, else the MODEL secret, else MODEL_PROVIDER — W06),
+//! 4. model env (`MODEL`: spec.model, else the MODEL secret, else MODEL_PROVIDER),
 //! 5. `MOLECULE_AGENT_ROLE`,
-//! 6. the env mutator chain (W08),
+//! 6. the env mutator chain (ordered, named; the first error fails the provision),
 //! 7. the baseline (WORKSPACE_ID, PLATFORM_URL, WORKSPACE_CONFIG_PATH, TIER), which nothing overrides.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,7 +23,7 @@ pub fn workspace_secret(workspace: &str) -> String {
 
 /// Names of the Secrets (in the workspace's namespace) whose content feeds a workspace's env:
 /// the global one, its own, and every `envFrom` / `valueFrom` reference. A change to any of them
-/// wakes the controller for that workspace (W13: one restart per change that needs one).
+/// wakes the controller for that workspace (one restart per change that needs one, ADR 0006).
 pub fn referenced_secrets(workspace: &str, spec: &WorkspaceSpec) -> BTreeSet<String> {
     let mut out = BTreeSet::from([GLOBAL_SECRET.to_string(), workspace_secret(workspace)]);
     out.extend(spec.env_from.iter().map(|f| f.secret_ref.name.clone()));
@@ -91,7 +91,7 @@ impl std::fmt::Display for EnvProblem {
 pub type MutatorFn =
     fn(role: Option<&str>, env: &mut BTreeMap<String, String>) -> Result<(), String>;
 
-/// One named step of the env mutator chain (W08).
+/// One named step of the env mutator chain.
 pub struct Mutator {
     pub name: &'static str,
     pub apply: MutatorFn,
@@ -211,7 +211,7 @@ pub fn assemble(
     env.entry("GIT_AUTHOR_EMAIL".into())
         .or_insert_with(|| email.clone());
     env.entry("GIT_COMMITTER_EMAIL".into()).or_insert(email);
-    // MODEL precedence (W06): spec.model, else the MODEL secret, else MODEL_PROVIDER. A provider
+    // MODEL precedence: spec.model, else the MODEL secret, else MODEL_PROVIDER. A provider
     // slug never overwrites an explicit MODEL.
     if let Some(m) = spec.model.as_ref().filter(|m| !m.is_empty()) {
         env.insert("MODEL".into(), m.clone());

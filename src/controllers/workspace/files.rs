@@ -1,6 +1,7 @@
-//! The files a workspace gets under /configs (W03, W04): the generated `config.yaml`, inline
-//! files from the spec, and a `filesDir` under the template root — confined to that root, with
-//! symlinks resolved at the root and never followed outside it. Pure apart from reading files.
+//! The files a workspace gets under /configs before its first start (ADR 0034): the generated
+//! `config.yaml`, inline files from the spec, and a `filesDir` under the template root — confined
+//! to that root, with symlinks resolved at the root and never followed outside it. Pure apart from
+//! reading files.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -17,7 +18,7 @@ pub const MAX_TOTAL_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_FILES: usize = 1000;
 
 /// Why the config files cannot be built. Messages never echo user-supplied paths beyond the
-/// relative name inside the spec (W15).
+/// relative name inside the spec.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilesError {
     #[error("inline file {0:?} has an invalid path: {1}")]

@@ -1,6 +1,6 @@
 //! The Workspace controller: converges each Workspace record to a running agent — a Docker
-//! container, or an EC2 instance through the control plane (`spec.backend`; FEATURES W01–W17,
-//! C01–C06). `reconcile` is a thin driver: read the record, its Secrets and the runtime's
+//! container, or an EC2 instance through the control plane (`spec.backend`; ADR 0006,
+//! ADR 0035). `reconcile` is a thin driver: read the record, its Secrets and the runtime's
 //! presence; decide with the pure `plan`; act on the workspace's backend; write status and
 //! Events. The finalizer guards the container and volume, or the instance.
 
@@ -72,9 +72,9 @@ pub struct Settings {
     pub platform_url: String,
     /// Heartbeat interval agents are told to use.
     pub heartbeat_seconds: u64,
-    /// No heartbeat for this long: Offline, then restart (W09; 180 s by default).
+    /// No heartbeat for this long: Offline, then restart (180 s by default).
     pub heartbeat_timeout: Duration,
-    /// Not Online this long after provisioning: Failed (W10; 10 min by default).
+    /// Not Online this long after provisioning: Failed (10 min by default).
     pub provision_timeout: Duration,
     /// Root that `spec.files.filesDir` is confined to.
     pub template_root: PathBuf,
@@ -93,7 +93,7 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub audit: crate::audit::Audit,
-    /// Image resolution, shared with the Runtime controller (FEATURES I01–I07).
+    /// Image resolution, shared with the Runtime controller (ADR 0030).
     pub images: Arc<crate::images::Images>,
     /// Earliest time of the next automatic restart, per uid.
     backoff: Mutex<HashMap<String, Instant>>,
@@ -159,9 +159,9 @@ enum ImageWant {
 
 /// What a workspace's Runtime record asks of it.
 struct RuntimeNeeds {
-    /// Env names every workspace of the runtime must have (W07).
+    /// Env names every workspace of the runtime must have, checked before anything is created.
     required_env: Vec<String>,
-    /// The runtime's own provision timeout (W10: e.g. hermes 30 min), overriding the default.
+    /// The runtime's own provision timeout (e.g. hermes 30 min), overriding the default.
     provision_timeout: Option<Duration>,
 }
 
@@ -647,7 +647,7 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
         return Ok(Action::await_change());
     }
 
-    // Config files and env, before anything is created (W03, W07).
+    // Config files and env, before anything is created.
     let mut config_files = match user_files(&ws, &ctx.settings.template_root) {
         Ok(f) => f,
         Err(e) => {
@@ -953,7 +953,7 @@ async fn provision(
     now: &str,
 ) -> Result<Action, WorkspaceError> {
     // The image: a fresh resolution per start — moving tags re-pulled, pinned ones only when
-    // missing (I04), a template cache hit or clone + build (I02) — and its running digest (I03).
+    // missing, a template cache hit or clone + build — and its running digest (ADR 0030).
     // Control-plane instances take their machine image from the control plane.
     let prepared = match &want {
         ImageWant::ControlPlane(_) => Ok(None),
@@ -1012,7 +1012,7 @@ async fn provision(
         },
     };
     // A new token per provision; only its hash is kept, and it is written to status before the
-    // container exists, so a crash at any point is healed by the next pass (W04).
+    // container exists, so a crash at any point is healed by the next pass (ADR 0006).
     let token = crate::util::random_token();
     next.token_hash = Some(sha256_hex(token.as_bytes()));
     next.spec_hash = Some(desired_hash);
@@ -1098,7 +1098,7 @@ async fn provision(
     };
     match kind {
         Backend::Docker => next.container_id = Some(started.container_id.clone()),
-        // Recorded at once: every later call uses it (C02).
+        // Recorded at once: every later call uses it (ADR 0035).
         Backend::ControlPlane => next.instance_id = Some(started.container_id.clone()),
     }
     next.url = Some(started.host_url.clone());
@@ -1112,7 +1112,7 @@ async fn provision(
     ))
 }
 
-/// `runtime: external` (W17): no container; a token Secret the external agent uses; Online once
+/// `runtime: external`: no container; a token Secret the external agent uses; Online once
 /// it registers.
 async fn external(
     ctx: &Context,
@@ -1212,7 +1212,7 @@ async fn external(
     ))
 }
 
-/// Delete (W11, C06). Docker: remove the container, then the volume only if the container is
+/// Delete (ADR 0006, 0035). Docker: remove the container, then the volume only if the container is
 /// really gone; a failure is reported and the finalizer released anyway — the orphan reaper
 /// removes what is left (no uid of a live record owns it any more). Control plane: terminate
 /// the instance; until the control plane confirms (2xx, or 404: already gone) the finalizer is

@@ -1,6 +1,6 @@
 //! The pure decision step of the Workspace controller: from what was observed (spec, status,
-//! the container's presence, the clock) to what to do and which phase to report (W09, W10, W13),
-//! and what a failed backend call means for the record (C04).
+//! the container's presence, the clock) to what to do and which phase to report (ADR 0006),
+//! and what a failed backend call means for the record (ADR 0035).
 
 use crate::backends::{BackendError, Presence};
 use crate::resources::{WorkspacePhase, WorkspaceStatus};
@@ -93,7 +93,7 @@ pub fn heartbeat_since_provision(st: &WorkspaceStatus) -> Option<i64> {
         .map(|h| h.div_euclid(1_000_000))
 }
 
-/// Error-rate thresholds with hysteresis (W09).
+/// Error-rate thresholds with hysteresis.
 pub const DEGRADED_AT: f64 = 0.5;
 pub const RECOVERED_BELOW: f64 = 0.1;
 
@@ -169,7 +169,7 @@ pub fn decide(o: &Observed<'_>) -> Step {
     }
 }
 
-/// The phase of an agent that is registered and heartbeating, from what it reports (W09):
+/// The phase of an agent that is registered and heartbeating, from what it reports:
 /// Degraded at an error rate ≥ 0.5 or when the runtime says it is wedged; back to Online only
 /// below 0.1 (hysteresis). Shared by container and external workspaces.
 pub fn reported_health(st: &WorkspaceStatus) -> (WorkspacePhase, &'static str, String) {
