@@ -1,6 +1,6 @@
 //! Molecule: a Kubernetes-style reconciliation operator for teams of AI agents.
 //!
-//! See `README.md` for the quickstart and `shared/design/ARCHITECTURE.md` for the design. The
+//! See `README.md` for the quickstart and `docs/adr/` for the design decisions. The
 //! modules mirror the architecture: `resources` (kinds), `apiserver` (the embedded API),
 //! `store` (SQLite/Postgres), `controllers` (the reconcilers and their host), `serve` (the
 //! one-process embedded mode).

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use super::registry::{Registry, ResourceDef};
 
-/// Content type of aggregated discovery v2; it must be exact (KUBE-API.md pitfall 4).
+/// Content type of aggregated discovery v2; it must be exact (kubectl ignores the document otherwise).
 pub const AGGREGATED_CT: &str =
     "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 

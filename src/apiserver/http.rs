@@ -213,7 +213,7 @@ async fn route(
                 .body(Body::from(api.openapi_v2.clone()))
                 .unwrap_or_else(|_| ApiError::internal("response").into_response()))
         }
-        // A JSON v2 document breaks kubectl (KUBE-API.md f): only protobuf is offered.
+        // A JSON v2 document breaks kubectl (kubectl fails to parse it): only protobuf is offered.
         ["openapi", "v2"] => Err(ApiError::not_found_path()),
         ["openapi", "v3"] if get => Ok(json_response(200, &api.openapi.root(), &[])),
         ["openapi", "v3", rest @ ..] if get => {

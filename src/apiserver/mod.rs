@@ -1,7 +1,8 @@
 //! The embedded Kubernetes-compatible API server: discovery, OpenAPI v3, CRUD, patch (merge,
 //! JSON, server-side apply), the status subresource, watch, finalizers and ownerReference
 //! garbage collection, Table output, label and field selectors, bearer-token auth.
-//! KUBE-API.md in `shared/design` is the contract it follows.
+//! It follows what kubectl and client-go expect of a real kube-apiserver; the ADRs record
+//! where it differs.
 
 pub mod apply;
 pub mod discovery;

@@ -542,7 +542,7 @@ workspaces:
                 .as_deref(),
             Some("org/prompts/a")
         );
-        // A files_dir that is itself a symlink inside the root ships (seed 3) …
+        // A files_dir that is itself a symlink inside the root ships (the original allows it) …
         std::os::unix::fs::symlink(t.root().join("org/prompts/a"), t.root().join("link/alias"))
             .expect("ln");
         assert_eq!(

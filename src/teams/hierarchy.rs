@@ -1,4 +1,4 @@
-//! The hierarchy rule of the original platform (TEAMS.md, `CanCommunicate`): a workspace may
+//! The hierarchy rule of the original platform (its `CanCommunicate`): a workspace may
 //! talk to itself, its siblings (same parent; root-level workspaces are siblings of each
 //! other), its parent and children, and any ancestor or descendant. Everything else — cousins,
 //! a child of one root and another root's child, … — is denied. Pure, so it can be tested from
