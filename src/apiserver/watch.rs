@@ -1,8 +1,7 @@
 //! Watch streams: newline-delimited `{"type","object"}` events over a chunked 200 response.
-//! Too-old resourceVersions get an in-stream ERROR 410 (never an HTTP 410, which clients
-//! treat as a failed request),
-//! selector transitions become synthetic ADDED/DELETED, and bookmarks never run ahead of
-//! what this stream has processed.
+//! Too-old resourceVersions get an in-stream ERROR 410 (never an HTTP 410, which clients treat
+//! as a failed request), selector transitions become synthetic ADDED/DELETED, and bookmarks
+//! never run ahead of what this stream has processed.
 
 use std::convert::Infallible;
 use std::sync::Arc;
