@@ -28,3 +28,4 @@ pub mod telemetry;
 pub mod testing;
 pub mod tokens;
 pub mod util;
+pub mod yaml;

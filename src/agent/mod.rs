@@ -116,7 +116,7 @@ pub enum ConfigError {
     },
     /// `config.yaml` is not valid YAML of the expected shape.
     #[error("cannot parse the agent configuration: {0}")]
-    Parse(#[from] serde_yaml::Error),
+    Parse(#[from] crate::yaml::Error),
     /// Neither the file nor `WORKSPACE_ID` gives a workspace id.
     #[error("workspace_id is missing (set it in config.yaml or WORKSPACE_ID)")]
     MissingWorkspaceId,
@@ -181,7 +181,7 @@ impl AgentConfig {
         let file: ConfigFile = if text.trim().is_empty() {
             ConfigFile::default()
         } else {
-            serde_yaml::from_str(text)?
+            crate::yaml::from_str(text)?
         };
         let env = |key: &str| {
             env(key)
@@ -703,7 +703,7 @@ fn installed_plugins(dir: &Path) -> Vec<Value> {
         };
         let meta: Value = std::fs::read(root.join("plugin.yaml"))
             .ok()
-            .and_then(|b| serde_yaml::from_slice(&b).ok())
+            .and_then(|b| crate::yaml::from_slice(&b).ok())
             .unwrap_or(Value::Null);
         let skills: Vec<Value> = list_dir(root.join("skills"))
             .into_iter()
