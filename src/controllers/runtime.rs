@@ -7,15 +7,15 @@
 //! `reconcile` is a thin driver: probe through [`Images`] (one lookup), tick the auto-refresh
 //! bookkeeping, compute the next status with the pure [`next_status`], write it if it changed.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
-use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Client, ResourceExt};
+
+use super::kit::{self, Backoff, Reconciler, Reporter};
 
 use crate::images::refresh::{self, Seen, Tick};
 use crate::images::{ImageError, Images, Resolved};
@@ -67,12 +67,29 @@ impl RuntimeError {
 pub struct Context {
     pub client: Client,
     pub images: Arc<Images>,
-    pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     /// Auto-refresh: the last observed fingerprint per runtime (first observation seeds).
     pub seen: Seen,
-    retries: Mutex<HashMap<String, backon::ExponentialBackoff>>,
+    /// Span, metrics and per-runtime backoff (ADR 0045). Retries of an unreachable source wait
+    /// 5 s … 5 min. Not faster: no workspace start waits on this controller (a start resolves
+    /// its image itself), and on a host without network every built-in runtime fails its probe
+    /// at once, so 500 ms steps spawned dozens of `git ls-remote` processes in an operator's
+    /// first seconds. A pass resets it itself: a successful pass may still be retrying.
+    pub kit: Reconciler,
+    /// Status writes and Events.
+    pub report: Reporter,
 }
+
+/// The status fields the controller owns.
+const STATUS_FIELDS: &[&str] = &[
+    "observedGeneration",
+    "conditions",
+    "resolvedImage",
+    "digest",
+    "source",
+    "builtFromSha",
+    "resolvedAt",
+];
 
 impl Context {
     pub fn new(
@@ -82,42 +99,26 @@ impl Context {
         metrics: Arc<Metrics>,
     ) -> Context {
         Context {
+            report: Reporter::with_recorder(client.clone(), recorder, "Resolve", STATUS_FIELDS),
+            kit: Reconciler::new(
+                "runtime",
+                metrics.clone(),
+                Backoff::new(Duration::from_secs(5), Duration::from_secs(300)),
+            )
+            .manual_reset(),
             client,
             images,
-            recorder,
             metrics,
             seen: Seen::default(),
-            retries: Mutex::default(),
         }
     }
 
-    /// The next retry delay of a runtime whose source is unreachable (5 s … 5 min). Not faster:
-    /// no workspace start waits on this controller (a start resolves its image itself), and on
-    /// a host without network every built-in runtime fails its probe at once, so 500 ms steps
-    /// spawned dozens of `git ls-remote` processes in an operator's first seconds.
     fn backoff(&self, name: &str) -> Duration {
-        use backon::BackoffBuilder;
-        self.retries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(name.to_string())
-            .or_insert_with(|| {
-                backon::ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_secs(5))
-                    .with_max_delay(Duration::from_secs(300))
-                    .with_jitter()
-                    .without_max_times()
-                    .build()
-            })
-            .next()
-            .unwrap_or(Duration::from_secs(300))
+        self.kit.backoff().next(name)
     }
 
     fn reset_backoff(&self, name: &str) {
-        self.retries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        self.kit.backoff().reset(name)
     }
 }
 
@@ -280,69 +281,24 @@ fn ready_of(s: &RuntimeStatus) -> Option<(ConditionStatus, Option<String>)> {
 
 async fn write_status(
     ctx: &Context,
-    name: &str,
+    rt: &Runtime,
     before: &RuntimeStatus,
     next: &RuntimeStatus,
 ) -> Result<(), RuntimeError> {
-    if before == next {
-        return Ok(());
-    }
-    let api: Api<Runtime> = Api::all(ctx.client.clone());
-    let value = serde_json::to_value(next).unwrap_or_else(|_| json!({}));
-    // Merge patch with every field present (nulls remove what the next status dropped).
-    let mut patch = serde_json::Map::new();
-    for f in [
-        "observedGeneration",
-        "conditions",
-        "resolvedImage",
-        "digest",
-        "source",
-        "builtFromSha",
-        "resolvedAt",
-    ] {
-        patch.insert(
-            f.into(),
-            value.get(f).cloned().unwrap_or(serde_json::Value::Null),
-        );
-    }
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": patch })),
-    )
-    .await?;
+    ctx.report.status(rt, before, next, None).await?;
     Ok(())
 }
 
 fn event(ctx: &Context, rt: &Runtime, type_: EventType, reason: &str, note: String) {
-    super::report::publish(
-        &ctx.recorder,
-        rt.object_ref(&()),
-        type_,
-        reason,
-        note,
-        "Resolve",
-    );
+    ctx.report.event(rt, type_, reason, note);
 }
 
-/// Entry point for kube-runtime.
+/// Entry point for kube-runtime, wrapped by the kit.
 pub async fn reconcile(cached: Arc<Runtime>, ctx: Arc<Context>) -> Result<Action, RuntimeError> {
-    let started = Instant::now();
     let name = cached.name_any();
-    let result = reconcile_inner(&name, &ctx).await;
-    ctx.metrics.inc(
-        "molecule_reconcile_total",
-        &[
-            ("controller", "runtime"),
-            ("result", if result.is_ok() { "ok" } else { "error" }),
-        ],
-    );
-    ctx.metrics.observe(
-        "molecule_reconcile_seconds",
-        &[("controller", "runtime")],
-        started.elapsed().as_secs_f64(),
-    );
-    result
+    ctx.kit
+        .run(cached.as_ref(), reconcile_inner(&name, &ctx))
+        .await
 }
 
 async fn reconcile_inner(name: &str, ctx: &Arc<Context>) -> Result<Action, RuntimeError> {
@@ -387,7 +343,7 @@ async fn reconcile_inner(name: &str, ctx: &Arc<Context>) -> Result<Action, Runti
                 }),
                 &now,
             );
-            write_status(ctx, name, &before, &rolling).await?;
+            write_status(ctx, &rt, &before, &rolling).await?;
             refresh::refresh_one(&ctx.images, &rt, true)
                 .await
                 .map_err(RollError::Image)
@@ -465,7 +421,7 @@ async fn reconcile_inner(name: &str, ctx: &Arc<Context>) -> Result<Action, Runti
         None => before.clone(),
     };
     let next = next_status(&base, generation, &probe, roll.as_ref(), &now);
-    write_status(ctx, name, &base, &next).await?;
+    write_status(ctx, &rt, &base, &next).await?;
 
     let (was, is) = (ready_of(&before), ready_of(&next));
     if was != is {
@@ -520,13 +476,13 @@ impl From<RuntimeError> for RollError {
 
 /// Requeue policy for API errors (image problems never get here).
 pub fn error_policy(rt: Arc<Runtime>, err: &RuntimeError, ctx: Arc<Context>) -> Action {
-    ctx.metrics.inc(
-        "molecule_reconcile_errors_total",
-        &[("controller", "runtime"), ("category", err.category())],
-    );
-    let delay = ctx.backoff(&rt.name_any());
-    tracing::warn!(runtime = %rt.name_any(), error = %err, retry_in_ms = delay.as_millis() as u64, "runtime reconcile failed; will retry");
-    Action::requeue(delay)
+    ctx.kit.retry(rt.as_ref(), err)
+}
+
+impl kit::Failure for RuntimeError {
+    fn category(&self) -> &'static str {
+        RuntimeError::category(self)
+    }
 }
 
 #[cfg(test)]
