@@ -17,19 +17,19 @@ mod watch;
 pub use children::ORG_PLUGIN_LABEL;
 pub use pass::policy_summary;
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
+use super::kit::{self, Backoff, Reconciler, Reporter};
 use crate::orgtemplate::policy::Policy;
 use crate::orgtemplate::{self, TemplateError};
 use crate::resources::OrgImport;
@@ -44,6 +44,21 @@ const APPLY_CONCURRENCY: usize = 8;
 pub const POLICY_CONDITION: &str = "PolicyRefused";
 /// Refusals named one by one in the condition message; the rest are counted.
 const POLICY_MESSAGE_ITEMS: usize = 10;
+/// Backoff of a record whose pass failed.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+/// The status fields this controller owns: all of them, written whole.
+const STATUS_FIELDS: &[&str] = &[
+    "observedGeneration",
+    "conditions",
+    "counts",
+    "revisions",
+    "inventory",
+    "missingEnv",
+    "planDigest",
+    "importInProgress",
+    "warnings",
+];
 
 /// Errors of the OrgImport controller; `category` is the Event reason and metric label.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +74,8 @@ pub enum OrgImportError {
     Interrupted,
 }
 
-impl OrgImportError {
-    pub fn category(&self) -> &'static str {
+impl kit::Failure for OrgImportError {
+    fn category(&self) -> &'static str {
         match self {
             OrgImportError::Kube(_) => "ApiError",
             OrgImportError::Template(e) => e.category(),
@@ -99,12 +114,13 @@ impl Settings {
 /// Shared state of the controller.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    /// Span, metrics and error policy of every pass (ADR 0045).
+    pub kit: Reconciler,
+    /// Status writes and Events.
+    pub report: Reporter,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub audit: crate::audit::Audit,
-    /// Consecutive failures per uid (exponential backoff, reset on success).
-    failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
@@ -114,17 +130,22 @@ impl Context {
         metrics: Arc<Metrics>,
         audit: crate::audit::Audit,
     ) -> Self {
-        let reporter = Reporter {
-            controller: "molecule-org-import".into(),
-            instance: std::env::var("HOSTNAME").ok(),
-        };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            kit: Reconciler::new(
+                "org_import",
+                metrics.clone(),
+                Backoff::new(RETRY_MIN, RETRY_MAX),
+            ),
+            report: Reporter::new(
+                client.clone(),
+                "molecule-org-import",
+                "Import",
+                STATUS_FIELDS,
+            ),
             client,
             settings,
             metrics,
             audit,
-            failures: Mutex::default(),
         }
     }
 }
@@ -168,47 +189,31 @@ pub async fn run(
         .await;
 }
 
-/// Entry point for kube-runtime.
+/// Entry point for kube-runtime, wrapped by the kit.
 pub async fn reconcile(org: Arc<OrgImport>, ctx: Arc<Context>) -> Result<Action, OrgImportError> {
-    let started = Instant::now();
-    // The pass starts from the record as stored, not the watch cache: the cache may still hold
-    // this controller's previous status write unseen (an in-progress mark would read as a pass
-    // interrupted by a crash, and a finished pass as a new one).
+    ctx.kit.run(org.as_ref(), pass(&org, &ctx)).await
+}
+
+/// One pass. It starts from the record as stored, not the watch cache: the cache may still
+/// hold this controller's previous status write unseen (an in-progress mark would read as a
+/// pass interrupted by a crash, and a finished pass as a new one).
+async fn pass(org: &OrgImport, ctx: &Context) -> Result<Action, OrgImportError> {
     let api: Api<OrgImport> =
         Api::namespaced(ctx.client.clone(), &org.namespace().unwrap_or_default());
     let org = match api.get_opt(&org.name_any()).await? {
-        Some(fresh) if fresh.uid() == org.uid() => Arc::new(fresh),
+        Some(fresh) if fresh.uid() == org.uid() => fresh,
         _ => return Ok(Action::await_change()),
     };
-    let result = match import::import(&org, &ctx).await {
+    match import::import(&org, ctx).await {
         // The record went away under this pass (deleted, its cascade running): a write to it
         // found nothing. Nothing is left to converge; its children go by garbage collection.
         Err(OrgImportError::Kube(kube::Error::Api(e)))
-            if e.code == 404 && gone(&ctx, &org).await =>
+            if e.code == 404 && gone(ctx, &org).await =>
         {
             Ok(Action::await_change())
         }
         other => other,
-    };
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    ctx.metrics.inc(
-        "molecule_reconcile_total",
-        &[("controller", "org_import"), ("result", outcome)],
-    );
-    ctx.metrics.observe(
-        "molecule_reconcile_seconds",
-        &[("controller", "org_import")],
-        started.elapsed().as_secs_f64(),
-    );
-    if result.is_ok()
-        && let Some(uid) = org.uid()
-    {
-        ctx.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&uid);
     }
-    result
 }
 
 /// Whether the OrgImport no longer exists (or exists with another uid).
@@ -222,22 +227,10 @@ async fn gone(ctx: &Context, org: &OrgImport) -> bool {
     }
 }
 
-/// Transient errors back off per object: 1 s, 2 s, 4 s … capped at 5 minutes.
+/// Transient errors back off per object: from 1 s, doubling (with jitter), capped at 5
+/// minutes, started over after a success.
 pub fn error_policy(org: Arc<OrgImport>, err: &OrgImportError, ctx: Arc<Context>) -> Action {
-    ctx.metrics.inc(
-        "molecule_reconcile_errors_total",
-        &[("controller", "org_import"), ("category", err.category())],
-    );
-    let n = {
-        let mut f = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = f.entry(org.uid().unwrap_or_default()).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    };
-    let delay =
-        Duration::from_secs(1u64 << n.min(9).saturating_sub(1)).min(Duration::from_secs(300));
-    tracing::warn!(org = %org.name_any(), category = err.category(), error = %err, retry_in = ?delay, "org import failed; will retry");
-    Action::requeue(delay)
+    ctx.kit.retry(org.as_ref(), err)
 }
 
 /// Names of the namespace's global secrets with a non-empty value: what the env preflight

@@ -4,9 +4,8 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use super::build::{self, Child};
@@ -73,28 +72,15 @@ impl Pass<'_> {
     }
 
     pub(super) async fn event(&self, type_: EventType, reason: &str, note: String) {
-        crate::controllers::report::publish(
-            &self.ctx.recorder,
-            self.org.object_ref(&()),
-            type_,
-            reason,
-            note,
-            "Import",
-        );
+        self.ctx.report.event(self.org, type_, reason, note);
     }
 
     /// Writes `next` unless nothing changed.
     pub(super) async fn write(&self, next: &OrgImportStatus) -> Result<(), OrgImportError> {
-        if *next == self.prev {
-            return Ok(());
-        }
-        let api: Api<OrgImport> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        api.patch_status(
-            &self.org.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status_patch(next) })),
-        )
-        .await?;
+        self.ctx
+            .report
+            .status(self.org, &self.prev, next, None)
+            .await?;
         Ok(())
     }
 
@@ -231,24 +217,6 @@ fn set_ready(
     let mut c = Condition::new("Ready", st, reason, msg);
     c.observed_generation = Some(generation);
     Condition::upsert(&mut s.conditions, c, &crate::util::now_rfc3339());
-}
-
-/// The whole status as a merge patch (every field set or nulled).
-fn status_patch(s: &OrgImportStatus) -> Value {
-    crate::controllers::report::owned_fields(
-        s,
-        &[
-            "observedGeneration",
-            "conditions",
-            "counts",
-            "revisions",
-            "inventory",
-            "missingEnv",
-            "planDigest",
-            "importInProgress",
-            "warnings",
-        ],
-    )
 }
 
 fn revisions(p: &Plan) -> Vec<ResolvedRevision> {

@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::{Resource, ResourceExt};
 
 mod act;
 
@@ -520,7 +520,7 @@ impl Pass {
     }
 
     fn event(&self, type_: EventType, reason: &str, note: String) {
-        status::event(&self.ctx, self.pi.object_ref(&()), type_, reason, note);
+        status::event(&self.ctx, &self.pi, type_, reason, note);
     }
 
     /// Brings the record's queued updates to their phases, `installed` being the sha in place.

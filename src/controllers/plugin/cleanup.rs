@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::install::{self, InstallError};
@@ -77,7 +77,7 @@ async fn remove(
                     tracing::warn!(plugininstall = %pi.name_any(), error = %e, "uninstall failed; the files stay");
                     super::status::event(
                         ctx,
-                        pi.object_ref(&()),
+                        pi,
                         EventType::Warning,
                         "UninstallFailed",
                         format!("{name} could not be removed from the container: {e}"),

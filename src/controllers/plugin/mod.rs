@@ -28,13 +28,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::finalizer::{Event as Finalize, finalizer};
+use kube::runtime::finalizer::Event as Finalize;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
+use super::kit::{self, Backoff, Reconciler, Reporter};
 use crate::backends::{BackendError, WorkspaceBackend, WorkspaceRef};
 use crate::plugins::{Fetcher, Limits, Origin, Refusal, Source, git::Git};
 use crate::resources::{
@@ -53,6 +53,25 @@ pub const INSTALL_LABEL: &str = "molecule.ai/plugin-install";
 pub const WORKSPACE_LABEL: &str = "molecule.ai/workspace";
 /// Periodic resync of an installed record (drift has its own loop).
 const RESYNC: Duration = Duration::from_secs(600);
+/// Backoff of a record whose pass failed (API or container engine unavailable).
+const RETRY_MIN: Duration = Duration::from_secs(3);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+/// The status fields this controller owns (upstreamSha belongs to the drift loop: never
+/// written or cleared here).
+const STATUS_FIELDS: &[&str] = &[
+    "observedGeneration",
+    "conditions",
+    "installedSha",
+    "lastRestartClass",
+    "pluginName",
+    "version",
+    "installedFrom",
+    "installedRef",
+    "installedContainerId",
+    "contentDigest",
+    "installedAt",
+    "pending",
+];
 
 /// Errors of the PluginInstall controller; `category` is the Event reason and metric label.
 /// Refusals (bad spec, bad plugin, failed steps) are not errors: they are conditions.
@@ -62,12 +81,12 @@ pub enum PluginError {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Backend(#[from] BackendError),
-    #[error("finalizer error: {0}")]
-    Finalizer(String),
+    #[error(transparent)]
+    Finalizer(#[from] kit::FinalizerError),
 }
 
-impl PluginError {
-    pub fn category(&self) -> &'static str {
+impl kit::Failure for PluginError {
+    fn category(&self) -> &'static str {
         match self {
             PluginError::Kube(_) => "ApiError",
             PluginError::Backend(e) => e.category(),
@@ -132,7 +151,10 @@ struct Attempt {
 pub struct Context {
     pub client: Client,
     pub backend: Arc<dyn WorkspaceBackend>,
-    pub recorder: Recorder,
+    /// Span, metrics and error policy of every pass (ADR 0045).
+    pub kit: Reconciler,
+    /// Status writes and Events.
+    pub report: Reporter,
     pub settings: Settings,
     pub fetcher: Fetcher,
     pub metrics: Arc<Metrics>,
@@ -257,11 +279,6 @@ pub async fn run(
     audit: crate::audit::Audit,
     shutdown: Shutdown,
 ) {
-    let reporter = Reporter {
-        controller: "molecule-plugin".into(),
-        instance: std::env::var("HOSTNAME").ok(),
-    };
-    let recorder = Recorder::new(client.clone(), reporter);
     let cfg = watcher::Config::default();
     let (ws_store, ws_writer) = reflector::store::<Workspace>();
     let ws_stream = reflector::reflector(
@@ -316,9 +333,19 @@ pub async fn run(
             fetcher: settings.fetcher(),
         }));
     let ctx = Arc::new(Context {
+        kit: Reconciler::new(
+            "plugin",
+            metrics.clone(),
+            Backoff::new(RETRY_MIN, RETRY_MAX),
+        ),
+        report: Reporter::new(
+            client.clone(),
+            "molecule-plugin",
+            "Reconcile",
+            STATUS_FIELDS,
+        ),
         client,
         backend,
-        recorder,
         fetcher: settings.fetcher(),
         settings,
         metrics,
@@ -337,44 +364,28 @@ pub async fn run(
     drift.abort();
 }
 
-/// Entry point for kube-runtime.
+/// Entry point for kube-runtime: a pass under the finalizer, wrapped by the kit.
 pub async fn reconcile(pi: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, PluginError> {
-    let started = Instant::now();
     let ns = pi.namespace().unwrap_or_else(|| "default".into());
     let api: Api<PluginInstall> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, pi, |event| async {
-        match event {
-            Finalize::Apply(pi) => apply::apply(pi, ctx.clone()).await,
-            Finalize::Cleanup(pi) => cleanup::cleanup(pi, ctx.clone()).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => PluginError::Finalizer(other.to_string()),
-    });
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    ctx.metrics.inc(
-        "molecule_reconcile_total",
-        &[("controller", "plugin"), ("result", outcome)],
-    );
-    ctx.metrics.observe(
-        "molecule_reconcile_seconds",
-        &[("controller", "plugin")],
-        started.elapsed().as_secs_f64(),
-    );
-    result
+    let object = pi.clone();
+    ctx.kit
+        .run(
+            object.as_ref(),
+            kit::finalized(&api, FINALIZER, pi, |event| async {
+                match event {
+                    Finalize::Apply(pi) => apply::apply(pi, ctx.clone()).await,
+                    Finalize::Cleanup(pi) => cleanup::cleanup(pi, ctx.clone()).await,
+                }
+            }),
+        )
+        .await
 }
 
-/// Requeue policy for errors (API or container engine unavailable): retry soon.
+/// Requeue policy for errors (API or container engine unavailable): each record backs off on
+/// its own (refusals are not errors: they are conditions, with their own backoff).
 pub fn error_policy(pi: Arc<PluginInstall>, err: &PluginError, ctx: Arc<Context>) -> Action {
-    ctx.metrics.inc(
-        "molecule_reconcile_errors_total",
-        &[("controller", "plugin"), ("category", err.category())],
-    );
-    tracing::warn!(plugininstall = %pi.name_any(), category = err.category(), error = %err, "reconcile failed; will retry");
-    Action::requeue(Duration::from_secs(3))
+    ctx.kit.retry(pi.as_ref(), err)
 }
 
 fn wref(ws: &Workspace) -> Option<WorkspaceRef> {

@@ -2,11 +2,10 @@
 
 use std::collections::HashMap;
 
-use k8s_openapi::api::core::v1::ObjectReference;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::plan::{self, UpdateView};
 use super::{Context, PluginError};
@@ -49,55 +48,26 @@ pub(super) fn ready_reason(s: &PluginInstallStatus) -> Option<(String, String)> 
     })
 }
 
-/// Every status field this reconcile owns, `null` when unset, so a merge patch also clears
-/// fields.
-pub(super) fn status_patch(s: &PluginInstallStatus) -> Value {
-    // upstreamSha belongs to the drift loop: never written (or cleared) here.
-    json!({ "status": crate::controllers::report::owned_fields(s, &[
-        "observedGeneration",
-        "conditions",
-        "installedSha",
-        "lastRestartClass",
-        "pluginName",
-        "version",
-        "installedFrom",
-        "installedRef",
-        "installedContainerId",
-        "contentDigest",
-        "installedAt",
-        "pending",
-    ]) })
-}
-
 /// Writes `next` unless the record already shows it.
 pub(super) async fn write_status(
     ctx: &Context,
     pi: &PluginInstall,
     next: &PluginInstallStatus,
 ) -> Result<(), PluginError> {
-    if pi.status.as_ref() == Some(next) {
-        return Ok(());
-    }
-    let api: Api<PluginInstall> =
-        Api::namespaced(ctx.client.clone(), &pi.namespace().unwrap_or_default());
-    api.patch_status(
-        &pi.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(status_patch(next)),
-    )
-    .await?;
+    let before = pi.status.clone().unwrap_or_default();
+    ctx.report.status(pi, &before, next, None).await?;
     Ok(())
 }
 
 /// Publishes an Event about the record (in the background).
 pub(super) fn event(
     ctx: &Context,
-    object: ObjectReference,
+    pi: &PluginInstall,
     type_: EventType,
     reason: &str,
     note: String,
 ) {
-    crate::controllers::report::publish(&ctx.recorder, object, type_, reason, note, "Reconcile");
+    ctx.report.event(pi, type_, reason, note);
 }
 
 /// Brings every queued update of this install to the phase `plan::update_phase` gives,
@@ -159,14 +129,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_patch_clears_unset_fields() {
+    fn status_patch_clears_unset_fields_and_leaves_upstream_sha() {
         let s = PluginInstallStatus {
             installed_sha: Some("a".into()),
+            upstream_sha: Some("b".into()),
             ..Default::default()
         };
-        let p = status_patch(&s);
-        assert_eq!(p["status"]["installedSha"], "a");
-        assert!(p["status"]["pending"].is_null());
-        assert!(p["status"].as_object().unwrap().contains_key("pending"));
+        let p = crate::controllers::report::owned_fields(&s, super::super::STATUS_FIELDS);
+        assert_eq!(p["installedSha"], "a");
+        assert!(p["pending"].is_null());
+        assert!(p.as_object().unwrap().contains_key("pending"));
+        assert!(!p.as_object().unwrap().contains_key("upstreamSha"));
     }
 }
