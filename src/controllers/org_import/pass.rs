@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use kube::runtime::events::EventType;
 use kube::ResourceExt;
+use kube::runtime::events::EventType;
 use serde_json::{Value, json};
 
 use super::build::{self, Child};
