@@ -3,17 +3,22 @@
 //! the workspace gets a new container, applies approved `PluginUpdate`s (canaries first), and
 //! removes the plugin when the record is deleted (finalizer).
 //!
-//! `reconcile` is a thin driver: validate the spec and the workspace (pure checks), pick the
-//! target revision (`plan::target`), fetch it (`crate::plugins`), install it
-//! (`install::install`: stage → prepare → classify → swap), request a restart through the
-//! workspace's `molecule.ai/restartedAt` annotation when cold, write status, Events, audit rows
-//! and the queued updates' phases. The drift queue is filled by `drift::run`.
+//! `reconcile` runs a pass under the finalizer: `apply` as named steps — observe (the record,
+//! the workspace, its container), validate (spec, workspace, fetched plugin), plan (the target
+//! revision, `plan::target`), act (fetch through `crate::plugins`, install through
+//! `install::install`: stage → prepare → classify → swap; a cold change requests a restart
+//! through the workspace's `molecule.ai/restartedAt` annotation) and report (`status`: status,
+//! Events, audit rows and the queued updates' phases) — or `cleanup`. The drift queue is filled
+//! by `drift::run`.
 //!
 //! Restarts are never done here: the Workspace controller owns them and coalesces them (ADR 0006).
 
+mod apply;
+mod cleanup;
 pub mod drift;
 pub mod install;
 pub mod plan;
+mod status;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,23 +28,22 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{Event as Finalize, finalizer};
+use kube::runtime::finalizer::Event as Finalize;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::backends::{BackendError, Presence, WorkspaceBackend, WorkspaceRef};
-use crate::plugins::{Change, Fetcher, Limits, Origin, Refusal, Source, git::Git};
+use super::kit::{self, Backoff, Reconciler, Reporter};
+use crate::backends::{BackendError, WorkspaceBackend, WorkspaceRef};
+use crate::plugins::{Fetcher, Limits, Origin, Refusal, Source, git::Git};
 use crate::resources::{
-    Condition, ConditionStatus, OrgImport, PendingInstall, PluginDecision, PluginInstall,
-    PluginInstallSpec, PluginInstallStatus, PluginUpdate, RestartClass, Workspace,
+    OrgImport, PluginDecision, PluginInstall, PluginInstallSpec, PluginUpdate, Workspace,
 };
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
-use install::{InstallError, Method};
-use plan::{Target, UpdateView};
+use install::Method;
+use plan::UpdateView;
 
 /// Finalizer guarding the files in the container.
 pub const FINALIZER: &str = "molecule.ai/plugin-cleanup";
@@ -49,6 +53,25 @@ pub const INSTALL_LABEL: &str = "molecule.ai/plugin-install";
 pub const WORKSPACE_LABEL: &str = "molecule.ai/workspace";
 /// Periodic resync of an installed record (drift has its own loop).
 const RESYNC: Duration = Duration::from_secs(600);
+/// Backoff of a record whose pass failed (API or container engine unavailable).
+const RETRY_MIN: Duration = Duration::from_secs(3);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+/// The status fields this controller owns (upstreamSha belongs to the drift loop: never
+/// written or cleared here).
+const STATUS_FIELDS: &[&str] = &[
+    "observedGeneration",
+    "conditions",
+    "installedSha",
+    "lastRestartClass",
+    "pluginName",
+    "version",
+    "installedFrom",
+    "installedRef",
+    "installedContainerId",
+    "contentDigest",
+    "installedAt",
+    "pending",
+];
 
 /// Errors of the PluginInstall controller; `category` is the Event reason and metric label.
 /// Refusals (bad spec, bad plugin, failed steps) are not errors: they are conditions.
@@ -58,12 +81,12 @@ pub enum PluginError {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Backend(#[from] BackendError),
-    #[error("finalizer error: {0}")]
-    Finalizer(String),
+    #[error(transparent)]
+    Finalizer(#[from] kit::FinalizerError),
 }
 
-impl PluginError {
-    pub fn category(&self) -> &'static str {
+impl kit::Failure for PluginError {
+    fn category(&self) -> &'static str {
         match self {
             PluginError::Kube(_) => "ApiError",
             PluginError::Backend(e) => e.category(),
@@ -128,7 +151,10 @@ struct Attempt {
 pub struct Context {
     pub client: Client,
     pub backend: Arc<dyn WorkspaceBackend>,
-    pub recorder: Recorder,
+    /// Span, metrics and error policy of every pass (ADR 0045).
+    pub kit: Reconciler,
+    /// Status writes and Events.
+    pub report: Reporter,
     pub settings: Settings,
     pub fetcher: Fetcher,
     pub metrics: Arc<Metrics>,
@@ -253,11 +279,6 @@ pub async fn run(
     audit: crate::audit::Audit,
     shutdown: Shutdown,
 ) {
-    let reporter = Reporter {
-        controller: "molecule-plugin".into(),
-        instance: std::env::var("HOSTNAME").ok(),
-    };
-    let recorder = Recorder::new(client.clone(), reporter);
     let cfg = watcher::Config::default();
     let (ws_store, ws_writer) = reflector::store::<Workspace>();
     let ws_stream = reflector::reflector(
@@ -312,9 +333,19 @@ pub async fn run(
             fetcher: settings.fetcher(),
         }));
     let ctx = Arc::new(Context {
+        kit: Reconciler::new(
+            "plugin",
+            metrics.clone(),
+            Backoff::new(RETRY_MIN, RETRY_MAX),
+        ),
+        report: Reporter::new(
+            client.clone(),
+            "molecule-plugin",
+            "Reconcile",
+            STATUS_FIELDS,
+        ),
         client,
         backend,
-        recorder,
         fetcher: settings.fetcher(),
         settings,
         metrics,
@@ -333,44 +364,28 @@ pub async fn run(
     drift.abort();
 }
 
-/// Entry point for kube-runtime.
+/// Entry point for kube-runtime: a pass under the finalizer, wrapped by the kit.
 pub async fn reconcile(pi: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, PluginError> {
-    let started = Instant::now();
     let ns = pi.namespace().unwrap_or_else(|| "default".into());
     let api: Api<PluginInstall> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, pi, |event| async {
-        match event {
-            Finalize::Apply(pi) => apply(pi, ctx.clone()).await,
-            Finalize::Cleanup(pi) => cleanup(pi, ctx.clone()).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => PluginError::Finalizer(other.to_string()),
-    });
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    ctx.metrics.inc(
-        "molecule_reconcile_total",
-        &[("controller", "plugin"), ("result", outcome)],
-    );
-    ctx.metrics.observe(
-        "molecule_reconcile_seconds",
-        &[("controller", "plugin")],
-        started.elapsed().as_secs_f64(),
-    );
-    result
+    let object = pi.clone();
+    ctx.kit
+        .run(
+            object.as_ref(),
+            kit::finalized(&api, FINALIZER, pi, |event| async {
+                match event {
+                    Finalize::Apply(pi) => apply::apply(pi, ctx.clone()).await,
+                    Finalize::Cleanup(pi) => cleanup::cleanup(pi, ctx.clone()).await,
+                }
+            }),
+        )
+        .await
 }
 
-/// Requeue policy for errors (API or container engine unavailable): retry soon.
+/// Requeue policy for errors (API or container engine unavailable): each record backs off on
+/// its own (refusals are not errors: they are conditions, with their own backoff).
 pub fn error_policy(pi: Arc<PluginInstall>, err: &PluginError, ctx: Arc<Context>) -> Action {
-    ctx.metrics.inc(
-        "molecule_reconcile_errors_total",
-        &[("controller", "plugin"), ("category", err.category())],
-    );
-    tracing::warn!(plugininstall = %pi.name_any(), category = err.category(), error = %err, "reconcile failed; will retry");
-    Action::requeue(Duration::from_secs(3))
+    ctx.kit.retry(pi.as_ref(), err)
 }
 
 fn wref(ws: &Workspace) -> Option<WorkspaceRef> {
@@ -423,182 +438,6 @@ fn updates_in(ctx: &Context, ns: &str) -> Vec<UpdateView> {
         .collect()
 }
 
-fn ready_true(s: &PluginInstallStatus) -> bool {
-    s.conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == ConditionStatus::True)
-}
-
-fn set_ready(
-    next: &mut PluginInstallStatus,
-    generation: i64,
-    now: &str,
-    status: ConditionStatus,
-    reason: &str,
-    message: &str,
-) {
-    let mut c = Condition::new("Ready", status, reason, message);
-    c.observed_generation = Some(generation);
-    Condition::upsert(&mut next.conditions, c, now);
-}
-
-fn ready_reason(s: &PluginInstallStatus) -> Option<(String, String)> {
-    s.conditions.iter().find(|c| c.type_ == "Ready").map(|c| {
-        (
-            c.reason.clone().unwrap_or_default(),
-            c.message.clone().unwrap_or_default(),
-        )
-    })
-}
-
-/// Every status field this reconcile owns, `null` when unset, so a merge patch also clears
-/// fields.
-fn status_patch(s: &PluginInstallStatus) -> Value {
-    // upstreamSha belongs to the drift loop: never written (or cleared) here.
-    json!({ "status": crate::controllers::report::owned_fields(s, &[
-        "observedGeneration",
-        "conditions",
-        "installedSha",
-        "lastRestartClass",
-        "pluginName",
-        "version",
-        "installedFrom",
-        "installedRef",
-        "installedContainerId",
-        "contentDigest",
-        "installedAt",
-        "pending",
-    ]) })
-}
-
-async fn write_status(
-    ctx: &Context,
-    pi: &PluginInstall,
-    next: &PluginInstallStatus,
-) -> Result<(), PluginError> {
-    if pi.status.as_ref() == Some(next) {
-        return Ok(());
-    }
-    let api: Api<PluginInstall> =
-        Api::namespaced(ctx.client.clone(), &pi.namespace().unwrap_or_default());
-    api.patch_status(
-        &pi.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(status_patch(next)),
-    )
-    .await?;
-    Ok(())
-}
-
-async fn event(ctx: &Context, pi: &PluginInstall, type_: EventType, reason: &str, note: String) {
-    crate::controllers::report::publish(
-        &ctx.recorder,
-        pi.object_ref(&()),
-        type_,
-        reason,
-        note,
-        "Reconcile",
-    );
-}
-
-/// Brings every queued update of this install to the phase `plan::update_phase` gives,
-/// except those in `overrides` (WaitingForCanary, Failed with a message).
-async fn sync_updates(
-    ctx: &Context,
-    pi: &PluginInstall,
-    installed: Option<&str>,
-    overrides: &HashMap<String, (&'static str, Option<String>)>,
-    now: &str,
-) -> Result<(), PluginError> {
-    let ns = pi.namespace().unwrap_or_default();
-    let name = pi.name_any();
-    let api: Api<PluginUpdate> = Api::namespaced(ctx.client.clone(), &ns);
-    for u in ctx.updates.state() {
-        if u.namespace().as_deref() != Some(ns.as_str())
-            || u.spec.plugin_install_ref.name != name
-            || u.metadata.deletion_timestamp.is_some()
-        {
-            continue;
-        }
-        let view = UpdateView::of(&u);
-        let (phase, message) = overrides
-            .get(&view.name)
-            .cloned()
-            .unwrap_or_else(|| plan::update_phase(&view, installed));
-        let st = u.status.clone().unwrap_or_default();
-        let generation = u.metadata.generation;
-        if st.phase.as_deref() == Some(phase)
-            && st.message == message
-            && st.observed_generation == generation
-        {
-            continue;
-        }
-        let applied_at = if phase == "Applied" {
-            st.applied_at.clone().or_else(|| Some(now.to_string()))
-        } else {
-            None
-        };
-        let patch = json!({"status": {"phase": phase, "message": message, "appliedAt": applied_at, "observedGeneration": generation}});
-        match api
-            .patch_status(&view.name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
-            Ok(_) => {
-                if st.phase.as_deref() != Some(phase) {
-                    tracing::info!(pluginupdate = %view.name, phase, "plugin update phase");
-                }
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
-/// Reports a refusal: Ready False with the reason, a Warning Event when it is new, the failing
-/// update (if any) marked Failed.
-#[allow(clippy::too_many_arguments)]
-async fn refuse(
-    ctx: &Context,
-    pi: &PluginInstall,
-    mut next: PluginInstallStatus,
-    r: Refusal,
-    generation: i64,
-    now: &str,
-    update: Option<&str>,
-    action: Action,
-) -> Result<Action, PluginError> {
-    let before = pi.status.clone().unwrap_or_default();
-    next.pending = None;
-    set_ready(
-        &mut next,
-        generation,
-        now,
-        ConditionStatus::False,
-        r.reason,
-        &r.message,
-    );
-    write_status(ctx, pi, &next).await?;
-    if ready_reason(&before) != Some((r.reason.to_string(), r.message.clone())) {
-        tracing::info!(plugininstall = %pi.name_any(), reason = r.reason, message = %r.message, "plugin install not done");
-        let t = if r.reason == "WaitingForWorkspace" {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
-        event(ctx, pi, t, r.reason, r.message.clone()).await;
-    }
-    let mut overrides = HashMap::new();
-    if let Some(u) = update {
-        overrides.insert(
-            u.to_string(),
-            ("Failed", Some(format!("{}: {}", r.reason, r.message))),
-        );
-    }
-    sync_updates(ctx, pi, next.installed_sha.as_deref(), &overrides, now).await?;
-    Ok(action)
-}
-
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
 }
@@ -616,53 +455,11 @@ async fn request_restart(ctx: &Context, ws: &Workspace, now: &str) -> Result<(),
     Ok(())
 }
 
-async fn apply(cached: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, PluginError> {
-    let ns = cached.namespace().unwrap_or_else(|| "default".into());
-    // Decide from the record as it is now (as the Workspace controller does, ADR 0028): a pass
-    // queued while the previous one ran can start before the watch cache holds that pass's
-    // status write, and a status built on the stale copy would clear what it recorded (the
-    // owned fields are written whole, lastRestartClass among them).
-    let api: Api<PluginInstall> = Api::namespaced(ctx.client.clone(), &ns);
-    let pi = match crate::controllers::report::fresh(&api, cached.as_ref()).await? {
-        Some(fresh) if fresh.metadata.deletion_timestamp.is_none() => Arc::new(fresh),
-        _ => return Ok(Action::await_change()), // gone, re-created or being deleted: events follow
-    };
-    let uid = pi.uid().unwrap_or_default();
-    let generation = pi.metadata.generation.unwrap_or(1);
-    let now = crate::util::now_rfc3339();
-    let before = pi.status.clone().unwrap_or_default();
-    let mut next = before.clone();
-    next.observed_generation = Some(generation);
-    let wait = Action::await_change();
-
-    // The spec: source and tracked ref.
-    let origin = match Origin::parse(
-        &pi.spec.source,
-        pi.spec.track.as_deref(),
-        pi.spec.allow_unpinned,
-    ) {
-        Ok(o) => o,
-        Err(r) => return refuse(&ctx, &pi, next, r, generation, &now, None, wait).await,
-    };
-    if let Err(r) = plan::check_interval(pi.spec.check_interval.as_deref()) {
-        return refuse(&ctx, &pi, next, r, generation, &now, None, wait).await;
-    }
-    if let Err(r) = check_requester(&pi, &origin, &ctx.settings.git_hosts) {
-        return refuse(&ctx, &pi, next, r, generation, &now, None, wait).await;
-    }
-
-    // The workspace (not external, ADR 0015; allowlist).
+/// A workspace molecule does not install into (ADR 0015): its agent downloads the plugin
+/// itself.
+fn unmanaged(ws: &Workspace, pi: &PluginInstall) -> Option<Refusal> {
+    let ns = pi.namespace().unwrap_or_else(|| "default".into());
     let ws_name = &pi.spec.workspace_ref.name;
-    let Some(ws) = workspace(&ctx, &ns, ws_name).await? else {
-        let r = Refusal::new(
-            "WorkspaceNotFound",
-            format!("workspace {ws_name:?} does not exist"),
-        );
-        return refuse(&ctx, &pi, next, r, generation, &now, None, wait).await;
-    };
-    if ws.metadata.deletion_timestamp.is_some() {
-        return Ok(wait);
-    }
     if ws.spec.runtime.as_deref() == Some("external") {
         let r = Refusal::new(
             "ExternalRuntime",
@@ -671,7 +468,7 @@ async fn apply(cached: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, 
                 crate::shim::plugin_download::download_path(&ns, &pi.name_any())
             ),
         );
-        return refuse(&ctx, &pi, next, r, generation, &now, None, wait).await;
+        return Some(r);
     }
     if ws.spec.backend == Some(crate::resources::Backend::ControlPlane) {
         let r = Refusal::new(
@@ -681,437 +478,9 @@ async fn apply(cached: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, 
                 crate::shim::plugin_download::download_path(&ns, &pi.name_any())
             ),
         );
-        return refuse(&ctx, &pi, next, r, generation, &now, None, wait).await;
+        return Some(r);
     }
-    let allowed = allowlist(&ctx, &ws).await?;
-    let known_name = before.plugin_name.clone().or(match &origin.source {
-        Source::Local(n) => Some(n.clone()),
-        Source::Git(_) => None,
-    });
-    if let (Some(list), Some(name)) = (&allowed, &known_name)
-        && !list.contains(name)
-    {
-        return refuse(
-            &ctx,
-            &pi,
-            next,
-            not_allowed(name, list),
-            generation,
-            &now,
-            None,
-            wait,
-        )
-        .await;
-    }
-
-    // The revision (ADR 0016: drift, canaries first).
-    let all = updates_in(&ctx, &ns);
-    let mine: Vec<UpdateView> = all
-        .iter()
-        .filter(|u| u.install == pi.name_any())
-        .cloned()
-        .collect();
-    let (target, hold) = plan::target(&before, &origin.key(), &mine, &all);
-    let mut overrides: HashMap<String, (&'static str, Option<String>)> = HashMap::new();
-    if let (Some(why), Some(installed)) = (&hold, &before.installed_sha)
-        && let Some(u) = plan::applicable(installed, &mine)
-    {
-        overrides.insert(u.name.clone(), ("WaitingForCanary", Some(why.clone())));
-    }
-    let container_now = ws.status.as_ref().and_then(|s| s.container_id.clone());
-
-    // Nothing to do: installed at the target in the current container.
-    if let Target::Sha {
-        sha, update: None, ..
-    } = &target
-        && before.installed_sha.as_ref() == Some(sha)
-        && before.installed_container_id.is_some()
-        && before.installed_container_id == container_now
-        && before.pending.is_none()
-        && ready_true(&before)
-    {
-        write_status(&ctx, &pi, &next).await?;
-        sync_updates(&ctx, &pi, Some(sha), &overrides, &now).await?;
-        return Ok(Action::requeue(RESYNC));
-    }
-    let attempt_key = format!("{generation}/{target:?}/{container_now:?}");
-    if let Some(left) = ctx.backoff_wait(&uid, &attempt_key) {
-        return Ok(Action::requeue(left));
-    }
-    let update = match &target {
-        Target::Sha { update, .. } => update.clone(),
-        Target::Resolve => None,
-    };
-    if let Some(u) = &update {
-        overrides.insert(u.clone(), ("Applying", None));
-    }
-
-    // The container.
-    let Some(w) = wref(&ws) else {
-        return Ok(wait);
-    };
-    let container_id = match ctx.backend.inspect(&w).await? {
-        Presence::Running { container_id, .. } => container_id,
-        _ => {
-            let r = Refusal::new(
-                "WaitingForWorkspace",
-                format!("waiting for workspace {ws_name} to run a container"),
-            );
-            return refuse(
-                &ctx,
-                &pi,
-                next,
-                r,
-                generation,
-                &now,
-                None,
-                Action::requeue(Duration::from_secs(15)),
-            )
-            .await;
-        }
-    };
-    let Some(method) = ctx.method(&w, &container_id).await? else {
-        let r = Refusal::new(
-            "NoInstallMethod",
-            "the workspace image has neither the molecule binary nor a shell with find and sha256sum to install with",
-        );
-        return refuse(&ctx, &pi, next, r, generation, &now, None, wait).await;
-    };
-
-    // A new container of an installed workspace: the volume normally still holds the plugin.
-    if let Target::Sha {
-        sha, update: None, ..
-    } = &target
-        && before.installed_sha.as_ref() == Some(sha)
-        && before.pending.is_none()
-        && let (Some(name), Some(digest)) = (&before.plugin_name, &before.content_digest)
-    {
-        match install::inspect(ctx.backend.as_ref(), &w, method, name).await {
-            Ok((Some(live), true)) if &live == digest => {
-                next.installed_container_id = Some(container_id.clone());
-                let msg = format!(
-                    "installed {name} at {} (still in place in container {})",
-                    short(sha),
-                    short(&container_id)
-                );
-                set_ready(
-                    &mut next,
-                    generation,
-                    &now,
-                    ConditionStatus::True,
-                    "Installed",
-                    &msg,
-                );
-                write_status(&ctx, &pi, &next).await?;
-                sync_updates(&ctx, &pi, Some(sha), &overrides, &now).await?;
-                ctx.succeeded(&uid);
-                return Ok(Action::requeue(RESYNC));
-            }
-            Ok(_) | Err(InstallError::Step(_)) => {
-                tracing::info!(plugininstall = %pi.name_any(), container = %container_id, "re-applying the plugin into the workspace's new container");
-            }
-            Err(InstallError::Backend(e)) => return Err(e.into()),
-        }
-    }
-
-    // Fetch (size and time bounded).
-    let t = Instant::now();
-    let fetched = async {
-        let (sha, ref_name) = match (&target, &origin.source) {
-            (Target::Sha { sha, ref_name, .. }, Source::Git(_)) => {
-                (Some(sha.clone()), ref_name.clone())
-            }
-            (Target::Resolve, Source::Git(_)) => {
-                let r = ctx.fetcher.resolve(&origin).await?;
-                (Some(r.sha), r.ref_name)
-            }
-            (_, Source::Local(_)) => (None, None),
-        };
-        let f = ctx
-            .fetcher
-            .fetch(&origin, sha.as_deref(), ref_name.as_deref())
-            .await?;
-        Ok::<_, Refusal>((f, ref_name))
-    }
-    .await;
-    let fetch_time = t.elapsed();
-    let (fetched, ref_name) = match fetched {
-        Ok(f) => f,
-        Err(r) => {
-            let wait = ctx.failed(&uid, &attempt_key, r.reason);
-            return refuse(
-                &ctx,
-                &pi,
-                next,
-                r,
-                generation,
-                &now,
-                update.as_deref(),
-                Action::requeue(wait),
-            )
-            .await;
-        }
-    };
-    let meta = &fetched.meta;
-    // Checks that need the fetched plugin; they back off like fetch failures, so a refused
-    // plugin is not fetched again on every workspace heartbeat.
-    let conflict = ctx.installs.state().into_iter().find(|o| {
-        o.namespace().as_deref() == Some(ns.as_str())
-            && o.uid() != pi.uid()
-            && o.spec.workspace_ref.name == *ws_name
-            && o.metadata.deletion_timestamp.is_none()
-            && o.status.as_ref().and_then(|s| s.plugin_name.as_deref()) == Some(meta.name.as_str())
-    });
-    let runtime = ws.spec.runtime.clone().unwrap_or_else(|| "echo".into());
-    let refusal = if let (
-        Target::Sha {
-            sha,
-            update: Some(_),
-            ..
-        },
-        Source::Local(_),
-    ) = (&target, &origin.source)
-        && *sha != fetched.sha
-    {
-        // The registry changed again after this update was queued; the drift loop queues the
-        // newer content as its own update.
-        Some(Refusal::new(
-            "SourceChanged",
-            format!(
-                "the registry content of {} changed again since this update was queued ({} now); approve the newer update",
-                meta.name,
-                short(&fetched.sha)
-            ),
-        ))
-    } else if let Some(list) = allowed.as_ref().filter(|l| !l.contains(&meta.name)) {
-        Some(not_allowed(&meta.name, list))
-    } else if !meta.runtimes.is_empty() && !meta.runtimes.contains(&runtime) {
-        Some(Refusal::new(
-            "UnsupportedRuntime",
-            format!(
-                "plugin {} supports runtimes {} but workspace {ws_name} runs {runtime}",
-                meta.name,
-                meta.runtimes.join(", ")
-            ),
-        ))
-    } else {
-        conflict.map(|other| {
-            Refusal::new(
-                "Conflict",
-                format!(
-                    "PluginInstall {} already installs plugin {} into workspace {ws_name}",
-                    other.name_any(),
-                    meta.name
-                ),
-            )
-        })
-    };
-    if let Some(r) = refusal {
-        let wait = ctx.failed(&uid, &attempt_key, r.reason);
-        return refuse(
-            &ctx,
-            &pi,
-            next,
-            r,
-            generation,
-            &now,
-            update.as_deref(),
-            Action::requeue(wait),
-        )
-        .await;
-    }
-
-    // Install (ADR 0015); the pending record makes an interrupted install finish cold.
-    let interrupted = before
-        .pending
-        .as_ref()
-        .filter(|p| p.container_id == container_id && p.sha == fetched.sha)
-        .is_some_and(|p| {
-            !plan::restart_covers(
-                ws.annotations()
-                    .get(crate::controllers::workspace::RESTART_ANNOTATION)
-                    .map(String::as_str),
-                &p.started_at,
-            )
-        });
-    next.pending = Some(PendingInstall {
-        sha: fetched.sha.clone(),
-        container_id: container_id.clone(),
-        started_at: now.clone(),
-    });
-    let installing = format!("installing {} at {}", meta.name, short(&fetched.sha));
-    set_ready(
-        &mut next,
-        generation,
-        &now,
-        ConditionStatus::False,
-        "Installing",
-        &installing,
-    );
-    write_status(&ctx, &pi, &next).await?;
-    let pi_now = PluginInstall {
-        status: Some(next.clone()),
-        ..(*pi).clone()
-    };
-    let result = install::install(
-        ctx.backend.as_ref(),
-        &w,
-        method,
-        &meta.name,
-        &fetched.sha,
-        &fetched.tree,
-        ctx.settings.failpoints,
-    )
-    .await;
-    let done = match result {
-        Ok(d) => d,
-        Err(InstallError::Backend(e)) => return Err(e.into()),
-        Err(InstallError::Step(f)) => {
-            ctx.metrics.inc(
-                "molecule_plugin_install_failures_total",
-                &[("reason", f.reason)],
-            );
-            let wait = ctx.failed(&uid, &attempt_key, f.reason);
-            let r = Refusal::new(f.reason, f.message);
-            return refuse(
-                &ctx,
-                &pi_now,
-                next,
-                r,
-                generation,
-                &now,
-                update.as_deref(),
-                Action::requeue(wait),
-            )
-            .await;
-        }
-    };
-
-    // Without its marker the new version is not loaded: the restart waits for the retry that
-    // writes it (the kept pending record makes that retry restart).
-    let restart = !done.marker_missing && plan::restart_needed(done.change, interrupted);
-    let class = if restart {
-        RestartClass::Cold
-    } else {
-        RestartClass::Hot
-    };
-    let changed_sha = before.installed_sha.as_ref() != Some(&fetched.sha);
-    if !done.marker_missing {
-        next.pending = None;
-    }
-    next.installed_sha = Some(fetched.sha.clone());
-    next.installed_from = Some(origin.key());
-    next.installed_ref = ref_name.clone();
-    next.plugin_name = Some(meta.name.clone());
-    next.version = meta.version.clone();
-    next.content_digest = Some(done.digest.clone());
-    next.installed_container_id = Some(container_id.clone());
-    if done.change != Change::Unchanged || restart {
-        next.last_restart_class = Some(class);
-    }
-    if done.change != Change::Unchanged || changed_sha {
-        next.installed_at = Some(now.clone());
-    }
-    let how = match (done.change, restart) {
-        (_, true) => "cold: the workspace restarts",
-        (Change::Hot, false) => "hot: no restart",
-        _ => "unchanged",
-    };
-    let msg = format!(
-        "installed {} {}at {} ({how})",
-        meta.name,
-        meta.version
-            .as_deref()
-            .map(|v| format!("{v} "))
-            .unwrap_or_default(),
-        short(&fetched.sha)
-    );
-    let wait_next = if done.marker_missing {
-        let w = ctx.failed(&uid, &attempt_key, "MarkerMissing");
-        set_ready(
-            &mut next,
-            generation,
-            &now,
-            ConditionStatus::False,
-            "MarkerMissing",
-            "the new version is in place but its .complete marker could not be written; retrying",
-        );
-        Action::requeue(w)
-    } else {
-        ctx.succeeded(&uid);
-        set_ready(
-            &mut next,
-            generation,
-            &now,
-            ConditionStatus::True,
-            "Installed",
-            &msg,
-        );
-        Action::requeue(RESYNC)
-    };
-    if restart {
-        request_restart(&ctx, &ws, &now).await?;
-    }
-    write_status(&ctx, &pi_now, &next).await?;
-    if let Some(old) = before.plugin_name.as_ref().filter(|o| **o != meta.name) {
-        // The source now names another plugin: the old one leaves.
-        if let Err(e) = install::uninstall(ctx.backend.as_ref(), &w, method, old).await {
-            tracing::warn!(plugininstall = %pi.name_any(), old = %old, error = %e, "could not remove the previous plugin");
-        }
-    }
-    let t = done.timings;
-    let class_label = match (done.change, restart) {
-        (_, true) => "cold",
-        (Change::Hot, false) => "hot",
-        _ => "unchanged",
-    };
-    for (step, d) in [
-        ("fetch", fetch_time),
-        ("stage", t.stage),
-        ("prepare", t.prepare),
-        ("swap", t.swap),
-    ] {
-        ctx.metrics.observe(
-            "molecule_plugin_install_seconds",
-            &[("step", step), ("change", class_label)],
-            d.as_secs_f64(),
-        );
-    }
-    tracing::info!(
-        event = "plugin.installed",
-        plugininstall = %pi.name_any(),
-        workspace = %ws_name,
-        plugin = %meta.name,
-        sha = %fetched.sha,
-        change = ?done.change,
-        restart,
-        fetch_ms = fetch_time.as_millis() as u64,
-        stage_ms = t.stage.as_millis() as u64,
-        prepare_ms = t.prepare.as_millis() as u64,
-        swap_ms = t.swap.as_millis() as u64,
-        "plugin installed"
-    );
-    if done.change != Change::Unchanged || changed_sha || restart {
-        let reason = if update.is_some() {
-            "Updated"
-        } else {
-            "Installed"
-        };
-        event(&ctx, &pi, EventType::Normal, reason, msg.clone()).await;
-        ctx.audit
-            .record(
-                "plugin.installed",
-                &ns,
-                &pi.name_any(),
-                json!({"workspace": ws_name, "plugin": meta.name, "sha": fetched.sha, "restart": if restart {"cold"} else {"hot"}, "update": update}),
-            )
-            .await;
-    }
-    if done.marker_missing {
-        event(&ctx, &pi, EventType::Warning, "MarkerMissing", format!("{} is in place without its .complete marker; loaders skip it until the retry writes it", meta.name)).await;
-    }
-    sync_updates(&ctx, &pi, Some(&fetched.sha), &overrides, &now).await?;
-    Ok(wait_next)
+    None
 }
 
 /// A record the REST shim made for a workspace's own token (label `molecule.ai/requested-by:
@@ -1143,73 +512,6 @@ fn not_allowed(name: &str, list: &[String]) -> Refusal {
             list.join(", ")
         ),
     )
-}
-
-/// Delete: remove the files from the container (a tombstone when it is stopped), restart
-/// the workspace so hooks and settings unload, and drop the tracking (queued updates are
-/// garbage-collected with the record).
-async fn cleanup(pi: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, PluginError> {
-    let ns = pi.namespace().unwrap_or_else(|| "default".into());
-    let status = pi.status.clone().unwrap_or_default();
-    let ws = workspace(&ctx, &ns, &pi.spec.workspace_ref.name).await?;
-    let name = status.plugin_name.clone();
-    let mut removed = false;
-    if let (Some(ws), Some(name)) = (ws.as_ref(), name.as_ref())
-        && ws.metadata.deletion_timestamp.is_none()
-        && ws.spec.runtime.as_deref() != Some("external")
-        && let Some(w) = wref(ws)
-    {
-        match ctx.backend.inspect(&w).await? {
-            Presence::Running { container_id, .. } => {
-                let result = match ctx.method(&w, &container_id).await? {
-                    Some(m) => install::uninstall(ctx.backend.as_ref(), &w, m, name).await,
-                    // No way to run a step inside: the archive API still replaces the dir.
-                    None => install::tombstone(ctx.backend.as_ref(), &w, name)
-                        .await
-                        .map_err(InstallError::from),
-                };
-                match result {
-                    Ok(()) => {
-                        removed = true;
-                        request_restart(&ctx, ws, &crate::util::now_rfc3339()).await?;
-                    }
-                    Err(InstallError::Backend(e)) if e.is_transient() => return Err(e.into()),
-                    Err(e) => {
-                        tracing::warn!(plugininstall = %pi.name_any(), error = %e, "uninstall failed; the files stay");
-                        event(
-                            &ctx,
-                            &pi,
-                            EventType::Warning,
-                            "UninstallFailed",
-                            format!("{name} could not be removed from the container: {e}"),
-                        )
-                        .await;
-                    }
-                }
-            }
-            Presence::Stopped { .. } => {
-                match install::tombstone(ctx.backend.as_ref(), &w, name).await {
-                    Ok(()) => removed = true,
-                    Err(e) if e.is_transient() => return Err(e.into()),
-                    Err(e) => {
-                        tracing::warn!(plugininstall = %pi.name_any(), error = %e, "offline uninstall failed")
-                    }
-                }
-            }
-            Presence::Absent => {}
-        }
-    }
-    ctx.succeeded(&pi.uid().unwrap_or_default());
-    ctx.audit
-        .record(
-            "plugin.uninstalled",
-            &ns,
-            &pi.name_any(),
-            json!({"workspace": pi.spec.workspace_ref.name, "plugin": name, "removed": removed}),
-        )
-        .await;
-    tracing::info!(event = "plugin.uninstalled", plugininstall = %pi.name_any(), removed, "plugin install deleted");
-    Ok(Action::await_change())
 }
 
 #[cfg(test)]
@@ -1279,17 +581,5 @@ mod tests {
                 .reason,
             "Unpinned"
         );
-    }
-
-    #[test]
-    fn status_patch_clears_unset_fields() {
-        let s = PluginInstallStatus {
-            installed_sha: Some("a".into()),
-            ..Default::default()
-        };
-        let p = status_patch(&s);
-        assert_eq!(p["status"]["installedSha"], "a");
-        assert!(p["status"]["pending"].is_null());
-        assert!(p["status"].as_object().unwrap().contains_key("pending"));
     }
 }
