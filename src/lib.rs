@@ -15,6 +15,7 @@ pub mod controllers;
 pub mod git;
 pub mod images;
 pub mod kubeconfig;
+pub mod net;
 pub mod operator;
 pub mod orgtemplate;
 pub mod plugins;
