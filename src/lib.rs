@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod archive;
 pub mod audit;
 pub mod backends;
 pub mod controllers;

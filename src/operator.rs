@@ -96,7 +96,7 @@ async fn readyz(State(h): State<Http>) -> axum::response::Response {
 
 async fn metrics(State(h): State<Http>) -> axum::response::Response {
     (
-        [("content-type", "text/plain; version=0.0.4")],
+        [("content-type", crate::telemetry::CONTENT_TYPE)],
         h.metrics.render(),
     )
         .into_response()

@@ -142,7 +142,7 @@ async fn route(
         "/version" => return Ok(json_response(200, &discovery::version(), &[])),
         "/metrics" => {
             return Ok((
-                [("content-type", "text/plain; version=0.0.4")],
+                [("content-type", crate::telemetry::CONTENT_TYPE)],
                 api.render_metrics(),
             )
                 .into_response());

@@ -17,6 +17,7 @@ pub mod registry;
 pub mod selectors;
 pub mod table;
 pub mod validation;
+mod varint;
 pub mod verbs;
 pub mod watch;
 

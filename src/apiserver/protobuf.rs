@@ -21,16 +21,7 @@ fn bad() -> ApiError {
 }
 
 fn varint(buf: &[u8], pos: &mut usize) -> Result<u64, ApiError> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *buf.get(*pos).ok_or_else(bad)?;
-        *pos += 1;
-        v |= u64::from(b & 0x7f) << shift;
-        if b < 0x80 {
-            return Ok(v);
-        }
-    }
-    Err(bad())
+    super::varint::get(buf, pos).ok_or_else(bad)
 }
 
 fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>, ApiError> {

@@ -274,6 +274,13 @@ pub enum BackendError {
     Config(String),
 }
 
+/// A tar entry that cannot be written is the request's fault (a path both file and directory).
+impl From<crate::archive::ArchiveError> for BackendError {
+    fn from(e: crate::archive::ArchiveError) -> Self {
+        BackendError::Permanent(e.to_string())
+    }
+}
+
 impl BackendError {
     /// Worth retrying as is: an unreachable engine or service, or a 5xx / 408 / 429 answer.
     pub fn is_transient(&self) -> bool {

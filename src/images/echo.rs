@@ -12,8 +12,9 @@ use bollard::query_parameters::BuildImageOptionsBuilder;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
+use crate::archive::TarBuilder;
 use crate::backends::BackendError;
-use crate::backends::docker::{TarBuilder, map_error};
+use crate::backends::docker::map_error;
 
 /// Repository of the built-in echo image.
 pub const ECHO_REPOSITORY: &str = "molecule-local/echo";

@@ -134,7 +134,7 @@ async fn download(
         Err(r) => return error(StatusCode::UNPROCESSABLE_ENTITY, &r.to_string()),
     };
     let mtime = jiff::Timestamp::now().as_second().max(0) as u64;
-    let mut tar = crate::backends::docker::TarBuilder::new(mtime);
+    let mut tar = crate::archive::TarBuilder::new(mtime);
     for file in f.tree.files() {
         if let Err(e) = tar.file(
             &format!("{}/{}", f.meta.name, file.path),

@@ -1,14 +1,12 @@
-//! Logging set-up (text or JSON lines, ADR 0043) and a small Prometheus text-format metrics registry (counters and summaries).
-//!
-//! The registry is bounded (ADR 0041): each metric name holds at most [`MAX_SERIES`] label
-//! sets; later ones are counted into one `{overflow="true"}` series, so label values a client
-//! chooses (a method, a User-Agent) cannot grow memory or `/metrics` without limit.
+//! Logging set-up (text or JSON lines, ADR 0043) and the Prometheus metrics: a registry on
+//! `prometheus-client` with HELP lines, histograms, process metrics and controller-runtime's
+//! names (ADR 0046), bounded per family (ADR 0041).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+mod families;
+mod metrics;
+mod process;
 
-/// Most label sets one metric name keeps (ADR 0041); the rest share the overflow series.
-pub const MAX_SERIES: usize = 1000;
+pub use metrics::{CONTENT_TYPE, MAX_SERIES, Metrics};
 
 /// An HTTP method as a metrics label: one of a fixed set, `OTHER` for anything else, so a
 /// client cannot mint label values (ADR 0041).
@@ -25,122 +23,6 @@ pub fn method_label(m: &axum::http::Method) -> &'static str {
         Method::CONNECT => "CONNECT",
         Method::TRACE => "TRACE",
         _ => "OTHER",
-    }
-}
-
-/// Label set rendered as `{k="v",…}`.
-type Labels = Vec<(String, String)>;
-
-#[derive(Default)]
-struct Series {
-    counters: BTreeMap<(String, Labels), f64>,
-    gauges: BTreeMap<(String, Labels), f64>,
-    summaries: BTreeMap<(String, Labels), (u64, f64)>,
-    /// Label sets held per metric name (all three maps together).
-    per_name: HashMap<String, usize>,
-}
-
-impl Series {
-    /// The key a new observation goes to: its own series while the name has room, else the
-    /// name's overflow series.
-    fn key(
-        &mut self,
-        name: &str,
-        l: &[(&str, &str)],
-        exists: impl Fn(&Self, &(String, Labels)) -> bool,
-    ) -> (String, Labels) {
-        let key = (name.to_string(), labels(l));
-        if exists(self, &key) {
-            return key;
-        }
-        let held = self.per_name.entry(name.to_string()).or_default();
-        if *held < MAX_SERIES {
-            *held += 1;
-            return key;
-        }
-        (
-            name.to_string(),
-            vec![("overflow".to_string(), "true".to_string())],
-        )
-    }
-}
-
-/// Process-wide metrics, rendered on `/metrics`.
-#[derive(Default)]
-pub struct Metrics(Mutex<Series>);
-
-fn labels(l: &[(&str, &str)]) -> Labels {
-    l.iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn render_labels(l: &Labels) -> String {
-    if l.is_empty() {
-        return String::new();
-    }
-    let parts: Vec<String> = l
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
-        .collect();
-    format!("{{{}}}", parts.join(","))
-}
-
-impl Metrics {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Series> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    /// Adds one to a counter.
-    pub fn inc(&self, name: &str, l: &[(&str, &str)]) {
-        let mut s = self.lock();
-        let key = s.key(name, l, |s, k| s.counters.contains_key(k));
-        *s.counters.entry(key).or_default() += 1.0;
-    }
-    /// Sets a gauge (an overflowing gauge keeps the last value set).
-    pub fn set(&self, name: &str, l: &[(&str, &str)], v: f64) {
-        let mut s = self.lock();
-        let key = s.key(name, l, |s, k| s.gauges.contains_key(k));
-        s.gauges.insert(key, v);
-    }
-    /// Records one observation (count and sum) of a summary.
-    pub fn observe(&self, name: &str, l: &[(&str, &str)], v: f64) {
-        let mut s = self.lock();
-        let key = s.key(name, l, |s, k| s.summaries.contains_key(k));
-        let e = s.summaries.entry(key).or_default();
-        e.0 += 1;
-        e.1 += v;
-    }
-    /// Prometheus text exposition format.
-    pub fn render(&self) -> String {
-        let s = self.lock();
-        let mut out = String::new();
-        let mut last = String::new();
-        for ((n, l), v) in &s.counters {
-            if *n != last {
-                out.push_str(&format!("# TYPE {n} counter\n"));
-                last = n.clone();
-            }
-            out.push_str(&format!("{n}{} {v}\n", render_labels(l)));
-        }
-        for ((n, l), v) in &s.gauges {
-            if *n != last {
-                out.push_str(&format!("# TYPE {n} gauge\n"));
-                last = n.clone();
-            }
-            out.push_str(&format!("{n}{} {v}\n", render_labels(l)));
-        }
-        for ((n, l), (c, sum)) in &s.summaries {
-            if *n != last {
-                out.push_str(&format!("# TYPE {n} summary\n"));
-                last = n.clone();
-            }
-            out.push_str(&format!(
-                "{n}_count{} {c}\n{n}_sum{} {sum}\n",
-                render_labels(l),
-                render_labels(l)
-            ));
-        }
-        out
     }
 }
 
@@ -263,43 +145,6 @@ impl tracing::field::Visit for JsonFields {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn renders_prometheus_text() {
-        let m = Metrics::default();
-        m.inc("requests_total", &[("verb", "GET"), ("code", "200")]);
-        m.inc("requests_total", &[("verb", "GET"), ("code", "200")]);
-        m.observe("latency_seconds", &[], 0.5);
-        m.set("objects", &[], 3.0);
-        let t = m.render();
-        assert!(
-            t.contains(
-                "# TYPE requests_total counter\nrequests_total{verb=\"GET\",code=\"200\"} 2\n"
-            ),
-            "{t}"
-        );
-        assert!(
-            t.contains("latency_seconds_count 1\nlatency_seconds_sum 0.5\n"),
-            "{t}"
-        );
-        assert!(t.contains("objects 3\n"), "{t}");
-    }
-
-    #[test]
-    fn caps_label_sets_per_name() {
-        let m = Metrics::default();
-        for i in 0..(MAX_SERIES + 50) {
-            m.inc("hits_total", &[("client", &format!("c{i}"))]);
-        }
-        m.inc("hits_total", &[("client", "c0")]);
-        m.inc("other_total", &[("client", "x")]);
-        let t = m.render();
-        let series = t.lines().filter(|l| l.starts_with("hits_total{")).count();
-        assert_eq!(series, MAX_SERIES + 1, "{series}");
-        assert!(t.contains("hits_total{overflow=\"true\"} 50\n"));
-        assert!(t.contains("hits_total{client=\"c0\"} 2\n"));
-        assert!(t.contains("other_total{client=\"x\"} 1\n"));
-    }
 
     #[test]
     fn json_lines_carry_the_fixed_keys() {
