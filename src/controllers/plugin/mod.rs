@@ -86,8 +86,6 @@ pub struct Settings {
     pub drift_tick: Duration,
     /// Honour `/configs/plugins/.failpoint` in the in-container steps (tests only).
     pub failpoints: bool,
-    /// Where the download route for external agents finds the fetcher and client.
-    pub downloads: crate::shim::plugin_download::Slot,
     /// Git hosts a record requested by a workspace's own token may name (ADR 0038).
     pub git_hosts: crate::plugins::git_hosts::GitHosts,
 }
@@ -102,7 +100,6 @@ impl Settings {
             limits: Limits::default(),
             drift_tick: Duration::from_secs(5),
             failpoints: false,
-            downloads: Arc::default(),
             git_hosts: Default::default(),
         }
     }
@@ -305,12 +302,6 @@ pub async fn run(
             }
             out
         });
-    let _ = settings
-        .downloads
-        .set(Arc::new(crate::shim::plugin_download::DownloadState {
-            client: client.clone(),
-            fetcher: settings.fetcher(),
-        }));
     let ctx = Arc::new(Context {
         client,
         backend,
@@ -606,7 +597,8 @@ fn short(sha: &str) -> &str {
 async fn request_restart(ctx: &Context, ws: &Workspace, now: &str) -> Result<(), PluginError> {
     let api: Api<Workspace> =
         Api::namespaced(ctx.client.clone(), &ws.namespace().unwrap_or_default());
-    let patch = json!({"metadata": {"annotations": {crate::controllers::workspace::RESTART_ANNOTATION: now}}});
+    let patch =
+        json!({"metadata": {"annotations": {crate::resources::names::RESTART_ANNOTATION: now}}});
     api.patch(
         &ws.name_any(),
         &PatchParams::default(),
@@ -668,7 +660,7 @@ async fn apply(cached: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, 
             "ExternalRuntime",
             format!(
                 "workspace {ws_name} runs an external agent (runtime: external) and has no container to install into; the agent downloads the plugin itself: GET {} with its workspace token as Bearer",
-                crate::shim::plugin_download::download_path(&ns, &pi.name_any())
+                crate::resources::names::download_path(&ns, &pi.name_any())
             ),
         );
         return refuse(&ctx, &pi, next, r, generation, &now, None, wait).await;
@@ -678,7 +670,7 @@ async fn apply(cached: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, 
             "BackendUnsupported",
             format!(
                 "workspace {ws_name} runs on the control plane (EC2), where molecule cannot swap files in place; its agent downloads the plugin itself: GET {} with its workspace token as Bearer",
-                crate::shim::plugin_download::download_path(&ns, &pi.name_any())
+                crate::resources::names::download_path(&ns, &pi.name_any())
             ),
         );
         return refuse(&ctx, &pi, next, r, generation, &now, None, wait).await;
@@ -929,7 +921,7 @@ async fn apply(cached: Arc<PluginInstall>, ctx: Arc<Context>) -> Result<Action, 
         .is_some_and(|p| {
             !plan::restart_covers(
                 ws.annotations()
-                    .get(crate::controllers::workspace::RESTART_ANNOTATION)
+                    .get(crate::resources::names::RESTART_ANNOTATION)
                     .map(String::as_str),
                 &p.started_at,
             )
@@ -1124,7 +1116,7 @@ fn check_requester(
 ) -> Result<(), Refusal> {
     let by_workspace = pi
         .labels()
-        .get(crate::shim::plugins::REQUESTED_BY_LABEL)
+        .get(crate::resources::names::REQUESTED_BY_LABEL)
         .is_some_and(|v| v == "workspace");
     match &origin.source {
         Source::Git(url) if by_workspace && !hosts.allows(url) => Err(Refusal::new(
@@ -1230,7 +1222,7 @@ mod tests {
             if by_workspace {
                 pi.metadata.labels = Some(
                     [(
-                        crate::shim::plugins::REQUESTED_BY_LABEL.to_string(),
+                        crate::resources::names::REQUESTED_BY_LABEL.to_string(),
                         "workspace".to_string(),
                     )]
                     .into(),

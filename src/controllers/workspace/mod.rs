@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::backends::{
     BackendError, Backends, ConfigFile, Presence, StartSpec, Tier, WorkspaceBackend, WorkspaceRef,
 };
+use crate::resources::names::RESTART_ANNOTATION;
 use crate::resources::{
     Backend, Condition, ConditionStatus, Runtime, Workspace, WorkspacePhase, WorkspaceStatus,
 };
@@ -33,8 +34,6 @@ use plan::{ProvisionReason, Step};
 
 /// Finalizer guarding the container and volume.
 pub const FINALIZER: &str = "molecule.ai/workspace-cleanup";
-/// Annotation whose change restarts the workspace (like `kubectl rollout restart`).
-pub const RESTART_ANNOTATION: &str = "molecule.ai/restartedAt";
 /// Runtimes that need no Runtime record.
 pub const BUILTIN_RUNTIMES: &[&str] = &["echo", "external"];
 
