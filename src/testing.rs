@@ -23,3 +23,5 @@ pub async fn postgres_url() -> Option<String> {
     let (prefix, _) = base.rsplit_once('/').expect("database URL has a path");
     Some(format!("{prefix}/{name}"))
 }
+
+pub mod harness;

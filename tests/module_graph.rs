@@ -3,7 +3,8 @@
 //!
 //! The graph is read from the source: an edge `a -> b` for every `crate::b` path in a file of
 //! module `a` (`src/a.rs` or `src/a/**`), comments, string literals and `#[cfg(test)]` modules
-//! left out (a test may reach across; the build may not).
+//! left out (a test may reach across; the build may not), also those in files of their own
+//! (`#[cfg(test)] mod name;`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -110,29 +111,27 @@ fn quoted_len(s: &[u8], quote: u8) -> usize {
     s.len()
 }
 
-/// `code` without the bodies of `#[cfg(test)] mod … { … }`.
-fn without_test_modules(code: &str) -> String {
+/// `code` without the items behind `#[cfg(test)]`, and the names of the test modules it
+/// declares in files of their own (`#[cfg(test)] mod name;`).
+fn without_test_modules(code: &str) -> (String, Vec<String>) {
     let mut out = code.to_string();
+    let mut file_modules = vec![];
     let mut from = 0;
     while let Some(p) = out[from..].find("#[cfg(test)]").map(|p| p + from) {
-        let Some(open) = out[p..].find('{').map(|o| o + p) else {
-            break;
-        };
-        let mut depth = 0usize;
-        let mut end = out.len();
-        for (k, c) in out[open..].char_indices() {
-            match c {
-                '{' => depth += 1,
-                '}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        end = open + k + 1;
-                        break;
-                    }
+        let item = p + "#[cfg(test)]".len();
+        let semi = out[item..].find(';').map(|o| o + item);
+        let open = out[item..].find('{').map(|o| o + item);
+        let end = match (semi, open) {
+            (Some(semi), open) if open.is_none_or(|o| semi < o) => {
+                let decl: Vec<&str> = out[item..semi].split_whitespace().collect();
+                if let [.., "mod", name] = decl.as_slice() {
+                    file_modules.push(name.to_string());
                 }
-                _ => {}
+                semi + 1
             }
-        }
+            (_, Some(open)) => block_end(&out, open),
+            _ => break,
+        };
         let blanked: String = out[p..end]
             .chars()
             .map(|c| if c == '\n' { '\n' } else { ' ' })
@@ -140,7 +139,34 @@ fn without_test_modules(code: &str) -> String {
         out.replace_range(p..end, &blanked);
         from = p + 1;
     }
-    out
+    (out, file_modules)
+}
+
+/// The end of the brace-balanced block opening at `open`.
+fn block_end(code: &str, open: usize) -> usize {
+    let mut depth = 0usize;
+    for (k, c) in code[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return open + k + 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    code.len()
+}
+
+/// Where the child modules of `file` live: its own dir for `mod.rs`, else `dir/stem/`.
+fn child_dir(file: &Path) -> PathBuf {
+    let dir = file.parent().unwrap_or(Path::new(""));
+    match file.file_stem().and_then(|s| s.to_str()) {
+        Some("mod") | None => dir.to_path_buf(),
+        Some(stem) => dir.join(stem),
+    }
 }
 
 /// The modules a piece of code names after `crate::`, with the byte offset of each.
@@ -194,7 +220,9 @@ fn crate_paths(code: &str) -> Vec<(usize, String)> {
 fn module_graph() -> Graph {
     let src = src_dir();
     let tops = top_level_modules(&src);
-    let mut graph = Graph::new();
+    // Every file with its code, test items left out.
+    let mut sources: Vec<(String, PathBuf, String)> = vec![];
+    let mut test_files: Vec<PathBuf> = vec![];
     for top in &tops {
         let mut files = vec![];
         let dir = src.join(top);
@@ -205,18 +233,30 @@ fn module_graph() -> Graph {
         if file.is_file() {
             files.push(file);
         }
-        let edges = graph.entry(top.clone()).or_default();
         for f in files {
             let text = std::fs::read_to_string(&f).expect("read source");
-            let code = without_test_modules(&code_only(&text));
-            for (at, target) in crate_paths(&code) {
-                if &target != top && tops.contains(&target) {
-                    let line = code[..at].matches('\n').count() + 1;
-                    let rel = f.strip_prefix(&src).unwrap_or(&f).display().to_string();
-                    edges
-                        .entry(target)
-                        .or_insert_with(|| format!("src/{rel}:{line}"));
-                }
+            let (code, test_modules) = without_test_modules(&code_only(&text));
+            for m in test_modules {
+                test_files.push(child_dir(&f).join(format!("{m}.rs")));
+                test_files.push(child_dir(&f).join(m));
+            }
+            sources.push((top.clone(), f, code));
+        }
+    }
+    let mut graph: Graph = tops.iter().map(|t| (t.clone(), BTreeMap::new())).collect();
+    for (top, f, code) in &sources {
+        if test_files.iter().any(|t| f.starts_with(t)) {
+            continue;
+        }
+        for (at, target) in crate_paths(code) {
+            if &target != top && tops.contains(&target) {
+                let line = code[..at].matches('\n').count() + 1;
+                let rel = f.strip_prefix(&src).unwrap_or(f).display().to_string();
+                graph
+                    .entry(top.clone())
+                    .or_default()
+                    .entry(target)
+                    .or_insert_with(|| format!("src/{rel}:{line}"));
             }
         }
     }
@@ -305,10 +345,22 @@ fn the_reader_sees_crate_paths_in_code_only() {
         #[cfg(test)]
         mod tests { use crate::epsilon; fn f() { let c = '{'; } }
         crate::zeta::g();
+        #[cfg(test)]
+        mod inproc;
+        struct Kept { field: crate::eta::T }
     "#;
-    let code = without_test_modules(&code_only(text));
+    let (code, test_modules) = without_test_modules(&code_only(text));
     let found: Vec<String> = crate_paths(&code).into_iter().map(|(_, m)| m).collect();
-    assert_eq!(found, ["alpha", "beta", "gamma", "delta", "zeta"]);
+    assert_eq!(found, ["alpha", "beta", "gamma", "delta", "zeta", "eta"]);
+    assert_eq!(test_modules, ["inproc"]);
+    assert_eq!(
+        child_dir(Path::new("src/controllers/mod.rs")),
+        Path::new("src/controllers")
+    );
+    assert_eq!(
+        child_dir(Path::new("src/images/git.rs")),
+        Path::new("src/images/git")
+    );
 }
 
 #[test]

@@ -17,6 +17,9 @@ use kube::runtime::reflector::ObjectRef;
 use crate::telemetry::Metrics;
 
 pub mod cache;
+#[cfg(test)]
+mod inproc;
+pub mod kit;
 pub mod leader;
 pub mod org_import;
 pub mod plugin;

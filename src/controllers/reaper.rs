@@ -8,13 +8,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kube::api::{Api, ListParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
+use super::kit::{Backoff, Reconciler};
 use crate::backends::{Managed, ManagedKind, WorkspaceBackend};
 use crate::resources::Workspace;
 use crate::shutdown::Shutdown;
@@ -27,6 +28,15 @@ pub enum ReaperError {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Backend(#[from] crate::backends::BackendError),
+}
+
+impl super::kit::Failure for ReaperError {
+    fn category(&self) -> &'static str {
+        match self {
+            ReaperError::Kube(_) => "ApiError",
+            ReaperError::Backend(e) => e.category(),
+        }
+    }
 }
 
 /// What a live record says about its instance.
@@ -217,7 +227,15 @@ pub async fn reap_once(
     }
 }
 
-/// Runs passes on every trigger (debounced) and every `every`, until shutdown.
+/// The kit's wrapper of reaper passes (ADR 0045): a failed pass is retried after 1 s, 2 s, 4 s …
+/// (at most `every`), besides the periodic resync and triggers.
+fn reconciler(metrics: Arc<Metrics>, every: Duration) -> Reconciler {
+    let min = Duration::from_secs(1).min(every);
+    Reconciler::new("reaper", metrics, Backoff::new(min, every))
+}
+
+/// Runs passes on every trigger (debounced), every `every` and after a failed pass's backoff,
+/// until shutdown.
 pub async fn run(
     client: Client,
     backends: Vec<Arc<dyn WorkspaceBackend>>,
@@ -226,12 +244,16 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) {
+    let kit = reconciler(metrics.clone(), every);
     let stop = shutdown.wait();
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(every);
+    let mut retry: Option<tokio::time::Instant> = None;
     loop {
+        let retry_at = retry.unwrap_or_else(|| tokio::time::Instant::now() + every);
         tokio::select! {
             _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(retry_at), if retry.is_some() => {}
             Some(()) = triggers.recv() => {
                 // Coalesce a burst of Docker events into one pass.
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -239,28 +261,35 @@ pub async fn run(
             }
             _ = &mut stop => return,
         }
-        let t = Instant::now();
-        match reap_once(&client, &backends, &metrics).await {
-            Ok(n) => {
-                metrics.observe(
-                    "molecule_reconcile_seconds",
-                    &[("controller", "reaper")],
-                    t.elapsed().as_secs_f64(),
-                );
-                if n > 0 {
-                    tracing::info!(removed = n, "reaper pass");
-                }
-            }
-            Err(e) => {
-                metrics.inc(
-                    "molecule_reconcile_errors_total",
-                    &[("controller", "reaper"), ("category", "pass")],
-                );
-                tracing::warn!(error = %e, "reaper pass failed; will retry");
-            }
-        }
+        retry = pass(&kit, &client, &backends, &metrics)
+            .await
+            .map(|delay| tokio::time::Instant::now() + delay);
     }
 }
+
+/// One pass through the kit; the delay of its retry when it failed.
+async fn pass(
+    kit: &Reconciler,
+    client: &Client,
+    backends: &[Arc<dyn WorkspaceBackend>],
+    metrics: &Metrics,
+) -> Option<Duration> {
+    match kit
+        .run_keyed(PASS_KEY, reap_once(client, backends, metrics))
+        .await
+    {
+        Ok(n) => {
+            if n > 0 {
+                tracing::info!(removed = n, "reaper pass");
+            }
+            None
+        }
+        Err(e) => Some(kit.retry_keyed(PASS_KEY, &e)),
+    }
+}
+
+/// The reaper's passes are about no one object: one key for the span and the backoff.
+const PASS_KEY: &str = "orphans";
 
 #[cfg(test)]
 mod tests {

@@ -7,15 +7,15 @@
 //! `reconcile` is a thin driver: probe through [`Images`] (one lookup), tick the auto-refresh
 //! bookkeeping, compute the next status with the pure [`next_status`], write it if it changed.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
-use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Client, ResourceExt};
+
+use super::kit::{self, Backoff, Reconciler, Reporter};
 
 use crate::images::refresh::{self, Seen, Tick};
 use crate::images::{ImageError, Images, Resolved};
@@ -67,12 +67,29 @@ impl RuntimeError {
 pub struct Context {
     pub client: Client,
     pub images: Arc<Images>,
-    pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     /// Auto-refresh: the last observed fingerprint per runtime (first observation seeds).
     pub seen: Seen,
-    retries: Mutex<HashMap<String, backon::ExponentialBackoff>>,
+    /// Span, metrics and per-runtime backoff (ADR 0045). Retries of an unreachable source wait
+    /// 5 s … 5 min. Not faster: no workspace start waits on this controller (a start resolves
+    /// its image itself), and on a host without network every built-in runtime fails its probe
+    /// at once, so 500 ms steps spawned dozens of `git ls-remote` processes in an operator's
+    /// first seconds. A pass resets it itself: a successful pass may still be retrying.
+    pub kit: Reconciler,
+    /// Status writes and Events.
+    pub report: Reporter,
 }
+
+/// The status fields the controller owns.
+const STATUS_FIELDS: &[&str] = &[
+    "observedGeneration",
+    "conditions",
+    "resolvedImage",
+    "digest",
+    "source",
+    "builtFromSha",
+    "resolvedAt",
+];
 
 impl Context {
     pub fn new(
@@ -82,42 +99,26 @@ impl Context {
         metrics: Arc<Metrics>,
     ) -> Context {
         Context {
+            report: Reporter::with_recorder(client.clone(), recorder, "Resolve", STATUS_FIELDS),
+            kit: Reconciler::new(
+                "runtime",
+                metrics.clone(),
+                Backoff::new(Duration::from_secs(5), Duration::from_secs(300)),
+            )
+            .manual_reset(),
             client,
             images,
-            recorder,
             metrics,
             seen: Seen::default(),
-            retries: Mutex::default(),
         }
     }
 
-    /// The next retry delay of a runtime whose source is unreachable (5 s … 5 min). Not faster:
-    /// no workspace start waits on this controller (a start resolves its image itself), and on
-    /// a host without network every built-in runtime fails its probe at once, so 500 ms steps
-    /// spawned dozens of `git ls-remote` processes in an operator's first seconds.
     fn backoff(&self, name: &str) -> Duration {
-        use backon::BackoffBuilder;
-        self.retries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(name.to_string())
-            .or_insert_with(|| {
-                backon::ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_secs(5))
-                    .with_max_delay(Duration::from_secs(300))
-                    .with_jitter()
-                    .without_max_times()
-                    .build()
-            })
-            .next()
-            .unwrap_or(Duration::from_secs(300))
+        self.kit.backoff().next(name)
     }
 
     fn reset_backoff(&self, name: &str) {
-        self.retries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        self.kit.backoff().reset(name)
     }
 }
 
@@ -280,71 +281,28 @@ fn ready_of(s: &RuntimeStatus) -> Option<(ConditionStatus, Option<String>)> {
 
 async fn write_status(
     ctx: &Context,
-    name: &str,
+    rt: &Runtime,
     before: &RuntimeStatus,
     next: &RuntimeStatus,
 ) -> Result<(), RuntimeError> {
-    if before == next {
-        return Ok(());
-    }
-    let api: Api<Runtime> = Api::all(ctx.client.clone());
-    let value = serde_json::to_value(next).unwrap_or_else(|_| json!({}));
-    // Merge patch with every field present (nulls remove what the next status dropped).
-    let mut patch = serde_json::Map::new();
-    for f in [
-        "observedGeneration",
-        "conditions",
-        "resolvedImage",
-        "digest",
-        "source",
-        "builtFromSha",
-        "resolvedAt",
-    ] {
-        patch.insert(
-            f.into(),
-            value.get(f).cloned().unwrap_or(serde_json::Value::Null),
-        );
-    }
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": patch })),
-    )
-    .await?;
+    ctx.report.status(rt, before, next, None).await?;
     Ok(())
 }
 
 fn event(ctx: &Context, rt: &Runtime, type_: EventType, reason: &str, note: String) {
-    super::report::publish(
-        &ctx.recorder,
-        rt.object_ref(&()),
-        type_,
-        reason,
-        note,
-        "Resolve",
-    );
+    ctx.report.event(rt, type_, reason, note);
 }
 
-/// Entry point for kube-runtime.
+/// Entry point for kube-runtime, wrapped by the kit.
 pub async fn reconcile(cached: Arc<Runtime>, ctx: Arc<Context>) -> Result<Action, RuntimeError> {
-    let started = Instant::now();
     let name = cached.name_any();
-    let result = reconcile_inner(&name, &ctx).await;
-    ctx.metrics.inc(
-        "molecule_reconcile_total",
-        &[
-            ("controller", "runtime"),
-            ("result", if result.is_ok() { "ok" } else { "error" }),
-        ],
-    );
-    ctx.metrics.observe(
-        "molecule_reconcile_seconds",
-        &[("controller", "runtime")],
-        started.elapsed().as_secs_f64(),
-    );
-    result
+    ctx.kit
+        .run(cached.as_ref(), reconcile_inner(&name, &ctx))
+        .await
 }
 
+/// One pass: observe (the record, its source) → act (auto-refresh, or a roll a crashed process
+/// left unfinished) → report (status, Events) → the next look.
 async fn reconcile_inner(name: &str, ctx: &Arc<Context>) -> Result<Action, RuntimeError> {
     let api: Api<Runtime> = Api::all(ctx.client.clone());
     let Some(rt) = api.get_opt(name).await? else {
@@ -352,51 +310,67 @@ async fn reconcile_inner(name: &str, ctx: &Arc<Context>) -> Result<Action, Runti
         ctx.reset_backoff(name);
         return Ok(Action::await_change());
     };
-    let generation = rt.metadata.generation.unwrap_or(1);
-    let before = rt.status.clone().unwrap_or_default();
-    let auto = rt
-        .spec
+    let auto = auto_refresh_every(&rt);
+    if auto.is_none() {
+        ctx.seen.forget(name);
+    }
+    let probed = ctx.images.probe(name, &rt.spec).await;
+    let pass = Pass {
+        ctx,
+        rt: &rt,
+        name,
+        generation: rt.metadata.generation.unwrap_or(1),
+        before: rt.status.clone().unwrap_or_default(),
+        probe: probed
+            .as_ref()
+            .map(Clone::clone)
+            .map_err(|e| (e.category().to_string(), ctx.images.mask(&e.to_string()))),
+        now: crate::util::now_rfc3339(),
+    };
+    let roll = match &probed {
+        Ok(p) => pass.roll(p, auto.is_some()).await?,
+        Err(_) => None,
+    };
+    pass.report(&api, roll).await?;
+    Ok(next_look(ctx, name, &probed, auto))
+}
+
+/// The auto-refresh interval, when `spec.autoRefresh` is on.
+fn auto_refresh_every(rt: &Runtime) -> Option<Duration> {
+    rt.spec
         .auto_refresh
         .as_ref()
         .filter(|a| a.enabled)
         .map(|a| {
             Duration::from_secs(a.interval_seconds.unwrap_or(DEFAULT_REFRESH_SECONDS).max(1) as u64)
-        });
-    if auto.is_none() {
-        ctx.seen.forget(name);
-    }
+        })
+}
 
-    let probed = ctx.images.probe(name, &rt.spec).await;
-    let probe: Probe = probed
-        .as_ref()
-        .map(Clone::clone)
-        .map_err(|e| (e.category().to_string(), ctx.images.mask(&e.to_string())));
-    let now = crate::util::now_rfc3339();
+/// What one pass observed.
+struct Pass<'a> {
+    ctx: &'a Context,
+    rt: &'a Runtime,
+    name: &'a str,
+    generation: i64,
+    before: RuntimeStatus,
+    probe: Probe,
+    now: String,
+}
 
-    // Auto-refresh (or a roll a crashed process left unfinished).
-    let mut roll = None;
-    if let Ok(p) = &probed {
-        let resume = interrupted_roll(&before);
-        let run_refresh = || async {
-            let rolling = next_status(
-                &before,
-                generation,
-                &probe,
-                Some(&RollOutcome::Rolling {
-                    target: p.fingerprint.clone(),
-                }),
-                &now,
-            );
-            write_status(ctx, name, &before, &rolling).await?;
-            refresh::refresh_one(&ctx.images, &rt, true)
-                .await
-                .map_err(RollError::Image)
-        };
-        let outcome = if auto.is_some() {
-            match refresh::tick(&ctx.seen, name, &p.fingerprint, run_refresh).await {
-                Tick::Seeded | Tick::Unchanged if resume => Some(run_refresh().await),
+impl Pass<'_> {
+    /// Act: the auto-refresh tick (or a resumed roll), and what it did.
+    async fn roll(
+        &self,
+        probed: &Resolved,
+        auto: bool,
+    ) -> Result<Option<RollOutcome>, RuntimeError> {
+        let resume = interrupted_roll(&self.before);
+        let run = || self.start_roll(&probed.fingerprint);
+        let outcome = if auto {
+            match refresh::tick(&self.ctx.seen, self.name, &probed.fingerprint, run).await {
+                Tick::Seeded | Tick::Unchanged if resume => Some(run().await),
                 Tick::Seeded => {
-                    tracing::info!(runtime = name, fingerprint = %p.fingerprint, "auto-refresh: first observation (seed only)");
+                    tracing::info!(runtime = self.name, fingerprint = %probed.fingerprint, "auto-refresh: first observation (seed only)");
                     None
                 }
                 Tick::Unchanged => None,
@@ -404,90 +378,125 @@ async fn reconcile_inner(name: &str, ctx: &Arc<Context>) -> Result<Action, Runti
                 Tick::Failed(e) => Some(Err(e)),
             }
         } else if resume {
-            Some(run_refresh().await)
+            Some(run().await)
         } else {
             None
         };
-        roll = match outcome {
-            None => None,
-            Some(Ok((resolved, recreated))) => {
-                ctx.metrics.inc(
-                    "molecule_image_refresh_total",
-                    &[("runtime", name), ("result", "rolled")],
-                );
-                let n = recreated.len();
-                tracing::info!(runtime = name, image = %resolved.image, workspaces = n, "refreshed and rolled");
-                event(
-                    ctx,
-                    &rt,
-                    EventType::Normal,
-                    "Refreshed",
-                    format!(
-                        "{} is current; {n} workspace(s) rolled onto it",
-                        resolved.image
-                    ),
-                );
-                Some(RollOutcome::Rolled {
-                    image: resolved.image,
-                    workspaces: n,
-                })
-            }
-            Some(Err(RollError::Kube(e))) => return Err(e.into()),
-            Some(Err(RollError::Image(e))) => {
-                ctx.metrics.inc(
-                    "molecule_image_refresh_total",
-                    &[("runtime", name), ("result", "failed")],
-                );
-                let message = ctx.images.mask(&e.to_string());
-                tracing::warn!(runtime = name, category = e.category(), error = %message, "refresh failed; the next tick retries");
-                event(
-                    ctx,
-                    &rt,
-                    EventType::Warning,
-                    "RefreshFailed",
-                    message.clone(),
-                );
-                Some(RollOutcome::Failed {
-                    reason: e.category().to_string(),
-                    message,
-                })
-            }
-        };
-    }
-
-    // The status the roll may have written is the base now.
-    let base = match &roll {
-        Some(_) => api
-            .get_opt(name)
-            .await?
-            .and_then(|r| r.status)
-            .unwrap_or_else(|| before.clone()),
-        None => before.clone(),
-    };
-    let next = next_status(&base, generation, &probe, roll.as_ref(), &now);
-    write_status(ctx, name, &base, &next).await?;
-
-    let (was, is) = (ready_of(&before), ready_of(&next));
-    if was != is {
-        match &probe {
-            Ok(r) => {
-                tracing::info!(runtime = name, image = %r.image, source = r.source.as_str(), "runtime resolved");
-                event(
-                    ctx,
-                    &rt,
-                    EventType::Normal,
-                    "Resolved",
-                    format!("{} ({})", r.image, r.source.as_str()),
-                );
-            }
-            Err((reason, message)) => {
-                tracing::warn!(runtime = name, reason = %reason, error = %message, "runtime does not resolve");
-                event(ctx, &rt, EventType::Warning, reason, message.clone());
-            }
+        match outcome {
+            None => Ok(None),
+            Some(Ok((resolved, recreated))) => Ok(Some(self.rolled(resolved, recreated.len()))),
+            Some(Err(RollError::Kube(e))) => Err(e.into()),
+            Some(Err(RollError::Image(e))) => Ok(Some(self.roll_failed(&e))),
         }
     }
 
-    Ok(match (&probed, auto) {
+    /// Marks the roll as started (so a crash resumes it), then refreshes and rolls.
+    async fn start_roll(&self, target: &str) -> Result<(Resolved, Vec<String>), RollError> {
+        let rolling = next_status(
+            &self.before,
+            self.generation,
+            &self.probe,
+            Some(&RollOutcome::Rolling {
+                target: target.to_string(),
+            }),
+            &self.now,
+        );
+        write_status(self.ctx, self.rt, &self.before, &rolling).await?;
+        refresh::refresh_one(&self.ctx.images, self.rt, true)
+            .await
+            .map_err(RollError::Image)
+    }
+
+    fn rolled(&self, resolved: Resolved, n: usize) -> RollOutcome {
+        self.ctx.metrics.inc(
+            "molecule_image_refresh_total",
+            &[("runtime", self.name), ("result", "rolled")],
+        );
+        tracing::info!(runtime = self.name, image = %resolved.image, workspaces = n, "refreshed and rolled");
+        let note = format!(
+            "{} is current; {n} workspace(s) rolled onto it",
+            resolved.image
+        );
+        event(self.ctx, self.rt, EventType::Normal, "Refreshed", note);
+        RollOutcome::Rolled {
+            image: resolved.image,
+            workspaces: n,
+        }
+    }
+
+    fn roll_failed(&self, e: &ImageError) -> RollOutcome {
+        self.ctx.metrics.inc(
+            "molecule_image_refresh_total",
+            &[("runtime", self.name), ("result", "failed")],
+        );
+        let message = self.ctx.images.mask(&e.to_string());
+        tracing::warn!(runtime = self.name, category = e.category(), error = %message, "refresh failed; the next tick retries");
+        event(
+            self.ctx,
+            self.rt,
+            EventType::Warning,
+            "RefreshFailed",
+            message.clone(),
+        );
+        RollOutcome::Failed {
+            reason: e.category().to_string(),
+            message,
+        }
+    }
+
+    /// Report: the next status (on top of what a roll wrote), and an Event when Ready changed.
+    async fn report(
+        &self,
+        api: &Api<Runtime>,
+        roll: Option<RollOutcome>,
+    ) -> Result<(), RuntimeError> {
+        let base = match &roll {
+            Some(_) => api
+                .get_opt(self.name)
+                .await?
+                .and_then(|r| r.status)
+                .unwrap_or_else(|| self.before.clone()),
+            None => self.before.clone(),
+        };
+        let next = next_status(
+            &base,
+            self.generation,
+            &self.probe,
+            roll.as_ref(),
+            &self.now,
+        );
+        write_status(self.ctx, self.rt, &base, &next).await?;
+        if ready_of(&self.before) != ready_of(&next) {
+            self.ready_changed();
+        }
+        Ok(())
+    }
+
+    fn ready_changed(&self) {
+        let (ctx, rt, name) = (self.ctx, self.rt, self.name);
+        match &self.probe {
+            Ok(r) => {
+                tracing::info!(runtime = name, image = %r.image, source = r.source.as_str(), "runtime resolved");
+                let note = format!("{} ({})", r.image, r.source.as_str());
+                event(ctx, rt, EventType::Normal, "Resolved", note);
+            }
+            Err((reason, message)) => {
+                tracing::warn!(runtime = name, reason = %reason, error = %message, "runtime does not resolve");
+                event(ctx, rt, EventType::Warning, reason, message.clone());
+            }
+        }
+    }
+}
+
+/// When to look again: the refresh interval or the resync when resolved; the runtime's backoff
+/// when its source is unreachable; the failed-runtime recheck otherwise.
+fn next_look(
+    ctx: &Context,
+    name: &str,
+    probed: &Result<Resolved, ImageError>,
+    auto: Option<Duration>,
+) -> Action {
+    match (probed, auto) {
         (Ok(_), Some(every)) => {
             ctx.reset_backoff(name);
             Action::requeue(every)
@@ -501,7 +510,7 @@ async fn reconcile_inner(name: &str, ctx: &Arc<Context>) -> Result<Action, Runti
             Action::requeue(auto.map_or(delay, |every| delay.min(every)))
         }
         (Err(_), auto) => Action::requeue(auto.map_or(RECHECK_FAILED, |e| e.min(RECHECK_FAILED))),
-    })
+    }
 }
 
 /// What the refresh closure fails with.
@@ -520,13 +529,13 @@ impl From<RuntimeError> for RollError {
 
 /// Requeue policy for API errors (image problems never get here).
 pub fn error_policy(rt: Arc<Runtime>, err: &RuntimeError, ctx: Arc<Context>) -> Action {
-    ctx.metrics.inc(
-        "molecule_reconcile_errors_total",
-        &[("controller", "runtime"), ("category", err.category())],
-    );
-    let delay = ctx.backoff(&rt.name_any());
-    tracing::warn!(runtime = %rt.name_any(), error = %err, retry_in_ms = delay.as_millis() as u64, "runtime reconcile failed; will retry");
-    Action::requeue(delay)
+    ctx.kit.retry(rt.as_ref(), err)
+}
+
+impl kit::Failure for RuntimeError {
+    fn category(&self) -> &'static str {
+        RuntimeError::category(self)
+    }
 }
 
 #[cfg(test)]

@@ -43,6 +43,24 @@ pub struct AgentConfig<'a> {
     pub heartbeat_seconds: u64,
 }
 
+/// The generated config.yaml, as the config file every agent reads.
+pub fn agent_config(
+    ws: &Workspace,
+    uid: &str,
+    platform_url: &str,
+    heartbeat_seconds: u64,
+) -> ConfigFile {
+    let agent = AgentConfig {
+        platform_url,
+        heartbeat_seconds,
+    };
+    ConfigFile {
+        path: "config.yaml".into(),
+        content: config_yaml(ws, uid, &agent).into_bytes(),
+        mode: 0o644,
+    }
+}
+
 /// The generated config.yaml.
 pub fn config_yaml(ws: &Workspace, uid: &str, agent: &AgentConfig<'_>) -> String {
     let name = ws.metadata.name.clone().unwrap_or_default();

@@ -93,6 +93,31 @@ pub fn heartbeat_since_provision(st: &WorkspaceStatus) -> Option<i64> {
         .map(|h| h.div_euclid(1_000_000))
 }
 
+/// The hash of what a container is started from (`status.specHash`): the image key, the
+/// tier, the env and every config file. A change provisions a new container.
+pub fn desired_hash(
+    image_key: &str,
+    tier: crate::backends::Tier,
+    env: &std::collections::BTreeMap<String, String>,
+    files: &[crate::backends::ConfigFile],
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(image_key.as_bytes());
+    h.update(tier.number().to_le_bytes());
+    for (k, v) in env {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    for f in files {
+        h.update(f.path.as_bytes());
+        h.update(hex::encode(Sha256::digest(&f.content)).as_bytes());
+    }
+    hex::encode(h.finalize())[..16].to_string()
+}
+
 /// Error-rate thresholds with hysteresis.
 pub const DEGRADED_AT: f64 = 0.5;
 pub const RECOVERED_BELOW: f64 = 0.1;

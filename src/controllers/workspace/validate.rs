@@ -1,0 +1,113 @@
+//! Validate: what makes a Workspace record unusable as it stands. Each check returns a
+//! [`Permanent`] problem, which fails the record (phase Failed, conditions, an Event) until
+//! it changes; nothing is created for an invalid record.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::observe::Pass;
+use super::{Context, env, files};
+use crate::backends::{ConfigFile, Tier, WorkspaceBackend};
+use crate::resources::{Backend, Workspace};
+
+/// A permanent problem with the record: Failed until the record changes.
+pub struct Permanent {
+    pub reason: &'static str,
+    pub message: String,
+    /// The env names a Secret should hold (`status.missingEnv`).
+    pub missing_env: Vec<String>,
+}
+
+/// A permanent problem without missing env.
+pub fn permanent(reason: &'static str, message: impl Into<String>) -> Permanent {
+    Permanent {
+        reason,
+        message: message.into(),
+        missing_env: vec![],
+    }
+}
+
+/// The backend `spec.backend` names, if this operator has it.
+pub(super) fn backend(
+    ctx: &Context,
+    kind: Backend,
+) -> Result<Arc<dyn WorkspaceBackend>, Permanent> {
+    ctx.backends.get(kind).cloned().ok_or_else(|| {
+        permanent(
+            "ControlPlaneNotConfigured",
+            "spec.backend is controlPlane but this operator has no control plane configured (serve --control-plane-url)",
+        )
+    })
+}
+
+/// Where and how big the workspace may run: no host directory on an instance, a tier of 1–4.
+pub(super) fn placement(pass: &Pass) -> Result<Tier, Permanent> {
+    if pass.kind == Backend::ControlPlane && pass.ws.spec.workspace_dir.is_some() {
+        return Err(permanent(
+            "InvalidConfig",
+            "workspaceDir mounts a host directory and is not available with backend controlPlane",
+        ));
+    }
+    Tier::from_number(pass.ws.spec.tier.unwrap_or(2))
+        .ok_or_else(|| permanent("InvalidConfig", "tier must be between 1 and 4"))
+}
+
+/// The user-supplied config files: `filesDir` (confined to the template root) plus inline files.
+pub fn user_files(
+    ws: &Workspace,
+    template_root: &std::path::Path,
+) -> Result<Vec<ConfigFile>, files::FilesError> {
+    let mut out = match ws.spec.files.as_ref().and_then(|f| f.files_dir.as_deref()) {
+        Some(dir) => files::read_files_dir(&files::resolve_files_dir(template_root, dir)?)?,
+        None => vec![],
+    };
+    out.extend(files::inline_files(ws)?);
+    Ok(out)
+}
+
+/// The container's env, or why it cannot be assembled (a missing Secret key: `MissingEnv`
+/// with the names; anything else: `InvalidEnv`).
+pub(super) fn env(
+    pass: &Pass,
+    secrets: &env::Secrets,
+    platform_url: &str,
+    tier: Tier,
+    runtime_required: &[String],
+) -> Result<BTreeMap<String, String>, Permanent> {
+    let env_ctx = env::EnvContext {
+        workspace: &pass.w.name,
+        workspace_id: &pass.w.uid,
+        platform_url,
+        tier: tier.number(),
+        runtime_required,
+    };
+    env::assemble(&pass.ws.spec, secrets, &env_ctx).map_err(|problems| env_problem(&problems))
+}
+
+fn env_problem(problems: &[env::EnvProblem]) -> Permanent {
+    let missing = problems
+        .iter()
+        .find_map(|p| {
+            if let env::EnvProblem::Missing(m) = p {
+                Some(m.clone())
+            } else {
+                None
+            }
+        })
+        .unwrap_or_default();
+    let message = problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let reason = if missing.is_empty() {
+        "InvalidEnv"
+    } else {
+        "MissingEnv"
+    };
+    Permanent {
+        reason,
+        message,
+        missing_env: missing,
+    }
+}
