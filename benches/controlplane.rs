@@ -167,8 +167,7 @@ async fn direct(
     registered: &AtomicUsize,
     round: usize,
 ) -> (Duration, Vec<(String, String)>) {
-    let client = molecule::backends::http::HttpClient::with_system_roots(Default::default())
-        .expect("client");
+    let client = molecule::net::http::Client::new(Default::default());
     let b64 = base64::engine::general_purpose::STANDARD;
     let before = registered.load(Ordering::SeqCst);
     let t = Instant::now();
@@ -233,8 +232,7 @@ async fn direct(
 
 /// Creates `n` controlPlane Workspaces in `ns` through the API, 8 requests at a time.
 async fn create_records(port: u16, token: &str, ns: &str, n: usize) {
-    let client = molecule::backends::http::HttpClient::with_system_roots(Default::default())
-        .expect("client");
+    let client = molecule::net::http::Client::new(Default::default());
     let sem = Arc::new(tokio::sync::Semaphore::new(8));
     let mut tasks = vec![];
     for i in 0..n {

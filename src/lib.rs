@@ -18,6 +18,7 @@ pub mod host;
 pub mod images;
 pub mod kubeconfig;
 pub mod late;
+pub mod net;
 pub mod operator;
 pub mod orgtemplate;
 pub mod plugins;

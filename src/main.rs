@@ -312,7 +312,7 @@ impl ControlPlaneFlags {
             Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
             None => None,
         };
-        let timeouts = molecule::backends::http::Timeouts {
+        let timeouts = molecule::net::http::Timeouts {
             response_header: std::time::Duration::from_secs(
                 self.control_plane_timeout_seconds.max(1),
             ),

@@ -24,11 +24,11 @@ use bytes::Bytes;
 use hyper::http::Method;
 use serde::{Deserialize, Serialize};
 
-use super::http::{HttpClient, HttpError, Response, Timeouts, first_json};
 use super::{
     BackendError, ConfigFile, ExecOutput, MAX_CONSOLE_BYTES, Managed, ManagedKind, Presence,
     StartSpec, Started, WorkspaceBackend, WorkspaceRef,
 };
+use crate::net::http::{Client, Error as HttpError, Response, Timeouts, first_json};
 
 /// Largest response body read from the control plane.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -327,7 +327,7 @@ struct ConsoleResponse {
 pub struct ControlPlaneBackend {
     cfg: ControlPlaneConfig,
     installation: String,
-    http: HttpClient,
+    http: Client,
     kube: Option<kube::Client>,
     cached: tokio::sync::Mutex<Option<(Credentials, Instant)>>,
 }
@@ -354,9 +354,9 @@ impl ControlPlaneBackend {
         if matches!(cfg.credentials, CredentialSource::Secret { .. }) && kube.is_none() {
             return Err("reading the control-plane credentials Secret needs an API client".into());
         }
-        let tls = super::http::tls_config(cfg.ca_pem.as_deref())?;
+        let tls = crate::net::http::tls_config(cfg.ca_pem.as_deref()).map_err(|e| e.to_string())?;
         Ok(ControlPlaneBackend {
-            http: HttpClient::new(cfg.timeouts, tls),
+            http: Client::with_tls(cfg.timeouts, tls),
             cfg,
             installation: installation.to_string(),
             kube,
@@ -753,7 +753,7 @@ impl WorkspaceBackend for ControlPlaneBackend {
             return Err(upstream("control plane console", &resp, &creds));
         }
         let json = resp
-            .content_type
+            .content_type()
             .as_deref()
             .is_some_and(|c| c.starts_with("application/json"));
         let mut text = if json {

@@ -8,7 +8,6 @@
 pub mod controlplane;
 pub mod docker;
 pub mod events;
-pub mod http;
 pub mod metered;
 pub mod simulated;
 pub mod volume_dir;

@@ -8,14 +8,10 @@
 use std::time::Duration;
 
 use base64::Engine;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::{Method, StatusCode};
 
 use super::reference::{self, ImageRef};
+use crate::net::http::{self, Response};
 
 /// Largest accepted token-endpoint body.
 pub const BODY_CAP: usize = 64 * 1024;
@@ -84,7 +80,7 @@ impl RegistryError {
 /// The client; cheap to clone.
 #[derive(Clone)]
 pub struct RegistryClient {
-    http: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: http::Client,
     timeout: Duration,
     /// Token realm hosts trusted with pull credentials besides each registry's own host
     /// (`--registry-realm-hosts`, ADR 0040).
@@ -158,34 +154,8 @@ pub fn realm_use(registry_host: &str, realm: &str, declared: &[String]) -> Realm
 impl RegistryClient {
     /// A client whose every operation finishes (or fails) within `timeout`.
     pub fn new(timeout: Duration) -> RegistryClient {
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let builder = match builder.with_provider_and_native_roots(provider.clone()) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "no system CA certificates; HTTPS registries will fail verification");
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map(|b| {
-                        b.with_root_certificates(rustls::RootCertStore::empty())
-                            .with_no_client_auth()
-                    });
-                match config {
-                    Ok(c) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(c),
-                    Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-                        rustls::ClientConfig::builder()
-                            .with_root_certificates(rustls::RootCertStore::empty())
-                            .with_no_client_auth(),
-                    ),
-                }
-            }
-        };
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(timeout));
-        let connector = builder.https_or_http().enable_http1().wrap_connector(http);
         RegistryClient {
-            http: Client::builder(TokioExecutor::new()).build(connector),
+            http: http::Client::new(http::Timeouts::uniform(timeout)),
             timeout,
             realm_hosts: Vec::new(),
         }
@@ -229,29 +199,26 @@ impl RegistryClient {
             scheme(&host),
             image.manifest_ref()
         );
-        let (status, headers, _) = self.call(Method::HEAD, &url, None, &host).await?;
-        let (status, headers) = if status == StatusCode::UNAUTHORIZED {
-            let challenge = headers
-                .get("www-authenticate")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
+        let first = self.call(Method::HEAD, &url, None, &host).await?;
+        let resp = if first.status == 401 {
+            let challenge = first.header("www-authenticate").unwrap_or("");
             let auth = self.authorize(challenge, creds, &path, &host).await?;
-            let (s, h, _) = self.call(Method::HEAD, &url, Some(&auth), &host).await?;
-            if s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN {
+            let again = self.call(Method::HEAD, &url, Some(&auth), &host).await?;
+            if again.status == 401 || again.status == 403 {
                 return Err(RegistryError::AuthFailed {
                     host,
-                    detail: format!("HTTP {} after authenticating", s.as_u16()),
+                    detail: format!("HTTP {} after authenticating", again.status),
                 });
             }
-            (s, h)
+            again
         } else {
-            (status, headers)
+            first
         };
+        let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
         match status {
             StatusCode::OK => {
-                let digest = headers
-                    .get("docker-content-digest")
-                    .and_then(|v| v.to_str().ok())
+                let digest = resp
+                    .header("docker-content-digest")
                     .map(str::trim)
                     .unwrap_or("");
                 reference::validate_digest(digest)
@@ -333,17 +300,17 @@ impl RegistryClient {
                 None
             }
         };
-        let (status, _, body) = self.call(Method::GET, &url, basic.as_deref(), host).await?;
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        let resp = self.call(Method::GET, &url, basic.as_deref(), host).await?;
+        if resp.status == 401 || resp.status == 403 {
             return Err(RegistryError::AuthFailed {
                 host: host.to_string(),
-                detail: format!("token endpoint answered HTTP {}", status.as_u16()),
+                detail: format!("token endpoint answered HTTP {}", resp.status),
             });
         }
-        if status != StatusCode::OK {
+        if resp.status != 200 {
             return Err(RegistryError::Status {
                 host: host.to_string(),
-                code: status.as_u16(),
+                code: resp.status,
             });
         }
         #[derive(serde::Deserialize)]
@@ -354,7 +321,7 @@ impl RegistryClient {
             access_token: Option<String>,
         }
         let parsed: TokenBody =
-            serde_json::from_slice(&body).map_err(|_| RegistryError::Protocol {
+            serde_json::from_slice(&resp.body).map_err(|_| RegistryError::Protocol {
                 host: host.to_string(),
                 detail: "the token endpoint did not answer JSON".into(),
             })?;
@@ -369,60 +336,55 @@ impl RegistryClient {
         Ok(format!("Bearer {token}"))
     }
 
-    /// One request; the body is read up to [`BODY_CAP`].
+    /// One request; a body longer than [`BODY_CAP`] is refused.
     async fn call(
         &self,
         method: Method,
         url: &str,
         authorization: Option<&str>,
         host: &str,
-    ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), RegistryError> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(url)
-            .header("accept", ACCEPT)
-            .header(
-                "user-agent",
-                concat!("molecule/", env!("CARGO_PKG_VERSION")),
-            );
+    ) -> Result<Response, RegistryError> {
+        let user_agent = concat!("molecule/", env!("CARGO_PKG_VERSION"));
+        let mut headers = vec![("accept", ACCEPT), ("user-agent", user_agent)];
         if let Some(a) = authorization {
-            req = req.header("authorization", a);
+            headers.push(("authorization", a));
         }
-        let req = req
-            .body(Full::new(Bytes::new()))
-            .map_err(|_| RegistryError::Protocol {
-                host: host.to_string(),
-                detail: "could not build the request URL".into(),
-            })?;
         let resp = self
             .http
-            .request(req)
+            .send(method, url, &headers, None, BODY_CAP)
             .await
-            .map_err(|e| RegistryError::Unreachable {
+            .map_err(|e| call_error(host, self.timeout, e))?;
+        if resp.truncated {
+            return Err(RegistryError::TooLarge {
                 host: host.to_string(),
-                detail: connect_detail(&e),
-            })?;
-        let (parts, body) = resp.into_parts();
-        let body = Limited::new(body, BODY_CAP)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    RegistryError::TooLarge {
-                        host: host.to_string(),
-                        cap: BODY_CAP,
-                    }
-                } else {
-                    RegistryError::Unreachable {
-                        host: host.to_string(),
-                        detail: "the connection broke while reading the answer".into(),
-                    }
-                }
-            })?
-            .to_bytes();
-        Ok((parts.status, parts.headers, body))
+                cap: BODY_CAP,
+            });
+        }
+        Ok(resp)
+    }
+}
+
+/// A failed call as a registry error: a request that could not be built is a protocol error, a
+/// phase out of time is the operation's timeout, every other failure makes the registry
+/// unreachable.
+fn call_error(host: &str, timeout: Duration, e: http::Error) -> RegistryError {
+    let host = host.to_string();
+    match e {
+        http::Error::DialTimeout(..)
+        | http::Error::TlsTimeout(..)
+        | http::Error::HeaderTimeout(..)
+        | http::Error::BodyTimeout(..) => RegistryError::Timeout {
+            host,
+            secs: timeout.as_secs().max(1),
+        },
+        http::Error::BadUrl(_) | http::Error::BadRequest(_) => RegistryError::Protocol {
+            host,
+            detail: "could not build the request".into(),
+        },
+        e => RegistryError::Unreachable {
+            host,
+            detail: e.to_string().chars().take(200).collect(),
+        },
     }
 }
 
@@ -437,17 +399,6 @@ pub fn scheme(host: &str) -> &'static str {
     } else {
         "https"
     }
-}
-
-fn connect_detail(e: &hyper_util::client::legacy::Error) -> String {
-    use std::error::Error;
-    let mut detail = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        detail = s.to_string();
-        src = s.source();
-    }
-    detail.chars().take(200).collect()
 }
 
 /// Parses `Scheme k="v",k2="v2"` (quoted values may hold commas).

@@ -27,9 +27,9 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::backends::http::{HttpClient, Timeouts};
 use crate::backends::{BackendError, Backends, Presence, WorkspaceRef};
 use crate::late::Late;
+use crate::net::http::{Client as HttpClient, Timeouts};
 use crate::resources::{Workspace, WorkspacePhase};
 use crate::telemetry::Metrics;
 
@@ -55,7 +55,7 @@ pub struct A2aState {
     pub workspaces: Store<Workspace>,
     pub backends: Backends,
     pub metrics: Arc<Metrics>,
-    http: Option<HttpClient>,
+    http: HttpClient,
 }
 
 impl A2aState {
@@ -65,15 +65,12 @@ impl A2aState {
         backends: Backends,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let http = HttpClient::with_system_roots(UPSTREAM_TIMEOUTS)
-            .map_err(|e| tracing::warn!(error = %e, "A2A proxy: no TLS roots; https agents cannot be reached"))
-            .ok();
         A2aState {
             client,
             workspaces,
             backends,
             metrics,
-            http,
+            http: HttpClient::new(UPSTREAM_TIMEOUTS),
         }
     }
 }
@@ -242,13 +239,14 @@ fn restarting() -> Response {
 }
 
 /// The upstream answer as is: status, body, content type and Retry-After.
-fn relay(r: crate::backends::http::Response) -> Response {
+fn relay(r: crate::net::http::Response) -> Response {
+    let kept = [
+        (header::CONTENT_TYPE, r.content_type()),
+        (header::RETRY_AFTER, r.retry_after()),
+    ];
     let mut out = Response::new(Body::from(r.body));
     *out.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    for (name, value) in [
-        (header::CONTENT_TYPE, r.content_type),
-        (header::RETRY_AFTER, r.retry_after),
-    ] {
+    for (name, value) in kept {
         if let Some(v) = value.and_then(|c| HeaderValue::from_str(&c).ok()) {
             out.headers_mut().insert(name, v);
         }
@@ -291,15 +289,13 @@ async fn a2a(
     if crate::shim::registry::validate_agent_url(&url).is_err() {
         return error(StatusCode::BAD_GATEWAY, "the workspace URL is not allowed");
     }
-    let Some(http) = st.http.as_ref() else {
-        return error(StatusCode::BAD_GATEWAY, "the A2A proxy has no HTTP client");
-    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    let upstream = http
+    let upstream = st
+        .http
         .send(
             hyper::http::Method::POST,
             &url,

@@ -146,7 +146,7 @@ struct Inner {
     state: Mutex<SimState>,
     rt: tokio::runtime::Handle,
     /// What the tunnels forward with.
-    http: molecule::backends::http::HttpClient,
+    http: molecule::net::http::Client,
 }
 
 impl Inner {
@@ -189,15 +189,12 @@ impl Sim {
             octet,
             state: Mutex::default(),
             rt: rt.handle().clone(),
-            http: molecule::backends::http::HttpClient::with_system_roots(
-                molecule::backends::http::Timeouts {
-                    dial: Duration::from_secs(2),
-                    tls: Duration::from_secs(2),
-                    response_header: Duration::from_secs(60),
-                    body: Duration::from_secs(60),
-                },
-            )
-            .expect("http client"),
+            http: molecule::net::http::Client::new(molecule::net::http::Timeouts {
+                dial: Duration::from_secs(2),
+                tls: Duration::from_secs(2),
+                response_header: Duration::from_secs(60),
+                body: Duration::from_secs(60),
+            }),
         });
         let listener = rt
             .block_on(tokio::net::TcpListener::bind(cfg.listen))
@@ -680,10 +677,11 @@ async fn tunnel(inner: Arc<Inner>, id: String, ip: Ipv4Addr) {
                         .await
                     {
                         Ok(r) => {
+                            let content_type = r.content_type();
                             let mut out = Response::new(Body::from(r.body));
                             *out.status_mut() =
                                 StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
-                            if let Some(ct) = r.content_type
+                            if let Some(ct) = content_type
                                 && let Ok(v) = ct.parse()
                             {
                                 out.headers_mut().insert(header::CONTENT_TYPE, v);

@@ -1,0 +1,4 @@
+//! Outbound networking shared by every module that talks to a service it does not control
+//! (ADR 0046).
+
+pub mod http;
