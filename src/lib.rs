@@ -33,3 +33,4 @@ pub mod telemetry;
 pub mod testing;
 pub mod tokens;
 pub mod util;
+pub mod yaml;

@@ -18,8 +18,8 @@ use std::process::Command;
 use axum::http::{StatusCode, Uri};
 use axum::response::IntoResponse;
 use common::{kubectl_bin, text};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 fn root() -> PathBuf {
@@ -39,8 +39,9 @@ fn rendered() -> Vec<Value> {
         text(&out)
     );
     let yaml = String::from_utf8_lossy(&out.stdout).to_string();
-    serde_yaml::Deserializer::from_str(&yaml)
-        .map(|d| Value::deserialize(d).expect("yaml document"))
+    molecule::yaml::from_str_multiple::<Value>(&yaml)
+        .expect("yaml documents")
+        .into_iter()
         .filter(|v| !v.is_null())
         .collect()
 }
@@ -206,7 +207,7 @@ fn deploy_renders_with_the_generated_crds_and_every_object_is_strictly_valid() {
     // The example Secret is the one the Deployment reads, with the key it reads.
     let example = std::fs::read_to_string(root().join("examples/cluster/postgres-secret.yaml"))
         .expect("examples/cluster/postgres-secret.yaml");
-    let secret: Value = serde_yaml::from_str(&example).expect("yaml");
+    let secret: Value = molecule::yaml::from_str(&example).expect("yaml");
     strict::<k8s_openapi::api::core::v1::Secret>(&secret).expect("a valid Secret");
     assert_eq!(secret["metadata"]["name"], "molecule-postgres");
     assert_eq!(secret["metadata"]["namespace"], "molecule-system");

@@ -191,13 +191,13 @@ fn bad_templates_get_precise_conditions_and_create_nothing() {
             "bad-yaml",
             inline("bad-yaml", "workspaces:\n  - name: a\n    children: [\n", ""),
             "InvalidYaml",
-            "(inline template): invalid YAML",
+            "(inline template):3:15: invalid YAML: unclosed bracket",
         ),
         (
             "bad-tag",
             inline("bad-tag", "workspaces:\n  - name: a\n    model: !vault secret/model\n", ""),
             "UnknownTag",
-            "(inline template): workspaces[0].model: unknown tag !vault",
+            "(inline template):3:19: workspaces[0].model: unknown tag !vault",
         ),
         (
             "bad-tier",
@@ -207,7 +207,7 @@ fn bad_templates_get_precise_conditions_and_create_nothing() {
                 "",
             ),
             "InvalidTemplate",
-            "(inline template): workspaces[0].children[0].tier: tier must be an integer 1-4, got a string",
+            "(inline template):5:15: workspaces[0].children[0].tier: tier must be an integer 1-4, got a string",
         ),
         (
             "dup",
@@ -217,7 +217,7 @@ fn bad_templates_get_precise_conditions_and_create_nothing() {
                 "",
             ),
             "DuplicateName",
-            "(inline template): workspaces[0].children[1]: duplicate sibling name \"qa\"",
+            "(inline template):5:9: workspaces[0].children[1]: duplicate sibling name \"qa\"",
         ),
         (
             "big",

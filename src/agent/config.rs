@@ -21,7 +21,7 @@ pub enum ConfigError {
     },
     /// `config.yaml` is not valid YAML of the expected shape.
     #[error("cannot parse the agent configuration: {0}")]
-    Parse(#[from] serde_yaml::Error),
+    Parse(#[from] crate::yaml::Error),
     /// Neither the file nor `WORKSPACE_ID` gives a workspace id.
     #[error("workspace_id is missing (set it in config.yaml or WORKSPACE_ID)")]
     MissingWorkspaceId,
@@ -86,7 +86,7 @@ impl AgentConfig {
         let file: ConfigFile = if text.trim().is_empty() {
             ConfigFile::default()
         } else {
-            serde_yaml::from_str(text)?
+            crate::yaml::from_str(text)?
         };
         let env = |key: &str| {
             env(key)

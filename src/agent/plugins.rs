@@ -54,7 +54,7 @@ fn installed_plugins(dir: &Path) -> Vec<Value> {
         };
         let meta: Value = std::fs::read(root.join("plugin.yaml"))
             .ok()
-            .and_then(|b| serde_yaml::from_slice(&b).ok())
+            .and_then(|b| crate::yaml::from_slice(&b).ok())
             .unwrap_or(Value::Null);
         let skills: Vec<Value> = list_dir(root.join("skills"))
             .into_iter()

@@ -593,10 +593,7 @@ fn parse_body(ct: &str, bytes: &[u8]) -> Result<Value, ApiError> {
         return Err(ApiError::bad_request("the request body is empty"));
     }
     if ct.contains("yaml") {
-        let v: serde_yaml::Value = serde_yaml::from_slice(bytes).map_err(|e| {
-            ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
-        })?;
-        return serde_json::to_value(v).map_err(|e| {
+        return crate::yaml::from_slice(bytes).map_err(|e| {
             ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
         });
     }

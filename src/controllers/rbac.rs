@@ -294,10 +294,10 @@ pub fn allows(group: &str, resource: &str, verb: &str) -> bool {
 /// The grants of a rendered `deploy/10-rbac.yaml`: ClusterRole rules as [`Scope::Cluster`], Role
 /// rules as [`Scope::OperatorNamespace`].
 pub fn grants_of_manifests(yaml: &str) -> Result<BTreeSet<Grant>, String> {
-    use serde::Deserialize;
     let mut out = BTreeSet::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let v = serde_json::Value::deserialize(doc).map_err(|e| e.to_string())?;
+    let docs: Vec<serde_json::Value> =
+        crate::yaml::from_str_multiple(yaml).map_err(|e| e.to_string())?;
+    for v in docs {
         let scope = match v["kind"].as_str() {
             Some("ClusterRole") => Scope::Cluster,
             Some("Role") => Scope::OperatorNamespace,

@@ -25,6 +25,7 @@ mod listing;
 mod node;
 mod plan;
 pub mod policy;
+mod raw;
 mod schema;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -174,14 +175,24 @@ impl ErrorKind {
     }
 }
 
+/// Where in a file a value was written: 1-based line and column (ADR 0046).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pos {
+    pub line: u32,
+    pub column: u32,
+}
+
 /// A template problem, naming the file (relative to the template root, or `<repo>@<sha>/…`
-/// inside a fetched repository) and the YAML path. Never holds a secret or a host path.
+/// inside a fetched repository), the line and column when known, and the YAML path. Never
+/// holds a secret or a host path.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.render())]
 pub struct TemplateError {
     pub kind: ErrorKind,
     /// The file, e.g. `demo/teams/research.yaml`; empty when no file is involved.
     pub file: String,
+    /// Line and column in `file` of the value at fault.
+    pub pos: Option<Pos>,
     /// The YAML path, e.g. `workspaces[0].children[2].tier`; empty for the whole file.
     pub path: String,
     pub message: String,
@@ -197,9 +208,16 @@ impl TemplateError {
         TemplateError {
             kind,
             file: file.into(),
+            pos: None,
             path: path.into(),
             message: message.into(),
         }
+    }
+
+    /// The same error, placed at `pos` in its file.
+    pub fn at(mut self, pos: Option<Pos>) -> Self {
+        self.pos = pos;
+        self
     }
 
     /// The condition reason.
@@ -212,12 +230,20 @@ impl TemplateError {
         self.kind == ErrorKind::Fetch
     }
 
+    /// `file:line:column: path: message`, leaving out what is unknown.
     fn render(&self) -> String {
-        match (self.file.is_empty(), self.path.is_empty()) {
-            (true, _) => self.message.clone(),
-            (false, true) => format!("{}: {}", self.file, self.message),
-            (false, false) => format!("{}: {}: {}", self.file, self.path, self.message),
+        if self.file.is_empty() {
+            return self.message.clone();
         }
+        let mut out = self.file.clone();
+        if let Some(Pos { line, column }) = self.pos {
+            out.push_str(&format!(":{line}:{column}"));
+        }
+        if !self.path.is_empty() {
+            out.push_str(": ");
+            out.push_str(&self.path);
+        }
+        format!("{out}: {}", self.message)
     }
 }
 
@@ -483,6 +509,14 @@ mod tests {
         );
         assert_eq!(e.category(), "InvalidTemplate");
         assert!(!e.is_transient());
+        let e = e.at(Some(Pos {
+            line: 7,
+            column: 11,
+        }));
+        assert_eq!(
+            e.to_string(),
+            "org/teams.yaml:7:11: workspaces[1].tier: expected an integer 1-4"
+        );
     }
 
     #[test]

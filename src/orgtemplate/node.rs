@@ -10,12 +10,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde_yaml::Value;
-
 use super::external::{self, ExternalRef};
+use super::raw::{self, Raw, Value};
 use super::{
     CACHE_DIR, Confinement, ErrorKind, MAX_EXTERNAL_DEPTH, MAX_FILE_BYTES, MAX_INCLUDE_DEPTH,
-    MAX_TOTAL_BYTES, ORG_FILE, Options, Revision, Source, TemplateError, confined, join_rel,
+    MAX_TOTAL_BYTES, ORG_FILE, Options, Pos, Revision, Source, TemplateError, confined, join_rel,
     normalize_rel, slash,
 };
 
@@ -49,6 +48,8 @@ pub(crate) struct Node {
     pub file: Arc<FileInfo>,
     /// YAML path inside `file`, e.g. `workspaces[0].children[1]`.
     pub path: String,
+    /// Where in `file` the value was written (None for a value made up while loading).
+    pub pos: Option<Pos>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,7 +70,7 @@ pub(crate) enum Kind {
 
 impl Node {
     pub fn err(&self, kind: ErrorKind, message: impl Into<String>) -> TemplateError {
-        TemplateError::new(kind, self.file.name.clone(), self.path.clone(), message)
+        TemplateError::new(kind, self.file.name.clone(), self.path.clone(), message).at(self.pos)
     }
 
     pub fn invalid(&self, message: impl Into<String>) -> TemplateError {
@@ -349,11 +350,13 @@ struct Expander<'a> {
 }
 
 /// Where an `!include` / `!external` was written, for errors about it.
-type At<'x> = Option<(&'x FileInfo, &'x str)>;
+type At<'x> = Option<(&'x FileInfo, &'x str, Option<Pos>)>;
 
 fn at_err(at: At<'_>, kind: ErrorKind, message: String) -> TemplateError {
     match at {
-        Some((f, p)) => TemplateError::new(kind, f.name.clone(), p.to_string(), message),
+        Some((f, p, pos)) => {
+            TemplateError::new(kind, f.name.clone(), p.to_string(), message).at(pos)
+        }
         None => TemplateError::new(kind, "", "", message),
     }
 }
@@ -465,18 +468,15 @@ impl Expander<'_> {
         depth: usize,
         ext_depth: usize,
     ) -> Result<Node, TemplateError> {
-        let value: Value = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_yaml::from_str(text).map_err(|e| {
-                TemplateError::new(
-                    ErrorKind::InvalidYaml,
-                    info.name.clone(),
-                    "",
-                    format!("invalid YAML: {e}"),
-                )
-            })?
-        };
+        let value = raw::parse(text).map_err(|e| {
+            TemplateError::new(
+                ErrorKind::InvalidYaml,
+                info.name.clone(),
+                "",
+                format!("invalid YAML: {}", raw::error_message(&e)),
+            )
+            .at(e.location().and_then(Pos::of))
+        })?;
         let ctx = FileCtx {
             info,
             rel,
@@ -488,15 +488,17 @@ impl Expander<'_> {
 
     fn convert(
         &mut self,
-        v: Value,
+        v: Raw,
         ctx: &FileCtx<'_>,
         path: String,
         nesting: usize,
     ) -> Result<Node, TemplateError> {
+        let pos = Pos::of(v.referenced);
         let node = |kind| Node {
             kind,
             file: ctx.info.clone(),
             path: path.clone(),
+            pos,
         };
         if nesting > MAX_NESTING {
             return Err(TemplateError::new(
@@ -504,34 +506,47 @@ impl Expander<'_> {
                 ctx.info.name.clone(),
                 path,
                 format!("values nest deeper than {MAX_NESTING} levels"),
-            ));
+            )
+            .at(pos));
         }
+        let (value, tag) = raw::untag(v.value);
+        if let Some(tag) = tag {
+            return match tag.as_str() {
+                "!include" => self.include(value, ctx, &path, pos),
+                "!external" => self.external(value, ctx, &path, pos),
+                _ => {
+                    let inner = self.convert_value(value, ctx, &path, nesting + 1)?;
+                    Ok(node(Kind::Tagged(tag, Box::new(node(inner)))))
+                }
+            };
+        }
+        Ok(node(self.convert_value(value, ctx, &path, nesting)?))
+    }
+
+    /// The untagged part of a value, its children converted.
+    fn convert_value(
+        &mut self,
+        v: Value,
+        ctx: &FileCtx<'_>,
+        path: &str,
+        nesting: usize,
+    ) -> Result<Kind, TemplateError> {
         Ok(match v {
-            Value::Null => node(Kind::Null),
-            Value::Bool(b) => node(Kind::Bool(b)),
-            Value::Number(n) => match n.as_i64() {
-                Some(i) => node(Kind::Int(i)),
-                None => node(Kind::Float(n.as_f64().unwrap_or(f64::NAN))),
-            },
-            Value::String(s) => node(Kind::Str(s)),
-            Value::Sequence(items) => {
+            Value::Null => Kind::Null,
+            Value::Bool(b) => Kind::Bool(b),
+            Value::Int(i) => Kind::Int(i),
+            Value::Float(f) => Kind::Float(f),
+            Value::Str(s) => Kind::Str(s),
+            Value::Seq(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for (i, item) in items.into_iter().enumerate() {
                     out.push(self.convert(item, ctx, format!("{path}[{i}]"), nesting + 1)?);
                 }
-                node(Kind::Seq(out))
+                Kind::Seq(out)
             }
-            Value::Mapping(m) => {
+            Value::Map(m) => {
                 let mut out = Vec::with_capacity(m.len());
-                for (k, val) in m {
-                    let key = match k {
-                        Value::String(s) => s,
-                        Value::Number(n) => n.to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        _ => {
-                            return Err(node(Kind::Null).invalid("mapping keys must be strings"));
-                        }
-                    };
+                for (key, val) in m {
                     let child = if path.is_empty() {
                         key.clone()
                     } else {
@@ -539,26 +554,22 @@ impl Expander<'_> {
                     };
                     out.push((key, self.convert(val, ctx, child, nesting + 1)?));
                 }
-                node(Kind::Map(out))
-            }
-            Value::Tagged(t) => {
-                if t.tag == "include" {
-                    self.include(t.value, ctx, &path)?
-                } else if t.tag == "external" {
-                    self.external(t.value, ctx, &path)?
-                } else {
-                    let inner = self.convert(t.value, ctx, path.clone(), nesting + 1)?;
-                    node(Kind::Tagged(t.tag.to_string(), Box::new(inner)))
-                }
+                Kind::Map(out)
             }
         })
     }
 
     /// `!include <relative path>`: the parsed content of that file, resolved relative to the
     /// including file.
-    fn include(&mut self, v: Value, ctx: &FileCtx<'_>, path: &str) -> Result<Node, TemplateError> {
-        let at: At<'_> = Some((ctx.info, path));
-        let Value::String(target) = v else {
+    fn include(
+        &mut self,
+        v: Value,
+        ctx: &FileCtx<'_>,
+        path: &str,
+        pos: Option<Pos>,
+    ) -> Result<Node, TemplateError> {
+        let at: At<'_> = Some((ctx.info, path, pos));
+        let Value::Str(target) = v else {
             return Err(at_err(
                 at,
                 ErrorKind::Include,
@@ -594,17 +605,23 @@ impl Expander<'_> {
 
     /// `!external {repo, ref, path, url?}`: fetch the repository at ref into the cache and
     /// expand `path` inside it; its files_dir values are relative to the checkout.
-    fn external(&mut self, v: Value, ctx: &FileCtx<'_>, path: &str) -> Result<Node, TemplateError> {
-        let at: At<'_> = Some((ctx.info, path));
+    fn external(
+        &mut self,
+        v: Value,
+        ctx: &FileCtx<'_>,
+        path: &str,
+        pos: Option<Pos>,
+    ) -> Result<Node, TemplateError> {
+        let at: At<'_> = Some((ctx.info, path, pos));
         let refused = |msg: String| at_err(at, ErrorKind::ExternalRefused, msg);
-        let Value::Mapping(m) = v else {
+        let Value::Map(m) = v else {
             return Err(refused(
                 "!external takes a mapping {repo, ref, path, url?}".into(),
             ));
         };
         let mut r = ExternalRef::default();
         for (k, val) in m {
-            let (Value::String(k), Value::String(val)) = (k, val) else {
+            let (Value::Str(val), None) = raw::untag(val.value) else {
                 return Err(refused(
                     "!external fields repo, ref, path and url must be strings".into(),
                 ));
@@ -625,7 +642,7 @@ impl Expander<'_> {
         let fetched = external::fetch(&self.opts.external, &r).map_err(|mut e| {
             e.file = ctx.info.name.clone();
             e.path = path.to_string();
-            e
+            e.at(pos)
         })?;
         let Some(fetched) = fetched else {
             self.unresolved += 1;
@@ -633,6 +650,7 @@ impl Expander<'_> {
                 kind: Kind::Unresolved,
                 file: ctx.info.clone(),
                 path: path.to_string(),
+                pos,
             });
         };
         self.revisions.push(Revision {
@@ -678,7 +696,7 @@ struct FileCtx<'a> {
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::Tree;
-    use super::super::{ErrorKind, Source, load_plan};
+    use super::super::{ErrorKind, Pos, Source, load_plan};
 
     fn chain(n: usize) -> Tree {
         // org.yaml includes f1.yaml, f1 includes f2, ... fn holds the workspace list.
@@ -828,7 +846,56 @@ mod tests {
         let e = t.plan("b").expect_err("yaml");
         assert_eq!(e.kind, ErrorKind::InvalidYaml);
         assert_eq!(e.file, "b/org.yaml");
-        assert!(e.message.contains("line"), "{e}");
+        assert_eq!(e.pos.map(|p| p.line), Some(3), "{e}");
+    }
+
+    #[test]
+    fn a_type_error_in_an_included_file_names_its_line_and_column() {
+        let t = Tree::new(&[
+            (
+                "org/org.yaml",
+                "name: typed\nworkspaces:\n  - !include teams/research.yaml\n",
+            ),
+            (
+                "org/teams/research.yaml",
+                "# The research team.\nname: Research\nchildren:\n  - name: Analyst\n    tier: [high]\n",
+            ),
+        ]);
+        let e = t.plan("org").expect_err("tier is a list");
+        assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+        assert_eq!(
+            (e.file.as_str(), e.path.as_str()),
+            ("org/teams/research.yaml", "children[0].tier")
+        );
+        assert_eq!(
+            e.pos,
+            Some(Pos {
+                line: 5,
+                column: 11
+            }),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("org/teams/research.yaml:5:11: children[0].tier: "),
+            "{e}"
+        );
+        // A bad `!include` is placed where it was written, in the including file.
+        t.write(
+            "org/org.yaml",
+            "workspaces:\n  - name: a\n  - !include missing.yaml\n",
+        );
+        let e = t.plan("org").expect_err("missing include");
+        assert_eq!(
+            (e.file.as_str(), e.pos),
+            (
+                "org/org.yaml",
+                Some(Pos {
+                    line: 3,
+                    column: 14
+                })
+            )
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::node::{FileInfo, Kind, Node};
-use super::{ErrorKind, MAX_WORKSPACES, TemplateError};
+use super::{ErrorKind, MAX_WORKSPACES, Pos, TemplateError};
 
 /// Deepest workspace tree.
 const MAX_TREE_DEPTH: usize = 64;
@@ -47,6 +47,7 @@ pub struct Canvas {
 pub(crate) struct Loc {
     pub file: Arc<FileInfo>,
     pub path: String,
+    pub pos: Option<Pos>,
 }
 
 impl Loc {
@@ -54,10 +55,11 @@ impl Loc {
         Loc {
             file: n.file.clone(),
             path: n.path.clone(),
+            pos: n.pos,
         }
     }
     pub fn err(&self, kind: ErrorKind, message: impl Into<String>) -> TemplateError {
-        TemplateError::new(kind, self.file.name.clone(), self.path.clone(), message)
+        TemplateError::new(kind, self.file.name.clone(), self.path.clone(), message).at(self.pos)
     }
     pub fn display(&self) -> String {
         if self.path.is_empty() {

@@ -59,7 +59,7 @@ pub fn validate(tree: &PluginTree, expected_name: Option<&str>) -> Result<Plugin
     if yaml.content.len() > MAX_META_BYTES {
         return Err(invalid("plugin.yaml is larger than 256 KiB"));
     }
-    let meta: PluginMeta = serde_yaml::from_slice(&yaml.content).map_err(|e| {
+    let meta: PluginMeta = crate::yaml::from_slice(&yaml.content).map_err(|e| {
         invalid(format!(
             "plugin.yaml is not valid: {}",
             super::source::shorten(&e.to_string(), 200)

@@ -180,7 +180,7 @@ pub async fn catalog(State(shim): State<Arc<Shim>>, headers: HeaderMap) -> ShimR
         let list = |k: &str| -> Vec<String> {
             manifest
                 .get(k)
-                .and_then(|v| v.as_sequence())
+                .and_then(|v| v.as_array())
                 .map(|q| {
                     q.iter()
                         .filter_map(|x| x.as_str().map(String::from))
@@ -219,7 +219,9 @@ pub async fn catalog(State(shim): State<Arc<Shim>>, headers: HeaderMap) -> ShimR
 }
 
 /// Plugin directories of the registry root with their parsed `plugin.yaml` (lenient).
-fn read_registry(root: &std::path::Path) -> Vec<(String, serde_yaml::Mapping)> {
+fn read_registry(
+    root: &std::path::Path,
+) -> Vec<(String, serde_json::Map<String, serde_json::Value>)> {
     let Ok(dir) = std::fs::read_dir(root) else {
         return vec![];
     };
@@ -232,7 +234,7 @@ fn read_registry(root: &std::path::Path) -> Vec<(String, serde_yaml::Mapping)> {
         let manifest = std::fs::read(e.path().join("plugin.yaml"))
             .ok()
             .filter(|b| b.len() <= 64 * 1024)
-            .and_then(|b| serde_yaml::from_slice::<serde_yaml::Mapping>(&b).ok())
+            .and_then(|b| crate::yaml::from_slice::<serde_json::Map<_, _>>(&b).ok())
             .unwrap_or_default();
         out.push((name, manifest));
     }

@@ -575,15 +575,17 @@ async fn start_agent(
         let mut content = content.clone();
         if path == "config.yaml" {
             // The instance knows its own address: the agent registers the tunnel's URL.
-            let mut doc: serde_yaml::Value =
-                serde_yaml::from_slice(&content).unwrap_or(serde_yaml::Value::Null);
-            if let serde_yaml::Value::Mapping(m) = &mut doc {
+            let mut doc: serde_json::Value =
+                molecule::yaml::from_slice(&content).unwrap_or(serde_json::Value::Null);
+            if let serde_json::Value::Object(m) = &mut doc {
                 m.insert(
                     "agent_url".into(),
                     format!("http://{ip}:{}", inner.agent_port).into(),
                 );
             }
-            content = serde_yaml::to_string(&doc).unwrap_or_default().into_bytes();
+            content = molecule::yaml::to_string(&doc)
+                .unwrap_or_default()
+                .into_bytes();
         }
         let _ = std::fs::write(&p, content);
     }

@@ -84,7 +84,7 @@ pub fn config_yaml(ws: &Workspace, uid: &str, agent: &AgentConfig<'_>) -> String
             "skills": [{"id": "echo", "name": "Echo"}]
         }
     });
-    serde_yaml::to_string(&doc).unwrap_or_default()
+    crate::yaml::to_string(&doc).unwrap_or_default()
 }
 
 fn check_total(files: &[ConfigFile]) -> Result<(), FilesError> {
@@ -314,7 +314,7 @@ mod tests {
                 heartbeat_seconds: 5,
             },
         );
-        let v: serde_yaml::Value = serde_yaml::from_str(&y).expect("yaml");
+        let v: serde_json::Value = crate::yaml::from_str(&y).expect("yaml");
         assert_eq!(
             v["workspace_id"].as_str(),
             Some("3f2a9c1e-7b4d-4a00-8000-000000000000")
