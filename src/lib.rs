@@ -1,9 +1,11 @@
 //! Molecule: a Kubernetes-style reconciliation operator for teams of AI agents.
 //!
 //! See `README.md` for the quickstart and `docs/adr/` for the design decisions. The
-//! modules mirror the architecture: `resources` (kinds), `apiserver` (the embedded API),
-//! `store` (SQLite/Postgres), `controllers` (the reconcilers and their host), `serve` (the
-//! one-process embedded mode).
+//! modules mirror the architecture: `resources` (kinds and the names modules share),
+//! `apiserver` (the embedded API), `store` (SQLite/Postgres), `controllers` (the reconcilers
+//! and their leadership loop), `shim` (the HTTP routes beside the API), `host` (the one wiring
+//! point that builds every service and router, ADR 0044), `serve` (the one-process embedded
+//! mode) and `operator` (cluster mode). The graph of top-level modules has no cycles.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -13,8 +15,10 @@ pub mod audit;
 pub mod backends;
 pub mod controllers;
 pub mod git;
+pub mod host;
 pub mod images;
 pub mod kubeconfig;
+pub mod late;
 pub mod net;
 pub mod operator;
 pub mod orgtemplate;

@@ -10,11 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::get;
 
 use crate::controllers::{self, HostSettings, Readiness, Selection, leader};
 use crate::serve::WorkspaceOptions;
@@ -76,45 +71,64 @@ pub async fn client() -> anyhow::Result<kube::Client> {
     kube::Client::try_from(config).context("building the API client")
 }
 
-#[derive(Clone)]
-struct Http {
-    metrics: Arc<Metrics>,
+/// The host's settings in cluster mode: leader election, agents told `--platform-url` or the
+/// agent listener's address.
+fn host_settings(
+    opts: &OperatorOptions,
+    instance: String,
+    audit: crate::audit::Audit,
+    plugins: controllers::plugin::Settings,
+    election: leader::Settings,
     ready: Readiness,
-}
-
-async fn healthz() -> &'static str {
-    "ok"
-}
-
-async fn readyz(State(h): State<Http>) -> axum::response::Response {
-    if h.ready.get() {
-        "ok".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
-    }
-}
-
-async fn metrics(State(h): State<Http>) -> axum::response::Response {
-    (
-        [("content-type", crate::telemetry::CONTENT_TYPE)],
-        h.metrics.render(),
-    )
-        .into_response()
-}
-
-/// The operator's HTTP endpoints.
-pub fn router(
-    metrics: Arc<Metrics>,
-    ready: Readiness,
-    registry: crate::shim::registry::Slot,
-) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/livez", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(self::metrics))
-        .with_state(Http { metrics, ready })
-        .merge(crate::shim::registry::router(registry))
+) -> anyhow::Result<crate::host::Settings> {
+    let workspace = controllers::workspace::Settings {
+        platform_url: opts.platform_url.clone().unwrap_or_default(),
+        heartbeat_seconds: opts.workspaces.heartbeat_seconds,
+        heartbeat_timeout: opts.workspaces.heartbeat_timeout,
+        provision_timeout: opts.workspaces.provision_timeout,
+        template_root: opts.template_root.clone(),
+        agent_binary: std::env::current_exe()?,
+        control_plane_platform_url: opts.workspaces.control_plane_platform_url.clone(),
+    };
+    let org_import = {
+        // The template root is never a workspace_dir (ADR 0039).
+        let mut s = controllers::org_import::Settings::new(
+            opts.template_root.clone(),
+            &opts.template_sources,
+        );
+        s.policy = opts.workspaces.template_policy.clone();
+        s.policy.protected = vec![
+            opts.template_root
+                .canonicalize()
+                .unwrap_or_else(|_| opts.template_root.clone()),
+        ];
+        s
+    };
+    Ok(crate::host::Settings {
+        selection: opts.controllers.clone(),
+        controllers: HostSettings {
+            workspace,
+            org_import,
+            plugins,
+            reap_every: opts.workspaces.reap_every,
+            audit,
+            election: Some(election),
+            shutdown_grace: opts.shutdown_grace,
+            ready,
+        },
+        images: crate::images::ImageSettings {
+            agent_binary: std::env::current_exe()?,
+            instance: instance.clone(),
+            roll_timeout: opts.workspaces.provision_timeout + Duration::from_secs(60),
+            ..opts.images.clone()
+        },
+        agent_port: opts.agent_port,
+        instance,
+        backend: opts.workspaces.backend,
+        agent_address: opts.agent_address,
+        control_plane: opts.workspaces.control_plane.clone(),
+        listen_limits: opts.listen_limits,
+    })
 }
 
 /// Runs until SIGTERM/SIGINT, then stops the controllers (bounded), releases the Lease and
@@ -173,7 +187,6 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     metrics.set("molecule_leader", &[("lease", &election.name)], 0.0);
     let ready = Readiness::default();
-    let registry: crate::shim::registry::Slot = Arc::default();
     // Plugin fetches use throwaway git repositories in a private temp dir.
     let scratch = std::env::temp_dir().join(format!("molecule-plugins-{}", std::process::id()));
     let plugins = opts.plugins.settings(PathBuf::from("plugins"), scratch);
@@ -187,9 +200,12 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
     if let Some(keep) = opts.audit_retention {
         audit.spawn_retention(keep, crate::serve::AUDIT_RETENTION_EVERY, shutdown.clone());
     }
+    let settings = host_settings(&opts, instance, audit, plugins, election, ready.clone())?;
+    let host = crate::host::Host::new(client, settings, metrics.clone());
     let http = {
-        let app = router(metrics.clone(), ready.clone(), registry.clone()).merge(
-            crate::shim::plugin_download::router(plugins.downloads.clone()),
+        let app = crate::host::router(
+            &host.routes(),
+            crate::host::Listener::Operator { metrics, ready },
         );
         tokio::spawn(crate::apiserver::listener::serve(
             listener,
@@ -199,59 +215,7 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
             shutdown.clone(),
         ))
     };
-    let host = HostSettings {
-        workspace: controllers::workspace::Settings {
-            platform_url: opts.platform_url.clone().unwrap_or_default(),
-            heartbeat_seconds: opts.workspaces.heartbeat_seconds,
-            heartbeat_timeout: opts.workspaces.heartbeat_timeout,
-            provision_timeout: opts.workspaces.provision_timeout,
-            template_root: opts.template_root.clone(),
-            agent_binary: std::env::current_exe()?,
-            control_plane_platform_url: opts.workspaces.control_plane_platform_url.clone(),
-        },
-        org_import: {
-            // The template root is never a workspace_dir (ADR 0039).
-            let mut s = controllers::org_import::Settings::new(
-                opts.template_root.clone(),
-                &opts.template_sources,
-            );
-            s.policy = opts.workspaces.template_policy.clone();
-            s.policy.protected = vec![
-                opts.template_root
-                    .canonicalize()
-                    .unwrap_or_else(|_| opts.template_root.clone()),
-            ];
-            s
-        },
-        plugins: plugins.clone(),
-        control_plane: opts.workspaces.control_plane.clone(),
-        a2a: Arc::default(),
-        images: crate::images::ImageSettings {
-            agent_binary: std::env::current_exe()?,
-            instance: instance.clone(),
-            roll_timeout: opts.workspaces.provision_timeout + Duration::from_secs(60),
-            ..opts.images.clone()
-        },
-        images_slot: Arc::default(),
-        agent_port: opts.agent_port,
-        reap_every: opts.workspaces.reap_every,
-        registry,
-        audit,
-        instance,
-        backend: opts.workspaces.backend,
-        agent_address: opts.agent_address,
-        election: Some(election),
-        shutdown_grace: opts.shutdown_grace,
-        ready,
-        listen_limits: opts.listen_limits,
-    };
-    let mut controllers = tokio::spawn(controllers::run(
-        client,
-        opts.controllers.clone(),
-        host,
-        metrics,
-        shutdown,
-    ));
+    let mut controllers = tokio::spawn(host.run(shutdown));
     let result = tokio::select! {
         _ = crate::shutdown::signal() => {
             tracing::info!("shutting down: no new reconciles; waiting for in-flight ones");

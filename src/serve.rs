@@ -173,6 +173,69 @@ async fn client_from(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
+/// What `run` has decided by the time the host is built.
+struct HostInputs {
+    instance: String,
+    audit: crate::audit::Audit,
+    plugins: crate::controllers::plugin::Settings,
+    template_root: PathBuf,
+    /// This server's own plain-http URL.
+    plain_url: String,
+    agent_port: u16,
+}
+
+/// The host's settings in embedded mode: no election, agents told the agent listener's address.
+fn host_settings(opts: &ServeOptions, i: HostInputs) -> anyhow::Result<crate::host::Settings> {
+    let workspace = controllers::workspace::Settings {
+        platform_url: String::new(),
+        heartbeat_seconds: opts.workspaces.heartbeat_seconds,
+        heartbeat_timeout: opts.workspaces.heartbeat_timeout,
+        provision_timeout: opts.workspaces.provision_timeout,
+        template_root: i.template_root.clone(),
+        agent_binary: std::env::current_exe()?,
+        control_plane_platform_url: Some(
+            opts.workspaces
+                .control_plane_platform_url
+                .clone()
+                .unwrap_or(i.plain_url),
+        ),
+    };
+    let org_import = {
+        // The data dir and the template root are never a workspace_dir (ADR 0039).
+        let mut s =
+            controllers::org_import::Settings::new(i.template_root.clone(), &opts.template_sources);
+        s.policy = opts.workspaces.template_policy.clone();
+        let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        s.policy.protected = vec![real(&opts.data_dir), real(&i.template_root)];
+        s
+    };
+    Ok(crate::host::Settings {
+        selection: opts.controllers.clone(),
+        controllers: controllers::HostSettings {
+            workspace,
+            org_import,
+            reap_every: opts.workspaces.reap_every,
+            audit: i.audit,
+            plugins: i.plugins,
+            election: None,
+            shutdown_grace: std::time::Duration::from_secs(8),
+            ready: Default::default(),
+        },
+        agent_port: i.agent_port,
+        agent_address: None,
+        images: crate::images::ImageSettings {
+            agent_binary: std::env::current_exe()?,
+            instance: i.instance.clone(),
+            roll_timeout: opts.workspaces.provision_timeout + std::time::Duration::from_secs(60),
+            ..opts.images.clone()
+        },
+        instance: i.instance,
+        backend: opts.workspaces.backend,
+        control_plane: opts.workspaces.control_plane.clone(),
+        listen_limits: opts.listen_limits,
+    })
+}
+
 /// Runs until SIGTERM/SIGINT, then shuts down gracefully.
 pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     check_plain_http(&opts)?;
@@ -248,9 +311,6 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     if let Some(keep) = opts.audit_retention {
         audit.spawn_retention(keep, AUDIT_RETENTION_EVERY, shutdown.clone());
     }
-    let registry: crate::shim::registry::Slot = Arc::default();
-    let a2a: crate::shim::a2a::Slot = Arc::default();
-    let images_slot: crate::shim::images::Slot = Arc::default();
     // Throwaway git repositories of plugin fetches; whatever a killed process left is removed.
     let scratch = opts.data_dir.join("tmp").join("plugins");
     let _ = std::fs::remove_dir_all(&scratch);
@@ -281,6 +341,19 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     );
+    let client = client_from(&kubeconfig).await?;
+    let settings = host_settings(
+        &opts,
+        HostInputs {
+            instance,
+            audit: audit.clone(),
+            plugins,
+            template_root,
+            plain_url: plain_url.clone(),
+            agent_port: addr.port(),
+        },
+    )?;
+    let host = crate::host::Host::new(client.clone(), settings, metrics.clone());
     println!("canvas: {page_url}/ (molecule canvas-url prints a signed-in link)");
     let server = {
         let shutdown = shutdown.clone();
@@ -289,19 +362,16 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             enabled = admin,
             "admin routes: POST /admin/workspace-images/refresh"
         );
-        let app = crate::shim::registry::router(registry.clone())
-            .merge(crate::shim::images::router(
-                images_slot.clone(),
-                token.clone(),
-                admin,
-            ))
-            .merge(shim.router())
-            .merge(crate::shim::a2a::router(a2a.clone(), &token))
-            .merge(crate::shim::plugin_download::router(
-                plugins.downloads.clone(),
-            ))
-            .merge(crate::audit::router(audit.clone(), token.clone()))
-            .merge(api.router());
+        let app = crate::host::router(
+            &host.routes(),
+            crate::host::Listener::Public {
+                api: api.router(),
+                shim: &shim,
+                audit: &audit,
+                token: &token,
+                admin_routes: admin,
+            },
+        );
         let protocols = if opts.require_tls {
             crate::apiserver::listener::Protocols::TlsOnly(cert.config.clone())
         } else {
@@ -316,72 +386,14 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         ))
     };
     let controllers_task = {
-        let config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&kubeconfig)?,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await?;
-        let client = kube::Client::try_from(config)?;
-        let selection = opts.controllers.clone();
         let shutdown = shutdown.clone();
-        let metrics = metrics.clone();
-        let template_root = template_root.clone();
-        let images = crate::images::ImageSettings {
-            agent_binary: std::env::current_exe()?,
-            instance: instance.clone(),
-            roll_timeout: opts.workspaces.provision_timeout + std::time::Duration::from_secs(60),
-            ..opts.images.clone()
-        };
         let seed_auto_refresh = opts.seed_auto_refresh;
-        let host = controllers::HostSettings {
-            workspace: crate::controllers::workspace::Settings {
-                platform_url: String::new(),
-                heartbeat_seconds: opts.workspaces.heartbeat_seconds,
-                heartbeat_timeout: opts.workspaces.heartbeat_timeout,
-                provision_timeout: opts.workspaces.provision_timeout,
-                template_root: template_root.clone(),
-                agent_binary: std::env::current_exe()?,
-                control_plane_platform_url: Some(
-                    opts.workspaces
-                        .control_plane_platform_url
-                        .clone()
-                        .unwrap_or_else(|| plain_url.clone()),
-                ),
-            },
-            org_import: {
-                // The data dir and the template root are never a workspace_dir (ADR 0039).
-                let mut s = controllers::org_import::Settings::new(
-                    template_root.clone(),
-                    &opts.template_sources,
-                );
-                s.policy = opts.workspaces.template_policy.clone();
-                let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-                s.policy.protected = vec![real(&opts.data_dir), real(&template_root)];
-                s
-            },
-            agent_port: addr.port(),
-            reap_every: opts.workspaces.reap_every,
-            registry: registry.clone(),
-            audit,
-            instance,
-            plugins,
-            control_plane: opts.workspaces.control_plane.clone(),
-            a2a,
-            backend: opts.workspaces.backend,
-            agent_address: None,
-            election: None,
-            shutdown_grace: std::time::Duration::from_secs(8),
-            ready: Default::default(),
-            images,
-            images_slot: images_slot.clone(),
-            listen_limits: opts.listen_limits,
-        };
         tokio::spawn(async move {
             // The known runtimes, unless they exist (a deleted one comes back on restart).
             if let Err(e) = controllers::runtime::seed(&client, seed_auto_refresh).await {
                 tracing::warn!(error = %e, "could not seed the known runtimes");
             }
-            controllers::run(client, selection, host, metrics, shutdown).await
+            host.run(shutdown).await
         })
     };
 

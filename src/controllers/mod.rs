@@ -1,19 +1,19 @@
-//! The controller host: builds a `kube::Client` (from the serve-written kubeconfig in embedded
-//! mode, or KUBECONFIG/in-cluster config in cluster mode) and runs the selected controllers
-//! until shutdown. Controllers never know which API server they talk to.
+//! The controllers and their leadership loop: given a `kube::Client` (to the embedded API
+//! server or an external one) and the services `host` built for them (ADR 0044), runs the
+//! selected controllers until shutdown. Controllers never know which API server they talk to.
 //!
-//! The host gates every controller uniformly behind leadership (`leader`): caches (`cache`)
-//! stay warm on every replica, controllers run only on the Lease holder. `rbac` declares the
-//! API permissions all of it needs.
+//! Every controller is gated uniformly behind leadership (`leader`): caches (`cache`) stay warm
+//! on every replica, controllers run only on the Lease holder. `rbac` declares the API
+//! permissions all of it needs.
 
 use std::sync::Arc;
 
-use crate::backends::WorkspaceBackend;
-use crate::backends::metered::MeteredBackend;
+use crate::backends::Backends;
+use crate::resources::Workspace;
 use crate::shutdown::Shutdown;
 use kube::Client;
+use kube::runtime::reflector::ObjectRef;
 
-pub use crate::backends::BackendChoice;
 use crate::telemetry::Metrics;
 
 pub mod cache;
@@ -32,30 +32,17 @@ pub mod workspace;
 /// Names of the controllers this build has, in start order.
 pub const KNOWN: &[&str] = &["workspace", "reaper", "plugin", "org_import", "runtime"];
 
-/// The Docker network every workspace joins (the original platform's name).
-pub const NETWORK: &str = "molecule-core-net";
-
-/// Settings of the controller host.
+/// Settings of the controllers.
 #[derive(Clone)]
 pub struct HostSettings {
-    /// Workspace controller settings; an empty `platform_url` is filled in once the agent
-    /// listener is bound (a set one, e.g. a Service address in a cluster, is kept).
+    /// Workspace controller settings; an empty `platform_url` is filled in by `host` once the
+    /// agent listener is bound (a set one, e.g. a Service address in a cluster, is kept).
     pub workspace: workspace::Settings,
-    /// Port of the agent listener on the Docker network's gateway (0: any).
-    pub agent_port: u16,
     /// Periodic resync of the orphan reaper.
     pub reap_every: std::time::Duration,
-    /// Where the registry endpoints find the controller's state.
-    pub registry: crate::shim::registry::Slot,
     /// Where controllers record audit rows (the store in embedded mode; Postgres from
     /// DATABASE_URL in cluster mode; the log alone otherwise).
     pub audit: crate::audit::Audit,
-    /// Installation id labelled on every container and volume; the reaper only touches its own.
-    pub instance: String,
-    /// The workspace backend (`docker`, or `simulated` for benchmarks).
-    pub backend: BackendChoice,
-    /// Address of the agent listener (default: the Docker network's gateway).
-    pub agent_address: Option<std::net::IpAddr>,
     /// Leader election; `None` runs the controllers unconditionally (embedded mode).
     pub election: Option<leader::Settings>,
     /// How long in-flight reconciles may take to finish on shutdown.
@@ -64,18 +51,33 @@ pub struct HostSettings {
     pub ready: Readiness,
     /// PluginInstall controller settings (plugin registry dir, fetch limits).
     pub plugins: plugin::Settings,
-    /// The EC2 control plane, when configured (`--control-plane-url`).
-    pub control_plane: Option<crate::backends::controlplane::ControlPlaneConfig>,
-    /// Where the A2A proxy finds the controller's state.
-    pub a2a: crate::shim::a2a::Slot,
     /// OrgImport controller settings (template root, `!external` settings).
     pub org_import: org_import::Settings,
-    /// Image resolution settings (registry, template prefix and token, build cache, platform).
-    pub images: crate::images::ImageSettings,
-    /// Where the shim's refresh route finds the image service.
-    pub images_slot: crate::shim::images::Slot,
-    /// Timeouts and connection cap of the agent listener (ADR 0041).
-    pub listen_limits: crate::apiserver::listener::Limits,
+}
+
+/// What `host` built for the controllers (ADR 0044).
+pub struct Services {
+    /// The workspace backends; `None` when no selected controller drives one.
+    pub backends: Option<Backends>,
+    /// The image service; `None` when no selected controller drives a backend.
+    pub images: Option<Arc<crate::images::Images>>,
+    /// The Workspace cache, warm on every replica.
+    pub workspaces: cache::SharedCache<Workspace>,
+    /// Fast triggers fed by the backend's events (every replica; heard only while leading).
+    pub triggers: Triggers,
+    /// The URL agents are told to call; `Some` once the agent listener is bound.
+    pub platform_url: Option<String>,
+}
+
+/// Fast triggers of the Workspace controller and the reaper.
+#[derive(Clone, Default)]
+pub struct Triggers {
+    /// A managed container changed.
+    pub workspaces: cache::Relay<ObjectRef<Workspace>>,
+    /// Something the reaper may have to remove appeared or went away.
+    pub reaper: cache::Relay<()>,
+    /// The uids of live Workspaces (events about them do not wake the reaper).
+    pub live: reaper::LiveUids,
 }
 
 /// Which controllers to run (`--controllers`).
@@ -168,119 +170,6 @@ impl Readiness {
     pub fn get(&self) -> bool {
         self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
-}
-
-/// Binds the agent listener with SO_REUSEPORT, so every replica of one installation can share
-/// one address agents are told about (the kernel spreads connections over live replicas).
-fn bind_shared(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    #[cfg(unix)]
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
-
-/// The backend the host runs, with the Docker client the echo image is built with and the
-/// gateway agents reach the host on. Docker events feed the relays (every replica). `None`
-/// when shutdown came while waiting for the Docker engine.
-async fn connect_backend(
-    host: &HostSettings,
-    ws_triggers: &cache::Relay<kube::runtime::reflector::ObjectRef<crate::resources::Workspace>>,
-    reap_triggers: &cache::Relay<()>,
-    live: &reaper::LiveUids,
-    background: &mut tokio::task::JoinSet<()>,
-    shutdown: &Shutdown,
-) -> anyhow::Result<
-    Option<(
-        Arc<dyn WorkspaceBackend>,
-        bollard::Docker,
-        Option<std::net::IpAddr>,
-    )>,
-> {
-    use futures::StreamExt;
-    use kube::runtime::reflector::ObjectRef;
-    if host.backend == BackendChoice::Simulated {
-        tracing::warn!("simulated backend: no container is created (benchmarking only)");
-        let docker = bollard::Docker::connect_with_local_defaults()
-            .map_err(|e| anyhow::anyhow!("Docker client: {e}"))?;
-        return Ok(Some((
-            Arc::new(crate::backends::simulated::SimulatedBackend::new()),
-            docker,
-            Some(std::net::IpAddr::from([127, 0, 0, 1])),
-        )));
-    }
-    // The Docker engine may come up after us: retry until it answers.
-    let backend = loop {
-        match crate::backends::docker::DockerBackend::connect(NETWORK, &host.instance).await {
-            Ok(b) => break b,
-            Err(e) => {
-                tracing::warn!(error = %e, "Docker is not reachable; workspaces cannot be provisioned until it is (retrying)");
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
-                    _ = shutdown.clone().wait() => return Ok(None),
-                }
-            }
-        }
-    };
-    let network = backend.ensure_network().await?;
-    let docker = backend.docker().clone();
-    background.spawn({
-        let docker = docker.clone();
-        let instance = host.instance.clone();
-        let (ws_triggers, reap_triggers) = (ws_triggers.clone(), reap_triggers.clone());
-        let live = live.clone();
-        async move {
-            let mut s = std::pin::pin!(crate::backends::events::managed_events(docker, instance));
-            while let Some(ev) = s.next().await {
-                if ev.kind == crate::backends::ManagedKind::Container
-                    && !ev.name.is_empty()
-                    && matches!(
-                        ev.action.as_str(),
-                        "die" | "stop" | "kill" | "oom" | "destroy" | "start"
-                    )
-                {
-                    ws_triggers.send(ObjectRef::new(&ev.name).within(&ev.namespace));
-                }
-                if matches!(ev.action.as_str(), "create" | "start" | "destroy" | "die")
-                    && !live.contains(&ev.uid)
-                {
-                    reap_triggers.send(());
-                }
-            }
-        }
-    });
-    Ok(Some((Arc::new(backend), docker, network.gateway_ip)))
-}
-
-/// The control-plane backend, when one is configured.
-fn control_plane_backend(
-    host: &HostSettings,
-    client: &Client,
-    metrics: &Arc<Metrics>,
-) -> anyhow::Result<Option<Arc<dyn WorkspaceBackend>>> {
-    let Some(cfg) = &host.control_plane else {
-        return Ok(None);
-    };
-    let cp = crate::backends::controlplane::ControlPlaneBackend::new(
-        cfg.clone(),
-        &host.instance,
-        Some(client.clone()),
-    )
-    .map_err(|e| anyhow::anyhow!("control plane: {e}"))?;
-    if cp.config().is_cleartext_remote() {
-        tracing::warn!(url = %cp.config().base_url, "the control-plane URL is plain http to a remote host: its credentials cross the network in clear text");
-    }
-    tracing::info!(url = %cp.config().base_url, org = %cp.config().org_id, "control-plane backend ready");
-    Ok(Some(Arc::new(MeteredBackend::new(
-        Arc::new(cp),
-        metrics.clone(),
-        "controlPlane",
-    ))))
 }
 
 /// Maps a Secret to the workspaces whose env reads it (a Secret change restarts them once).
@@ -381,39 +270,36 @@ async fn runtime_controller(
         .await;
 }
 
-/// Binds the agent listener and decides the URL agents are told to call.
-fn agent_listener(
-    host: &HostSettings,
-    gateway: Option<std::net::IpAddr>,
-) -> anyhow::Result<(tokio::net::TcpListener, String)> {
-    let ip = host
-        .agent_address
-        .or(gateway)
-        .ok_or_else(|| anyhow::anyhow!("the Docker network {NETWORK} has no IPv4 gateway"))?;
-    // Embedded mode may fall back to any port; replicas must share the one they were given.
-    let embedded = host.election.is_none() && host.workspace.platform_url.is_empty();
-    let listener = match bind_shared((ip, host.agent_port).into()) {
-        Ok(l) => l,
-        Err(_) if embedded => bind_shared((ip, 0).into())?,
-        Err(e) => {
-            return Err(anyhow::anyhow!(
-                "binding the agent listener on {ip}:{}: {e}",
-                host.agent_port
-            ));
-        }
-    };
-    let platform_url = if host.workspace.platform_url.is_empty() {
-        format!("http://{}", listener.local_addr()?)
-    } else {
-        host.workspace.platform_url.clone()
-    };
-    tracing::info!(listen = %listener.local_addr()?, url = %platform_url, "agent listener ready (registry endpoints for containers)");
-    Ok((listener, platform_url))
-}
-
 /// Reconciles one controller runs at once. Unbounded, a backlog of 1,000 objects opens as many
 /// API connections (and TLS handshakes) at once; a bound keeps connections reused.
 pub const MAX_CONCURRENT_RECONCILES: u16 = 64;
+
+/// The Workspace controller's context, telling agents to call `platform_url`.
+fn workspace_context(
+    client: &Client,
+    host: &HostSettings,
+    backends: &Backends,
+    images: &Arc<crate::images::Images>,
+    platform_url: String,
+    metrics: &Arc<Metrics>,
+) -> Arc<workspace::Context> {
+    let reporter = kube::runtime::events::Reporter {
+        controller: "molecule-workspace".into(),
+        instance: std::env::var("HOSTNAME").ok(),
+    };
+    Arc::new(workspace::Context::new(
+        client.clone(),
+        backends.clone(),
+        images.clone(),
+        kube::runtime::events::Recorder::new(client.clone(), reporter),
+        workspace::Settings {
+            platform_url,
+            ..host.workspace.clone()
+        },
+        metrics.clone(),
+        host.audit.clone(),
+    ))
+}
 
 /// Why one leadership term of the controllers ended.
 enum TermEnd {
@@ -424,137 +310,39 @@ enum TermEnd {
 
 /// Runs the selected controllers until `shutdown` fires.
 ///
-/// Every replica connects the backend, keeps the caches warm and serves the agent endpoints;
-/// only while it leads (always, without `host.election`) does it run the controllers. Losing
-/// the lease aborts them at once; shutdown lets in-flight reconciles finish within
-/// `host.shutdown_grace`, then releases the lease (ADR 0025).
+/// Every replica keeps the caches warm; only while it leads (always, without
+/// `host.election`) does it run the controllers. Losing the lease aborts them at once; shutdown
+/// lets in-flight reconciles finish within `host.shutdown_grace`, then releases the lease
+/// (ADR 0025).
 pub async fn run(
     client: Client,
     selection: Selection,
     host: HostSettings,
+    services: Services,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     use futures::StreamExt;
-    use kube::runtime::reflector::ObjectRef;
 
-    check_crds(&client).await?;
-    metrics.set(
-        "molecule_controllers_running",
-        &[],
-        selection.0.len() as f64,
-    );
     let wants = |n: &str| selection.0.iter().any(|s| s == n);
-    if selection.0.is_empty() {
-        host.ready.set(true);
-        tracing::info!("controller host started with no controllers");
-        shutdown.wait().await;
-        return Ok(());
-    }
-    // Workspaces, the reaper and plugins drive a backend; org imports only write records.
-    let needs_backend =
-        wants("workspace") || wants("reaper") || wants("plugin") || wants("runtime");
     let names: Vec<&str> = workspace::env::mutators().iter().map(|m| m.name).collect();
     tracing::info!(mutators = ?names, "env mutator chain");
-
-    // The backend, and its fast triggers (every replica; nobody listens to them until it leads).
-    let ws_triggers: cache::Relay<ObjectRef<crate::resources::Workspace>> = cache::Relay::default();
-    let reap_triggers: cache::Relay<()> = cache::Relay::default();
-    let live_uids = reaper::LiveUids::default();
-    let mut background = tokio::task::JoinSet::new();
-    let mut backends = None;
-    let mut docker_gateway = None;
-    let mut images = None;
-    if needs_backend {
-        let Some((backend, docker, gateway)) = connect_backend(
-            &host,
-            &ws_triggers,
-            &reap_triggers,
-            &live_uids,
-            &mut background,
-            &shutdown,
-        )
-        .await?
-        else {
-            return Ok(()); // shut down while waiting for Docker
-        };
-        let backend: Arc<dyn WorkspaceBackend> = Arc::new(MeteredBackend::new(
-            backend,
-            metrics.clone(),
-            host.backend.name(),
-        ));
-        backends = Some(crate::backends::Backends {
-            docker: backend,
-            control_plane: control_plane_backend(&host, &client, &metrics)?,
-        });
-        let service = Arc::new(crate::images::Images::new(
-            docker.clone(),
-            client.clone(),
-            crate::images::ImageSettings {
-                simulated: host.backend == BackendChoice::Simulated,
-                ..host.images.clone()
-            },
-            metrics.clone(),
-        ));
-        let _ = host.images_slot.set(service.clone());
-        images = Some(service);
-        docker_gateway = Some((docker, gateway));
-    }
-
-    // Caches, warm on every replica.
-    let workspaces = cache::SharedCache::<crate::resources::Workspace>::start(
-        kube::Api::all(client.clone()),
-        kube::runtime::watcher::Config::default(),
-    );
-
-    // The agent listener: every replica serves /registry/* (it only writes status via the API).
-    let mut ws_ctx = None;
-    if wants("workspace")
-        && let (Some(backends), Some((_, gateway)), Some(images)) =
-            (&backends, docker_gateway.clone(), &images)
-    {
-        let (listener, platform_url) = agent_listener(&host, gateway)?;
-        let agent_app = crate::shim::registry::router(host.registry.clone()).merge(
-            crate::shim::plugin_download::router(host.plugins.downloads.clone()),
-        );
-        // Bounded like every listener (ADR 0041).
-        background.spawn(crate::apiserver::listener::serve(
-            listener,
-            agent_app,
-            crate::apiserver::listener::Protocols::Plain,
-            host.listen_limits,
-            shutdown.clone(),
-        ));
-        let _ = host
-            .registry
-            .set(Arc::new(crate::shim::registry::RegistryState {
-                client: client.clone(),
-                workspaces: workspaces.reader(),
-                metrics: metrics.clone(),
-            }));
-        let _ = host.a2a.set(Arc::new(crate::shim::a2a::A2aState::new(
-            client.clone(),
-            workspaces.reader(),
-            backends.clone(),
-            metrics.clone(),
-        )));
-        let reporter = kube::runtime::events::Reporter {
-            controller: "molecule-workspace".into(),
-            instance: std::env::var("HOSTNAME").ok(),
-        };
-        ws_ctx = Some(Arc::new(workspace::Context::new(
-            client.clone(),
-            backends.clone(),
-            images.clone(),
-            kube::runtime::events::Recorder::new(client.clone(), reporter),
-            workspace::Settings {
-                platform_url,
-                ..host.workspace.clone()
-            },
-            metrics.clone(),
-            host.audit.clone(),
-        )));
-    }
+    let Services {
+        backends,
+        images,
+        workspaces,
+        triggers,
+        platform_url,
+    } = services;
+    let ws_triggers = triggers.workspaces;
+    let reap_triggers = triggers.reaper;
+    let live_uids = triggers.live;
+    let ws_ctx = match (&backends, &images, platform_url) {
+        (Some(backends), Some(images), Some(platform_url)) if wants("workspace") => Some(
+            workspace_context(&client, &host, backends, images, platform_url, &metrics),
+        ),
+        _ => None,
+    };
     tokio::select! {
         _ = workspaces.ready() => {}
         _ = shutdown.clone().wait() => return Ok(()),
@@ -730,8 +518,6 @@ pub async fn run(
     if let Some(e) = elector {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), e).await;
     }
-    background.abort_all();
-    tracing::info!("controller host stopped");
     Ok(())
 }
 

@@ -18,10 +18,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{ImageError, Images, Purpose, Resolved};
+use crate::resources::names::RESTART_ANNOTATION;
 use crate::resources::{Runtime, Workspace, WorkspacePhase, WorkspaceStatus};
-
-/// The annotation whose change restarts a workspace (`kubectl rollout restart` style).
-pub use crate::controllers::workspace::RESTART_ANNOTATION;
 
 /// Last observed fingerprint (registry digest, template commit) per runtime.
 #[derive(Default)]

@@ -8,6 +8,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 mod condition;
+pub mod names;
 mod org_import;
 mod plugin;
 mod runtime;

@@ -12,7 +12,7 @@
 //! Auth: the admin bearer token, or that workspace's own token (its sha256 is
 //! `status.tokenHash`). The console needs the admin token.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -28,6 +28,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::backends::{BackendError, Backends, Presence, WorkspaceRef};
+use crate::late::Late;
 use crate::net::http::{Client as HttpClient, Timeouts};
 use crate::resources::{Workspace, WorkspacePhase};
 use crate::telemetry::Metrics;
@@ -48,7 +49,7 @@ pub const UPSTREAM_TIMEOUTS: Timeouts = Timeouts {
     body: Duration::from_secs(600),
 };
 
-/// What the handlers need; set once the Workspace controller runs.
+/// What the handlers need; built by `host` once the backends answer.
 pub struct A2aState {
     pub client: Client,
     pub workspaces: Store<Workspace>,
@@ -74,19 +75,16 @@ impl A2aState {
     }
 }
 
-/// Filled by the controller host when the Workspace controller starts.
-pub type Slot = Arc<OnceLock<Arc<A2aState>>>;
-
 #[derive(Clone)]
 struct Shared {
-    slot: Slot,
+    state: Late<A2aState>,
     admin_hash: Arc<[u8; 32]>,
 }
 
 /// The routes. `admin_token` is the API bearer token (DATA_DIR/token).
-pub fn router(slot: Slot, admin_token: &str) -> Router {
+pub fn router(state: Late<A2aState>, admin_token: &str) -> Router {
     let shared = Shared {
-        slot,
+        state,
         admin_hash: Arc::new(Sha256::digest(admin_token.as_bytes()).into()),
     };
     Router::new()
@@ -210,7 +208,7 @@ async fn request_restart(st: &A2aState, ws: &Workspace, upstream: u16) {
         Api::namespaced(st.client.clone(), &ws.namespace().unwrap_or_default());
     let name = ws.name_any();
     let restart = json!({"metadata": {"annotations": {
-        crate::controllers::workspace::RESTART_ANNOTATION: crate::util::now_rfc3339()
+        crate::resources::names::RESTART_ANNOTATION: crate::util::now_rfc3339()
     }}});
     match api
         .patch(&name, &PatchParams::default(), &Patch::Merge(restart))
@@ -262,7 +260,7 @@ async fn a2a(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(st) = sh.slot.get().cloned() else {
+    let Some(st) = sh.state.get() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the workspace controller is not running",
@@ -340,7 +338,7 @@ async fn a2a(
 }
 
 async fn console(State(sh): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let Some(st) = sh.slot.get().cloned() else {
+    let Some(st) = sh.state.get() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the workspace controller is not running",

@@ -4,7 +4,7 @@
 //! `{pulled, failed, recreated}`. Authenticated with the API bearer token (DATA_DIR/token);
 //! refused in production (`MOLECULE_ENV=production`) unless enabled.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -16,13 +16,11 @@ use serde_json::json;
 
 use crate::images::Images;
 use crate::images::refresh;
-
-/// Filled by the controller host once the image service exists.
-pub type Slot = Arc<OnceLock<Arc<Images>>>;
+use crate::late::Late;
 
 #[derive(Clone)]
 struct RouteState {
-    slot: Slot,
+    images: Late<Images>,
     token: Arc<String>,
     enabled: bool,
 }
@@ -34,11 +32,11 @@ pub fn admin_routes_enabled(environment: Option<&str>, admin_routes: bool) -> bo
 }
 
 /// The refresh route.
-pub fn router(slot: Slot, token: String, enabled: bool) -> Router {
+pub fn router(images: Late<Images>, token: String, enabled: bool) -> Router {
     Router::new()
         .route("/admin/workspace-images/refresh", post(refresh_route))
         .with_state(RouteState {
-            slot,
+            images,
             token: Arc::new(token),
             enabled,
         })
@@ -112,7 +110,7 @@ async fn refresh_route(
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    let Some(images) = st.slot.get().cloned() else {
+    let Some(images) = st.images.get() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the image service is not running (controllers disabled or Docker unreachable)",

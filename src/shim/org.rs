@@ -24,6 +24,16 @@ use crate::resources::{OrgImport, OrgImportMode, OrgImportSource, OrgImportSpec}
 /// Field manager of the records this route applies.
 const MANAGER: &str = "molecule-shim";
 
+/// Keys of the namespace's global Secret with a non-empty value: what the env preflight takes
+/// as available.
+async fn global_env(client: &kube::Client, ns: &str) -> Result<BTreeSet<String>, kube::Error> {
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+    let s = api.get_opt(crate::resources::names::GLOBAL_SECRET).await?;
+    Ok(s.as_ref()
+        .map(crate::resources::names::non_empty_keys)
+        .unwrap_or_default())
+}
+
 /// A template dir as the listing names it: one path component, no dot-dirs.
 fn check_dir(dir: &str) -> Result<(), ShimError> {
     let ok = !dir.is_empty()
@@ -120,8 +130,7 @@ pub async fn import(State(shim): State<Arc<Shim>>, headers: HeaderMap, body: Bod
     };
     let ns = shim.namespace.clone();
     if !force {
-        let available: BTreeSet<String> =
-            crate::controllers::org_import::global_env(&shim.client, &ns).await?;
+        let available: BTreeSet<String> = global_env(&shim.client, &ns).await?;
         let pre = orgtemplate::preflight(&plan, &available);
         if !pre.ok() {
             return Err(ShimError::Body(

@@ -4,7 +4,7 @@
 //! The token is checked before anything about the record is answered (ADR 0038): 401 for a
 //! bad token, 404 only to a workspace of the namespace, and only about its own installs.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::plugins::{Fetcher, Origin, Source};
 use crate::resources::{PluginInstall, Workspace};
 
-/// What the handler needs; set once the plugin controller has started.
+/// What the handler needs; built by `host` when the plugin controller runs.
 pub struct DownloadState {
     pub client: Client,
     pub fetcher: Fetcher,
@@ -32,22 +32,14 @@ impl std::fmt::Debug for DownloadState {
     }
 }
 
-/// Filled by the plugin controller when it starts.
-pub type Slot = Arc<OnceLock<Arc<DownloadState>>>;
-
-/// The route of a PluginInstall's download.
-pub fn download_path(namespace: &str, name: &str) -> String {
-    format!("/registry/plugins/{namespace}/{name}/download")
-}
+/// What the route serves: `None` when the plugin controller does not run (503).
+type Served = Option<Arc<DownloadState>>;
 
 /// The download route.
-pub fn router(slot: Slot) -> Router {
+pub fn router(state: Served) -> Router {
     Router::new()
-        .route(
-            "/registry/plugins/{namespace}/{name}/download",
-            get(download),
-        )
-        .with_state(slot)
+        .route(crate::resources::names::DOWNLOAD_ROUTE, get(download))
+        .with_state(state)
 }
 
 fn error(code: StatusCode, msg: &str) -> Response {
@@ -55,11 +47,11 @@ fn error(code: StatusCode, msg: &str) -> Response {
 }
 
 async fn download(
-    State(slot): State<Slot>,
+    State(state): State<Served>,
     Path((namespace, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(state) = slot.get().cloned() else {
+    let Some(state) = state else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the plugin controller is not running",

@@ -17,6 +17,7 @@ use super::Shim;
 use super::auth::{Caller, bearer};
 use super::error::{ShimError, ShimResult};
 use super::input::{self, Fields};
+use crate::resources::names::REQUESTED_BY_LABEL;
 use crate::resources::{
     ConditionStatus, LocalObjectReference, PluginDecision, PluginInstall, PluginInstallSpec,
     PluginUpdate, UpdatePolicy, Workspace,
@@ -26,9 +27,6 @@ use crate::resources::{
 pub const PLUGIN_LABEL: &str = "molecule.ai/plugin";
 /// Label on a PluginInstall naming its workspace.
 pub const WORKSPACE_LABEL: &str = "molecule.ai/workspace";
-/// Label on a PluginInstall requested with a workspace's own token (value `workspace`): the
-/// plugin controller holds its git source to `--plugin-git-hosts` too (ADR 0038).
-pub const REQUESTED_BY_LABEL: &str = "molecule.ai/requested-by";
 
 /// Plugin names: `^[a-z0-9][a-z0-9._-]{0,127}$`.
 pub fn valid_plugin_name(n: &str) -> bool {

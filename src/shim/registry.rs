@@ -2,7 +2,7 @@
 //! with their workspace token (only its sha256 is on record) and drive the Workspace status.
 
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -23,23 +23,23 @@ use crate::tokens::bearer;
 /// Largest accepted registry request body.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// What the handlers need; set once the controllers have started.
+/// What the handlers need; built by `host` when the Workspace controller runs.
 pub struct RegistryState {
     pub client: Client,
     pub workspaces: Store<Workspace>,
     pub metrics: Arc<Metrics>,
 }
 
-/// Filled by the controller host when the Workspace controller starts.
-pub type Slot = Arc<OnceLock<Arc<RegistryState>>>;
+/// What the routes serve: `None` when the Workspace controller does not run (503).
+type Served = Option<Arc<RegistryState>>;
 
 /// The `/registry/*` routes.
-pub fn router(slot: Slot) -> Router {
+pub fn router(state: Served) -> Router {
     Router::new()
         .route("/registry/register", post(register))
         .route("/registry/heartbeat", post(heartbeat))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(slot)
+        .with_state(state)
 }
 
 fn error(code: StatusCode, msg: &str) -> Response {
@@ -189,8 +189,8 @@ async fn patch_status(st: &RegistryState, ws: &Workspace, status: Value) -> Resu
     })
 }
 
-async fn register(State(slot): State<Slot>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(st) = slot.get() else {
+async fn register(State(state): State<Served>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(st) = state.as_deref() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the workspace controller is not running",
@@ -237,8 +237,8 @@ async fn register(State(slot): State<Slot>, headers: HeaderMap, body: Bytes) -> 
         .into_response()
 }
 
-async fn heartbeat(State(slot): State<Slot>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(st) = slot.get() else {
+async fn heartbeat(State(state): State<Served>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(st) = state.as_deref() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the workspace controller is not running",

@@ -21,9 +21,8 @@ use super::Shim;
 use super::auth::bearer;
 use super::error::{ShimError, ShimResult};
 use super::input::{self, Fields, check_secret_key};
-use crate::controllers::workspace::RESTART_ANNOTATION;
-use crate::controllers::workspace::env::{GLOBAL_SECRET, workspace_secret};
 use crate::resources::Workspace;
+use crate::resources::names::{GLOBAL_SECRET, RESTART_ANNOTATION, workspace_secret};
 
 /// Largest secret value accepted.
 const MAX_VALUE: usize = 32 * 1024;

@@ -18,7 +18,7 @@ use super::error::{ShimError, ShimResult};
 use super::input::{self, Fields, check_label_text, check_runtime};
 use super::tree::Tree;
 use super::view::{ANN_BUDGET, ANN_COLLAPSED, ANN_X, ANN_Y};
-use crate::controllers::workspace::RESTART_ANNOTATION;
+use crate::resources::names::RESTART_ANNOTATION;
 use crate::resources::{LocalObjectReference, Workspace, WorkspaceSpec};
 
 const MAX_NAME: usize = 255;

@@ -49,7 +49,6 @@ pub struct Harness {
     pub audit: Audit,
     /// The temporary directory (store, template root, fake engine socket).
     pub dir: PathBuf,
-    registry: crate::shim::registry::Slot,
     trigger: Trigger,
     shutdown: Shutdown,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -116,8 +115,19 @@ impl Harness {
         )
         .await
         .expect("start the API server");
-        let registry: crate::shim::registry::Slot = Arc::default();
-        let app = crate::shim::registry::router(registry.clone()).merge(api.router());
+        let url = format!("http://{addr}");
+        let client = client_of(&url, &token);
+        // The Workspace cache and the registry endpoints, as the host starts them (ADR 0044).
+        let workspaces = cache::SharedCache::<Workspace>::start(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+        );
+        let registry = Arc::new(crate::shim::registry::RegistryState {
+            client: client.clone(),
+            workspaces: workspaces.reader(),
+            metrics: metrics.clone(),
+        });
+        let app = crate::shim::registry::router(Some(registry)).merge(api.router());
         let mut tasks = vec![tokio::spawn(crate::apiserver::listener::serve(
             listener,
             app,
@@ -127,8 +137,6 @@ impl Harness {
         ))];
         let socket = dir.join("docker.sock");
         tasks.push(fake_engine(&socket, shutdown.clone()).await);
-        let url = format!("http://{addr}");
-        let client = client_of(&url, &token);
         let docker = bollard::Docker::connect_with_unix(
             &socket.to_string_lossy(),
             5,
@@ -155,11 +163,10 @@ impl Harness {
             images,
             audit: Audit::new(store),
             dir,
-            registry,
             trigger,
             shutdown,
             tasks,
-            workspaces: None,
+            workspaces: Some(workspaces),
         }
     }
 
@@ -214,22 +221,13 @@ impl Harness {
     /// woken by what `plan::trigger_hash` covers.
     pub fn run_workspace_with(&mut self, settings: workspace::Settings) -> Arc<workspace::Context> {
         let ctx = self.workspace_context(settings);
-        let cache = cache::SharedCache::<Workspace>::start(
-            Api::all(self.client.clone()),
-            watcher::Config::default(),
-        );
-        let _ = self
-            .registry
-            .set(Arc::new(crate::shim::registry::RegistryState {
-                client: self.client.clone(),
-                workspaces: cache.reader(),
-                metrics: self.metrics.clone(),
-            }));
         let queue = cache::WorkQueue::new("workspace", self.metrics.clone());
-        let controller = cache
+        let controller = self
+            .workspaces
+            .as_ref()
+            .expect("the harness keeps its Workspace cache until dropped")
             .controller_filtered(&queue, workspace::plan::trigger_hash)
             .graceful_shutdown_on(self.shutdown.clone().wait());
-        self.workspaces = Some(cache);
         self.tasks.push(tokio::spawn(
             controller
                 .run(workspace::reconcile, workspace::error_policy, ctx.clone())

@@ -170,7 +170,7 @@ pub async fn run(
             Api::<Secret>::all(client.clone()),
             watcher::Config::default().fields(&format!(
                 "metadata.name={}",
-                crate::controllers::workspace::env::GLOBAL_SECRET
+                crate::resources::names::GLOBAL_SECRET
             )),
             move |s: Secret| {
                 let ns = s.namespace();
@@ -237,23 +237,10 @@ pub fn error_policy(org: Arc<OrgImport>, err: &OrgImportError, ctx: Arc<Context>
 /// (`orgtemplate::preflight` / `check_env`) takes as available.
 pub async fn global_env(client: &Client, ns: &str) -> Result<BTreeSet<String>, kube::Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let s = api
-        .get_opt(crate::controllers::workspace::env::GLOBAL_SECRET)
-        .await?;
-    let mut out = BTreeSet::new();
-    if let Some(s) = s {
-        for (k, v) in s.data.unwrap_or_default() {
-            if !v.0.is_empty() {
-                out.insert(k);
-            }
-        }
-        for (k, v) in s.string_data.unwrap_or_default() {
-            if !v.is_empty() {
-                out.insert(k);
-            }
-        }
-    }
-    Ok(out)
+    let s = api.get_opt(crate::resources::names::GLOBAL_SECRET).await?;
+    Ok(s.as_ref()
+        .map(crate::resources::names::non_empty_keys)
+        .unwrap_or_default())
 }
 
 fn owned_by(meta: &kube::api::ObjectMeta, uid: &str) -> bool {

@@ -109,8 +109,6 @@ pub struct Settings {
     pub drift_tick: Duration,
     /// Honour `/configs/plugins/.failpoint` in the in-container steps (tests only).
     pub failpoints: bool,
-    /// Where the download route for external agents finds the fetcher and client.
-    pub downloads: crate::shim::plugin_download::Slot,
     /// Git hosts a record requested by a workspace's own token may name (ADR 0038).
     pub git_hosts: crate::plugins::git_hosts::GitHosts,
 }
@@ -125,7 +123,6 @@ impl Settings {
             limits: Limits::default(),
             drift_tick: Duration::from_secs(5),
             failpoints: false,
-            downloads: Arc::default(),
             git_hosts: Default::default(),
         }
     }
@@ -326,12 +323,6 @@ pub async fn run(
             }
             out
         });
-    let _ = settings
-        .downloads
-        .set(Arc::new(crate::shim::plugin_download::DownloadState {
-            client: client.clone(),
-            fetcher: settings.fetcher(),
-        }));
     let ctx = Arc::new(Context {
         kit: Reconciler::new(
             "plugin",
@@ -445,7 +436,7 @@ fn short(sha: &str) -> &str {
 async fn request_restart(ctx: &Context, ws: &Workspace, now: &str) -> Result<(), PluginError> {
     let api: Api<Workspace> =
         Api::namespaced(ctx.client.clone(), &ws.namespace().unwrap_or_default());
-    let patch = json!({"metadata": {"annotations": {crate::controllers::workspace::RESTART_ANNOTATION: now}}});
+    let patch = json!({"metadata": {"annotations": {crate::resources::names::RESTART_ANNOTATION: now}}});
     api.patch(
         &ws.name_any(),
         &PatchParams::default(),
@@ -465,7 +456,7 @@ fn unmanaged(ws: &Workspace, pi: &PluginInstall) -> Option<Refusal> {
             "ExternalRuntime",
             format!(
                 "workspace {ws_name} runs an external agent (runtime: external) and has no container to install into; the agent downloads the plugin itself: GET {} with its workspace token as Bearer",
-                crate::shim::plugin_download::download_path(&ns, &pi.name_any())
+                crate::resources::names::download_path(&ns, &pi.name_any())
             ),
         );
         return Some(r);
@@ -475,7 +466,7 @@ fn unmanaged(ws: &Workspace, pi: &PluginInstall) -> Option<Refusal> {
             "BackendUnsupported",
             format!(
                 "workspace {ws_name} runs on the control plane (EC2), where molecule cannot swap files in place; its agent downloads the plugin itself: GET {} with its workspace token as Bearer",
-                crate::shim::plugin_download::download_path(&ns, &pi.name_any())
+                crate::resources::names::download_path(&ns, &pi.name_any())
             ),
         );
         return Some(r);
@@ -493,7 +484,7 @@ fn check_requester(
 ) -> Result<(), Refusal> {
     let by_workspace = pi
         .labels()
-        .get(crate::shim::plugins::REQUESTED_BY_LABEL)
+        .get(crate::resources::names::REQUESTED_BY_LABEL)
         .is_some_and(|v| v == "workspace");
     match &origin.source {
         Source::Git(url) if by_workspace && !hosts.allows(url) => Err(Refusal::new(
@@ -532,7 +523,7 @@ mod tests {
             if by_workspace {
                 pi.metadata.labels = Some(
                     [(
-                        crate::shim::plugins::REQUESTED_BY_LABEL.to_string(),
+                        crate::resources::names::REQUESTED_BY_LABEL.to_string(),
                         "workspace".to_string(),
                     )]
                     .into(),

@@ -12,14 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::resources::WorkspaceSpec;
-
-/// Name of the namespace-wide Secret every workspace inherits.
-pub const GLOBAL_SECRET: &str = "molecule-global-secrets";
-
-/// Name of a workspace's own Secret.
-pub fn workspace_secret(workspace: &str) -> String {
-    format!("{workspace}-secrets")
-}
+use crate::resources::names::{GLOBAL_SECRET, workspace_secret};
 
 /// Names of the Secrets (in the workspace's namespace) whose content feeds a workspace's env:
 /// the global one, its own, and every `envFrom` / `valueFrom` reference. A change to any of them

@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 
 use super::kit::{self, Backoff, FinalizerError, Reconciler, Reporter};
 use crate::backends::{BackendError, Backends, Presence, WorkspaceRef};
+use crate::resources::names::RESTART_ANNOTATION;
 use crate::resources::{Backend, Workspace, WorkspaceStatus};
 use crate::telemetry::Metrics;
 use observe::{Pass, Target};
@@ -39,8 +40,6 @@ use validate::permanent;
 
 /// Finalizer guarding the container and volume.
 pub const FINALIZER: &str = "molecule.ai/workspace-cleanup";
-/// Annotation whose change restarts the workspace (like `kubectl rollout restart`).
-pub const RESTART_ANNOTATION: &str = "molecule.ai/restartedAt";
 /// Runtimes that need no Runtime record.
 pub const BUILTIN_RUNTIMES: &[&str] = &["echo", "external"];
 

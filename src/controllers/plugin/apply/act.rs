@@ -108,7 +108,7 @@ impl Pass {
     fn interrupted_uncovered(&self, ws: &Workspace, c: &Container, fetched: &Fetched) -> bool {
         let restarted_at = ws
             .annotations()
-            .get(crate::controllers::workspace::RESTART_ANNOTATION)
+            .get(crate::resources::names::RESTART_ANNOTATION)
             .map(String::as_str);
         self.before
             .pending
