@@ -436,7 +436,8 @@ fn short(sha: &str) -> &str {
 async fn request_restart(ctx: &Context, ws: &Workspace, now: &str) -> Result<(), PluginError> {
     let api: Api<Workspace> =
         Api::namespaced(ctx.client.clone(), &ws.namespace().unwrap_or_default());
-    let patch = json!({"metadata": {"annotations": {crate::resources::names::RESTART_ANNOTATION: now}}});
+    let patch =
+        json!({"metadata": {"annotations": {crate::resources::names::RESTART_ANNOTATION: now}}});
     api.patch(
         &ws.name_any(),
         &PatchParams::default(),
