@@ -29,7 +29,7 @@ use crate::apiserver::{ApiConfig, ApiServer};
 use crate::audit::Audit;
 use crate::backends::simulated::SimulatedBackend;
 use crate::backends::{Backends, WorkspaceBackend};
-use crate::controllers::{cache, reaper, runtime, workspace};
+use crate::controllers::{cache, org_import, reaper, runtime, workspace};
 use crate::images::{ImageSettings, Images};
 use crate::resources::{Runtime, Workspace};
 use crate::shutdown::{Shutdown, Trigger};
@@ -235,6 +235,38 @@ impl Harness {
                 .run(workspace::reconcile, workspace::error_policy, ctx.clone())
                 .for_each(|_| async {}),
         ));
+        ctx
+    }
+
+    /// OrgImport controller settings for this harness: the template root of
+    /// [`Harness::workspace_settings`], no `!external` host.
+    pub fn org_import_settings(&self) -> org_import::Settings {
+        let template_root = self.dir.join("org-templates");
+        let _ = std::fs::create_dir_all(&template_root);
+        org_import::Settings::new(template_root, &Default::default())
+    }
+
+    /// Runs the OrgImport controller with [`Harness::org_import_settings`]; returns its context.
+    pub fn run_org_import(&mut self) -> Arc<org_import::Context> {
+        self.run_org_import_with(self.org_import_settings())
+    }
+
+    /// Runs the OrgImport controller with `settings`, as the host does (its record, the global
+    /// secret and its child Workspaces trigger it).
+    pub fn run_org_import_with(
+        &mut self,
+        settings: org_import::Settings,
+    ) -> Arc<org_import::Context> {
+        let ctx = Arc::new(org_import::Context::new(
+            self.client.clone(),
+            settings,
+            self.metrics.clone(),
+            self.audit.clone(),
+        ));
+        self.tasks.push(tokio::spawn(org_import::run_with(
+            ctx.clone(),
+            self.shutdown.clone(),
+        )));
         ctx
     }
 
