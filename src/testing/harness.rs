@@ -29,7 +29,7 @@ use crate::apiserver::{ApiConfig, ApiServer};
 use crate::audit::Audit;
 use crate::backends::simulated::SimulatedBackend;
 use crate::backends::{Backends, WorkspaceBackend};
-use crate::controllers::{cache, org_import, reaper, runtime, workspace};
+use crate::controllers::{cache, org_import, plugin, reaper, runtime, workspace};
 use crate::images::{ImageSettings, Images};
 use crate::resources::{Runtime, Workspace};
 use crate::shutdown::{Shutdown, Trigger};
@@ -268,6 +268,35 @@ impl Harness {
             self.shutdown.clone(),
         )));
         ctx
+    }
+
+    /// PluginInstall controller settings for this harness: the `local://` registry and the
+    /// git scratch space inside the temporary directory.
+    pub fn plugin_settings(&self) -> plugin::Settings {
+        let registry = self.dir.join("plugins");
+        let _ = std::fs::create_dir_all(&registry);
+        plugin::Settings {
+            scratch: self.dir.clone(),
+            ..plugin::Settings::new(registry)
+        }
+    }
+
+    /// Runs the PluginInstall controller (and its drift loop) with
+    /// [`Harness::plugin_settings`] on the simulated backend, whose exec answers nothing.
+    pub fn run_plugin(&mut self) {
+        self.run_plugin_with(self.plugin_settings());
+    }
+
+    /// Runs the PluginInstall controller with `settings`, as the host does.
+    pub fn run_plugin_with(&mut self, settings: plugin::Settings) {
+        self.tasks.push(tokio::spawn(plugin::run(
+            self.client.clone(),
+            self.backend.clone() as Arc<dyn WorkspaceBackend>,
+            settings,
+            self.metrics.clone(),
+            self.audit.clone(),
+            self.shutdown.clone(),
+        )));
     }
 
     /// Runs the Runtime controller; returns its context.
