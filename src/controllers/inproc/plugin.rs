@@ -107,3 +107,37 @@ async fn deleting_an_install_runs_its_finalizer() {
         .expect("delete");
     wait_gone(&api, "doomed").await;
 }
+
+#[tokio::test]
+async fn a_workspace_request_for_a_git_host_off_the_allowlist_is_refused() {
+    let mut h = Harness::start().await;
+    h.run_plugin_with(crate::controllers::plugin::Settings {
+        git_hosts: crate::plugins::git_hosts::GitHosts::parse("git.allowed.example")
+            .expect("hosts"),
+        ..h.plugin_settings()
+    });
+    let api = api(&h);
+    let mut pi = install("asked", "https://git.elsewhere.example/acme/skills.git");
+    pi.spec.track = Some("tag:v1".into());
+    pi.metadata.labels = Some(
+        [(
+            crate::shim::plugins::REQUESTED_BY_LABEL.to_string(),
+            "workspace".to_string(),
+        )]
+        .into(),
+    );
+    create(&api, &pi).await;
+    let refused = wait_for(&api, "asked", |p| ready(p).is_some()).await;
+    let (status, reason, message) = ready(&refused).expect("Ready");
+    assert_eq!(status, ConditionStatus::False);
+    assert_eq!(reason, "SourceNotAllowed");
+    assert_eq!(
+        message,
+        "a plugin requested by a workspace may come from the local registry or the hosts of --plugin-git-hosts only"
+    );
+    let (type_, note) = wait_event(&h, Some("default"), "asked", "SourceNotAllowed").await;
+    assert_eq!(
+        (type_.as_str(), note.as_str()),
+        ("Warning", message.as_str())
+    );
+}
