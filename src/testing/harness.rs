@@ -29,7 +29,7 @@ use crate::apiserver::{ApiConfig, ApiServer};
 use crate::audit::Audit;
 use crate::backends::simulated::SimulatedBackend;
 use crate::backends::{Backends, WorkspaceBackend};
-use crate::controllers::{cache, reaper, runtime, workspace};
+use crate::controllers::{cache, org_import, plugin, reaper, runtime, workspace};
 use crate::images::{ImageSettings, Images};
 use crate::resources::{Runtime, Workspace};
 use crate::shutdown::{Shutdown, Trigger};
@@ -234,6 +234,67 @@ impl Harness {
                 .for_each(|_| async {}),
         ));
         ctx
+    }
+
+    /// OrgImport controller settings for this harness: the template root of
+    /// [`Harness::workspace_settings`], no `!external` host.
+    pub fn org_import_settings(&self) -> org_import::Settings {
+        let template_root = self.dir.join("org-templates");
+        let _ = std::fs::create_dir_all(&template_root);
+        org_import::Settings::new(template_root, &Default::default())
+    }
+
+    /// Runs the OrgImport controller with [`Harness::org_import_settings`]; returns its context.
+    pub fn run_org_import(&mut self) -> Arc<org_import::Context> {
+        self.run_org_import_with(self.org_import_settings())
+    }
+
+    /// Runs the OrgImport controller with `settings`, as the host does (its record, the global
+    /// secret and its child Workspaces trigger it).
+    pub fn run_org_import_with(
+        &mut self,
+        settings: org_import::Settings,
+    ) -> Arc<org_import::Context> {
+        let ctx = Arc::new(org_import::Context::new(
+            self.client.clone(),
+            settings,
+            self.metrics.clone(),
+            self.audit.clone(),
+        ));
+        self.tasks.push(tokio::spawn(org_import::run_with(
+            ctx.clone(),
+            self.shutdown.clone(),
+        )));
+        ctx
+    }
+
+    /// PluginInstall controller settings for this harness: the `local://` registry and the
+    /// git scratch space inside the temporary directory.
+    pub fn plugin_settings(&self) -> plugin::Settings {
+        let registry = self.dir.join("plugins");
+        let _ = std::fs::create_dir_all(&registry);
+        plugin::Settings {
+            scratch: self.dir.clone(),
+            ..plugin::Settings::new(registry)
+        }
+    }
+
+    /// Runs the PluginInstall controller (and its drift loop) with
+    /// [`Harness::plugin_settings`] on the simulated backend, whose exec answers nothing.
+    pub fn run_plugin(&mut self) {
+        self.run_plugin_with(self.plugin_settings());
+    }
+
+    /// Runs the PluginInstall controller with `settings`, as the host does.
+    pub fn run_plugin_with(&mut self, settings: plugin::Settings) {
+        self.tasks.push(tokio::spawn(plugin::run(
+            self.client.clone(),
+            self.backend.clone() as Arc<dyn WorkspaceBackend>,
+            settings,
+            self.metrics.clone(),
+            self.audit.clone(),
+            self.shutdown.clone(),
+        )));
     }
 
     /// Runs the Runtime controller; returns its context.

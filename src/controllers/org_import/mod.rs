@@ -158,7 +158,14 @@ pub async fn run(
     audit: crate::audit::Audit,
     shutdown: Shutdown,
 ) {
-    let ctx = Arc::new(Context::new(client.clone(), settings, metrics, audit));
+    let ctx = Arc::new(Context::new(client, settings, metrics, audit));
+    run_with(ctx, shutdown).await;
+}
+
+/// Runs the controller on `ctx` until `shutdown` fires (the in-process harness shares `ctx`
+/// with its tests, ADR 0045).
+pub async fn run_with(ctx: Arc<Context>, shutdown: Shutdown) {
+    let client = ctx.client.clone();
     let controller = Controller::new(
         Api::<OrgImport>::all(client.clone()),
         watcher::Config::default(),
