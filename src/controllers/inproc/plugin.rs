@@ -121,7 +121,7 @@ async fn a_workspace_request_for_a_git_host_off_the_allowlist_is_refused() {
     pi.spec.track = Some("tag:v1".into());
     pi.metadata.labels = Some(
         [(
-            crate::shim::plugins::REQUESTED_BY_LABEL.to_string(),
+            crate::resources::names::REQUESTED_BY_LABEL.to_string(),
             "workspace".to_string(),
         )]
         .into(),
