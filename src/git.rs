@@ -489,6 +489,10 @@ pub fn run_blocking(spec: &Spec, stdout_cap: usize, timeout: Duration) -> Result
     let out = out_t.join().unwrap_or_default();
     let err = err_t.join().unwrap_or_default();
     drop(home);
+    // git may exit before the reader thread flags an over-long stdout; the flag decides.
+    if over.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(RunError::TooLarge { cap: stdout_cap });
+    }
     match end {
         End::Exited(st) => Ok(Output {
             success: st.success(),
