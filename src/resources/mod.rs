@@ -12,6 +12,7 @@ pub mod names;
 mod org_import;
 mod plugin;
 mod runtime;
+mod team;
 mod workspace;
 
 pub use condition::{Condition, ConditionStatus};
@@ -27,6 +28,7 @@ pub use runtime::{
     AutoRefresh, ImageSource, LocalBuildSource, NamespacedSecretReference, Runtime, RuntimeSpec,
     RuntimeStatus,
 };
+pub use team::{ChannelSpec, ChannelStatus, ScheduleSpec, ScheduleStatus};
 pub use workspace::{
     Backend, ConfigFiles, EnvFromSource, EnvVar, EnvVarSource, LocalObjectReference,
     SecretKeySelector, SecretReference, Workspace, WorkspaceAccess, WorkspacePhase, WorkspaceSpec,

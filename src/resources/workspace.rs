@@ -126,6 +126,12 @@ pub struct WorkspaceSpec {
     /// For runtime `external`: the agent's own URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Cron schedules that send the workspace a prompt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<super::ScheduleSpec>,
+    /// Chat channels bridged to the workspace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<super::ChannelSpec>,
 }
 
 /// A reference to an object by name in the same namespace.
@@ -295,6 +301,12 @@ pub struct WorkspaceStatus {
     /// Consecutive automatic restarts since the workspace was last Online.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_count: Option<i64>,
+    /// Observed state of each schedule in spec.schedules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<super::ScheduleStatus>,
+    /// Observed state of each channel in spec.channels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<super::ChannelStatus>,
 }
 
 /// Schema of a free-form JSON object.
