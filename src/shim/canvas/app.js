@@ -143,7 +143,9 @@ function health(w) {
 
 function lastError(w) {
   const nr = notReady(w);
-  return w.last_sample_error || (nr ? [nr.reason, nr.message].filter(Boolean).join(': ') : '');
+  // The failing condition says why in the controller's words; the agent's own sample error
+  // is the fallback (an online agent that reports errors has no failing condition).
+  return (nr ? [nr.reason, nr.message].filter(Boolean).join(': ') : '') || w.last_sample_error || '';
 }
 
 function ancestors(w) {
