@@ -307,6 +307,30 @@ async fn the_canvas_shows_the_org_live_and_restarts_a_workspace() {
     std::fs::write(&out, &png).expect("write screenshot");
     println!("screenshot: {} ({} bytes)", out.display(), png.len());
 
+    // View logs: the container's real console, with terminal codes stripped.
+    c.find(Locator::Id("btn-logs"))
+        .await
+        .expect("logs button")
+        .click()
+        .await
+        .expect("open logs");
+    until(20, "the console in the logs dialog", || async {
+        let t = js(&c, "return document.getElementById('logs-dialog').open ? document.getElementById('l-text').textContent : ''").await;
+        let t = t.as_str().unwrap_or("");
+        !t.is_empty() && t != "Loading…" && !t.starts_with("No logs")
+    })
+    .await;
+    let console = js(&c, "return document.getElementById('l-text').textContent").await;
+    assert!(
+        !console.as_str().unwrap_or("").contains('\u{1b}'),
+        "ANSI codes left in {console}"
+    );
+    js(
+        &c,
+        "document.getElementById('logs-dialog').close(); return true",
+    )
+    .await;
+
     // Delete asks first and lists the children; cancelling deletes nothing.
     c.find(Locator::Id("btn-delete"))
         .await
@@ -760,6 +784,11 @@ async fn the_canvas_is_one_people_can_live_in() {
         js(&c, "return window.moleculeCanvas.stripAnsi('\\x1b[1;31mred\\x1b[0m \\x1b]0;title\\x07ok')").await,
         "red ok"
     );
+    // axe itself works here: a planted image without alt text is caught.
+    js(&c, "const i = document.createElement('img'); i.id = 'planted'; i.src = 'data:image/gif;base64,R0lGODlhAQABAAAAACw='; document.body.appendChild(i); return true").await;
+    let planted = axe(&c, "a planted violation").await;
+    assert!(planted.iter().any(|v| v.contains("image-alt")), "{planted:?}");
+    js(&c, "document.getElementById('planted').remove(); return true").await;
     let mut violations = axe(&c, "panel with a failure").await;
     save_screenshot(&c, "canvas-1400x900.png").await;
     press(&c, ESC).await;
@@ -1108,26 +1137,45 @@ async fn the_canvas_is_one_people_can_live_in() {
             == json!([true, false])
     })
     .await;
-    // "Reconnect now" does not wait for the backoff.
-    tokio::task::block_in_place(|| s.kill9());
-    until(10, "disconnected again", || async {
-        js(&c, "return document.getElementById('conn').dataset.state").await == "disconnected"
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    tokio::task::block_in_place(|| s.spawn());
-    let up = Instant::now();
-    c.find(Locator::Id("btn-reconnect"))
-        .await
-        .expect("reconnect now")
-        .click()
-        .await
-        .expect("click");
-    until(3, "an immediate reconnection", || async {
-        js(&c, "return document.getElementById('conn').dataset.state").await == "connected"
-    })
-    .await;
-    println!("reconnect now: {:?}", up.elapsed());
+    // "Reconnect now" does not wait for the backoff: clicked while the next attempt is
+    // still seconds away, the page is live again at once.
+    let mut proved = false;
+    for _ in 0..3 {
+        tokio::task::block_in_place(|| s.kill9());
+        until(10, "disconnected again", || async {
+            js(&c, "return document.getElementById('conn').dataset.state").await == "disconnected"
+        })
+        .await;
+        // Wait for a fresh 5 s wait to begin, then bring the server back.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        until(10, "a fresh 5 s wait", || async {
+            js(&c, "return document.getElementById('conn').textContent").await
+                .as_str()
+                .unwrap_or("")
+                .ends_with("in 5s")
+        })
+        .await;
+        tokio::task::block_in_place(|| s.spawn());
+        let left = js(&c, "return document.getElementById('btn-reconnect').hidden ? 0 : parseInt(document.getElementById('conn').textContent.split('in ')[1])").await;
+        if left.as_u64().unwrap_or(0) < 2 {
+            continue; // the server took too long to start to tell the two apart: again
+        }
+        let clicked = Instant::now();
+        c.find(Locator::Id("btn-reconnect"))
+            .await
+            .expect("reconnect now")
+            .click()
+            .await
+            .expect("click");
+        until(2, "an immediate reconnection", || async {
+            js(&c, "return document.getElementById('conn').dataset.state").await == "connected"
+        })
+        .await;
+        println!("reconnect now: {:?} (the backoff had {left}s left)", clicked.elapsed());
+        proved = true;
+        break;
+    }
+    assert!(proved, "could not click reconnect-now before the backoff fired");
 
     c.close().await.expect("close");
     assert!(violations.is_empty(), "axe: {violations:#?}");
@@ -1148,4 +1196,85 @@ async fn until_value(s: &Server, name: &str) -> (f64, f64) {
         assert!(Instant::now() < deadline, "no saved position for {name}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The page's own numbers with 1,000 workspaces (100 teams of a lead and 9 members): time to
+/// the first render, its duration, the longest frame gap and the longest render while 200
+/// workspaces change status 5 times, and the JS heap afterwards. Ignored by default (it is a
+/// measurement, not a check beyond loose bounds): `cargo test --test canvas_browser
+/// canvas_page_benchmark -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn canvas_page_benchmark_1000_workspaces() {
+    let _g = BROWSER.lock().await;
+    let s = std::sync::Arc::new(
+        tokio::task::spawn_blocking(|| Server::start(Backend::Sqlite))
+            .await
+            .expect("serve"),
+    );
+    let s2 = s.clone();
+    tokio::task::spawn_blocking(move || {
+        for t in 0..100 {
+            for m in 0..10 {
+                let (name, spec) = if m == 0 {
+                    (format!("lead-{t}"), json!({"displayName": format!("Lead {t}")}))
+                } else {
+                    (
+                        format!("t{t}-m{m}"),
+                        json!({"displayName": format!("Member {t}.{m}"), "parentRef": {"name": format!("lead-{t}")}}),
+                    )
+                };
+                create_ws(&s2, &name, spec, json!({}));
+            }
+        }
+    })
+    .await
+    .expect("create");
+    let d = driver();
+    let c = browser(&d).await;
+    c.set_window_size(1400, 900).await.expect("size");
+    let opened = Instant::now();
+    c.goto(&format!("http://127.0.0.1:{}/#token={}", s.port, s.token()))
+        .await
+        .expect("open");
+    until(60, "1000 nodes", || async { nodes(&c).await.len() == 1000 }).await;
+    let load = opened.elapsed();
+    let first = js(&c, "return window.moleculeCanvasStats").await;
+    // Frame gaps measured in the page while the statuses change.
+    js(&c, "window.__gaps = []; let last = performance.now(); (function f(t) { window.__gaps.push(t - last); last = t; if (!window.__stop) requestAnimationFrame(f); })(performance.now()); window.moleculeCanvasStats.maxRenderMs = 0; return true").await;
+    let changed = Instant::now();
+    for (round, phase) in ["Degraded", "Online", "Offline", "Online", "Failed"].iter().enumerate() {
+        let s3 = s.clone();
+        let p = phase.to_string();
+        tokio::task::spawn_blocking(move || {
+            for t in 0..20 {
+                for m in 0..10 {
+                    let name = if m == 0 { format!("lead-{t}") } else { format!("t{t}-m{m}") };
+                    patch_status(&s3, &name, json!({"phase": p}));
+                }
+            }
+        })
+        .await
+        .expect("status");
+        let want = phase.to_lowercase();
+        until(30, "200 changed nodes", || async {
+            nodes(&c).await.iter().filter(|n| n.1 == want).count() >= 200
+        })
+        .await;
+        println!("round {round}: {phase} shown after {:?}", changed.elapsed());
+    }
+    let r = js(&c, "window.__stop = true; const g = window.__gaps.slice(1); g.sort((a, b) => a - b); return {frames: g.length, p50: g[Math.floor(g.length / 2)], p99: g[Math.floor(g.length * 0.99)], max: g[g.length - 1], maxRender: window.moleculeCanvasStats.maxRenderMs, heapMB: performance.memory ? performance.memory.usedJSHeapSize / 1048576 : null}").await;
+    println!(
+        "1000 workspaces: page load → 1000 nodes {load:?}; first render {:.1} ms; 1000 status changes (200 × 5) in {:?}; frame gaps p50 {:.1} ms p99 {:.1} ms max {:.1} ms over {} frames; longest render {:.1} ms; JS heap {:.1} MB",
+        first["firstRenderMs"].as_f64().unwrap_or(-1.0),
+        changed.elapsed(),
+        r["p50"].as_f64().unwrap_or(-1.0),
+        r["p99"].as_f64().unwrap_or(-1.0),
+        r["max"].as_f64().unwrap_or(-1.0),
+        r["frames"],
+        r["maxRender"].as_f64().unwrap_or(-1.0),
+        r["heapMB"].as_f64().unwrap_or(-1.0),
+    );
+    assert!(first["firstRenderMs"].as_f64().unwrap_or(f64::MAX) < 5000.0, "{first}");
+    c.close().await.expect("close");
 }

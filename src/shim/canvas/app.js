@@ -30,6 +30,9 @@ const state = {
   groupByOrg: false,
   chosenTemplate: null,
   pos: new Map(),         // id -> {x, y} of the last render
+  names: new Map(),       // display name -> how many workspaces carry it
+  dirty: new Set(),       // ids changed since the last render (status only)
+  layoutDirty: true,      // the tree, a position or the view changed: lay out again
   tree: { byParent: new Map() },
 };
 
@@ -184,13 +187,23 @@ function upsert(w) {
   if (w.status === 'removed') { remove(w.id); return; }
   // A node being dragged keeps the position under the pointer.
   if (cur && cur._dragging) { w._dragging = true; w.x = cur.x; w.y = cur.y; }
+  if (!cur || cur.parent_id !== w.parent_id || cur.collapsed !== w.collapsed || cur.x !== w.x ||
+      cur.y !== w.y || cur.name !== w.name || cur.org !== w.org) state.layoutDirty = true;
+  else state.dirty.add(w.id);
   state.ws.set(w.id, w);
   remember(w.id, w.status);
   scheduleRender();
 }
 
+// The next render lays everything out again.
+function relayout() {
+  state.layoutDirty = true;
+  scheduleRender();
+}
+
 function remove(id) {
   state.ws.delete(id);
+  state.layoutDirty = true;
   remember(id, 'removed');
   if (state.selected === id) selectNode(null);
   scheduleRender();
@@ -478,7 +491,27 @@ function worstOf(id, byParent) {
   return { worst, count: n };
 }
 
+// A full render lays out and redraws everything; it runs when the tree's shape or a position
+// changed. A status change alone only updates the changed nodes (and their folded ancestors),
+// so a burst of changes on a large org stays within a frame.
 function render() {
+  if (state.layoutDirty || !state.pos.size) renderAll();
+  else renderChanged();
+  state.dirty.clear();
+  let online = 0, failing = 0;
+  for (const w of state.ws.values()) {
+    if (w.status === 'online') online++;
+    const h = health(w);
+    if (h === 'failed' || h === 'degraded' || h === 'stuck') failing++;
+  }
+  $('counts').textContent = online + ' online / ' + state.ws.size + ' workspaces' + (failing ? ' · ' + failing + ' failing' : '');
+  $('empty').hidden = state.ws.size > 0;
+  if (state.selected) renderDetail();
+}
+
+function renderAll() {
+  state.layoutDirty = false;
+  firstIdCache = null;
   // Folded children are in `byParent` too (the layout just does not place them), so the
   // worst-health roll-up sees the whole subtree.
   const { pos, byParent, groups, width, height } = layout();
@@ -509,61 +542,75 @@ function render() {
   svg.innerHTML = paths;
   renderGroups(groups);
 
-  const names = new Map();
-  for (const w of state.ws.values()) names.set(w.name, (names.get(w.name) || 0) + 1);
-  let online = 0, failing = 0;
+  state.names = new Map();
+  for (const w of state.ws.values()) state.names.set(w.name, (state.names.get(w.name) || 0) + 1);
   if (state.focused && !state.ws.has(state.focused)) state.focused = null;
   for (const w of state.ws.values()) {
-    if (w.status === 'online') online++;
-    const h = health(w);
-    if (h === 'failed' || h === 'degraded' || h === 'stuck') failing++;
     const el = nodeEl(w);
     const p = pos.get(w.id);
     el.hidden = !p || hiddenByCollapse(w);
     if (p && !w._dragging) { el.style.left = p.x + 'px'; el.style.top = p.y + 'px'; }
-    el.dataset.status = w.status;
-    el.dataset.health = h;
-    el.dataset.name = w.name;
-    el.dataset.org = w.org || '';
-    el.dataset.history = (state.history.get(w.id) || []).join(',');
-    const nr = notReady(w);
-    el.dataset.reason = nr ? (nr.reason || nr.message) : '';
-    const dup = names.get(w.name) > 1;
-    const where = w.namespace + '/' + w.k8s_name;
-    el.title = w.name + (dup ? ' (' + where + ')' : '') + ' — ' + w.status +
-      (nr ? '\n' + [nr.reason, nr.message].filter(Boolean).join(': ') : (w.message ? '\n' + w.message : ''));
-    el.querySelector('.n-name').textContent = w.name;
-    el.querySelector('.n-role').textContent = dup ? where : [w.role, w.runtime].filter(Boolean).join(' · ');
-    el.querySelector('.n-status').textContent = w.status + (nr && nr.reason ? ' · ' + nr.reason : '');
-    const kids = (byParent.get(w.id) || []).length;
-    const fold = el.querySelector('.n-fold');
-    fold.hidden = kids === 0 && !w.collapsed;
-    if (w.collapsed) {
-      const { worst, count } = worstOf(w.id, byParent);
-      el.dataset.worst = worst;
-      fold.textContent = '▸ ' + count + (SEVERITY[worst] >= SEVERITY.stuck ? ' ⚠' : '');
-      fold.title = 'Show the ' + count + ' sub-workspaces' + (SEVERITY[worst] >= SEVERITY.stuck ? ' (one is ' + worst + ')' : '');
-    } else {
-      delete el.dataset.worst;
-      fold.textContent = '▾';
-      fold.title = 'Fold the sub-workspaces';
-    }
-    fold.setAttribute('aria-label', fold.title);
-    if (kids) el.setAttribute('aria-expanded', String(!w.collapsed)); else el.removeAttribute('aria-expanded');
-    el.setAttribute('aria-level', String(ancestors(w).length + 1));
-    el.setAttribute('aria-selected', String(state.selected === w.id));
-    el.setAttribute('aria-label', w.name + (dup ? ', ' + where : '') + ', ' + w.status +
-      (nr && nr.reason ? ', ' + nr.reason : '') + (w.collapsed ? ', folded, worst below: ' + el.dataset.worst : ''));
-    el.tabIndex = (state.focused || state.selected || firstId()) === w.id ? 0 : -1;
-    el.classList.toggle('selected', state.selected === w.id);
-    el.classList.toggle('dim', !matches(w));
+    updateNode(w, el);
   }
   for (const [id, el] of state.els) {
     if (!state.ws.has(id)) { el.remove(); state.els.delete(id); }
   }
-  $('counts').textContent = online + ' online / ' + state.ws.size + ' workspaces' + (failing ? ' · ' + failing + ' failing' : '');
-  $('empty').hidden = state.ws.size > 0;
-  if (state.selected) renderDetail();
+}
+
+function renderChanged() {
+  const todo = new Set();
+  for (const id of state.dirty) {
+    const w = state.ws.get(id);
+    if (!w) continue;
+    todo.add(id);
+    for (const a of ancestors(w)) if (a.collapsed) todo.add(a.id);
+  }
+  for (const id of todo) {
+    const w = state.ws.get(id), el = state.els.get(id);
+    if (w && el) updateNode(w, el);
+  }
+}
+
+// Everything a node shows but its position.
+function updateNode(w, el) {
+  const byParent = state.tree.byParent;
+  const h = health(w);
+  el.dataset.status = w.status;
+  el.dataset.health = h;
+  el.dataset.name = w.name;
+  el.dataset.org = w.org || '';
+  el.dataset.history = (state.history.get(w.id) || []).join(',');
+  const nr = notReady(w);
+  el.dataset.reason = nr ? (nr.reason || nr.message) : '';
+  const dup = state.names.get(w.name) > 1;
+  const where = w.namespace + '/' + w.k8s_name;
+  el.title = w.name + (dup ? ' (' + where + ')' : '') + ' — ' + w.status +
+    (nr ? '\n' + [nr.reason, nr.message].filter(Boolean).join(': ') : (w.message ? '\n' + w.message : ''));
+  el.querySelector('.n-name').textContent = w.name;
+  el.querySelector('.n-role').textContent = dup ? where : [w.role, w.runtime].filter(Boolean).join(' · ');
+  el.querySelector('.n-status').textContent = w.status + (nr && nr.reason ? ' · ' + nr.reason : '');
+  const kids = (byParent.get(w.id) || []).length;
+  const fold = el.querySelector('.n-fold');
+  fold.hidden = kids === 0 && !w.collapsed;
+  if (w.collapsed) {
+    const { worst, count } = worstOf(w.id, byParent);
+    el.dataset.worst = worst;
+    fold.textContent = '▸ ' + count + (SEVERITY[worst] >= SEVERITY.stuck ? ' ⚠' : '');
+    fold.title = 'Show the ' + count + ' sub-workspaces' + (SEVERITY[worst] >= SEVERITY.stuck ? ' (one is ' + worst + ')' : '');
+  } else {
+    delete el.dataset.worst;
+    fold.textContent = '▾';
+    fold.title = 'Fold the sub-workspaces';
+  }
+  fold.setAttribute('aria-label', fold.title);
+  if (kids) el.setAttribute('aria-expanded', String(!w.collapsed)); else el.removeAttribute('aria-expanded');
+  el.setAttribute('aria-level', String(ancestors(w).length + 1));
+  el.setAttribute('aria-selected', String(state.selected === w.id));
+  el.setAttribute('aria-label', w.name + (dup ? ', ' + where : '') + ', ' + w.status +
+    (nr && nr.reason ? ', ' + nr.reason : '') + (w.collapsed ? ', folded, worst below: ' + el.dataset.worst : ''));
+  el.tabIndex = (state.focused || state.selected || firstId()) === w.id ? 0 : -1;
+  el.classList.toggle('selected', state.selected === w.id);
+  el.classList.toggle('dim', !matches(w));
 }
 
 let firstIdCache = null;
@@ -692,39 +739,10 @@ function refreshDetailLists() {
       api('GET', '/workspaces/' + id + '/plugins').catch(() => null),
     ]);
     if (state.selected !== id) return;
-    if (events) renderEvents(events);
+    if (events && window.moleculeUi) window.moleculeUi.renderEvents(events);
     if (plugins && window.moleculeUi) window.moleculeUi.renderPlugins(id, plugins);
     if (window.moleculeUi) window.moleculeUi.refreshSecrets();
   }, 150);
-}
-
-function renderEvents(events) {
-  const ev = $('d-events');
-  ev.textContent = '';
-  let warnings = 0, total = 0;
-  for (const e of events) {
-    const li = document.createElement('li');
-    const count = Number((e.payload && e.payload.count) || 1);
-    total += count;
-    if (e.payload && e.payload.type === 'Warning') { li.className = 'warning'; warnings += count; }
-    const t = document.createElement('span');
-    t.className = 't';
-    t.textContent = new Date(e.created_at).toLocaleString();
-    const b = document.createElement('b');
-    b.textContent = e.event_type;
-    li.append(t, b);
-    if (count > 1) {
-      const c = document.createElement('span');
-      c.className = 'count';
-      c.textContent = '×' + count;
-      c.title = 'seen ' + count + ' times';
-      li.append(' ', c);
-    }
-    li.append(document.createTextNode(' ' + ((e.payload && e.payload.message) || '')));
-    ev.appendChild(li);
-  }
-  if (!events.length) ev.innerHTML = '<li class="muted">none yet</li>';
-  $('d-event-count').textContent = events.length ? '(' + total + (warnings ? ', ' + warnings + ' warning' + (warnings > 1 ? 's' : '') : '') + ')' : '';
 }
 
 async function act(path, done) {
@@ -746,44 +764,7 @@ function runAction(name, id) {
   else if (name === 'pause') act('/workspaces/' + w.id + '/pause', 'Paused');
   else if (name === 'resume') act('/workspaces/' + w.id + '/resume', 'Resumed');
   else if (name === 'logs') window.moleculeUi.openLogs(w.id);
-  else if (name === 'delete') askDelete(w.id);
-}
-
-function askDelete(id) {
-  const w = state.ws.get(id || state.selected);
-  if (!w) return;
-  const kids = descendants(w.id);
-  $('c-name').textContent = w.name;
-  $('c-text').textContent = kids.length
-    ? 'This also deletes its ' + kids.length + ' sub-workspace' + (kids.length > 1 ? 's' : '') + ':'
-    : 'It has no sub-workspaces. Its container and volume are removed.';
-  const org = $('c-org');
-  org.hidden = !w.org;
-  org.textContent = w.org
-    ? 'It belongs to the org "' + w.org + '": a plain delete would come back, because the import recreates it. Delete the whole org to remove it for good.'
-    : '';
-  $('c-org-delete').hidden = !w.org;
-  $('c-ok').textContent = w.org ? 'Delete anyway (comes back)' : 'Delete';
-  const ul = $('c-children');
-  ul.textContent = '';
-  for (const k of kids) {
-    const li = document.createElement('li');
-    li.textContent = k.name + ' (' + k.status + ')';
-    ul.appendChild(li);
-  }
-  const dlg = $('confirm-dialog');
-  dlg.returnValue = '';
-  dlg.onclose = async () => {
-    if (dlg.returnValue === 'org-delete') { window.moleculeUi.deleteOrg(w.namespace, w.org); return; }
-    if (dlg.returnValue !== 'ok') return;
-    try {
-      const r = await api('DELETE', '/workspaces/' + w.id + '?confirm=true');
-      toast('Deleted ' + w.name + (r.cascade_deleted ? ' and ' + r.cascade_deleted + ' sub-workspaces' : ''));
-    } catch (e) {
-      toast(e.message, true);
-    }
-  };
-  dlg.showModal();
+  else if (name === 'delete') window.moleculeUi.askDelete(w.id);
 }
 
 async function toggleCollapse(id) {
@@ -806,7 +787,7 @@ function saveViewport() {
 
 function setZoom(z) {
   state.zoom = Math.min(ZOOM_MAX, Math.max(ZOOM_MIN, Math.round(z * 100) / 100));
-  scheduleRender();
+  relayout();
   saveViewport();
 }
 
@@ -849,8 +830,8 @@ function wire() {
     e.preventDefault();
     setZoom(state.zoom * (e.deltaY < 0 ? 1.1 : 1 / 1.1));
   }, { passive: false });
-  $('filter').addEventListener('input', (e) => { state.filter = e.target.value.trim().toLowerCase(); scheduleRender(); });
-  $('group-org').addEventListener('change', (e) => { state.groupByOrg = e.target.checked; firstIdCache = null; scheduleRender(); });
+  $('filter').addEventListener('input', (e) => { state.filter = e.target.value.trim().toLowerCase(); relayout(); });
+  $('group-org').addEventListener('change', (e) => { state.groupByOrg = e.target.checked; relayout(); });
   $('btn-logout').addEventListener('click', () => { sessionStorage.removeItem(TOKEN_KEY); location.reload(); });
   $('login-form').addEventListener('submit', (e) => {
     e.preventDefault();
@@ -877,7 +858,7 @@ async function start() {
 // What ui.js uses.
 window.moleculeCanvas = {
   state, api, apiText, stripAnsi, toast, selectNode, runAction, actionsFor, applyDisabled,
-  scheduleRender, setZoom, zoomFit, askDelete, toggleCollapse, notReady, health, descendants,
+  scheduleRender, relayout, setZoom, zoomFit, toggleCollapse, notReady, health, descendants,
   NODE_W, NODE_H,
 };
 

@@ -124,7 +124,7 @@
       node.classList.remove('dragging');
       const cur = state.ws.get(w.id) || w;
       delete cur._dragging;
-      C.scheduleRender();
+      C.relayout();
       if (!state.live) { toast('Offline: the position is not saved', true); return; }
       try {
         await api('PATCH', '/workspaces/' + w.id, { x: cur.x, y: cur.y });
@@ -180,6 +180,74 @@
     if (e.key === 'ArrowDown') { e.preventDefault(); (items[i + 1] || items[0]).focus(); }
     else if (e.key === 'ArrowUp') { e.preventDefault(); (items[i - 1] || items[items.length - 1]).focus(); }
     else if (e.key === 'Escape' || e.key === 'Tab') { e.preventDefault(); closeMenu(); }
+  }
+
+  // ---------------------------------------------------------------- events and delete
+
+  function renderEvents(events) {
+    const ev = $('d-events');
+    ev.textContent = '';
+    let warnings = 0, total = 0;
+    for (const e of events) {
+      const li = document.createElement('li');
+      const count = Number((e.payload && e.payload.count) || 1);
+      total += count;
+      if (e.payload && e.payload.type === 'Warning') { li.className = 'warning'; warnings += count; }
+      const t = document.createElement('span');
+      t.className = 't';
+      t.textContent = new Date(e.created_at).toLocaleString();
+      const b = document.createElement('b');
+      b.textContent = e.event_type;
+      li.append(t, b);
+      if (count > 1) {
+        const c = document.createElement('span');
+        c.className = 'count';
+        c.textContent = '×' + count;
+        c.title = 'seen ' + count + ' times';
+        li.append(' ', c);
+      }
+      li.append(document.createTextNode(' ' + ((e.payload && e.payload.message) || '')));
+      ev.appendChild(li);
+    }
+    if (!events.length) ev.innerHTML = '<li class="muted">none yet</li>';
+    $('d-event-count').textContent = events.length ? '(' + total + (warnings ? ', ' + warnings + ' warning' + (warnings > 1 ? 's' : '') : '') + ')' : '';
+  }
+
+  function askDelete(id) {
+    const w = state.ws.get(id || state.selected);
+    if (!w) return;
+    const kids = C.descendants(w.id);
+    $('c-name').textContent = w.name;
+    $('c-text').textContent = kids.length
+      ? 'This also deletes its ' + kids.length + ' sub-workspace' + (kids.length > 1 ? 's' : '') + ':'
+      : 'It has no sub-workspaces. Its container and volume are removed.';
+    const org = $('c-org');
+    org.hidden = !w.org;
+    org.textContent = w.org
+      ? 'It belongs to the org "' + w.org + '": a plain delete would come back, because the import recreates it. Delete the whole org to remove it for good.'
+      : '';
+    $('c-org-delete').hidden = !w.org;
+    $('c-ok').textContent = w.org ? 'Delete anyway (comes back)' : 'Delete';
+    const ul = $('c-children');
+    ul.textContent = '';
+    for (const k of kids) {
+      const li = document.createElement('li');
+      li.textContent = k.name + ' (' + k.status + ')';
+      ul.appendChild(li);
+    }
+    const dlg = $('confirm-dialog');
+    dlg.returnValue = '';
+    dlg.onclose = async () => {
+      if (dlg.returnValue === 'org-delete') { deleteOrg(w.namespace, w.org); return; }
+      if (dlg.returnValue !== 'ok') return;
+      try {
+        const r = await api('DELETE', '/workspaces/' + w.id + '?confirm=true');
+        toast('Deleted ' + w.name + (r.cascade_deleted ? ' and ' + r.cascade_deleted + ' sub-workspaces' : ''));
+      } catch (e) {
+        toast(e.message, true);
+      }
+    };
+    dlg.showModal();
   }
 
   // ---------------------------------------------------------------- logs
@@ -584,6 +652,6 @@
     if (!$('login').hidden) { $('bar').inert = true; $('main').inert = true; $('login-token').focus(); }
   }
 
-  window.moleculeUi = { openLogs, openImport, renderPlugins, refreshSecrets, refreshOpen, showTab, deleteOrg, focusNode };
+  window.moleculeUi = { openLogs, askDelete, renderEvents, openImport, renderPlugins, refreshSecrets, refreshOpen, showTab, deleteOrg, focusNode };
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', wire); else wire();
 })();
