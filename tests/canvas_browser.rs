@@ -848,6 +848,28 @@ async fn the_canvas_is_one_people_can_live_in() {
     );
     press(&c, ESC).await;
     assert_eq!(js(&c, "return document.getElementById('ctx-menu').hidden").await, true);
+    // A folded parent shows the worst health of its subtree: Gamma fails under a folded Beta.
+    patch_status(&s, "gamma", json!({"phase": "Failed", "message": "crashed"}));
+    let (code, b) = s.http(
+        "PATCH",
+        "/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/beta",
+        Some("application/merge-patch+json"),
+        br#"{"metadata":{"annotations":{"molecule.ai/canvas-collapsed":"true"}}}"#,
+    );
+    assert_eq!(code, 200, "{b}");
+    until(5, "the folded parent's worst health", || async {
+        js(&c, "const b = document.querySelector(\".node[data-name='Beta']\"), g = document.querySelector(\".node[data-name='Gamma']\"); return [b.dataset.worst, b.querySelector('.n-fold').textContent, g.hidden]").await
+            == json!(["failed", "▸ 1 ⚠", true])
+    })
+    .await;
+    let (code, b) = s.http(
+        "PATCH",
+        "/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/beta",
+        Some("application/merge-patch+json"),
+        br#"{"metadata":{"annotations":{"molecule.ai/canvas-collapsed":"false"}}}"#,
+    );
+    assert_eq!(code, 200, "{b}");
+    patch_status(&s, "gamma", json!({"phase": "Online", "message": null}));
 
     // 3. Import by keyboard with the preflight's inline secrets.
     js(&c, "window.moleculeCanvas.selectNode(null, true); document.querySelector(\".node[data-name='Beta']\").focus(); return true").await;

@@ -276,6 +276,35 @@ mod tests {
     }
 
     #[test]
+    fn the_owning_org_and_the_template_position_are_shown() {
+        let mut w = ws(Some(WorkspacePhase::Online));
+        let v = render(&w, None, None);
+        assert_eq!((v.org, v.x, v.y), (None, 0.0, 0.0));
+        w.metadata.labels = Some([("molecule.ai/org".to_string(), "lab".to_string())].into());
+        w.metadata.annotations = Some(
+            [(
+                "molecule.ai/canvas".to_string(),
+                r#"{"x":400,"y":40}"#.to_string(),
+            )]
+            .into(),
+        );
+        let v = render(&w, None, None);
+        assert_eq!((v.org.as_deref(), v.x, v.y), (Some("lab"), 400.0, 40.0));
+        // A position set on the canvas wins over the template's, axis by axis.
+        w.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(ANN_X.into(), "12.5".into());
+        let v = render(&w, None, None);
+        assert_eq!((v.x, v.y), (12.5, 40.0));
+        // A broken annotation is ignored, not an error.
+        w.metadata.annotations = Some(
+            [("molecule.ai/canvas".to_string(), "{x:".to_string())].into(),
+        );
+        assert_eq!(render(&w, None, None).x, 0.0);
+    }
+
+    #[test]
     fn phases_map_to_the_original_lower_case_statuses() {
         use WorkspacePhase::*;
         for (p, s) in [
