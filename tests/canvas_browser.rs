@@ -658,7 +658,12 @@ async fn the_canvas_is_one_people_can_live_in() {
         "name: hello-plugin\nversion: 1.0.0\ndescription: Says hello\nruntimes: [echo]\n",
     )
     .expect("plugin.yaml");
-    create_ws(&s, "alpha", json!({"displayName": "Alpha", "runtime": "nope"}), json!({}));
+    create_ws(
+        &s,
+        "alpha",
+        json!({"displayName": "Alpha", "runtime": "nope"}),
+        json!({}),
+    );
     create_ws(&s, "beta", json!({"displayName": "Beta"}), json!({}));
     create_ws(
         &s,
@@ -713,16 +718,30 @@ async fn the_canvas_is_one_people_can_live_in() {
     );
 
     // 6. Keyboard only: Tab reaches the tree, arrows move, Enter opens, r restarts, Esc closes.
-    js(&c, "document.activeElement && document.activeElement.blur(); return true").await;
+    js(
+        &c,
+        "document.activeElement && document.activeElement.blur(); return true",
+    )
+    .await;
     let mut reached = false;
     for _ in 0..30 {
         press(&c, TAB).await;
-        if js(&c, "return document.activeElement.classList.contains('node')").await == true {
+        if js(
+            &c,
+            "return document.activeElement.classList.contains('node')",
+        )
+        .await
+            == true
+        {
             reached = true;
             break;
         }
     }
-    assert!(reached, "Tab never reached a node (at {})", active(&c).await);
+    assert!(
+        reached,
+        "Tab never reached a node (at {})",
+        active(&c).await
+    );
     assert_eq!(active(&c).await, "Alpha", "the first node takes the focus");
     assert_eq!(
         js(&c, "const n = document.activeElement; return [n.getAttribute('role'), n.getAttribute('aria-label')]").await,
@@ -751,7 +770,10 @@ async fn the_canvas_is_one_people_can_live_in() {
     until(10, "the restart annotation", || {
         let s = &s;
         async move {
-            let (_, w) = get_json(s, "/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/alpha");
+            let (_, w) = get_json(
+                s,
+                "/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/alpha",
+            );
             w["metadata"]["annotations"]["molecule.ai/restartedAt"].is_string()
         }
     })
@@ -781,14 +803,25 @@ async fn the_canvas_is_one_people_can_live_in() {
         false
     );
     assert_eq!(
-        js(&c, "return window.moleculeCanvas.stripAnsi('\\x1b[1;31mred\\x1b[0m \\x1b]0;title\\x07ok')").await,
+        js(
+            &c,
+            "return window.moleculeCanvas.stripAnsi('\\x1b[1;31mred\\x1b[0m \\x1b]0;title\\x07ok')"
+        )
+        .await,
         "red ok"
     );
     // axe itself works here: a planted image without alt text is caught.
     js(&c, "const i = document.createElement('img'); i.id = 'planted'; i.src = 'data:image/gif;base64,R0lGODlhAQABAAAAACw='; document.body.appendChild(i); return true").await;
     let planted = axe(&c, "a planted violation").await;
-    assert!(planted.iter().any(|v| v.contains("image-alt")), "{planted:?}");
-    js(&c, "document.getElementById('planted').remove(); return true").await;
+    assert!(
+        planted.iter().any(|v| v.contains("image-alt")),
+        "{planted:?}"
+    );
+    js(
+        &c,
+        "document.getElementById('planted').remove(); return true",
+    )
+    .await;
     let mut violations = axe(&c, "panel with a failure").await;
     save_screenshot(&c, "canvas-1400x900.png").await;
     press(&c, ESC).await;
@@ -803,7 +836,11 @@ async fn the_canvas_is_one_people_can_live_in() {
     let after = js(&c, "return Object.fromEntries([...document.querySelectorAll('.node')].map(n => [n.dataset.name, n.style.left + ',' + n.style.top]))").await;
     assert_eq!(before, after, "the panel and the zoom moved nodes");
     assert_eq!(
-        js(&c, "return document.getElementById('zoom-level').textContent").await,
+        js(
+            &c,
+            "return document.getElementById('zoom-level').textContent"
+        )
+        .await,
         "115%"
     );
     press(&c, '0').await;
@@ -847,9 +884,16 @@ async fn the_canvas_is_one_people_can_live_in() {
         json!(["Open details", "Restart (off)", "Resume (off)", "View logs", "Fold (off)", "Delete…"])
     );
     press(&c, ESC).await;
-    assert_eq!(js(&c, "return document.getElementById('ctx-menu').hidden").await, true);
+    assert_eq!(
+        js(&c, "return document.getElementById('ctx-menu').hidden").await,
+        true
+    );
     // A folded parent shows the worst health of its subtree: Gamma fails under a folded Beta.
-    patch_status(&s, "gamma", json!({"phase": "Failed", "message": "crashed"}));
+    patch_status(
+        &s,
+        "gamma",
+        json!({"phase": "Failed", "message": "crashed"}),
+    );
     let (code, b) = s.http(
         "PATCH",
         "/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/beta",
@@ -874,35 +918,43 @@ async fn the_canvas_is_one_people_can_live_in() {
     // 3. Import by keyboard with the preflight's inline secrets.
     js(&c, "window.moleculeCanvas.selectNode(null, true); document.querySelector(\".node[data-name='Beta']\").focus(); return true").await;
     press(&c, 'i').await;
-    until(5, "the templates", || async {
-        active(&c).await == "tpl-0"
-    })
-    .await;
+    until(5, "the templates", || async { active(&c).await == "tpl-0" }).await;
     assert!(
-        js(&c, "return document.querySelector('#i-templates label').textContent")
-            .await
-            .as_str()
-            .unwrap_or("")
-            .contains("2 workspaces, 1 spawn (1 left out by spawning: false)")
+        js(
+            &c,
+            "return document.querySelector('#i-templates label').textContent"
+        )
+        .await
+        .as_str()
+        .unwrap_or("")
+        .contains("2 workspaces, 1 spawn (1 left out by spawning: false)")
     );
     press(&c, ' ').await;
     let required = "return [...document.querySelectorAll('#i-required li')].map(l => l.className + ':' + l.dataset.env).sort()";
     let deadline = Instant::now() + Duration::from_secs(5);
-    while js(&c, required).await != json!(["missing:OPENAI_KEY|ANTHROPIC_KEY", "missing:TINY_KEY"]) {
+    while js(&c, required).await != json!(["missing:OPENAI_KEY|ANTHROPIC_KEY", "missing:TINY_KEY"])
+    {
         assert!(
             Instant::now() < deadline,
             "the required env: {} / {}",
             js(&c, required).await,
-            js(&c, "return document.getElementById('import-dialog').textContent").await
+            js(
+                &c,
+                "return document.getElementById('import-dialog').textContent"
+            )
+            .await
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        js(&c, "return document.getElementById('i-required').textContent")
-            .await
-            .as_str()
-            .unwrap_or("")
-            .contains("one of OPENAI_KEY, ANTHROPIC_KEY")
+        js(
+            &c,
+            "return document.getElementById('i-required').textContent"
+        )
+        .await
+        .as_str()
+        .unwrap_or("")
+        .contains("one of OPENAI_KEY, ANTHROPIC_KEY")
     );
     assert_eq!(
         js(&c, "return [document.getElementById('i-ok').disabled, document.getElementById('i-force').hidden]").await,
@@ -914,28 +966,49 @@ async fn the_canvas_is_one_people_can_live_in() {
     for round in 0..2 {
         let mut found = false;
         for _ in 0..8 {
-            if js(&c, "return document.activeElement.classList.contains('env-value')").await == true {
+            if js(
+                &c,
+                "return document.activeElement.classList.contains('env-value')",
+            )
+            .await
+                == true
+            {
                 found = true;
                 break;
             }
             press(&c, TAB).await;
         }
-        assert!(found, "no inline env field (round {round}, at {})", active(&c).await);
+        assert!(
+            found,
+            "no inline env field (round {round}, at {})",
+            active(&c).await
+        );
         type_text(&c, &format!("value-{round}-s3cr3t")).await;
         press(&c, ENTER).await;
         until(5, "the key struck out", || async {
-            js(&c, "return document.querySelectorAll('#i-required li.met s').length").await
+            js(
+                &c,
+                "return document.querySelectorAll('#i-required li.met s').length",
+            )
+            .await
                 == round + 1
         })
         .await;
     }
-    assert_eq!(js(&c, "return document.getElementById('i-ok').disabled").await, false);
+    assert_eq!(
+        js(&c, "return document.getElementById('i-ok').disabled").await,
+        false
+    );
     assert_eq!(active(&c).await, "i-ok", "the focus moves on to Import");
     press(&c, ENTER).await;
     until(10, "the OrgImport record", || {
         let s = &s;
         async move {
-            get_json(s, "/apis/molecule.ai/v1alpha1/namespaces/default/orgimports/tiny-lab").0 == 200
+            get_json(
+                s,
+                "/apis/molecule.ai/v1alpha1/namespaces/default/orgimports/tiny-lab",
+            )
+            .0 == 200
         }
     })
     .await;
@@ -946,16 +1019,26 @@ async fn the_canvas_is_one_people_can_live_in() {
         .flatten()
         .filter_map(|x| x["key"].as_str())
         .collect();
-    assert!(keys.contains(&"TINY_KEY") && keys.contains(&"OPENAI_KEY"), "{secrets}");
+    assert!(
+        keys.contains(&"TINY_KEY") && keys.contains(&"OPENAI_KEY"),
+        "{secrets}"
+    );
     assert_eq!(
-        js(&c, "return document.documentElement.outerHTML.includes('s3cr3t')").await,
+        js(
+            &c,
+            "return document.documentElement.outerHTML.includes('s3cr3t')"
+        )
+        .await,
         false,
         "a secret value stays out of the page"
     );
 
     // 2. An org-owned workspace: the panel names the org; the delete dialog says a plain
     // delete comes back and deletes the whole org instead.
-    let (_, org) = get_json(&s, "/apis/molecule.ai/v1alpha1/namespaces/default/orgimports/tiny-lab");
+    let (_, org) = get_json(
+        &s,
+        "/apis/molecule.ai/v1alpha1/namespaces/default/orgimports/tiny-lab",
+    );
     create_ws(
         &s,
         "tiny-boss",
@@ -977,7 +1060,11 @@ async fn the_canvas_is_one_people_can_live_in() {
         .await
         .expect("type");
     until(5, "the filter to match the org", || async {
-        js(&c, "return [...document.querySelectorAll('.node:not(.dim)')].map(n => n.dataset.name)").await
+        js(
+            &c,
+            "return [...document.querySelectorAll('.node:not(.dim)')].map(n => n.dataset.name)",
+        )
+        .await
             == json!(["Boss"])
     })
     .await;
@@ -989,7 +1076,12 @@ async fn the_canvas_is_one_people_can_live_in() {
         .await
         .expect("select boss");
     until(5, "the org in the panel", || async {
-        js(&c, "return document.getElementById('d-org').textContent.startsWith('tiny-lab')").await == true
+        js(
+            &c,
+            "return document.getElementById('d-org').textContent.startsWith('tiny-lab')",
+        )
+        .await
+            == true
     })
     .await;
     press(&c, '\u{E017}').await; // Delete
@@ -1014,7 +1106,11 @@ async fn the_canvas_is_one_people_can_live_in() {
     until(10, "the OrgImport gone", || {
         let s = &s;
         async move {
-            get_json(s, "/apis/molecule.ai/v1alpha1/namespaces/default/orgimports/tiny-lab").0 == 404
+            get_json(
+                s,
+                "/apis/molecule.ai/v1alpha1/namespaces/default/orgimports/tiny-lab",
+            )
+            .0 == 404
         }
     })
     .await;
@@ -1044,37 +1140,48 @@ async fn the_canvas_is_one_people_can_live_in() {
     .await;
     violations.extend(axe(&c, "settings").await);
     assert!(
-        js(&c, "return document.getElementById('g-secrets').textContent")
-            .await
-            .as_str()
-            .unwrap_or("")
-            .contains("TINY_KEY")
+        js(
+            &c,
+            "return document.getElementById('g-secrets').textContent"
+        )
+        .await
+        .as_str()
+        .unwrap_or("")
+        .contains("TINY_KEY")
     );
-    c.find(Locator::Css("#s-catalog button[data-plugin='hello-plugin']"))
-        .await
-        .expect("install")
-        .click()
-        .await
-        .expect("install");
+    c.find(Locator::Css(
+        "#s-catalog button[data-plugin='hello-plugin']",
+    ))
+    .await
+    .expect("install")
+    .click()
+    .await
+    .expect("install");
     press(&c, ESC).await;
     until(10, "the plugin in the panel", || async {
-        js(&c, "return document.getElementById('d-plugins').textContent").await
-            .as_str()
-            .unwrap_or("")
-            .contains("hello-plugin")
+        js(
+            &c,
+            "return document.getElementById('d-plugins').textContent",
+        )
+        .await
+        .as_str()
+        .unwrap_or("")
+        .contains("hello-plugin")
     })
     .await;
 
     // 5. Drag Beta; the position survives a reload.
-    js(&c, "window.moleculeCanvas.selectNode(null, true); return true").await;
+    js(
+        &c,
+        "window.moleculeCanvas.selectNode(null, true); return true",
+    )
+    .await;
     let beta = c
         .find(Locator::Css(".node[data-name='Beta']"))
         .await
         .expect("beta");
     {
-        use fantoccini::actions::{
-            InputSource, MOUSE_BUTTON_LEFT, MouseActions, PointerAction,
-        };
+        use fantoccini::actions::{InputSource, MOUSE_BUTTON_LEFT, MouseActions, PointerAction};
         let drag = MouseActions::new("mouse".into())
             .then(PointerAction::MoveToElement {
                 element: beta.clone(),
@@ -1171,7 +1278,8 @@ async fn the_canvas_is_one_people_can_live_in() {
         // Wait for a fresh 5 s wait to begin, then bring the server back.
         tokio::time::sleep(Duration::from_secs(8)).await;
         until(10, "a fresh 5 s wait", || async {
-            js(&c, "return document.getElementById('conn').textContent").await
+            js(&c, "return document.getElementById('conn').textContent")
+                .await
                 .as_str()
                 .unwrap_or("")
                 .ends_with("in 5s")
@@ -1193,11 +1301,17 @@ async fn the_canvas_is_one_people_can_live_in() {
             js(&c, "return document.getElementById('conn').dataset.state").await == "connected"
         })
         .await;
-        println!("reconnect now: {:?} (the backoff had {left}s left)", clicked.elapsed());
+        println!(
+            "reconnect now: {:?} (the backoff had {left}s left)",
+            clicked.elapsed()
+        );
         proved = true;
         break;
     }
-    assert!(proved, "could not click reconnect-now before the backoff fired");
+    assert!(
+        proved,
+        "could not click reconnect-now before the backoff fired"
+    );
 
     c.close().await.expect("close");
     assert!(violations.is_empty(), "axe: {violations:#?}");
@@ -1209,8 +1323,14 @@ async fn until_value(s: &Server, name: &str) -> (f64, f64) {
     loop {
         let (_, w) = get_json(s, "/workspaces");
         let pos = w.as_array().into_iter().flatten().find_map(|x| {
-            (x["k8s_name"] == name && (x["x"].as_f64() != Some(0.0) || x["y"].as_f64() != Some(0.0)))
-                .then(|| (x["x"].as_f64().unwrap_or(0.0), x["y"].as_f64().unwrap_or(0.0)))
+            (x["k8s_name"] == name
+                && (x["x"].as_f64() != Some(0.0) || x["y"].as_f64() != Some(0.0)))
+            .then(|| {
+                (
+                    x["x"].as_f64().unwrap_or(0.0),
+                    x["y"].as_f64().unwrap_or(0.0),
+                )
+            })
         });
         if let Some(p) = pos {
             return p;
@@ -1265,13 +1385,20 @@ async fn canvas_page_benchmark_1000_workspaces() {
     // Frame gaps measured in the page while the statuses change.
     js(&c, "window.__gaps = []; let last = performance.now(); (function f(t) { window.__gaps.push(t - last); last = t; if (!window.__stop) requestAnimationFrame(f); })(performance.now()); window.moleculeCanvasStats.maxRenderMs = 0; return true").await;
     let changed = Instant::now();
-    for (round, phase) in ["Degraded", "Online", "Offline", "Online", "Failed"].iter().enumerate() {
+    for (round, phase) in ["Degraded", "Online", "Offline", "Online", "Failed"]
+        .iter()
+        .enumerate()
+    {
         let s3 = s.clone();
         let p = phase.to_string();
         tokio::task::spawn_blocking(move || {
             for t in 0..20 {
                 for m in 0..10 {
-                    let name = if m == 0 { format!("lead-{t}") } else { format!("t{t}-m{m}") };
+                    let name = if m == 0 {
+                        format!("lead-{t}")
+                    } else {
+                        format!("t{t}-m{m}")
+                    };
                     patch_status(&s3, &name, json!({"phase": p}));
                 }
             }
@@ -1297,6 +1424,9 @@ async fn canvas_page_benchmark_1000_workspaces() {
         r["maxRender"].as_f64().unwrap_or(-1.0),
         r["heapMB"].as_f64().unwrap_or(-1.0),
     );
-    assert!(first["firstRenderMs"].as_f64().unwrap_or(f64::MAX) < 5000.0, "{first}");
+    assert!(
+        first["firstRenderMs"].as_f64().unwrap_or(f64::MAX) < 5000.0,
+        "{first}"
+    );
     c.close().await.expect("close");
 }

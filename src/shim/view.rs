@@ -298,9 +298,8 @@ mod tests {
         let v = render(&w, None, None);
         assert_eq!((v.x, v.y), (12.5, 40.0));
         // A broken annotation is ignored, not an error.
-        w.metadata.annotations = Some(
-            [("molecule.ai/canvas".to_string(), "{x:".to_string())].into(),
-        );
+        w.metadata.annotations =
+            Some([("molecule.ai/canvas".to_string(), "{x:".to_string())].into());
         assert_eq!(render(&w, None, None).x, 0.0);
     }
 
