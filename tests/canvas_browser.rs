@@ -1170,6 +1170,39 @@ async fn the_canvas_is_one_people_can_live_in() {
     })
     .await;
 
+    // The panel's Secrets tab: names only, the value is write-only.
+    c.find(Locator::Id("tab-secrets"))
+        .await
+        .expect("secrets tab")
+        .click()
+        .await
+        .expect("open the tab");
+    c.find(Locator::Id("ws-secret-key"))
+        .await
+        .expect("key")
+        .send_keys("BETA_TOKEN")
+        .await
+        .expect("type");
+    c.find(Locator::Id("ws-secret-value"))
+        .await
+        .expect("value")
+        .send_keys("beta-s3cr3t\n")
+        .await
+        .expect("type");
+    until(5, "the workspace secret listed", || async {
+        js(&c, "return document.getElementById('ws-secrets').textContent").await
+            .as_str()
+            .unwrap_or("")
+            .contains("BETA_TOKEN set")
+    })
+    .await;
+    assert_eq!(
+        js(&c, "return document.documentElement.outerHTML.includes('s3cr3t') || document.getElementById('ws-secret-value').value").await,
+        "",
+        "the value is neither shown nor kept in the field"
+    );
+    violations.extend(axe(&c, "secrets tab").await);
+
     // 5. Drag Beta; the position survives a reload.
     js(
         &c,
