@@ -1190,10 +1190,14 @@ async fn the_canvas_is_one_people_can_live_in() {
         .await
         .expect("type");
     until(5, "the workspace secret listed", || async {
-        js(&c, "return document.getElementById('ws-secrets').textContent").await
-            .as_str()
-            .unwrap_or("")
-            .contains("BETA_TOKEN set")
+        js(
+            &c,
+            "return document.getElementById('ws-secrets').textContent",
+        )
+        .await
+        .as_str()
+        .unwrap_or("")
+        .contains("BETA_TOKEN set")
     })
     .await;
     assert_eq!(
