@@ -197,7 +197,9 @@
       t.className = 't';
       t.textContent = new Date(e.created_at).toLocaleString();
       const b = document.createElement('b');
-      b.textContent = e.event_type;
+      // The original's event name, and the Kubernetes reason when it says more.
+      const reason = e.payload && e.payload.source === 'kubernetes' ? e.payload.reason : '';
+      b.textContent = e.event_type + (reason && reason !== e.event_type ? ' · ' + reason : '');
       li.append(t, b);
       if (count > 1) {
         const c = document.createElement('span');
