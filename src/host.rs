@@ -31,9 +31,9 @@ use crate::late::{self, Fill, Late};
 use crate::resources::Workspace;
 use crate::shim::a2a::A2aState;
 use crate::shim::activity::ActivityLog;
-use crate::shim::teams::TeamsState;
 use crate::shim::plugin_download::DownloadState;
 use crate::shim::registry::RegistryState;
+use crate::shim::teams::TeamsState;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
 

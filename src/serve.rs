@@ -346,7 +346,8 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         shutdown.clone(),
     );
     let client = client_from(&kubeconfig).await?;
-    let activity = crate::shim::activity::ActivityLog::new(audit.store(), Some(shim.events.clone()));
+    let activity =
+        crate::shim::activity::ActivityLog::new(audit.store(), Some(shim.events.clone()));
     if let Some(keep) = opts.activity_retention {
         activity.spawn_retention(keep, AUDIT_RETENTION_EVERY, shutdown.clone());
     }

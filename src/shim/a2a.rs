@@ -479,11 +479,14 @@ async fn deliver(
         }
         Ok(r) if r.incomplete.is_some() => {
             // Delivered: the agent did the work and its answer started to arrive.
-            st.metrics
-                .inc("molecule_a2a_calls_total", &[("result", "delivered_partial")]);
-            let why = r.incomplete.as_ref().map(|e| {
-                format!("delivered; the connection failed while reading the answer: {e}")
-            });
+            st.metrics.inc(
+                "molecule_a2a_calls_total",
+                &[("result", "delivered_partial")],
+            );
+            let why = r
+                .incomplete
+                .as_ref()
+                .map(|e| format!("delivered; the connection failed while reading the answer: {e}"));
             let outcome = Outcome {
                 status: "ok",
                 error: why,
@@ -529,10 +532,7 @@ async fn deliver(
                 Some(r) => relay(r),
                 None if timed_out => error(
                     StatusCode::GATEWAY_TIMEOUT,
-                    &format!(
-                        "the agent did not answer within {}s",
-                        call.idle.as_secs()
-                    ),
+                    &format!("the agent did not answer within {}s", call.idle.as_secs()),
                 ),
                 None => error(StatusCode::BAD_GATEWAY, "the agent could not be reached"),
             };

@@ -232,7 +232,11 @@ async fn list(
 }
 
 /// The row an agent (or the admin) reports, checked field by field.
-fn reported_row(id: &str, caller: &Caller, b: &Map<String, Value>) -> Result<ActivityRow, ShimError> {
+fn reported_row(
+    id: &str,
+    caller: &Caller,
+    b: &Map<String, Value>,
+) -> Result<ActivityRow, ShimError> {
     let f = Fields(b);
     let activity_type = rules::check_type(&f.required_str("activity_type", 64)?)
         .map_err(ShimError::bad)?
@@ -263,7 +267,9 @@ fn reported_row(id: &str, caller: &Caller, b: &Map<String, Value>) -> Result<Act
         source_id,
         target_id: ids("target_id")?,
         method: f.str("method", 128)?,
-        summary: f.str("summary", 4096)?.map(|s| rules::cut(&s, MAX_SUMMARY * 4)),
+        summary: f
+            .str("summary", 4096)?
+            .map(|s| rules::cut(&s, MAX_SUMMARY * 4)),
         request_body: body("request_body").or_else(|| body("metadata")),
         response_body: body("response_body"),
         duration_ms: f.int("duration_ms", 0, 7 * 86_400_000)?,
@@ -306,7 +312,10 @@ async fn report(
     })?;
     st.metrics.inc(
         "molecule_activity_rows_total",
-        &[("type", rules::check_type(&row.activity_type).unwrap_or("other"))],
+        &[(
+            "type",
+            rules::check_type(&row.activity_type).unwrap_or("other"),
+        )],
     );
     Ok(axum::Json(json!({"status": "logged"})).into_response())
 }
@@ -352,10 +361,22 @@ mod tests {
         assert_eq!(r.request_body.as_deref(), Some(r#"{"k":1}"#));
         for (b, needle) in [
             (json!({}), "`activity_type` is required"),
-            (json!({"activity_type": "bogus"}), "invalid activity_type, must be one of"),
-            (json!({"activity_type": "error", "source_id": OTHER}), "`source_id` must be this"),
-            (json!({"activity_type": "error", "target_id": "x"}), "`target_id` must be a workspace id"),
-            (json!({"activity_type": "error", "duration_ms": -1}), "`duration_ms`"),
+            (
+                json!({"activity_type": "bogus"}),
+                "invalid activity_type, must be one of",
+            ),
+            (
+                json!({"activity_type": "error", "source_id": OTHER}),
+                "`source_id` must be this",
+            ),
+            (
+                json!({"activity_type": "error", "target_id": "x"}),
+                "`target_id` must be a workspace id",
+            ),
+            (
+                json!({"activity_type": "error", "duration_ms": -1}),
+                "`duration_ms`",
+            ),
         ] {
             let e = reported_row(ID, &ws_caller(), b.as_object().expect("o"))
                 .expect_err(needle)

@@ -157,9 +157,9 @@ pub struct Served {
 
 impl Served {
     pub fn get(&self) -> Result<&Arc<TeamsState>, ShimError> {
-        self.state
-            .as_ref()
-            .ok_or(ShimError::Unavailable("the workspace controller is not running"))
+        self.state.as_ref().ok_or(ShimError::Unavailable(
+            "the workspace controller is not running",
+        ))
     }
 }
 
@@ -171,7 +171,10 @@ mod tests {
     fn the_workspace_header_is_a_uuid_or_refused() {
         let mut h = HeaderMap::new();
         assert_eq!(claimed_workspace(&h).expect("absent"), None);
-        h.insert(WORKSPACE_HEADER, "3f2a9c1e-7b4d-4e5f-8a9b-0c1d2e3f4a5b".parse().expect("h"));
+        h.insert(
+            WORKSPACE_HEADER,
+            "3f2a9c1e-7b4d-4e5f-8a9b-0c1d2e3f4a5b".parse().expect("h"),
+        );
         assert_eq!(
             claimed_workspace(&h).expect("ok").as_deref(),
             Some("3f2a9c1e-7b4d-4e5f-8a9b-0c1d2e3f4a5b")
@@ -182,6 +185,9 @@ mod tests {
         let admin: AdminHash = Some(Arc::new(crate::tokens::digest("adm")));
         assert!(is_admin(&admin, "adm"));
         assert!(!is_admin(&admin, "other"));
-        assert!(!is_admin(&None, "adm"), "the agent listener takes no admin token");
+        assert!(
+            !is_admin(&None, "adm"),
+            "the agent listener takes no admin token"
+        );
     }
 }

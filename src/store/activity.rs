@@ -262,10 +262,25 @@ mod tests {
         };
         assert!(q(all("w-1")).await.is_empty());
         let rows = [
-            row("w-1", "a2a_send", Some("w-1"), "2026-01-01T00:00:01.000000Z"),
+            row(
+                "w-1",
+                "a2a_send",
+                Some("w-1"),
+                "2026-01-01T00:00:01.000000Z",
+            ),
             row("w-1", "a2a_receive", None, "2026-01-02T00:00:01.000000Z"),
-            row("w-2", "a2a_receive", Some("w-1"), "2026-01-03T00:00:01.000000Z"),
-            row("w-1", "agent_log", Some("w-1"), "2026-01-04T00:00:01.000000Z"),
+            row(
+                "w-2",
+                "a2a_receive",
+                Some("w-1"),
+                "2026-01-03T00:00:01.000000Z",
+            ),
+            row(
+                "w-1",
+                "agent_log",
+                Some("w-1"),
+                "2026-01-04T00:00:01.000000Z",
+            ),
         ];
         let mut ids = vec![];
         for r in &rows {

@@ -24,12 +24,16 @@ const PREVIEW: usize = 1024;
 
 /// The activity type, or the original's message naming every allowed one.
 pub fn check_type(t: &str) -> Result<&'static str, String> {
-    ACTIVITY_TYPES.iter().copied().find(|a| *a == t).ok_or_else(|| {
-        format!(
-            "invalid activity_type, must be one of: {}",
-            ACTIVITY_TYPES.join(", ")
-        )
-    })
+    ACTIVITY_TYPES
+        .iter()
+        .copied()
+        .find(|a| *a == t)
+        .ok_or_else(|| {
+            format!(
+                "invalid activity_type, must be one of: {}",
+                ACTIVITY_TYPES.join(", ")
+            )
+        })
 }
 
 /// `s` cut to at most `max` characters.
@@ -84,7 +88,11 @@ pub fn text_of(v: &Value) -> Option<String> {
         v.get("result"),
         v.pointer("/result/status/message"),
     ];
-    let mut texts: Vec<String> = candidates.into_iter().flatten().flat_map(parts_of).collect();
+    let mut texts: Vec<String> = candidates
+        .into_iter()
+        .flatten()
+        .flat_map(parts_of)
+        .collect();
     if let Some(arts) = v.pointer("/result/artifacts").and_then(Value::as_array) {
         texts.extend(arts.iter().flat_map(parts_of));
     }
@@ -164,13 +172,19 @@ mod tests {
         let v: Value = serde_json::from_str(&s).expect("json");
         assert_eq!(v["bytes"], big.len());
         assert_eq!(stored_value(&Value::Null), None);
-        assert_eq!(stored_value(&json!({"k": "v"})).as_deref(), Some(r#"{"k":"v"}"#));
+        assert_eq!(
+            stored_value(&json!({"k": "v"})).as_deref(),
+            Some(r#"{"k":"v"}"#)
+        );
     }
 
     #[test]
     fn summaries_and_texts() {
         let req = json!({"jsonrpc": "2.0", "id": 1, "method": "message/send", "params": {"message": {"parts": [{"kind": "text", "text": "hello"}, {"kind": "text", "text": "team"}]}}});
-        assert_eq!(a2a_summary("message/send", &req), "message/send: hello team");
+        assert_eq!(
+            a2a_summary("message/send", &req),
+            "message/send: hello team"
+        );
         assert_eq!(a2a_summary("tasks/get", &json!({})), "tasks/get");
         let long = json!({"params": {"message": {"parts": [{"text": "y".repeat(1000)}]}}});
         assert_eq!(
@@ -178,7 +192,8 @@ mod tests {
             MAX_SUMMARY,
             "summaries are capped"
         );
-        let answer = json!({"result": {"kind": "message", "parts": [{"kind": "text", "text": "hi"}]}});
+        let answer =
+            json!({"result": {"kind": "message", "parts": [{"kind": "text", "text": "hi"}]}});
         assert_eq!(text_of(&answer).as_deref(), Some("hi"));
         let task = json!({"result": {"status": {"message": {"parts": [{"text": "done"}]}}, "artifacts": [{"parts": [{"text": "a"}]}]}});
         assert_eq!(text_of(&task).as_deref(), Some("done a"));
