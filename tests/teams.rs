@@ -336,6 +336,16 @@ fn a_three_level_org_talks_by_the_hierarchy_rule_and_logs_both_sides() {
     bad_input_writes_nothing(&s, &a, &b);
 }
 
+/// A bad call: what it is, path, headers, body, the status and a needle of its message.
+type BadCall<'a> = (
+    &'a str,
+    String,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
+
 /// Each bad call gets a precise 4xx, and neither side's activity log changes.
 fn bad_input_writes_nothing(s: &Server, a: &Member, b: &Member) {
     std::thread::sleep(Duration::from_secs(1));
@@ -348,7 +358,7 @@ fn bad_input_writes_nothing(s: &Server, a: &Member, b: &Member) {
     let to_b = format!("/workspaces/{}/a2a", b.uid);
     let unknown = "00000000-0000-4000-8000-000000000000";
     let big = vec![b'x'; 1024 * 1024 + 10];
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<BadCall> = vec![
         (
             "oversized body",
             to_b.clone(),
