@@ -52,12 +52,10 @@ impl Caller {
     }
 }
 
-/// Whether `token` is the workspace's current token (only its sha256 is on record).
+/// Whether `token` is one of the workspace's live tokens (ADR 0049; only digests are on
+/// record).
 pub fn token_matches(ws: &Workspace, token: &str) -> bool {
-    ws.status
-        .as_ref()
-        .and_then(|s| s.token_hash.as_deref())
-        .is_some_and(|recorded| crate::tokens::matches_hex_digest(token, recorded))
+    crate::workspace_tokens::accepts_workspace(ws, token)
 }
 
 /// The admin token's digest where a listener accepts it (the main port), or `None`.
