@@ -236,6 +236,7 @@ async fn patch_status(st: &RegistryState, ws: &Workspace, status: Value) -> Resu
 
 /// The body as `T`, or a 400 naming what is wrong with it (serde's message names the field
 /// and position, never a value).
+#[allow(clippy::result_large_err)] // the refusal is the answer itself
 fn parse<T: DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, Response> {
     serde_json::from_slice::<T>(body).map_err(|e| {
         error(
