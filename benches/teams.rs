@@ -107,6 +107,9 @@ struct Serve(Child, String);
 
 impl Drop for Serve {
     fn drop(&mut self) {
+        // The server first, so its controller cannot re-create what is removed.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
         let filter = format!("label=molecule.ai/namespace={}", self.1);
         let (_, ids) = sh(&["docker", "ps", "-aq", "--filter", &filter]);
         for id in ids.lines().filter(|l| !l.is_empty()) {
@@ -116,8 +119,6 @@ impl Drop for Serve {
         for v in vols.lines().filter(|l| !l.is_empty()) {
             sh(&["docker", "volume", "rm", "-f", v]);
         }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -137,9 +137,10 @@ fn activity(s: &Server, m: &Member, query: &str) -> Vec<Value> {
 #[test]
 fn a_three_level_org_talks_by_the_hierarchy_rule_and_logs_both_sides() {
     let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Server::start_with(Backend::Sqlite, FAST);
     let ns = format!("t{}", molecule::util::random_suffix(8));
+    // Dropped after the server: nothing can re-create a container once it is cleaned up.
     let _clean = Cleanup(ns.clone());
+    let s = Server::start_with(Backend::Sqlite, FAST);
     //   lead ─┬─ a ── a1
     //         └─ b ── b1
     let org = [
