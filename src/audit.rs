@@ -29,6 +29,11 @@ impl Audit {
         Audit { store: Some(store) }
     }
 
+    /// The store rows go to, if any (the activity log shares it, ADR 0050).
+    pub fn store(&self) -> Option<Arc<dyn Store>> {
+        self.store.clone()
+    }
+
     /// Records nowhere but the log.
     pub fn log_only() -> Self {
         Audit { store: None }

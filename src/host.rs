@@ -30,8 +30,10 @@ use crate::images::{ImageSettings, Images};
 use crate::late::{self, Fill, Late};
 use crate::resources::Workspace;
 use crate::shim::a2a::A2aState;
+use crate::shim::activity::ActivityLog;
 use crate::shim::plugin_download::DownloadState;
 use crate::shim::registry::RegistryState;
+use crate::shim::teams::TeamsState;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
 
@@ -59,6 +61,8 @@ pub struct Settings {
     pub images: ImageSettings,
     /// Timeouts and connection cap of the agent listener (ADR 0041).
     pub listen_limits: crate::apiserver::listener::Limits,
+    /// Where activity rows go and the stream they are announced on (ADR 0050).
+    pub activity: ActivityLog,
 }
 
 impl Settings {
@@ -86,6 +90,9 @@ pub struct Routes {
     pub a2a: Late<A2aState>,
     /// The image refresh route, once the Docker engine answers.
     pub images: Late<Images>,
+    /// Discovery, the activity log and the A2A callers (ADR 0050); `None` (503) when no
+    /// Workspace cache runs.
+    pub teams: Option<Arc<TeamsState>>,
 }
 
 /// The listener a router is for.
@@ -118,9 +125,17 @@ pub fn router(routes: &Routes, listener: Listener<'_>) -> Router {
             crate::shim::plugin_download::router(routes.downloads.clone()),
         )
     };
+    // Agents also find their peers, call them through the proxy and report their activity
+    // there, with their own tokens only (ADR 0050).
+    let team = || {
+        crate::shim::teams::router(routes.teams.clone(), None)
+            .merge(crate::shim::a2a::agent_router(routes.a2a.clone()))
+    };
     match listener {
-        Listener::Agent => agent(),
-        Listener::Operator { metrics, ready } => probes(metrics, ready).merge(agent()),
+        Listener::Agent => agent().merge(team()),
+        Listener::Operator { metrics, ready } => {
+            probes(metrics, ready).merge(agent()).merge(team())
+        }
         Listener::Public {
             api,
             shim,
@@ -138,6 +153,10 @@ pub fn router(routes: &Routes, listener: Listener<'_>) -> Router {
             ))
             .merge(shim.router())
             .merge(crate::shim::a2a::router(routes.a2a.clone(), token))
+            .merge(crate::shim::teams::router(
+                routes.teams.clone(),
+                Some(Arc::new(crate::tokens::digest(token))),
+            ))
             .merge(crate::audit::router(audit.clone(), token.to_string()))
             .merge(api),
     }
@@ -216,6 +235,14 @@ impl Host {
                     metrics: metrics.clone(),
                 })
             });
+        let teams = workspaces.as_ref().map(|w| {
+            Arc::new(TeamsState {
+                client: client.clone(),
+                workspaces: w.reader(),
+                activity: settings.activity.clone(),
+                metrics: metrics.clone(),
+            })
+        });
         let downloads = settings.wants("plugin").then(|| {
             Arc::new(DownloadState {
                 client: client.clone(),
@@ -234,6 +261,7 @@ impl Host {
                 downloads,
                 a2a,
                 images,
+                teams,
             },
             fills: Fills {
                 a2a: a2a_fill,
@@ -306,11 +334,16 @@ impl Host {
                 settings.listen_limits,
                 shutdown.clone(),
             ));
+            let teams = routes
+                .teams
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("the team routes need the Workspace cache"))?;
             fills.a2a.fill(Arc::new(A2aState::new(
                 client.clone(),
                 workspaces.reader(),
                 backends.clone(),
                 metrics.clone(),
+                teams,
             )));
             platform_url = Some(url);
         }

@@ -50,6 +50,8 @@ pub struct OperatorOptions {
     pub images: crate::images::ImageSettings,
     /// `--audit-retention-days`: audit rows older than this are deleted (None: kept forever).
     pub audit_retention: Option<Duration>,
+    /// `--activity-retention-days`: activity rows older than this are deleted (ADR 0050).
+    pub activity_retention: Option<Duration>,
     /// Timeouts and connection cap of both listeners (ADR 0041).
     pub listen_limits: crate::apiserver::listener::Limits,
     /// `--require-tls`: both listeners speak plain HTTP only, so the operator refuses to start.
@@ -111,7 +113,7 @@ fn host_settings(
             org_import,
             plugins,
             reap_every: opts.workspaces.reap_every,
-            audit,
+            audit: audit.clone(),
             election: Some(election),
             shutdown_grace: opts.shutdown_grace,
             ready,
@@ -123,6 +125,7 @@ fn host_settings(
             ..opts.images.clone()
         },
         agent_port: opts.agent_port,
+        activity: crate::shim::activity::ActivityLog::new(audit.store(), None),
         instance,
         backend: opts.workspaces.backend,
         agent_address: opts.agent_address,
@@ -199,6 +202,13 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
     // Every replica prunes; the deletes are idempotent (ADR 0042).
     if let Some(keep) = opts.audit_retention {
         audit.spawn_retention(keep, crate::serve::AUDIT_RETENTION_EVERY, shutdown.clone());
+    }
+    if let Some(keep) = opts.activity_retention {
+        crate::shim::activity::ActivityLog::new(audit.store(), None).spawn_retention(
+            keep,
+            crate::serve::AUDIT_RETENTION_EVERY,
+            shutdown.clone(),
+        );
     }
     let settings = host_settings(&opts, instance, audit, plugins, election, ready.clone())?;
     let host = crate::host::Host::new(client, settings, metrics.clone());

@@ -32,6 +32,8 @@ pub struct ServeOptions {
     pub seed_auto_refresh: bool,
     /// `--audit-retention-days`: audit rows older than this are deleted (None: kept forever).
     pub audit_retention: Option<std::time::Duration>,
+    /// `--activity-retention-days`: activity rows older than this are deleted (ADR 0050).
+    pub activity_retention: Option<std::time::Duration>,
     /// Timeouts and connection cap of every listener (ADR 0041).
     pub listen_limits: crate::apiserver::listener::Limits,
     /// `--require-tls`: TLS only on `listen`; refuse to start if anything needs plain HTTP.
@@ -184,6 +186,7 @@ struct HostInputs {
     /// This server's own plain-http URL.
     plain_url: String,
     agent_port: u16,
+    activity: crate::shim::activity::ActivityLog,
 }
 
 /// The host's settings in embedded mode: no election, agents told the agent listener's address.
@@ -224,6 +227,7 @@ fn host_settings(opts: &ServeOptions, i: HostInputs) -> anyhow::Result<crate::ho
             ready: Default::default(),
         },
         agent_port: i.agent_port,
+        activity: i.activity,
         agent_address: None,
         images: crate::images::ImageSettings {
             agent_binary: std::env::current_exe()?,
@@ -345,6 +349,11 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         shutdown.clone(),
     );
     let client = client_from(&kubeconfig).await?;
+    let activity =
+        crate::shim::activity::ActivityLog::new(audit.store(), Some(shim.events.clone()));
+    if let Some(keep) = opts.activity_retention {
+        activity.spawn_retention(keep, AUDIT_RETENTION_EVERY, shutdown.clone());
+    }
     let settings = host_settings(
         &opts,
         HostInputs {
@@ -354,6 +363,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             template_root,
             plain_url: plain_url.clone(),
             agent_port: addr.port(),
+            activity,
         },
     )?;
     let host = crate::host::Host::new(client.clone(), settings, metrics.clone());

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::plugins::plugins;
 use super::state::AgentState;
+use super::team::{Command, command};
 use super::truncate_text;
 
 /// Largest accepted A2A request body.
@@ -47,7 +48,7 @@ async fn agent_card(State(state): State<Arc<AgentState>>) -> Json<Value> {
 }
 
 async fn a2a(State(state): State<Arc<AgentState>>, body: Bytes) -> Response {
-    match handle_rpc(&state, &body) {
+    match handle_rpc(&state, &body).await {
         Some(reply) => Json(reply).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     }
@@ -71,7 +72,7 @@ impl RpcFailure {
 }
 
 /// Handles one JSON-RPC request body; `None` for a notification (no `id`).
-pub(super) fn handle_rpc(state: &AgentState, body: &[u8]) -> Option<Value> {
+pub(super) async fn handle_rpc(state: &AgentState, body: &[u8]) -> Option<Value> {
     state.record_request();
     let request: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
@@ -110,7 +111,7 @@ pub(super) fn handle_rpc(state: &AgentState, body: &[u8]) -> Option<Value> {
                 "Invalid Request",
                 "method must be a string",
             )),
-            Some("message/send") => message_send(state, request.get("params")),
+            Some("message/send") => message_send(state, request.get("params")).await,
             Some(other) => Err(RpcFailure::new(
                 METHOD_NOT_FOUND,
                 "Method not found",
@@ -139,16 +140,45 @@ fn rpc_error(state: &AgentState, id: Value, failure: RpcFailure) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": error})
 }
 
-/// `message/send`: answers with an agent message carrying the request's text.
-fn message_send(state: &AgentState, params: Option<&Value>) -> Result<Value, RpcFailure> {
+/// `message/send`: answers with an agent message carrying the request's text, or what its
+/// command did (`ask <peer>: <text>`, `sleep <ms>`; ADR 0050), and reports the task as its own
+/// activity.
+async fn message_send(state: &AgentState, params: Option<&Value>) -> Result<Value, RpcFailure> {
     let text =
         echo_text(params).map_err(|why| RpcFailure::new(INVALID_PARAMS, "Invalid params", why))?;
     let _task = state.start_task(&text);
+    let started = std::time::Instant::now();
+    let (reply, status) = match command(&text) {
+        Command::Echo => (text.clone(), "ok"),
+        Command::Sleep(ms) => {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            (format!("slept {ms} ms"), "ok")
+        }
+        Command::Ask { peer, text: said } => match &state.team {
+            Some(team) => match team.ask(peer, said).await {
+                Ok(answer) => (answer, "ok"),
+                Err(why) => (format!("ask failed: {why}"), "error"),
+            },
+            None => (
+                "ask failed: no platform to ask through".to_string(),
+                "error",
+            ),
+        },
+    };
+    if let Some(team) = &state.team {
+        team.report(json!({
+            "activity_type": "agent_log",
+            "method": "message/send",
+            "summary": truncate_text(&format!("{} -> {}", text, reply), 200),
+            "status": status,
+            "duration_ms": started.elapsed().as_millis() as u64,
+        }));
+    }
     let mut message = json!({
         "kind": "message",
         "role": "agent",
         "messageId": new_message_id(),
-        "parts": [{"kind": "text", "text": text}],
+        "parts": [{"kind": "text", "text": reply}],
     });
     if let Some(context) = params
         .and_then(|p| p.get("message"))
@@ -195,7 +225,7 @@ fn echo_text(params: Option<&Value>) -> Result<String, String> {
 }
 
 /// A fresh UUID-v4-shaped id (random enough to be unique; not for security).
-fn new_message_id() -> String {
+pub(super) fn new_message_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now()
@@ -227,29 +257,27 @@ mod tests {
     use super::*;
     use crate::agent::state::Window;
 
-    #[test]
-    fn rpc_edge_cases() {
+    #[tokio::test]
+    async fn rpc_edge_cases() {
         let state = AgentState::new(json!({}));
         // Notification: handled, no reply.
         let note = br#"{"jsonrpc":"2.0","method":"message/send","params":{"message":{"parts":[{"kind":"text","text":"x"}]}}}"#;
-        assert_eq!(handle_rpc(&state, note), None);
-        let reply = handle_rpc(&state, b"[1,2]").unwrap();
+        assert_eq!(handle_rpc(&state, note).await, None);
+        let reply = handle_rpc(&state, b"[1,2]").await.unwrap();
         assert_eq!(reply["error"]["code"], -32600);
-        let reply = handle_rpc(&state, br#"{"jsonrpc":"1.0","id":3,"method":"x"}"#).unwrap();
+        let reply = handle_rpc(&state, br#"{"jsonrpc":"1.0","id":3,"method":"x"}"#)
+            .await
+            .unwrap();
         assert_eq!(
             (reply["id"].clone(), reply["error"]["code"].clone()),
             (json!(3), json!(-32600))
         );
-        let reply = handle_rpc(
-            &state,
-            br#"{"jsonrpc":"2.0","id":4,"method":"message/send","params":{"message":{"parts":[{"kind":"text","text":5}]}}}"#,
-        )
+        let reply = handle_rpc(&state, br#"{"jsonrpc":"2.0","id":4,"method":"message/send","params":{"message":{"parts":[{"kind":"text","text":5}]}}}"#,
+        ).await
         .unwrap();
         assert_eq!(reply["error"]["code"], -32602);
-        let reply = handle_rpc(
-            &state,
-            br#"{"jsonrpc":"2.0","id":5,"method":"message/send","params":{"message":{"parts":[{"kind":"file"}]}}}"#,
-        )
+        let reply = handle_rpc(&state, br#"{"jsonrpc":"2.0","id":5,"method":"message/send","params":{"message":{"parts":[{"kind":"file"}]}}}"#,
+        ).await
         .unwrap();
         assert_eq!(reply["error"]["code"], -32602);
 

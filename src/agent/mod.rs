@@ -18,6 +18,11 @@
 //! 4. heartbeats every `heartbeat_seconds` (`POST {platform_url}/registry/heartbeat`) with the
 //!    error rate, in-flight tasks and uptime; a 404/410 answer sends it back to registering.
 //!
+//! A message's text may carry a command (ADR 0050): `ask <peer name>: <text>` finds the peer
+//! among the workspaces this one may talk to (`GET /registry/:id/peers`), sends it `text`
+//! through the platform's A2A proxy and answers with its reply; `sleep <ms>` holds a task that
+//! long. Every task is reported as the workspace's own activity (`agent_log`).
+//!
 //! Every platform call carries `Authorization: Bearer <token>`. On a 401 the token file is read
 //! again (the operator may have rotated it) and the call is retried once. The token is never
 //! logged.
@@ -27,6 +32,7 @@ mod config;
 mod platform;
 mod plugins;
 mod state;
+mod team;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -129,6 +135,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     if let Some(dir) = config_path.parent() {
         state.plugins_dir = dir.join("plugins");
     }
+    state.team = Some(Arc::new(team::Team::new(
+        config.platform_url.clone(),
+        config.workspace_id.clone(),
+        token_path.clone(),
+        token.clone(),
+    )));
     let state = Arc::new(state);
     let (stop_tx, stop_rx) = watch::channel(false);
     let serve =

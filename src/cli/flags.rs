@@ -111,9 +111,19 @@ pub struct AuditFlags {
     /// forever.
     #[arg(long, env = "MOLECULE_AUDIT_RETENTION_DAYS", default_value_t = 30)]
     audit_retention_days: u64,
+    /// Days activity rows (A2A calls, agent reports) are kept: older ones are deleted at start
+    /// and every hour (ADR 0050). 0 keeps them forever.
+    #[arg(long, env = "MOLECULE_ACTIVITY_RETENTION_DAYS", default_value_t = 7)]
+    activity_retention_days: u64,
 }
 
 impl AuditFlags {
+    pub fn activity_retention(&self) -> Option<std::time::Duration> {
+        (self.activity_retention_days > 0).then(|| {
+            std::time::Duration::from_secs(self.activity_retention_days.saturating_mul(86_400))
+        })
+    }
+
     pub fn retention(&self) -> Option<std::time::Duration> {
         (self.audit_retention_days > 0).then(|| {
             std::time::Duration::from_secs(self.audit_retention_days.saturating_mul(86_400))

@@ -9,8 +9,17 @@
 //! or the probe itself failed: the upstream answer is passed through, so a healthy agent is
 //! never recycled over a transient hiccup.
 //!
-//! Auth: the admin bearer token, or that workspace's own token (its sha256 is
-//! `status.tokenHash`). The console needs the admin token.
+//! Between workspaces (ADR 0050): a caller names itself with `X-Workspace-ID` and proves it
+//! with that workspace's token, and the hierarchy rule must let it talk to the target (403,
+//! nothing delivered). Without the header the caller is the canvas (the admin token, main port
+//! only) or the workspace itself (its own token). The body must be a JSON-RPC 2.0 request
+//! (400 otherwise; at most [`MAX_REQUEST`]); the agent gets [`DEFAULT_IDLE`] (or `X-Timeout`
+//! seconds) to answer and its answer is capped at [`MAX_RESPONSE`]. An answer whose 2xx status
+//! and first bytes arrived counts as delivered even when the connection then broke. Every
+//! delivered or attempted call is logged: `a2a_send` on the caller, `a2a_receive` on the
+//! target; a canvas call's answer is also broadcast as `A2A_RESPONSE`.
+//!
+//! The console needs the admin token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,19 +33,26 @@ use axum::routing::{get, post};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::error::ShimError;
+use super::teams::{self, AdminHash, TeamsState};
 use crate::backends::{BackendError, Backends, Presence, WorkspaceRef};
 use crate::late::Late;
-use crate::net::http::{Client as HttpClient, Timeouts};
+use crate::net::http::{Client as HttpClient, Error as NetError, Timeouts};
 use crate::resources::{Workspace, WorkspacePhase};
 use crate::telemetry::Metrics;
 
 /// Largest accepted A2A request body.
 pub const MAX_REQUEST: usize = 1024 * 1024;
 /// Largest A2A response passed back; a longer one is refused with 502.
-pub const MAX_RESPONSE: usize = 8 * 1024 * 1024;
+pub const MAX_RESPONSE: usize = 10 * 1024 * 1024;
+/// How long the agent may stay silent (before its answer's headers, then before the end of its
+/// body) unless `X-Timeout` says otherwise.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
+/// Largest `X-Timeout`, in seconds.
+pub const MAX_TIMEOUT_SECS: u64 = 3600;
 /// `Retry-After` of a `{restarting: true}` answer, in seconds.
 pub const RETRY_AFTER_SECS: u64 = 15;
 
@@ -55,7 +71,8 @@ pub struct A2aState {
     pub workspaces: Store<Workspace>,
     pub backends: Backends,
     pub metrics: Arc<Metrics>,
-    http: HttpClient,
+    /// Callers, the hierarchy rule and the activity log (ADR 0050).
+    pub teams: Arc<TeamsState>,
 }
 
 impl A2aState {
@@ -64,13 +81,14 @@ impl A2aState {
         workspaces: Store<Workspace>,
         backends: Backends,
         metrics: Arc<Metrics>,
+        teams: Arc<TeamsState>,
     ) -> Self {
         A2aState {
             client,
             workspaces,
             backends,
             metrics,
-            http: HttpClient::new(UPSTREAM_TIMEOUTS),
+            teams,
         }
     }
 }
@@ -78,18 +96,31 @@ impl A2aState {
 #[derive(Clone)]
 struct Shared {
     state: Late<A2aState>,
-    admin_hash: Arc<[u8; 32]>,
+    /// The admin token's digest on the main port; `None` on the agent listener.
+    admin_hash: AdminHash,
 }
 
-/// The routes. `admin_token` is the API bearer token (DATA_DIR/token).
+/// The routes of the main port. `admin_token` is the API bearer token (DATA_DIR/token).
 pub fn router(state: Late<A2aState>, admin_token: &str) -> Router {
     let shared = Shared {
         state,
-        admin_hash: Arc::new(Sha256::digest(admin_token.as_bytes()).into()),
+        admin_hash: Some(Arc::new(Sha256::digest(admin_token.as_bytes()).into())),
     };
     Router::new()
         .route("/workspaces/{id}/a2a", post(a2a))
         .route("/workspaces/{id}/console", get(console))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST))
+        .with_state(shared)
+}
+
+/// The proxy on the agent listener: workspace tokens only, no console.
+pub fn agent_router(state: Late<A2aState>) -> Router {
+    let shared = Shared {
+        state,
+        admin_hash: None,
+    };
+    Router::new()
+        .route("/workspaces/{id}/a2a", post(a2a))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST))
         .with_state(shared)
 }
@@ -124,7 +155,10 @@ async fn authorize(
         .into_iter()
         .find(|w| w.uid().as_deref() == Some(id))
         .map(|w| (*w).clone());
-    let is_admin = same_digest(&digest, sh.admin_hash.as_ref());
+    let is_admin = sh
+        .admin_hash
+        .as_deref()
+        .is_some_and(|h| same_digest(&digest, h));
     let Some(ws) = cached else {
         return Err(if is_admin {
             error(StatusCode::NOT_FOUND, "unknown workspace")
@@ -248,6 +282,124 @@ fn relay(r: crate::net::http::Response) -> Response {
     out
 }
 
+/// A call the proxy accepted: who calls, whom, what, and how long the agent may be silent.
+struct Admitted {
+    caller: teams::Caller,
+    target: Arc<Workspace>,
+    url: String,
+    method: String,
+    request: Value,
+    idle: Duration,
+}
+
+/// `X-Timeout`: whole seconds, 1 to [`MAX_TIMEOUT_SECS`].
+fn idle_of(headers: &HeaderMap) -> Result<Duration, ShimError> {
+    let Some(v) = headers.get("x-timeout") else {
+        return Ok(DEFAULT_IDLE);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|n| (1..=MAX_TIMEOUT_SECS).contains(n))
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            ShimError::bad(format!(
+                "X-Timeout must be a whole number of seconds between 1 and {MAX_TIMEOUT_SECS}"
+            ))
+        })
+}
+
+/// Checks a call before anything is delivered: the caller, the target, the hierarchy rule,
+/// the target's state and the input.
+async fn admit(
+    sh: &Shared,
+    st: &A2aState,
+    id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Admitted, ShimError> {
+    let token = bearer(headers).ok_or(ShimError::Unauthenticated)?;
+    let claimed = teams::claimed_workspace(headers)?;
+    super::input::check_id(id)?;
+    let tm = &st.teams;
+    let caller = match claimed {
+        Some(me) => teams::Caller::Workspace(tm.workspace_by_token(&me, token).await.map_err(
+            |e| match e {
+                ShimError::BadToken => ShimError::Body(
+                    StatusCode::UNAUTHORIZED,
+                    json!({"error": "the token is not that of the X-Workspace-ID workspace"}),
+                ),
+                e => e,
+            },
+        )?),
+        None if teams::is_admin(&sh.admin_hash, token) => teams::Caller::Admin,
+        None => match tm.workspace_by_token(id, token).await {
+            Ok(me) => teams::Caller::Workspace(me),
+            Err(ShimError::BadToken)
+                if tm
+                    .workspaces
+                    .state()
+                    .iter()
+                    .any(|w| teams::token_matches(w, token)) =>
+            {
+                return Err(ShimError::bad(
+                    "X-Workspace-ID header is required for a call from one workspace to another",
+                ));
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    let tree = tm.tree();
+    let target = tree
+        .get(id)
+        .cloned()
+        .ok_or(ShimError::NotFound("workspace"))?;
+    if let Some(me) = caller.uid()
+        && !tree.can_communicate(&me, id)
+    {
+        return Err(ShimError::Forbidden(
+            "the hierarchy does not let this workspace talk to that workspace",
+        ));
+    }
+    let idle = idle_of(headers)?;
+    let (request, method) = crate::teams::activity::check_jsonrpc(body).map_err(ShimError::bad)?;
+    if target.metadata.deletion_timestamp.is_some() {
+        return Err(ShimError::Body(
+            StatusCode::GONE,
+            json!({"error": "the workspace is being deleted"}),
+        ));
+    }
+    if target.spec.paused {
+        return Err(ShimError::Conflict("the workspace is paused".into()));
+    }
+    let url = target
+        .status
+        .as_ref()
+        .and_then(|s| s.url.clone())
+        .ok_or(ShimError::Unavailable("the workspace has no agent URL yet"))?;
+    if crate::shim::registry::validate_agent_url(&url).is_err() {
+        return Err(ShimError::Body(
+            StatusCode::BAD_GATEWAY,
+            json!({"error": "the workspace URL is not allowed"}),
+        ));
+    }
+    Ok(Admitted {
+        caller,
+        target,
+        url,
+        method,
+        request,
+        idle,
+    })
+}
+
+/// How a call ended, for the activity log.
+struct Outcome {
+    status: &'static str,
+    error: Option<String>,
+    response: Option<Bytes>,
+}
+
 async fn a2a(
     State(sh): State<Shared>,
     Path(id): Path<String>,
@@ -260,75 +412,180 @@ async fn a2a(
             "the workspace controller is not running",
         );
     };
-    let (ws, _caller) = match authorize(&sh, &st, &id, &headers).await {
-        Ok(x) => x,
-        Err(r) => {
+    let call = match admit(&sh, &st, &id, &headers, &body).await {
+        Ok(c) => c,
+        Err(e) => {
             st.metrics
                 .inc("molecule_a2a_calls_total", &[("result", "refused")]);
-            return r;
+            return e.into_response();
         }
     };
-    if ws.metadata.deletion_timestamp.is_some() {
-        return error(StatusCode::GONE, "the workspace is being deleted");
-    }
-    if ws.spec.paused {
-        return error(StatusCode::CONFLICT, "the workspace is paused");
-    }
-    let Some(url) = ws.status.as_ref().and_then(|s| s.url.clone()) else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the workspace has no agent URL yet",
-        );
-    };
-    if crate::shim::registry::validate_agent_url(&url).is_err() {
-        return error(StatusCode::BAD_GATEWAY, "the workspace URL is not allowed");
-    }
+    let started = std::time::Instant::now();
+    let (response, outcome) = deliver(&st, &call, &headers, body.clone()).await;
+    log_call(&st, &call, &body, outcome, started.elapsed());
+    response
+}
+
+/// Sends the call and decides the answer, with dead-agent recovery (ADR 0036).
+async fn deliver(
+    st: &A2aState,
+    call: &Admitted,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> (Response, Outcome) {
+    let ws = &call.target;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    let upstream = st
-        .http
+    let caller_uid = call.caller.uid();
+    let mut forwarded = vec![("accept", "application/json")];
+    if let Some(me) = &caller_uid {
+        forwarded.push((teams::WORKSPACE_HEADER, me.as_str()));
+    }
+    let http = HttpClient::new(Timeouts {
+        response_header: call.idle,
+        body: call.idle,
+        ..UPSTREAM_TIMEOUTS
+    })
+    .keeping_partial();
+    let upstream = http
         .send(
             hyper::http::Method::POST,
-            &url,
-            &[("accept", "application/json")],
+            &call.url,
+            &forwarded,
             Some((body, content_type.as_str())),
             MAX_RESPONSE + 1,
         )
         .await;
-    let (status, passthrough) = match upstream {
+    let failed = |status, error: String| Outcome {
+        status,
+        error: Some(error),
+        response: None,
+    };
+    let (status, passthrough, why) = match upstream {
         Ok(r) if r.truncated => {
-            return error(StatusCode::BAD_GATEWAY, "the agent's answer is too large");
+            return (
+                error(StatusCode::BAD_GATEWAY, "the agent's answer is too large"),
+                failed("error", format!("the answer exceeds {MAX_RESPONSE} bytes")),
+            );
+        }
+        Ok(r) if r.incomplete.is_some() => {
+            // Delivered: the agent did the work and its answer started to arrive.
+            st.metrics.inc(
+                "molecule_a2a_calls_total",
+                &[("result", "delivered_partial")],
+            );
+            let why = r
+                .incomplete
+                .as_ref()
+                .map(|e| format!("delivered; the connection failed while reading the answer: {e}"));
+            let outcome = Outcome {
+                status: "ok",
+                error: why,
+                response: Some(r.body.clone()),
+            };
+            return (relay(r), outcome);
         }
         Ok(r) if !matches!(r.status, 502..=504) => {
             st.metrics
                 .inc("molecule_a2a_calls_total", &[("result", "proxied")]);
-            return relay(r);
+            let outcome = Outcome {
+                status: if r.is_success() { "ok" } else { "error" },
+                error: (!r.is_success()).then(|| format!("the agent answered HTTP {}", r.status)),
+                response: Some(r.body.clone()),
+            };
+            return (relay(r), outcome);
         }
-        Ok(r) => (r.status, Some(r)),
+        Ok(r) => (r.status, Some(r), None),
         Err(e) => {
             tracing::info!(workspace = %ws.name_any(), error = %e, "A2A proxy: the agent could not be reached");
-            (502, None)
+            (502, None, Some(e))
         }
     };
-    match probe(&st, &ws).await {
+    let timed_out = matches!(
+        why,
+        Some(NetError::HeaderTimeout(..) | NetError::BodyTimeout(..))
+    );
+    let detail = why
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| format!("the agent answered HTTP {status}"));
+    match probe(st, ws).await {
         Probe::Dead => {
             st.metrics
                 .inc("molecule_a2a_calls_total", &[("result", "restarting")]);
-            request_restart(&st, &ws, status).await;
-            restarting()
+            request_restart(st, ws, status).await;
+            (restarting(), failed("error", detail))
         }
         Probe::Alive | Probe::Unknown => {
             st.metrics
                 .inc("molecule_a2a_calls_total", &[("result", "upstream_error")]);
-            match passthrough {
+            let kind = if timed_out { "timeout" } else { "error" };
+            let answer = match passthrough {
                 Some(r) => relay(r),
+                None if timed_out => error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("the agent did not answer within {}s", call.idle.as_secs()),
+                ),
                 None => error(StatusCode::BAD_GATEWAY, "the agent could not be reached"),
-            }
+            };
+            (answer, failed(kind, detail))
         }
     }
+}
+
+/// Writes `a2a_send` on the caller and `a2a_receive` on the target, off the answer's path;
+/// a canvas call's answer is also broadcast as `A2A_RESPONSE`.
+fn log_call(st: &A2aState, call: &Admitted, request: &[u8], outcome: Outcome, took: Duration) {
+    use crate::teams::activity as rules;
+    let target = call.target.uid().unwrap_or_default();
+    let source = call.caller.uid();
+    let duration_ms = Some(i64::try_from(took.as_millis()).unwrap_or(i64::MAX));
+    let response_body = outcome.response.as_deref().and_then(rules::stored_body);
+    let row = crate::store::ActivityRow {
+        workspace_id: target.clone(),
+        activity_type: "a2a_receive".into(),
+        source_id: source.clone(),
+        target_id: Some(target.clone()),
+        method: Some(call.method.clone()),
+        summary: Some(rules::a2a_summary(&call.method, &call.request)),
+        request_body: rules::stored_body(request),
+        response_body,
+        duration_ms,
+        status: outcome.status.into(),
+        error_detail: outcome.error,
+        created_at: crate::util::now_micro(),
+        ..Default::default()
+    };
+    let log = st.teams.activity.clone();
+    if source.is_none() {
+        let answer = outcome
+            .response
+            .as_deref()
+            .and_then(|b| serde_json::from_slice::<Value>(b).ok());
+        log.broadcast(
+            super::activity::A2A_RESPONSE,
+            &target,
+            json!({"response_body": answer, "method": call.method, "duration_ms": duration_ms}),
+        );
+    }
+    tokio::spawn(async move {
+        let mut rows = vec![];
+        if let Some(me) = &source {
+            rows.push(crate::store::ActivityRow {
+                workspace_id: me.clone(),
+                activity_type: "a2a_send".into(),
+                ..row.clone()
+            });
+        }
+        rows.push(row);
+        for r in rows {
+            if let Err(e) = log.record(&r).await {
+                tracing::warn!(error = %e, workspace = %r.workspace_id, "could not write an A2A activity row");
+            }
+        }
+    });
 }
 
 async fn console(State(sh): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {

@@ -7,9 +7,11 @@
 //! server.
 
 pub mod a2a;
+pub mod activity;
 pub mod auth;
 pub mod cache;
 pub mod canvas;
+pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod images;
@@ -19,6 +21,7 @@ pub mod plugin_download;
 pub mod plugins;
 pub mod registry;
 pub mod secrets;
+pub mod teams;
 pub mod test_tokens;
 pub mod tree;
 pub mod view;

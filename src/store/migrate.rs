@@ -25,6 +25,12 @@ pub const SQLITE: &[Migration] = &[
         name: "audit_query",
         sql: include_str!("../../migrations/sqlite/0002_audit_query.sql"),
     },
+    // ADR 0050: the activity log of workspaces.
+    Migration {
+        version: 3,
+        name: "activity",
+        sql: include_str!("../../migrations/sqlite/0003_activity.sql"),
+    },
 ];
 
 /// Migrations of the Postgres backend.
@@ -39,6 +45,12 @@ pub const POSTGRES: &[Migration] = &[
         version: 2,
         name: "audit_query",
         sql: include_str!("../../migrations/postgres/0002_audit_query.sql"),
+    },
+    // ADR 0050: the activity log of workspaces.
+    Migration {
+        version: 3,
+        name: "activity",
+        sql: include_str!("../../migrations/postgres/0003_activity.sql"),
     },
 ];
 

@@ -5,11 +5,13 @@
 //! batches of changes; the store writes each batch (object rows, change-log rows and the RV
 //! counter) in one transaction, so an acknowledged write survives `kill -9`.
 
+pub mod activity;
 mod crypto;
 mod migrate;
 mod postgres;
 mod sqlite;
 
+pub use activity::{ActivityFilter, ActivityRow, ActivitySource, ActivityStore};
 pub use crypto::{SecretKey, SecretKeyError};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -174,7 +176,8 @@ const PRUNE_CHUNK: i64 = 5_000;
 
 /// The persistence trait shared by SQLite and Postgres.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+/// Every store also keeps the activity log of workspaces (ADR 0050).
+pub trait Store: ActivityStore + Send + Sync + 'static {
     /// Short name for logs and metrics: `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// Loads the live objects and the newest `history` changes.

@@ -21,7 +21,7 @@ const LOCK_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A store in a Postgres database.
 pub struct PostgresStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     /// Held by an API server (the database's one writer): the lock session.
     writer: Option<WriterLock>,
 }

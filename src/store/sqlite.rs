@@ -16,7 +16,7 @@ use super::{
 
 /// The embedded default store.
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
 }
 
 impl SqliteStore {

@@ -81,6 +81,11 @@ mod tests {
                 "a child of one root and another root's child",
             ),
             ("o1", "lead", false, "a child of one root and another root"),
+            ("a", "a11", true, "grandparent to grandchild"),
+            ("a11", "b", false, "a grand-nephew and his great-uncle"),
+            ("a11", "b1", false, "second cousins"),
+            ("o1", "a1", false, "cousins under different roots"),
+            ("other", "a1", false, "a root and another root's grandchild"),
             ("orphan", "lead", false, "an orphan is no root"),
             ("orphan", "orphan", true, "an orphan is itself"),
         ];

@@ -1,7 +1,9 @@
 //! Teams: who in an org may work with whom. The hierarchy rule (`can_communicate`) decides what
-//! a workspace's own token may read (ADR 0038); later parts of teams (A2A between workspaces,
-//! delegations, discovery) build on the same rule.
+//! a workspace's own token may read (ADR 0038) and which workspaces may call each other through
+//! the A2A proxy and find each other in the registry (ADR 0050); `activity` holds the rules of
+//! the activity log those calls write.
 
+pub mod activity;
 pub mod hierarchy;
 
 pub use hierarchy::{Member, can_communicate};

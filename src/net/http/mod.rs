@@ -113,6 +113,9 @@ pub struct Response {
     pub body: Bytes,
     /// The body was longer than the cap; `body` holds its first `cap` bytes.
     pub truncated: bool,
+    /// Only from a client made with [`Client::keeping_partial`]: the status was 2xx and part of
+    /// the body arrived, then reading the rest failed (why is here; `body` holds what came).
+    pub incomplete: Option<Error>,
 }
 
 impl Response {
@@ -147,6 +150,9 @@ pub struct Client {
     timeouts: Timeouts,
     /// `None`: the shared system roots, read at the first https request.
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Answer a 2xx whose body broke off after some bytes with what arrived
+    /// ([`Response::incomplete`]) instead of an error.
+    keep_partial: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -163,6 +169,7 @@ impl Client {
         Client {
             timeouts,
             tls: None,
+            keep_partial: false,
         }
     }
 
@@ -171,7 +178,16 @@ impl Client {
         Client {
             timeouts,
             tls: Some(tls),
+            keep_partial: false,
         }
+    }
+
+    /// This client, answering a 2xx whose body broke off after some bytes with the part that
+    /// arrived and [`Response::incomplete`] set, rather than an error: a caller for whom a
+    /// delivered answer counts even when the connection then failed (the A2A proxy, ADR 0050).
+    pub fn keeping_partial(mut self) -> Client {
+        self.keep_partial = true;
+        self
     }
 
     pub fn timeouts(&self) -> Timeouts {
@@ -236,18 +252,32 @@ impl Client {
         };
         let (parts, incoming) = resp.into_parts();
         let bound = self.timeouts.body;
-        let read = tokio::time::timeout(bound, read_capped(incoming, max_body)).await;
+        let mut buf = BytesMut::new();
+        let read = tokio::time::timeout(bound, read_capped(incoming, max_body, &mut buf)).await;
         driver.abort();
-        let (body, truncated) = match read {
-            Ok(r) => r.map_err(protocol)?,
-            Err(_) => return Err(Error::BodyTimeout(authority.to_string(), bound)),
+        let failure = match read {
+            Ok(Ok(truncated)) => {
+                return Ok(Response {
+                    status: parts.status.as_u16(),
+                    headers: parts.headers,
+                    body: buf.freeze(),
+                    truncated,
+                    incomplete: None,
+                });
+            }
+            Ok(Err(e)) => protocol(e),
+            Err(_) => Error::BodyTimeout(authority.to_string(), bound),
         };
-        Ok(Response {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body,
-            truncated,
-        })
+        if self.keep_partial && parts.status.is_success() && !buf.is_empty() {
+            return Ok(Response {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body: buf.freeze(),
+                truncated: false,
+                incomplete: Some(failure),
+            });
+        }
+        Err(failure)
     }
 }
 
@@ -294,9 +324,13 @@ fn header_pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), Err
     Ok((name, value))
 }
 
-/// Reads `body` up to `cap` bytes; `true` when there was more.
-async fn read_capped(mut body: Incoming, cap: usize) -> Result<(Bytes, bool), hyper::Error> {
-    let mut buf = BytesMut::new();
+/// Reads `body` into `buf` up to `cap` bytes; `true` when there was more. On an error `buf`
+/// keeps what arrived before it.
+async fn read_capped(
+    mut body: Incoming,
+    cap: usize,
+    buf: &mut BytesMut,
+) -> Result<bool, hyper::Error> {
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else {
             continue;
@@ -304,11 +338,11 @@ async fn read_capped(mut body: Incoming, cap: usize) -> Result<(Bytes, bool), hy
         let room = cap.saturating_sub(buf.len());
         if data.len() > room {
             buf.extend_from_slice(&data[..room]);
-            return Ok((buf.freeze(), true));
+            return Ok(true);
         }
         buf.extend_from_slice(&data);
     }
-    Ok((buf.freeze(), false))
+    Ok(false)
 }
 
 /// Parses the first JSON value of a (possibly truncated or padded) body, like a streaming

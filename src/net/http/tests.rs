@@ -421,3 +421,64 @@ fn first_json_ignores_trailing_bytes_and_names_the_problem() {
     assert!(e.contains("syntax"), "{e}");
     assert!(!e.contains("html"), "the body is never echoed: {e}");
 }
+
+/// A server that answers `head` and `part` of a longer body, then closes the connection.
+async fn cut_short(head: &'static str, part: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(part).await;
+            let _ = s.flush().await;
+            drop(s);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_delivered_answer_cut_short_is_kept_only_when_asked_for_and_2xx() {
+    let ok = cut_short(
+        "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
+        br#"{"result":"#,
+    )
+    .await;
+    let url = format!("http://{ok}/");
+    let e = client(2000)
+        .send(Method::POST, &url, &[], None, 1024)
+        .await
+        .expect_err("a plain client fails");
+    assert!(matches!(e, Error::Protocol(..)), "{e}");
+    let r = client(2000)
+        .keeping_partial()
+        .send(Method::POST, &url, &[], None, 1024)
+        .await
+        .expect("kept");
+    assert_eq!((r.status, &r.body[..]), (200, &br#"{"result":"#[..]));
+    assert!(matches!(r.incomplete, Some(Error::Protocol(..))), "{r:?}");
+
+    let failed = cut_short(
+        "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 100\r\n\r\n",
+        b"oops",
+    )
+    .await;
+    let e = client(2000)
+        .keeping_partial()
+        .send(Method::POST, &format!("http://{failed}/"), &[], None, 1024)
+        .await
+        .expect_err("a cut 5xx is an error");
+    assert!(matches!(e, Error::Protocol(..)), "{e}");
+    let empty = cut_short("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", b"").await;
+    assert!(
+        client(2000)
+            .keeping_partial()
+            .send(Method::POST, &format!("http://{empty}/"), &[], None, 1024)
+            .await
+            .is_err(),
+        "nothing delivered is an error"
+    );
+}
