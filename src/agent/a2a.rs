@@ -32,6 +32,7 @@ pub(super) fn router(state: Arc<AgentState>) -> Router {
         .route("/a2a", post(a2a))
         .route("/health", get(health))
         .route("/plugins", get(plugins))
+        .route("/activity", get(activity))
         .route("/.well-known/agent.json", get(agent_card))
         .route("/.well-known/agent-card.json", get(agent_card))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
@@ -40,6 +41,11 @@ pub(super) fn router(state: Arc<AgentState>) -> Router {
 
 async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
+}
+
+/// The messages received (newest last) and what became of the initial prompt (ADR 0048).
+async fn activity(State(state): State<Arc<AgentState>>) -> Json<Value> {
+    Json(state.activity())
 }
 
 async fn agent_card(State(state): State<Arc<AgentState>>) -> Json<Value> {
@@ -144,6 +150,12 @@ fn message_send(state: &AgentState, params: Option<&Value>) -> Result<Value, Rpc
     let text =
         echo_text(params).map_err(|why| RpcFailure::new(INVALID_PARAMS, "Invalid params", why))?;
     let _task = state.start_task(&text);
+    let message_id = params
+        .and_then(|p| p.get("message"))
+        .and_then(|m| m.get("messageId"))
+        .and_then(Value::as_str)
+        .map(|id| truncate_text(id, 128));
+    state.record_message(message_id.as_deref(), &text);
     let mut message = json!({
         "kind": "message",
         "role": "agent",
@@ -195,7 +207,7 @@ fn echo_text(params: Option<&Value>) -> Result<String, String> {
 }
 
 /// A fresh UUID-v4-shaped id (random enough to be unique; not for security).
-fn new_message_id() -> String {
+pub(super) fn new_message_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now()

@@ -187,8 +187,27 @@ fn spec_of(
         },
         max_concurrent_tasks: w.max_concurrent_tasks,
         url: w.url.clone(),
+        // What goes into the generated config.yaml (ADR 0048).
+        initial_prompt: w.initial_prompt.clone(),
+        idle_prompt: w.idle_prompt.clone(),
+        idle_interval_seconds: w.idle_prompt.as_ref().and(w.idle_interval_seconds),
+        category_routing: routing(&w.category_routing),
         ..Default::default()
     }
+}
+
+/// `category_routing` as role lists: a single name is a list of one; anything else is dropped.
+fn routing(r: &BTreeMap<String, Value>) -> BTreeMap<String, Vec<String>> {
+    r.iter()
+        .filter_map(|(k, v)| {
+            let roles: Vec<String> = match v {
+                Value::String(s) => vec![s.clone()],
+                Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+                _ => return None,
+            };
+            (!roles.is_empty()).then(|| (k.clone(), roles))
+        })
+        .collect()
 }
 
 /// The children `plan` asks for, parents first.
