@@ -6,6 +6,7 @@ mod plugin;
 mod reaper;
 mod runtime;
 mod workspace;
+mod workspace_gets;
 
 use std::time::Duration;
 

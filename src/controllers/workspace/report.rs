@@ -155,7 +155,8 @@ pub(super) async fn unresolved(
         tracing::info!(workspace = %pass.w.name, reason = p.reason, "workspace pending");
         event(ctx, &pass.ws, EventType::Warning, p.reason, message);
     }
-    Ok(Action::requeue(Duration::from_secs(left.clamp(1, 30) as u64)))
+    // Looked at again soon: a Runtime record created meanwhile is found by the next pass.
+    Ok(Action::requeue(Duration::from_secs(left.clamp(1, 10) as u64)))
 }
 
 /// The phase `plan` observed, nothing to change in the backend.
