@@ -271,7 +271,7 @@ pub fn assemble(
     {
         env.insert("MODEL".into(), p);
     }
-    if let Some(role) = spec.role.as_ref().filter(|r| !r.is_empty()) {
+    if let Some(role) = spec.role.as_ref().filter(|r| !r.trim().is_empty()) {
         env.insert("MOLECULE_AGENT_ROLE".into(), role.clone());
     }
     let input = MutatorInput {
