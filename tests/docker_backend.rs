@@ -323,7 +323,11 @@ async fn workspace_lifecycle_on_real_docker() {
             Some(vec!["host.docker.internal:host-gateway".to_string()])
         );
         let mounts = host.mounts.unwrap_or_default();
-        assert_eq!(mounts.len(), 2, "/configs and a persistent /workspace (ADR 0048)");
+        assert_eq!(
+            mounts.len(),
+            2,
+            "/configs and a persistent /workspace (ADR 0048)"
+        );
         assert_eq!(mounts[0].source.as_deref(), Some(ws.volume_name().as_str()));
         assert_eq!(mounts[0].target.as_deref(), Some("/configs"));
         assert_eq!(

@@ -142,7 +142,8 @@ fn workspace_volume_env_and_initial_prompt_survive_a_restart_and_go_on_delete() 
     // 12: the initial prompt was the agent's first message, and its marker is written.
     let activity_url = format!("{url}/activity");
     assert!(
-        eventually(60, || get_json(&activity_url)["initial_prompt"]["sent"] == true),
+        eventually(60, || get_json(&activity_url)["initial_prompt"]["sent"]
+            == true),
         "initial prompt not sent: {}",
         get_json(&activity_url)
     );
@@ -196,7 +197,10 @@ fn workspace_volume_env_and_initial_prompt_survive_a_restart_and_go_on_delete() 
     );
     let activity2 = format!("{url2}/activity");
     assert!(
-        eventually(30, || get_json(&activity2)["initial_prompt"]["already_done"] == true),
+        eventually(
+            30,
+            || get_json(&activity2)["initial_prompt"]["already_done"] == true
+        ),
         "the restarted agent did not see the marker: {}",
         get_json(&activity2)
     );
@@ -206,7 +210,10 @@ fn workspace_volume_env_and_initial_prompt_survive_a_restart_and_go_on_delete() 
     assert_eq!(a["messages"], Value::Array(vec![]), "not sent again: {a}");
 
     // A claude-code workspace also gets its session volume (the echo image stands in for it).
-    let image = after["status"]["image"].as_str().expect("image").to_string();
+    let image = after["status"]["image"]
+        .as_str()
+        .expect("image")
+        .to_string();
     apply(
         &s,
         &ns,

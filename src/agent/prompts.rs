@@ -40,7 +40,9 @@ fn write_marker(config_dir: &Path) -> Option<PathBuf> {
         let path = dir.join(MARKER);
         match std::fs::write(&path, b"done\n") {
             Ok(()) => return Some(path),
-            Err(e) => warn!(path = %path.display(), error = %e, "cannot write the initial-prompt marker"),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot write the initial-prompt marker")
+            }
         }
     }
     None
@@ -68,9 +70,11 @@ async fn send(client: &Client, port: u16, id: &str, text: &str) -> bool {
         super::MAX_REQUEST_BYTES,
     );
     match tokio::time::timeout(SEND_TIMEOUT, call).await {
-        Ok(Ok(resp)) if resp.is_success() => serde_json::from_slice::<serde_json::Value>(&resp.body)
-            .map(|v| v.get("result").is_some())
-            .unwrap_or(false),
+        Ok(Ok(resp)) if resp.is_success() => {
+            serde_json::from_slice::<serde_json::Value>(&resp.body)
+                .map(|v| v.get("result").is_some())
+                .unwrap_or(false)
+        }
         Ok(Ok(resp)) => {
             warn!(status = resp.status, id, "self-sent prompt refused");
             false

@@ -603,7 +603,10 @@ async fn wait_activity(agent: &Agent, what: &str, pred: impl Fn(&Value) -> bool)
         if pred(&a) {
             return a;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {a}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {a}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -675,6 +678,9 @@ async fn the_idle_prompt_is_sent_after_the_interval_without_work() {
     );
     // And again after another interval without work.
     wait_activity(&agent, "a second idle prompt", |a| texts(a).len() >= 2).await;
-    assert_eq!(activity(&agent).await["initial_prompt"]["configured"], false);
+    assert_eq!(
+        activity(&agent).await["initial_prompt"]["configured"],
+        false
+    );
     agent.stop().await;
 }

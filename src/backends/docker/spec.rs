@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 
 use super::{
     AGENT_PORT, BackendError, CONFIG_MOUNT, DOCKER_SOCKET, DockerBackend, LABEL_ATTEMPT,
-    LABEL_ROLE, LABEL_SPEC_HASH, MIB, ROLE_WORKSPACE, SESSIONS_MOUNT, SPEC_HASH_VERSION,
-    StartSpec, WORKSPACE_MOUNT,
+    LABEL_ROLE, LABEL_SPEC_HASH, MIB, ROLE_WORKSPACE, SESSIONS_MOUNT, SPEC_HASH_VERSION, StartSpec,
+    WORKSPACE_MOUNT,
 };
 use crate::backends::Tier;
 
@@ -321,13 +321,19 @@ mod tests {
             data_volumes(&s),
             vec![
                 (format!("ws-{uid}-workspace"), "/workspace"),
-                (format!("ws-{uid}-claude-sessions"), "/root/.claude/sessions")
+                (
+                    format!("ws-{uid}-claude-sessions"),
+                    "/root/.claude/sessions"
+                )
             ]
         );
         s.workspace_dir = Some((PathBuf::from("/srv/repo"), false));
         assert_eq!(
             data_volumes(&s),
-            vec![(format!("ws-{uid}-claude-sessions"), "/root/.claude/sessions")]
+            vec![(
+                format!("ws-{uid}-claude-sessions"),
+                "/root/.claude/sessions"
+            )]
         );
         s.tier = Tier::Sandboxed;
         assert!(data_volumes(&s).is_empty(), "tier 1 mounts only /configs");

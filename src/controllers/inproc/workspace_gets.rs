@@ -181,7 +181,10 @@ async fn an_unresolvable_runtime_is_pending_with_its_reason_then_failed() {
     assert_eq!(r["Message"], Value::String(message.clone()));
     assert_eq!(r["Tier"], 2);
     let (type_, note) = wait_event(&h, Some("default"), "lost", "UnknownRuntime").await;
-    assert_eq!((type_.as_str(), note.as_str()), ("Warning", message.as_str()));
+    assert_eq!(
+        (type_.as_str(), note.as_str()),
+        ("Warning", message.as_str())
+    );
     assert_eq!(h.backend.created(), 0, "nothing is created meanwhile");
 
     // After the provision timeout: Failed, still nothing created.
@@ -232,7 +235,11 @@ async fn hostile_prompts_and_routing_fail_precisely_and_create_nothing() {
     h.run_workspace();
     let api: Api<Workspace> = Api::namespaced(h.client.clone(), "default");
     let huge = "x".repeat(crate::controllers::workspace::files::MAX_FILE_BYTES + 1);
-    create(&api, &ws("huge", json!({"image": IMAGE, "initialPrompt": huge}))).await;
+    create(
+        &api,
+        &ws("huge", json!({"image": IMAGE, "initialPrompt": huge})),
+    )
+    .await;
     create(
         &api,
         &ws(

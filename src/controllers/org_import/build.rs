@@ -202,7 +202,10 @@ fn routing(r: &BTreeMap<String, Value>) -> BTreeMap<String, Vec<String>> {
         .filter_map(|(k, v)| {
             let roles: Vec<String> = match v {
                 Value::String(s) => vec![s.clone()],
-                Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+                Value::Array(a) => a
+                    .iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect(),
                 _ => return None,
             };
             (!roles.is_empty()).then(|| (k.clone(), roles))

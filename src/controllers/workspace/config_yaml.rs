@@ -265,7 +265,10 @@ mod tests {
         assert_eq!(v["model"], "sonnet", "the runtime's default model");
         assert_eq!(v["runtime_config"], json!({"timeout": 0}));
         assert_eq!(v["category_routing"], json!({"bugs": ["qa"]}));
-        assert_eq!(v["initial_prompt"], "Read the brief.\nThen plan the week.\n");
+        assert_eq!(
+            v["initial_prompt"],
+            "Read the brief.\nThen plan the week.\n"
+        );
         assert_eq!(v["idle_interval_seconds"], 600);
         // What this platform's agents read is still there.
         assert_eq!(v["workspace_id"], UID);

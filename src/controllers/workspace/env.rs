@@ -126,7 +126,10 @@ fn gh_identity(input: &MutatorInput<'_>, env: &mut BTreeMap<String, String>) -> 
     }
     let short: String = input.workspace_id.chars().take(8).collect();
     env.insert("MOLECULE_AGENT_ROLE".into(), role.clone());
-    env.insert("MOLECULE_WORKSPACE_ID".into(), input.workspace_id.to_string());
+    env.insert(
+        "MOLECULE_WORKSPACE_ID".into(),
+        input.workspace_id.to_string(),
+    );
     env.insert(
         "MOLECULE_ATTRIBUTION_BADGE".into(),
         format!("🤖 [Agent: {role} · ws-{short}]"),

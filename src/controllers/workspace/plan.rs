@@ -679,7 +679,11 @@ mod tests {
         c.last_transition_time = Some(ts(1000));
         let cs = vec![c];
         assert_eq!(waiting_since(&cs, "UnknownRuntime", 3), Some(1000));
-        assert_eq!(waiting_since(&cs, "UnknownRuntime", 4), None, "spec changed");
+        assert_eq!(
+            waiting_since(&cs, "UnknownRuntime", 4),
+            None,
+            "spec changed"
+        );
         assert_eq!(waiting_since(&cs, "MissingEnv", 3), None, "another problem");
         assert_eq!(waiting_since(&[], "UnknownRuntime", 3), None);
         assert_eq!(pending_step(1000, 1000, 600), Some(600));

@@ -156,7 +156,9 @@ pub(super) async fn unresolved(
         event(ctx, &pass.ws, EventType::Warning, p.reason, message);
     }
     // Looked at again soon: a Runtime record created meanwhile is found by the next pass.
-    Ok(Action::requeue(Duration::from_secs(left.clamp(1, 10) as u64)))
+    Ok(Action::requeue(Duration::from_secs(
+        left.clamp(1, 10) as u64
+    )))
 }
 
 /// The phase `plan` observed, nothing to change in the backend.
