@@ -592,4 +592,18 @@ workspaces:
         assert_eq!(conflicts(&c, &[ex("demo.lead", false)]), ["demo.lead"]);
         assert!(conflicts(&c, &existing).is_empty());
     }
+
+    #[test]
+    fn prompts_and_routing_reach_the_workspace_spec() {
+        let yaml = "name: P\ndefaults: {runtime: echo, idle_prompt: anything new?, category_routing: {bugs: qa, docs: [writer, lead], odd: 3}}\nworkspaces:\n  - name: Lead\n    initial_prompt: hello\n    idle_interval_seconds: 60\n";
+        let c = children(&org(), &plan(yaml));
+        let spec = &c[0].workspace["spec"];
+        assert_eq!(spec["initialPrompt"], "hello");
+        assert_eq!(spec["idlePrompt"], "anything new?");
+        assert_eq!(spec["idleIntervalSeconds"], 60);
+        assert_eq!(
+            spec["categoryRouting"],
+            json!({"bugs": ["qa"], "docs": ["writer", "lead"]})
+        );
+    }
 }
