@@ -323,9 +323,18 @@ async fn workspace_lifecycle_on_real_docker() {
             Some(vec!["host.docker.internal:host-gateway".to_string()])
         );
         let mounts = host.mounts.unwrap_or_default();
-        assert_eq!(mounts.len(), 1);
+        assert_eq!(
+            mounts.len(),
+            2,
+            "/configs and a persistent /workspace (ADR 0048)"
+        );
         assert_eq!(mounts[0].source.as_deref(), Some(ws.volume_name().as_str()));
         assert_eq!(mounts[0].target.as_deref(), Some("/configs"));
+        assert_eq!(
+            mounts[1].source.as_deref(),
+            Some(ws.workspace_volume_name().as_str())
+        );
+        assert_eq!(mounts[1].target.as_deref(), Some("/workspace"));
         let networks = c
             .network_settings
             .as_ref()
@@ -421,6 +430,7 @@ async fn workspace_lifecycle_on_real_docker() {
             other => panic!("expected Stopped, got {other:?}"),
         }
         assert!(env.volume_exists(&ws.volume_name()).await);
+        assert!(env.volume_exists(&ws.workspace_volume_name()).await);
         backend.stop(&ws).await.unwrap();
         // write_files into a stopped container.
         backend
@@ -440,6 +450,7 @@ async fn workspace_lifecycle_on_real_docker() {
         backend.remove(&ws, true).await.unwrap();
         assert!(env.container(&ws.container_name()).await.is_none());
         assert!(!env.volume_exists(&ws.volume_name()).await);
+        assert!(!env.volume_exists(&ws.workspace_volume_name()).await);
         backend.remove(&ws, true).await.unwrap();
         backend.stop(&ws).await.unwrap();
         assert_eq!(backend.inspect(&ws).await.unwrap(), Presence::Absent);
@@ -589,6 +600,15 @@ async fn managed_objects_are_listed_and_reaped_but_strangers_are_not() {
                 workspace: "agent-1".into(),
                 attempt: String::new(),
             },
+            // The persistent /workspace (ADR 0048); listed before `ws-<id12>-configs`.
+            Managed {
+                kind: ManagedKind::Volume,
+                name: ours.workspace_volume_name(),
+                uid: ours.uid.clone(),
+                namespace: "team-a".into(),
+                workspace: "agent-1".into(),
+                attempt: String::new(),
+            },
             Managed {
                 kind: ManagedKind::Volume,
                 name: ours.volume_name(),
@@ -608,9 +628,9 @@ async fn managed_objects_are_listed_and_reaped_but_strangers_are_not() {
         ];
         assert_eq!(listed, expected);
 
-        backend.remove_managed(&expected[2]).await.unwrap();
+        backend.remove_managed(&expected[3]).await.unwrap();
         assert!(!env.volume_exists(&stray.volume_name()).await);
-        backend.remove_managed(&expected[2]).await.unwrap();
+        backend.remove_managed(&expected[3]).await.unwrap();
 
         // The stranger is never touched.
         let fake = Managed {
@@ -644,8 +664,10 @@ async fn managed_objects_are_listed_and_reaped_but_strangers_are_not() {
         // Reaping our own container and volume through the same path.
         backend.remove_managed(&expected[0]).await.unwrap();
         backend.remove_managed(&expected[1]).await.unwrap();
+        backend.remove_managed(&expected[2]).await.unwrap();
         assert!(env.container(&ours.container_name()).await.is_none());
         assert!(!env.volume_exists(&ours.volume_name()).await);
+        assert!(!env.volume_exists(&ours.workspace_volume_name()).await);
     })
     .await;
 }

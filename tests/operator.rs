@@ -486,7 +486,8 @@ fn operator_lifecycle_converges_with_audit_in_postgres_and_declared_rbac_covers_
         &ns,
         "apiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: odd\nspec:\n  runtime: nosuch\n",
     );
-    wait_phase(&s, &ops, &ns, "odd", "Failed", 60);
+    // Pending until the provision timeout (ADR 0048).
+    wait_phase(&s, &ops, &ns, "odd", "Pending", 60);
 
     // Delete: container, volume and record gone; the audit row is in Postgres.
     ok(&s, &["delete", "ws", "--all", "-n", &ns, "--timeout=60s"]);

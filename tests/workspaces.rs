@@ -271,7 +271,14 @@ fn bad_input_missing_env_unknown_runtime_paths_and_tokens() {
         &ns,
         "apiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: odd\nspec:\n  runtime: nosuch\n",
     );
-    wait_phase(&s, &ns, "odd", "Failed", 60);
+    // A Runtime record of that name may still be created: Pending until the provision
+    // timeout, with the reason and message in `kubectl get ws` (ADR 0048).
+    wait_phase(&s, &ns, "odd", "Pending", 60);
+    let row = ok(&s, &["get", "ws", "odd", "-n", &ns]);
+    assert!(
+        row.contains("Pending") && row.contains("UnknownRuntime"),
+        "{row}"
+    );
     let msg = get(&s, &ns, "odd")["status"]["message"]
         .as_str()
         .unwrap_or("")

@@ -33,6 +33,7 @@ pub(super) fn router(state: Arc<AgentState>) -> Router {
         .route("/a2a", post(a2a))
         .route("/health", get(health))
         .route("/plugins", get(plugins))
+        .route("/activity", get(activity))
         .route("/.well-known/agent.json", get(agent_card))
         .route("/.well-known/agent-card.json", get(agent_card))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
@@ -41,6 +42,11 @@ pub(super) fn router(state: Arc<AgentState>) -> Router {
 
 async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
+}
+
+/// The messages received (newest last) and what became of the initial prompt (ADR 0048).
+async fn activity(State(state): State<Arc<AgentState>>) -> Json<Value> {
+    Json(state.activity())
 }
 
 async fn agent_card(State(state): State<Arc<AgentState>>) -> Json<Value> {
@@ -147,6 +153,12 @@ async fn message_send(state: &AgentState, params: Option<&Value>) -> Result<Valu
     let text =
         echo_text(params).map_err(|why| RpcFailure::new(INVALID_PARAMS, "Invalid params", why))?;
     let _task = state.start_task(&text);
+    let message_id = params
+        .and_then(|p| p.get("message"))
+        .and_then(|m| m.get("messageId"))
+        .and_then(Value::as_str)
+        .map(|id| truncate_text(id, 128));
+    state.record_message(message_id.as_deref(), &text);
     let started = std::time::Instant::now();
     let (reply, status) = match command(&text) {
         Command::Echo => (text.clone(), "ok"),

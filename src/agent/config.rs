@@ -47,7 +47,12 @@ pub enum ConfigError {
 struct ConfigFile {
     workspace_id: Option<String>,
     name: Option<String>,
+    /// The role, in the original platform's shape (ADR 0048).
+    description: Option<String>,
     role: Option<String>,
+    initial_prompt: Option<String>,
+    idle_prompt: Option<String>,
+    idle_interval_seconds: Option<u64>,
     runtime: Option<String>,
     platform_url: Option<String>,
     agent_url: Option<String>,
@@ -74,7 +79,15 @@ pub struct AgentConfig {
     pub heartbeat_seconds: u64,
     /// The A2A agent card served and registered.
     pub agent_card: Value,
+    /// Sent to itself once as its first message (ADR 0048).
+    pub initial_prompt: Option<String>,
+    /// Sent to itself after `idle_interval` without work.
+    pub idle_prompt: Option<String>,
+    pub idle_interval: std::time::Duration,
 }
+
+/// `idle_interval_seconds` when config.yaml has an idle prompt but no interval.
+pub const DEFAULT_IDLE_INTERVAL_SECONDS: u64 = 600;
 
 impl AgentConfig {
     /// Parses `config.yaml` text, applying overrides from `env` (`WORKSPACE_ID`, `PLATFORM_URL`,
@@ -126,10 +139,18 @@ impl AgentConfig {
             Some(_) => return Err(ConfigError::AgentCard),
         };
 
+        let idle_seconds = file
+            .idle_interval_seconds
+            .unwrap_or(DEFAULT_IDLE_INTERVAL_SECONDS)
+            .max(1);
+        let prompt = |p: Option<String>| p.filter(|t| !t.trim().is_empty());
         Ok(Self {
             workspace_id,
             name,
-            role: non_empty(file.role),
+            role: non_empty(file.description).or(non_empty(file.role)),
+            initial_prompt: prompt(file.initial_prompt),
+            idle_prompt: prompt(file.idle_prompt),
+            idle_interval: std::time::Duration::from_secs(idle_seconds),
             runtime: non_empty(file.runtime).unwrap_or_else(|| "echo".to_string()),
             platform_url,
             agent_url: non_empty(file.agent_url),
@@ -227,6 +248,16 @@ mod tests {
             cfg.agent_card,
             json!({"name": "Alpha", "description": "Custom", "skills": [{"id": "s"}]})
         );
+
+        // The original's shape: the role is `description`; prompts and the idle interval.
+        let original = "workspace_id: w\nplatform_url: http://x\nname: Alpha\ndescription: Lead\n\
+                    version: 1.0.0\ntier: 2\nruntime_config: {timeout: 0}\n\
+                    initial_prompt: |\n  hello\n  there\nidle_prompt: ping\nidle_interval_seconds: 7\n";
+        let o = AgentConfig::from_yaml(original, |_| None).unwrap();
+        assert_eq!(o.role.as_deref(), Some("Lead"));
+        assert_eq!(o.initial_prompt.as_deref(), Some("hello\nthere\n"));
+        assert_eq!(o.idle_prompt.as_deref(), Some("ping"));
+        assert_eq!(o.idle_interval, std::time::Duration::from_secs(7));
 
         // Empty environment values do not override.
         let cfg = AgentConfig::from_yaml(yaml, |_| Some(String::new())).unwrap();

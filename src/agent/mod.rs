@@ -15,7 +15,11 @@
 //!    loaded and a hot `SKILL.md` change shows without a restart);
 //! 3. registers with the platform (`POST {platform_url}/registry/register`), retrying forever
 //!    with capped exponential backoff;
-//! 4. heartbeats every `heartbeat_seconds` (`POST {platform_url}/registry/heartbeat`) with the
+//! 4. sends itself config.yaml's `initial_prompt` once (a `.initial_prompt_done` marker beside
+//!    the config stops a re-send after restarts) and `idle_prompt` after
+//!    `idle_interval_seconds` without work; `GET /activity` lists the messages received
+//!    (ADR 0048);
+//! 5. heartbeats every `heartbeat_seconds` (`POST {platform_url}/registry/heartbeat`) with the
 //!    error rate, in-flight tasks and uptime; a 404/410 answer sends it back to registering.
 //!
 //! A message's text may carry a command (ADR 0050): `ask <peer name>: <text>` finds the peer
@@ -31,6 +35,7 @@ mod a2a;
 mod config;
 mod platform;
 mod plugins;
+mod prompts;
 mod state;
 mod team;
 
@@ -150,6 +155,19 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             let _ = stop_rx.wait_for(|stopped| *stopped).await;
         });
     let mut server = tokio::spawn(async move { serve.await });
+    let mut prompt_tasks = Vec::new();
+    let config_dir = config_path
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    if let Some(text) = config.initial_prompt.clone() {
+        let task = prompts::initial(state.clone(), local.port(), config_dir, text);
+        prompt_tasks.push(tokio::spawn(task));
+    }
+    if let Some(text) = config.idle_prompt.clone() {
+        let task = prompts::idle(state.clone(), local.port(), text, config.idle_interval);
+        prompt_tasks.push(tokio::spawn(task));
+    }
 
     let mut platform = Platform::new(config.platform_url.clone(), token_path, token);
     let register_body = json!({
@@ -169,6 +187,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }),
     };
     info!(workspace_id = %config.workspace_id, "echo agent stopping");
+    for t in &prompt_tasks {
+        t.abort();
+    }
     let _ = stop_tx.send(true);
     if outcome.is_ok() {
         match tokio::time::timeout(SHUTDOWN_GRACE, server).await {

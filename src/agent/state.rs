@@ -1,7 +1,8 @@
 //! What the A2A server and the heartbeats share: request counters since the last delivered
-//! heartbeat and the in-flight tasks.
+//! heartbeat, the in-flight tasks, and the activity log (the messages received, and what
+//! became of the initial prompt; ADR 0048).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -21,12 +22,48 @@ pub(super) struct Window {
     pub(super) last_error: Option<String>,
 }
 
-#[derive(Debug, Default)]
+/// Most messages the activity log keeps (the oldest go first).
+pub(super) const MAX_ACTIVITY: usize = 100;
+/// Longest text kept per message in the activity log.
+pub(super) const MAX_ACTIVITY_TEXT: usize = 4096;
+
+/// What became of the initial prompt in this process.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub(super) struct InitialPrompt {
+    /// config.yaml has one.
+    pub(super) configured: bool,
+    /// The marker of an earlier send was there at start: not sent again.
+    pub(super) already_done: bool,
+    /// Sent (and answered) by this process.
+    pub(super) sent: bool,
+    /// Where the marker is (written after the send).
+    pub(super) marker: Option<String>,
+}
+
+#[derive(Debug)]
 struct Stats {
     window: Window,
     next_task: u64,
     /// In-flight `message/send` calls by start order, with their text.
     tasks: BTreeMap<u64, String>,
+    /// The last messages received, oldest first.
+    activity: VecDeque<serde_json::Value>,
+    /// When the last task ended (or the agent started): the idle clock.
+    last_work: Instant,
+    initial: InitialPrompt,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            window: Window::default(),
+            next_task: 0,
+            tasks: BTreeMap::new(),
+            activity: VecDeque::new(),
+            last_work: Instant::now(),
+            initial: InitialPrompt::default(),
+        }
+    }
 }
 
 pub(super) struct AgentState {
@@ -47,7 +84,9 @@ pub(super) struct TaskGuard<'a> {
 
 impl Drop for TaskGuard<'_> {
     fn drop(&mut self) {
-        self.state.stats().tasks.remove(&self.id);
+        let mut stats = self.state.stats();
+        stats.tasks.remove(&self.id);
+        stats.last_work = Instant::now();
     }
 }
 
@@ -84,6 +123,47 @@ impl AgentState {
             .tasks
             .insert(id, truncate_text(text, MAX_REPORTED_TEXT));
         TaskGuard { state: self, id }
+    }
+
+    /// Records a received message in the activity log.
+    pub(super) fn record_message(&self, message_id: Option<&str>, text: &str) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let mut stats = self.stats();
+        if stats.activity.len() == MAX_ACTIVITY {
+            stats.activity.pop_front();
+        }
+        stats.activity.push_back(json!({
+            "message_id": message_id,
+            "text": truncate_text(text, MAX_ACTIVITY_TEXT),
+            "at": at,
+        }));
+    }
+
+    /// How long the agent has had no work: zero while a task runs.
+    pub(super) fn idle_for(&self) -> std::time::Duration {
+        let stats = self.stats();
+        if stats.tasks.is_empty() {
+            stats.last_work.elapsed()
+        } else {
+            std::time::Duration::ZERO
+        }
+    }
+
+    pub(super) fn update_initial(&self, f: impl FnOnce(&mut InitialPrompt)) {
+        f(&mut self.stats().initial);
+    }
+
+    /// `GET /activity`: the messages received and what became of the initial prompt.
+    pub(super) fn activity(&self) -> Value {
+        let stats = self.stats();
+        json!({
+            "messages": stats.activity,
+            "initial_prompt": stats.initial,
+            "active_tasks": stats.tasks.len(),
+        })
     }
 
     /// Takes the counters of the current interval, starting a new one.

@@ -176,12 +176,21 @@ fn free_port() -> u16 {
 }
 
 async fn start_agent(platform_url: &str, token: &str) -> Agent {
-    let dir = tempfile::tempdir().unwrap();
+    start_agent_in(tempfile::tempdir().unwrap(), platform_url, token, "").await
+}
+
+/// The agent on `dir` (its config directory), with `extra` appended to config.yaml.
+async fn start_agent_in(
+    dir: tempfile::TempDir,
+    platform_url: &str,
+    token: &str,
+    extra: &str,
+) -> Agent {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = format!(
         "workspace_id: \"ws-test-1\"\nname: alpha\nrole: researcher\nruntime: echo\n\
          platform_url: \"{platform_url}\"\nagent_url: \"http://{addr}\"\n\
-         heartbeat_seconds: 1\nsomething_new: [1, 2, 3]\n"
+         heartbeat_seconds: 1\nsomething_new: [1, 2, 3]\n{extra}"
     );
     let config_path = dir.path().join("config.yaml");
     std::fs::write(&config_path, config).unwrap();
@@ -577,4 +586,101 @@ async fn fails_fast_without_workspace_id_or_token() {
     };
     let err = run(opts).await.unwrap_err();
     assert!(format!("{err:#}").contains("empty"), "{err:#}");
+}
+
+async fn activity(agent: &Agent) -> Value {
+    json_of(
+        &request("GET", &agent.url("/activity"), None)
+            .await
+            .expect("activity"),
+    )
+}
+
+async fn wait_activity(agent: &Agent, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let a = activity(agent).await;
+        if pred(&a) {
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {a}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn texts(a: &Value) -> Vec<String> {
+    a["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["text"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_initial_prompt_is_sent_once_and_never_again_after_a_restart() {
+    let (platform, _fake) = start_platform("tok").await;
+    let prompt = "initial_prompt: |\n  Read the brief.\n  Then plan.\n";
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().to_path_buf();
+    let agent = start_agent_in(dir, &platform, "tok", prompt).await;
+    let a = wait_activity(&agent, "the initial prompt", |a| {
+        a["initial_prompt"]["sent"] == true
+    })
+    .await;
+    assert_eq!(texts(&a), vec!["Read the brief.\nThen plan.\n".to_string()]);
+    let id = a["messages"][0]["message_id"].as_str().unwrap_or("");
+    assert!(id.starts_with("initial-"), "{a}");
+    assert!(keep.join(prompts::MARKER).exists(), "the marker is written");
+    // A restart (same config directory, a new process) does not send it again.
+    let dir = tempfile::TempDir::new_in(keep.parent().unwrap()).unwrap();
+    for f in ["config.yaml", ".auth_token", prompts::MARKER] {
+        std::fs::copy(keep.join(f), dir.path().join(f)).unwrap();
+    }
+    agent.stop().await;
+    let again = start_agent_in(dir, &platform, "tok", prompt).await;
+    let a = wait_activity(&again, "the marker to be seen", |a| {
+        a["initial_prompt"]["already_done"] == true
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let a2 = activity(&again).await;
+    assert!(texts(&a2).is_empty(), "not sent again: {a2}");
+    assert_eq!(a["initial_prompt"]["sent"], false);
+    again.stop().await;
+}
+
+#[tokio::test]
+async fn the_idle_prompt_is_sent_after_the_interval_without_work() {
+    let (platform, _fake) = start_platform("tok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent_in(
+        dir,
+        &platform,
+        "tok",
+        "idle_prompt: anything new?\nidle_interval_seconds: 1\n",
+    )
+    .await;
+    assert!(
+        texts(&activity(&agent).await).is_empty(),
+        "not before the interval"
+    );
+    let a = wait_activity(&agent, "an idle prompt", |a| !texts(a).is_empty()).await;
+    assert_eq!(texts(&a)[0], "anything new?");
+    assert!(
+        a["messages"][0]["message_id"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("idle-")
+    );
+    // And again after another interval without work.
+    wait_activity(&agent, "a second idle prompt", |a| texts(a).len() >= 2).await;
+    assert_eq!(
+        activity(&agent).await["initial_prompt"]["configured"],
+        false
+    );
+    agent.stop().await;
 }

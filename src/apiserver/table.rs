@@ -341,7 +341,7 @@ mod tests {
             .find("molecule.ai", "v1alpha1", "workspaces")
             .expect("ws");
         let o = json!({"metadata": {"name": "alpha", "namespace": "default", "creationTimestamp": "2020-01-01T00:00:00Z", "labels": {"a": "b"}},
-            "spec": {"runtime": "echo", "tier": 2}, "status": {"phase": "Online"}});
+            "spec": {"runtime": "echo"}, "status": {"phase": "Online", "tier": 2}});
         let t = table(&def, &[&o], IncludeObject::Metadata, "7", true);
         let cols: Vec<&str> = t["columnDefinitions"]
             .as_array()
@@ -350,15 +350,17 @@ mod tests {
             .filter_map(|c| c["name"].as_str())
             .collect();
         assert_eq!(
-            &cols[..6],
-            &["Name", "Runtime", "Tier", "Phase", "Ready", "Age"]
+            &cols[..8],
+            &[
+                "Name", "Runtime", "Tier", "Phase", "Ready", "Reason", "Age", "Message"
+            ]
         );
         let cells = &t["rows"][0]["cells"];
         assert_eq!(cells[0], "alpha");
-        assert_eq!(cells[2], 2);
+        assert_eq!(cells[2], 2, "the effective tier, from status");
         assert_eq!(cells[3], "Online");
         assert_eq!(cells[4], Value::Null);
-        assert!(cells[5].as_str().expect("age").ends_with('d'));
+        assert!(cells[6].as_str().expect("age").ends_with('d'));
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         assert_eq!(t["rows"][0]["object"]["metadata"]["labels"]["a"], "b");
     }

@@ -51,6 +51,27 @@ impl WorkspaceRef {
     pub fn volume_name(&self) -> String {
         format!("ws-{}-configs", self.id12())
     }
+
+    /// The uid as it goes into the names of the `/workspace` and session volumes: its hex
+    /// digits and dashes only, lower-cased (ADR 0048).
+    fn uid_for_names(&self) -> String {
+        self.uid
+            .chars()
+            .filter(|c| c.is_ascii_hexdigit() || *c == '-')
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    }
+
+    /// "ws-<uid>-workspace": the persistent `/workspace` of a workspace without a host
+    /// directory (the original platform names it by the full id).
+    pub fn workspace_volume_name(&self) -> String {
+        format!("ws-{}-workspace", self.uid_for_names())
+    }
+
+    /// "ws-<uid>-claude-sessions": a claude-code workspace's session directory.
+    pub fn sessions_volume_name(&self) -> String {
+        format!("ws-{}-claude-sessions", self.uid_for_names())
+    }
 }
 
 /// One file to place under /configs (path relative, no "..", no leading "/"), with its mode.
@@ -497,7 +518,16 @@ mod tests {
         assert_eq!(w.id12(), "3f2a9c1e7b4d");
         assert_eq!(w.container_name(), "ws-3f2a9c1e7b4d");
         assert_eq!(w.volume_name(), "ws-3f2a9c1e7b4d-configs");
+        assert_eq!(
+            w.workspace_volume_name(),
+            format!("ws-{}-workspace", w.uid.to_ascii_lowercase())
+        );
         assert_eq!(ws("3F2A9C1E-7B4D-XYZ").id12(), "3f2a9c1e7b4d");
+        // Nothing but hex digits and dashes reaches a volume name.
+        assert_eq!(
+            ws("3F2A9C1E-7B4D/../x y").sessions_volume_name(),
+            "ws-3f2a9c1e-7b4d-claude-sessions"
+        );
     }
 
     #[test]

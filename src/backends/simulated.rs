@@ -31,6 +31,8 @@ struct Sim {
 pub struct SimulatedBackend {
     by_uid: Mutex<HashMap<String, Sim>>,
     created: AtomicU64,
+    /// The last start asked of each uid: what a container would be given (env, files).
+    last_start: Mutex<HashMap<String, StartSpec>>,
 }
 
 fn check(ws: &WorkspaceRef) -> Result<(), BackendError> {
@@ -51,6 +53,15 @@ impl SimulatedBackend {
     /// How many "containers" were ever created.
     pub fn created(&self) -> u64 {
         self.created.load(Ordering::Relaxed)
+    }
+
+    /// The last [`StartSpec`] a workspace was started with (tests look at its env and files).
+    pub fn last_start(&self, uid: &str) -> Option<StartSpec> {
+        self.last_start
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .cloned()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Sim>> {
@@ -138,6 +149,10 @@ impl WorkspaceBackend for SimulatedBackend {
                 }
             }
         };
+        self.last_start
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ws.uid.clone(), spec.clone());
         let token = spec
             .files
             .iter()

@@ -29,8 +29,8 @@ use super::Condition;
     printcolumn(
         name = "Tier",
         type_ = "integer",
-        json_path = ".spec.tier",
-        description = "Resource tier (1-4)"
+        json_path = ".status.tier",
+        description = "Effective resource tier (1-4; 2 when spec.tier is unset)"
     ),
     printcolumn(
         name = "Phase",
@@ -45,9 +45,21 @@ use super::Condition;
         description = "Ready condition"
     ),
     printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why the workspace is (not) ready"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.message",
+        description = "Summary of the current phase"
     ),
     printcolumn(
         name = "Parent",
@@ -132,6 +144,20 @@ pub struct WorkspaceSpec {
     /// Chat channels bridged to the workspace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<super::ChannelSpec>,
+    /// Sent once as the agent's first message; a marker in /configs stops a re-send after
+    /// restarts (ADR 0048).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_prompt: Option<String>,
+    /// Sent to the agent after `idleIntervalSeconds` without work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_prompt: Option<String>,
+    /// Seconds without work before `idlePrompt` is sent (600 when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub idle_interval_seconds: Option<i64>,
+    /// Category → role names the agent routes that category of work to.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub category_routing: BTreeMap<String, Vec<String>>,
 }
 
 /// A reference to an object by name in the same namespace.
@@ -312,6 +338,9 @@ pub struct WorkspaceStatus {
     /// Observed state of each channel in spec.channels.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<super::ChannelStatus>,
+    /// The effective tier: spec.tier, or 2 when unset (the Tier column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<i32>,
 }
 
 /// One further token of a workspace: its sha256 and the `tokenHash` it is bound to ("" when the

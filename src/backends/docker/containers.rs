@@ -13,8 +13,8 @@ use bollard::query_parameters::{
 use super::errors::{
     bounded, is_not_found, is_removal_in_progress, map_create_error, map_error, status_of,
 };
-use super::spec::{Limits, limits, normalized_env, redact, spec_hash};
-use super::volumes::{config_payload, remove_volume_by_name};
+use super::spec::{Limits, data_volumes, limits, normalized_env, redact, spec_hash};
+use super::volumes::config_payload;
 use super::{
     AGENT_PORT, BackendError, DockerBackend, LABEL_ATTEMPT, LABEL_SPEC_HASH, Lookup, Presence,
     StartSpec, Started, WorkspaceRef,
@@ -164,6 +164,9 @@ impl DockerBackend {
         );
         network?;
         let volume_dir = volume?;
+        for (name, _) in data_volumes(spec) {
+            self.ensure_data_volume(ws, name).await?;
+        }
         let host_cpus = host_cpus?;
         let image_id = image_id?;
 
@@ -308,17 +311,16 @@ impl DockerBackend {
                 return Ok(());
             }
         }
-        let name = ws.volume_name();
-        match self.timed(self.docker.inspect_volume(&name)).await {
-            Ok(v) if self.owned_by(&v.labels, ws) => {}
-            Ok(_) => {
-                tracing::warn!(volume = %name, "volume is not managed for this workspace; leaving it alone");
-                return Ok(());
-            }
-            Err(e) if is_not_found(&e) => return Ok(()),
-            Err(e) => return Err(map_error("inspect volume", e)),
+        // Every volume of the workspace: the config volume, `/workspace` and the session
+        // directory (whichever exist; ADR 0048).
+        for name in [
+            ws.volume_name(),
+            ws.workspace_volume_name(),
+            ws.sessions_volume_name(),
+        ] {
+            self.remove_owned_volume(ws, &name).await?;
         }
-        remove_volume_by_name(self, &name).await
+        Ok(())
     }
 
     pub(super) async fn inspect_workspace(

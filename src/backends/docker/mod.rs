@@ -56,6 +56,8 @@ pub const DEFAULT_NETWORK: &str = "molecule-core-net";
 pub const AGENT_PORT: &str = "8000/tcp";
 pub const CONFIG_MOUNT: &str = "/configs";
 pub const WORKSPACE_MOUNT: &str = "/workspace";
+/// Where a claude-code workspace keeps its sessions (its own volume, ADR 0048).
+pub const SESSIONS_MOUNT: &str = "/root/.claude/sessions";
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 const ROLE_WORKSPACE: &str = "workspace";

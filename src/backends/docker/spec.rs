@@ -12,10 +12,28 @@ use sha2::{Digest, Sha256};
 
 use super::{
     AGENT_PORT, BackendError, CONFIG_MOUNT, DOCKER_SOCKET, DockerBackend, LABEL_ATTEMPT,
-    LABEL_ROLE, LABEL_SPEC_HASH, MIB, ROLE_WORKSPACE, SPEC_HASH_VERSION, StartSpec,
+    LABEL_ROLE, LABEL_SPEC_HASH, MIB, ROLE_WORKSPACE, SESSIONS_MOUNT, SPEC_HASH_VERSION, StartSpec,
     WORKSPACE_MOUNT,
 };
 use crate::backends::Tier;
+
+/// The named volumes a workspace container mounts besides `/configs` (ADR 0048), as
+/// (volume, target): a persistent `/workspace` when no host directory is bound, and a
+/// claude-code workspace's session directory. Tier 1 mounts nothing but `/configs`.
+pub(crate) fn data_volumes(spec: &StartSpec) -> Vec<(String, &'static str)> {
+    let ws = &spec.workspace;
+    let mut out = vec![];
+    if spec.tier == Tier::Sandboxed {
+        return out;
+    }
+    if spec.workspace_dir.is_none() {
+        out.push((ws.workspace_volume_name(), WORKSPACE_MOUNT));
+    }
+    if spec.runtime == "claude-code" {
+        out.push((ws.sessions_volume_name(), SESSIONS_MOUNT));
+    }
+    out
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Limits {
@@ -86,6 +104,14 @@ impl DockerBackend {
                     });
                 }
             }
+        }
+        for (volume, target) in data_volumes(spec) {
+            mounts.push(Mount {
+                typ: Some(MountType::VOLUME),
+                source: Some(volume),
+                target: Some(target.to_string()),
+                ..Default::default()
+            });
         }
         if spec.tier == Tier::FullHost {
             mounts.push(Mount {
@@ -193,6 +219,10 @@ pub(super) fn spec_hash(
         field(&mut h, "workspace_dir", dir.to_string_lossy().as_bytes());
         field(&mut h, "workspace_ro", &[u8::from(*read_only)]);
     }
+    for (volume, target) in data_volumes(spec) {
+        field(&mut h, "volume", volume.as_bytes());
+        field(&mut h, "volume_target", target.as_bytes());
+    }
     for host in &spec.extra_hosts {
         field(&mut h, "extra_host", host.as_bytes());
     }
@@ -276,6 +306,46 @@ mod tests {
             change(&mut c);
             assert_ne!(hash(&c), base);
         }
+    }
+
+    #[test]
+    fn a_workspace_without_a_host_dir_gets_a_persistent_workspace_volume() {
+        let uid = "3f2a9c1e-7b4d-4c2a-9e1f-0123456789ab";
+        let mut s = base_spec(uid);
+        assert_eq!(
+            data_volumes(&s),
+            vec![(format!("ws-{uid}-workspace"), "/workspace")]
+        );
+        s.runtime = "claude-code".into();
+        assert_eq!(
+            data_volumes(&s),
+            vec![
+                (format!("ws-{uid}-workspace"), "/workspace"),
+                (
+                    format!("ws-{uid}-claude-sessions"),
+                    "/root/.claude/sessions"
+                )
+            ]
+        );
+        s.workspace_dir = Some((PathBuf::from("/srv/repo"), false));
+        assert_eq!(
+            data_volumes(&s),
+            vec![(
+                format!("ws-{uid}-claude-sessions"),
+                "/root/.claude/sessions"
+            )]
+        );
+        s.tier = Tier::Sandboxed;
+        assert!(data_volumes(&s).is_empty(), "tier 1 mounts only /configs");
+        // The volume is part of the spec hash: a container without it is replaced.
+        let hash = |s: &StartSpec| {
+            let env = normalized_env(&s.env).unwrap();
+            spec_hash(s, &env, limits(s).unwrap(), "net")
+        };
+        let a = base_spec(uid);
+        let mut b = a.clone();
+        b.runtime = "claude-code".into();
+        assert_ne!(hash(&a), hash(&b));
     }
 
     #[test]

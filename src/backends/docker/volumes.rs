@@ -52,6 +52,49 @@ impl DockerBackend {
         Ok(usable.then_some(dir))
     }
 
+    /// Creates a data volume (`/workspace`, sessions; ADR 0048) if missing; an existing one
+    /// must be ours. Its content is never touched: it outlives every container of the
+    /// workspace and goes with the workspace.
+    pub(super) async fn ensure_data_volume(
+        &self,
+        ws: &WorkspaceRef,
+        name: String,
+    ) -> Result<(), BackendError> {
+        let request = VolumeCreateRequest {
+            name: Some(name.clone()),
+            labels: Some(self.workspace_labels(ws)),
+            ..Default::default()
+        };
+        let v = self
+            .timed(self.docker.create_volume(request))
+            .await
+            .map_err(|e| map_error("create volume", e))?;
+        if !self.owned_by(&v.labels, ws) {
+            return Err(BackendError::Permanent(format!(
+                "volume {name} exists but is not managed by molecule for this workspace"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Removes one of the workspace's volumes if it is ours; gone is success, a volume that
+    /// is not ours is left alone.
+    pub(super) async fn remove_owned_volume(
+        &self,
+        ws: &WorkspaceRef,
+        name: &str,
+    ) -> Result<(), BackendError> {
+        match self.timed(self.docker.inspect_volume(name)).await {
+            Ok(v) if self.owned_by(&v.labels, ws) => remove_volume_by_name(self, name).await,
+            Ok(_) => {
+                tracing::warn!(volume = %name, "volume is not managed for this workspace; leaving it alone");
+                Ok(())
+            }
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(map_error("inspect volume", e)),
+        }
+    }
+
     /// Writes the config files while no container of the workspace runs: straight into the
     /// volume's directory when it is reachable (ADR 0034), else through the archive API into
     /// `container`, which has the volume mounted.
@@ -177,7 +220,7 @@ pub(super) async fn remove_volume_by_name(
         .await
     {
         Ok(()) => {
-            tracing::info!(volume = %name, "removed config volume");
+            tracing::info!(volume = %name, "removed volume");
             Ok(())
         }
         Err(e) if is_not_found(&e) => Ok(()),

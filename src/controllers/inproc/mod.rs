@@ -7,6 +7,7 @@ mod reaper;
 mod runtime;
 mod tokens;
 mod workspace;
+mod workspace_gets;
 
 use std::time::Duration;
 

@@ -95,30 +95,6 @@ async fn a_second_pass_over_a_converged_workspace_writes_nothing() {
 }
 
 #[tokio::test]
-async fn an_unknown_runtime_fails_with_a_precise_condition_and_event() {
-    let mut h = Harness::start().await;
-    h.run_workspace();
-    let api = api(&h);
-    create(&api, &ws("lost", json!({"runtime": "nosuch"}))).await;
-    let failed = wait_for(&api, "lost", |w| phase(w) == Some(WorkspacePhase::Failed)).await;
-    let st = failed.status.expect("status");
-    let expected = "unknown runtime \"nosuch\"; known runtimes: echo, external";
-    for type_ in ["Ready", "ConfigReady"] {
-        let c = condition(&st.conditions, type_);
-        assert_eq!(c.status, ConditionStatus::False, "{type_}");
-        assert_eq!(c.reason.as_deref(), Some("UnknownRuntime"), "{type_}");
-        assert_eq!(c.message.as_deref(), Some(expected), "{type_}");
-    }
-    let (type_, note) = wait_event(&h, Some("default"), "lost", "UnknownRuntime").await;
-    assert_eq!((type_.as_str(), note.as_str()), ("Warning", expected));
-    assert_eq!(
-        h.backend.created(),
-        0,
-        "nothing is created for an invalid record"
-    );
-}
-
-#[tokio::test]
 async fn missing_env_a_runtime_requires_is_named_and_nothing_starts() {
     let mut h = Harness::start().await;
     h.run_workspace();

@@ -187,8 +187,30 @@ fn spec_of(
         },
         max_concurrent_tasks: w.max_concurrent_tasks,
         url: w.url.clone(),
+        // What goes into the generated config.yaml (ADR 0048).
+        initial_prompt: w.initial_prompt.clone(),
+        idle_prompt: w.idle_prompt.clone(),
+        idle_interval_seconds: w.idle_prompt.as_ref().and(w.idle_interval_seconds),
+        category_routing: routing(&w.category_routing),
         ..Default::default()
     }
+}
+
+/// `category_routing` as role lists: a single name is a list of one; anything else is dropped.
+fn routing(r: &BTreeMap<String, Value>) -> BTreeMap<String, Vec<String>> {
+    r.iter()
+        .filter_map(|(k, v)| {
+            let roles: Vec<String> = match v {
+                Value::String(s) => vec![s.clone()],
+                Value::Array(a) => a
+                    .iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect(),
+                _ => return None,
+            };
+            (!roles.is_empty()).then(|| (k.clone(), roles))
+        })
+        .collect()
 }
 
 /// The children `plan` asks for, parents first.
@@ -569,5 +591,19 @@ workspaces:
         );
         assert_eq!(conflicts(&c, &[ex("demo.lead", false)]), ["demo.lead"]);
         assert!(conflicts(&c, &existing).is_empty());
+    }
+
+    #[test]
+    fn prompts_and_routing_reach_the_workspace_spec() {
+        let yaml = "name: P\ndefaults: {runtime: echo, idle_prompt: anything new?, category_routing: {bugs: qa, docs: [writer, lead], odd: 3}}\nworkspaces:\n  - name: Lead\n    initial_prompt: hello\n    idle_interval_seconds: 60\n";
+        let c = children(&org(), &plan(yaml));
+        let spec = &c[0].workspace["spec"];
+        assert_eq!(spec["initialPrompt"], "hello");
+        assert_eq!(spec["idlePrompt"], "anything new?");
+        assert_eq!(spec["idleIntervalSeconds"], 60);
+        assert_eq!(
+            spec["categoryRouting"],
+            json!({"bugs": ["qa"], "docs": ["writer", "lead"]})
+        );
     }
 }

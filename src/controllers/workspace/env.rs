@@ -7,7 +7,9 @@
 //! 4. model env (`MODEL`: spec.model, else the MODEL secret, else MODEL_PROVIDER),
 //! 5. `MOLECULE_AGENT_ROLE`,
 //! 6. the env mutator chain (ordered, named; the first error fails the provision),
-//! 7. the baseline (WORKSPACE_ID, PLATFORM_URL, WORKSPACE_CONFIG_PATH, TIER), which nothing overrides.
+//! 7. the baseline of the original platform (ADR 0048): WORKSPACE_ID, WORKSPACE_CONFIG_PATH,
+//!    PLATFORM_URL, MOLECULE_URL and TIER, which nothing overrides; PLUGINS_DIR and PYTHONPATH,
+//!    which an explicit value (a Secret, `spec.env`) may replace.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -80,9 +82,17 @@ impl std::fmt::Display for EnvProblem {
     }
 }
 
-/// A mutator function: role and env in, env changed in place.
+/// What a mutator sees of the workspace besides its env.
+pub struct MutatorInput<'a> {
+    /// `spec.role`, if set.
+    pub role: Option<&'a str>,
+    /// The workspace's uid (`WORKSPACE_ID`).
+    pub workspace_id: &'a str,
+}
+
+/// A mutator function: the workspace and its env in, env changed in place.
 pub type MutatorFn =
-    fn(role: Option<&str>, env: &mut BTreeMap<String, String>) -> Result<(), String>;
+    fn(input: &MutatorInput<'_>, env: &mut BTreeMap<String, String>) -> Result<(), String>;
 
 /// One named step of the env mutator chain.
 pub struct Mutator {
@@ -98,17 +108,49 @@ pub fn mutators() -> Vec<Mutator> {
     }]
 }
 
-/// Adds MOLECULE_OWNER and MOLECULE_ATTRIBUTION_BADGE derived from the role (if absent).
-fn gh_identity(role: Option<&str>, env: &mut BTreeMap<String, String>) -> Result<(), String> {
-    let role = role.unwrap_or("agent");
-    if role.chars().any(|c| c.is_control()) {
+/// The agent-identity mutator of the original platform (ADR 0048): a no-op for a workspace
+/// without a role (nothing is invented, the agent's `gh` wrapper then passes through); with
+/// one, the role in its canonical form, the workspace id for the audit trail and the
+/// attribution badge. `MOLECULE_OWNER` (the human `@me` is rewritten to) is never derived: it
+/// is whatever the workspace's Secrets or `spec.env` say, else absent.
+fn gh_identity(input: &MutatorInput<'_>, env: &mut BTreeMap<String, String>) -> Result<(), String> {
+    let Some(raw) = input.role else {
+        return Ok(());
+    };
+    if raw.chars().any(|c| c.is_control()) {
         return Err("the role contains control characters".into());
     }
-    env.entry("MOLECULE_OWNER".into())
-        .or_insert_with(|| format!("molecule-{}", slug(role)));
-    env.entry("MOLECULE_ATTRIBUTION_BADGE".into())
-        .or_insert_with(|| format!("🤖 {role} (Molecule)"));
+    let role = canonical_role(raw);
+    if role.is_empty() {
+        return Ok(());
+    }
+    let short: String = input.workspace_id.chars().take(8).collect();
+    env.insert("MOLECULE_AGENT_ROLE".into(), role.clone());
+    env.insert(
+        "MOLECULE_WORKSPACE_ID".into(),
+        input.workspace_id.to_string(),
+    );
+    env.insert(
+        "MOLECULE_ATTRIBUTION_BADGE".into(),
+        format!("🤖 [Agent: {role} · ws-{short}]"),
+    );
     Ok(())
+}
+
+/// The role as the original's mutator writes it: trimmed, each `-`-separated part starting
+/// with a capital (`pmm-lead` → `Pmm-Lead`; `ResearchLead` stays).
+fn canonical_role(raw: &str) -> String {
+    raw.trim()
+        .split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            match chars.next() {
+                Some(first) => first.to_uppercase().chain(chars).collect(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 fn slug(s: &str) -> String {
@@ -135,6 +177,25 @@ pub struct EnvContext<'a> {
     pub tier: i32,
     /// requiredEnv of the workspace's Runtime.
     pub runtime_required: &'a [String],
+}
+
+/// Where the original platform's runtimes look for shared plugins and adapter modules.
+pub const PLUGINS_DIR: &str = "/plugins";
+pub const PYTHONPATH: &str = "/app";
+
+/// The baseline every workspace container gets (ADR 0048): identity and platform addresses
+/// win over anything else; the two search paths are defaults.
+fn baseline(env: &mut BTreeMap<String, String>, ctx: &EnvContext<'_>) {
+    env.insert("WORKSPACE_ID".into(), ctx.workspace_id.to_string());
+    env.insert("WORKSPACE_CONFIG_PATH".into(), "/configs".into());
+    env.insert("PLATFORM_URL".into(), ctx.platform_url.to_string());
+    env.insert("MOLECULE_URL".into(), ctx.platform_url.to_string());
+    env.insert("TIER".into(), ctx.tier.to_string());
+    for (k, v) in [("PLUGINS_DIR", PLUGINS_DIR), ("PYTHONPATH", PYTHONPATH)] {
+        if env.get(k).is_none_or(|old| old.is_empty()) {
+            env.insert(k.into(), v.into());
+        }
+    }
 }
 
 /// Assembles the final env; every problem is reported (not just the first).
@@ -213,19 +274,20 @@ pub fn assemble(
     {
         env.insert("MODEL".into(), p);
     }
-    if let Some(role) = spec.role.as_ref().filter(|r| !r.is_empty()) {
+    if let Some(role) = spec.role.as_ref().filter(|r| !r.trim().is_empty()) {
         env.insert("MOLECULE_AGENT_ROLE".into(), role.clone());
     }
+    let input = MutatorInput {
+        role: spec.role.as_deref().filter(|r| !r.trim().is_empty()),
+        workspace_id: ctx.workspace_id,
+    };
     for m in mutators() {
-        if let Err(msg) = (m.apply)(spec.role.as_deref(), &mut env) {
+        if let Err(msg) = (m.apply)(&input, &mut env) {
             problems.push(EnvProblem::Mutator(m.name.to_string(), msg));
             break;
         }
     }
-    env.insert("WORKSPACE_ID".into(), ctx.workspace_id.to_string());
-    env.insert("PLATFORM_URL".into(), ctx.platform_url.to_string());
-    env.insert("WORKSPACE_CONFIG_PATH".into(), "/configs".into());
-    env.insert("TIER".into(), ctx.tier.to_string());
+    baseline(&mut env, ctx);
     let required: BTreeSet<&String> = spec
         .required_env
         .iter()
@@ -315,8 +377,91 @@ mod tests {
         assert_eq!(env["TIER"], "2");
         assert_eq!(env["WORKSPACE_CONFIG_PATH"], "/configs");
         assert_eq!(env["MOLECULE_AGENT_ROLE"], "Research Lead");
-        assert_eq!(env["MOLECULE_OWNER"], "molecule-research-lead");
         assert_eq!(env["GIT_AUTHOR_NAME"], "alpha");
+    }
+
+    #[test]
+    fn the_baseline_of_the_original_is_always_there() {
+        let s = secrets(&[(
+            GLOBAL_SECRET,
+            &[
+                ("MOLECULE_URL", "http://evil"),
+                ("TIER", "4"),
+                ("PYTHONPATH", "/opt/mine"),
+            ],
+        )]);
+        let env = assemble(&WorkspaceSpec::default(), &s, &ctx(&[])).expect("env");
+        for (k, v) in [
+            ("WORKSPACE_ID", "uid-1"),
+            ("WORKSPACE_CONFIG_PATH", "/configs"),
+            ("PLATFORM_URL", "http://p:1"),
+            ("MOLECULE_URL", "http://p:1"),
+            ("TIER", "2"),
+            ("PLUGINS_DIR", "/plugins"),
+            // An explicit search path is kept.
+            ("PYTHONPATH", "/opt/mine"),
+        ] {
+            assert_eq!(env.get(k).map(String::as_str), Some(v), "{k}");
+        }
+        let env = assemble(&WorkspaceSpec::default(), &Secrets::new(), &ctx(&[])).expect("env");
+        assert_eq!(env["PYTHONPATH"], "/app");
+    }
+
+    #[test]
+    fn gh_identity_is_a_no_op_without_a_role_and_never_invents_an_owner() {
+        let identity = [
+            "MOLECULE_AGENT_ROLE",
+            "MOLECULE_OWNER",
+            "MOLECULE_ATTRIBUTION_BADGE",
+            "MOLECULE_WORKSPACE_ID",
+        ];
+        for role in [None, Some(""), Some("   ")] {
+            let spec = WorkspaceSpec {
+                role: role.map(str::to_string),
+                ..Default::default()
+            };
+            let env = assemble(&spec, &Secrets::new(), &ctx(&[])).expect("env");
+            for k in identity {
+                assert!(!env.contains_key(k), "{k} set for role {role:?}: {env:?}");
+            }
+        }
+        let spec = WorkspaceSpec {
+            role: Some("  pmm-lead ".into()),
+            ..Default::default()
+        };
+        let ctx = EnvContext {
+            workspace_id: "3f2a9c1e-7b4d-4a00-8000-000000000000",
+            ..ctx(&[])
+        };
+        let env = assemble(&spec, &Secrets::new(), &ctx).expect("env");
+        assert_eq!(env["MOLECULE_AGENT_ROLE"], "Pmm-Lead");
+        assert_eq!(
+            env["MOLECULE_WORKSPACE_ID"],
+            "3f2a9c1e-7b4d-4a00-8000-000000000000"
+        );
+        assert_eq!(
+            env["MOLECULE_ATTRIBUTION_BADGE"],
+            "🤖 [Agent: Pmm-Lead · ws-3f2a9c1e]"
+        );
+        assert!(!env.contains_key("MOLECULE_OWNER"), "no owner is invented");
+        // An owner the user supplied is passed through.
+        let s = secrets(&[(GLOBAL_SECRET, &[("MOLECULE_OWNER", "octocat")])]);
+        assert_eq!(
+            assemble(&spec, &s, &ctx).expect("env")["MOLECULE_OWNER"],
+            "octocat"
+        );
+        assert_eq!(canonical_role("ResearchLead"), "ResearchLead");
+        assert_eq!(canonical_role("multi-part-role"), "Multi-Part-Role");
+        let bad = WorkspaceSpec {
+            role: Some("lead\u{7}".into()),
+            ..Default::default()
+        };
+        assert!(
+            assemble(&bad, &Secrets::new(), &ctx)
+                .expect_err("control chars")
+                .iter()
+                .any(|p| matches!(p, EnvProblem::Mutator(m, _) if m == "gh-identity"))
+        );
     }
 
     #[test]

@@ -5,8 +5,6 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use serde_json::json;
-
 use crate::backends::{ConfigFile, normalize_line_endings, validate_file_path};
 use crate::resources::Workspace;
 
@@ -35,56 +33,28 @@ pub enum FilesError {
     TooMany,
     #[error("config.yaml and .auth_token are generated and cannot be supplied")]
     Reserved,
+    #[error("{0}")]
+    BadSetting(String),
 }
 
-/// Settings the agent reads from config.yaml.
-pub struct AgentConfig<'a> {
-    pub platform_url: &'a str,
-    pub heartbeat_seconds: u64,
-}
-
-/// The generated config.yaml, as the config file every agent reads.
+/// The generated config.yaml (ADR 0048), as the config file every agent reads; the spec's
+/// prompts and routing are checked first.
 pub fn agent_config(
     ws: &Workspace,
     uid: &str,
     platform_url: &str,
     heartbeat_seconds: u64,
-) -> ConfigFile {
-    let agent = AgentConfig {
+) -> Result<ConfigFile, FilesError> {
+    super::config_yaml::check(ws)?;
+    let agent = super::config_yaml::AgentSettings {
         platform_url,
         heartbeat_seconds,
     };
-    ConfigFile {
+    Ok(ConfigFile {
         path: "config.yaml".into(),
-        content: config_yaml(ws, uid, &agent).into_bytes(),
+        content: super::config_yaml::render(ws, uid, &agent).into_bytes(),
         mode: 0o644,
-    }
-}
-
-/// The generated config.yaml.
-pub fn config_yaml(ws: &Workspace, uid: &str, agent: &AgentConfig<'_>) -> String {
-    let name = ws.metadata.name.clone().unwrap_or_default();
-    let display = ws.spec.display_name.clone().unwrap_or_else(|| name.clone());
-    let id12: String = uid.chars().filter(|c| *c != '-').take(12).collect();
-    let doc = json!({
-        "workspace_id": uid,
-        "name": name,
-        "display_name": display,
-        "role": ws.spec.role.clone().unwrap_or_default(),
-        "runtime": ws.spec.runtime.clone().unwrap_or_else(|| "echo".into()),
-        "model": ws.spec.model,
-        "tier": ws.spec.tier.unwrap_or(2),
-        "platform_url": agent.platform_url,
-        "agent_url": format!("http://ws-{id12}:8000"),
-        "heartbeat_seconds": agent.heartbeat_seconds,
-        "max_concurrent_tasks": ws.spec.max_concurrent_tasks,
-        "agent_card": {
-            "name": display,
-            "description": ws.spec.role.clone().map(|r| format!("{r} (Molecule echo agent)")).unwrap_or_else(|| "Molecule echo agent".into()),
-            "skills": [{"id": "echo", "name": "Echo"}]
-        }
-    });
-    crate::yaml::to_string(&doc).unwrap_or_default()
+    })
 }
 
 fn check_total(files: &[ConfigFile]) -> Result<(), FilesError> {
@@ -295,32 +265,5 @@ mod tests {
         // A root that is itself a symlink works.
         std::os::unix::fs::symlink(&root, tmp.path().join("root-link")).expect("symlink");
         assert!(resolve_files_dir(&tmp.path().join("root-link"), "team/alice").is_ok());
-    }
-
-    #[test]
-    fn config_yaml_has_what_the_agent_reads() {
-        let ws = Workspace::new(
-            "alpha",
-            WorkspaceSpec {
-                role: Some("researcher".into()),
-                ..Default::default()
-            },
-        );
-        let y = config_yaml(
-            &ws,
-            "3f2a9c1e-7b4d-4a00-8000-000000000000",
-            &AgentConfig {
-                platform_url: "http://172.18.0.1:8080",
-                heartbeat_seconds: 5,
-            },
-        );
-        let v: serde_json::Value = crate::yaml::from_str(&y).expect("yaml");
-        assert_eq!(
-            v["workspace_id"].as_str(),
-            Some("3f2a9c1e-7b4d-4a00-8000-000000000000")
-        );
-        assert_eq!(v["platform_url"].as_str(), Some("http://172.18.0.1:8080"));
-        assert_eq!(v["agent_url"].as_str(), Some("http://ws-3f2a9c1e7b4d:8000"));
-        assert_eq!(v["heartbeat_seconds"].as_u64(), Some(5));
     }
 }

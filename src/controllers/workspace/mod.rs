@@ -9,6 +9,7 @@
 
 mod act;
 mod cleanup;
+pub mod config_yaml;
 pub mod env;
 pub mod files;
 mod observe;
@@ -211,6 +212,10 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
     }
     let (target, needs) = match observe::target(&pass.ws, &ctx, pass.kind).await? {
         Ok(t) => t,
+        Err(p) if p.pending => {
+            let timeout = ctx.settings.provision_timeout;
+            return report::unresolved(&ctx, pass, p, timeout).await;
+        }
         Err(p) => return report::fail(&ctx, pass, p).await,
     };
     let tier = match validate::placement(&pass) {
@@ -238,12 +243,15 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
         Target::External => return act::external(&ctx, pass).await,
         Target::Image { want, key } => (want, key),
     };
-    config_files.push(files::agent_config(
+    match files::agent_config(
         &pass.ws,
         &pass.w.uid,
         platform_url,
         ctx.settings.heartbeat_seconds,
-    ));
+    ) {
+        Ok(f) => config_files.push(f),
+        Err(e) => return report::fail(&ctx, pass, permanent("InvalidConfig", e.to_string())).await,
+    }
     let desired = act::Desired {
         hash: plan::desired_hash(&image_key, tier, &env, &config_files),
         want,

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
-use super::validate::{Permanent, permanent};
+use super::validate::{Permanent, permanent, unresolved};
 use super::{BUILTIN_RUNTIMES, Context, WorkspaceError, env, wref};
 use crate::backends::WorkspaceRef;
 use crate::resources::{Backend, Runtime, Workspace, WorkspaceStatus};
@@ -49,6 +49,8 @@ pub(super) async fn record(
     let before = ws.status.clone().unwrap_or_default();
     let mut next = before.clone();
     next.observed_generation = Some(generation);
+    // The Tier column shows what the workspace runs with (ADR 0048).
+    next.tier = Some(ws.spec.tier.unwrap_or(2));
     Ok(Some(Pass {
         kind: ws.spec.backend.unwrap_or_default(),
         w,
@@ -221,5 +223,11 @@ pub(super) async fn target(
         "unknown runtime {shown:?}; known runtimes: {}",
         known.join(", ")
     );
-    Ok(Err(permanent("UnknownRuntime", why)))
+    // A Runtime record of that name may still be created: Pending until the provision
+    // timeout. A name no record can have never resolves: Failed at once.
+    if nameable {
+        Ok(Err(unresolved("UnknownRuntime", why)))
+    } else {
+        Ok(Err(permanent("UnknownRuntime", why)))
+    }
 }

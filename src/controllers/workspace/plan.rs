@@ -118,6 +118,28 @@ pub fn desired_hash(
     hex::encode(h.finalize())[..16].to_string()
 }
 
+/// When the record started waiting for `reason` to resolve (seconds since the epoch): the
+/// transition time of a ConfigReady condition that already says `reason` for this generation.
+/// `None`: the wait starts now (first notice, or the spec changed since).
+pub fn waiting_since(
+    conditions: &[crate::resources::Condition],
+    reason: &str,
+    generation: i64,
+) -> Option<i64> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == "ConfigReady")
+        .filter(|c| c.reason.as_deref() == Some(reason))
+        .filter(|c| c.observed_generation == Some(generation))
+        .and_then(|c| secs(c.last_transition_time.as_ref()))
+}
+
+/// Seconds left of a wait that started at `since`, or `None` once `timeout` has passed.
+pub fn pending_step(since: i64, now: i64, timeout: i64) -> Option<i64> {
+    let left = timeout - (now - since);
+    (left > 0).then_some(left)
+}
+
 /// Error-rate thresholds with hysteresis.
 pub const DEGRADED_AT: f64 = 0.5;
 pub const RECOVERED_BELOW: f64 = 0.1;
@@ -647,6 +669,26 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_wait_keeps_its_clock_until_the_spec_changes() {
+        use crate::resources::{Condition, ConditionStatus};
+        let mut c = Condition::new("ConfigReady", ConditionStatus::False, "UnknownRuntime", "x");
+        c.observed_generation = Some(3);
+        c.last_transition_time = Some(ts(1000));
+        let cs = vec![c];
+        assert_eq!(waiting_since(&cs, "UnknownRuntime", 3), Some(1000));
+        assert_eq!(
+            waiting_since(&cs, "UnknownRuntime", 4),
+            None,
+            "spec changed"
+        );
+        assert_eq!(waiting_since(&cs, "MissingEnv", 3), None, "another problem");
+        assert_eq!(waiting_since(&[], "UnknownRuntime", 3), None);
+        assert_eq!(pending_step(1000, 1000, 600), Some(600));
+        assert_eq!(pending_step(1000, 1599, 600), Some(1));
+        assert_eq!(pending_step(1000, 1600, 600), None);
     }
 
     #[test]

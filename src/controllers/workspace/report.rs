@@ -35,6 +35,7 @@ pub const STATUS_FIELDS: &[&str] = &[
     "provisionedAt",
     "specHash",
     "restartCount",
+    "tier",
 ];
 
 /// Writes `next` unless nothing the controller owns changed (no write, no watch event);
@@ -108,6 +109,56 @@ pub(super) async fn fail(
         event(ctx, &ws, EventType::Warning, p.reason, p.message);
     }
     Ok(Action::await_change())
+}
+
+/// Reports something that may still resolve (a Runtime record not created yet, ADR 0048):
+/// phase Pending with Ready and ConfigReady False, the reason and message, one Event, and a
+/// look again soon; once the provision timeout has passed since the record started waiting,
+/// [`fail`]. Nothing is created meanwhile.
+pub(super) async fn unresolved(
+    ctx: &Context,
+    mut pass: Pass,
+    p: Permanent,
+    timeout: Duration,
+) -> Result<Action, WorkspaceError> {
+    let waiting = super::plan::waiting_since(&pass.before.conditions, p.reason, pass.generation);
+    let since = waiting.unwrap_or(pass.now_s);
+    let step = super::plan::pending_step(since, pass.now_s, timeout.as_secs() as i64);
+    let Some(left) = step else {
+        let message = format!(
+            "{}; gave up after {}s (the provision timeout)",
+            p.message,
+            timeout.as_secs()
+        );
+        return fail(ctx, pass, Permanent { message, ..p }).await;
+    };
+    let message = format!(
+        "{}; waiting up to {}s for it to be created",
+        p.message,
+        timeout.as_secs()
+    );
+    if waiting.is_none() {
+        // A new wait starts its clock now (ConfigReady's transition time keeps it).
+        pass.next.conditions.retain(|c| c.type_ != "ConfigReady");
+    }
+    pass.next.phase = Some(WorkspacePhase::Pending);
+    pass.next.message = Some(message.clone());
+    set_conditions(
+        &mut pass.next,
+        pass.generation,
+        &pass.now,
+        (ConditionStatus::False, p.reason, &message),
+        (ConditionStatus::False, p.reason, &message),
+    );
+    write(ctx, &pass.ws, &pass.next, None).await?;
+    if waiting.is_none() {
+        tracing::info!(workspace = %pass.w.name, reason = p.reason, "workspace pending");
+        event(ctx, &pass.ws, EventType::Warning, p.reason, message);
+    }
+    // Looked at again soon: a Runtime record created meanwhile is found by the next pass.
+    Ok(Action::requeue(Duration::from_secs(
+        left.clamp(1, 10) as u64
+    )))
 }
 
 /// The phase `plan` observed, nothing to change in the backend.

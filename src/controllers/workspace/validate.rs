@@ -16,6 +16,9 @@ pub struct Permanent {
     pub message: String,
     /// The env names a Secret should hold (`status.missingEnv`).
     pub missing_env: Vec<String>,
+    /// Something that may still appear (a Runtime record): Pending until the provision
+    /// timeout, then Failed (ADR 0048).
+    pub pending: bool,
 }
 
 /// A permanent problem without missing env.
@@ -24,6 +27,16 @@ pub fn permanent(reason: &'static str, message: impl Into<String>) -> Permanent 
         reason,
         message: message.into(),
         missing_env: vec![],
+        pending: false,
+    }
+}
+
+/// A problem that may resolve without a change to the record: Pending until the provision
+/// timeout.
+pub fn unresolved(reason: &'static str, message: impl Into<String>) -> Permanent {
+    Permanent {
+        pending: true,
+        ..permanent(reason, message)
     }
 }
 
@@ -109,5 +122,6 @@ fn env_problem(problems: &[env::EnvProblem]) -> Permanent {
         reason,
         message,
         missing_env: missing,
+        pending: false,
     }
 }
