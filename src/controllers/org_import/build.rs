@@ -101,16 +101,20 @@ fn labels(org: &OrgImport, key: &str) -> Value {
 }
 
 /// The org settings file: everything org.yaml has that the Workspace spec does not.
-fn settings_file(org: &str, w: &DesiredWorkspace) -> String {
+/// `global_memories` go to the first root only (ADR 0047).
+fn settings_file(plan: &Plan, w: &DesiredWorkspace) -> String {
     let mut doc = serde_json::Map::new();
-    doc.insert("org".into(), json!(org));
+    doc.insert("org".into(), json!(plan.name));
     doc.insert("tree_path".into(), json!(w.tree_path));
     doc.insert("plugins".into(), json!(w.plugins));
-    if !w.schedules.is_empty() {
-        doc.insert("schedules".into(), json!(w.schedules));
-    }
-    if !w.channels.is_empty() {
-        doc.insert("channels".into(), json!(w.channels));
+    let first_root = plan.workspaces.first().map(|f| f.key.as_str()) == Some(w.key.as_str());
+    if first_root && !plan.global_memories.is_empty() {
+        let memories: Vec<Value> = plan
+            .global_memories
+            .iter()
+            .map(|m| json!({"content": m.content, "scope": m.scope}))
+            .collect();
+        doc.insert("global_memories".into(), Value::Array(memories));
     }
     if !w.category_routing.is_empty() {
         doc.insert("category_routing".into(), json!(w.category_routing));
@@ -143,7 +147,20 @@ fn spec_of(
             inline.insert(file.to_string(), t.clone());
         }
     }
-    inline.insert(ORG_SETTINGS_FILE.to_string(), settings_file(&plan.name, w));
+    inline.insert(ORG_SETTINGS_FILE.to_string(), settings_file(plan, w));
+    let env_secret = env_secret_name(&orgtemplate::workspace_name(&org_name, &w.key));
+    // A channel token is a key of the env Secret (the layered `.env`; ADR 0047).
+    let channels = w
+        .channels
+        .iter()
+        .cloned()
+        .map(|mut c| {
+            if let Some(sel) = c.config_from.as_mut().filter(|s| s.name.is_empty()) {
+                sel.name = env_secret.clone();
+            }
+            c
+        })
+        .collect();
     WorkspaceSpec {
         display_name: Some(w.display_name.clone()),
         role: w.role.clone(),
@@ -179,14 +196,16 @@ fn spec_of(
             })
             .collect(),
         workspace_dir: w.workspace_dir.clone(),
-        workspace_access: match w.workspace_access.as_deref() {
-            Some("none") => Some(WorkspaceAccess::None),
-            Some("read-only") => Some(WorkspaceAccess::ReadOnly),
-            Some("read-write") => Some(WorkspaceAccess::ReadWrite),
-            _ => None,
+        // The plan binds a dir only with read_only or read_write (ADR 0047).
+        workspace_access: match (w.workspace_dir.as_ref(), w.workspace_access.as_deref()) {
+            (Some(_), Some("read-write")) => Some(WorkspaceAccess::ReadWrite),
+            (Some(_), _) => Some(WorkspaceAccess::ReadOnly),
+            (None, _) => None,
         },
         max_concurrent_tasks: w.max_concurrent_tasks,
         url: w.url.clone(),
+        schedules: w.schedules.clone(),
+        channels,
         ..Default::default()
     }
 }

@@ -167,7 +167,13 @@ fn start_spec(
         memory_mib: None,
         cpus: None,
         files,
-        workspace_dir: ws.spec.workspace_dir.as_ref().map(|d| {
+        // `workspaceAccess: none` mounts nothing; unset keeps the read-only default.
+        workspace_dir: ws
+            .spec
+            .workspace_dir
+            .as_ref()
+            .filter(|_| ws.spec.workspace_access != Some(crate::resources::WorkspaceAccess::None))
+            .map(|d| {
             (
                 PathBuf::from(d),
                 !matches!(
