@@ -28,6 +28,8 @@ mod plan;
 pub mod policy;
 mod raw;
 pub mod report;
+#[cfg(test)]
+mod rules_tests;
 mod schedules;
 mod schema;
 mod vars;

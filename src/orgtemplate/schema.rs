@@ -707,10 +707,10 @@ workspaces:
     tier: 1
     model: m-own
     system_prompt: be kind
-    schedules: [{cron: "0 9 * * *", prompt: standup}]
-    channels: [{type: slack, channel: "#team"}]
+    schedules: [{cron_expr: "0 9 * * *", prompt: standup}]
+    channels: [{type: slack, config: {channel: "#team"}}]
     workspace_dir: /srv/work
-    workspace_access: read-only
+    workspace_access: read_only
     max_concurrent_tasks: 4
     canvas: {x: 10, y: 20.5}
     initial_prompt: hello
@@ -731,8 +731,10 @@ workspaces:
         assert_eq!(lead.workspace_access.as_deref(), Some("read-only"));
         assert_eq!(lead.max_concurrent_tasks, Some(4));
         assert_eq!(lead.canvas, Some(super::Canvas { x: 10.0, y: 20.5 }));
-        assert_eq!(lead.schedules[0]["cron"], "0 9 * * *");
-        assert_eq!(lead.channels[0]["channel"], "#team");
+        assert_eq!(lead.schedules[0].cron_expr, "0 9 * * *");
+        assert_eq!(lead.schedules[0].prompt, "standup");
+        assert_eq!(lead.channels[0].config["channel"], "#team");
+        assert_eq!(lead.workspace_dir.as_deref(), Some("/srv/work"));
         assert_eq!(lead.initial_prompt.as_deref(), Some("hello"));
         assert_eq!(lead.idle_interval_seconds, Some(900));
         // category_routing merges per key: own wins, defaults fill the rest.

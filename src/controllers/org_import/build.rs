@@ -426,6 +426,7 @@ mod tests {
             root: tmp.path().to_path_buf(),
             external: crate::orgtemplate::ExternalConfig::for_root(tmp.path()),
             persona_root: None,
+            process_env: false,
         };
         crate::orgtemplate::load_plan(&opts, &Source::Inline(yaml.into())).expect("plan")
     }
@@ -442,7 +443,8 @@ workspaces:
         tier: 3
         plugins: ["!search"]
         required_env: [ANALYST_KEY, {any_of: [A, B]}]
-        workspace_access: read-only
+        workspace_dir: /srv/analyst
+        workspace_access: read_only
 "#;
 
     #[test]
