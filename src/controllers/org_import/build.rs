@@ -591,4 +591,68 @@ workspaces:
         assert_eq!(conflicts(&c, &[ex("demo.lead", false)]), ["demo.lead"]);
         assert!(conflicts(&c, &existing).is_empty());
     }
+
+    #[test]
+    fn schedules_channels_memories_and_binds_reach_the_spec() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(tmp.path().join("o")).expect("mkdir");
+        std::fs::write(
+            tmp.path().join("o/org.yaml"),
+            r##"
+name: Carry
+global_memories: [{content: ship on thursdays}]
+workspaces:
+  - name: Lead
+    workspace_dir: /srv/lead
+    channels:
+      - type: telegram
+        config: {bot_token: "${TG_TOKEN}", chat_id: "-1"}
+    schedules: [{name: daily, cron_expr: "@daily", prompt: report}]
+    children:
+      - name: Dev
+        workspace_dir: /srv/dev
+        workspace_access: read_write
+"##,
+        )
+        .expect("write");
+        std::fs::write(tmp.path().join("o/.env"), "TG_TOKEN=1:x\n").expect("env");
+        let opts = crate::orgtemplate::Options {
+            root: tmp.path().to_path_buf(),
+            external: crate::orgtemplate::ExternalConfig::for_root(tmp.path()),
+            persona_root: None,
+            process_env: false,
+        };
+        let p = crate::orgtemplate::load_plan(&opts, &Source::Dir("o".into())).expect("plan");
+        let c = children(&org(), &p);
+        let lead = &c[0].workspace["spec"];
+        assert_eq!(
+            lead["channels"][0]["configFrom"],
+            json!({"name": "demo.lead-org-env", "key": "TG_TOKEN"})
+        );
+        assert_eq!(lead["channels"][0]["config"], json!({"chat_id": "-1"}));
+        assert_eq!(
+            lead["schedules"],
+            json!([{"name": "daily", "cronExpr": "@daily", "prompt": "report"}])
+        );
+        // Access none (the default): no bind at all.
+        assert!(lead.get("workspaceDir").is_none() && lead.get("workspaceAccess").is_none());
+        let dev = &c[1].workspace["spec"];
+        assert_eq!(
+            (&dev["workspaceDir"], &dev["workspaceAccess"]),
+            (&json!("/srv/dev"), &json!("read-write"))
+        );
+        let settings = |w: &Value| -> Value {
+            serde_json::from_str(w["files"]["inline"][ORG_SETTINGS_FILE].as_str().expect("s"))
+                .expect("json")
+        };
+        assert_eq!(
+            settings(lead)["global_memories"],
+            json!([{"content": "ship on thursdays", "scope": "GLOBAL"}])
+        );
+        assert!(settings(dev).get("global_memories").is_none());
+        // The typed Workspace reads it back.
+        let typed: crate::resources::Workspace =
+            serde_json::from_value(c[0].workspace.clone()).expect("typed");
+        assert_eq!(typed.spec.channels[0].type_, "telegram");
+    }
 }
