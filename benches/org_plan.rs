@@ -56,7 +56,9 @@ fn main() {
             "MISSED"
         }
     };
-    println!("org_plan bench: 41 workspaces, 4 levels, 4 !include team files, prompts and .env per role");
+    println!(
+        "org_plan bench: 41 workspaces, 4 levels, 4 !include team files, prompts and .env per role"
+    );
     println!(
         "  in process (load+plan+render): {:7.2} ms median of {runs}  target < 50 ms: {}",
         ms(inproc),

@@ -29,19 +29,37 @@ fn the_fixture_prints_its_tree_counts_warnings_and_env() {
     let dir = fixture().join("acme");
     let (code, out, err) = plan(&[dir.to_str().expect("utf8")]);
     assert_eq!(code, 0, "{err}");
-    let tree: Vec<&str> = out.lines().filter(|l| l.trim_start().starts_with("- ")).collect();
+    let tree: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- "))
+        .collect();
     assert_eq!(tree.len(), 41, "{out}");
-    assert!(out.starts_with("org \"Acme\"\n- CEO [ceo] runtime echo tier 2 parent -\n"), "{out}");
+    assert!(
+        out.starts_with("org \"Acme\"\n- CEO [ceo] runtime echo tier 2 parent -\n"),
+        "{out}"
+    );
     assert!(
         out.contains("      - Backend Dev [ceo/engineering-lead/platform-lead/backend-dev] runtime echo tier 2 parent ceo/engineering-lead/platform-lead\n"),
         "{out}"
     );
-    assert!(out.contains("41 workspaces on 4 levels (41 in the tree, 0 left out by spawning: false)"), "{out}");
-    assert!(out.contains("5 schedules (0 skipped), 2 channels (0 skipped)"), "{out}");
+    assert!(
+        out.contains("41 workspaces on 4 levels (41 in the tree, 0 left out by spawning: false)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("5 schedules (0 skipped), 2 channels (0 skipped)"),
+        "{out}"
+    );
     assert!(out.contains("template_schema_version is not used"), "{out}");
     // ACME_API_KEY is satisfied by the org .env; the recommendation is not.
-    assert!(out.contains("required env: ACME_API_KEY\nmissing env: (none)"), "{out}");
-    assert!(out.contains("missing recommended env: OPENAI_API_KEY|ANTHROPIC_API_KEY"), "{out}");
+    assert!(
+        out.contains("required env: ACME_API_KEY\nmissing env: (none)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("missing recommended env: OPENAI_API_KEY|ANTHROPIC_API_KEY"),
+        "{out}"
+    );
     // With an explicit root the same dir gives the same tree.
     let (code, out2, _) = plan(&[
         dir.to_str().expect("utf8"),
@@ -75,5 +93,8 @@ fn the_first_error_exits_non_zero_with_file_and_line() {
     );
     let (code, _, err) = plan(&[tmp.path().join("nope").to_str().expect("utf8")]);
     assert_eq!(code, 1);
-    assert!(err.contains("the template directory was not found"), "{err}");
+    assert!(
+        err.contains("the template directory was not found"),
+        "{err}"
+    );
 }

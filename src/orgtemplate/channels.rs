@@ -145,7 +145,8 @@ fn channel(
             });
             continue;
         }
-        let e = vars::expand(&raw, lookup).map_err(|vars::BadSyntax(why)| format!("config.{k}: {why}"))?;
+        let e = vars::expand(&raw, lookup)
+            .map_err(|vars::BadSyntax(why)| format!("config.{k}: {why}"))?;
         if let Some(n) = e.unresolved.first() {
             return Err(format!(
                 "config.{k} uses ${{{n}}}, set in neither the org .env, the workspace .env nor the operator's environment"

@@ -37,11 +37,11 @@ mod vars;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
+pub use channels::{ADAPTERS, is_secret_key};
 pub use env::{Preflight, preflight};
 pub use external::{ExternalConfig, ExternalRef, Fetched, fetch};
 pub use listing::{TemplateInfo, list_templates, list_templates_with};
 pub use plan::{max_name_len, tree_label, workspace_name};
-pub use channels::{ADAPTERS, is_secret_key};
 pub use schedules::check_cron;
 pub use schema::{Canvas, GlobalMemory, Requirement};
 pub use vars::SYSTEM_DIRS;

@@ -107,7 +107,12 @@ pub(crate) fn build(
         skipped: 0,
     };
     b.level(&t.workspaces, None)?;
-    let warnings = b.out.iter().flat_map(|w| w.schedules_skipped.iter().chain(&w.channels_skipped)).cloned().collect();
+    let warnings = b
+        .out
+        .iter()
+        .flat_map(|w| w.schedules_skipped.iter().chain(&w.channels_skipped))
+        .cloned()
+        .collect();
     Ok(Plan {
         name: t
             .name
@@ -203,7 +208,12 @@ impl Builder<'_> {
         let mut category_routing = df.category_routing.clone();
         category_routing.extend(d.category_routing.clone());
         let mut required_env: Vec<Requirement> = vec![];
-        for r in self.top_required.iter().chain(&df.required_env).chain(&d.required_env) {
+        for r in self
+            .top_required
+            .iter()
+            .chain(&df.required_env)
+            .chain(&d.required_env)
+        {
             if !required_env.contains(r) {
                 required_env.push(r.clone());
             }
@@ -225,8 +235,11 @@ impl Builder<'_> {
             env: &env,
             process: self.opts.process_env && !from_git,
         };
-        let workspace_dir =
-            vars::workspace_dir(d.workspace_dir.as_ref(), d.workspace_access.as_ref(), &lookup)?;
+        let workspace_dir = vars::workspace_dir(
+            d.workspace_dir.as_ref(),
+            d.workspace_access.as_ref(),
+            &lookup,
+        )?;
         let workspace_access = workspace_dir
             .as_ref()
             .and(d.workspace_access.as_ref())
@@ -333,7 +346,11 @@ impl Builder<'_> {
 
     /// A prompt's text; `*_prompt_file` is relative to `base` (a files_dir relative to the
     /// template root) or else to its file's base (the org root), and confined like files_dir.
-    fn prompt(&self, p: Option<&Prompt>, base: Option<&str>) -> Result<Option<String>, TemplateError> {
+    fn prompt(
+        &self,
+        p: Option<&Prompt>,
+        base: Option<&str>,
+    ) -> Result<Option<String>, TemplateError> {
         let (path, loc) = match p {
             None => return Ok(None),
             Some(Prompt::Text(t)) => return Ok(Some(t.clone())),

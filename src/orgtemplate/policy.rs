@@ -434,7 +434,9 @@ mod tests {
     #[test]
     fn workspace_dirs_must_be_under_an_allowed_root() {
         let yaml = |d: &str| {
-            format!("workspaces:\n  - name: a\n    workspace_dir: {d}\n    workspace_access: read_write\n")
+            format!(
+                "workspaces:\n  - name: a\n    workspace_dir: {d}\n    workspace_access: read_write\n"
+            )
         };
         let policy = Policy {
             workspace_dir_roots: vec![PathBuf::from("/srv/work")],

@@ -21,7 +21,8 @@ pub struct PlanTarget {
 impl PlanTarget {
     /// `dir` inside `root`, or (without a root) inside its own parent directory.
     pub fn new(dir: &Path, root: Option<&Path>) -> Result<PlanTarget, TemplateError> {
-        let missing = |what: &str| TemplateError::new(ErrorKind::NotFound, "", "", what.to_string());
+        let missing =
+            |what: &str| TemplateError::new(ErrorKind::NotFound, "", "", what.to_string());
         let dir = dir
             .canonicalize()
             .map_err(|_| missing("the template directory was not found"))?;
@@ -78,7 +79,12 @@ fn depth(key: &str) -> usize {
 /// as set (besides each workspace's own `.env` layers).
 pub fn render(plan: &Plan, available: &BTreeSet<String>) -> String {
     let mut out = String::new();
-    let levels = plan.workspaces.iter().map(|w| depth(&w.key)).max().unwrap_or(0);
+    let levels = plan
+        .workspaces
+        .iter()
+        .map(|w| depth(&w.key))
+        .max()
+        .unwrap_or(0);
     let _ = writeln!(out, "org {:?}", plan.name);
     for w in &plan.workspaces {
         let prefix = "  ".repeat(depth(&w.key) - 1);
@@ -99,8 +105,16 @@ pub fn render(plan: &Plan, available: &BTreeSet<String>) -> String {
     }
     let schedules: usize = plan.workspaces.iter().map(|w| w.schedules.len()).sum();
     let channels: usize = plan.workspaces.iter().map(|w| w.channels.len()).sum();
-    let skipped_s: usize = plan.workspaces.iter().map(|w| w.schedules_skipped.len()).sum();
-    let skipped_c: usize = plan.workspaces.iter().map(|w| w.channels_skipped.len()).sum();
+    let skipped_s: usize = plan
+        .workspaces
+        .iter()
+        .map(|w| w.schedules_skipped.len())
+        .sum();
+    let skipped_c: usize = plan
+        .workspaces
+        .iter()
+        .map(|w| w.channels_skipped.len())
+        .sum();
     let binds = plan
         .workspaces
         .iter()

@@ -83,7 +83,10 @@ fn workspace_dir_expands_org_env_then_workspace_env_then_the_process_env() {
     ]);
     let p = t.plan("org").expect("plan");
     assert_eq!(p.workspaces[0].workspace_dir.as_deref(), Some("/srv/org/a"));
-    assert_eq!(p.workspaces[0].workspace_access.as_deref(), Some("read-write"));
+    assert_eq!(
+        p.workspaces[0].workspace_access.as_deref(),
+        Some("read-write")
+    );
     // The workspace's own .env wins over the org's.
     t.write("org/a/.env", "WORKSPACE_DIR=/srv/own\n");
     let p = t.plan("org").expect("plan");
@@ -91,7 +94,7 @@ fn workspace_dir_expands_org_env_then_workspace_env_then_the_process_env() {
     // The process env comes last, when the loader is allowed to read it.
     t.write("org/org.yaml", "workspaces:\n  - name: A\n    workspace_dir: ${CARGO_MANIFEST_DIR}\n    workspace_access: read_only\n");
     let mut opts = t.options();
-    assert!(opts.process_env == false);
+    assert!(!opts.process_env);
     let e = load_plan(&opts, &Source::Dir("org".into())).expect_err("not without process env");
     assert_eq!(e.kind, ErrorKind::UnresolvedVariable, "{e}");
     opts.process_env = true;
@@ -105,26 +108,61 @@ fn workspace_dir_expands_org_env_then_workspace_env_then_the_process_env() {
 #[test]
 fn hostile_workspace_dirs_are_refused_with_file_and_line_and_no_value() {
     let cases = [
-        ("relative/dir", ErrorKind::InvalidWorkspaceDir, "relative path"),
-        ("/srv/../etc", ErrorKind::InvalidWorkspaceDir, "contains `..`"),
+        (
+            "relative/dir",
+            ErrorKind::InvalidWorkspaceDir,
+            "relative path",
+        ),
+        (
+            "/srv/../etc",
+            ErrorKind::InvalidWorkspaceDir,
+            "contains `..`",
+        ),
         ("/", ErrorKind::InvalidWorkspaceDir, "is `/`"),
-        ("/etc/ssh", ErrorKind::InvalidWorkspaceDir, "system directory /etc"),
-        ("/var/lib/docker", ErrorKind::InvalidWorkspaceDir, "system directory /var"),
-        ("/usr", ErrorKind::InvalidWorkspaceDir, "system directory /usr"),
-        ("${SECRET_DIR}", ErrorKind::InvalidWorkspaceDir, "(after expansion) is a relative"),
-        ("${UNSET_BASE}/proj", ErrorKind::UnresolvedVariable, "${UNSET_BASE}"),
+        (
+            "/etc/ssh",
+            ErrorKind::InvalidWorkspaceDir,
+            "system directory /etc",
+        ),
+        (
+            "/var/lib/docker",
+            ErrorKind::InvalidWorkspaceDir,
+            "system directory /var",
+        ),
+        (
+            "/usr",
+            ErrorKind::InvalidWorkspaceDir,
+            "system directory /usr",
+        ),
+        (
+            "${SECRET_DIR}",
+            ErrorKind::InvalidWorkspaceDir,
+            "(after expansion) is a relative",
+        ),
+        (
+            "${UNSET_BASE}/proj",
+            ErrorKind::UnresolvedVariable,
+            "${UNSET_BASE}",
+        ),
         ("${UNCLOSED", ErrorKind::Invalid, "without a closing"),
     ];
     for (dir, kind, msg) in cases {
         let yaml = format!(
             "name: o\nworkspaces:\n  - name: Lead\n    children:\n      - name: A\n        workspace_dir: \"{dir}\"\n        workspace_access: read_write\n"
         );
-        let e = plan_of(&[("org/org.yaml", &yaml), ("org/.env", "SECRET_DIR=hunter2-value\n")])
-            .expect_err(dir);
+        let e = plan_of(&[
+            ("org/org.yaml", &yaml),
+            ("org/.env", "SECRET_DIR=hunter2-value\n"),
+        ])
+        .expect_err(dir);
         assert_eq!(e.kind, kind, "{dir}: {e}");
         assert_eq!(
             (e.file.as_str(), e.path.as_str(), line_of(&e)),
-            ("org/org.yaml", "workspaces[0].children[0].workspace_dir", Some(6)),
+            (
+                "org/org.yaml",
+                "workspaces[0].children[0].workspace_dir",
+                Some(6)
+            ),
             "{dir}"
         );
         assert!(e.message.contains(msg), "{dir}: {e}");
@@ -141,15 +179,26 @@ fn hostile_workspace_dirs_are_refused_with_file_and_line_and_no_value() {
 
 #[test]
 fn workspace_access_none_mounts_nothing_and_the_others_need_a_dir() {
-    let yaml = |access: &str| {
-        format!("workspaces:\n  - name: A\n    workspace_dir: /srv/team\n{access}")
-    };
+    let yaml =
+        |access: &str| format!("workspaces:\n  - name: A\n    workspace_dir: /srv/team\n{access}");
     for (access, dir, mode) in [
         ("", None, None),
         ("    workspace_access: none\n", None, None),
-        ("    workspace_access: read_only\n", Some("/srv/team"), Some("read-only")),
-        ("    workspace_access: read_write\n", Some("/srv/team"), Some("read-write")),
-        ("    workspace_access: read-write\n", Some("/srv/team"), Some("read-write")),
+        (
+            "    workspace_access: read_only\n",
+            Some("/srv/team"),
+            Some("read-only"),
+        ),
+        (
+            "    workspace_access: read_write\n",
+            Some("/srv/team"),
+            Some("read-write"),
+        ),
+        (
+            "    workspace_access: read-write\n",
+            Some("/srv/team"),
+            Some("read-write"),
+        ),
     ] {
         let p = plan_of(&[("org/org.yaml", &yaml(access))]).expect(access);
         let w = &p.workspaces[0];
@@ -174,7 +223,11 @@ fn workspace_access_none_mounts_nothing_and_the_others_need_a_dir() {
     .expect_err("no dir");
     assert_eq!(
         (e.kind, e.path.as_str(), line_of(&e)),
-        (ErrorKind::Invalid, "workspaces[0].workspace_access", Some(3))
+        (
+            ErrorKind::Invalid,
+            "workspaces[0].workspace_access",
+            Some(3)
+        )
     );
     assert!(e.message.contains("read_only needs a workspace_dir"), "{e}");
     let e = plan_of(&[(
@@ -215,7 +268,10 @@ fn top_level_env_memories_and_schema_version() {
     assert_eq!(pf.recommended_env, ["LEAD_EXTRA", "NICE_TO_HAVE"]);
     assert_eq!(pf.missing_recommended, ["LEAD_EXTRA", "NICE_TO_HAVE"]);
     let available = ["ORG_KEY".to_string()].into_iter().collect();
-    assert!(super::preflight(&p, &available).ok(), "recommended env never blocks");
+    assert!(
+        super::preflight(&p, &available).ok(),
+        "recommended env never blocks"
+    );
     assert_eq!(
         p.global_memories,
         [
@@ -232,8 +288,11 @@ fn top_level_env_memories_and_schema_version() {
     assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
     assert!(p.warnings[0].contains("template_schema_version is not used"));
     assert!(p.warnings[1].contains("unknown key \"surprise\""));
-    let e = plan_of(&[("org/org.yaml", "global_memories: [{scope: x}]\nworkspaces: []\n")])
-        .expect_err("no content");
+    let e = plan_of(&[(
+        "org/org.yaml",
+        "global_memories: [{scope: x}]\nworkspaces: []\n",
+    )])
+    .expect_err("no content");
     assert_eq!(e.path, "global_memories[0]");
 }
 
@@ -272,17 +331,36 @@ fn channels_expand_carry_a_secret_reference_and_skip_what_cannot_resolve() {
     let c = &w.channels[0];
     assert_eq!(c.type_, "telegram");
     assert_eq!(c.config.get("chat_id").map(String::as_str), Some("-100"));
-    assert!(!c.config.contains_key("bot_token"), "tokens never sit in config");
+    assert!(
+        !c.config.contains_key("bot_token"),
+        "tokens never sit in config"
+    );
     let sel = c.config_from.as_ref().expect("configFrom");
-    assert_eq!((sel.name.as_str(), sel.key.as_str()), ("", "TELEGRAM_BOT_TOKEN"));
+    assert_eq!(
+        (sel.name.as_str(), sel.key.as_str()),
+        ("", "TELEGRAM_BOT_TOKEN")
+    );
     assert_eq!(c.allowed_users, ["1001", "1002"]);
     let skipped = &w.channels_skipped;
     assert_eq!(skipped.len(), 4, "{skipped:?}");
-    assert!(skipped[0].starts_with("org/org.yaml:10:") && skipped[0].contains("unknown adapter \"pager\""), "{}", skipped[0]);
-    assert!(skipped[1].contains("${UNSET_CHANNEL_VAR}"), "{}", skipped[1]);
+    assert!(
+        skipped[0].starts_with("org/org.yaml:10:")
+            && skipped[0].contains("unknown adapter \"pager\""),
+        "{}",
+        skipped[0]
+    );
+    assert!(
+        skipped[1].contains("${UNSET_CHANNEL_VAR}"),
+        "{}",
+        skipped[1]
+    );
     assert!(skipped[2].contains("holds a secret"), "{}", skipped[2]);
     assert!(!skipped[2].contains("literal-secret"), "{}", skipped[2]);
-    assert!(skipped[3].contains("only in the operator's environment"), "{}", skipped[3]);
+    assert!(
+        skipped[3].contains("only in the operator's environment"),
+        "{}",
+        skipped[3]
+    );
     assert!(!format!("{skipped:?}").contains("123:abc"));
     // Skips are warnings of the plan too.
     assert_eq!(p.skipped_entries().count(), 4);
@@ -332,7 +410,11 @@ fn schedules_are_carried_and_bad_ones_skipped_with_their_place() {
     assert_eq!(w.schedules[0].timezone.as_deref(), Some("Europe/Berlin"));
     assert!(!w.schedules[1].enabled);
     assert_eq!(w.schedules_skipped.len(), 3, "{:?}", w.schedules_skipped);
-    assert!(w.schedules_skipped[0].starts_with("org/org.yaml:7:"), "{}", w.schedules_skipped[0]);
+    assert!(
+        w.schedules_skipped[0].starts_with("org/org.yaml:7:"),
+        "{}",
+        w.schedules_skipped[0]
+    );
     assert!(w.schedules_skipped[0].contains("60") || w.schedules_skipped[0].contains("61"));
     assert!(w.schedules_skipped[1].contains("prompt is empty"));
     assert!(w.schedules_skipped[2].contains("same name"));
@@ -362,14 +444,37 @@ fn the_41_workspace_fixture_plans_on_four_levels() {
     let depth = |k: &str| k.matches('/').count() + 1;
     assert_eq!(p.workspaces.iter().map(|w| depth(&w.key)).max(), Some(4));
     let ceo = &p.workspaces[0];
-    assert_eq!(ceo.channels[0].config_from.as_ref().map(|s| s.key.as_str()), Some("TELEGRAM_BOT_TOKEN"));
-    assert_eq!(ceo.schedules[0].prompt.lines().next(), Some("Write the weekly review: what shipped, what slipped, what is next."));
-    let eng = p.workspaces.iter().find(|w| w.key == "ceo/engineering-lead").expect("eng");
+    assert_eq!(
+        ceo.channels[0].config_from.as_ref().map(|s| s.key.as_str()),
+        Some("TELEGRAM_BOT_TOKEN")
+    );
+    assert_eq!(
+        ceo.schedules[0].prompt.lines().next(),
+        Some("Write the weekly review: what shipped, what slipped, what is next.")
+    );
+    let eng = p
+        .workspaces
+        .iter()
+        .find(|w| w.key == "ceo/engineering-lead")
+        .expect("eng");
     assert_eq!(eng.channels[0].config["channel"], "#eng");
-    assert!(eng.origin.starts_with("acme/teams/engineering.yaml"), "{}", eng.origin);
+    assert!(
+        eng.origin.starts_with("acme/teams/engineering.yaml"),
+        "{}",
+        eng.origin
+    );
     for w in &p.workspaces {
-        assert!(w.initial_prompt.as_deref().is_some_and(|t| t.contains(&w.display_name)), "{}", w.key);
-        assert_eq!(w.idle_prompt.as_deref(), Some("Anything waiting for you? Check your queue.\n"));
+        assert!(
+            w.initial_prompt
+                .as_deref()
+                .is_some_and(|t| t.contains(&w.display_name)),
+            "{}",
+            w.key
+        );
+        assert_eq!(
+            w.idle_prompt.as_deref(),
+            Some("Anything waiting for you? Check your queue.\n")
+        );
         assert!(w.env.0.contains_key("ROLE_SLUG"), "{}", w.key);
         assert_eq!(w.workspace_dir, None, "access none: no bind");
     }

@@ -22,7 +22,10 @@ pub(crate) struct Draft {
 
 fn text(v: &Node, max: usize, what: &str) -> Result<String, TemplateError> {
     let s = v.string()?;
-    if s.len() > max || s.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\t')) {
+    if s.len() > max
+        || s.chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+    {
         return Err(v.invalid(format!(
             "{what} must be text of at most {max} bytes without control characters"
         )));
@@ -88,7 +91,10 @@ pub(crate) fn parse(items: &[Node]) -> Result<Vec<Draft>, TemplateError> {
 
 /// The schedules to carry and the messages of those skipped. `prompts[i]` is the text of
 /// `drafts[i]`'s prompt (read by the plan).
-pub(crate) fn finish(drafts: Vec<Draft>, prompts: Vec<Option<String>>) -> (Vec<ScheduleSpec>, Vec<String>) {
+pub(crate) fn finish(
+    drafts: Vec<Draft>,
+    prompts: Vec<Option<String>>,
+) -> (Vec<ScheduleSpec>, Vec<String>) {
     let mut out: Vec<ScheduleSpec> = vec![];
     let mut skipped = vec![];
     for (d, prompt) in drafts.into_iter().zip(prompts) {
@@ -102,7 +108,9 @@ pub(crate) fn finish(drafts: Vec<Draft>, prompts: Vec<Option<String>>) -> (Vec<S
             continue;
         };
         if out.iter().any(|s| s.name == d.name) {
-            skipped.push(skip("another schedule of this workspace has the same name".into()));
+            skipped.push(skip(
+                "another schedule of this workspace has the same name".into(),
+            ));
             continue;
         }
         out.push(ScheduleSpec {
@@ -130,7 +138,9 @@ pub fn check_cron(expr: &str) -> Result<(), String> {
     }
     if let Some(d) = expr.strip_prefix('@') {
         return match d {
-            "yearly" | "annually" | "monthly" | "weekly" | "daily" | "midnight" | "hourly" => Ok(()),
+            "yearly" | "annually" | "monthly" | "weekly" | "daily" | "midnight" | "hourly" => {
+                Ok(())
+            }
             _ => Err(format!("unknown cron descriptor {expr:?}")),
         };
     }

@@ -196,14 +196,17 @@ mod tests {
             env: &e,
             process: true,
         };
-        let r = expand("${A}/${EMPTY}/${CARGO_MANIFEST_DIR}/$HOME/${NOPE_NOT_SET_1}", &l)
-            .expect("ok");
-        assert_eq!(
-            r.value,
-            format!("x//{}/$HOME/", env!("CARGO_MANIFEST_DIR"))
-        );
+        let r = expand(
+            "${A}/${EMPTY}/${CARGO_MANIFEST_DIR}/$HOME/${NOPE_NOT_SET_1}",
+            &l,
+        )
+        .expect("ok");
+        assert_eq!(r.value, format!("x//{}/$HOME/", env!("CARGO_MANIFEST_DIR")));
         assert_eq!(r.unresolved, ["NOPE_NOT_SET_1"]);
-        assert_eq!(r.used, ["A", "EMPTY", "CARGO_MANIFEST_DIR", "NOPE_NOT_SET_1"]);
+        assert_eq!(
+            r.used,
+            ["A", "EMPTY", "CARGO_MANIFEST_DIR", "NOPE_NOT_SET_1"]
+        );
         // Git content does not see the process environment.
         let git = Lookup {
             env: &e,

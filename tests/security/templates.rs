@@ -214,7 +214,9 @@ fn workspace_dir_root_is_refused_even_under_a_permissive_policy() {
         ),
         &policy,
     ));
-    let ok = eventually(60, || e.condition("host", "Ready")["reason"] == "InvalidWorkspaceDir");
+    let ok = eventually(60, || {
+        e.condition("host", "Ready")["reason"] == "InvalidWorkspaceDir"
+    });
     assert!(ok, "{}", e.org("host")["status"]);
     let msg = e.condition("host", "Ready")["message"]
         .as_str()
