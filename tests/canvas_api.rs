@@ -685,10 +685,9 @@ fn contract(s: &Server) {
         "{mine:?}"
     );
     assert!(
-        mine.iter()
-            .any(|e| e["event_type"] == "WORKSPACE_ONLINE"
-                && e["payload"]["reason"] == "Online"
-                && e["payload"]["message"] == "the agent registered"),
+        mine.iter().any(|e| e["event_type"] == "WORKSPACE_ONLINE"
+            && e["payload"]["reason"] == "Online"
+            && e["payload"]["message"] == "the agent registered"),
         "{mine:?}"
     );
     assert!(

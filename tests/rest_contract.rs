@@ -94,7 +94,13 @@ fn registry_on_the_main_port_with_minted_tokens_and_the_original_answers() {
     let (other, other_name) = create(&s, "Agent Two");
 
     // Before registration the card is null (19).
-    let (code, w) = call(&s, Some(&admin), "GET", &format!("/workspaces/{id}"), Value::Null);
+    let (code, w) = call(
+        &s,
+        Some(&admin),
+        "GET",
+        &format!("/workspaces/{id}"),
+        Value::Null,
+    );
     assert_eq!(code, 200, "{w}");
     assert!(w["agent_card"].is_null(), "{w}");
 
@@ -124,12 +130,21 @@ fn registry_on_the_main_port_with_minted_tokens_and_the_original_answers() {
     let rec = record(&s, &name);
     let on_record = rec.to_string();
     assert!(!on_record.contains(&t1) && !on_record.contains(&t2));
-    assert_eq!(rec["status"]["extraTokens"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        rec["status"]["extraTokens"].as_array().map(Vec::len),
+        Some(2)
+    );
     assert_eq!(rec["status"]["extraTokens"][0]["hash"], sha(&t1).as_str());
     let t_other = mint(&s, &other);
     // Both minted tokens act as the workspace on the shim's own routes.
     for t in [&t1, &t2] {
-        let (code, b) = call(&s, Some(t), "GET", &format!("/workspaces/{id}"), Value::Null);
+        let (code, b) = call(
+            &s,
+            Some(t),
+            "GET",
+            &format!("/workspaces/{id}"),
+            Value::Null,
+        );
         assert_eq!(code, 200, "{b}");
     }
 
@@ -152,7 +167,10 @@ fn registry_on_the_main_port_with_minted_tokens_and_the_original_answers() {
     }
     let (code, b) = raw(&s, &t1, reg, "{not json");
     assert_eq!(code, 400, "{b}");
-    assert!(b["error"].as_str().unwrap_or("").contains("invalid body"), "{b}");
+    assert!(
+        b["error"].as_str().unwrap_or("").contains("invalid body"),
+        "{b}"
+    );
     let (code, b) = raw(&s, &t1, reg, &json!({"url": "http://a:1"}).to_string());
     assert_eq!(code, 400, "missing id: {b}");
     assert!(b["error"].as_str().unwrap_or("").contains("id"), "{b}");
@@ -174,14 +192,22 @@ fn registry_on_the_main_port_with_minted_tokens_and_the_original_answers() {
         401,
         "another workspace's token"
     );
-    assert_eq!(raw(&s, &admin, reg, &good).0, 401, "the admin is not an agent");
+    assert_eq!(
+        raw(&s, &admin, reg, &good).0,
+        401,
+        "the admin is not an agent"
+    );
     let st = &record(&s, &name)["status"];
     assert!(
         st.get("agentUrl").is_none() && st.get("agentCard").is_none(),
         "refused calls wrote nothing: {st}"
     );
     let (code, b) = raw(&s, &t1, reg, &good);
-    assert_eq!((code, b["status"].clone()), (200, json!("registered")), "{b}");
+    assert_eq!(
+        (code, b["status"].clone()),
+        (200, json!("registered")),
+        "{b}"
+    );
     let st = record(&s, &name)["status"].clone();
     assert_eq!(st["agentUrl"], "http://agent-one:8000");
     assert_eq!(st["agentCard"]["name"], "one");
@@ -197,7 +223,12 @@ fn registry_on_the_main_port_with_minted_tokens_and_the_original_answers() {
 
     // update-card (18): any live token of the workspace; a bad card writes nothing.
     let uc = "/registry/update-card";
-    let (code, b) = raw(&s, &t2, uc, &json!({"workspace_id": id, "agent_card": [1]}).to_string());
+    let (code, b) = raw(
+        &s,
+        &t2,
+        uc,
+        &json!({"workspace_id": id, "agent_card": [1]}).to_string(),
+    );
     assert_eq!(code, 400, "{b}");
     let (code, b) = raw(&s, &t2, uc, &json!({"workspace_id": id}).to_string());
     assert_eq!(code, 400, "{b}");
@@ -258,7 +289,11 @@ fn registry_on_the_main_port_with_minted_tokens_and_the_original_answers() {
     let beat = json!({"workspace_id": id, "error_rate": 0.0}).to_string();
     assert_eq!(raw(&s, "the-new-own-token", hb, &beat).0, 200);
     let t3 = mint(&s, &id);
-    assert_eq!(raw(&s, &t3, hb, &beat).0, 200, "a token minted after it is live");
+    assert_eq!(
+        raw(&s, &t3, hb, &beat).0,
+        200,
+        "a token minted after it is live"
+    );
     let rec = record(&s, &name);
     assert_eq!(
         rec["status"]["extraTokens"].as_array().map(Vec::len),
@@ -332,8 +367,15 @@ fn registry_on_the_main_port_with_minted_tokens_and_the_original_answers() {
             .collect()
     };
     let all_types = types(&all);
-    for want in ["WORKSPACE_PROVISIONING", "WORKSPACE_ONLINE", "WORKSPACE_REMOVED"] {
-        assert!(all_types.iter().any(|t| t == want), "{want} in {all_types:?}");
+    for want in [
+        "WORKSPACE_PROVISIONING",
+        "WORKSPACE_ONLINE",
+        "WORKSPACE_REMOVED",
+    ] {
+        assert!(
+            all_types.iter().any(|t| t == want),
+            "{want} in {all_types:?}"
+        );
     }
     assert!(
         all_types.iter().all(|t| !t.starts_with("workspace.")),
@@ -342,8 +384,14 @@ fn registry_on_the_main_port_with_minted_tokens_and_the_original_answers() {
     let (code, mine) = call(&s, Some(&t3), "GET", &format!("/events/{id}"), Value::Null);
     assert_eq!(code, 200, "{mine}");
     let mine_types = types(&mine);
-    assert!(mine_types.contains(&"WORKSPACE_ONLINE".to_string()), "{mine_types:?}");
-    assert!(mine_types.contains(&"WORKSPACE_PROVISIONING".to_string()), "{mine_types:?}");
+    assert!(
+        mine_types.contains(&"WORKSPACE_ONLINE".to_string()),
+        "{mine_types:?}"
+    );
+    assert!(
+        mine_types.contains(&"WORKSPACE_PROVISIONING".to_string()),
+        "{mine_types:?}"
+    );
     let online = mine
         .as_array()
         .expect("array")

@@ -718,8 +718,14 @@ impl WorkspaceBackend for ControlPlaneBackend {
         if matches!(resp.status, 404 | 405) {
             // The original control plane is not known to serve this route: without it there
             // is nothing to reap from here (docs/backends.md), which is not a failure to retry.
-            if !self.list_unserved.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                tracing::warn!(status = resp.status, "the control plane does not serve GET /cp/admin/workspaces: orphan instances are not reaped");
+            if !self
+                .list_unserved
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    status = resp.status,
+                    "the control plane does not serve GET /cp/admin/workspaces: orphan instances are not reaped"
+                );
             }
             return Ok(vec![]);
         }
@@ -1059,9 +1065,11 @@ mod tests {
                     .unwrap_or("")
                     .to_string()
             };
-            seen.lock()
-                .expect("lock")
-                .push((route.into(), get("authorization"), get(TENANT_HEADER)));
+            seen.lock().expect("lock").push((
+                route.into(),
+                get("authorization"),
+                get(TENANT_HEADER),
+            ));
         };
         let uid = "3f2a9c1e-7b4d-4c2a-9e1f-0123456789ab";
         let app = {

@@ -47,11 +47,17 @@ pub fn kube_event_name(reason: &str) -> &'static str {
         "HeartbeatLost" | "AgentDied" | "Offline" => names::OFFLINE,
         "Provisioning" | "Reconfiguring" | "Restarting" | "Reprovisioning" | "WaitingForAgent"
         | "Resumed" => names::PROVISIONING,
-        "ProvisionFailed" | "ProvisionTimeout" | "ProvisionRejected" | "InvalidConfig"
-        | "UnknownRuntime" | "MissingEnv" | "ImageMissing" | "ImageBuildFailed"
-        | "ControlPlaneAuth" | "ControlPlaneUnavailable" | "ControlPlaneNotConfigured" => {
-            names::PROVISION_FAILED
-        }
+        "ProvisionFailed"
+        | "ProvisionTimeout"
+        | "ProvisionRejected"
+        | "InvalidConfig"
+        | "UnknownRuntime"
+        | "MissingEnv"
+        | "ImageMissing"
+        | "ImageBuildFailed"
+        | "ControlPlaneAuth"
+        | "ControlPlaneUnavailable"
+        | "ControlPlaneNotConfigured" => names::PROVISION_FAILED,
         _ => names::UPDATED,
     }
 }
@@ -276,7 +282,10 @@ mod tests {
         ] {
             assert_eq!(kube_event_name(reason), name, "{reason}");
         }
-        assert_eq!(audit_event_name("workspace.created"), Some("WORKSPACE_PROVISIONING"));
+        assert_eq!(
+            audit_event_name("workspace.created"),
+            Some("WORKSPACE_PROVISIONING")
+        );
         assert_eq!(audit_event_name("secret.set"), None);
     }
 }

@@ -170,10 +170,7 @@ impl Shim {
                 "/workspaces/{id}/plugins/{name}",
                 delete(plugins::uninstall),
             )
-            .route(
-                "/admin/workspaces/{id}/test-token",
-                get(test_tokens::mint),
-            )
+            .route("/admin/workspaces/{id}/test-token", get(test_tokens::mint))
             .route("/admin/plugin-updates-pending", get(plugins::pending))
             .route("/admin/plugin-updates/{id}/apply", post(plugins::apply))
             .route("/org/templates", get(org::templates))

@@ -151,9 +151,8 @@ pub fn validate_agent_url(url: &str) -> Result<(), &'static str> {
         return Err("the agent url points at a metadata service");
     }
     if let Ok(ip) = host.parse::<IpAddr>() {
-        let v4_bad = |v4: std::net::Ipv4Addr| {
-            v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast()
-        };
+        let v4_bad =
+            |v4: std::net::Ipv4Addr| v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast();
         let bad = match ip {
             IpAddr::V4(v4) => v4_bad(v4),
             IpAddr::V6(v6) => {
@@ -271,12 +270,14 @@ async fn caller(
     id: &str,
     headers: &HeaderMap,
 ) -> Result<Workspace, Response> {
-    authenticate(st, id, bearer(headers)).await.inspect_err(|_| {
-        st.metrics.inc(
-            "molecule_registry_calls_total",
-            &[("call", call), ("result", "refused")],
-        );
-    })
+    authenticate(st, id, bearer(headers))
+        .await
+        .inspect_err(|_| {
+            st.metrics.inc(
+                "molecule_registry_calls_total",
+                &[("call", call), ("result", "refused")],
+            );
+        })
 }
 
 fn counted_ok(st: &RegistryState, call: &'static str, answer: Value) -> Response {

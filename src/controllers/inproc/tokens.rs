@@ -71,7 +71,10 @@ async fn minted_tokens_live_beside_the_own_one_drive_health_and_die_on_restart()
         "minting leaves the agent's own token alone"
     );
     let raw = serde_json::to_string(&fresh).expect("json");
-    assert!(!raw.contains(&t1) && !raw.contains(&t2), "only digests on record");
+    assert!(
+        !raw.contains(&t1) && !raw.contains(&t2),
+        "only digests on record"
+    );
 
     // Heartbeats with a minted token drive the phase: Degraded at >= 0.5, still Degraded at
     // 0.3 (hysteresis), Online again below 0.1.
