@@ -324,6 +324,7 @@ fn main() {
         root: templates.clone(),
         external: molecule::orgtemplate::ExternalConfig::for_root(&templates),
         persona_root: None,
+        process_env: false,
     };
     let source = molecule::orgtemplate::Source::Dir("bench".into());
     let t = Instant::now();

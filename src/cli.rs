@@ -217,6 +217,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Org templates offline: `molecule org plan DIR`.
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
+    },
     /// Print the version.
     Version,
     /// Print a shell completion script to stdout, e.g.
@@ -224,5 +229,20 @@ pub enum Command {
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum OrgCommand {
+    /// Dry-run a template directory (ADR 0047): print its workspace tree (names, parents,
+    /// runtime, tier, plugins), counts, warnings and the env that is required and missing.
+    /// Nothing is created and no `!external` is fetched. Exits 1 with `file:line:column` of
+    /// the first error.
+    Plan {
+        /// The template directory (holding org.yaml).
+        dir: PathBuf,
+        /// The template root includes and files_dir are confined to (default: DIR's parent).
+        #[arg(long)]
+        root: Option<PathBuf>,
     },
 }

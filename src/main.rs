@@ -96,6 +96,22 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Org {
+            command: cli::OrgCommand::Plan { dir, root },
+        } => {
+            use molecule::orgtemplate::report;
+            let planned = report::PlanTarget::new(&dir, root.as_deref()).and_then(|t| t.plan());
+            match planned {
+                Ok(plan) => {
+                    print!("{}", report::render(&plan, &report::process_env_names()));
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
         Command::Version => {
             println!("molecule {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -46,6 +46,7 @@ impl World {
             root: self.root(),
             external,
             persona_root: None,
+            process_env: false,
         }
     }
     fn org(&self, dir: &str, yaml: &str) {

@@ -876,3 +876,134 @@ fn rest_templates_listing_and_import_with_the_env_preflight() {
     );
     assert!(import.1.contains("\"mode\":\"reconcile\""), "{}", import.1);
 }
+
+/// The 41-workspace fixture (ADR 0047): 4 levels, `!include` team files, prompts in each
+/// role's files_dir, schedules with `prompt_file`, channels with `${VAR}`, per-role `.env`.
+#[test]
+fn the_41_workspace_fixture_imports_reimports_unchanged_and_prunes_one_team_with_docker() {
+    let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
+    let e = start("all");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/org-templates");
+    copy_dir(&fixture.join("acme"), &e.root().join("acme"));
+    let manifest = "apiVersion: molecule.ai/v1alpha1\nkind: OrgImport\nmetadata:\n  name: acme\nspec:\n  source:\n    dir: acme\n  mode: reconcile\n";
+    e.apply(manifest);
+    let o = e.wait_reason("acme", "Imported", 120);
+    assert_eq!(o["status"]["counts"]["created"], 41, "{}", o["status"]);
+    assert!(
+        o["status"].get("channelsSkipped").is_none(),
+        "{}",
+        o["status"]
+    );
+    let names: Vec<String> = e
+        .workspaces()
+        .iter()
+        .map(|w| w["metadata"]["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(names.len(), 41);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let ok = eventually(900, || all_online(&e, &refs));
+    assert!(
+        ok,
+        "not all Online: {:?}\n{}",
+        refs.iter()
+            .filter(|n| e.get("workspaces", n)["status"]["phase"] != "Online")
+            .collect::<Vec<_>>(),
+        e.tail()
+    );
+    // What the template asked for is on the records.
+    let ceo = e.get("workspaces", "acme.ceo");
+    assert_eq!(
+        ceo["spec"]["channels"][0]["configFrom"],
+        serde_json::json!({"name": "acme.ceo-org-env", "key": "TELEGRAM_BOT_TOKEN"})
+    );
+    assert_eq!(ceo["spec"]["schedules"][0]["name"], "weekly-review");
+    assert!(
+        ceo["spec"].get("workspaceDir").is_none(),
+        "access none: no bind"
+    );
+    let dev = e.get(
+        "workspaces",
+        "acme.ceo.engineering-lead.platform-lead.backend-dev",
+    );
+    assert_eq!(
+        dev["spec"]["files"]["filesDir"], "acme/roles/backend-dev",
+        "{}",
+        dev["spec"]
+    );
+    assert!(
+        dev["spec"]["files"]["inline"]["initial-prompt.md"]
+            .as_str()
+            .is_some_and(|p| p.contains("You are the Backend Dev"))
+    );
+    let before: Vec<(String, String)> = refs
+        .iter()
+        .map(|n| (n.to_string(), uid(&e.get("workspaces", n))))
+        .collect();
+
+    // A re-import changes nothing.
+    e.kubectl(
+        &["annotate", "orgimport", "acme", "molecule.ai/reimport=1"],
+        None,
+    );
+    e.kubectl(
+        &[
+            "patch",
+            "orgimport",
+            "acme",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"force":true}}"#,
+        ],
+        None,
+    );
+    let t = std::time::Instant::now();
+    let o = e.wait_reason("acme", "Imported", 300);
+    eprintln!("re-import of 41 took {:?}", t.elapsed());
+    assert_eq!(o["metadata"]["generation"], 2);
+    assert_eq!(
+        o["status"]["counts"],
+        serde_json::json!({"desired": 41, "created": 0, "updated": 0, "unchanged": 41, "pruned": 0, "skipped": 0})
+    );
+
+    // Dropping a team from org.yaml prunes exactly that team (10 workspaces).
+    let org = e.root().join("acme/org.yaml");
+    let yaml = std::fs::read_to_string(&org).expect("org.yaml");
+    std::fs::write(
+        &org,
+        yaml.replace("      - !include teams/marketing.yaml\n", ""),
+    )
+    .expect("write");
+    e.kubectl(
+        &[
+            "annotate",
+            "--overwrite",
+            "orgimport",
+            "acme",
+            "molecule.ai/reimport=2",
+        ],
+        None,
+    );
+    let ok = eventually(180, || {
+        e.get("orgimports", "acme")["status"]["counts"]["pruned"] == 10
+            && e.workspaces().len() == 31
+    });
+    assert!(
+        ok,
+        "{}\n{}",
+        e.get("orgimports", "acme")["status"],
+        e.tail()
+    );
+    for (name, u) in &before {
+        let now = e.get("workspaces", name);
+        if name.starts_with("acme.ceo.marketing-lead") {
+            assert!(now.is_null(), "{name} was not pruned");
+        } else {
+            assert_eq!(&uid(&now), u, "{name} was touched");
+        }
+    }
+    e.kubectl(&["delete", "orgimport", "acme"], None);
+    let ok = eventually(180, || {
+        e.workspaces().is_empty() && managed_in(&e.ns, "container").is_empty()
+    });
+    assert!(ok, "left behind\n{}", e.tail());
+}

@@ -19,6 +19,10 @@ pub struct Preflight {
     pub required_env: Vec<String>,
     /// The requirements some workspace cannot satisfy, sorted.
     pub missing_env: Vec<String>,
+    /// Every recommendation (`recommended_env`), sorted: warn-only.
+    pub recommended_env: Vec<String>,
+    /// The recommendations some workspace cannot satisfy, sorted.
+    pub missing_recommended: Vec<String>,
 }
 
 impl Preflight {
@@ -31,6 +35,7 @@ impl Preflight {
 /// value in the namespace's global secrets) and the workspace's own layered env.
 pub fn preflight(plan: &Plan, available: &BTreeSet<String>) -> Preflight {
     let mut missing = BTreeSet::new();
+    let mut missing_recommended = BTreeSet::new();
     for w in &plan.workspaces {
         let has = |n: &str| available.contains(n) || w.env.0.get(n).is_some_and(|v| !v.is_empty());
         for r in &w.required_env {
@@ -38,10 +43,17 @@ pub fn preflight(plan: &Plan, available: &BTreeSet<String>) -> Preflight {
                 missing.insert(r.render());
             }
         }
+        for r in &w.recommended_env {
+            if !r.satisfied_by(has) {
+                missing_recommended.insert(r.render());
+            }
+        }
     }
     Preflight {
         required_env: plan.required_env(),
         missing_env: missing.into_iter().collect(),
+        recommended_env: plan.recommended_env(),
+        missing_recommended: missing_recommended.into_iter().collect(),
     }
 }
 

@@ -19,6 +19,7 @@
 //! - `listing`: every template under the root with its counts;
 //! - `policy`: the tier and host-directory limits a template must keep (ADR 0039).
 
+mod channels;
 mod env;
 mod external;
 mod listing;
@@ -26,16 +27,24 @@ mod node;
 mod plan;
 pub mod policy;
 mod raw;
+pub mod report;
+#[cfg(test)]
+mod rules_tests;
+mod schedules;
 mod schema;
+mod vars;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
+pub use channels::{ADAPTERS, is_secret_key};
 pub use env::{Preflight, preflight};
 pub use external::{ExternalConfig, ExternalRef, Fetched, fetch};
 pub use listing::{TemplateInfo, list_templates, list_templates_with};
 pub use plan::{max_name_len, tree_label, workspace_name};
-pub use schema::{Canvas, Requirement};
+pub use schedules::check_cron;
+pub use schema::{Canvas, GlobalMemory, Requirement};
+pub use vars::SYSTEM_DIRS;
 
 /// The org file inside a template dir (`org.yml` is accepted too).
 pub const ORG_FILE: &str = "org.yaml";
@@ -87,6 +96,9 @@ pub struct Options {
     pub external: ExternalConfig,
     /// Persona env root (lowest `.env` layer); None disables persona env.
     pub persona_root: Option<PathBuf>,
+    /// Whether `${VAR}` falls back to the process environment after the `.env` files (never
+    /// for git content nor `MOLECULE_*` names; ADR 0047).
+    pub process_env: bool,
 }
 
 /// Where org templates may come from besides the template root, as the operator set it
@@ -127,6 +139,7 @@ impl Options {
                     .filter(|v| !v.as_os_str().is_empty())
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_PERSONA_ROOT)),
             ),
+            process_env: true,
             root,
         }
     }
@@ -155,6 +168,10 @@ pub enum ErrorKind {
     TooLarge,
     /// A `.env` file is malformed.
     EnvFile,
+    /// A `${VAR}` the value needs is set nowhere (ADR 0047).
+    UnresolvedVariable,
+    /// A `workspace_dir` that is relative, climbs with `..` or names a system directory.
+    InvalidWorkspaceDir,
 }
 
 impl ErrorKind {
@@ -171,6 +188,8 @@ impl ErrorKind {
             ErrorKind::Fetch => "FetchFailed",
             ErrorKind::TooLarge => "TemplateTooLarge",
             ErrorKind::EnvFile => "InvalidEnvFile",
+            ErrorKind::UnresolvedVariable => "UnresolvedVariable",
+            ErrorKind::InvalidWorkspaceDir => "InvalidWorkspaceDir",
         }
     }
 }
@@ -289,16 +308,27 @@ pub struct DesiredWorkspace {
     pub idle_prompt: Option<String>,
     pub idle_interval_seconds: Option<i64>,
     pub category_routing: BTreeMap<String, serde_json::Value>,
-    pub schedules: Vec<serde_json::Value>,
-    pub channels: Vec<serde_json::Value>,
+    /// Schedules that passed (invalid cron or empty prompt: see `schedules_skipped`).
+    pub schedules: Vec<crate::resources::ScheduleSpec>,
+    /// `file:line: path: schedule "x" skipped: why`.
+    pub schedules_skipped: Vec<String>,
+    /// Channels that resolved; a `configFrom` with an empty name means the workspace's env
+    /// Secret (ADR 0047).
+    pub channels: Vec<crate::resources::ChannelSpec>,
+    /// `file:line: path: channel telegram skipped: why`.
+    pub channels_skipped: Vec<String>,
+    /// The host dir to bind at `/workspace`, expanded and checked; None: no bind (access
+    /// `none`, or the dir expanded to nothing).
     pub workspace_dir: Option<String>,
-    /// `none`, `read-only` or `read-write`.
+    /// `read-only` or `read-write` when `workspace_dir` is bound; None otherwise.
     pub workspace_access: Option<String>,
     pub url: Option<String>,
     pub max_concurrent_tasks: Option<i32>,
     pub canvas: Option<Canvas>,
-    /// Defaults' requirements and the workspace's own.
+    /// The top level's, the defaults' and the workspace's own requirements.
     pub required_env: Vec<Requirement>,
+    /// The top level's and the workspace's recommendations (warn-only).
+    pub recommended_env: Vec<Requirement>,
     /// Layered `.env` (persona → org root → files_dir), later wins.
     pub env: EnvMap,
     /// Where it is defined, for messages: `file: yaml path`.
@@ -323,8 +353,11 @@ pub struct Plan {
     pub revisions: Vec<Revision>,
     /// `!external`s that could not be resolved offline (template listing only).
     pub unresolved_externals: usize,
-    /// Tolerated problems (unknown keys), each naming file and path.
+    /// Tolerated problems (unknown keys, skipped schedules and channels), each naming file
+    /// and path.
     pub warnings: Vec<String>,
+    /// `global_memories:`, seeded on the first root workspace.
+    pub global_memories: Vec<GlobalMemory>,
 }
 
 impl Plan {
@@ -336,6 +369,23 @@ impl Plan {
             .flat_map(|w| w.required_env.iter().map(Requirement::render))
             .collect();
         set.into_iter().collect()
+    }
+
+    /// Every recommendation of the spawning workspaces, rendered, sorted.
+    pub fn recommended_env(&self) -> Vec<String> {
+        let set: BTreeSet<String> = self
+            .workspaces
+            .iter()
+            .flat_map(|w| w.recommended_env.iter().map(Requirement::render))
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// Every skipped schedule and channel, in tree order.
+    pub fn skipped_entries(&self) -> impl Iterator<Item = &String> {
+        self.workspaces
+            .iter()
+            .flat_map(|w| w.schedules_skipped.iter().chain(w.channels_skipped.iter()))
     }
 }
 
@@ -483,6 +533,7 @@ pub(crate) mod fixtures {
                 root: self.root(),
                 external: super::ExternalConfig::for_root(&self.root()),
                 persona_root: None,
+                process_env: false,
             }
         }
         pub fn plan(&self, dir: &str) -> Result<super::Plan, super::TemplateError> {
@@ -541,6 +592,7 @@ mod tests {
             external: ExternalConfig::for_root(&root),
             root,
             persona_root: None,
+            process_env: false,
         };
         let p = load_plan(&opts, &Source::Dir("research-lab".into())).expect("example");
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);

@@ -8,10 +8,11 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::node::Loaded;
-use super::schema::{Defaults, OrgTemplate, PluginEntry, Prompt, WorkspaceDef};
+use super::schema::{Defaults, OrgTemplate, PluginEntry, Prompt, Requirement, WorkspaceDef};
+use super::vars::{self, Lookup};
 use super::{
     Confinement, DesiredWorkspace, ErrorKind, MAX_AUX_FILE_BYTES, Options, Plan, TemplateError,
-    confined, env, join_rel, slash,
+    channels, confined, env, join_rel, schedules, slash,
 };
 
 /// Idle interval when an idle prompt is set and no interval is given (as in the original).
@@ -81,6 +82,9 @@ pub(crate) fn merge_plugins(defaults: &[PluginEntry], own: &[PluginEntry]) -> Ve
 struct Builder<'a> {
     opts: &'a Options,
     defaults: &'a Defaults,
+    /// The top level's `required_env` and `recommended_env`.
+    top_required: &'a [Requirement],
+    top_recommended: &'a [Requirement],
     /// The org root `.env`, shared by every workspace.
     org_env: BTreeMap<String, String>,
     out: Vec<DesiredWorkspace>,
@@ -96,11 +100,19 @@ pub(crate) fn build(
     let mut b = Builder {
         opts,
         defaults: &t.defaults,
+        top_required: &t.required_env,
+        top_recommended: &t.recommended_env,
         org_env: env::org_root(opts, &loaded.org_dir_rel)?,
         out: vec![],
         skipped: 0,
     };
     b.level(&t.workspaces, None)?;
+    let warnings = b
+        .out
+        .iter()
+        .flat_map(|w| w.schedules_skipped.iter().chain(&w.channels_skipped))
+        .cloned()
+        .collect();
     Ok(Plan {
         name: t
             .name
@@ -112,7 +124,8 @@ pub(crate) fn build(
         skipped: b.skipped,
         revisions: vec![],
         unresolved_externals: 0,
-        warnings: vec![],
+        warnings,
+        global_memories: t.global_memories.clone(),
     })
 }
 
@@ -179,17 +192,36 @@ impl Builder<'_> {
             Some((fd, loc)) => Some(self.files_dir(fd, loc)?),
             None => None,
         };
-        let idle_prompt = self.prompt(d.idle_prompt.as_ref().or(df.idle_prompt.as_ref()))?;
+        // A workspace's own prompt file is relative to its files_dir; a defaults' one to the
+        // org root (ADR 0047).
+        let own_base = files_dir.as_deref();
+        let prompt = |own: Option<&Prompt>, dflt: Option<&Prompt>| match own {
+            Some(p) => self.prompt(Some(p), own_base),
+            None => self.prompt(dflt, None),
+        };
+        let idle_prompt = prompt(d.idle_prompt.as_ref(), df.idle_prompt.as_ref())?;
+        let initial_prompt = prompt(d.initial_prompt.as_ref(), df.initial_prompt.as_ref())?;
         let idle_interval_seconds = d
             .idle_interval_seconds
             .or(df.idle_interval_seconds)
             .or(idle_prompt.as_ref().map(|_| DEFAULT_IDLE_INTERVAL_SECONDS));
         let mut category_routing = df.category_routing.clone();
         category_routing.extend(d.category_routing.clone());
-        let mut required_env = df.required_env.clone();
-        for r in &d.required_env {
+        let mut required_env: Vec<Requirement> = vec![];
+        for r in self
+            .top_required
+            .iter()
+            .chain(&df.required_env)
+            .chain(&d.required_env)
+        {
             if !required_env.contains(r) {
                 required_env.push(r.clone());
+            }
+        }
+        let mut recommended_env: Vec<Requirement> = vec![];
+        for r in self.top_recommended.iter().chain(&d.recommended_env) {
+            if !recommended_env.contains(r) && !required_env.contains(r) {
+                recommended_env.push(r.clone());
             }
         }
         let env = env::layered(
@@ -198,6 +230,27 @@ impl Builder<'_> {
             d.files_dir.as_ref().map(|(fd, _)| fd.as_str()),
             files_dir.as_deref(),
         )?;
+        let from_git = d.from_git || df.from_git;
+        let lookup = Lookup {
+            env: &env,
+            process: self.opts.process_env && !from_git,
+        };
+        let workspace_dir = vars::workspace_dir(
+            d.workspace_dir.as_ref(),
+            d.workspace_access.as_ref(),
+            &lookup,
+        )?;
+        let workspace_access = workspace_dir
+            .as_ref()
+            .and(d.workspace_access.as_ref())
+            .map(|(a, _)| a.clone());
+        let drafts = schedules::parse(&d.schedules)?;
+        let texts = drafts
+            .iter()
+            .map(|s| self.prompt(s.prompt.as_ref(), own_base))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (schedules, schedules_skipped) = schedules::finish(drafts, texts);
+        let (channels, channels_skipped) = channels::resolve(&d.channels, &lookup)?;
         let runtime = if d.external {
             "external".to_string()
         } else {
@@ -218,22 +271,24 @@ impl Builder<'_> {
             files_dir,
             plugins: merge_plugins(&df.plugins, &d.plugins),
             system_prompt: d.system_prompt.clone(),
-            initial_prompt: self
-                .prompt(d.initial_prompt.as_ref().or(df.initial_prompt.as_ref()))?,
+            initial_prompt,
             idle_prompt,
             idle_interval_seconds,
             category_routing,
-            schedules: d.schedules.clone(),
-            channels: d.channels.clone(),
-            workspace_dir: d.workspace_dir.clone(),
-            workspace_access: d.workspace_access.clone(),
+            schedules,
+            schedules_skipped,
+            channels,
+            channels_skipped,
+            workspace_dir,
+            workspace_access,
             url: d.url.clone(),
             max_concurrent_tasks: d.max_concurrent_tasks,
             canvas: d.canvas,
             required_env,
+            recommended_env,
             env,
             origin: d.loc.display(),
-            from_git: d.from_git || df.from_git,
+            from_git,
         })
     }
 
@@ -289,9 +344,13 @@ impl Builder<'_> {
         Ok(slash(&rel))
     }
 
-    /// A prompt's text; `*_prompt_file` is relative to its file's base and confined like
-    /// files_dir.
-    fn prompt(&self, p: Option<&Prompt>) -> Result<Option<String>, TemplateError> {
+    /// A prompt's text; `*_prompt_file` is relative to `base` (a files_dir relative to the
+    /// template root) or else to its file's base (the org root), and confined like files_dir.
+    fn prompt(
+        &self,
+        p: Option<&Prompt>,
+        base: Option<&str>,
+    ) -> Result<Option<String>, TemplateError> {
         let (path, loc) = match p {
             None => return Ok(None),
             Some(Prompt::Text(t)) => return Ok(Some(t.clone())),
@@ -303,7 +362,8 @@ impl Builder<'_> {
             .strip_prefix(&self.opts.root)
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        let rel = join_rel(&scope.base_rel, Path::new(path))
+        let base = base.map(Path::new).unwrap_or(&scope.base_rel);
+        let rel = join_rel(base, Path::new(path))
             .filter(|r| r.starts_with(&scope_rel))
             .ok_or_else(|| {
                 loc.err(
@@ -488,7 +548,7 @@ workspaces:
         let t = Tree::new(&[
             (
                 "org/org.yaml",
-                "workspaces:\n  - name: A\n    files_dir: prompts/a\n    initial_prompt_file: prompts/a/start.md\n",
+                "workspaces:\n  - name: A\n    files_dir: prompts/a\n    initial_prompt_file: start.md\n",
             ),
             ("org/prompts/a/system.md", "hi"),
             ("org/prompts/a/start.md", "start here"),

@@ -51,7 +51,7 @@ pub(crate) struct Loc {
 }
 
 impl Loc {
-    fn of(n: &Node) -> Loc {
+    pub fn of(n: &Node) -> Loc {
         Loc {
             file: n.file.clone(),
             path: n.path.clone(),
@@ -61,6 +61,19 @@ impl Loc {
     pub fn err(&self, kind: ErrorKind, message: impl Into<String>) -> TemplateError {
         TemplateError::new(kind, self.file.name.clone(), self.path.clone(), message).at(self.pos)
     }
+    /// `file:line:column: path` (what is known), for messages about a skipped entry.
+    pub fn place(&self) -> String {
+        let mut out = self.file.name.clone();
+        if let Some(Pos { line, column }) = self.pos {
+            out.push_str(&format!(":{line}:{column}"));
+        }
+        if !self.path.is_empty() {
+            out.push_str(": ");
+            out.push_str(&self.path);
+        }
+        out
+    }
+
     pub fn display(&self) -> String {
         if self.path.is_empty() {
             self.file.name.clone()
@@ -114,13 +127,18 @@ pub(crate) struct WorkspaceDef {
     pub files_dir: Option<(String, Loc)>,
     pub system_prompt: Option<String>,
     pub plugins: Vec<PluginEntry>,
-    pub schedules: Vec<serde_json::Value>,
-    pub channels: Vec<serde_json::Value>,
-    pub workspace_dir: Option<String>,
-    pub workspace_access: Option<String>,
+    /// `schedules:` entries as written; checked (and skipped or refused) by the plan.
+    pub schedules: Vec<Node>,
+    /// `channels:` entries as written; checked (and skipped or refused) by the plan.
+    pub channels: Vec<Node>,
+    /// As written (`${VAR}` not yet expanded).
+    pub workspace_dir: Option<(String, Loc)>,
+    /// `none`, `read-only` or `read-write` (the template's `read_only` / `read_write`).
+    pub workspace_access: Option<(String, Loc)>,
     pub external: bool,
     pub url: Option<String>,
     pub required_env: Vec<Requirement>,
+    pub recommended_env: Vec<Requirement>,
     pub max_concurrent_tasks: Option<i32>,
     pub canvas: Option<Canvas>,
     pub spawning: bool,
@@ -140,12 +158,25 @@ impl WorkspaceDef {
     }
 }
 
+/// One `global_memories:` entry: seeded on the first root workspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GlobalMemory {
+    pub content: String,
+    /// As written; `GLOBAL` when unset.
+    pub scope: String,
+}
+
 /// A parsed org.yaml.
 #[derive(Clone, Debug)]
 pub(crate) struct OrgTemplate {
     pub name: Option<String>,
     pub description: String,
     pub defaults: Defaults,
+    /// Top-level `required_env`: every spawning workspace needs it.
+    pub required_env: Vec<Requirement>,
+    /// Top-level `recommended_env`: warned about, never blocking.
+    pub recommended_env: Vec<Requirement>,
+    pub global_memories: Vec<GlobalMemory>,
     pub workspaces: Vec<WorkspaceDef>,
     pub warnings: Vec<String>,
     /// Workspaces in the tree (spawning or not).
@@ -162,6 +193,9 @@ pub(crate) fn parse(root: &Node) -> Result<OrgTemplate, TemplateError> {
         name: None,
         description: String::new(),
         defaults: Defaults::default(),
+        required_env: vec![],
+        recommended_env: vec![],
+        global_memories: vec![],
         workspaces: vec![],
         warnings: vec![],
         total: 0,
@@ -175,6 +209,15 @@ pub(crate) fn parse(root: &Node) -> Result<OrgTemplate, TemplateError> {
             "description" => t.description = p.text(v, 4096)?,
             "defaults" => t.defaults = p.defaults(v)?,
             "workspaces" => t.workspaces = p.workspaces(v, 1)?,
+            "required_env" => t.required_env = p.required_env(v)?,
+            "recommended_env" => t.recommended_env = p.required_env(v)?,
+            "global_memories" => t.global_memories = p.memories(v)?,
+            "template_schema_version" => {
+                let at = Loc::of(v).display();
+                p.warnings.push(format!(
+                    "{at}: template_schema_version is not used (every template is read by the same rules)"
+                ));
+            }
             _ => p.unknown(v, k),
         }
     }
@@ -376,6 +419,34 @@ impl Parser {
         Ok(out)
     }
 
+    /// `global_memories: [{content, scope}]`.
+    fn memories(&self, v: &Node) -> Result<Vec<GlobalMemory>, TemplateError> {
+        let mut out = vec![];
+        for item in v.seq()? {
+            let mut content = None;
+            let mut scope = None;
+            for (k, val) in item.map()? {
+                match k.as_str() {
+                    "content" => content = self.opt_text(val, 64 * 1024)?,
+                    "scope" => scope = self.opt_text(val, 64)?,
+                    other => {
+                        return Err(val.invalid(format!(
+                            "unknown key {other:?} in a global memory (content, scope)"
+                        )));
+                    }
+                }
+            }
+            let Some(content) = content else {
+                return Err(item.invalid("a global memory needs a non-empty content"));
+            };
+            out.push(GlobalMemory {
+                content,
+                scope: scope.unwrap_or_else(|| "GLOBAL".into()),
+            });
+        }
+        Ok(out)
+    }
+
     fn defaults(&mut self, v: &Node) -> Result<Defaults, TemplateError> {
         let mut d = Defaults::default();
         if v.is_null() {
@@ -455,6 +526,7 @@ impl Parser {
             external: false,
             url: None,
             required_env: vec![],
+            recommended_env: vec![],
             max_concurrent_tasks: None,
             canvas: None,
             spawning: true,
@@ -479,34 +551,29 @@ impl Parser {
                 "files_dir" => w.files_dir = self.opt_text(val, 512)?.map(|s| (s, Loc::of(val))),
                 "system_prompt" => w.system_prompt = self.opt_text(val, 64 * 1024)?,
                 "plugins" => w.plugins = self.plugins(val)?,
-                "schedules" => {
-                    w.schedules = val
-                        .seq()?
-                        .iter()
-                        .map(Node::to_json)
-                        .collect::<Result<_, _>>()?
+                "schedules" => w.schedules = val.seq()?.to_vec(),
+                "channels" => w.channels = val.seq()?.to_vec(),
+                "workspace_dir" => {
+                    w.workspace_dir = self.opt_text(val, 1024)?.map(|s| (s, Loc::of(val)))
                 }
-                "channels" => {
-                    w.channels = val
-                        .seq()?
-                        .iter()
-                        .map(Node::to_json)
-                        .collect::<Result<_, _>>()?
-                }
-                "workspace_dir" => w.workspace_dir = self.opt_text(val, 1024)?,
                 "workspace_access" => {
-                    w.workspace_access = self.opt_text(val, 20)?;
-                    if let Some(a) = &w.workspace_access
-                        && !matches!(a.as_str(), "none" | "read-only" | "read-write")
-                    {
-                        return Err(val.invalid(format!(
-                            "workspace_access must be none, read-only or read-write, got {a:?}"
-                        )));
-                    }
+                    let access = match self.opt_text(val, 20)?.as_deref() {
+                        None => None,
+                        Some("none") => Some("none"),
+                        Some("read_only" | "read-only") => Some("read-only"),
+                        Some("read_write" | "read-write") => Some("read-write"),
+                        Some(a) => {
+                            return Err(val.invalid(format!(
+                                "workspace_access must be none, read_only or read_write, got {a:?}"
+                            )));
+                        }
+                    };
+                    w.workspace_access = access.map(|a| (a.to_string(), Loc::of(val)));
                 }
                 "external" => w.external = val.bool()?,
                 "url" => w.url = self.opt_text(val, 2048)?,
                 "required_env" => w.required_env = self.required_env(val)?,
+                "recommended_env" => w.recommended_env = self.required_env(val)?,
                 "max_concurrent_tasks" => {
                     w.max_concurrent_tasks = self
                         .int_range(val, 1, 1000, "max_concurrent_tasks")?
@@ -640,10 +707,10 @@ workspaces:
     tier: 1
     model: m-own
     system_prompt: be kind
-    schedules: [{cron: "0 9 * * *", prompt: standup}]
-    channels: [{type: slack, channel: "#team"}]
+    schedules: [{cron_expr: "0 9 * * *", prompt: standup}]
+    channels: [{type: slack, config: {channel: "#team"}}]
     workspace_dir: /srv/work
-    workspace_access: read-only
+    workspace_access: read_only
     max_concurrent_tasks: 4
     canvas: {x: 10, y: 20.5}
     initial_prompt: hello
@@ -664,8 +731,10 @@ workspaces:
         assert_eq!(lead.workspace_access.as_deref(), Some("read-only"));
         assert_eq!(lead.max_concurrent_tasks, Some(4));
         assert_eq!(lead.canvas, Some(super::Canvas { x: 10.0, y: 20.5 }));
-        assert_eq!(lead.schedules[0]["cron"], "0 9 * * *");
-        assert_eq!(lead.channels[0]["channel"], "#team");
+        assert_eq!(lead.schedules[0].cron_expr, "0 9 * * *");
+        assert_eq!(lead.schedules[0].prompt, "standup");
+        assert_eq!(lead.channels[0].config["channel"], "#team");
+        assert_eq!(lead.workspace_dir.as_deref(), Some("/srv/work"));
         assert_eq!(lead.initial_prompt.as_deref(), Some("hello"));
         assert_eq!(lead.idle_interval_seconds, Some(900));
         // category_routing merges per key: own wins, defaults fill the rest.

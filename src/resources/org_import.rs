@@ -154,6 +154,10 @@ pub struct OrgImportStatus {
     /// Tolerated template problems (unknown keys), each naming file and YAML path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Channels left out because they could not be resolved (unknown adapter, unset
+    /// variable, a token not from a `.env` file), each naming file, line and reason (ADR 0047).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels_skipped: Vec<String>,
 }
 
 /// Counts of the last import pass.

@@ -205,28 +205,42 @@ fn workspace_dir_root_is_refused_even_under_a_permissive_policy() {
         "  policy:\n    workspaceDirRoots: [\"{}\"]\n",
         allowed.display()
     );
+    // `/` or a system dir is a bad template (ADR 0047): refused whole, nothing created.
     e.apply(&inline(
         "host",
         &format!(
-            "workspaces:\n  - name: Root\n    workspace_dir: /\n    workspace_access: read-write\n  - name: Etc\n    workspace_dir: /etc\n  - name: Team\n    workspace_dir: {}\n",
+            "workspaces:\n  - name: Team\n    workspace_dir: {}\n    workspace_access: read_write\n  - name: Root\n    workspace_dir: /\n    workspace_access: read-write\n",
             allowed.join("team").display()
         ),
         &policy,
     ));
-    e.assert_refused(
-        "host",
-        "workspace `root`: workspace_dir \"/\" is or holds a system directory",
-        2,
-    );
-    let msg = e.condition("host", "PolicyRefused")["message"]
+    let ok = eventually(60, || {
+        e.condition("host", "Ready")["reason"] == "InvalidWorkspaceDir"
+    });
+    assert!(ok, "{}", e.org("host")["status"]);
+    let msg = e.condition("host", "Ready")["message"]
         .as_str()
         .unwrap_or("")
         .to_string();
-    assert!(msg.contains("workspace `etc`: workspace_dir"), "{msg}");
-    assert!(e.workspace("host.root").is_null());
-    assert!(e.workspace("host.etc").is_null());
     assert_eq!(
-        e.workspace("host.team")["spec"]["workspaceDir"],
+        msg,
+        "(inline template):6:20: workspaces[1].workspace_dir: workspace_dir \"/\" is `/`, which holds every system directory"
+    );
+    assert!(e.workspace("host.team").is_null());
+    assert!(e.workspace("host.root").is_null());
+    // A dir outside the allowed roots is the policy's: that workspace alone is refused.
+    e.apply(&inline(
+        "host2",
+        &format!(
+            "workspaces:\n  - name: Team\n    workspace_dir: {}\n    workspace_access: read_write\n  - name: Elsewhere\n    workspace_dir: /srv/elsewhere\n    workspace_access: read_only\n",
+            allowed.join("team").display()
+        ),
+        &policy,
+    ));
+    e.assert_refused("host2", "workspace `elsewhere`: workspace_dir", 1);
+    assert!(e.workspace("host2.elsewhere").is_null());
+    assert_eq!(
+        e.workspace("host2.team")["spec"]["workspaceDir"],
         allowed.join("team").to_string_lossy().as_ref()
     );
 }
@@ -239,7 +253,7 @@ fn host_dirs_are_refused_by_default() {
     e.apply(&inline(
         "nodirs",
         &format!(
-            "workspaces:\n  - name: A\n    workspace_dir: {}\n",
+            "workspaces:\n  - name: A\n    workspace_dir: {}\n    workspace_access: read_only\n",
             dir.display()
         ),
         "",

@@ -101,16 +101,20 @@ fn labels(org: &OrgImport, key: &str) -> Value {
 }
 
 /// The org settings file: everything org.yaml has that the Workspace spec does not.
-fn settings_file(org: &str, w: &DesiredWorkspace) -> String {
+/// `global_memories` go to the first root only (ADR 0047).
+fn settings_file(plan: &Plan, w: &DesiredWorkspace) -> String {
     let mut doc = serde_json::Map::new();
-    doc.insert("org".into(), json!(org));
+    doc.insert("org".into(), json!(plan.name));
     doc.insert("tree_path".into(), json!(w.tree_path));
     doc.insert("plugins".into(), json!(w.plugins));
-    if !w.schedules.is_empty() {
-        doc.insert("schedules".into(), json!(w.schedules));
-    }
-    if !w.channels.is_empty() {
-        doc.insert("channels".into(), json!(w.channels));
+    let first_root = plan.workspaces.first().map(|f| f.key.as_str()) == Some(w.key.as_str());
+    if first_root && !plan.global_memories.is_empty() {
+        let memories: Vec<Value> = plan
+            .global_memories
+            .iter()
+            .map(|m| json!({"content": m.content, "scope": m.scope}))
+            .collect();
+        doc.insert("global_memories".into(), Value::Array(memories));
     }
     if !w.category_routing.is_empty() {
         doc.insert("category_routing".into(), json!(w.category_routing));
@@ -143,7 +147,20 @@ fn spec_of(
             inline.insert(file.to_string(), t.clone());
         }
     }
-    inline.insert(ORG_SETTINGS_FILE.to_string(), settings_file(&plan.name, w));
+    inline.insert(ORG_SETTINGS_FILE.to_string(), settings_file(plan, w));
+    let env_secret = env_secret_name(&orgtemplate::workspace_name(&org_name, &w.key));
+    // A channel token is a key of the env Secret (the layered `.env`; ADR 0047).
+    let channels = w
+        .channels
+        .iter()
+        .cloned()
+        .map(|mut c| {
+            if let Some(sel) = c.config_from.as_mut().filter(|s| s.name.is_empty()) {
+                sel.name = env_secret.clone();
+            }
+            c
+        })
+        .collect();
     WorkspaceSpec {
         display_name: Some(w.display_name.clone()),
         role: w.role.clone(),
@@ -179,11 +196,11 @@ fn spec_of(
             })
             .collect(),
         workspace_dir: w.workspace_dir.clone(),
-        workspace_access: match w.workspace_access.as_deref() {
-            Some("none") => Some(WorkspaceAccess::None),
-            Some("read-only") => Some(WorkspaceAccess::ReadOnly),
-            Some("read-write") => Some(WorkspaceAccess::ReadWrite),
-            _ => None,
+        // The plan binds a dir only with read_only or read_write (ADR 0047).
+        workspace_access: match (w.workspace_dir.as_ref(), w.workspace_access.as_deref()) {
+            (Some(_), Some("read-write")) => Some(WorkspaceAccess::ReadWrite),
+            (Some(_), _) => Some(WorkspaceAccess::ReadOnly),
+            (None, _) => None,
         },
         max_concurrent_tasks: w.max_concurrent_tasks,
         url: w.url.clone(),
@@ -192,6 +209,8 @@ fn spec_of(
         idle_prompt: w.idle_prompt.clone(),
         idle_interval_seconds: w.idle_prompt.as_ref().and(w.idle_interval_seconds),
         category_routing: routing(&w.category_routing),
+        schedules: w.schedules.clone(),
+        channels,
         ..Default::default()
     }
 }
@@ -429,6 +448,7 @@ mod tests {
             root: tmp.path().to_path_buf(),
             external: crate::orgtemplate::ExternalConfig::for_root(tmp.path()),
             persona_root: None,
+            process_env: false,
         };
         crate::orgtemplate::load_plan(&opts, &Source::Inline(yaml.into())).expect("plan")
     }
@@ -445,7 +465,8 @@ workspaces:
         tier: 3
         plugins: ["!search"]
         required_env: [ANALYST_KEY, {any_of: [A, B]}]
-        workspace_access: read-only
+        workspace_dir: /srv/analyst
+        workspace_access: read_only
 "#;
 
     #[test]
@@ -605,5 +626,69 @@ workspaces:
             spec["categoryRouting"],
             json!({"bugs": ["qa"], "docs": ["writer", "lead"]})
         );
+    }
+
+    #[test]
+    fn schedules_channels_memories_and_binds_reach_the_spec() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(tmp.path().join("o")).expect("mkdir");
+        std::fs::write(
+            tmp.path().join("o/org.yaml"),
+            r##"
+name: Carry
+global_memories: [{content: ship on thursdays}]
+workspaces:
+  - name: Lead
+    workspace_dir: /srv/lead
+    channels:
+      - type: telegram
+        config: {bot_token: "${TG_TOKEN}", chat_id: "-1"}
+    schedules: [{name: daily, cron_expr: "@daily", prompt: report}]
+    children:
+      - name: Dev
+        workspace_dir: /srv/dev
+        workspace_access: read_write
+"##,
+        )
+        .expect("write");
+        std::fs::write(tmp.path().join("o/.env"), "TG_TOKEN=1:x\n").expect("env");
+        let opts = crate::orgtemplate::Options {
+            root: tmp.path().to_path_buf(),
+            external: crate::orgtemplate::ExternalConfig::for_root(tmp.path()),
+            persona_root: None,
+            process_env: false,
+        };
+        let p = crate::orgtemplate::load_plan(&opts, &Source::Dir("o".into())).expect("plan");
+        let c = children(&org(), &p);
+        let lead = &c[0].workspace["spec"];
+        assert_eq!(
+            lead["channels"][0]["configFrom"],
+            json!({"name": "demo.lead-org-env", "key": "TG_TOKEN"})
+        );
+        assert_eq!(lead["channels"][0]["config"], json!({"chat_id": "-1"}));
+        assert_eq!(
+            lead["schedules"],
+            json!([{"name": "daily", "cronExpr": "@daily", "prompt": "report"}])
+        );
+        // Access none (the default): no bind at all.
+        assert!(lead.get("workspaceDir").is_none() && lead.get("workspaceAccess").is_none());
+        let dev = &c[1].workspace["spec"];
+        assert_eq!(
+            (&dev["workspaceDir"], &dev["workspaceAccess"]),
+            (&json!("/srv/dev"), &json!("read-write"))
+        );
+        let settings = |w: &Value| -> Value {
+            serde_json::from_str(w["files"]["inline"][ORG_SETTINGS_FILE].as_str().expect("s"))
+                .expect("json")
+        };
+        assert_eq!(
+            settings(lead)["global_memories"],
+            json!([{"content": "ship on thursdays", "scope": "GLOBAL"}])
+        );
+        assert!(settings(dev).get("global_memories").is_none());
+        // The typed Workspace reads it back.
+        let typed: crate::resources::Workspace =
+            serde_json::from_value(c[0].workspace.clone()).expect("typed");
+        assert_eq!(typed.spec.channels[0].type_, "telegram");
     }
 }

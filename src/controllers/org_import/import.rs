@@ -232,6 +232,15 @@ async fn preflight(pass: &Pass<'_>, plan: &Plan) -> Result<(), Stop> {
     }
     let available = global_env(&pass.ctx.client, &pass.ns).await?;
     let pf = orgtemplate::preflight(plan, &available);
+    if !pf.missing_recommended.is_empty() {
+        // Recommended env is warn-only (ADR 0047).
+        let msg = format!(
+            "recommended env not set: {}",
+            pf.missing_recommended.join(", ")
+        );
+        pass.event(EventType::Warning, "RecommendedEnvMissing", msg)
+            .await;
+    }
     if pf.ok() {
         return Ok(());
     }

@@ -58,6 +58,7 @@ const STATUS_FIELDS: &[&str] = &[
     "planDigest",
     "importInProgress",
     "warnings",
+    "channelsSkipped",
 ];
 
 /// Errors of the OrgImport controller; `category` is the Event reason and metric label.

@@ -102,6 +102,7 @@ impl Pass<'_> {
         }
         if let Some(p) = plan {
             next.warnings = p.warnings.iter().take(20).cloned().collect();
+            next.channels_skipped = channels_skipped(p);
             next.revisions = revisions(p);
         }
         let changed = ready(&self.prev).is_none_or(|c| {
@@ -256,6 +257,7 @@ impl Pass<'_> {
         next.missing_env = vec![];
         next.revisions = revisions(plan);
         next.warnings = plan.warnings.iter().take(20).cloned().collect();
+        next.channels_skipped = channels_skipped(plan);
         next.inventory = build::inventory(children, &seen.existing, &prune.keep);
         let changed = counts.created + counts.updated + counts.pruned > 0;
         let was_ready = ready(&self.prev).is_some_and(|c| c.status == ConditionStatus::True);
@@ -310,4 +312,13 @@ fn org_source_kind(org: &OrgImport) -> &'static str {
     build::source_of(&org.spec)
         .map(|s| s.kind())
         .unwrap_or("invalid")
+}
+
+/// Every skipped channel of the plan (ADR 0047), at most 100.
+fn channels_skipped(plan: &Plan) -> Vec<String> {
+    plan.workspaces
+        .iter()
+        .flat_map(|w| w.channels_skipped.iter().cloned())
+        .take(100)
+        .collect()
 }

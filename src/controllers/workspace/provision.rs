@@ -167,17 +167,21 @@ fn start_spec(
         memory_mib: None,
         cpus: None,
         files,
-        workspace_dir: ws.spec.workspace_dir.as_ref().map(|d| {
-            (
-                PathBuf::from(d),
-                !matches!(
-                    ws.spec.workspace_access,
-                    Some(crate::resources::WorkspaceAccess::ReadWrite)
-                ),
-            )
-        }),
+        workspace_dir: host_bind(&ws.spec),
         extra_hosts: vec!["host.docker.internal:host-gateway".into()],
         platform,
+    }
+}
+
+/// The host dir bound at `/workspace` and whether it is read-only: `workspaceAccess: none`
+/// binds nothing, unset keeps the read-only default (ADR 0047).
+fn host_bind(spec: &crate::resources::WorkspaceSpec) -> Option<(PathBuf, bool)> {
+    use crate::resources::WorkspaceAccess;
+    let dir = spec.workspace_dir.as_ref()?;
+    match spec.workspace_access {
+        Some(WorkspaceAccess::None) => None,
+        Some(WorkspaceAccess::ReadWrite) => Some((PathBuf::from(dir), false)),
+        Some(WorkspaceAccess::ReadOnly) | None => Some((PathBuf::from(dir), true)),
     }
 }
 
@@ -219,4 +223,33 @@ async fn start(
     Ok(Action::requeue(
         ctx.settings.provision_timeout.min(Duration::from_secs(30)),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::{WorkspaceAccess, WorkspaceSpec};
+
+    #[test]
+    fn access_none_binds_nothing() {
+        let spec = |access| WorkspaceSpec {
+            workspace_dir: Some("/srv/w".into()),
+            workspace_access: access,
+            ..Default::default()
+        };
+        assert_eq!(host_bind(&spec(Some(WorkspaceAccess::None))), None);
+        assert_eq!(
+            host_bind(&spec(Some(WorkspaceAccess::ReadWrite))),
+            Some((PathBuf::from("/srv/w"), false))
+        );
+        assert_eq!(
+            host_bind(&spec(Some(WorkspaceAccess::ReadOnly))),
+            Some((PathBuf::from("/srv/w"), true))
+        );
+        assert_eq!(
+            host_bind(&spec(None)),
+            Some((PathBuf::from("/srv/w"), true))
+        );
+        assert_eq!(host_bind(&WorkspaceSpec::default()), None);
+    }
 }
