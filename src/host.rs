@@ -86,6 +86,8 @@ pub struct Routes {
     pub a2a: Late<A2aState>,
     /// The image refresh route, once the Docker engine answers.
     pub images: Late<Images>,
+    /// Delegations and the busy queue (ADR 0051), when this process runs them.
+    pub teams: Option<Arc<crate::teams::Teams>>,
 }
 
 /// The listener a router is for.
@@ -112,9 +114,11 @@ pub enum Listener<'a> {
 
 /// The one place routers are composed.
 pub fn router(routes: &Routes, listener: Listener<'_>) -> Router {
-    let agent = crate::shim::registry::router(routes.registry.clone()).merge(
-        crate::shim::plugin_download::router(routes.downloads.clone()),
-    );
+    let agent = crate::shim::registry::router(routes.registry.clone())
+        .merge(crate::shim::plugin_download::router(
+            routes.downloads.clone(),
+        ))
+        .merge(crate::shim::delegations::router(routes.teams.clone()));
     match listener {
         Listener::Agent => agent,
         Listener::Operator { metrics, ready } => probes(metrics, ready).merge(agent),
@@ -228,12 +232,19 @@ impl Host {
                 downloads,
                 a2a,
                 images,
+                teams: None,
             },
             fills: Fills {
                 a2a: a2a_fill,
                 images: images_fill,
             },
         }
+    }
+
+    /// Runs delegations and queues calls to busy workspaces through `teams` (ADR 0051).
+    pub fn with_teams(mut self, teams: Arc<crate::teams::Teams>) -> Host {
+        self.routes.teams = Some(teams);
+        self
     }
 
     /// What the routes serve; compose them with [`router`].
@@ -305,7 +316,8 @@ impl Host {
                 workspaces.reader(),
                 backends.clone(),
                 metrics.clone(),
-            )));
+            )
+            .with_teams(routes.teams.clone())));
             platform_url = Some(url);
         }
         let services = controllers::Services {

@@ -47,6 +47,10 @@ async fn agent_card(State(state): State<Arc<AgentState>>) -> Json<Value> {
 }
 
 async fn a2a(State(state): State<Arc<AgentState>>, body: Bytes) -> Response {
+    // `sleep` and `delegate` (ADR 0051).
+    if let Some(reply) = super::team::handle(&state, &body).await {
+        return Json(reply).into_response();
+    }
     match handle_rpc(&state, &body) {
         Some(reply) => Json(reply).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
@@ -195,7 +199,7 @@ fn echo_text(params: Option<&Value>) -> Result<String, String> {
 }
 
 /// A fresh UUID-v4-shaped id (random enough to be unique; not for security).
-fn new_message_id() -> String {
+pub(super) fn new_message_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now()

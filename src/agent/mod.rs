@@ -27,6 +27,7 @@ mod config;
 mod platform;
 mod plugins;
 mod state;
+mod team;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -129,6 +130,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     if let Some(dir) = config_path.parent() {
         state.plugins_dir = dir.join("plugins");
     }
+    state.team = Some(team::Team::new(
+        config.workspace_id.clone(),
+        config.platform_url.clone(),
+        token_path.clone(),
+    ));
     let state = Arc::new(state);
     let (stop_tx, stop_rx) = watch::channel(false);
     let serve =

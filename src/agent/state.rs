@@ -35,6 +35,8 @@ pub(super) struct AgentState {
     stats: Mutex<Stats>,
     /// Where installed plugins live (`/configs/plugins`).
     pub(super) plugins_dir: PathBuf,
+    /// The platform, for `delegate` (ADR 0051).
+    pub(super) team: Option<super::team::Team>,
 }
 
 /// Removes an in-flight task when dropped.
@@ -56,6 +58,7 @@ impl AgentState {
             card,
             stats: Mutex::new(Stats::default()),
             plugins_dir: PathBuf::from("/configs/plugins"),
+            team: None,
         }
     }
 

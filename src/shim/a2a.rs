@@ -56,6 +56,8 @@ pub struct A2aState {
     pub backends: Backends,
     pub metrics: Arc<Metrics>,
     http: HttpClient,
+    /// The busy queue (ADR 0051); `None`: calls are never queued.
+    pub teams: Option<Arc<crate::teams::Teams>>,
 }
 
 impl A2aState {
@@ -71,7 +73,14 @@ impl A2aState {
             backends,
             metrics,
             http: HttpClient::new(UPSTREAM_TIMEOUTS),
+            teams: None,
         }
+    }
+
+    /// Queues calls to busy workspaces through `teams` (ADR 0051).
+    pub fn with_teams(mut self, teams: Option<Arc<crate::teams::Teams>>) -> Self {
+        self.teams = teams;
+        self
     }
 }
 
@@ -280,6 +289,14 @@ async fn a2a(
     if ws.spec.paused {
         return error(StatusCode::CONFLICT, "the workspace is paused");
     }
+    // A busy workspace: the call is queued (202); otherwise hold a slot while it runs.
+    let _slot = match &st.teams {
+        Some(t) => match t.admit(&ws, &headers, &body).await {
+            Ok(slot) => Some(slot),
+            Err(queued) => return queued,
+        },
+        None => None,
+    };
     let Some(url) = ws.status.as_ref().and_then(|s| s.url.clone()) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -10,6 +10,7 @@ pub mod a2a;
 pub mod auth;
 pub mod cache;
 pub mod canvas;
+pub mod delegations;
 pub mod error;
 pub mod events;
 pub mod images;

@@ -25,6 +25,12 @@ pub const SQLITE: &[Migration] = &[
         name: "audit_query",
         sql: include_str!("../../migrations/sqlite/0002_audit_query.sql"),
     },
+    // ADR 0051: the busy queue and delegations.
+    Migration {
+        version: 4,
+        name: "delegations_queue",
+        sql: include_str!("../../migrations/sqlite/0004_delegations_queue.sql"),
+    },
 ];
 
 /// Migrations of the Postgres backend.
@@ -39,6 +45,12 @@ pub const POSTGRES: &[Migration] = &[
         version: 2,
         name: "audit_query",
         sql: include_str!("../../migrations/postgres/0002_audit_query.sql"),
+    },
+    // ADR 0051: the busy queue and delegations.
+    Migration {
+        version: 4,
+        name: "delegations_queue",
+        sql: include_str!("../../migrations/postgres/0004_delegations_queue.sql"),
     },
 ];
 

@@ -9,6 +9,7 @@ mod crypto;
 mod migrate;
 mod postgres;
 mod sqlite;
+pub mod teams;
 
 pub use crypto::{SecretKey, SecretKeyError};
 pub use postgres::PostgresStore;
@@ -174,7 +175,7 @@ const PRUNE_CHUNK: i64 = 5_000;
 
 /// The persistence trait shared by SQLite and Postgres.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: teams::TeamsStore + Send + Sync + 'static {
     /// Short name for logs and metrics: `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// Loads the live objects and the newest `history` changes.

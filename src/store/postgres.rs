@@ -21,7 +21,7 @@ const LOCK_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A store in a Postgres database.
 pub struct PostgresStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     /// Held by an API server (the database's one writer): the lock session.
     writer: Option<WriterLock>,
 }
@@ -53,6 +53,16 @@ impl PostgresStore {
             .await?;
         super::migrate::run(&pool, super::migrate::POSTGRES).await?;
         Ok(PostgresStore { pool, writer: None })
+    }
+
+    /// Refuses writes once the writer lock is lost (ADR 0042).
+    pub(super) fn check_writer(&self) -> Result<(), StoreError> {
+        match &self.writer {
+            Some(w) if w.lost.load(Ordering::SeqCst) => Err(StoreError::Fenced(
+                "its lock connection failed; restart it".into(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Connects as the database's one writer: takes [`WRITER_LOCK`] on a dedicated connection

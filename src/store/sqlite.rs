@@ -16,7 +16,7 @@ use super::{
 
 /// The embedded default store.
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -36,6 +36,11 @@ impl SqliteStore {
             .await?;
         super::migrate::run(&pool, super::migrate::SQLITE).await?;
         Ok(SqliteStore { pool })
+    }
+
+    /// One process, one file: always the writer.
+    pub(super) fn check_writer(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 
