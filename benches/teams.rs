@@ -38,7 +38,6 @@ async fn delegations() {
             members.push((format!("m{m}-ic{i}"), Some(format!("m{m}"))));
         }
     }
-    members.push(("extra".into(), Some("lead".into())));
     let refs: Vec<(&str, Option<&str>)> = members
         .iter()
         .map(|(n, p)| (n.as_str(), p.as_deref()))
@@ -79,7 +78,10 @@ async fn delegations() {
         t.join().expect("join");
     }
     let sent = started.elapsed();
-    let sources: Vec<String> = (0..7).map(|m| format!("m{m}")).chain(["lead".to_string()]).collect();
+    let sources: Vec<String> = (0..7)
+        .map(|m| format!("m{m}"))
+        .chain(["lead".to_string()])
+        .collect();
     loop {
         let mut done = 0;
         let mut failed = 0;
@@ -99,7 +101,10 @@ async fn delegations() {
         if done == 200 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(300), "only {done} of 200 completed");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "only {done} of 200 completed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let total = started.elapsed();
@@ -149,7 +154,11 @@ async fn queue() {
         if seen.len() >= 1001 {
             break;
         }
-        assert!(freed.elapsed() < Duration::from_secs(300), "only {} delivered", seen.len() - 1);
+        assert!(
+            freed.elapsed() < Duration::from_secs(300),
+            "only {} delivered",
+            seen.len() - 1
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let drain = freed.elapsed();

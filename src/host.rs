@@ -311,13 +311,15 @@ impl Host {
                 settings.listen_limits,
                 shutdown.clone(),
             ));
-            fills.a2a.fill(Arc::new(A2aState::new(
-                client.clone(),
-                workspaces.reader(),
-                backends.clone(),
-                metrics.clone(),
-            )
-            .with_teams(routes.teams.clone())));
+            fills.a2a.fill(Arc::new(
+                A2aState::new(
+                    client.clone(),
+                    workspaces.reader(),
+                    backends.clone(),
+                    metrics.clone(),
+                )
+                .with_teams(routes.teams.clone()),
+            ));
             platform_url = Some(url);
         }
         let services = controllers::Services {

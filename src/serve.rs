@@ -364,8 +364,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         crate::teams::service::Settings::from_env(),
         shutdown.clone(),
     );
-    let host =
-        crate::host::Host::new(client.clone(), settings, metrics.clone()).with_teams(teams);
+    let host = crate::host::Host::new(client.clone(), settings, metrics.clone()).with_teams(teams);
     println!("canvas: {page_url}/ (molecule canvas-url prints a signed-in link)");
     let server = {
         let shutdown = shutdown.clone();

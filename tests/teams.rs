@@ -51,16 +51,21 @@ async fn a_busy_agent_queues_and_delegations_complete() {
     let (code, body) = first.join().expect("join");
     assert_eq!(code, 200, "{body}");
     eventually(20, "the queued call to be delivered", || {
-        org.queue("a")["items"]
-            .as_array()
-            .is_some_and(|l| l.iter().any(|i| i["queue_id"] == queue_id.as_str() && i["status"] == "completed"))
+        org.queue("a")["items"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|i| i["queue_id"] == queue_id.as_str() && i["status"] == "completed")
+        })
     })
     .await;
     let q = org.queue("a");
     let item = &q["items"][0];
     assert_eq!(item["response_preview"], "second", "{q}");
     assert_eq!(q["queue_depth"], 0);
-    assert_eq!(org.seen("a"), vec!["sleep 1500 first", "second"], "in order, once each");
+    assert_eq!(
+        org.seen("a"),
+        vec!["sleep 1500 first", "second"],
+        "in order, once each"
+    );
 
     // A delegation completes, with its events' statuses on record.
     let lead = org.uid("lead");
@@ -85,7 +90,10 @@ async fn a_busy_agent_queues_and_delegations_complete() {
         .into_iter()
         .find(|x| x["delegation_id"] == id.as_str())
         .expect("listed");
-    assert_eq!((row["response_preview"].clone(), row["direction"].clone()), (json!("hello b"), json!("out")));
+    assert_eq!(
+        (row["response_preview"].clone(), row["direction"].clone()),
+        (json!("hello b"), json!("out"))
+    );
     let theirs = org.delegations("b");
     assert_eq!(theirs[0]["direction"], "in", "the target lists it too");
     // The idempotent retry gets the same delegation, and nothing is sent again.
@@ -95,21 +103,65 @@ async fn a_busy_agent_queues_and_delegations_complete() {
         Some(&org.token("lead")),
         &json!({"target_id": b, "task": "hello b", "idempotency_key": "k-1"}),
     );
-    assert_eq!((code, again["delegation_id"].clone(), again["idempotent_hit"].clone()), (200, json!(id), json!(true)), "{again}");
+    assert_eq!(
+        (
+            code,
+            again["delegation_id"].clone(),
+            again["idempotent_hit"].clone()
+        ),
+        (200, json!(id), json!(true)),
+        "{again}"
+    );
     assert_eq!(org.seen("b"), vec!["hello b"]);
 
     // Refusals: each precise, none writes anything.
     let a1 = org.uid("a1");
     let b1 = org.uid("b1");
     let cases: Vec<(&str, String, Option<String>, Value, u16)> = vec![
-        ("self", lead.clone(), Some(org.token("lead")), json!({"target_id": lead, "task": "x"}), 400),
-        ("cousin", a1.clone(), Some(org.token("a1")), json!({"target_id": b1, "task": "x"}), 403),
-        ("unknown target", lead.clone(), None, json!({"target_id": "no-such-uid", "task": "x"}), 404),
+        (
+            "self",
+            lead.clone(),
+            Some(org.token("lead")),
+            json!({"target_id": lead, "task": "x"}),
+            400,
+        ),
+        (
+            "cousin",
+            a1.clone(),
+            Some(org.token("a1")),
+            json!({"target_id": b1, "task": "x"}),
+            403,
+        ),
+        (
+            "unknown target",
+            lead.clone(),
+            None,
+            json!({"target_id": "no-such-uid", "task": "x"}),
+            404,
+        ),
         ("no task", lead.clone(), None, json!({"target_id": b}), 400),
         ("not an object", lead.clone(), None, json!(["x"]), 400),
-        ("bad key", lead.clone(), None, json!({"target_id": b, "task": "x", "idempotency_key": "a b"}), 400),
-        ("another's token", lead.clone(), Some(org.token("b")), json!({"target_id": b, "task": "x"}), 403),
-        ("a wrong token", lead.clone(), Some("nope".into()), json!({"target_id": b, "task": "x"}), 401),
+        (
+            "bad key",
+            lead.clone(),
+            None,
+            json!({"target_id": b, "task": "x", "idempotency_key": "a b"}),
+            400,
+        ),
+        (
+            "another's token",
+            lead.clone(),
+            Some(org.token("b")),
+            json!({"target_id": b, "task": "x"}),
+            403,
+        ),
+        (
+            "a wrong token",
+            lead.clone(),
+            Some("nope".into()),
+            json!({"target_id": b, "task": "x"}),
+            401,
+        ),
     ];
     for (why, source, token, body, want) in cases {
         let (code, v) = org.call(
@@ -121,7 +173,10 @@ async fn a_busy_agent_queues_and_delegations_complete() {
         assert_eq!(code, want, "{why}: {v}");
         assert!(v["error"].is_string(), "{why}: {v}");
     }
-    assert!(org.delegations("a1").is_empty(), "the refused delegation left nothing");
+    assert!(
+        org.delegations("a1").is_empty(),
+        "the refused delegation left nothing"
+    );
     assert_eq!(org.delegations("lead").len(), 1);
 
     // An agent records a delegation it sent itself and reports how it ended.
@@ -133,7 +188,12 @@ async fn a_busy_agent_queues_and_delegations_complete() {
     );
     assert_eq!((code, r["status"].clone()), (202, json!("recorded")), "{r}");
     let update = format!("/workspaces/{a}/delegations/task-77/update");
-    let (code, _) = org.call("POST", &update, Some(&org.token("a")), &json!({"status": "done"}));
+    let (code, _) = org.call(
+        "POST",
+        &update,
+        Some(&org.token("a")),
+        &json!({"status": "done"}),
+    );
     assert_eq!(code, 400);
     let (code, u) = org.call(
         "POST",
@@ -141,8 +201,17 @@ async fn a_busy_agent_queues_and_delegations_complete() {
         Some(&org.token("a")),
         &json!({"status": "completed", "response_preview": "all good"}),
     );
-    assert_eq!((code, u["status"].clone()), (200, json!("completed")), "{u}");
-    let (code, _) = org.call("POST", &update, Some(&org.token("a")), &json!({"status": "failed"}));
+    assert_eq!(
+        (code, u["status"].clone()),
+        (200, json!("completed")),
+        "{u}"
+    );
+    let (code, _) = org.call(
+        "POST",
+        &update,
+        Some(&org.token("a")),
+        &json!({"status": "failed"}),
+    );
     assert_eq!(code, 409, "a finished delegation stays finished");
     let (code, _) = org.call(
         "POST",
@@ -159,7 +228,10 @@ async fn a_busy_agent_queues_and_delegations_complete() {
     assert!(org.seen("b").contains(&"ping from lead".to_string()));
     let (code, reply) = org.send("a1", "delegate b1: you are my cousin");
     assert_eq!(code, 200, "{reply}");
-    assert_eq!(reply["error"]["code"], -32000, "a cousin is out of reach: {reply}");
+    assert_eq!(
+        reply["error"]["code"], -32000,
+        "a cousin is out of reach: {reply}"
+    );
 }
 
 /// `kill -9` of serve while calls wait in the queue and a delegation is in flight: after the
@@ -171,7 +243,11 @@ async fn kill9_during_queue_and_delegations(postgres: bool) {
     };
     let mut org = Org::new(
         backend,
-        &[("lead", None), ("worker", Some("lead")), ("other", Some("lead"))],
+        &[
+            ("lead", None),
+            ("worker", Some("lead")),
+            ("other", Some("lead")),
+        ],
     )
     .await;
     org.wait_online().await;
@@ -202,39 +278,62 @@ async fn kill9_during_queue_and_delegations(postgres: bool) {
         assert_eq!(code, 202, "{v}");
         v["delegation_id"].as_str().expect("id").to_string()
     };
-    let queued: Vec<String> = (0..3).map(|i| delegate(&org.uid("worker"), &format!("d{i}"))).collect();
+    let queued: Vec<String> = (0..3)
+        .map(|i| delegate(&org.uid("worker"), &format!("d{i}")))
+        .collect();
     let in_flight = delegate(&other, "sleep 5000 inflight");
-    eventually(10, "the delegations to settle into queued and dispatched", || {
-        let list = org.delegations("lead");
-        let status = |id: &str| list.iter().find(|d| d["delegation_id"] == id).map(|d| d["status"].clone());
-        queued.iter().all(|id| status(id) == Some(json!("queued")))
-            && status(&in_flight) == Some(json!("dispatched"))
-    })
+    eventually(
+        10,
+        "the delegations to settle into queued and dispatched",
+        || {
+            let list = org.delegations("lead");
+            let status = |id: &str| {
+                list.iter()
+                    .find(|d| d["delegation_id"] == id)
+                    .map(|d| d["status"].clone())
+            };
+            queued.iter().all(|id| status(id) == Some(json!("queued")))
+                && status(&in_flight) == Some(json!("dispatched"))
+        },
+    )
     .await;
 
     org.s.kill9();
     let _ = hold.join();
     tokio::task::block_in_place(|| org.s.spawn());
 
-    eventually(40, "every queued call and delegation to finish after the restart", || {
-        let q = org.queue("worker");
-        let items = q["items"].as_array().cloned().unwrap_or_default();
-        let done = items.iter().all(|i| i["status"] == "completed");
-        let delegations = org.delegations("lead");
-        let settled = delegations
-            .iter()
-            .all(|d| d["status"] == "completed" || d["status"] == "failed");
-        done && items.len() == 8 && settled
-    })
+    eventually(
+        40,
+        "every queued call and delegation to finish after the restart",
+        || {
+            let q = org.queue("worker");
+            let items = q["items"].as_array().cloned().unwrap_or_default();
+            let done = items.iter().all(|i| i["status"] == "completed");
+            let delegations = org.delegations("lead");
+            let settled = delegations
+                .iter()
+                .all(|d| d["status"] == "completed" || d["status"] == "failed");
+            done && items.len() == 8 && settled
+        },
+    )
     .await;
     let list = org.delegations("lead");
     for id in &queued {
-        let d = list.iter().find(|d| d["delegation_id"] == id.as_str()).expect("listed");
+        let d = list
+            .iter()
+            .find(|d| d["delegation_id"] == id.as_str())
+            .expect("listed");
         assert_eq!(d["status"], "completed", "{d}");
     }
-    let d = list.iter().find(|d| d["delegation_id"] == in_flight.as_str()).expect("listed");
+    let d = list
+        .iter()
+        .find(|d| d["delegation_id"] == in_flight.as_str())
+        .expect("listed");
     assert_eq!(d["status"], "failed", "{d}");
-    assert!(d["error"].as_str().unwrap_or("").contains("restarted"), "{d}");
+    assert!(
+        d["error"].as_str().unwrap_or("").contains("restarted"),
+        "{d}"
+    );
 
     // At the agents: each text exactly once; the queue in order.
     let seen = org.seen("worker");
@@ -242,7 +341,11 @@ async fn kill9_during_queue_and_delegations(postgres: bool) {
     want.extend((0..5).map(|i| format!("q{i}")));
     want.extend((0..3).map(|i| format!("d{i}")));
     assert_eq!(seen, want, "delivered once each, in order");
-    assert_eq!(org.seen("other"), vec!["sleep 5000 inflight"], "not sent again");
+    assert_eq!(
+        org.seen("other"),
+        vec!["sleep 5000 inflight"],
+        "not sent again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -72,7 +72,12 @@ impl Team {
         }
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<(u16, Bytes), String> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Bytes), String> {
         let token = read_token(&self.token_path)
             .await
             .map_err(|e| format!("no token: {e}"))?;
@@ -119,7 +124,9 @@ impl Team {
                 return Ok(id.to_string());
             }
         }
-        Err(format!("no peer called {name:?} is reachable from this workspace"))
+        Err(format!(
+            "no peer called {name:?} is reachable from this workspace"
+        ))
     }
 
     /// Delegates `text` to the peer called `peer` and waits for its answer.
@@ -165,7 +172,9 @@ impl Team {
                     Some("failed") => {
                         return Err(format!(
                             "the delegation to {peer} failed: {}",
-                            row.get("error").and_then(Value::as_str).unwrap_or("unknown")
+                            row.get("error")
+                                .and_then(Value::as_str)
+                                .unwrap_or("unknown")
                         ));
                     }
                     _ => {}
@@ -185,13 +194,21 @@ fn request_text(body: &[u8]) -> Option<(Value, String, Option<String>)> {
     {
         return None;
     }
-    let id = v.get("id").filter(|i| i.is_string() || i.is_number())?.clone();
+    let id = v
+        .get("id")
+        .filter(|i| i.is_string() || i.is_number())?
+        .clone();
     let message = v.get("params")?.get("message")?;
     let text: String = message
         .get("parts")?
         .as_array()?
         .iter()
-        .filter(|p| p.get("kind").or_else(|| p.get("type")).and_then(Value::as_str) == Some("text"))
+        .filter(|p| {
+            p.get("kind")
+                .or_else(|| p.get("type"))
+                .and_then(Value::as_str)
+                == Some("text")
+        })
         .filter_map(|p| p.get("text").and_then(Value::as_str))
         .collect::<Vec<_>>()
         .join("\n");

@@ -74,6 +74,19 @@ fn error(code: StatusCode, msg: &str) -> Response {
     (code, axum::Json(json!({"error": msg}))).into_response()
 }
 
+/// A refusal of a field or query, rendered like [`error`].
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.0, &self.1)
+    }
+}
+
+fn refuse(code: StatusCode, msg: &str) -> Refusal {
+    Refusal(code, msg.to_string())
+}
+
 fn unavailable() -> Response {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -131,10 +144,10 @@ async fn authorize(t: &Teams, id: &str, headers: &HeaderMap) -> Result<(), Respo
     }
 }
 
-fn body_object(body: &Bytes) -> Result<Map<String, Value>, Response> {
+fn body_object(body: &Bytes) -> Result<Map<String, Value>, Refusal> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
-        _ => Err(error(
+        _ => Err(refuse(
             StatusCode::BAD_REQUEST,
             "the body must be a JSON object",
         )),
@@ -142,28 +155,28 @@ fn body_object(body: &Bytes) -> Result<Map<String, Value>, Response> {
 }
 
 /// A required string field of at most `max` bytes.
-fn field(m: &Map<String, Value>, key: &str, max: usize) -> Result<String, Response> {
+fn field(m: &Map<String, Value>, key: &str, max: usize) -> Result<String, Refusal> {
     match m.get(key) {
         Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= max => Ok(s.clone()),
-        Some(Value::String(s)) if s.len() > max => Err(error(
+        Some(Value::String(s)) if s.len() > max => Err(refuse(
             StatusCode::BAD_REQUEST,
             &format!("`{key}` is longer than {max} bytes"),
         )),
-        _ => Err(error(
+        _ => Err(refuse(
             StatusCode::BAD_REQUEST,
             &format!("`{key}` is required and must be a non-empty string"),
         )),
     }
 }
 
-fn optional(m: &Map<String, Value>, key: &str, max: usize) -> Result<Option<String>, Response> {
+fn optional(m: &Map<String, Value>, key: &str, max: usize) -> Result<Option<String>, Refusal> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(_) => field(m, key, max).map(Some),
     }
 }
 
-fn limit_of(q: Option<String>) -> Result<i64, Response> {
+fn limit_of(q: Option<String>) -> Result<i64, Refusal> {
     match form_urlencoded::parse(q.unwrap_or_default().as_bytes()).find(|(k, _)| k == "limit") {
         None => Ok(DEFAULT_LIMIT),
         Some((_, v)) => v
@@ -171,7 +184,7 @@ fn limit_of(q: Option<String>) -> Result<i64, Response> {
             .ok()
             .filter(|n| (1..=MAX_LIMIT).contains(n))
             .ok_or_else(|| {
-                error(
+                refuse(
                     StatusCode::BAD_REQUEST,
                     &format!("query `limit` must be between 1 and {MAX_LIMIT}"),
                 )
@@ -249,7 +262,7 @@ async fn delegate(
     }
     let m = match body_object(&body) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (target, task, key) = match (
         field(&m, "target_id", 64),
@@ -257,7 +270,7 @@ async fn delegate(
         optional(&m, "idempotency_key", 128),
     ) {
         (Ok(a), Ok(b), Ok(c)) => (a, b, c),
-        (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
+        (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r.into_response(),
     };
     if !valid_key(&target, 64) {
         return error(StatusCode::BAD_REQUEST, "`target_id` is not a workspace id");
@@ -275,7 +288,10 @@ async fn delegate(
     match tree.get(&target) {
         None => return error(StatusCode::NOT_FOUND, "target workspace not found"),
         Some(w) if w.metadata.deletion_timestamp.is_some() => {
-            return error(StatusCode::CONFLICT, "the target workspace is being deleted");
+            return error(
+                StatusCode::CONFLICT,
+                "the target workspace is being deleted",
+            );
         }
         Some(_) if !tree.can_communicate(&id, &target) => {
             return error(
@@ -296,7 +312,9 @@ async fn delegate(
     match t.delegate(&new).await {
         Ok((d, true)) => (
             StatusCode::ACCEPTED,
-            axum::Json(json!({"delegation_id": d.id, "status": "delegated", "target_id": d.target_id})),
+            axum::Json(
+                json!({"delegation_id": d.id, "status": "delegated", "target_id": d.target_id}),
+            ),
         )
             .into_response(),
         Ok((d, false)) => (
@@ -323,7 +341,7 @@ async fn list(
     }
     let limit = match limit_of(q) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match t.store().delegation_list(&id, limit).await {
         Ok(rows) => axum::Json(
@@ -348,7 +366,7 @@ async fn record(
     }
     let m = match body_object(&body) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (target, task, delegation_id) = match (
         field(&m, "target_id", 64),
@@ -356,7 +374,7 @@ async fn record(
         field(&m, "delegation_id", 128),
     ) {
         (Ok(a), Ok(b), Ok(c)) => (a, b, c),
-        (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
+        (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r.into_response(),
     };
     if !valid_key(&target, 64) || !valid_key(&delegation_id, 128) {
         return error(
@@ -418,7 +436,7 @@ async fn update(
     }
     let m = match body_object(&body) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let status = match field(&m, "status", 16) {
         Ok(s) if s == "completed" || s == "failed" => s,
@@ -428,14 +446,14 @@ async fn update(
                 "status must be 'completed' or 'failed'",
             );
         }
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (err, preview) = match (
         optional(&m, "error", 4096),
         optional(&m, "response_preview", 16 * 1024),
     ) {
         (Ok(a), Ok(b)) => (a, b),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
     };
     let existing = match t.store().delegation_get(&delegation_id).await {
         Ok(Some(d)) if d.source_id == id => d,
@@ -473,7 +491,7 @@ async fn queue(
     }
     let limit = match limit_of(q) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let depth = match t.store().queue_depth(&id).await {
         Ok(d) => d,

@@ -144,8 +144,11 @@ pub trait TeamsStore: Send + Sync {
     /// Queued items of a workspace.
     async fn queue_depth(&self, workspace_id: &str) -> Result<i64, StoreError>;
     /// The newest `limit` items of a workspace, newest first.
-    async fn queue_list(&self, workspace_id: &str, limit: i64)
-    -> Result<Vec<QueueItem>, StoreError>;
+    async fn queue_list(
+        &self,
+        workspace_id: &str,
+        limit: i64,
+    ) -> Result<Vec<QueueItem>, StoreError>;
     /// Workspaces with queued items.
     async fn queue_busy_workspaces(&self) -> Result<Vec<String>, StoreError>;
     /// Marks queued items past their expiry `expired` and fails their delegations.

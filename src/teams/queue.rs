@@ -166,7 +166,10 @@ mod tests {
         // The agent reports the task the platform has in flight: nothing extra.
         l.heartbeat("w", 1);
         l.release("w");
-        assert!(l.try_acquire("w", 1, true), "free again at once, before any heartbeat");
+        assert!(
+            l.try_acquire("w", 1, true),
+            "free again at once, before any heartbeat"
+        );
         l.release("w");
         // Work the platform did not send counts until a heartbeat says it is done.
         l.heartbeat("w", 2);
@@ -187,8 +190,14 @@ mod tests {
     fn queued_calls_are_not_overtaken() {
         let l = Loads::default();
         l.set_queued("w", true);
-        assert!(!l.try_acquire("w", 3, true), "a new call waits behind the queue");
-        assert!(l.try_acquire("w", 3, false), "the drainer takes the queue's turn");
+        assert!(
+            !l.try_acquire("w", 3, true),
+            "a new call waits behind the queue"
+        );
+        assert!(
+            l.try_acquire("w", 3, false),
+            "the drainer takes the queue's turn"
+        );
         assert!(l.is_queued("w"));
         l.set_queued("w", false);
         assert!(l.try_acquire("w", 3, true));

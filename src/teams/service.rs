@@ -126,7 +126,10 @@ impl Drop for Slot {
 /// What one delivery to an agent came to.
 #[derive(Debug)]
 enum Sent {
-    Answered { status: u16, body: Bytes },
+    Answered {
+        status: u16,
+        body: Bytes,
+    },
     /// Not delivered: the agent could not be reached (or its gateway said so).
     Unreachable(String),
 }
@@ -154,7 +157,12 @@ pub fn answer_text(body: &[u8]) -> String {
         parts?
             .as_array()?
             .iter()
-            .find(|p| p.get("kind").or_else(|| p.get("type")).and_then(Value::as_str) == Some("text"))
+            .find(|p| {
+                p.get("kind")
+                    .or_else(|| p.get("type"))
+                    .and_then(Value::as_str)
+                    == Some("text")
+            })
             .and_then(|p| p.get("text"))
             .and_then(Value::as_str)
             .map(String::from)
@@ -180,13 +188,12 @@ fn cut(s: &str) -> String {
 fn rpc_error(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let e = v.get("error")?;
-    Some(cut(
-        e.get("message")
-            .and_then(Value::as_str)
-            .map(String::from)
-            .unwrap_or_else(|| e.to_string())
-            .as_str(),
-    ))
+    Some(cut(e
+        .get("message")
+        .and_then(Value::as_str)
+        .map(String::from)
+        .unwrap_or_else(|| e.to_string())
+        .as_str()))
 }
 
 /// The A2A request that carries a delegation's task (its id is the message id, so an agent
@@ -288,7 +295,8 @@ impl Teams {
     }
 
     fn emit(&self, event: &'static str, workspace: &str, payload: Value) {
-        self.metrics.inc("molecule_teams_events_total", &[("event", event)]);
+        self.metrics
+            .inc("molecule_teams_events_total", &[("event", event)]);
         if let Some(p) = &self.publish {
             p(event, workspace, payload);
         }
@@ -369,7 +377,9 @@ impl Teams {
                         self.loads.forget(&uid);
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "teams: the workspace watch failed; retrying"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "teams: the workspace watch failed; retrying")
+                }
             }
         }
     }
@@ -405,10 +415,7 @@ impl Teams {
         body: &Bytes,
     ) -> Result<Slot, Response> {
         let uid = ws.uid().unwrap_or_default();
-        if self
-            .loads
-            .try_acquire(&uid, max_concurrent(ws), true)
-        {
+        if self.loads.try_acquire(&uid, max_concurrent(ws), true) {
             return Ok(Slot {
                 teams: self.clone(),
                 uid,
@@ -512,7 +519,9 @@ impl Teams {
     /// Hands queued items to deliveries while the workspace has room.
     async fn drain_once(self: &Arc<Self>, uid: &str) {
         loop {
-            let Some(ws) = self.workspace(uid) else { return };
+            let Some(ws) = self.workspace(uid) else {
+                return;
+            };
             if ws.spec.paused || ws.metadata.deletion_timestamp.is_some() {
                 return;
             }
@@ -555,7 +564,8 @@ impl Teams {
                     ok: (200..300).contains(&status) && rpc.is_none(),
                     preview: answer_text(&body),
                     error: rpc.or_else(|| {
-                        (!(200..300).contains(&status)).then(|| format!("the agent answered HTTP {status}"))
+                        (!(200..300).contains(&status))
+                            .then(|| format!("the agent answered HTTP {status}"))
                     }),
                 }
             }
@@ -572,13 +582,22 @@ impl Teams {
                 let status = after.map(|i| i.status).unwrap_or_default();
                 self.metrics.inc(
                     "molecule_a2a_queue_deliveries_total",
-                    &[("result", if status.is_empty() { "unknown" } else { status.as_str() })],
+                    &[(
+                        "result",
+                        if status.is_empty() {
+                            "unknown"
+                        } else {
+                            status.as_str()
+                        },
+                    )],
                 );
                 if let Some(d) = d {
                     self.emit_delegation(&d);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, queue_id = %item.id, "teams: could not record a queue delivery"),
+            Err(e) => {
+                tracing::warn!(error = %e, queue_id = %item.id, "teams: could not record a queue delivery")
+            }
         }
         drop(slot);
     }
@@ -623,7 +642,10 @@ impl Teams {
                 Ok(gone) => {
                     for (item, d) in gone {
                         tracing::info!(queue_id = %item.id, workspace = %item.workspace_id, "teams: a queued call expired");
-                        self.metrics.inc("molecule_a2a_queue_deliveries_total", &[("result", "expired")]);
+                        self.metrics.inc(
+                            "molecule_a2a_queue_deliveries_total",
+                            &[("result", "expired")],
+                        );
                         if let Some(d) = d {
                             self.emit_delegation(&d);
                         }
@@ -682,7 +704,8 @@ impl Teams {
     ) -> Result<(Delegation, bool), crate::store::StoreError> {
         let (d, created) = self.store.delegation_create(new, now_ms()).await?;
         if created {
-            self.metrics.inc("molecule_delegations_total", &[("origin", new.origin)]);
+            self.metrics
+                .inc("molecule_delegations_total", &[("origin", new.origin)]);
             let preview: String = d.task.chars().take(100).collect();
             self.emit(
                 "DELEGATION_SENT",
@@ -706,7 +729,14 @@ impl Teams {
     ) -> Result<Option<Delegation>, crate::store::StoreError> {
         let d = self
             .store
-            .delegation_transition(id, &["dispatched", "pending", "queued"], status, error, preview, now_ms())
+            .delegation_transition(
+                id,
+                &["dispatched", "pending", "queued"],
+                status,
+                error,
+                preview,
+                now_ms(),
+            )
             .await?;
         if let Some(d) = &d {
             self.emit_delegation(d);
@@ -722,7 +752,9 @@ impl Teams {
         {
             Ok(Some(d)) => self.emit_delegation(&d),
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, delegation = %d.id, "teams: could not record a failed delegation"),
+            Err(e) => {
+                tracing::warn!(error = %e, delegation = %d.id, "teams: could not record a failed delegation")
+            }
         }
     }
 
@@ -730,11 +762,13 @@ impl Teams {
     /// queue.
     async fn execute(self: Arc<Self>, d: Delegation) {
         let Some(ws) = self.workspace(&d.target_id) else {
-            self.fail(&d, &["pending"], "the target workspace does not exist").await;
+            self.fail(&d, &["pending"], "the target workspace does not exist")
+                .await;
             return;
         };
         if ws.metadata.deletion_timestamp.is_some() {
-            self.fail(&d, &["pending"], "the target workspace is being deleted").await;
+            self.fail(&d, &["pending"], "the target workspace is being deleted")
+                .await;
             return;
         }
         let url = ws.status.as_ref().and_then(|s| s.url.clone());
@@ -762,7 +796,12 @@ impl Teams {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, delegation = %d.id, "teams: could not queue a delegation");
-                    self.fail(&d, &["pending"], "the target is busy and its queue is unavailable").await;
+                    self.fail(
+                        &d,
+                        &["pending"],
+                        "the target is busy and its queue is unavailable",
+                    )
+                    .await;
                 }
             }
             return;
@@ -786,25 +825,43 @@ impl Teams {
         };
         self.emit_delegation(&dispatched);
         let sent = self
-            .send(url.as_deref().unwrap_or_default(), Bytes::from(delegation_request(&d)))
+            .send(
+                url.as_deref().unwrap_or_default(),
+                Bytes::from(delegation_request(&d)),
+            )
             .await;
         drop(slot);
         let (to, err, preview) = match sent {
             Sent::Answered { status, body } => match rpc_error(&body) {
-                None if (200..300).contains(&status) => ("completed", None, Some(answer_text(&body))),
+                None if (200..300).contains(&status) => {
+                    ("completed", None, Some(answer_text(&body)))
+                }
                 Some(e) => ("failed", Some(e), None),
-                None => ("failed", Some(format!("the target answered HTTP {status}")), None),
+                None => (
+                    "failed",
+                    Some(format!("the target answered HTTP {status}")),
+                    None,
+                ),
             },
             Sent::Unreachable(e) => ("failed", Some(e), None),
         };
         match self
             .store
-            .delegation_transition(&d.id, &["dispatched"], to, err.as_deref(), preview.as_deref(), now_ms())
+            .delegation_transition(
+                &d.id,
+                &["dispatched"],
+                to,
+                err.as_deref(),
+                preview.as_deref(),
+                now_ms(),
+            )
             .await
         {
             Ok(Some(x)) => self.emit_delegation(&x),
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, delegation = %d.id, "teams: could not record a delegation's outcome"),
+            Err(e) => {
+                tracing::warn!(error = %e, delegation = %d.id, "teams: could not record a delegation's outcome")
+            }
         }
     }
 }
@@ -817,11 +874,15 @@ mod tests {
     fn answers_are_read_for_their_text() {
         let a = br#"{"jsonrpc":"2.0","id":1,"result":{"kind":"message","parts":[{"kind":"text","text":"hi"}]}}"#;
         assert_eq!(answer_text(a), "hi");
-        let art = br#"{"result":{"artifacts":[{"parts":[{"type":"text","text":"from artifact"}]}]}}"#;
+        let art =
+            br#"{"result":{"artifacts":[{"parts":[{"type":"text","text":"from artifact"}]}]}}"#;
         assert_eq!(answer_text(art), "from artifact");
         assert_eq!(answer_text(b"plain"), "plain");
         let long = "x".repeat(PREVIEW_CHARS + 10);
-        assert_eq!(answer_text(long.as_bytes()).chars().count(), PREVIEW_CHARS + 1);
+        assert_eq!(
+            answer_text(long.as_bytes()).chars().count(),
+            PREVIEW_CHARS + 1
+        );
         assert_eq!(
             rpc_error(br#"{"error":{"code":-32602,"message":"Invalid params"}}"#).as_deref(),
             Some("Invalid params")

@@ -144,10 +144,8 @@ impl Org {
             .expect("config");
             std::fs::write(&tok, &token).expect("token file");
             org._stops.push(spawn_agent(cfg, tok, agent));
-            org.members.insert(
-                name.to_string(),
-                Member { uid, token, seen },
-            );
+            org.members
+                .insert(name.to_string(), Member { uid, token, seen });
         }
         org
     }
@@ -165,7 +163,13 @@ impl Org {
     }
 
     /// A request as `token` (admin when `None`); (status, JSON body).
-    pub fn call(&self, method: &str, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> (u16, Value) {
         let admin = self.s.token();
         let token = token.unwrap_or(&admin);
         let body = if body.is_null() {
@@ -173,10 +177,12 @@ impl Org {
         } else {
             body.to_string().into_bytes()
         };
-        let (code, text) = tokio::task::block_in_place(|| {
-            self.s.http_as(method, path, Some(token), &body)
-        });
-        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        let (code, text) =
+            tokio::task::block_in_place(|| self.s.http_as(method, path, Some(token), &body));
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// `message/send` of `text` to workspace `name` through the platform (admin token).
@@ -282,4 +288,3 @@ pub fn reply_text(v: &Value) -> String {
         .unwrap_or_default()
         .to_string()
 }
-

@@ -24,10 +24,22 @@ fn answered(preview: &str) -> QueueOutcome {
 }
 
 async fn queue_order_idempotency_and_retry(s: &dyn Store) {
-    let (a, d1, _) = s.queue_push(&item("w", "a", PRIORITY_TASK), 1).await.expect("a");
-    let (b, d2, _) = s.queue_push(&item("w", "b", PRIORITY_TASK), 2).await.expect("b");
-    let (urgent, d3, _) = s.queue_push(&item("w", "u", PRIORITY_MAX), 3).await.expect("u");
-    let (_, other, _) = s.queue_push(&item("v", "x", PRIORITY_TASK), 3).await.expect("x");
+    let (a, d1, _) = s
+        .queue_push(&item("w", "a", PRIORITY_TASK), 1)
+        .await
+        .expect("a");
+    let (b, d2, _) = s
+        .queue_push(&item("w", "b", PRIORITY_TASK), 2)
+        .await
+        .expect("b");
+    let (urgent, d3, _) = s
+        .queue_push(&item("w", "u", PRIORITY_MAX), 3)
+        .await
+        .expect("u");
+    let (_, other, _) = s
+        .queue_push(&item("v", "x", PRIORITY_TASK), 3)
+        .await
+        .expect("x");
     assert_eq!((d1, d2, d3, other), (1, 2, 3, 1));
     // The same key while the first is live: the same item, nothing added.
     let keyed = NewQueueItem {
@@ -46,10 +58,16 @@ async fn queue_order_idempotency_and_retry(s: &dyn Store) {
     let order: Vec<String> = {
         let mut v = vec![];
         for _ in 0..2 {
-            let it = s.queue_claim("w", 10).await.expect("claim").expect("an item");
+            let it = s
+                .queue_claim("w", 10)
+                .await
+                .expect("claim")
+                .expect("an item");
             assert_eq!((it.status.as_str(), it.attempts), ("dispatched", 1));
             v.push(it.id.clone());
-            s.queue_finish(&it.id, &answered("ok"), 11).await.expect("finish");
+            s.queue_finish(&it.id, &answered("ok"), 11)
+                .await
+                .expect("finish");
         }
         v
     };
@@ -65,21 +83,30 @@ async fn queue_order_idempotency_and_retry(s: &dyn Store) {
     };
     let (after, _) = s.queue_finish(&b, &retry, 13).await.expect("retry");
     assert_eq!(after.expect("row").status, "queued");
-    let it = s.queue_claim("w", 14).await.expect("claim").expect("b again");
+    let it = s
+        .queue_claim("w", 14)
+        .await
+        .expect("claim")
+        .expect("b again");
     assert_eq!((it.id.as_str(), it.attempts), (b.as_str(), 2));
     let (after, _) = s.queue_finish(&b, &retry, 15).await.expect("retry 2");
     let after = after.expect("row");
     assert_eq!(after.status, "failed");
     assert_eq!(after.last_error.as_deref(), Some("connection refused"));
     // A finished item is not finished twice.
-    let (again, d) = s.queue_finish(&b, &answered("late"), 16).await.expect("noop");
+    let (again, d) = s
+        .queue_finish(&b, &answered("late"), 16)
+        .await
+        .expect("noop");
     assert_eq!((again.expect("row").status.as_str(), d), ("failed", None));
 
     let it = s.queue_claim("w", 17).await.expect("claim").expect("c");
     assert_eq!(it.id, c);
     // Once dispatched the key still guards; once finished it is free again.
     assert!(s.queue_push(&keyed, 18).await.expect("dup").2);
-    s.queue_finish(&c, &answered("done"), 19).await.expect("finish c");
+    s.queue_finish(&c, &answered("done"), 19)
+        .await
+        .expect("finish c");
     assert!(!s.queue_push(&keyed, 20).await.expect("fresh").2);
     let list = s.queue_list("w", 10).await.expect("list");
     assert_eq!(list.len(), 5);
@@ -97,13 +124,23 @@ async fn expiry(s: &dyn Store) {
         ..item("e", "old", PRIORITY_TASK)
     };
     let (old, _, _) = s.queue_push(&short, 1).await.expect("old");
-    let (young, _, _) = s.queue_push(&item("e", "young", PRIORITY_TASK), 2).await.expect("y");
+    let (young, _, _) = s
+        .queue_push(&item("e", "young", PRIORITY_TASK), 2)
+        .await
+        .expect("y");
     // An expired item is never claimed, even before the sweep marks it.
-    let it = s.queue_claim("e", 200).await.expect("claim").expect("young");
+    let it = s
+        .queue_claim("e", 200)
+        .await
+        .expect("claim")
+        .expect("young");
     assert_eq!(it.id, young);
     let gone = s.queue_expire(200).await.expect("expire");
     assert_eq!(gone.len(), 1);
-    assert_eq!((gone[0].0.id.as_str(), gone[0].0.status.as_str()), (old.as_str(), "expired"));
+    assert_eq!(
+        (gone[0].0.id.as_str(), gone[0].0.status.as_str()),
+        (old.as_str(), "expired")
+    );
     assert!(s.queue_expire(300).await.expect("again").is_empty());
 }
 
@@ -124,7 +161,10 @@ async fn delegations(s: &dyn Store) {
         .await
         .expect("create");
     assert!(created);
-    assert_eq!((d.status.as_str(), d.origin.as_str()), ("pending", "platform"));
+    assert_eq!(
+        (d.status.as_str(), d.origin.as_str()),
+        ("pending", "platform")
+    );
     let (same, created) = s
         .delegation_create(&new_delegation("lead", "a", Some("key-1")), 2)
         .await
@@ -138,11 +178,12 @@ async fn delegations(s: &dyn Store) {
     assert!(created && other.id != d.id);
 
     // Only from an allowed status.
-    assert!(s
-        .delegation_transition(&d.id, &["dispatched"], "completed", None, None, 3)
-        .await
-        .expect("refused")
-        .is_none());
+    assert!(
+        s.delegation_transition(&d.id, &["dispatched"], "completed", None, None, 3)
+            .await
+            .expect("refused")
+            .is_none()
+    );
     let moved = s
         .delegation_transition(&d.id, &["pending"], "dispatched", None, None, 3)
         .await
@@ -169,14 +210,22 @@ async fn delegations(s: &dyn Store) {
         ..new_delegation("a", "lead", None)
     };
     let (r, created) = s.delegation_create(&rec, 6).await.expect("record");
-    assert_eq!((r.id.as_str(), r.status.as_str(), created), ("agent-task-1", "dispatched", true));
+    assert_eq!(
+        (r.id.as_str(), r.status.as_str(), created),
+        ("agent-task-1", "dispatched", true)
+    );
     assert!(!s.delegation_create(&rec, 7).await.expect("record again").1);
 
     // Both directions are listed, newest first.
     let list = s.delegation_list("a", 10).await.expect("list");
     assert_eq!(
         list.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
-        vec!["agent-task-1", fresh.id.as_str(), other.id.as_str(), d.id.as_str()]
+        vec![
+            "agent-task-1",
+            fresh.id.as_str(),
+            other.id.as_str(),
+            d.id.as_str()
+        ]
     );
 
     // A queued delegation follows its queue item.
@@ -190,12 +239,28 @@ async fn delegations(s: &dyn Store) {
     };
     let (qid, _, _) = s.queue_push(&push, 9).await.expect("push");
     let got = s.delegation_get(&q.id).await.expect("get").expect("row");
-    assert_eq!((got.status.as_str(), got.queue_id.as_deref()), ("queued", Some(qid.as_str())));
+    assert_eq!(
+        (got.status.as_str(), got.queue_id.as_deref()),
+        ("queued", Some(qid.as_str()))
+    );
     s.queue_claim("b", 10).await.expect("claim").expect("item");
-    assert_eq!(s.delegation_get(&q.id).await.expect("get").expect("row").status, "dispatched");
-    let (_, d) = s.queue_finish(&qid, &answered("hello back"), 11).await.expect("finish");
+    assert_eq!(
+        s.delegation_get(&q.id)
+            .await
+            .expect("get")
+            .expect("row")
+            .status,
+        "dispatched"
+    );
+    let (_, d) = s
+        .queue_finish(&qid, &answered("hello back"), 11)
+        .await
+        .expect("finish");
     let d = d.expect("the delegation moved with its item");
-    assert_eq!((d.status.as_str(), d.response_preview.as_deref()), ("completed", Some("hello back")));
+    assert_eq!(
+        (d.status.as_str(), d.response_preview.as_deref()),
+        ("completed", Some("hello back"))
+    );
 }
 
 /// What a `kill -9` leaves: a pending delegation (never sent), a dispatched one, a queued one
@@ -215,7 +280,10 @@ async fn recovery(s: &dyn Store) {
     };
     let (first, _, _) = s.queue_push(&push(&in_delivery), 3).await.expect("push 1");
     s.queue_push(&push(&waiting), 3).await.expect("push 2");
-    let (plain, _, _) = s.queue_push(&item("t3", "plain", PRIORITY_TASK), 3).await.expect("plain");
+    let (plain, _, _) = s
+        .queue_push(&item("t3", "plain", PRIORITY_TASK), 3)
+        .await
+        .expect("plain");
     let claimed = s.queue_claim("t3", 4).await.expect("claim").expect("item");
     assert_eq!(claimed.id, first);
     let agent = NewDelegation {
@@ -228,7 +296,10 @@ async fn recovery(s: &dyn Store) {
     let r = s.teams_recover(5).await.expect("recover");
     // (The earlier suites left pending delegations of other sources.)
     let ours = |list: &[Delegation]| -> Vec<String> {
-        list.iter().filter(|d| d.source_id == "src").map(|d| d.id.clone()).collect()
+        list.iter()
+            .filter(|d| d.source_id == "src")
+            .map(|d| d.id.clone())
+            .collect()
     };
     assert_eq!(ours(&r.pending), vec![pending.id.clone()]);
     let interrupted: Vec<&String> = r
@@ -244,15 +315,41 @@ async fn recovery(s: &dyn Store) {
     want.sort();
     assert_eq!(failed, want);
     for d in &r.failed {
-        assert_eq!((d.status.as_str(), d.error.as_deref()), ("failed", Some(INTERRUPTED)));
+        assert_eq!(
+            (d.status.as_str(), d.error.as_deref()),
+            ("failed", Some(INTERRUPTED))
+        );
     }
     // What still waits keeps waiting, and drains in order; the agent's own record is its own.
-    assert_eq!(s.delegation_get(&waiting.id).await.expect("g").expect("r").status, "queued");
-    assert_eq!(s.delegation_get("by-agent").await.expect("g").expect("r").status, "dispatched");
+    assert_eq!(
+        s.delegation_get(&waiting.id)
+            .await
+            .expect("g")
+            .expect("r")
+            .status,
+        "queued"
+    );
+    assert_eq!(
+        s.delegation_get("by-agent")
+            .await
+            .expect("g")
+            .expect("r")
+            .status,
+        "dispatched"
+    );
     let next = s.queue_claim("t3", 6).await.expect("claim").expect("next");
     assert_eq!(next.delegation_id.as_deref(), Some(waiting.id.as_str()));
-    s.queue_finish(&next.id, &answered("x"), 7).await.expect("finish");
-    assert_eq!(s.queue_claim("t3", 8).await.expect("claim").expect("plain").id, plain);
+    s.queue_finish(&next.id, &answered("x"), 7)
+        .await
+        .expect("finish");
+    assert_eq!(
+        s.queue_claim("t3", 8)
+            .await
+            .expect("claim")
+            .expect("plain")
+            .id,
+        plain
+    );
     // A second recovery finds nothing new to fail.
     let again = s.teams_recover(9).await.expect("again");
     assert!(again.failed.is_empty());
@@ -268,13 +365,18 @@ async fn suite(s: &dyn Store) {
 
 #[test]
 fn placeholders_are_numbered_for_postgres() {
-    assert_eq!(numbered("a = ? AND b IN (?, ?)"), "a = $1 AND b IN ($2, $3)");
+    assert_eq!(
+        numbered("a = ? AND b IN (?, ?)"),
+        "a = $1 AND b IN ($2, $3)"
+    );
 }
 
 #[tokio::test]
 async fn teams_store_sqlite() {
     let dir = tempfile::tempdir().expect("tmp");
-    let s = SqliteStore::open(&dir.path().join("m.db")).await.expect("open");
+    let s = SqliteStore::open(&dir.path().join("m.db"))
+        .await
+        .expect("open");
     suite(&s).await;
 }
 
