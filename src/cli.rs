@@ -95,7 +95,8 @@ pub enum Command {
         #[command(flatten)]
         template_sources: TemplateSourceFlags,
         /// Deployment environment; `production` turns the admin routes off unless
-        /// --admin-routes is given.
+        /// --admin-routes is given, and always turns development mode off (no
+        /// `GET /admin/workspaces/:id/test-token`).
         #[arg(long, env = "MOLECULE_ENV", value_name = "NAME")]
         environment: Option<String>,
         /// Serve the admin routes (POST /admin/workspace-images/refresh) in production too.

@@ -430,7 +430,9 @@ pub fn run_blocking(spec: &Spec, stdout_cap: usize, timeout: Duration) -> Result
     let mut stderr = child.stderr.take();
     let over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let over_w = over.clone();
-    let out_t = std::thread::spawn(move || {
+    // The reader answers `Err` once stdout passes the cap; the flag only lets the wait loop
+    // below kill git early instead of waiting for it to finish.
+    let out_t = std::thread::spawn(move || -> Result<Vec<u8>, ()> {
         let mut buf = Vec::new();
         if let Some(o) = stdout.as_mut() {
             let mut chunk = [0u8; 16 * 1024];
@@ -442,14 +444,13 @@ pub fn run_blocking(spec: &Spec, stdout_cap: usize, timeout: Duration) -> Result
                 buf.extend_from_slice(&chunk[..n]);
                 if buf.len() > stdout_cap {
                     over_w.store(true, std::sync::atomic::Ordering::SeqCst);
-                    buf.clear();
                     // Keep draining (and discarding) until git is killed.
                     let _ = std::io::copy(o, &mut std::io::sink());
-                    break;
+                    return Err(());
                 }
             }
         }
-        buf
+        Ok(buf)
     });
     let err_t = std::thread::spawn(move || {
         let mut buf = Vec::new();
@@ -486,13 +487,13 @@ pub fn run_blocking(spec: &Spec, stdout_cap: usize, timeout: Duration) -> Result
             }
         }
     };
-    let out = out_t.join().unwrap_or_default();
+    let out = out_t.join().unwrap_or(Ok(Vec::new()));
     let err = err_t.join().unwrap_or_default();
     drop(home);
-    // git may exit before the reader thread flags an over-long stdout; the flag decides.
-    if over.load(std::sync::atomic::Ordering::SeqCst) {
+    // git may exit before the reader sees the end of an over-long stdout; the reader decides.
+    let Ok(out) = out else {
         return Err(RunError::TooLarge { cap: stdout_cap });
-    }
+    };
     match end {
         End::Exited(st) => Ok(Output {
             success: st.success(),

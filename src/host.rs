@@ -93,7 +93,8 @@ pub struct Routes {
 /// The listener a router is for.
 pub enum Listener<'a> {
     /// `serve`'s one port: the Kubernetes API, the REST shim with its canvas and stream, the
-    /// audit log, the admin route and the agent routes.
+    /// audit log, the admin route and the agent routes. `/registry/*` here looks workspaces up
+    /// in the shim's index, so it is served whatever controllers run (ADR 0049).
     Public {
         api: Router,
         shim: &'a Arc<crate::shim::Shim>,
@@ -114,21 +115,27 @@ pub enum Listener<'a> {
 
 /// The one place routers are composed.
 pub fn router(routes: &Routes, listener: Listener<'_>) -> Router {
-    let agent = crate::shim::registry::router(routes.registry.clone())
-        .merge(crate::shim::plugin_download::router(
-            routes.downloads.clone(),
-        ))
-        .merge(crate::shim::delegations::router(routes.teams.clone()));
+    let agent = || {
+        crate::shim::registry::router(routes.registry.clone())
+            .merge(crate::shim::plugin_download::router(
+                routes.downloads.clone(),
+            ))
+            .merge(crate::shim::delegations::router(routes.teams.clone()))
+    };
     match listener {
-        Listener::Agent => agent,
-        Listener::Operator { metrics, ready } => probes(metrics, ready).merge(agent),
+        Listener::Agent => agent(),
+        Listener::Operator { metrics, ready } => probes(metrics, ready).merge(agent()),
         Listener::Public {
             api,
             shim,
             audit,
             token,
             admin_routes,
-        } => agent
+        } => crate::shim::registry::router(Some(shim.registry()))
+            .merge(crate::shim::plugin_download::router(
+                routes.downloads.clone(),
+            ))
+            .merge(crate::shim::delegations::router(routes.teams.clone()))
             .merge(crate::shim::images::router(
                 routes.images.clone(),
                 token.to_string(),
@@ -210,7 +217,7 @@ impl Host {
             .map(|w| {
                 Arc::new(RegistryState {
                     client: client.clone(),
-                    workspaces: w.reader(),
+                    workspaces: w.reader().into(),
                     metrics: metrics.clone(),
                 })
             });

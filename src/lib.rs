@@ -34,4 +34,5 @@ pub mod telemetry;
 pub mod testing;
 pub mod tokens;
 pub mod util;
+pub mod workspace_tokens;
 pub mod yaml;

@@ -157,6 +157,7 @@ fn main() -> anyhow::Result<()> {
             let template_sources = template_sources.settings(&images);
             let admin_routes =
                 molecule::shim::images::admin_routes_enabled(environment.as_deref(), admin_routes);
+            let development = molecule::shim::test_tokens::development(environment.as_deref());
             let image_settings = images.settings()?;
             let api = ApiConfig {
                 max_body: max_body_bytes,
@@ -186,6 +187,7 @@ fn main() -> anyhow::Result<()> {
                 require_tls: listen_flags.require_tls,
                 template_sources,
                 admin_routes,
+                development,
             }))
         }
         Command::PluginFs { args } => std::process::exit(molecule::plugins::fs::main(&args)),

@@ -40,6 +40,8 @@ pub struct ServeOptions {
     pub template_sources: crate::orgtemplate::SourceSettings,
     /// Whether the admin routes are served (`shim::images::admin_routes_enabled`).
     pub admin_routes: bool,
+    /// Development mode (`shim::test_tokens::development`).
+    pub development: bool,
 }
 
 /// Refuses `--require-tls` when something would still be reached over plain HTTP, and warns
@@ -339,6 +341,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             ),
             metrics: metrics.clone(),
             backlog: opts.stream_backlog,
+            development: opts.development,
         },
         shutdown.clone(),
     );
@@ -372,6 +375,10 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         tracing::info!(
             enabled = admin,
             "admin routes: POST /admin/workspace-images/refresh"
+        );
+        tracing::info!(
+            enabled = opts.development,
+            "development mode (MOLECULE_ENV is not production): GET /admin/workspaces/:id/test-token"
         );
         let app = crate::host::router(
             &host.routes(),

@@ -25,3 +25,4 @@ pub async fn postgres_url() -> Option<String> {
 }
 
 pub mod harness;
+pub mod logs;

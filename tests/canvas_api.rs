@@ -75,6 +75,19 @@ fn patch_status(s: &Server, ns: &str, name: &str, status: Value) {
     assert_eq!(code, 200, "{b}");
 }
 
+/// A record of `plural` in `default` by name.
+fn record_of(s: &Server, plural: &str, name: &Value) -> Value {
+    let name = name.as_str().expect("a name");
+    let (code, b) = s.http(
+        "GET",
+        &format!("{API}/namespaces/default/{plural}/{name}"),
+        None,
+        b"",
+    );
+    assert_eq!(code, 200, "{b}");
+    j(&b)
+}
+
 fn sha(t: &str) -> String {
     hex::encode(Sha256::digest(t.as_bytes()))
 }
@@ -649,11 +662,13 @@ fn contract(s: &Server) {
     }
     assert!(
         evs.iter()
-            .any(|e| e["event_type"] == "workspace.created" && e["workspace_id"] == lead.as_str()),
+            .any(|e| e["event_type"] == "WORKSPACE_PROVISIONING"
+                && e["payload"]["action"] == "workspace.created"
+                && e["workspace_id"] == lead.as_str()),
         "{evs:?}"
     );
     assert!(
-        evs.iter().any(|e| e["event_type"] == "workspace.paused"),
+        evs.iter().any(|e| e["event_type"] == "WORKSPACE_PAUSED"),
         "{evs:?}"
     );
     let (code, mine) = call_as(
@@ -670,14 +685,15 @@ fn contract(s: &Server) {
         "{mine:?}"
     );
     assert!(
-        mine.iter()
-            .any(|e| e["event_type"] == "Online"
-                && e["payload"]["message"] == "the agent registered"),
+        mine.iter().any(|e| e["event_type"] == "WORKSPACE_ONLINE"
+            && e["payload"]["reason"] == "Online"
+            && e["payload"]["message"] == "the agent registered"),
         "{mine:?}"
     );
     assert!(
         mine.iter()
-            .any(|e| e["event_type"] == "workspace.restart_requested"),
+            .any(|e| e["payload"]["action"] == "workspace.restart_requested"
+                && e["event_type"] == "WORKSPACE_PROVISIONING"),
         "{mine:?}"
     );
     assert_eq!(
@@ -749,15 +765,31 @@ fn contract(s: &Server) {
     assert_eq!(installed[0]["name"], "skills-pack");
     assert_eq!(installed[0]["status"], "installing");
     assert_eq!(installed[0]["track"], "tag:v1.2.0");
-    assert_eq!(
-        call(
-            s,
-            "POST",
-            &format!("/workspaces/{lead}/plugins"),
-            json!({"source": "local://skills-pack"})
-        )
-        .0,
-        409
+    // Installing it again re-installs it now from the source (ADR 0049): a new request stamp.
+    let (code, b) = call(
+        s,
+        "POST",
+        &format!("/workspaces/{lead}/plugins"),
+        json!({"source": "local://skills-pack"}),
+    );
+    assert_eq!(code, 200, "{b}");
+    assert_eq!(b["status"], "reinstalling");
+    assert_eq!(b["plugin"], "skills-pack");
+    let again = record_of(s, "plugininstalls", &b["k8s_name"]);
+    let stamp = again["spec"]["reinstallRequestedAt"].clone();
+    assert!(stamp.is_string(), "{again}");
+    assert!(again["spec"].get("track").is_none(), "{again}");
+    let (code, _) = call(
+        s,
+        "POST",
+        &format!("/workspaces/{lead}/plugins"),
+        json!({"source": "local://skills-pack"}),
+    );
+    assert_eq!(code, 200);
+    assert_ne!(
+        record_of(s, "plugininstalls", &b["k8s_name"])["spec"]["reinstallRequestedAt"],
+        stamp,
+        "every repeated install is a new request"
     );
     let (code, cat) = call(s, "GET", "/plugins", Value::Null);
     assert_eq!(code, 200);

@@ -590,6 +590,7 @@ fn admin_routes_fall_back_to_the_shared_secret() {
         credentials: CredentialSource::Static(Credentials {
             shared_secret: sim.shared_secret().into(),
             admin_token: admin.map(String::from),
+            tenant_token: None,
         }),
         agent_port: sim.agent_port(),
         timeouts: Default::default(),

@@ -6,7 +6,6 @@
 mod git;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use git::{HttpGit, Repo, files_containing};
 use molecule::orgtemplate::{
@@ -320,35 +319,6 @@ fn bad_refs_foreign_repos_deep_nesting_and_missing_refs_are_refused() {
     assert!(e.file.ends_with("c4.yaml"), "{e}");
 }
 
-/// Collects everything logged while `f` runs (every level).
-fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let out = tracing::subscriber::with_default(subscriber, f);
-    let text =
-        String::from_utf8_lossy(&buf.0.lock().unwrap_or_else(|p| p.into_inner())).to_string();
-    (out, text)
-}
-
 #[test]
 fn the_token_is_a_header_and_never_in_urls_errors_logs_or_the_cache() {
     const TOKEN: &str = "s3cret-gitea-token-4242";
@@ -365,7 +335,7 @@ fn the_token_is_a_header_and_never_in_urls_errors_logs_or_the_cache() {
         "workspaces:\n  - !external {repo: team/dept, ref: main, path: lead/workspace.yaml}\n",
     );
 
-    let (result, logs) = capture_logs(|| {
+    let (result, logs) = molecule::testing::logs::capture_logs(|| {
         let ok = load_plan(&opts, &Source::Dir("http".into()));
         // A missing ref and a missing repository fail with the token configured.
         let missing_ref = fetch(&opts.external, &ext("team/dept", "nope", "x.yaml"));

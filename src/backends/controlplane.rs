@@ -9,6 +9,8 @@
 //! | console | `GET /cp/admin/workspaces/:id/console` | admin token |
 //! | list (reaper) | `GET /cp/admin/workspaces?org_id=&installation=` | admin token |
 //!
+//! Every call also carries the tenant token, when configured, as `X-Molecule-Admin-Token`.
+//!
 //! `:id` is the workspace uid; `instance_id` is always the id the provision call returned, kept
 //! in `status.instanceId` and handed back through [`WorkspaceRef::instance_id`] — never the
 //! workspace id. With no instance, stop is a no-op and status is "not running". The
@@ -42,14 +44,22 @@ pub const CREDENTIALS_TTL: Duration = Duration::from_secs(30);
 pub const KEY_SHARED_SECRET: &str = "sharedSecret";
 /// Key of the admin API token in the credentials Secret (optional).
 pub const KEY_ADMIN_TOKEN: &str = "adminToken";
+/// Key of the tenant token in the credentials Secret (optional).
+pub const KEY_TENANT_TOKEN: &str = "tenantToken";
+/// Header carrying the tenant token on every control-plane call.
+pub const TENANT_HEADER: &str = "x-molecule-admin-token";
 
-/// The two credentials. `Debug` never prints them.
-#[derive(Clone, PartialEq, Eq)]
+/// The credentials. `Debug` never prints them.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
     /// Bearer of the provision routes (`/cp/workspaces/*`).
     pub shared_secret: String,
     /// Bearer of the admin routes (`/cp/admin/*`); the shared secret when unset.
     pub admin_token: Option<String>,
+    /// The per-tenant token the control plane issued to this installation: it says which
+    /// tenant calls, so a leaked shared secret cannot provision for another tenant. Sent as
+    /// `X-Molecule-Admin-Token` on every route, provision and admin alike (ADR 0049).
+    pub tenant_token: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -59,6 +69,10 @@ impl std::fmt::Debug for Credentials {
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "tenant_token",
+                &self.tenant_token.as_ref().map(|_| "<redacted>"),
             )
             .finish()
     }
@@ -77,9 +91,15 @@ impl Credentials {
         }
     }
 
+    /// The tenant token, when set and not empty.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant_token.as_deref().filter(|t| !t.is_empty())
+    }
+
     fn secrets(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.shared_secret.as_str())
             .chain(self.admin_token.as_deref())
+            .chain(self.tenant_token.as_deref())
             .filter(|s| !s.is_empty())
     }
 }
@@ -330,6 +350,8 @@ pub struct ControlPlaneBackend {
     http: Client,
     kube: Option<kube::Client>,
     cached: tokio::sync::Mutex<Option<(Credentials, Instant)>>,
+    /// The instance list answered 404/405 once (warned once).
+    list_unserved: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for ControlPlaneBackend {
@@ -361,6 +383,7 @@ impl ControlPlaneBackend {
             installation: installation.to_string(),
             kube,
             cached: tokio::sync::Mutex::new(None),
+            list_unserved: Default::default(),
         })
     }
 
@@ -414,6 +437,7 @@ impl ControlPlaneBackend {
         let creds = Credentials {
             shared_secret,
             admin_token: get(KEY_ADMIN_TOKEN),
+            tenant_token: get(KEY_TENANT_TOKEN),
         };
         *cached = Some((creds.clone(), Instant::now()));
         Ok(creds)
@@ -434,7 +458,7 @@ impl ControlPlaneBackend {
         loop {
             let creds = self.credentials(refresh).await?;
             let auth = format!("Bearer {}", creds.bearer(class));
-            let headers = [
+            let mut headers = vec![
                 ("authorization", auth.as_str()),
                 ("accept", "application/json"),
                 (
@@ -442,6 +466,9 @@ impl ControlPlaneBackend {
                     concat!("molecule/", env!("CARGO_PKG_VERSION")),
                 ),
             ];
+            if let Some(t) = creds.tenant() {
+                headers.push((TENANT_HEADER, t));
+            }
             let started = Instant::now();
             let resp = self
                 .http
@@ -688,6 +715,20 @@ impl WorkspaceBackend for ControlPlaneBackend {
                 MAX_LIST_BODY,
             )
             .await?;
+        if matches!(resp.status, 404 | 405) {
+            // The original control plane is not known to serve this route: without it there
+            // is nothing to reap from here (docs/backends.md), which is not a failure to retry.
+            if !self
+                .list_unserved
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    status = resp.status,
+                    "the control plane does not serve GET /cp/admin/workspaces: orphan instances are not reaped"
+                );
+            }
+            return Ok(vec![]);
+        }
         if !(200..=299).contains(&resp.status) {
             return Err(upstream("control plane list", &resp, &creds));
         }
@@ -784,6 +825,7 @@ mod tests {
         Credentials {
             shared_secret: "shh-shared-123".into(),
             admin_token: Some("adm-token-456".into()),
+            tenant_token: Some("tenant-789".into()),
         }
     }
 
@@ -794,17 +836,19 @@ mod tests {
         assert_eq!(c.bearer(RouteClass::Admin), "adm-token-456");
         let only_shared = Credentials {
             shared_secret: "s".into(),
-            admin_token: None,
+            ..Default::default()
         };
         assert_eq!(only_shared.bearer(RouteClass::Admin), "s");
         let empty_admin = Credentials {
             shared_secret: "s".into(),
             admin_token: Some(String::new()),
+            tenant_token: Some(String::new()),
         };
+        assert_eq!(empty_admin.tenant(), None);
         assert_eq!(empty_admin.bearer(RouteClass::Admin), "s");
         let printed = format!("{c:?}");
         assert!(
-            !printed.contains("shh") && !printed.contains("adm-"),
+            !printed.contains("shh") && !printed.contains("adm-") && !printed.contains("tenant-"),
             "{printed}"
         );
     }
@@ -969,7 +1013,7 @@ mod tests {
         let mut empty = cfg("https://cp", "acme");
         empty.credentials = CredentialSource::Static(Credentials {
             shared_secret: " ".into(),
-            admin_token: None,
+            ..Default::default()
         });
         assert!(empty.validated().is_err());
     }
@@ -1005,5 +1049,149 @@ mod tests {
             v.get("image").is_none(),
             "no image: the control plane's default"
         );
+    }
+
+    /// A control plane on 127.0.0.1 that records each call's route, bearer and tenant header.
+    #[tokio::test]
+    async fn every_route_carries_the_tenant_token_beside_its_bearer() {
+        use axum::http::HeaderMap;
+        use std::sync::{Arc, Mutex};
+        type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+        let seen: Seen = Arc::default();
+        let record = |seen: &Seen, route: &str, h: &HeaderMap| {
+            let get = |k: &str| {
+                h.get(k)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            seen.lock().expect("lock").push((
+                route.into(),
+                get("authorization"),
+                get(TENANT_HEADER),
+            ));
+        };
+        let uid = "3f2a9c1e-7b4d-4c2a-9e1f-0123456789ab";
+        let app = {
+            let (a, b, c, d, e) = (
+                seen.clone(),
+                seen.clone(),
+                seen.clone(),
+                seen.clone(),
+                seen.clone(),
+            );
+            axum::Router::new()
+                .route(
+                    "/cp/workspaces/provision",
+                    axum::routing::post(move |h: HeaderMap| async move {
+                        record(&a, "provision", &h);
+                        (
+                            axum::http::StatusCode::CREATED,
+                            axum::Json(serde_json::json!({"instance_id": "i-0abc", "private_ip": "10.0.0.5", "state": "pending"})),
+                        )
+                    }),
+                )
+                .route(
+                    "/cp/workspaces/{id}/status",
+                    axum::routing::get(move |h: HeaderMap| async move {
+                        record(&b, "status", &h);
+                        axum::Json(serde_json::json!({"state": "running", "private_ip": "10.0.0.5"}))
+                    }),
+                )
+                .route(
+                    "/cp/workspaces/{id}",
+                    axum::routing::delete(move |h: HeaderMap| async move {
+                        record(&c, "stop", &h);
+                        axum::Json(serde_json::json!({}))
+                    }),
+                )
+                .route(
+                    "/cp/admin/workspaces/{id}/console",
+                    axum::routing::get(move |h: HeaderMap| async move {
+                        record(&d, "console", &h);
+                        axum::Json(serde_json::json!({"output": "boot"}))
+                    }),
+                )
+                .route(
+                    "/cp/admin/workspaces",
+                    axum::routing::get(move |h: HeaderMap| async move {
+                        record(&e, "list", &h);
+                        axum::Json(serde_json::json!({"instances": []}))
+                    }),
+                )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let cfg = ControlPlaneConfig {
+            base_url: format!("http://{addr}"),
+            org_id: "acme".into(),
+            credentials: CredentialSource::Static(creds()),
+            agent_port: 8000,
+            timeouts: Default::default(),
+            ca_pem: None,
+        };
+        let cp = ControlPlaneBackend::new(cfg, "k3x9a1b2c3d4", None).expect("backend");
+        let ws = WorkspaceRef {
+            uid: uid.into(),
+            namespace: "default".into(),
+            name: "alpha".into(),
+            instance_id: Some("i-0abc".into()),
+        };
+        let spec = StartSpec {
+            workspace: ws.clone(),
+            runtime: "echo".into(),
+            image: String::new(),
+            env: vec![],
+            tier: crate::backends::Tier::Standard,
+            memory_mib: None,
+            cpus: None,
+            files: vec![],
+            workspace_dir: None,
+            extra_hosts: vec![],
+            platform: None,
+        };
+        cp.ensure_started(&spec).await.expect("provision");
+        cp.inspect(&ws).await.expect("status");
+        cp.console(&ws).await.expect("console");
+        cp.list_managed().await.expect("list");
+        cp.stop(&ws).await.expect("stop");
+        server.abort();
+        let seen = seen.lock().expect("lock").clone();
+        let routes: Vec<&str> = seen.iter().map(|(r, _, _)| r.as_str()).collect();
+        assert_eq!(routes, ["provision", "status", "console", "list", "stop"]);
+        // A control plane without the list route: nothing to reap, not an error.
+        let bare = axum::Router::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let bare_addr = listener.local_addr().expect("addr");
+        let bare_server = tokio::spawn(async move {
+            let _ = axum::serve(listener, bare).await;
+        });
+        let cfg = ControlPlaneConfig {
+            base_url: format!("http://{bare_addr}"),
+            org_id: "acme".into(),
+            credentials: CredentialSource::Static(creds()),
+            agent_port: 8000,
+            timeouts: Default::default(),
+            ca_pem: None,
+        };
+        let cp = ControlPlaneBackend::new(cfg, "k3x9a1b2c3d4", None).expect("backend");
+        assert!(cp.list_managed().await.expect("no list route").is_empty());
+        bare_server.abort();
+        for (route, bearer, tenant) in &seen {
+            assert_eq!(tenant, "tenant-789", "{route}");
+            let want = if matches!(route.as_str(), "console" | "list") {
+                "Bearer adm-token-456"
+            } else {
+                "Bearer shh-shared-123"
+            };
+            assert_eq!(bearer, want, "{route}");
+        }
     }
 }

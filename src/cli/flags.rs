@@ -132,9 +132,10 @@ struct ControlPlaneFlags {
     #[arg(long, env = "MOLECULE_ORG_ID")]
     control_plane_org: Option<String>,
     /// `[namespace/]name` of the Secret holding the credentials: key `sharedSecret` (provision
-    /// routes) and optionally `adminToken` (admin routes; defaults to the shared secret). Read
-    /// again every 30 s and after a 401. Without it the credentials come from the environment
-    /// variables MOLECULE_CP_SHARED_SECRET and MOLECULE_CP_ADMIN_TOKEN.
+    /// routes), optionally `adminToken` (admin routes; defaults to the shared secret) and
+    /// `tenantToken` (X-Molecule-Admin-Token on every call). Read again every 30 s and after a
+    /// 401. Without it the credentials come from the environment variables
+    /// MOLECULE_CP_SHARED_SECRET, MOLECULE_CP_ADMIN_TOKEN and MOLECULE_CP_TENANT_TOKEN.
     #[arg(long, env = "MOLECULE_CONTROL_PLANE_SECRET")]
     control_plane_secret: Option<String>,
     /// Shared secret of the control plane's provision routes when --control-plane-secret is
@@ -154,6 +155,15 @@ struct ControlPlaneFlags {
         value_name = "TOKEN"
     )]
     control_plane_admin_token: Option<String>,
+    /// The tenant token the control plane issued to this installation, sent as
+    /// X-Molecule-Admin-Token on every control-plane call (Secret key `tenantToken`).
+    #[arg(
+        long,
+        env = "MOLECULE_CP_TENANT_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    control_plane_tenant_token: Option<String>,
     /// URL agents on instances use to reach this platform's /registry/* (default for `serve`:
     /// its own plain-http URL, right only when the control plane runs on this host).
     #[arg(long, env = "MOLECULE_CONTROL_PLANE_PLATFORM_URL")]
@@ -208,6 +218,11 @@ impl ControlPlaneFlags {
                     shared_secret: shared.trim().to_string(),
                     admin_token: self
                         .control_plane_admin_token
+                        .as_deref()
+                        .map(|t| t.trim().to_string())
+                        .filter(|t| !t.is_empty()),
+                    tenant_token: self
+                        .control_plane_tenant_token
                         .as_deref()
                         .map(|t| t.trim().to_string())
                         .filter(|t| !t.is_empty()),

@@ -248,6 +248,9 @@ pub fn check_ref_name(r: &str) -> Result<(), String> {
 pub struct Origin {
     pub source: Source,
     pub track: Track,
+    /// `spec.reinstallRequestedAt`: a new value is a new origin, so the plugin is fetched and
+    /// installed again (ADR 0049).
+    pub request: Option<String>,
 }
 
 impl Origin {
@@ -271,12 +274,39 @@ impl Origin {
             }
             _ => {}
         }
-        Ok(Origin { source, track })
+        Ok(Origin {
+            source,
+            track,
+            request: None,
+        })
     }
 
-    /// `<source>#<track>`: what an install came from, compared to notice spec changes.
+    /// The origin with a re-install request (`spec.reinstallRequestedAt`, at most 64
+    /// characters of `[A-Za-z0-9:.+-]`).
+    pub fn requested(mut self, request: Option<&str>) -> Result<Self, Refusal> {
+        if let Some(r) = request.map(str::trim).filter(|r| !r.is_empty()) {
+            if r.len() > 64
+                || !r
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '.' | '+' | '-'))
+            {
+                return Err(Refusal::new(
+                    "InvalidReinstallRequest",
+                    "spec.reinstallRequestedAt must be a timestamp (at most 64 characters)",
+                ));
+            }
+            self.request = Some(r.to_string());
+        }
+        Ok(self)
+    }
+
+    /// `<source>#<track>[@<request>]`: what an install came from, compared to notice spec
+    /// changes and re-install requests.
     pub fn key(&self) -> String {
-        format!("{}#{}", self.source, self.track)
+        match &self.request {
+            Some(r) => format!("{}#{}@{r}", self.source, self.track),
+            None => format!("{}#{}", self.source, self.track),
+        }
     }
 }
 

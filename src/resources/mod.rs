@@ -30,7 +30,7 @@ pub use runtime::{
 };
 pub use team::{ChannelSpec, ChannelStatus, ScheduleSpec, ScheduleStatus};
 pub use workspace::{
-    Backend, ConfigFiles, EnvFromSource, EnvVar, EnvVarSource, LocalObjectReference,
+    Backend, ConfigFiles, EnvFromSource, EnvVar, EnvVarSource, ExtraToken, LocalObjectReference,
     SecretKeySelector, SecretReference, Workspace, WorkspaceAccess, WorkspacePhase, WorkspaceSpec,
     WorkspaceStatus,
 };

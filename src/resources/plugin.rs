@@ -80,6 +80,11 @@ pub struct PluginInstallSpec {
     /// How often the tracked ref is re-resolved upstream, e.g. `30s`, `15m`, `1h` (default `1h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_interval: Option<String>,
+    /// A new value re-installs the plugin now from the source's current content (the tracked
+    /// ref resolved again; a `local://` plugin read again), hot or cold as classified. The REST
+    /// shim sets it to the time of a repeated install (ADR 0049).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reinstall_requested_at: Option<String>,
 }
 
 /// How upstream changes are applied.

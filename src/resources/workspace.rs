@@ -283,6 +283,11 @@ pub struct WorkspaceStatus {
     /// sha256 of the current workspace token (never the token itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_hash: Option<String>,
+    /// Further live tokens of this workspace (minted in development mode), by sha256. Each is
+    /// bound to the `tokenHash` current when it was minted, so a new token (every provision,
+    /// hence every restart) revokes them all (ADR 0049).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_tokens: Vec<ExtraToken>,
     /// The restartedAt annotation value last acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarted_at: Option<String>,
@@ -307,6 +312,16 @@ pub struct WorkspaceStatus {
     /// Observed state of each channel in spec.channels.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<super::ChannelStatus>,
+}
+
+/// One further token of a workspace: its sha256 and the `tokenHash` it is bound to ("" when the
+/// workspace had no token yet).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtraToken {
+    pub hash: String,
+    #[serde(default)]
+    pub bound_to: String,
 }
 
 /// Schema of a free-form JSON object.

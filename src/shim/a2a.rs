@@ -144,13 +144,7 @@ async fn authorize(
     if is_admin {
         return Ok((ws, Caller::Admin));
     }
-    let hex_digest = hex::encode(digest);
-    let matches = |w: &Workspace| {
-        w.status
-            .as_ref()
-            .and_then(|s| s.token_hash.as_deref())
-            .is_some_and(|h| same_digest(h.as_bytes(), hex_digest.as_bytes()))
-    };
+    let matches = |w: &Workspace| crate::workspace_tokens::accepts_workspace(w, token);
     if matches(&ws) {
         return Ok((ws, Caller::Workspace));
     }

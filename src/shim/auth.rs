@@ -1,6 +1,6 @@
 //! Who is calling. Admin routes take the admin token (the API bearer token the kubeconfig
-//! carries); workspace routes also take that workspace's own token, of which only the sha256
-//! is on record (`status.tokenHash`). Browsers cannot set headers on a WebSocket, so the
+//! carries); workspace routes also take a live token of that workspace, of which only the
+//! sha256 is on record (`crate::workspace_tokens`, ADR 0049). Browsers cannot set headers on a WebSocket, so the
 //! stream also reads the token from the Kubernetes-style subprotocol
 //! `base64url.bearer.authorization.k8s.io.<base64url token>`, and (for EventSource) from an
 //! `access_token` query parameter on the stream routes only.
@@ -157,12 +157,7 @@ impl Shim {
             let ws = self.workspace(uid).await?;
             return Ok((Caller::Admin, ws));
         }
-        let matches = |w: &Workspace| {
-            w.status
-                .as_ref()
-                .and_then(|s| s.token_hash.as_deref())
-                .is_some_and(|recorded| crate::tokens::matches_hex_digest(token, recorded))
-        };
+        let matches = |w: &Workspace| crate::workspace_tokens::accepts_workspace(w, token);
         if let Some(w) = self.cache.get(uid) {
             if matches(&w) {
                 return Ok((Caller::Workspace(uid.to_string()), w));

@@ -62,7 +62,7 @@ fn parent_key(ws: &Workspace) -> Option<Key> {
 impl Inner {
     fn insert(&mut self, uid: String, ws: Arc<Workspace>) {
         self.unlink(&uid);
-        if let Some(t) = token_of(&ws) {
+        for t in tokens_of(&ws) {
             self.by_token.insert(t, uid.clone());
         }
         self.by_name.insert(key_of(&ws), uid.clone());
@@ -74,8 +74,10 @@ impl Inner {
 
     fn unlink(&mut self, uid: &str) -> Option<Arc<Workspace>> {
         let old = self.by_uid.remove(uid)?;
-        if let Some(t) = token_of(&old) {
-            self.by_token.remove(&t);
+        for t in tokens_of(&old) {
+            if self.by_token.get(&t).map(String::as_str) == Some(uid) {
+                self.by_token.remove(&t);
+            }
         }
         let k = key_of(&old);
         if self.by_name.get(&k).map(String::as_str) == Some(uid) {
@@ -117,8 +119,12 @@ impl Default for Cache {
     }
 }
 
-fn token_of(ws: &Workspace) -> Option<String> {
-    ws.status.as_ref().and_then(|s| s.token_hash.clone())
+/// Every live token digest of a record (ADR 0049).
+fn tokens_of(ws: &Workspace) -> Vec<String> {
+    ws.status
+        .as_ref()
+        .map(crate::workspace_tokens::live_hashes)
+        .unwrap_or_default()
 }
 
 impl Cache {

@@ -124,12 +124,8 @@ async fn authorize(t: &Teams, id: &str, headers: &HeaderMap) -> Result<(), Respo
             None => Err(error(StatusCode::NOT_FOUND, "workspace not found")),
         };
     }
-    let owns = |w: &crate::resources::Workspace| {
-        w.status
-            .as_ref()
-            .and_then(|s| s.token_hash.as_deref())
-            .is_some_and(|h| crate::tokens::matches_hex_digest(token, h))
-    };
+    let owns =
+        |w: &crate::resources::Workspace| crate::workspace_tokens::accepts_workspace(w, token);
     if ws.as_deref().is_some_and(owns) {
         return Ok(());
     }

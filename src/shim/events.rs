@@ -1,7 +1,9 @@
 //! `GET /events` and `GET /events/:workspace_id`: the audit log (structure events recorded by
 //! controllers and the shim) merged with the Kubernetes Events of workspaces (the transition
 //! log the Workspace controller writes), newest first, in the original's row shape
-//! `{id, event_type, workspace_id, payload, created_at}`.
+//! `{id, event_type, workspace_id, payload, created_at}`. `event_type` is the original's event
+//! name — the same names the live stream uses (`view::names`) — wherever the row says what
+//! happened to a workspace; the recorded reason or action stays in the payload (ADR 0049).
 
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use super::Shim;
 use super::auth::bearer;
 use super::error::{ShimError, ShimResult};
 use super::tree::Tree;
+use super::view::names;
 use crate::store::{AuditFilter, AuditRow, WorkspaceRef};
 
 const DEFAULT_LIMIT: usize = 100;
@@ -31,6 +34,46 @@ pub struct Row {
 
 fn parse_time(s: &str) -> jiff::Timestamp {
     s.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+/// The original's event name of a Workspace controller Event, by its reason: what the phase
+/// became. Reasons with no counterpart (notes, cleanup problems) are `WORKSPACE_UPDATED`.
+pub fn kube_event_name(reason: &str) -> &'static str {
+    match reason {
+        "Online" => names::ONLINE,
+        "Degraded" => names::DEGRADED,
+        "Paused" => names::PAUSED,
+        "Deleted" => names::REMOVED,
+        "HeartbeatLost" | "AgentDied" | "Offline" => names::OFFLINE,
+        "Provisioning" | "Reconfiguring" | "Restarting" | "Reprovisioning" | "WaitingForAgent"
+        | "Resumed" => names::PROVISIONING,
+        "ProvisionFailed"
+        | "ProvisionTimeout"
+        | "ProvisionRejected"
+        | "InvalidConfig"
+        | "UnknownRuntime"
+        | "MissingEnv"
+        | "ImageMissing"
+        | "ImageBuildFailed"
+        | "ControlPlaneAuth"
+        | "ControlPlaneUnavailable"
+        | "ControlPlaneNotConfigured" => names::PROVISION_FAILED,
+        _ => names::UPDATED,
+    }
+}
+
+/// The original's event name of an audit action about a workspace; `None` for actions the
+/// original has no name for (org imports, secrets, plugins keep their own action name).
+pub fn audit_event_name(action: &str) -> Option<&'static str> {
+    Some(match action {
+        "workspace.created" | "workspace.restart_requested" | "workspace.resumed" => {
+            names::PROVISIONING
+        }
+        "workspace.paused" => names::PAUSED,
+        "workspace.deleted" | "workspace.delete_requested" => names::REMOVED,
+        "workspace.test_token_minted" => names::UPDATED,
+        _ => return None,
+    })
 }
 
 /// An audit row as a log row (id `audit-<row id>`); `workspace_id` from its data (`uid`,
@@ -52,12 +95,13 @@ pub fn audit_row(r: &AuditRow, tree: &Tree) -> Row {
         o.insert("namespace".into(), json!(r.namespace));
         o.insert("name".into(), json!(r.name));
         o.insert("source".into(), json!("audit"));
+        o.insert("action".into(), json!(r.event));
     }
     Row {
         at: parse_time(&r.at),
         json: json!({
             "id": format!("audit-{}", r.id),
-            "event_type": r.event,
+            "event_type": audit_event_name(&r.event).unwrap_or(&r.event),
             "workspace_id": ws,
             "payload": data,
             "created_at": r.at,
@@ -65,7 +109,7 @@ pub fn audit_row(r: &AuditRow, tree: &Tree) -> Row {
     }
 }
 
-/// A Kubernetes Event about a workspace as a log row (`event_type` is its reason).
+/// A Kubernetes Event about a workspace as a log row (`event_type` from its reason).
 pub fn kube_row(e: &KubeEvent) -> Row {
     // A repeated Event is one record with a series: its last observation is the newest.
     let when = e
@@ -83,7 +127,7 @@ pub fn kube_row(e: &KubeEvent) -> Row {
         at: when,
         json: json!({
             "id": e.metadata.uid,
-            "event_type": e.reason,
+            "event_type": kube_event_name(e.reason.as_deref().unwrap_or("")),
             "workspace_id": obj.uid,
             "payload": {
                 "type": e.type_, "reason": e.reason, "message": e.message,
@@ -215,10 +259,33 @@ mod tests {
         };
         let rows = newest(vec![audit_row(&a, &tree), audit_row(&b, &tree)], 10);
         assert_eq!(rows[0]["event_type"], "org.import.started");
+        assert_eq!(rows[1]["event_type"], "WORKSPACE_REMOVED");
+        assert_eq!(rows[1]["payload"]["action"], "workspace.deleted");
         assert!(rows[0]["workspace_id"].is_null());
         assert_eq!(rows[0]["payload"]["name"], "team");
         assert_eq!(rows[1]["workspace_id"], "u-1");
         assert_eq!(rows[1]["id"], "audit-1");
         assert_eq!(newest(vec![audit_row(&a, &tree)], 0).len(), 0);
+    }
+
+    #[test]
+    fn controller_reasons_become_the_original_event_names() {
+        for (reason, name) in [
+            ("Provisioning", "WORKSPACE_PROVISIONING"),
+            ("Online", "WORKSPACE_ONLINE"),
+            ("HeartbeatLost", "WORKSPACE_OFFLINE"),
+            ("Degraded", "WORKSPACE_DEGRADED"),
+            ("Paused", "WORKSPACE_PAUSED"),
+            ("Deleted", "WORKSPACE_REMOVED"),
+            ("ProvisionTimeout", "WORKSPACE_PROVISION_FAILED"),
+            ("ImageNote", "WORKSPACE_UPDATED"),
+        ] {
+            assert_eq!(kube_event_name(reason), name, "{reason}");
+        }
+        assert_eq!(
+            audit_event_name("workspace.created"),
+            Some("WORKSPACE_PROVISIONING")
+        );
+        assert_eq!(audit_event_name("secret.set"), None);
     }
 }

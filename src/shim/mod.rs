@@ -20,6 +20,7 @@ pub mod plugin_download;
 pub mod plugins;
 pub mod registry;
 pub mod secrets;
+pub mod test_tokens;
 pub mod tree;
 pub mod view;
 pub mod workspaces;
@@ -61,6 +62,9 @@ pub struct ShimSettings {
     pub metrics: Arc<Metrics>,
     /// Stream messages a client may fall behind before it is dropped (`STREAM_BACKLOG`).
     pub backlog: usize,
+    /// Development mode (`MOLECULE_ENV` is not `production`): `GET
+    /// /admin/workspaces/:id/test-token` mints workspace tokens (ADR 0049).
+    pub development: bool,
 }
 
 /// Shared state of every shim handler.
@@ -76,12 +80,22 @@ pub struct Shim {
     pub cache: Arc<cache::Cache>,
     pub events: broadcast::Sender<Arc<cache::Outgoing>>,
     pub shutdown: crate::shutdown::Shutdown,
+    /// Whether development-only routes are served.
+    pub development: bool,
+    /// `/registry/*` over this shim's index (ADR 0049).
+    registry: Arc<registry::RegistryState>,
 }
 
 impl Shim {
     /// Starts the watch that feeds the index and the stream; it stops on `shutdown`.
     pub fn start(s: ShimSettings, shutdown: crate::shutdown::Shutdown) -> Arc<Shim> {
         let (events, _) = broadcast::channel(s.backlog.max(1));
+        let cache: Arc<cache::Cache> = Arc::default();
+        let registry = Arc::new(registry::RegistryState {
+            client: s.client.clone(),
+            workspaces: registry::WorkspaceIndex::Shim(cache.clone()),
+            metrics: s.metrics.clone(),
+        });
         let shim = Arc::new(Shim {
             client: s.client,
             admin_hash: crate::tokens::digest(&s.token),
@@ -91,9 +105,11 @@ impl Shim {
             plugin_git_hosts: s.plugin_git_hosts,
             org_templates: s.org_templates,
             metrics: s.metrics,
-            cache: Arc::default(),
+            cache,
             events,
             shutdown,
+            development: s.development,
+            registry,
         });
         tokio::spawn(cache::run(
             shim.client.clone(),
@@ -103,6 +119,12 @@ impl Shim {
             shim.shutdown.clone(),
         ));
         shim
+    }
+
+    /// The state of `/registry/*` on the shim's port: workspaces are looked up in the shim's
+    /// index, so the routes answer whatever controllers run.
+    pub fn registry(&self) -> Arc<registry::RegistryState> {
+        self.registry.clone()
     }
 
     /// The REST shim, the stream and the canvas page.
@@ -149,6 +171,7 @@ impl Shim {
                 "/workspaces/{id}/plugins/{name}",
                 delete(plugins::uninstall),
             )
+            .route("/admin/workspaces/{id}/test-token", get(test_tokens::mint))
             .route("/admin/plugin-updates-pending", get(plugins::pending))
             .route("/admin/plugin-updates/{id}/apply", post(plugins::apply))
             .route("/org/templates", get(org::templates))

@@ -75,12 +75,10 @@ async fn download(
     // only about its own records (another workspace's install answers 404 like a missing one).
     let workspaces: Api<Workspace> = Api::namespaced(state.client.clone(), &namespace);
     let ws = match workspaces.list(&ListParams::default()).await {
-        Ok(list) => list.items.into_iter().find(|w| {
-            w.status
-                .as_ref()
-                .and_then(|s| s.token_hash.as_deref())
-                .is_some_and(|h| crate::tokens::matches_hex_digest(token, h))
-        }),
+        Ok(list) => list
+            .items
+            .into_iter()
+            .find(|w| crate::workspace_tokens::accepts_workspace(w, token)),
         Err(e) => {
             tracing::warn!(error = %e, "plugin download: API error");
             return error(StatusCode::SERVICE_UNAVAILABLE, "the API is unavailable");

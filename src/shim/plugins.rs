@@ -260,7 +260,8 @@ pub async fn list(
     Ok(axum::Json(items).into_response())
 }
 
-/// `POST /workspaces/:id/plugins {source, track?, update_policy?, allow_unpinned?}` → 201;
+/// `POST /workspaces/:id/plugins {source, track?, update_policy?, allow_unpinned?}` → 201 (200
+/// `reinstalling` when the plugin is already installed: [`reinstall`]);
 /// the PluginInstall is owned by the workspace, so deleting the workspace uninstalls it. The
 /// workspace's own token may use `local://` sources and git sources on the allowed hosts only
 /// (403 otherwise); the admin token any source.
@@ -305,16 +306,14 @@ pub async fn install(
             json!({"error": "external workspaces cannot install plugins: the agent runs elsewhere; download the plugin and install it there"}),
         ));
     }
-    if installs_of(&shim, &ws)
-        .await?
-        .iter()
-        .any(|p| plugin_of(p) == plugin)
-    {
-        return Err(ShimError::Conflict(format!(
-            "plugin {plugin} is already installed in this workspace"
-        )));
-    }
     let ns = ws.namespace().unwrap_or_default();
+    if let Some(existing) = installs_of(&shim, &ws)
+        .await?
+        .into_iter()
+        .find(|p| plugin_of(p) == plugin)
+    {
+        return reinstall(&shim, &id, &existing, &source, track).await;
+    }
     let mut record = PluginInstall::new(
         &record_name(&ws.name_any(), &plugin),
         PluginInstallSpec {
@@ -362,6 +361,51 @@ pub async fn install(
         axum::Json(json!({"status": "installing", "plugin": plugin, "source": source, "id": created.uid(), "k8s_name": created.name_any()})),
     )
         .into_response())
+}
+
+/// An install of a plugin that is already installed re-installs it now, as the original does:
+/// the record's source and track become the requested ones and `spec.reinstallRequestedAt` a
+/// new value, so the controller fetches the source's current content and installs it, hot or
+/// cold as classified (ADR 0049). 200 `{status: "reinstalling", …}`.
+async fn reinstall(
+    shim: &Shim,
+    id: &str,
+    existing: &PluginInstall,
+    source: &str,
+    track: Option<String>,
+) -> ShimResult {
+    if existing.metadata.deletion_timestamp.is_some() {
+        return Err(ShimError::Conflict(
+            "the plugin is being uninstalled; install it again once it is gone".into(),
+        ));
+    }
+    let ns = existing.namespace().unwrap_or_default();
+    let plugin = plugin_of(existing);
+    let api: Api<PluginInstall> = Api::namespaced(shim.client.clone(), &ns);
+    let patch = json!({
+        "metadata": {"resourceVersion": existing.resource_version()},
+        "spec": {
+            "source": source,
+            "track": track,
+            "reinstallRequestedAt": crate::util::now_micro(),
+        },
+    });
+    let updated = api
+        .patch(
+            &existing.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await?;
+    shim.audit
+        .record(
+            "plugin.reinstall_requested",
+            &ns,
+            &updated.name_any(),
+            json!({"workspace_uid": id, "plugin": plugin, "source": source}),
+        )
+        .await;
+    Ok(axum::Json(json!({"status": "reinstalling", "plugin": plugin, "source": source, "id": updated.uid(), "k8s_name": updated.name_any()})).into_response())
 }
 
 /// `DELETE /workspaces/:id/plugins/:name`: deletes the PluginInstall (the controller removes

@@ -1,5 +1,8 @@
-//! `POST /registry/register` and `POST /registry/heartbeat` (ADR 0006): agents authenticate
-//! with their workspace token (only its sha256 is on record) and drive the Workspace status.
+//! `POST /registry/register`, `POST /registry/heartbeat` and `POST /registry/update-card`
+//! (ADR 0006, ADR 0049): agents authenticate with a live token of their workspace (only
+//! digests are on record, `crate::workspace_tokens`) and drive the Workspace status. The same
+//! routes are served on the agent listener, on the operator's port and on `serve`'s main port;
+//! only the index the caller's workspace is looked up in differs ([`WorkspaceIndex`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::resources::Workspace;
@@ -23,10 +27,45 @@ use crate::tokens::bearer;
 /// Largest accepted registry request body.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// What the handlers need; built by `host` when the Workspace controller runs.
+/// Largest accepted agent card (serialized).
+pub const MAX_CARD: usize = 16 * 1024;
+
+/// Where the registry finds a workspace by uid.
+#[derive(Clone)]
+pub enum WorkspaceIndex {
+    /// The controllers' shared Workspace cache (agent listener, operator port).
+    Store(Store<Workspace>),
+    /// The shim's index (`serve`'s main port, which serves it whatever controllers run).
+    Shim(Arc<super::cache::Cache>),
+}
+
+impl WorkspaceIndex {
+    async fn get(&self, uid: &str) -> Option<Workspace> {
+        match self {
+            WorkspaceIndex::Store(s) => s
+                .state()
+                .into_iter()
+                .find(|w| w.uid().as_deref() == Some(uid))
+                .map(|w| (*w).clone()),
+            WorkspaceIndex::Shim(c) => {
+                // Before the first list nothing is known: wait for it (bounded).
+                let _ = c.wait_ready().await;
+                c.get(uid).map(|w| (*w).clone())
+            }
+        }
+    }
+}
+
+impl From<Store<Workspace>> for WorkspaceIndex {
+    fn from(s: Store<Workspace>) -> Self {
+        WorkspaceIndex::Store(s)
+    }
+}
+
+/// What the handlers need; built by `host`.
 pub struct RegistryState {
     pub client: Client,
-    pub workspaces: Store<Workspace>,
+    pub workspaces: WorkspaceIndex,
     pub metrics: Arc<Metrics>,
 }
 
@@ -38,6 +77,7 @@ pub fn router(state: Served) -> Router {
     Router::new()
         .route("/registry/register", post(register))
         .route("/registry/heartbeat", post(heartbeat))
+        .route("/registry/update-card", post(update_card))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -53,6 +93,12 @@ struct RegisterBody {
     url: Option<String>,
     #[serde(default)]
     agent_card: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct UpdateCardBody {
+    workspace_id: String,
+    agent_card: Value,
 }
 
 #[derive(Deserialize)]
@@ -105,9 +151,17 @@ pub fn validate_agent_url(url: &str) -> Result<(), &'static str> {
         return Err("the agent url points at a metadata service");
     }
     if let Ok(ip) = host.parse::<IpAddr>() {
+        let v4_bad =
+            |v4: std::net::Ipv4Addr| v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast();
         let bad = match ip {
-            IpAddr::V4(v4) => v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast(),
-            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80 || v6.is_unspecified(),
+            IpAddr::V4(v4) => v4_bad(v4),
+            IpAddr::V6(v6) => {
+                (v6.segments()[0] & 0xffc0) == 0xfe80
+                    || v6.is_unspecified()
+                    // The EC2 instance metadata service over IPv6.
+                    || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                    || v6.to_ipv4_mapped().is_some_and(v4_bad)
+            }
         };
         if bad {
             return Err("the agent url points at a link-local or unspecified address");
@@ -116,28 +170,19 @@ pub fn validate_agent_url(url: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Finds the workspace by uid and checks the token against the recorded hash. A cache miss or
-/// a stale hash is re-checked against the API (the controller may have just rotated the token).
+/// Finds the workspace by uid and checks the token against its live digests. A stale index
+/// entry is re-checked against the API (the controller may have just rotated the token, or a
+/// token may have just been minted).
 async fn authenticate(
     st: &RegistryState,
     id: &str,
     token: Option<&str>,
 ) -> Result<Workspace, Response> {
-    let cached = st
-        .workspaces
-        .state()
-        .into_iter()
-        .find(|w| w.uid().as_deref() == Some(id))
-        .map(|w| (*w).clone());
     let Some(token) = token else {
         return Err(error(StatusCode::UNAUTHORIZED, "missing bearer token"));
     };
-    let matches = |w: &Workspace| {
-        w.status
-            .as_ref()
-            .and_then(|s| s.token_hash.as_deref())
-            .is_some_and(|recorded| crate::tokens::matches_hex_digest(token, recorded))
-    };
+    let cached = st.workspaces.get(id).await;
+    let matches = |w: &Workspace| crate::workspace_tokens::accepts_workspace(w, token);
     let ws = match cached {
         Some(w) if matches(&w) => w,
         Some(w) => {
@@ -189,84 +234,156 @@ async fn patch_status(st: &RegistryState, ws: &Workspace, status: Value) -> Resu
     })
 }
 
-async fn register(State(state): State<Served>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(st) = state.as_deref() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the workspace controller is not running",
-        );
-    };
-    let Ok(b) = serde_json::from_slice::<RegisterBody>(&body) else {
-        return error(
+/// The body as `T`, or a 400 naming what is wrong with it (serde's message names the field
+/// and position, never a value).
+fn parse<T: DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, Response> {
+    serde_json::from_slice::<T>(body).map_err(|e| {
+        error(
             StatusCode::BAD_REQUEST,
-            "invalid register body: expected {id, url, agent_card}",
-        );
-    };
-    let ws = match authenticate(st, &b.id, bearer(&headers)).await {
-        Ok(w) => w,
-        Err(r) => {
+            &format!("invalid body: {e}; expected {expected}"),
+        )
+    })
+}
+
+/// An agent card is a JSON object of at most [`MAX_CARD`] bytes.
+pub fn check_card(card: &Value) -> Result<(), &'static str> {
+    if !card.is_object() {
+        return Err("agent_card must be a JSON object");
+    }
+    if card.to_string().len() > MAX_CARD {
+        return Err("agent_card is larger than 16 KiB");
+    }
+    Ok(())
+}
+
+fn unavailable() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the workspace controller is not running",
+    )
+}
+
+/// Authenticates a registry call and counts refusals.
+async fn caller(
+    st: &RegistryState,
+    call: &'static str,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<Workspace, Response> {
+    authenticate(st, id, bearer(headers))
+        .await
+        .inspect_err(|_| {
             st.metrics.inc(
                 "molecule_registry_calls_total",
-                &[("call", "register"), ("result", "refused")],
+                &[("call", call), ("result", "refused")],
             );
-            return r;
-        }
+        })
+}
+
+fn counted_ok(st: &RegistryState, call: &'static str, answer: Value) -> Response {
+    st.metrics.inc(
+        "molecule_registry_calls_total",
+        &[("call", call), ("result", "ok")],
+    );
+    (StatusCode::OK, axum::Json(answer)).into_response()
+}
+
+/// `POST /registry/register {id, url, agent_card}` → `{status: "registered"}`.
+async fn register(State(state): State<Served>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(st) = state.as_deref() else {
+        return unavailable();
+    };
+    let b: RegisterBody = match parse(&body, "{id, url, agent_card}") {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let ws = match caller(st, "register", &b.id, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
     };
     if let Some(u) = &b.url
         && let Err(why) = validate_agent_url(u)
     {
         return error(StatusCode::BAD_REQUEST, why);
     }
-    let card = b
-        .agent_card
-        .filter(|c| c.is_object() && c.to_string().len() <= 16 * 1024);
+    let card = b.agent_card.filter(|c| !c.is_null());
+    if let Some(c) = &card
+        && let Err(why) = check_card(c)
+    {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
     let status =
         json!({"lastHeartbeat": crate::util::now_micro(), "agentUrl": b.url, "agentCard": card});
     if let Err(r) = patch_status(st, &ws, status).await {
         return r;
     }
-    st.metrics.inc(
-        "molecule_registry_calls_total",
-        &[("call", "register"), ("result", "ok")],
-    );
     tracing::info!(event = "agent.registered", workspace = %ws.name_any(), "agent registered");
-    (
-        StatusCode::OK,
-        axum::Json(json!({"status": "registered", "workspace_id": b.id})),
+    counted_ok(
+        st,
+        "register",
+        json!({"status": "registered", "workspace_id": b.id}),
     )
-        .into_response()
 }
 
+/// `POST /registry/update-card {workspace_id, agent_card}` → `{status: "updated"}`; the stream
+/// announces `AGENT_CARD_UPDATED` (from the watch, like every change).
+async fn update_card(State(state): State<Served>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(st) = state.as_deref() else {
+        return unavailable();
+    };
+    let b: UpdateCardBody = match parse(&body, "{workspace_id, agent_card}") {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let ws = match caller(st, "update_card", &b.workspace_id, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(why) = check_card(&b.agent_card) {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
+    if let Err(r) = patch_status(st, &ws, json!({"agentCard": b.agent_card})).await {
+        return r;
+    }
+    counted_ok(st, "update_card", json!({"status": "updated"}))
+}
+
+/// Checks the numbers of a heartbeat: a rate in 0…1, counts not negative.
+fn check_heartbeat(b: &HeartbeatBody) -> Result<(), &'static str> {
+    if b.error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+        return Err("error_rate must be between 0 and 1");
+    }
+    if b.active_tasks.is_some_and(|n| n < 0) {
+        return Err("active_tasks must not be negative");
+    }
+    if b.uptime_seconds.is_some_and(|n| n < 0) {
+        return Err("uptime_seconds must not be negative");
+    }
+    Ok(())
+}
+
+/// `POST /registry/heartbeat {workspace_id, error_rate, sample_error, active_tasks,
+/// uptime_seconds, current_task?, runtime_state?}` → `{status: "ok"}`. The Workspace
+/// controller derives the phase from it: Degraded at `error_rate >= 0.5` (or a wedged
+/// runtime), Online again below 0.1.
 async fn heartbeat(State(state): State<Served>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(st) = state.as_deref() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the workspace controller is not running",
-        );
+        return unavailable();
     };
-    let Ok(b) = serde_json::from_slice::<HeartbeatBody>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid heartbeat body: expected {workspace_id, ...}",
-        );
+    let b: HeartbeatBody = match parse(&body, "{workspace_id, error_rate, ...}") {
+        Ok(b) => b,
+        Err(r) => return r,
     };
-    let ws = match authenticate(st, &b.workspace_id, bearer(&headers)).await {
+    let ws = match caller(st, "heartbeat", &b.workspace_id, &headers).await {
         Ok(w) => w,
-        Err(r) => {
-            st.metrics.inc(
-                "molecule_registry_calls_total",
-                &[("call", "heartbeat"), ("result", "refused")],
-            );
-            return r;
-        }
+        Err(r) => return r,
     };
-    let rate = b
-        .error_rate
-        .filter(|r| r.is_finite())
-        .map(|r| r.clamp(0.0, 1.0));
+    if let Err(why) = check_heartbeat(&b) {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
     let status = json!({
         "lastHeartbeat": crate::util::now_micro(),
-        "errorRate": rate,
+        "errorRate": b.error_rate,
         "sampleError": truncate(b.sample_error, 512),
         "activeTasks": b.active_tasks,
         "currentTask": truncate(b.current_task, 512),
@@ -276,16 +393,25 @@ async fn heartbeat(State(state): State<Served>, headers: HeaderMap, body: Bytes)
     if let Err(r) = patch_status(st, &ws, status).await {
         return r;
     }
-    st.metrics.inc(
-        "molecule_registry_calls_total",
-        &[("call", "heartbeat"), ("result", "ok")],
-    );
-    (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
+    counted_ok(st, "heartbeat", json!({"status": "ok"}))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cards_and_heartbeat_numbers_are_checked() {
+        assert!(check_card(&json!({"name": "x"})).is_ok());
+        assert!(check_card(&json!("x")).is_err());
+        assert!(check_card(&json!([1])).is_err());
+        assert!(check_card(&json!({"d": "x".repeat(MAX_CARD)})).is_err());
+        let hb = |v: Value| serde_json::from_value::<HeartbeatBody>(v).expect("body");
+        assert!(check_heartbeat(&hb(json!({"workspace_id": "u", "error_rate": 0.5}))).is_ok());
+        assert!(check_heartbeat(&hb(json!({"workspace_id": "u", "error_rate": 1.5}))).is_err());
+        assert!(check_heartbeat(&hb(json!({"workspace_id": "u", "active_tasks": -1}))).is_err());
+        assert!(check_heartbeat(&hb(json!({"workspace_id": "u", "uptime_seconds": -1}))).is_err());
+    }
 
     #[test]
     fn agent_urls_are_validated() {
@@ -300,6 +426,8 @@ mod tests {
             "http://user:pw@host",
             "http://0.0.0.0:1",
             "http://",
+            "http://[::ffff:169.254.169.254]/",
+            "http://[fd00:ec2::254]/",
         ] {
             assert!(validate_agent_url(bad).is_err(), "{bad}");
         }

@@ -272,12 +272,7 @@ impl Teams {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .find(|(_, w)| {
-                w.status
-                    .as_ref()
-                    .and_then(|s| s.token_hash.as_deref())
-                    .is_some_and(|h| crate::tokens::matches_hex_digest(token, h))
-            })
+            .find(|(_, w)| crate::workspace_tokens::accepts_workspace(w, token))
             .map(|(uid, _)| uid.clone())
     }
 

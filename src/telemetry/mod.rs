@@ -148,25 +148,9 @@ mod tests {
 
     #[test]
     fn json_lines_carry_the_fixed_keys() {
-        use std::sync::{Arc, Mutex};
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Buf::default();
-        let w = buf.clone();
+        let buf = crate::testing::logs::LogBuffer::default();
         let sub = tracing_subscriber::fmt()
-            .with_writer(move || w.clone())
+            .with_writer(buf.make_writer())
             .event_format(JsonLines)
             .finish();
         tracing::subscriber::with_default(sub, || {
@@ -174,8 +158,7 @@ mod tests {
             let _g = span.enter();
             tracing::warn!(runtime = "echo", layers = 3u64, ok = true, "pulling \"x\"");
         });
-        let out = String::from_utf8(buf.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            .expect("utf-8");
+        let out = buf.text();
         let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
         assert_eq!(v["level"], "WARN", "{v}");
         assert_eq!(v["message"], "pulling \"x\"", "{v}");

@@ -124,7 +124,7 @@ impl Harness {
         );
         let registry = Arc::new(crate::shim::registry::RegistryState {
             client: client.clone(),
-            workspaces: workspaces.reader(),
+            workspaces: workspaces.reader().into(),
             metrics: metrics.clone(),
         });
         let app = crate::shim::registry::router(Some(registry)).merge(api.router());

@@ -193,6 +193,40 @@ pub fn read_request(reader: &mut impl BufRead) -> std::io::Result<Request> {
     })
 }
 
+/// Starts `git http-backend` as a CGI for one request and writes the request body to it; the
+/// caller reads the CGI answer (headers, blank line, payload) from the child's stdout.
+pub fn spawn_http_backend(
+    root: &Path,
+    method: &str,
+    target: &str,
+    header: &dyn Fn(&str) -> String,
+    body: &[u8],
+) -> std::io::Result<std::process::Child> {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut child = Command::new("git")
+        .arg("http-backend")
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("REQUEST_METHOD", method)
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", query)
+        .env("CONTENT_TYPE", header("content-type"))
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+        .env("GIT_PROTOCOL", header("git-protocol"))
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    if let Some(mut si) = child.stdin.take() {
+        si.write_all(body)?;
+    }
+    Ok(child)
+}
+
 fn handle(
     mut conn: TcpStream,
     root: &Path,
@@ -225,26 +259,7 @@ fn handle(
         )?;
         return Ok(());
     }
-    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let mut child = Command::new("git")
-        .arg("http-backend")
-        .env("GIT_PROJECT_ROOT", root)
-        .env("GIT_HTTP_EXPORT_ALL", "1")
-        .env("REQUEST_METHOD", &method)
-        .env("PATH_INFO", path)
-        .env("QUERY_STRING", query)
-        .env("CONTENT_TYPE", header("content-type"))
-        .env("CONTENT_LENGTH", body.len().to_string())
-        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
-        .env("GIT_PROTOCOL", header("git-protocol"))
-        .env("REMOTE_ADDR", "127.0.0.1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    if let Some(mut si) = child.stdin.take() {
-        si.write_all(&body)?;
-    }
+    let child = spawn_http_backend(root, &method, &target, &header, &body)?;
     let out = child.wait_with_output()?.stdout;
     let split = out
         .windows(4)

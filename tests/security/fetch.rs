@@ -9,7 +9,7 @@ use crate::gitrepo;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -302,28 +302,7 @@ fn stream_one(mut conn: TcpStream, root: &Path, log: &Mutex<Vec<Sent>>) -> std::
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     };
-    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let mut child = Command::new("git")
-        .arg("http-backend")
-        .env("GIT_PROJECT_ROOT", root)
-        .env("GIT_HTTP_EXPORT_ALL", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("REQUEST_METHOD", &method)
-        .env("PATH_INFO", path)
-        .env("QUERY_STRING", query)
-        .env("CONTENT_TYPE", header("content-type"))
-        .env("CONTENT_LENGTH", body.len().to_string())
-        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
-        .env("GIT_PROTOCOL", header("git-protocol"))
-        .env("REMOTE_ADDR", "127.0.0.1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    if let Some(mut si) = child.stdin.take() {
-        si.write_all(&body)?;
-    }
+    let mut child = gitrepo::spawn_http_backend(root, &method, &target, &header, &body)?;
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
     let mut status = "200 OK".to_string();
     let mut resp_headers = String::new();

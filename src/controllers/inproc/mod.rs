@@ -5,6 +5,7 @@ mod org_import;
 mod plugin;
 mod reaper;
 mod runtime;
+mod tokens;
 mod workspace;
 
 use std::time::Duration;

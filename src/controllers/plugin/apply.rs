@@ -159,7 +159,8 @@ fn validate_spec(
         &pi.spec.source,
         pi.spec.track.as_deref(),
         pi.spec.allow_unpinned,
-    )?;
+    )?
+    .requested(pi.spec.reinstall_requested_at.as_deref())?;
     plan::check_interval(pi.spec.check_interval.as_deref())?;
     super::check_requester(pi, &origin, hosts)?;
     Ok(origin)

@@ -52,6 +52,7 @@ pub fn tracked(pi: &PluginInstall) -> Option<(Origin, String)> {
         pi.spec.track.as_deref(),
         pi.spec.allow_unpinned,
     )
+    .and_then(|o| o.requested(pi.spec.reinstall_requested_at.as_deref()))
     .ok()?;
     if origin.source.is_git() && !origin.track.is_tracked() {
         return None;
