@@ -1586,3 +1586,58 @@ async fn slow_stream_clients_are_dropped_and_never_hold_others_back() {
         2 * N + N * ROUNDS
     );
 }
+
+/// The canvas page's parts are served without a token (the page asks for it), and the
+/// workspace objects carry what the page shows about orgs: the owning OrgImport and the
+/// template's position until one is set on the canvas (ADR 0052).
+#[test]
+fn the_canvas_page_and_its_org_facts() {
+    let s = Server::start(Backend::Sqlite);
+    let (code, page) = s.http_raw("GET", "/", None, b"", false).expect("page");
+    assert_eq!(code, 200);
+    assert!(page.contains("/canvas/app.js") && page.contains("/canvas/ui.js"));
+    let (code, ui) = s
+        .http_raw("GET", "/canvas/ui.js", None, b"", false)
+        .expect("ui.js");
+    assert_eq!(code, 200);
+    assert!(ui.contains("window.moleculeUi"), "not the page's ui.js");
+    assert_eq!(
+        s.http_raw("GET", "/canvas/nope.js", None, b"", false)
+            .expect("probe")
+            .0,
+        404
+    );
+    apply(
+        &s,
+        "apiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: boss\n  namespace: default\n  labels:\n    molecule.ai/org: tiny-lab\n  annotations:\n    molecule.ai/canvas: '{\"x\":400,\"y\":40}'\nspec:\n  displayName: Boss\n",
+    );
+    let find = |s: &Server| {
+        call(s, "GET", "/workspaces", Value::Null)
+            .1
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|w| w["k8s_name"] == "boss")
+            .cloned()
+    };
+    assert!(eventually(10, || find(&s).is_some()));
+    let w = find(&s).expect("boss");
+    assert_eq!(
+        (w["org"].clone(), w["x"].clone(), w["y"].clone()),
+        (json!("tiny-lab"), json!(400.0), json!(40.0))
+    );
+    // Dragged on the canvas: the new place wins.
+    let id = w["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        call(
+            &s,
+            "PATCH",
+            &format!("/workspaces/{id}"),
+            json!({"x": 7, "y": 8})
+        )
+        .0,
+        200
+    );
+    assert!(eventually(10, || find(&s)
+        .is_some_and(|w| w["x"] == json!(7.0) && w["y"] == json!(8.0))));
+}

@@ -234,15 +234,10 @@ async fn patch_status(st: &RegistryState, ws: &Workspace, status: Value) -> Resu
     })
 }
 
-/// The body as `T`, or a 400 naming what is wrong with it (serde's message names the field
-/// and position, never a value).
-fn parse<T: DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, Response> {
-    serde_json::from_slice::<T>(body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            &format!("invalid body: {e}; expected {expected}"),
-        )
-    })
+/// The body as `T`, or the message of a 400 naming what is wrong with it (serde's message
+/// names the field and position, never a value).
+fn parse<T: DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, String> {
+    serde_json::from_slice::<T>(body).map_err(|e| format!("invalid body: {e}; expected {expected}"))
 }
 
 /// An agent card is a JSON object of at most [`MAX_CARD`] bytes.
@@ -295,7 +290,7 @@ async fn register(State(state): State<Served>, headers: HeaderMap, body: Bytes) 
     };
     let b: RegisterBody = match parse(&body, "{id, url, agent_card}") {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
     };
     let ws = match caller(st, "register", &b.id, &headers).await {
         Ok(w) => w,
@@ -333,7 +328,7 @@ async fn update_card(State(state): State<Served>, headers: HeaderMap, body: Byte
     };
     let b: UpdateCardBody = match parse(&body, "{workspace_id, agent_card}") {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
     };
     let ws = match caller(st, "update_card", &b.workspace_id, &headers).await {
         Ok(w) => w,
@@ -372,7 +367,7 @@ async fn heartbeat(State(state): State<Served>, headers: HeaderMap, body: Bytes)
     };
     let b: HeartbeatBody = match parse(&body, "{workspace_id, error_rate, ...}") {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
     };
     let ws = match caller(st, "heartbeat", &b.workspace_id, &headers).await {
         Ok(w) => w,

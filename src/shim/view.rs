@@ -65,6 +65,9 @@ pub struct WorkspaceView {
     pub message: Option<String>,
     /// `spec.paused`: asked to pause (status follows once the controller stopped it).
     pub paused: bool,
+    /// The OrgImport that owns this workspace (its `molecule.ai/org` label), if any: deleting
+    /// the workspace alone would see the import recreate it (ADR 0052).
+    pub org: Option<String>,
     /// Lets a client order a snapshot against stream messages.
     pub resource_version: u64,
     #[serde(skip)]
@@ -117,6 +120,20 @@ fn annotation_f64(ws: &Workspace, key: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A canvas coordinate: the position set on the canvas (`PATCH x/y`) or else the one the org
+/// template gave (`canvas: {x, y}`, kept as JSON in one annotation by the OrgImport).
+fn position(ws: &Workspace, key: &str, axis: &str) -> f64 {
+    if ws.annotations().contains_key(key) {
+        return annotation_f64(ws, key);
+    }
+    ws.annotations()
+        .get(crate::controllers::org_import::build::CANVAS_ANNOTATION)
+        .and_then(|v| serde_json::from_str::<Value>(v).ok())
+        .and_then(|v| v.get(axis).and_then(Value::as_f64))
+        .filter(|v| v.is_finite())
+        .unwrap_or(0.0)
+}
+
 /// Renders a record. `parent_id` is the uid of the parent record (resolved by the caller from
 /// `spec.parentRef`), `provision_timeout_secs` the Runtime's override, if any.
 pub fn render(
@@ -150,8 +167,8 @@ pub fn render(
             .or_else(|| if failed { st.message.clone() } else { None })
             .unwrap_or_default(),
         uptime_seconds: st.uptime_seconds.unwrap_or(0),
-        x: annotation_f64(ws, ANN_X),
-        y: annotation_f64(ws, ANN_Y),
+        x: position(ws, ANN_X, "x"),
+        y: position(ws, ANN_Y, "y"),
         collapsed: ws.annotations().get(ANN_COLLAPSED).map(String::as_str) == Some("true"),
         budget_limit: ws
             .annotations()
@@ -168,6 +185,11 @@ pub fn render(
         k8s_name: ws.name_any(),
         message: st.message.clone(),
         paused: ws.spec.paused,
+        org: ws
+            .labels()
+            .get(crate::controllers::org_import::build::ORG_LABEL)
+            .cloned()
+            .filter(|o| !o.is_empty()),
         resource_version: ws
             .resource_version()
             .and_then(|v| v.parse().ok())
@@ -251,6 +273,34 @@ mod tests {
             ..Default::default()
         });
         w
+    }
+
+    #[test]
+    fn the_owning_org_and_the_template_position_are_shown() {
+        let mut w = ws(Some(WorkspacePhase::Online));
+        let v = render(&w, None, None);
+        assert_eq!((v.org, v.x, v.y), (None, 0.0, 0.0));
+        w.metadata.labels = Some([("molecule.ai/org".to_string(), "lab".to_string())].into());
+        w.metadata.annotations = Some(
+            [(
+                "molecule.ai/canvas".to_string(),
+                r#"{"x":400,"y":40}"#.to_string(),
+            )]
+            .into(),
+        );
+        let v = render(&w, None, None);
+        assert_eq!((v.org.as_deref(), v.x, v.y), (Some("lab"), 400.0, 40.0));
+        // A position set on the canvas wins over the template's, axis by axis.
+        w.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(ANN_X.into(), "12.5".into());
+        let v = render(&w, None, None);
+        assert_eq!((v.x, v.y), (12.5, 40.0));
+        // A broken annotation is ignored, not an error.
+        w.metadata.annotations =
+            Some([("molecule.ai/canvas".to_string(), "{x:".to_string())].into());
+        assert_eq!(render(&w, None, None).x, 0.0);
     }
 
     #[test]

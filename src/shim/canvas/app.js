@@ -1,12 +1,16 @@
 // The Molecule canvas: the org chart laid out from parent_id, live over /ws, with a detail
-// panel, lifecycle actions and the org import dialog. Plain JS, no build step.
+// panel and lifecycle actions. Dialogs, keyboard, drag and the context menu are in ui.js.
+// Plain JS, no build step (ADR 0052 records the choices of this page).
 'use strict';
 
 const NODE_W = 184, NODE_H = 62, GAP_X = 22, GAP_Y = 46, PAD = 24;
 const TOKEN_KEY = 'molecule.token';
+const VIEWPORT_KEY = 'molecule.viewport';
+const BACKOFF_MIN = 500, BACKOFF_MAX = 5000;
+const ZOOM_MIN = 0.1, ZOOM_MAX = 2;
 const $ = (id) => document.getElementById(id);
-// Render timings, read by the browser test.
-const stats = window.moleculeCanvasStats = { renders: 0, lastRenderMs: 0, maxRenderMs: 0 };
+// Render timings, read by the browser test and the benchmark.
+const stats = window.moleculeCanvasStats = { renders: 0, lastRenderMs: 0, maxRenderMs: 0, firstRenderMs: 0 };
 
 const state = {
   token: null,
@@ -14,13 +18,22 @@ const state = {
   els: new Map(),         // id -> node element
   history: new Map(),     // id -> statuses seen, oldest first
   selected: null,
+  focused: null,          // id of the node that takes Tab (roving tabindex)
   socket: null,
-  backoff: 500,
+  live: false,            // the stream is open and the snapshot loaded
+  backoff: BACKOFF_MIN,
   reconnectTimer: null,
+  countdown: null,
   renderQueued: false,
   zoom: 1,
   filter: '',
+  groupByOrg: false,
   chosenTemplate: null,
+  pos: new Map(),         // id -> {x, y} of the last render
+  names: new Map(),       // display name -> how many workspaces carry it
+  dirty: new Set(),       // ids changed since the last render (status only)
+  layoutDirty: true,      // the tree, a position or the view changed: lay out again
+  tree: { byParent: new Map() },
 };
 
 // ---------------------------------------------------------------- token and HTTP
@@ -46,23 +59,56 @@ class HttpError extends Error {
   }
 }
 
-async function api(method, path, body) {
+async function request(method, path, body, contentType) {
   const opts = { method, headers: { Authorization: 'Bearer ' + state.token } };
   if (body !== undefined) {
-    opts.headers['Content-Type'] = 'application/json';
+    opts.headers['Content-Type'] = contentType || 'application/json';
     opts.body = JSON.stringify(body);
   }
-  const res = await fetch(path, opts);
+  let res;
+  try {
+    res = await fetch(path, opts);
+  } catch (e) {
+    // The server is unreachable: say so instead of "Failed to fetch".
+    lostServer();
+    throw new HttpError(0, { error: 'the server is unreachable; the page reconnects by itself' });
+  }
+  if (res.status === 401) showLogin('The token was refused.');
+  return res;
+}
+
+async function api(method, path, body, contentType) {
+  const res = await request(method, path, body, contentType);
   let data = null;
   try { data = await res.json(); } catch (_) { /* empty or not JSON */ }
-  if (res.status === 401) showLogin('The token was refused.');
   if (!res.ok) throw new HttpError(res.status, data);
   return data;
+}
+
+async function apiText(path) {
+  const res = await request('GET', path);
+  const text = await res.text();
+  if (!res.ok) {
+    let data = null;
+    try { data = JSON.parse(text); } catch (_) { /* not JSON */ }
+    throw new HttpError(res.status, data);
+  }
+  return text;
+}
+
+// Terminal colour and cursor codes (CSI, OSC and single-character escapes) out of console text.
+function stripAnsi(s) {
+  return String(s)
+    .replace(/\x1b\][^\x07\x1b]*(\x07|\x1b\\)/g, '')
+    .replace(/\x1b\[[0-?]*[ -/]*[@-~]/g, '')
+    .replace(/\x1b[@-Z\\-_]/g, '')
+    .replace(/[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/g, '');
 }
 
 function toast(text, isError) {
   const t = document.createElement('div');
   t.className = 'toast' + (isError ? ' err' : '');
+  t.setAttribute('role', isError ? 'alert' : 'status');
   t.textContent = text;
   $('toasts').appendChild(t);
   setTimeout(() => t.remove(), isError ? 7000 : 3500);
@@ -73,6 +119,57 @@ function showLogin(message) {
   const e = $('login-error');
   e.hidden = !message;
   e.textContent = message || '';
+  $('login-token').focus();
+}
+
+// ---------------------------------------------------------------- health
+
+// Worst first: what a folded parent shows for its subtree.
+const SEVERITY = { failed: 6, degraded: 5, offline: 4, stuck: 3, provisioning: 2, paused: 1, online: 0 };
+
+// Why a workspace is not ready: the first False condition (Ready first), as {reason, message}.
+function notReady(w) {
+  if (w.status === 'online' || w.status === 'paused') return null;
+  const conds = (w.conditions || []).filter((c) => c.status === 'False');
+  conds.sort((a, b) => (b.type === 'Ready') - (a.type === 'Ready'));
+  const c = conds.find((x) => x.reason || x.message);
+  if (c) return { reason: c.reason || c.type, message: c.message || '' };
+  if (['failed', 'degraded', 'offline'].includes(w.status) && w.message) return { reason: '', message: w.message };
+  return null;
+}
+
+// The health a node shows: its status, or `stuck` for a provisioning one with a failing reason.
+function health(w) {
+  if (w.status === 'provisioning' && notReady(w)) return 'stuck';
+  return w.status;
+}
+
+function lastError(w) {
+  const nr = notReady(w);
+  // The failing condition says why in the controller's words; the agent's own sample error
+  // is the fallback (an online agent that reports errors has no failing condition).
+  return (nr ? [nr.reason, nr.message].filter(Boolean).join(': ') : '') || w.last_sample_error || '';
+}
+
+function ancestors(w) {
+  const out = [], seen = new Set([w.id]);
+  let p = w.parent_id ? state.ws.get(w.parent_id) : null;
+  while (p && !seen.has(p.id)) { seen.add(p.id); out.push(p); p = p.parent_id ? state.ws.get(p.parent_id) : null; }
+  return out;
+}
+
+// Which actions can work on `w`, each with the reason when it cannot (shown as the tooltip).
+function actionsFor(w) {
+  const off = !state.live ? 'Offline: the server is unreachable' : null;
+  const pausedParent = ancestors(w).find((a) => a.paused);
+  return {
+    restart: off || (w.paused ? 'It is paused: resume it first' : null),
+    pause: off || (w.paused ? 'It is already paused' : null),
+    resume: off || (!w.paused ? 'It is not paused'
+      : pausedParent ? 'Its parent ' + pausedParent.name + ' is paused: resume the parent first' : null),
+    logs: off,
+    delete: off,
+  };
 }
 
 // ---------------------------------------------------------------- state updates
@@ -88,13 +185,25 @@ function upsert(w) {
   const cur = state.ws.get(w.id);
   if (cur && (cur.resource_version || 0) > (w.resource_version || 0)) return;
   if (w.status === 'removed') { remove(w.id); return; }
+  // A node being dragged keeps the position under the pointer.
+  if (cur && cur._dragging) { w._dragging = true; w.x = cur.x; w.y = cur.y; }
+  if (!cur || cur.parent_id !== w.parent_id || cur.collapsed !== w.collapsed || cur.x !== w.x ||
+      cur.y !== w.y || cur.name !== w.name || cur.org !== w.org) state.layoutDirty = true;
+  else state.dirty.add(w.id);
   state.ws.set(w.id, w);
   remember(w.id, w.status);
   scheduleRender();
 }
 
+// The next render lays everything out again.
+function relayout() {
+  state.layoutDirty = true;
+  scheduleRender();
+}
+
 function remove(id) {
   state.ws.delete(id);
+  state.layoutDirty = true;
   remember(id, 'removed');
   if (state.selected === id) selectNode(null);
   scheduleRender();
@@ -128,11 +237,36 @@ function setConn(st, text) {
   const c = $('conn');
   c.dataset.state = st;
   c.textContent = text;
-  document.body.classList.toggle('disconnected', st === 'disconnected');
+  const down = st === 'disconnected';
+  document.body.classList.toggle('disconnected', down);
+  $('stale').hidden = !down || !state.token;
+  $('btn-reconnect').hidden = !down || !state.token;
+  setLive(st === 'connected');
+}
+
+// Live or not: every control that talks to the server is off while the stream is down.
+function setLive(live) {
+  if (state.live === live) return;
+  state.live = live;
+  for (const b of document.querySelectorAll('.needs-live')) applyDisabled(b, live ? null : 'Offline: the server is unreachable');
+  if (state.selected) renderDetail();
+}
+
+function applyDisabled(b, why) {
+  if (b.dataset.title === undefined) b.dataset.title = b.title || '';
+  b.disabled = !!why;
+  b.title = why || b.dataset.title;
+}
+
+// Called when a request cannot reach the server: the stream is most likely down as well.
+function lostServer() {
+  if (state.socket && state.socket.readyState === WebSocket.OPEN) return;
+  if (state.live) setConn('disconnected', 'disconnected');
 }
 
 function connect() {
   clearTimeout(state.reconnectTimer);
+  clearInterval(state.countdown);
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
   let sock;
   try {
@@ -142,11 +276,21 @@ function connect() {
     scheduleReconnect();
     return;
   }
+  const old = state.socket;
   state.socket = sock;
-  sock.onopen = () => {
-    state.backoff = 500;
+  if (old) { old.onclose = null; try { old.close(); } catch (_) { /* already closed */ } }
+  sock.onopen = async () => {
+    state.backoff = BACKOFF_MIN;
+    try {
+      await loadAll();
+    } catch (e) {
+      toast('Could not load the workspaces: ' + e.message, true);
+    }
+    if (state.socket !== sock) return;
     setConn('connected', 'live');
-    loadAll().catch((e) => toast('Could not load the workspaces: ' + e.message, true));
+    // Everything shown is fetched again: the panel's lists and any open dialog.
+    if (state.selected) { renderDetail(); refreshDetailLists(); }
+    if (window.moleculeUi) window.moleculeUi.refreshOpen();
   };
   sock.onmessage = (e) => {
     try { onMessage(JSON.parse(e.data)); } catch (_) { /* ignore a bad frame */ }
@@ -158,28 +302,43 @@ function connect() {
   };
 }
 
+// Exponential backoff capped at BACKOFF_MAX, with a "reconnect now" button meanwhile.
 function scheduleReconnect() {
-  const delay = Math.min(state.backoff, 30000);
-  state.backoff = Math.min(state.backoff * 2, 30000);
+  clearTimeout(state.reconnectTimer);
+  clearInterval(state.countdown);
+  const delay = Math.min(state.backoff, BACKOFF_MAX);
+  state.backoff = Math.min(state.backoff * 2, BACKOFF_MAX);
   const until = Date.now() + delay;
   const tick = () => {
     const left = Math.max(0, Math.ceil((until - Date.now()) / 1000));
     setConn('disconnected', 'disconnected — reconnecting in ' + left + 's');
   };
   tick();
-  const iv = setInterval(tick, 500);
-  state.reconnectTimer = setTimeout(() => { clearInterval(iv); setConn('connecting', 'reconnecting…'); connect(); },
-    delay + Math.random() * 250);
+  state.countdown = setInterval(tick, 500);
+  state.reconnectTimer = setTimeout(() => {
+    clearInterval(state.countdown);
+    setConn('connecting', 'reconnecting…');
+    connect();
+  }, delay + Math.random() * 250);
+}
+
+function reconnectNow() {
+  state.backoff = BACKOFF_MIN;
+  setConn('connecting', 'reconnecting…');
+  connect();
 }
 
 // ---------------------------------------------------------------- layout
 
+const byName = (a, b) => (a.name || '').localeCompare(b.name || '', undefined, { numeric: true }) || a.id.localeCompare(b.id);
+
 // Tidy tree: leaves take consecutive columns, parents sit over their children; root subtrees
-// wrap into bands so a flat org of hundreds stays on screen.
+// wrap into bands. The band width depends only on the number of workspaces, never on the
+// window, the panel or the zoom, so none of those moves a node. A position set by dragging
+// or by the template (x/y not both 0) wins over the computed one.
 function layout() {
   const byParent = new Map();
   const roots = [];
-  const byName = (a, b) => (a.name || '').localeCompare(b.name || '', undefined, { numeric: true }) || a.id.localeCompare(b.id);
   for (const w of state.ws.values()) {
     if (w.parent_id && state.ws.has(w.parent_id)) {
       if (!byParent.has(w.parent_id)) byParent.set(w.parent_id, []);
@@ -187,12 +346,13 @@ function layout() {
     } else roots.push(w);
   }
   for (const l of byParent.values()) l.sort(byName);
-  roots.sort(byName);
+  const orgOf = (w) => (state.groupByOrg ? (w.org || '') : '');
+  roots.sort((a, b) => orgOf(a).localeCompare(orgOf(b)) || byName(a, b));
   const pos = new Map();
   const slotW = NODE_W + GAP_X, slotH = NODE_H + GAP_Y;
-  const chartW = Math.max(4 * slotW, ($('chart').clientWidth || 1200) / state.zoom - 2 * PAD);
-  const maxCols = Math.max(1, Math.floor(chartW / slotW));
-  let bandTop = 0, col = 0, bandDepth = 0;
+  const maxCols = Math.max(6, Math.ceil(Math.sqrt(state.ws.size) * 1.6));
+  let bandTop = 0, col = 0, bandDepth = 0, lastOrg = null;
+  const groups = [];
 
   function place(w, depth, visiting) {
     if (visiting.has(w.id)) return { first: col, last: col, depth };
@@ -230,12 +390,19 @@ function layout() {
     const kids = w.collapsed ? [] : (byParent.get(w.id) || []);
     return kids.length ? kids.reduce((n, k) => n + width(k, seen), 0) : 1;
   }
+  const groupGap = state.groupByOrg ? 28 : 0;
   for (const r of roots) {
     const wd = width(r, new Set());
-    if (col > 0 && col + wd > maxCols) {
+    const newGroup = state.groupByOrg && orgOf(r) !== lastOrg;
+    if ((col > 0 && col + wd > maxCols) || (newGroup && lastOrg !== null)) {
       bandTop += (bandDepth + 1) * slotH + GAP_Y;
       col = 0;
       bandDepth = 0;
+    }
+    if (newGroup) {
+      bandTop += groupGap;
+      groups.push({ org: orgOf(r), y: PAD + bandTop - groupGap + 4 });
+      lastOrg = orgOf(r);
     }
     const res = place(r, 0, new Set());
     bandDepth = Math.max(bandDepth, res.depth);
@@ -244,23 +411,19 @@ function layout() {
   const out = new Map();
   let maxX = 0, maxY = 0;
   for (const [id, p] of pos) {
-    const x = PAD + p.col * slotW, y = PAD + (p.band || 0) + p.depth * slotH;
-    out.set(id, { x, y, comb: !!p.comb });
+    const w = state.ws.get(id);
+    const placed = w && (w.x || w.y);
+    const x = placed ? Math.max(0, w.x) : PAD + p.col * slotW;
+    const y = placed ? Math.max(0, w.y) : PAD + (p.band || 0) + p.depth * slotH;
+    out.set(id, { x, y, comb: !!p.comb && !placed });
     maxX = Math.max(maxX, x + NODE_W);
     maxY = Math.max(maxY, y + NODE_H);
   }
-  return { pos: out, byParent, width: maxX + PAD, height: maxY + PAD };
+  return { pos: out, byParent, groups, width: maxX + PAD, height: maxY + PAD };
 }
 
 function hiddenByCollapse(w) {
-  let p = w.parent_id ? state.ws.get(w.parent_id) : null;
-  const seen = new Set();
-  while (p && !seen.has(p.id)) {
-    seen.add(p.id);
-    if (p.collapsed) return true;
-    p = p.parent_id ? state.ws.get(p.parent_id) : null;
-  }
-  return false;
+  return ancestors(w).some((a) => a.collapsed);
 }
 
 // ---------------------------------------------------------------- rendering
@@ -273,7 +436,8 @@ function scheduleRender() {
     const t = performance.now();
     render();
     const ms = performance.now() - t;
-    stats.renders++;
+    if (!stats.renders && state.ws.size) stats.firstRenderMs = ms;
+    if (state.ws.size) stats.renders++;
     stats.lastRenderMs = ms;
     stats.maxRenderMs = Math.max(stats.maxRenderMs, ms);
   });
@@ -282,7 +446,7 @@ function scheduleRender() {
 function matches(w) {
   if (!state.filter) return true;
   const f = state.filter;
-  return [w.name, w.role, w.status, w.runtime].some((s) => (s || '').toLowerCase().includes(f));
+  return [w.name, w.role, w.status, w.runtime, w.org, w.k8s_name].some((s) => (s || '').toLowerCase().includes(f));
 }
 
 function nodeEl(w) {
@@ -291,25 +455,73 @@ function nodeEl(w) {
     el = document.createElement('div');
     el.className = 'node';
     el.dataset.id = w.id;
+    el.setAttribute('role', 'treeitem');
+    el.tabIndex = -1;
     el.innerHTML = '<div class="n-name"></div><div class="n-role"></div><div class="n-status"></div>';
     const fold = document.createElement('button');
     fold.className = 'n-fold';
     fold.type = 'button';
+    fold.tabIndex = -1;
     fold.addEventListener('click', (e) => { e.stopPropagation(); toggleCollapse(el.dataset.id); });
     el.appendChild(fold);
-    el.addEventListener('click', () => selectNode(el.dataset.id));
+    el.addEventListener('click', () => {
+      if (el.dataset.dragged) { delete el.dataset.dragged; return; }
+      selectNode(el.dataset.id);
+    });
     $('nodes').appendChild(el);
     state.els.set(w.id, el);
   }
   return el;
 }
 
+// The worst health in a subtree (the node itself included).
+function worstOf(id, byParent) {
+  let worst = health(state.ws.get(id)), n = 0;
+  const stack = [id], seen = new Set([id]);
+  while (stack.length) {
+    for (const k of byParent.get(stack.pop()) || []) {
+      if (seen.has(k.id)) continue;
+      seen.add(k.id);
+      n++;
+      const h = health(k);
+      if ((SEVERITY[h] || 0) > (SEVERITY[worst] || 0)) worst = h;
+      stack.push(k.id);
+    }
+  }
+  return { worst, count: n };
+}
+
+// A full render lays out and redraws everything; it runs when the tree's shape or a position
+// changed. A status change alone only updates the changed nodes (and their folded ancestors),
+// so a burst of changes on a large org stays within a frame.
 function render() {
-  const { pos, byParent, width, height } = layout();
+  if (state.layoutDirty || !state.pos.size) renderAll();
+  else renderChanged();
+  state.dirty.clear();
+  let online = 0, failing = 0;
+  for (const w of state.ws.values()) {
+    if (w.status === 'online') online++;
+    const h = health(w);
+    if (h === 'failed' || h === 'degraded' || h === 'stuck') failing++;
+  }
+  $('counts').textContent = online + ' online / ' + state.ws.size + ' workspaces' + (failing ? ' · ' + failing + ' failing' : '');
+  $('empty').hidden = state.ws.size > 0;
+  if (state.selected) renderDetail();
+}
+
+function renderAll() {
+  state.layoutDirty = false;
+  firstIdCache = null;
+  // Folded children are in `byParent` too (the layout just does not place them), so the
+  // worst-health roll-up sees the whole subtree.
+  const { pos, byParent, groups, width, height } = layout();
+  state.pos = pos;
+  state.tree = { byParent };
   const stage = $('stage');
   stage.style.width = width + 'px';
   stage.style.height = height + 'px';
   stage.style.transform = 'scale(' + state.zoom + ')';
+  $('zoom-level').textContent = Math.round(state.zoom * 100) + '%';
   const svg = $('edges');
   svg.setAttribute('width', width);
   svg.setAttribute('height', height);
@@ -319,7 +531,7 @@ function render() {
     if (!w || !w.parent_id || !pos.has(w.parent_id)) continue;
     const pp = pos.get(w.parent_id);
     const x1 = pp.x + NODE_W / 2, y1 = pp.y + NODE_H, x2 = p.x + NODE_W / 2, y2 = p.y;
-    const my = pp.y + NODE_H + GAP_Y / 2;
+    const my = Math.min(pp.y + NODE_H + GAP_Y / 2, Math.max(y1, y2 - GAP_Y / 2));
     if (p.comb) {
       const gx = p.x - GAP_X / 2, cy = p.y + NODE_H / 2;
       paths += '<path d="M' + x1 + ' ' + y1 + ' V' + my + ' H' + gx + ' V' + cy + ' H' + p.x + '"/>';
@@ -328,47 +540,99 @@ function render() {
     }
   }
   svg.innerHTML = paths;
+  renderGroups(groups);
 
-  let online = 0;
+  state.names = new Map();
+  for (const w of state.ws.values()) state.names.set(w.name, (state.names.get(w.name) || 0) + 1);
+  if (state.focused && !state.ws.has(state.focused)) state.focused = null;
   for (const w of state.ws.values()) {
-    if (w.status === 'online') online++;
     const el = nodeEl(w);
     const p = pos.get(w.id);
     el.hidden = !p || hiddenByCollapse(w);
-    if (p) { el.style.left = p.x + 'px'; el.style.top = p.y + 'px'; }
-    el.dataset.status = w.status;
-    el.dataset.name = w.name;
-    el.dataset.history = (state.history.get(w.id) || []).join(',');
-    el.title = w.name + ' — ' + w.status + (w.message ? '\n' + w.message : '');
-    el.querySelector('.n-name').textContent = w.name;
-    el.querySelector('.n-role').textContent = [w.role, w.runtime].filter(Boolean).join(' · ');
-    el.querySelector('.n-status').textContent = w.status;
-    const kids = (byParent.get(w.id) || []).length;
-    const fold = el.querySelector('.n-fold');
-    fold.hidden = kids === 0 && !w.collapsed;
-    fold.textContent = w.collapsed ? '▸ ' + countDescendants(w.id) : '▾';
-    fold.title = w.collapsed ? 'Show the sub-workspaces' : 'Fold the sub-workspaces';
-    el.classList.toggle('selected', state.selected === w.id);
-    el.classList.toggle('dim', !matches(w));
+    if (p && !w._dragging) { el.style.left = p.x + 'px'; el.style.top = p.y + 'px'; }
+    updateNode(w, el);
   }
   for (const [id, el] of state.els) {
     if (!state.ws.has(id)) { el.remove(); state.els.delete(id); }
   }
-  $('counts').textContent = online + ' online / ' + state.ws.size + ' workspaces';
-  $('empty').hidden = state.ws.size > 0;
-  if (state.selected) renderDetail();
 }
 
-function countDescendants(id) {
-  let n = 0;
-  const stack = [id], seen = new Set([id]);
-  while (stack.length) {
-    const cur = stack.pop();
-    for (const w of state.ws.values()) {
-      if (w.parent_id === cur && !seen.has(w.id)) { seen.add(w.id); n++; stack.push(w.id); }
-    }
+function renderChanged() {
+  const todo = new Set();
+  for (const id of state.dirty) {
+    const w = state.ws.get(id);
+    if (!w) continue;
+    todo.add(id);
+    for (const a of ancestors(w)) if (a.collapsed) todo.add(a.id);
   }
-  return n;
+  for (const id of todo) {
+    const w = state.ws.get(id), el = state.els.get(id);
+    if (w && el) updateNode(w, el);
+  }
+}
+
+// Everything a node shows but its position.
+function updateNode(w, el) {
+  const byParent = state.tree.byParent;
+  const h = health(w);
+  el.dataset.status = w.status;
+  el.dataset.health = h;
+  el.dataset.name = w.name;
+  el.dataset.org = w.org || '';
+  el.dataset.history = (state.history.get(w.id) || []).join(',');
+  const nr = notReady(w);
+  el.dataset.reason = nr ? (nr.reason || nr.message) : '';
+  const dup = state.names.get(w.name) > 1;
+  const where = w.namespace + '/' + w.k8s_name;
+  el.title = w.name + (dup ? ' (' + where + ')' : '') + ' — ' + w.status +
+    (nr ? '\n' + [nr.reason, nr.message].filter(Boolean).join(': ') : (w.message ? '\n' + w.message : ''));
+  el.querySelector('.n-name').textContent = w.name;
+  el.querySelector('.n-role').textContent = dup ? where : [w.role, w.runtime].filter(Boolean).join(' · ');
+  el.querySelector('.n-status').textContent = w.status + (nr && nr.reason ? ' · ' + nr.reason : '');
+  const kids = (byParent.get(w.id) || []).length;
+  const fold = el.querySelector('.n-fold');
+  fold.hidden = kids === 0 && !w.collapsed;
+  if (w.collapsed) {
+    const { worst, count } = worstOf(w.id, byParent);
+    el.dataset.worst = worst;
+    fold.textContent = '▸ ' + count + (SEVERITY[worst] >= SEVERITY.stuck ? ' ⚠' : '');
+    fold.title = 'Show the ' + count + ' sub-workspaces' + (SEVERITY[worst] >= SEVERITY.stuck ? ' (one is ' + worst + ')' : '');
+  } else {
+    delete el.dataset.worst;
+    fold.textContent = '▾';
+    fold.title = 'Fold the sub-workspaces';
+  }
+  fold.setAttribute('aria-label', fold.title);
+  if (kids) el.setAttribute('aria-expanded', String(!w.collapsed)); else el.removeAttribute('aria-expanded');
+  el.setAttribute('aria-level', String(ancestors(w).length + 1));
+  el.setAttribute('aria-selected', String(state.selected === w.id));
+  el.setAttribute('aria-label', w.name + (dup ? ', ' + where : '') + ', ' + w.status +
+    (nr && nr.reason ? ', ' + nr.reason : '') + (w.collapsed ? ', folded, worst below: ' + el.dataset.worst : ''));
+  el.tabIndex = (state.focused || state.selected || firstId()) === w.id ? 0 : -1;
+  el.classList.toggle('selected', state.selected === w.id);
+  el.classList.toggle('dim', !matches(w));
+}
+
+let firstIdCache = null;
+function firstId() {
+  if (firstIdCache && state.ws.has(firstIdCache)) return firstIdCache;
+  let best = null;
+  for (const [id, p] of state.pos) if (!best || p.y < best.p.y || (p.y === best.p.y && p.x < best.p.x)) best = { id, p };
+  firstIdCache = best ? best.id : null;
+  return firstIdCache;
+}
+
+function renderGroups(groups) {
+  const box = $('nodes');
+  for (const g of box.querySelectorAll('.group-label')) g.remove();
+  for (const g of groups) {
+    const d = document.createElement('div');
+    d.className = 'group-label';
+    d.style.top = g.y + 'px';
+    d.style.left = PAD + 'px';
+    d.textContent = g.org ? 'org ' + g.org : 'not in an org';
+    box.appendChild(d);
+  }
 }
 
 function descendants(id) {
@@ -384,11 +648,22 @@ function descendants(id) {
 
 // ---------------------------------------------------------------- detail panel
 
-function selectNode(id) {
+function selectNode(id, keepFocus) {
+  const was = state.selected;
   state.selected = id;
   $('detail').hidden = !id;
-  for (const [k, el] of state.els) el.classList.toggle('selected', k === id);
-  if (id) { renderDetail(); refreshDetailLists(); }
+  for (const [k, el] of state.els) {
+    el.classList.toggle('selected', k === id);
+    el.setAttribute('aria-selected', String(k === id));
+  }
+  if (id) {
+    state.focused = id;
+    renderDetail();
+    refreshDetailLists();
+    if (window.moleculeUi) window.moleculeUi.showTab('pane-details');
+  } else if (was && !keepFocus && state.els.get(was)) {
+    state.els.get(was).focus();
+  }
 }
 
 function renderDetail() {
@@ -399,19 +674,25 @@ function renderDetail() {
   st.textContent = w.status;
   st.dataset.status = w.status;
   $('d-phase').textContent = 'phase ' + w.phase;
+  const nr = notReady(w);
+  const reason = $('d-reason');
+  reason.hidden = !nr;
+  reason.textContent = nr ? 'Not ready: ' + [nr.reason, nr.message].filter(Boolean).join(' — ') : '';
   $('d-role').textContent = w.role || '—';
   $('d-runtime').textContent = w.runtime;
   $('d-tier').textContent = String(w.tier);
+  $('d-org').textContent = w.org ? w.org + ' (OrgImport: deleting this workspace alone brings it back)' : '—';
   $('d-record').textContent = (w.namespace || '') + '/' + (w.k8s_name || '');
   $('d-url').textContent = w.url || '—';
   $('d-tasks').textContent = w.active_tasks + (w.current_task ? ' · ' + w.current_task : '');
-  const err = w.last_sample_error || (['failed', 'degraded', 'offline'].includes(w.status) ? w.message : '');
+  const err = lastError(w);
   $('d-error').textContent = err || 'none';
   $('d-error').classList.toggle('muted', !err);
   const tb = $('d-conditions');
   tb.textContent = '';
   for (const c of w.conditions || []) {
     const tr = document.createElement('tr');
+    if (c.status === 'False') tr.className = 'false';
     for (const v of [c.type, c.status, c.reason || '', c.message || '']) {
       const td = document.createElement('td');
       td.textContent = v;
@@ -419,8 +700,32 @@ function renderDetail() {
     }
     tb.appendChild(tr);
   }
+  renderBanner(w, nr);
+  const can = actionsFor(w);
+  applyDisabled($('btn-restart'), can.restart);
+  applyDisabled($('btn-pause'), can.pause);
+  applyDisabled($('btn-resume'), can.resume);
+  applyDisabled($('btn-logs'), can.logs);
+  applyDisabled($('btn-delete'), can.delete);
   $('btn-pause').hidden = !!w.paused;
   $('btn-resume').hidden = !w.paused;
+}
+
+// Failed, or provisioning with a failing reason: say so, and offer Retry, Cancel and the logs.
+function renderBanner(w, nr) {
+  const b = $('d-banner');
+  const timedOut = w.status === 'failed';
+  const stuck = w.status === 'provisioning' && nr;
+  b.hidden = !(timedOut || stuck);
+  if (b.hidden) return;
+  const why = nr ? [nr.reason, nr.message].filter(Boolean).join(': ') : (w.message || '');
+  const limit = w.provision_timeout_ms ? Math.round(w.provision_timeout_ms / 60000) + ' min' : 'the provision timeout';
+  $('d-banner-text').textContent = timedOut
+    ? 'Provisioning failed' + (why ? ' — ' + why : '') + '. Retry restarts it; Cancel pauses it.'
+    : 'It cannot start: ' + why + '. It turns Failed after ' + limit + ' unless this is fixed.';
+  applyDisabled($('b-retry'), actionsFor(w).restart);
+  applyDisabled($('b-cancel'), actionsFor(w).pause);
+  applyDisabled($('b-logs'), actionsFor(w).logs);
 }
 
 let detailTimer = null;
@@ -430,32 +735,13 @@ function refreshDetailLists() {
     const id = state.selected;
     if (!id) return;
     const [events, plugins] = await Promise.all([
-      api('GET', '/events/' + id + '?limit=15').catch(() => []),
-      api('GET', '/workspaces/' + id + '/plugins').catch(() => []),
+      api('GET', '/events/' + id + '?limit=15').catch(() => null),
+      api('GET', '/workspaces/' + id + '/plugins').catch(() => null),
     ]);
     if (state.selected !== id) return;
-    const ev = $('d-events');
-    ev.textContent = '';
-    for (const e of events) {
-      const li = document.createElement('li');
-      if (e.payload && e.payload.type === 'Warning') li.className = 'warning';
-      const t = document.createElement('span');
-      t.className = 't';
-      t.textContent = new Date(e.created_at).toLocaleString();
-      const b = document.createElement('b');
-      b.textContent = e.event_type;
-      li.append(t, b, document.createTextNode(' ' + ((e.payload && e.payload.message) || '')));
-      ev.appendChild(li);
-    }
-    if (!events.length) ev.innerHTML = '<li class="muted">none yet</li>';
-    const pl = $('d-plugins');
-    pl.textContent = '';
-    for (const p of plugins) {
-      const li = document.createElement('li');
-      li.textContent = p.name + ' — ' + p.status + (p.installed_sha ? ' @ ' + p.installed_sha.slice(0, 12) : '');
-      pl.appendChild(li);
-    }
-    if (!plugins.length) pl.innerHTML = '<li class="muted">none</li>';
+    if (events && window.moleculeUi) window.moleculeUi.renderEvents(events);
+    if (plugins && window.moleculeUi) window.moleculeUi.renderPlugins(id, plugins);
+    if (window.moleculeUi) window.moleculeUi.refreshSecrets();
   }, 150);
 }
 
@@ -468,33 +754,17 @@ async function act(path, done) {
   }
 }
 
-function askDelete() {
-  const w = state.ws.get(state.selected);
+// The lifecycle actions by name, for the panel, the context menu and the shortcuts.
+function runAction(name, id) {
+  const w = state.ws.get(id || state.selected);
   if (!w) return;
-  const kids = descendants(w.id);
-  $('c-name').textContent = w.name;
-  $('c-text').textContent = kids.length
-    ? 'This also deletes its ' + kids.length + ' sub-workspace' + (kids.length > 1 ? 's' : '') + ':'
-    : 'It has no sub-workspaces. Its container and volume are removed.';
-  const ul = $('c-children');
-  ul.textContent = '';
-  for (const k of kids) {
-    const li = document.createElement('li');
-    li.textContent = k.name + ' (' + k.status + ')';
-    ul.appendChild(li);
-  }
-  const dlg = $('confirm-dialog');
-  dlg.returnValue = '';
-  dlg.onclose = async () => {
-    if (dlg.returnValue !== 'ok') return;
-    try {
-      const r = await api('DELETE', '/workspaces/' + w.id + '?confirm=true');
-      toast('Deleted ' + w.name + (r.cascade_deleted ? ' and ' + r.cascade_deleted + ' sub-workspaces' : ''));
-    } catch (e) {
-      toast(e.message, true);
-    }
-  };
-  dlg.showModal();
+  const why = actionsFor(w)[name];
+  if (why) { toast(why, true); return; }
+  if (name === 'restart') act('/workspaces/' + w.id + '/restart', 'Restart requested');
+  else if (name === 'pause') act('/workspaces/' + w.id + '/pause', 'Paused');
+  else if (name === 'resume') act('/workspaces/' + w.id + '/resume', 'Resumed');
+  else if (name === 'logs') window.moleculeUi.openLogs(w.id);
+  else if (name === 'delete') window.moleculeUi.askDelete(w.id);
 }
 
 async function toggleCollapse(id) {
@@ -503,135 +773,93 @@ async function toggleCollapse(id) {
   try { await api('PATCH', '/workspaces/' + id, { collapsed: !w.collapsed }); } catch (e) { toast(e.message, true); }
 }
 
-// ---------------------------------------------------------------- import dialog
-
-async function openImport() {
-  const dlg = $('import-dialog');
-  state.chosenTemplate = null;
-  $('i-templates').textContent = '';
-  $('i-env').hidden = true;
-  $('i-force').hidden = true;
-  $('i-ok').disabled = true;
-  $('i-status').textContent = 'Loading templates…';
-  dlg.showModal();
-  let list;
-  try {
-    list = await api('GET', '/org/templates');
-  } catch (e) {
-    $('i-status').textContent = e.status === 404
-      ? 'Org templates are not available on this server.'
-      : 'Could not list the templates: ' + e.message;
-    return;
-  }
-  $('i-status').textContent = list.length ? 'Choose a template:' : 'No templates in the org template root.';
-  for (const t of list) {
-    const li = document.createElement('li');
-    li.dataset.dir = t.dir;
-    const b = document.createElement('b');
-    b.textContent = t.name || t.dir;
-    const s = document.createElement('small');
-    s.textContent = (t.description || '') + ' — ' + t.workspaces + ' workspace' + (t.workspaces === 1 ? '' : 's');
-    li.append(b, s);
-    li.addEventListener('click', () => chooseTemplate(t, li));
-    $('i-templates').appendChild(li);
-  }
-}
-
-function chooseTemplate(t, li) {
-  state.chosenTemplate = t;
-  for (const x of $('i-templates').children) x.classList.toggle('chosen', x === li);
-  const req = $('i-required');
-  req.textContent = '';
-  for (const n of t.required_env || []) {
-    const item = document.createElement('li');
-    item.textContent = typeof n === 'string' ? n : 'one of: ' + ((n && n.any_of) || []).join(', ');
-    req.appendChild(item);
-  }
-  if (!(t.required_env || []).length) req.innerHTML = '<li class="muted">none</li>';
-  $('i-env').hidden = false;
-  $('i-missing').hidden = true;
-  $('i-force').hidden = true;
-  $('i-ok').disabled = false;
-}
-
-async function runImport(force) {
-  const t = state.chosenTemplate;
-  if (!t) return;
-  try {
-    await api('POST', '/org/import', { dir: t.dir, mode: $('i-mode').value, force: !!force });
-    $('import-dialog').close();
-    toast('Importing ' + (t.name || t.dir) + '…');
-  } catch (e) {
-    if (e.status === 412 && e.body) {
-      const m = $('i-missing');
-      m.hidden = false;
-      m.textContent = 'Missing env: ' + (e.body.missing_env || []).join(', ') +
-        '. Set them as global secrets (Settings → secrets) or import anyway.';
-      $('i-force').hidden = false;
-    } else {
-      toast(e.message, true);
-    }
-  }
-}
-
 // ---------------------------------------------------------------- viewport
 
+// Kept per browser (localStorage): one person's zoom is not everyone's.
 let viewportTimer = null;
 function saveViewport() {
   clearTimeout(viewportTimer);
   viewportTimer = setTimeout(() => {
     const c = $('chart');
-    api('PUT', '/canvas/viewport', { x: c.scrollLeft, y: c.scrollTop, zoom: state.zoom }).catch(() => {});
-  }, 1000);
+    localStorage.setItem(VIEWPORT_KEY, JSON.stringify({ x: c.scrollLeft, y: c.scrollTop, zoom: state.zoom }));
+  }, 300);
 }
 
 function setZoom(z) {
-  state.zoom = Math.min(2, Math.max(0.3, Math.round(z * 100) / 100));
-  scheduleRender();
+  state.zoom = Math.min(ZOOM_MAX, Math.max(ZOOM_MIN, Math.round(z * 100) / 100));
+  relayout();
   saveViewport();
+}
+
+function zoomFit() {
+  const c = $('chart');
+  const s = $('stage');
+  const w = parseFloat(s.style.width) || 1, h = parseFloat(s.style.height) || 1;
+  setZoom(Math.min(1, (c.clientWidth - 8) / w, (c.clientHeight - 8) / h));
+  requestAnimationFrame(() => { c.scrollLeft = 0; c.scrollTop = 0; });
+}
+
+function loadViewport() {
+  let v = null;
+  try { v = JSON.parse(localStorage.getItem(VIEWPORT_KEY) || 'null'); } catch (_) { /* unreadable */ }
+  if (!v) return;
+  state.zoom = Math.min(ZOOM_MAX, Math.max(ZOOM_MIN, Number(v.zoom) || 1));
+  requestAnimationFrame(() => { $('chart').scrollLeft = v.x || 0; $('chart').scrollTop = v.y || 0; });
 }
 
 // ---------------------------------------------------------------- start
 
 function wire() {
   $('d-close').addEventListener('click', () => selectNode(null));
-  $('btn-restart').addEventListener('click', () => act('/workspaces/' + state.selected + '/restart', 'Restart requested'));
-  $('btn-pause').addEventListener('click', () => act('/workspaces/' + state.selected + '/pause', 'Paused'));
-  $('btn-resume').addEventListener('click', () => act('/workspaces/' + state.selected + '/resume', 'Resumed'));
-  $('btn-delete').addEventListener('click', askDelete);
-  $('btn-import').addEventListener('click', openImport);
-  $('i-ok').addEventListener('click', () => runImport(false));
-  $('i-force').addEventListener('click', () => runImport(true));
+  $('btn-restart').addEventListener('click', () => runAction('restart'));
+  $('btn-pause').addEventListener('click', () => runAction('pause'));
+  $('btn-resume').addEventListener('click', () => runAction('resume'));
+  $('btn-logs').addEventListener('click', () => runAction('logs'));
+  $('btn-delete').addEventListener('click', () => runAction('delete'));
+  $('b-retry').addEventListener('click', () => runAction('restart'));
+  $('b-cancel').addEventListener('click', () => runAction('pause'));
+  $('b-logs').addEventListener('click', () => runAction('logs'));
+  $('btn-reconnect').addEventListener('click', reconnectNow);
   $('zoom-in').addEventListener('click', () => setZoom(state.zoom * 1.15));
   $('zoom-out').addEventListener('click', () => setZoom(state.zoom / 1.15));
+  $('zoom-fit').addEventListener('click', zoomFit);
+  $('zoom-reset').addEventListener('click', () => setZoom(1));
   $('chart').addEventListener('scroll', saveViewport, { passive: true });
   $('chart').addEventListener('wheel', (e) => {
     if (!e.ctrlKey) return;
     e.preventDefault();
     setZoom(state.zoom * (e.deltaY < 0 ? 1.1 : 1 / 1.1));
   }, { passive: false });
-  $('filter').addEventListener('input', (e) => { state.filter = e.target.value.trim().toLowerCase(); scheduleRender(); });
+  $('filter').addEventListener('input', (e) => { state.filter = e.target.value.trim().toLowerCase(); relayout(); });
+  $('group-org').addEventListener('change', (e) => { state.groupByOrg = e.target.checked; relayout(); });
   $('btn-logout').addEventListener('click', () => { sessionStorage.removeItem(TOKEN_KEY); location.reload(); });
   $('login-form').addEventListener('submit', (e) => {
     e.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, $('login-token').value.trim());
     location.reload();
   });
-  window.addEventListener('resize', scheduleRender);
 }
 
 async function start() {
   wire();
+  for (const b of document.querySelectorAll('.needs-live')) applyDisabled(b, 'Not connected yet');
   state.token = readToken();
   if (!state.token) { showLogin(); setConn('disconnected', 'signed out'); return; }
+  loadViewport();
+  // A refused token shows the sign-in at once instead of a stream that never opens.
   try {
-    const v = await api('GET', '/canvas/viewport');
-    state.zoom = Math.min(2, Math.max(0.3, Number(v.zoom) || 1));
-    requestAnimationFrame(() => { $('chart').scrollLeft = v.x || 0; $('chart').scrollTop = v.y || 0; });
+    await api('GET', '/canvas/viewport');
   } catch (e) {
     if (e.status === 401) { setConn('disconnected', 'signed out'); return; }
   }
   connect();
 }
+
+// What ui.js uses.
+window.moleculeCanvas = {
+  state, api, apiText, stripAnsi, toast, selectNode, runAction, actionsFor, applyDisabled,
+  scheduleRender, relayout, setZoom, zoomFit, toggleCollapse, notReady, health, descendants,
+  NODE_W, NODE_H,
+};
 
 document.addEventListener('DOMContentLoaded', start);

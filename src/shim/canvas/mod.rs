@@ -1,4 +1,4 @@
-//! The built-in canvas page (`/`, `/canvas/app.js`, `/canvas/style.css`: plain HTML, CSS and
+//! The built-in canvas page (`/`, `/canvas/app.js`, `/canvas/ui.js`, `/canvas/style.css`: plain HTML, CSS and
 //! JS embedded in the binary, no build step) and `GET|PUT /canvas/viewport`, which keeps the
 //! canvas scroll position and zoom in an annotation of the shim's Namespace.
 
@@ -20,6 +20,7 @@ use super::input::{self, Fields};
 
 const INDEX: &str = include_str!("index.html");
 const APP_JS: &str = include_str!("app.js");
+const UI_JS: &str = include_str!("ui.js");
 const STYLE: &str = include_str!("style.css");
 
 /// Annotation of the shim's Namespace holding `{x, y, zoom}`.
@@ -52,6 +53,7 @@ pub async fn index() -> Response {
 pub async fn asset(Path(file): Path<String>) -> Response {
     match file.as_str() {
         "app.js" => page("text/javascript; charset=utf-8", APP_JS),
+        "ui.js" => page("text/javascript; charset=utf-8", UI_JS),
         "style.css" => page("text/css; charset=utf-8", STYLE),
         _ => (
             StatusCode::NOT_FOUND,
