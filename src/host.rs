@@ -93,6 +93,8 @@ pub struct Routes {
     /// Discovery, the activity log and the A2A callers (ADR 0050); `None` (503) when no
     /// Workspace cache runs.
     pub teams: Option<Arc<TeamsState>>,
+    /// Delegations and the busy queue (ADR 0051), when this process runs them.
+    pub delegations: Option<Arc<crate::teams::Teams>>,
 }
 
 /// The listener a router is for.
@@ -121,9 +123,11 @@ pub enum Listener<'a> {
 /// The one place routers are composed.
 pub fn router(routes: &Routes, listener: Listener<'_>) -> Router {
     let agent = || {
-        crate::shim::registry::router(routes.registry.clone()).merge(
-            crate::shim::plugin_download::router(routes.downloads.clone()),
-        )
+        crate::shim::registry::router(routes.registry.clone())
+            .merge(crate::shim::plugin_download::router(
+                routes.downloads.clone(),
+            ))
+            .merge(crate::shim::delegations::router(routes.delegations.clone()))
     };
     // Agents also find their peers, call them through the proxy and report their activity
     // there, with their own tokens only (ADR 0050).
@@ -146,6 +150,7 @@ pub fn router(routes: &Routes, listener: Listener<'_>) -> Router {
             .merge(crate::shim::plugin_download::router(
                 routes.downloads.clone(),
             ))
+            .merge(crate::shim::delegations::router(routes.delegations.clone()))
             .merge(crate::shim::images::router(
                 routes.images.clone(),
                 token.to_string(),
@@ -262,12 +267,19 @@ impl Host {
                 a2a,
                 images,
                 teams,
+                delegations: None,
             },
             fills: Fills {
                 a2a: a2a_fill,
                 images: images_fill,
             },
         }
+    }
+
+    /// Runs delegations and queues calls to busy workspaces through `teams` (ADR 0051).
+    pub fn with_teams(mut self, teams: Arc<crate::teams::Teams>) -> Host {
+        self.routes.delegations = Some(teams);
+        self
     }
 
     /// What the routes serve; compose them with [`router`].
@@ -338,13 +350,16 @@ impl Host {
                 .teams
                 .clone()
                 .ok_or_else(|| anyhow::anyhow!("the team routes need the Workspace cache"))?;
-            fills.a2a.fill(Arc::new(A2aState::new(
-                client.clone(),
-                workspaces.reader(),
-                backends.clone(),
-                metrics.clone(),
-                teams,
-            )));
+            fills.a2a.fill(Arc::new(
+                A2aState::new(
+                    client.clone(),
+                    workspaces.reader(),
+                    backends.clone(),
+                    metrics.clone(),
+                    teams,
+                )
+                .with_queue(routes.delegations.clone()),
+            ));
             platform_url = Some(url);
         }
         let services = controllers::Services {

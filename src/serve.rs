@@ -270,6 +270,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     .context("opening the store")?;
     let backend = store.backend();
     let audit = crate::audit::Audit::new(store.clone());
+    let teams_store = store.clone();
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("binding {}", opts.listen))?;
@@ -366,7 +367,17 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             activity,
         },
     )?;
-    let host = crate::host::Host::new(client.clone(), settings, metrics.clone());
+    // Delegations and the busy queue (ADR 0051).
+    let teams = crate::teams::Teams::start(
+        client_from(&kubeconfig).await?,
+        teams_store,
+        &token,
+        Some(crate::shim::delegations::publisher(&shim)),
+        metrics.clone(),
+        crate::teams::service::Settings::from_env(),
+        shutdown.clone(),
+    );
+    let host = crate::host::Host::new(client.clone(), settings, metrics.clone()).with_teams(teams);
     println!("canvas: {page_url}/ (molecule canvas-url prints a signed-in link)");
     let server = {
         let shutdown = shutdown.clone();

@@ -54,6 +54,10 @@ async fn agent_card(State(state): State<Arc<AgentState>>) -> Json<Value> {
 }
 
 async fn a2a(State(state): State<Arc<AgentState>>, body: Bytes) -> Response {
+    // `sleep` and `delegate` (ADR 0051).
+    if let Some(reply) = super::delegate::handle(&state, &body).await {
+        return Json(reply).into_response();
+    }
     match handle_rpc(&state, &body).await {
         Some(reply) => Json(reply).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),

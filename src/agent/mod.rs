@@ -33,6 +33,7 @@
 
 mod a2a;
 mod config;
+mod delegate;
 mod platform;
 mod plugins;
 mod prompts;
@@ -146,6 +147,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         token_path.clone(),
         token.clone(),
     )));
+    state.delegator = Some(delegate::Delegator::new(
+        config.workspace_id.clone(),
+        config.platform_url.clone(),
+        token_path.clone(),
+    ));
     let state = Arc::new(state);
     let (stop_tx, stop_rx) = watch::channel(false);
     let serve =

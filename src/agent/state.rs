@@ -74,6 +74,8 @@ pub(super) struct AgentState {
     pub(super) plugins_dir: PathBuf,
     /// The platform, for `ask` and activity reports (ADR 0050); `None` in unit tests.
     pub(super) team: Option<std::sync::Arc<super::team::Team>>,
+    /// The platform, for `delegate` (ADR 0051).
+    pub(super) delegator: Option<super::delegate::Delegator>,
 }
 
 /// Removes an in-flight task when dropped.
@@ -98,6 +100,7 @@ impl AgentState {
             stats: Mutex::new(Stats::default()),
             plugins_dir: PathBuf::from("/configs/plugins"),
             team: None,
+            delegator: None,
         }
     }
 

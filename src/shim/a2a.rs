@@ -73,6 +73,8 @@ pub struct A2aState {
     pub metrics: Arc<Metrics>,
     /// Callers, the hierarchy rule and the activity log (ADR 0050).
     pub teams: Arc<TeamsState>,
+    /// The busy queue (ADR 0051); `None`: calls are never queued.
+    pub queue: Option<Arc<crate::teams::Teams>>,
 }
 
 impl A2aState {
@@ -89,7 +91,14 @@ impl A2aState {
             backends,
             metrics,
             teams,
+            queue: None,
         }
+    }
+
+    /// Queues calls to busy workspaces through `teams` (ADR 0051).
+    pub fn with_queue(mut self, queue: Option<Arc<crate::teams::Teams>>) -> Self {
+        self.queue = queue;
+        self
     }
 }
 
@@ -419,6 +428,14 @@ async fn a2a(
                 .inc("molecule_a2a_calls_total", &[("result", "refused")]);
             return e.into_response();
         }
+    };
+    // A busy workspace: the call is queued (202); otherwise hold a slot while it runs (ADR 0051).
+    let _slot = match &st.queue {
+        Some(q) => match q.admit(&call.target, &headers, &body).await {
+            Ok(slot) => Some(slot),
+            Err(queued) => return queued,
+        },
+        None => None,
     };
     let started = std::time::Instant::now();
     let (response, outcome) = deliver(&st, &call, &headers, body.clone()).await;

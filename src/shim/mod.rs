@@ -11,6 +11,7 @@ pub mod activity;
 pub mod auth;
 pub mod cache;
 pub mod canvas;
+pub mod delegations;
 pub mod discovery;
 pub mod error;
 pub mod events;

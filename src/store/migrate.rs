@@ -31,6 +31,12 @@ pub const SQLITE: &[Migration] = &[
         name: "activity",
         sql: include_str!("../../migrations/sqlite/0003_activity.sql"),
     },
+    // ADR 0051: the busy queue and delegations.
+    Migration {
+        version: 4,
+        name: "delegations_queue",
+        sql: include_str!("../../migrations/sqlite/0004_delegations_queue.sql"),
+    },
 ];
 
 /// Migrations of the Postgres backend.
@@ -51,6 +57,12 @@ pub const POSTGRES: &[Migration] = &[
         version: 3,
         name: "activity",
         sql: include_str!("../../migrations/postgres/0003_activity.sql"),
+    },
+    // ADR 0051: the busy queue and delegations.
+    Migration {
+        version: 4,
+        name: "delegations_queue",
+        sql: include_str!("../../migrations/postgres/0004_delegations_queue.sql"),
     },
 ];
 

@@ -10,6 +10,7 @@ mod crypto;
 mod migrate;
 mod postgres;
 mod sqlite;
+pub mod teams;
 
 pub use activity::{ActivityFilter, ActivityRow, ActivitySource, ActivityStore};
 pub use crypto::{SecretKey, SecretKeyError};
@@ -176,8 +177,8 @@ const PRUNE_CHUNK: i64 = 5_000;
 
 /// The persistence trait shared by SQLite and Postgres.
 #[async_trait]
-/// Every store also keeps the activity log of workspaces (ADR 0050).
-pub trait Store: ActivityStore + Send + Sync + 'static {
+/// Every store also keeps the activity log (ADR 0050), the busy queue and delegations (ADR 0051).
+pub trait Store: ActivityStore + teams::TeamsStore + Send + Sync + 'static {
     /// Short name for logs and metrics: `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// Loads the live objects and the newest `history` changes.

@@ -55,6 +55,16 @@ impl PostgresStore {
         Ok(PostgresStore { pool, writer: None })
     }
 
+    /// Refuses writes once the writer lock is lost (ADR 0042).
+    pub(super) fn check_writer(&self) -> Result<(), StoreError> {
+        match &self.writer {
+            Some(w) if w.lost.load(Ordering::SeqCst) => Err(StoreError::Fenced(
+                "its lock connection failed; restart it".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Connects as the database's one writer: takes [`WRITER_LOCK`] on a dedicated connection
     /// first (refusing with [`StoreError::Locked`] when another server holds it), then runs the
     /// migrations. Commits fail once the lock connection is lost (ADR 0042).

@@ -37,6 +37,11 @@ impl SqliteStore {
         super::migrate::run(&pool, super::migrate::SQLITE).await?;
         Ok(SqliteStore { pool })
     }
+
+    /// One process, one file: always the writer.
+    pub(super) fn check_writer(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 fn change_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ChangeRow, StoreError> {

@@ -135,6 +135,11 @@ impl Server {
         panic!("serve did not become ready; log:\n{}", self.log());
     }
 
+    /// The process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }
