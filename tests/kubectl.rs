@@ -180,9 +180,21 @@ fn scenario(s: &Server, k: &str) {
         "-A shows the namespace column"
     );
 
-    // get -w sees a change.
+    // get -w sees a change. The Tier column shows status.tier, which only a controller fills, so
+    // the watch prints spec.tier in a column of its own.
     let wfile = s.dir.path().join(format!("watch-{k}.txt"));
-    let mut watcher = s.kubectl_spawn(k, &["get", "ws", "alpha", "-w"], &wfile);
+    let mut watcher = s.kubectl_spawn(
+        k,
+        &[
+            "get",
+            "ws",
+            "alpha",
+            "-w",
+            "-o",
+            "custom-columns=NAME:.metadata.name,RUNTIME:.spec.runtime,TIER:.spec.tier",
+        ],
+        &wfile,
+    );
     assert!(
         eventually(10, || std::fs::read_to_string(&wfile)
             .unwrap_or_default()
