@@ -46,6 +46,13 @@ pub fn download_path(namespace: &str, name: &str) -> String {
         .replace("{name}", name)
 }
 
+/// Annotation carrying the org template's `canvas: {x, y}` as JSON (set by OrgImport, read by
+/// the canvas when no position was set through `PATCH x/y`).
+pub const CANVAS_ANNOTATION: &str = "molecule.ai/canvas";
+
+/// Label naming the OrgImport a child belongs to.
+pub const ORG_LABEL: &str = "molecule.ai/org";
+
 #[cfg(test)]
 mod tests {
     use super::*;

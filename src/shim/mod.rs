@@ -24,7 +24,7 @@ pub mod registry;
 pub mod secrets;
 pub mod teams;
 pub mod test_tokens;
-pub mod tree;
+pub use crate::teams::tree;
 pub mod view;
 pub mod workspaces;
 pub mod ws;

@@ -127,7 +127,7 @@ fn position(ws: &Workspace, key: &str, axis: &str) -> f64 {
         return annotation_f64(ws, key);
     }
     ws.annotations()
-        .get(crate::controllers::org_import::build::CANVAS_ANNOTATION)
+        .get(crate::resources::names::CANVAS_ANNOTATION)
         .and_then(|v| serde_json::from_str::<Value>(v).ok())
         .and_then(|v| v.get(axis).and_then(Value::as_f64))
         .filter(|v| v.is_finite())
@@ -187,7 +187,7 @@ pub fn render(
         paused: ws.spec.paused,
         org: ws
             .labels()
-            .get(crate::controllers::org_import::build::ORG_LABEL)
+            .get(crate::resources::names::ORG_LABEL)
             .cloned()
             .filter(|o| !o.is_empty()),
         resource_version: ws

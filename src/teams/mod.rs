@@ -8,6 +8,7 @@ pub mod activity;
 pub mod hierarchy;
 pub mod queue;
 pub mod service;
+pub mod tree;
 
 pub use hierarchy::{Member, can_communicate};
 pub use service::Teams;

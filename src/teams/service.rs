@@ -252,8 +252,8 @@ impl Teams {
     }
 
     /// Every live record, as an org tree.
-    pub fn tree(&self) -> crate::shim::tree::Tree {
-        crate::shim::tree::Tree::new(
+    pub fn tree(&self) -> crate::teams::tree::Tree {
+        crate::teams::tree::Tree::new(
             self.by_uid
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
@@ -599,7 +599,7 @@ impl Teams {
 
     /// One POST of an A2A request to an agent.
     async fn send(&self, url: &str, body: Bytes) -> Sent {
-        if crate::shim::registry::validate_agent_url(url).is_err() {
+        if crate::net::agent_url::validate_agent_url(url).is_err() {
             return Sent::Unreachable("the workspace URL is not allowed".into());
         }
         match self

@@ -14,16 +14,14 @@ use crate::resources::{
     WorkspaceAccess, WorkspaceSpec,
 };
 
-/// Label naming the OrgImport a child belongs to.
-pub const ORG_LABEL: &str = "molecule.ai/org";
+pub use crate::resources::names::ORG_LABEL;
 /// Label (slugs joined by `.`) and annotation (display names joined by `/`) of a child's
 /// position in the tree.
 pub const TREE_PATH: &str = "molecule.ai/tree-path";
 /// Annotation holding the child's final plugin list as a JSON array (ADR 0010), for the plugin
 /// controller.
 pub const PLUGINS_ANNOTATION: &str = "molecule.ai/plugins";
-/// Annotation holding the canvas position `{"x":…,"y":…}`.
-pub const CANVAS_ANNOTATION: &str = "molecule.ai/canvas";
+pub use crate::resources::names::CANVAS_ANNOTATION;
 /// Annotation naming where the child is defined (`file: yaml path`).
 pub const ORIGIN_ANNOTATION: &str = "molecule.ai/org-origin";
 /// Inline config file with the org settings the Workspace spec has no field for.
