@@ -6,9 +6,11 @@
 
 pub mod activity;
 pub mod hierarchy;
+pub mod prompt;
 pub mod queue;
 pub mod service;
 pub mod tree;
 
 pub use hierarchy::{Member, can_communicate};
+pub use prompt::{PlatformMessage, SendError};
 pub use service::Teams;

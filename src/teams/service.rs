@@ -81,7 +81,7 @@ impl Settings {
 }
 
 /// Bounds of one delivery to an agent: like the A2A proxy's, a slow agent may take minutes.
-const DELIVERY_TIMEOUTS: Timeouts = Timeouts {
+pub(super) const DELIVERY_TIMEOUTS: Timeouts = Timeouts {
     dial: Duration::from_secs(10),
     tls: Duration::from_secs(10),
     response_header: Duration::from_secs(300),
@@ -97,7 +97,7 @@ pub struct Teams {
     by_uid: RwLock<HashMap<String, Arc<Workspace>>>,
     /// The last `lastHeartbeat` seen per workspace: a new one is a heartbeat.
     beats: RwLock<HashMap<String, String>>,
-    loads: Loads,
+    pub(super) loads: Loads,
     drainers: Drainers,
     http: HttpClient,
     publish: Option<Publish>,
@@ -109,9 +109,9 @@ pub struct Teams {
 /// A slot of a workspace's concurrency, held while a call is delivered; giving it back wakes
 /// the workspace's queue.
 pub struct Slot {
-    teams: Arc<Teams>,
-    uid: String,
-    wake: bool,
+    pub(super) teams: Arc<Teams>,
+    pub(super) uid: String,
+    pub(super) wake: bool,
 }
 
 impl Drop for Slot {
@@ -185,7 +185,7 @@ fn cut(s: &str) -> String {
 }
 
 /// The JSON-RPC error message of an answer, if it carries one.
-fn rpc_error(body: &[u8]) -> Option<String> {
+pub(super) fn rpc_error(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let e = v.get("error")?;
     Some(cut(e
@@ -287,6 +287,11 @@ impl Teams {
         tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|r| *r))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Publishes one live-stream event, when this server has a stream.
+    pub fn publish_event(&self, event: &'static str, workspace: &str, payload: Value) {
+        self.emit(event, workspace, payload);
     }
 
     fn emit(&self, event: &'static str, workspace: &str, payload: Value) {
