@@ -368,6 +368,7 @@ impl Host {
             workspaces,
             triggers,
             platform_url,
+            teams: routes.delegations.clone(),
         };
         let result = controllers::run(
             client,
