@@ -86,18 +86,46 @@ fn a_telegram_chat_reaches_the_agent_and_bad_channels_say_why() {
     );
 
     // Bad channels, each with its reason; the token appears nowhere.
-    assert!(eventually(30, || channel(&s, &ns, "bot", 1)["reason"] == "InvalidToken"));
-    assert!(eventually(30, || channel(&s, &ns, "bot", 2)["reason"] == "SecretNotFound"));
+    assert!(eventually(30, || channel(&s, &ns, "bot", 1)["reason"]
+        == "InvalidToken"));
+    assert!(eventually(30, || channel(&s, &ns, "bot", 2)["reason"]
+        == "SecretNotFound"));
     let bad = channel(&s, &ns, "bot", 1);
     assert_eq!(bad["state"], "Failed");
-    assert!(bad["message"].as_str().unwrap_or("").contains("refused the bot token"), "{bad}");
+    assert!(
+        bad["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("refused the bot token"),
+        "{bad}"
+    );
     let missing = channel(&s, &ns, "bot", 2);
-    assert!(missing["message"].as_str().unwrap_or("").contains("missing"), "{missing}");
+    assert!(
+        missing["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("missing"),
+        "{missing}"
+    );
     let other = channel(&s, &ns, "bot", 3);
-    assert_eq!((other["state"].as_str(), other["reason"].as_str()), (Some("Failed"), Some("UnsupportedChannelType")), "{other}");
-    assert!(other["message"].as_str().unwrap_or("").contains("supported: telegram"), "{other}");
+    assert_eq!(
+        (other["state"].as_str(), other["reason"].as_str()),
+        (Some("Failed"), Some("UnsupportedChannelType")),
+        "{other}"
+    );
+    assert!(
+        other["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("supported: telegram"),
+        "{other}"
+    );
     let c = condition(&s, &ns, "bot", "ChannelsReady");
-    assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("False"), Some("InvalidToken")), "{c}");
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("False"), Some("InvalidToken")),
+        "{c}"
+    );
 
     // An allowed user (by id, then by username) gets the agent's answer in the chat.
     let first = tg.user_writes(42, "carol", 500, "hello bot");
@@ -108,7 +136,11 @@ fn a_telegram_chat_reaches_the_agent_and_bad_channels_say_why() {
         tail(&s)
     );
     tg.user_writes(7, "alice", 501, "hi from alice");
-    assert!(eventually(60, || tg.sent().contains(&(501, "hi from alice".into()))), "{:?}", tg.sent());
+    assert!(
+        eventually(60, || tg.sent().contains(&(501, "hi from alice".into()))),
+        "{:?}",
+        tg.sent()
+    );
     // A stranger is ignored and counted.
     let last = tg.user_writes(99, "mallory", 502, "let me in");
     assert!(
@@ -116,19 +148,36 @@ fn a_telegram_chat_reaches_the_agent_and_bad_channels_say_why() {
         "{}",
         channel(&s, &ns, "bot", 0)
     );
-    assert!(eventually(10, || channel(&s, &ns, "bot", 0)["lastUpdateId"] == last));
+    assert!(eventually(
+        10,
+        || channel(&s, &ns, "bot", 0)["lastUpdateId"] == last
+    ));
     let ch = channel(&s, &ns, "bot", 0);
     assert_eq!(ch["messageCount"], 2, "{ch}");
     assert!(ch["lastMessageAt"].is_string(), "{ch}");
-    assert!(!tg.sent().iter().any(|(chat, _)| *chat == 502), "{:?}", tg.sent());
+    assert!(
+        !tg.sent().iter().any(|(chat, _)| *chat == 502),
+        "{:?}",
+        tg.sent()
+    );
     assert!(first < last);
 
     // The message went the platform's way: an a2a_receive row naming the channel.
-    let uid = get(&s, &ns, "bot")["metadata"]["uid"].as_str().expect("uid").to_string();
-    let (code, body) = s.http("GET", &format!("/workspaces/{uid}/activity?type=a2a_receive"), None, b"");
+    let uid = get(&s, &ns, "bot")["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+    let (code, body) = s.http(
+        "GET",
+        &format!("/workspaces/{uid}/activity?type=a2a_receive"),
+        None,
+        b"",
+    );
     assert_eq!(code, 200, "{body}");
     assert!(
-        j(&body).as_array().is_some_and(|rows| rows.iter().any(|r| r["summary"] == "channel:telegram: hello bot")),
+        j(&body).as_array().is_some_and(|rows| rows
+            .iter()
+            .any(|r| r["summary"] == "channel:telegram: hello bot")),
         "{body}"
     );
 
@@ -139,7 +188,13 @@ fn a_telegram_chat_reaches_the_agent_and_bad_channels_say_why() {
     let list = j(&body);
     assert_eq!(list.as_array().map(Vec::len), Some(4), "{body}");
     assert_eq!(list[0]["state"], "Connected", "{body}");
-    assert_eq!((list[0]["message_count"].as_i64(), list[0]["ignored_count"].as_i64()), (Some(2), Some(1)));
+    assert_eq!(
+        (
+            list[0]["message_count"].as_i64(),
+            list[0]["ignored_count"].as_i64()
+        ),
+        (Some(2), Some(1))
+    );
     assert_eq!(list[0]["allowed_users"][1], "@alice");
     assert_eq!(list[0]["config"]["poll_timeout_seconds"], "1");
     assert_eq!(list[1]["reason"], "InvalidToken");
@@ -156,13 +211,32 @@ fn a_telegram_chat_reaches_the_agent_and_bad_channels_say_why() {
         "no poll after the restart\n{}",
         tail(&s)
     );
-    assert_eq!(tg.offsets()[polls_before], Some(last + 1), "{:?}", tg.offsets());
+    assert_eq!(
+        tg.offsets()[polls_before],
+        Some(last + 1),
+        "{:?}",
+        tg.offsets()
+    );
     tg.user_writes(42, "carol", 500, "after restart");
-    assert!(eventually(60, || tg.sent().contains(&(500, "after restart".into()))), "{:?}", tg.sent());
-    assert_eq!(tg.sent().iter().filter(|(_, t)| t == "hello bot").count(), 1, "{:?}", tg.sent());
+    assert!(
+        eventually(60, || tg.sent().contains(&(500, "after restart".into()))),
+        "{:?}",
+        tg.sent()
+    );
+    assert_eq!(
+        tg.sent().iter().filter(|(_, t)| t == "hello bot").count(),
+        1,
+        "{:?}",
+        tg.sent()
+    );
 
     // Disabling through the canvas's route stops the polling.
-    let (code, body) = s.http("PATCH", &format!("{path}/0"), Some("application/json"), br#"{"enabled": false}"#);
+    let (code, body) = s.http(
+        "PATCH",
+        &format!("{path}/0"),
+        Some("application/json"),
+        br#"{"enabled": false}"#,
+    );
     assert_eq!(code, 200, "{body}");
     assert_eq!(j(&body)["enabled"], false, "{body}");
     assert!(
@@ -179,18 +253,31 @@ fn a_telegram_chat_reaches_the_agent_and_bad_channels_say_why() {
         (format!("{path}/9"), r#"{"enabled": true}"#, 404),
         (format!("{path}/x"), r#"{"enabled": true}"#, 400),
         (format!("{path}/0"), r#"{"enabled": "yes"}"#, 400),
-        (format!("{path}/0"), r#"{"enabled": true, "type": "slack"}"#, 400),
+        (
+            format!("{path}/0"),
+            r#"{"enabled": true, "type": "slack"}"#,
+            400,
+        ),
     ] {
         let (code, body) = s.http("PATCH", &p, Some("application/json"), b.as_bytes());
         assert_eq!(code, want, "{p} {b}: {body}");
     }
     assert_eq!(get(&s, &ns, "bot")["spec"]["channels"][0]["enabled"], false);
     // Enabled again, it answers again.
-    let (code, body) = s.http("PATCH", &format!("{path}/0"), Some("application/json"), br#"{"enabled": true}"#);
+    let (code, body) = s.http(
+        "PATCH",
+        &format!("{path}/0"),
+        Some("application/json"),
+        br#"{"enabled": true}"#,
+    );
     assert_eq!(code, 200, "{body}");
     assert!(eventually(30, || channel(&s, &ns, "bot", 0)["state"] == "Connected"));
     tg.user_writes(42, "carol", 500, "back again");
-    assert!(eventually(60, || tg.sent().contains(&(500, "back again".into()))), "{:?}", tg.sent());
+    assert!(
+        eventually(60, || tg.sent().contains(&(500, "back again".into()))),
+        "{:?}",
+        tg.sent()
+    );
 
     // The refused token is in no Event and no log line.
     let (code, events) = s.http("GET", &format!("/api/v1/namespaces/{ns}/events"), None, b"");
@@ -198,6 +285,9 @@ fn a_telegram_chat_reaches_the_agent_and_bad_channels_say_why() {
     assert!(events.contains("InvalidToken"), "{events}");
     let log = s.log();
     for text in [&events, &log] {
-        assert!(!text.contains(BAD) && !text.contains(GOOD), "a token leaked");
+        assert!(
+            !text.contains(BAD) && !text.contains(GOOD),
+            "a token leaked"
+        );
     }
 }

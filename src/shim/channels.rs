@@ -45,7 +45,11 @@ pub fn view(index: usize, spec: &ChannelSpec, status: Option<&ChannelStatus>) ->
 }
 
 fn list_of(ws: &Workspace) -> Vec<Value> {
-    let observed = ws.status.as_ref().map(|s| s.channels.as_slice()).unwrap_or(&[]);
+    let observed = ws
+        .status
+        .as_ref()
+        .map(|s| s.channels.as_slice())
+        .unwrap_or(&[]);
     ws.spec
         .channels
         .iter()
@@ -108,7 +112,11 @@ pub async fn set_enabled(
             "spec": {"channels": channels},
         });
         match api
-            .patch(&ws.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                &ws.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
         {
             Ok(updated) => {
@@ -166,7 +174,10 @@ mod tests {
         let v = view(0, &spec, Some(&status));
         assert_eq!(v["config"], json!({"chat_id": "-1"}));
         assert!(!v.to_string().contains("123:abc"));
-        assert_eq!((v["state"].as_str(), v["message_count"].as_i64()), (Some("Connected"), Some(3)));
+        assert_eq!(
+            (v["state"].as_str(), v["message_count"].as_i64()),
+            (Some("Connected"), Some(3))
+        );
         let stale = ChannelStatus {
             type_: "slack".into(),
             message_count: 9,

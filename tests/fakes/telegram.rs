@@ -130,17 +130,22 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> R
         return error(401, "Unauthorized");
     }
     match method {
-        "getMe" => ok(json!({"id": 1, "is_bot": true, "first_name": "Fake", "username": "fake_bot"})),
+        "getMe" => {
+            ok(json!({"id": 1, "is_bot": true, "first_name": "Fake", "username": "fake_bot"}))
+        }
         "getUpdates" => {
             let offset = query_param(&req.query, "offset");
-            let wait = Duration::from_secs(query_param(&req.query, "timeout").unwrap_or(0).clamp(0, 5) as u64);
+            let wait = Duration::from_secs(
+                query_param(&req.query, "timeout").unwrap_or(0).clamp(0, 5) as u64,
+            );
             let deadline = Instant::now() + wait;
             let mut s = lock.lock().unwrap();
             s.polls += 1;
             s.offsets.push(offset);
             loop {
                 if let Some(o) = offset {
-                    s.pending.retain(|u| u["update_id"].as_i64().unwrap_or(0) >= o);
+                    s.pending
+                        .retain(|u| u["update_id"].as_i64().unwrap_or(0) >= o);
                 }
                 let now = Instant::now();
                 if !s.pending.is_empty() || now >= deadline {

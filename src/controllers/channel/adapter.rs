@@ -101,9 +101,10 @@ pub fn allowed(allowed: &[String], msg: &Inbound) -> bool {
     allowed.iter().any(|a| {
         let a = a.trim();
         a == msg.user_id
-            || msg.username.as_deref().is_some_and(|u| {
-                !u.is_empty() && a.trim_start_matches('@').eq_ignore_ascii_case(u)
-            })
+            || msg
+                .username
+                .as_deref()
+                .is_some_and(|u| !u.is_empty() && a.trim_start_matches('@').eq_ignore_ascii_case(u))
     })
 }
 
@@ -196,7 +197,10 @@ pub async fn run(task: Task) {
         }
         match session(&task).await {
             Ok(()) => backoff.reset(""),
-            Err((reason, message)) => task.board.set_state(&task.slot, state::FAILED, reason, &message),
+            Err((reason, message)) => {
+                task.board
+                    .set_state(&task.slot, state::FAILED, reason, &message)
+            }
         }
         tokio::time::sleep(backoff.next("")).await;
     }
@@ -208,7 +212,10 @@ async fn session(task: &Task) -> Result<(), (&'static str, String)> {
         .await
         .map_err(|NoSecret(m)| ("SecretNotFound", m))?;
     let adapter = build(&task.spec, token).map_err(|e| (e.reason(), e.to_string()))?;
-    let bot = adapter.connect().await.map_err(|e| (e.reason(), e.to_string()))?;
+    let bot = adapter
+        .connect()
+        .await
+        .map_err(|e| (e.reason(), e.to_string()))?;
     let note = if task.spec.allowed_users.is_empty() {
         format!("connected as {bot}; allowedUsers is empty, so every message is ignored")
     } else {

@@ -25,8 +25,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use crate::controllers::kit::{Backoff, Failure, Reconciler, Reporter};
 use crate::resources::{ChannelSpec, Workspace, WorkspacePhase};
 use crate::shutdown::Shutdown;
-use crate::telemetry::Metrics;
 use crate::teams::{PlatformMessage, Teams};
+use crate::telemetry::Metrics;
 use adapter::Deliver;
 use status::{Board, Slot, state};
 
@@ -79,7 +79,11 @@ fn idle(state: &'static str, reason: &'static str, message: impl Into<String>) -
 pub fn plan(ws: &Workspace, ch: &ChannelSpec) -> Desired {
     let phase = ws.status.as_ref().and_then(|s| s.phase);
     if !ch.enabled {
-        return idle(state::DISABLED, "ChannelDisabled", "the channel is disabled");
+        return idle(
+            state::DISABLED,
+            "ChannelDisabled",
+            "the channel is disabled",
+        );
     }
     if !adapter::SUPPORTED.contains(&ch.type_.as_str()) {
         return idle(
@@ -341,21 +345,39 @@ mod tests {
         let online = ws(Some(WorkspacePhase::Online), false);
         assert_eq!(reason(plan(&online, &ch("telegram", true))), "Run");
         assert_eq!(
-            reason(plan(&ws(Some(WorkspacePhase::Degraded), false), &ch("telegram", true))),
+            reason(plan(
+                &ws(Some(WorkspacePhase::Degraded), false),
+                &ch("telegram", true)
+            )),
             "Run"
         );
-        assert_eq!(reason(plan(&online, &ch("telegram", false))), "ChannelDisabled");
-        assert_eq!(reason(plan(&online, &ch("slack", true))), "UnsupportedChannelType");
         assert_eq!(
-            reason(plan(&ws(Some(WorkspacePhase::Online), true), &ch("telegram", true))),
+            reason(plan(&online, &ch("telegram", false))),
+            "ChannelDisabled"
+        );
+        assert_eq!(
+            reason(plan(&online, &ch("slack", true))),
+            "UnsupportedChannelType"
+        );
+        assert_eq!(
+            reason(plan(
+                &ws(Some(WorkspacePhase::Online), true),
+                &ch("telegram", true)
+            )),
             "WorkspacePaused"
         );
         assert_eq!(
-            reason(plan(&ws(Some(WorkspacePhase::Failed), false), &ch("telegram", true))),
+            reason(plan(
+                &ws(Some(WorkspacePhase::Failed), false),
+                &ch("telegram", true)
+            )),
             "WorkspaceFailed"
         );
         assert_eq!(
-            reason(plan(&ws(Some(WorkspacePhase::Provisioning), false), &ch("telegram", true))),
+            reason(plan(
+                &ws(Some(WorkspacePhase::Provisioning), false),
+                &ch("telegram", true)
+            )),
             "WaitingForWorkspace"
         );
     }

@@ -77,7 +77,11 @@ impl Board {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let len = ws.spec.channels.len();
         let e = entries.entry(uid.to_string()).or_insert_with(|| {
-            let observed = ws.status.as_ref().map(|s| s.channels.clone()).unwrap_or_default();
+            let observed = ws
+                .status
+                .as_ref()
+                .map(|s| s.channels.clone())
+                .unwrap_or_default();
             Entry {
                 namespace: ws.metadata.namespace.clone().unwrap_or_default(),
                 name: ws.metadata.name.clone().unwrap_or_default(),
@@ -199,8 +203,10 @@ impl Board {
 
     /// Where a channel resumes.
     pub fn cursor(&self, slot: &Slot) -> Option<i64> {
-        self.with(&slot.uid, |e| e.channels.get(&slot.index).and_then(|c| c.last_update_id))
-            .flatten()
+        self.with(&slot.uid, |e| {
+            e.channels.get(&slot.index).and_then(|c| c.last_update_id)
+        })
+        .flatten()
     }
 
     /// A channel's current status (tests and the supervisor).
@@ -253,13 +259,16 @@ pub fn condition(channels: &[ChannelStatus]) -> Option<Condition> {
             CONDITION,
             ConditionStatus::False,
             c.reason.as_deref().unwrap_or("Failed"),
-            format!("channel {i} ({}): {}", c.type_, c.message.as_deref().unwrap_or("")),
+            format!(
+                "channel {i} ({}): {}",
+                c.type_,
+                c.message.as_deref().unwrap_or("")
+            ),
         ));
     }
-    let waiting = channels
-        .iter()
-        .enumerate()
-        .find(|(_, c)| c.state.as_deref() != Some(state::CONNECTED) && c.state.as_deref() != Some(state::DISABLED));
+    let waiting = channels.iter().enumerate().find(|(_, c)| {
+        c.state.as_deref() != Some(state::CONNECTED) && c.state.as_deref() != Some(state::DISABLED)
+    });
     if let Some((i, c)) = waiting {
         return Some(Condition::new(
             CONDITION,
@@ -276,7 +285,10 @@ pub fn condition(channels: &[ChannelStatus]) -> Option<Condition> {
         CONDITION,
         ConditionStatus::True,
         "Connected",
-        format!("{connected} of {} channels connected, the rest disabled", channels.len()),
+        format!(
+            "{connected} of {} channels connected, the rest disabled",
+            channels.len()
+        ),
     ))
 }
 
@@ -312,7 +324,11 @@ pub async fn write(client: &kube::Client, reporter: &Reporter, p: &Pending) -> b
         {
             Ok(_) => {
                 for (warning, reason, note) in &p.events {
-                    let t = if *warning { EventType::Warning } else { EventType::Normal };
+                    let t = if *warning {
+                        EventType::Warning
+                    } else {
+                        EventType::Normal
+                    };
                     reporter.event(&ws, t, reason, note.clone());
                 }
                 return true;
@@ -351,7 +367,10 @@ mod tests {
     fn counters_coalesce_into_one_pending_write() {
         let b = Board::default();
         b.track(&ws(&["telegram"]), "u");
-        let s = Slot { uid: "u".into(), index: 0 };
+        let s = Slot {
+            uid: "u".into(),
+            index: 0,
+        };
         assert_eq!(b.take_dirty().len(), 1, "a new channel is written once");
         for _ in 0..5 {
             b.received(&s);
@@ -363,7 +382,11 @@ mod tests {
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].channels[0].message_count, 5);
         assert_eq!(p[0].channels[0].ignored_count, 1);
-        assert_eq!(p[0].channels[0].last_update_id, Some(9), "the cursor never goes back");
+        assert_eq!(
+            p[0].channels[0].last_update_id,
+            Some(9),
+            "the cursor never goes back"
+        );
         assert!(b.take_dirty().is_empty(), "nothing new, nothing to write");
     }
 
@@ -372,15 +395,35 @@ mod tests {
         let mut w = ws(&["telegram", "slack"]);
         w.status = Some(crate::resources::WorkspaceStatus {
             channels: vec![
-                ChannelStatus { type_: "telegram".into(), message_count: 4, last_update_id: Some(77), ..Default::default() },
-                ChannelStatus { type_: "discord".into(), message_count: 9, ..Default::default() },
+                ChannelStatus {
+                    type_: "telegram".into(),
+                    message_count: 4,
+                    last_update_id: Some(77),
+                    ..Default::default()
+                },
+                ChannelStatus {
+                    type_: "discord".into(),
+                    message_count: 9,
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         });
         let b = Board::default();
         b.track(&w, "u");
-        assert_eq!(b.cursor(&Slot { uid: "u".into(), index: 0 }), Some(77));
-        let second = b.get(&Slot { uid: "u".into(), index: 1 }).expect("tracked");
+        assert_eq!(
+            b.cursor(&Slot {
+                uid: "u".into(),
+                index: 0
+            }),
+            Some(77)
+        );
+        let second = b
+            .get(&Slot {
+                uid: "u".into(),
+                index: 1,
+            })
+            .expect("tracked");
         assert_eq!((second.type_.as_str(), second.message_count), ("slack", 0));
     }
 
@@ -388,17 +431,46 @@ mod tests {
     fn a_failure_is_an_event_once_and_the_condition_names_it() {
         let b = Board::default();
         b.track(&ws(&["telegram", "telegram"]), "u");
-        let s = Slot { uid: "u".into(), index: 1 };
-        b.set_state(&Slot { uid: "u".into(), index: 0 }, state::CONNECTED, "Connected", "ok");
+        let s = Slot {
+            uid: "u".into(),
+            index: 1,
+        };
+        b.set_state(
+            &Slot {
+                uid: "u".into(),
+                index: 0,
+            },
+            state::CONNECTED,
+            "Connected",
+            "ok",
+        );
         b.set_state(&s, state::FAILED, "InvalidToken", "refused");
         b.set_state(&s, state::CONNECTING, "Connecting", "again");
         b.set_state(&s, state::FAILED, "InvalidToken", "refused");
         let p = b.take_dirty();
         assert_eq!(p[0].events.len(), 1, "{:?}", p[0].events);
         let c = condition(&p[0].channels).expect("condition");
-        assert_eq!((c.status, c.reason.as_deref()), (ConditionStatus::False, Some("InvalidToken")));
-        assert!(c.message.as_deref().unwrap_or("").starts_with("channel 1 (telegram)"));
-        let ok = condition(&[ChannelStatus { state: Some("Connected".into()), ..Default::default() }, ChannelStatus { state: Some("Disabled".into()), ..Default::default() }]).expect("c");
+        assert_eq!(
+            (c.status, c.reason.as_deref()),
+            (ConditionStatus::False, Some("InvalidToken"))
+        );
+        assert!(
+            c.message
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("channel 1 (telegram)")
+        );
+        let ok = condition(&[
+            ChannelStatus {
+                state: Some("Connected".into()),
+                ..Default::default()
+            },
+            ChannelStatus {
+                state: Some("Disabled".into()),
+                ..Default::default()
+            },
+        ])
+        .expect("c");
         assert_eq!(ok.status, ConditionStatus::True);
         assert!(condition(&[]).is_none());
     }

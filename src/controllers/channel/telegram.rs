@@ -133,15 +133,26 @@ impl Telegram {
     ) -> Result<Value, AdapterError> {
         let url = format!("{}{query}", self.url(method));
         let (verb, body) = match body {
-            Some(b) => (Method::POST, Some((Bytes::from(b.to_string()), "application/json"))),
+            Some(b) => (
+                Method::POST,
+                Some((Bytes::from(b.to_string()), "application/json")),
+            ),
             None => (Method::GET, None),
         };
         let r = self
             .http
-            .send(verb, &url, &[("accept", "application/json")], body, MAX_BODY)
+            .send(
+                verb,
+                &url,
+                &[("accept", "application/json")],
+                body,
+                MAX_BODY,
+            )
             .await
             .map_err(|e| {
-                AdapterError::Unreachable(self.redact(&format!("the Bot API at {}: {e}", self.host())))
+                AdapterError::Unreachable(
+                    self.redact(&format!("the Bot API at {}: {e}", self.host())),
+                )
             })?;
         let env: Envelope = crate::net::http::first_json(&r.body).map_err(|_| {
             AdapterError::Protocol(format!(
@@ -159,7 +170,9 @@ impl Telegram {
             401 | 404 if method == "getMe" => AdapterError::InvalidToken(format!(
                 "the Bot API refused the bot token ({code} {what}); set a valid token in the Secret named by configFrom"
             )),
-            401 => AdapterError::InvalidToken(format!("the Bot API refused the bot token ({code} {what})")),
+            401 => AdapterError::InvalidToken(format!(
+                "the Bot API refused the bot token ({code} {what})"
+            )),
             _ => AdapterError::Protocol(format!("{method} failed: {code} {what}")),
         })
     }
@@ -174,8 +187,9 @@ impl Telegram {
 
 /// Parses a `getUpdates` result.
 fn updates(result: Value) -> Result<Vec<Update>, AdapterError> {
-    let raw: Vec<RawUpdate> = serde_json::from_value(result)
-        .map_err(|e| AdapterError::Protocol(format!("getUpdates answered an unexpected shape: {e}")))?;
+    let raw: Vec<RawUpdate> = serde_json::from_value(result).map_err(|e| {
+        AdapterError::Protocol(format!("getUpdates answered an unexpected shape: {e}"))
+    })?;
     Ok(raw
         .into_iter()
         .map(|u| Update {
@@ -229,7 +243,10 @@ mod tests {
 
     fn bot(config: &[(&str, &str)]) -> Result<Telegram, AdapterError> {
         Telegram::new(
-            &config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            &config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             "123:SECRET".into(),
         )
     }
@@ -238,14 +255,20 @@ mod tests {
     fn urls_carry_the_token_and_errors_do_not() {
         let t = bot(&[("base_url", "http://127.0.0.1:9/")]).expect("bot");
         assert_eq!(t.url("getMe"), "http://127.0.0.1:9/bot123:SECRET/getMe");
-        assert_eq!(t.redact("GET /bot123:SECRET/getMe"), "GET /bot<token>/getMe");
+        assert_eq!(
+            t.redact("GET /bot123:SECRET/getMe"),
+            "GET /bot<token>/getMe"
+        );
         assert_eq!(t.host(), "127.0.0.1:9");
         assert_eq!(bot(&[]).expect("default").base, DEFAULT_BASE);
     }
 
     #[test]
     fn bad_config_is_refused() {
-        assert!(matches!(bot(&[("base_url", "ftp://x")]), Err(AdapterError::InvalidConfig(_))));
+        assert!(matches!(
+            bot(&[("base_url", "ftp://x")]),
+            Err(AdapterError::InvalidConfig(_))
+        ));
         assert!(matches!(
             bot(&[("poll_timeout_seconds", "0")]),
             Err(AdapterError::InvalidConfig(_))
