@@ -291,3 +291,89 @@ fn a_telegram_chat_reaches_the_agent_and_bad_channels_say_why() {
         );
     }
 }
+
+/// Workspaces of `ns` as JSON.
+fn workspaces(s: &Server, ns: &str) -> Vec<Value> {
+    let (code, body) = s.http(
+        "GET",
+        &format!("/apis/molecule.ai/v1alpha1/namespaces/{ns}/workspaces"),
+        None,
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    j(&body)["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn an_imported_org_brings_its_channel_with_the_token_in_a_secret() {
+    let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
+    let ns = format!("c{}", molecule::util::random_suffix(8));
+    let _clean = Cleanup(ns.clone());
+    let tg = FakeTelegram::start(GOOD);
+    let templates = tempfile::tempdir().expect("templates");
+    let desk = templates.path().join("desk");
+    std::fs::create_dir_all(&desk).expect("mkdir");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/org-templates/desk/org.yaml");
+    std::fs::copy(fixture, desk.join("org.yaml")).expect("copy");
+    std::fs::write(
+        desk.join(".env"),
+        format!("TG_BOT_TOKEN={GOOD}\nTG_BASE={}\n", tg.base),
+    )
+    .expect(".env");
+    let root = templates.path().to_string_lossy().to_string();
+    let mut args = FAST.to_vec();
+    args.extend(["--org-templates", &root]);
+    let s = Server::start_with(Backend::Sqlite, &args);
+    apply(
+        &s,
+        &ns,
+        "apiVersion: molecule.ai/v1alpha1\nkind: OrgImport\nmetadata:\n  name: desk\nspec:\n  source:\n    dir: desk\n",
+    );
+    assert!(
+        eventually(60, || workspaces(&s, &ns).len() == 1),
+        "{:?}\n{}",
+        workspaces(&s, &ns),
+        tail(&s)
+    );
+    let name = workspaces(&s, &ns)[0]["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    let ws = get(&s, &ns, &name);
+    // The unknown adapter was skipped and reported; the token is a Secret reference.
+    let (_, import) = s.http(
+        "GET",
+        &format!("/apis/molecule.ai/v1alpha1/namespaces/{ns}/orgimports/desk"),
+        None,
+        b"",
+    );
+    assert!(import.contains("carrier-pigeon"), "{import}");
+    let channels = ws["spec"]["channels"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(channels.len(), 1, "{ws}");
+    assert_eq!(channels[0]["configFrom"]["key"], "TG_BOT_TOKEN", "{ws}");
+    assert!(
+        !ws.to_string().contains(GOOD),
+        "the token is in the Workspace: {ws}"
+    );
+    assert!(
+        eventually(180, || phase(&s, &ns, &name) == "Online"),
+        "{name} did not come Online:\n{}",
+        tail(&s)
+    );
+    assert!(
+        eventually(30, || channel(&s, &ns, &name, 0)["state"] == "Connected"),
+        "{}\n{}",
+        channel(&s, &ns, &name, 0),
+        tail(&s)
+    );
+    tg.user_writes(42, "carol", 77, "hello desk");
+    assert!(
+        eventually(60, || tg.sent().contains(&(77, "hello desk".into()))),
+        "{:?}",
+        tg.sent()
+    );
+}
