@@ -192,8 +192,12 @@ pub async fn run(task: Task) {
     loop {
         // A retry after a failure keeps showing the failure until it connects.
         if task.board.state(&task.slot).as_deref() != Some(state::FAILED) {
-            task.board
-                .set_state(&task.slot, state::CONNECTING, "Connecting", "connecting");
+            task.board.set_state(
+                &task.slot,
+                state::CONNECTING,
+                "Connecting",
+                "connecting to the chat network",
+            );
         }
         match session(&task).await {
             Ok(()) => backoff.reset(""),

@@ -177,6 +177,7 @@ impl Supervisor {
                     } => self.board.set_state(&slot, state, reason, &message),
                 }
             }
+            self.board.compare(ws, &uid);
         }
         self.running.retain(|slot, _| wanted.contains(slot));
         for uid in self.board.tracked() {

@@ -113,6 +113,28 @@ impl Board {
         }
     }
 
+    /// Marks `uid` changed when what `ws` shows differs from the board: the channels, or the
+    /// condition (another writer of `status.conditions` may have dropped it working from a
+    /// stale copy). The write itself compares against a fresh read, so this costs no write
+    /// when the watch merely lags.
+    pub fn compare(&self, ws: &Workspace, uid: &str) {
+        let status = ws.status.clone().unwrap_or_default();
+        self.with(uid, |e| {
+            let channels: Vec<ChannelStatus> = (0..e.len)
+                .map(|i| e.channels.get(&i).cloned().unwrap_or_default())
+                .collect();
+            let want = condition(&channels).map(|c| (c.status, c.reason, c.message));
+            let have = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == CONDITION)
+                .map(|c| (c.status, c.reason.clone(), c.message.clone()));
+            if status.channels != channels || want != have {
+                e.dirty = true;
+            }
+        });
+    }
+
     /// Stops tracking a workspace that is gone.
     pub fn forget(&self, uid: &str) {
         self.entries
@@ -473,6 +495,29 @@ mod tests {
         .expect("c");
         assert_eq!(ok.status, ConditionStatus::True);
         assert!(condition(&[]).is_none());
+    }
+
+    #[test]
+    fn a_dropped_condition_is_written_again() {
+        let b = Board::default();
+        let mut w = ws(&["telegram"]);
+        b.track(&w, "u");
+        let s = Slot {
+            uid: "u".into(),
+            index: 0,
+        };
+        b.set_state(&s, state::CONNECTED, "Connected", "ok");
+        let p = b.take_dirty();
+        w.status = Some(crate::resources::WorkspaceStatus {
+            channels: p[0].channels.clone(),
+            conditions: vec![condition(&p[0].channels).expect("condition")],
+            ..Default::default()
+        });
+        b.compare(&w, "u");
+        assert!(b.take_dirty().is_empty(), "what is shown is what is known");
+        w.status.as_mut().unwrap().conditions.clear();
+        b.compare(&w, "u");
+        assert_eq!(b.take_dirty().len(), 1, "a lost condition is written again");
     }
 
     #[test]

@@ -139,11 +139,27 @@ async fn channels_follow_the_workspace_and_say_why_they_do_not_run() {
     })
     .await;
     assert_eq!(channel_state(&got, 0).1, "UnsupportedChannelType");
-    // Other conditions (the Workspace controller's) are left alone.
-    set_status(&api, "chatty", json!({"conditions": [
-        {"type": "Ready", "status": "True", "reason": "Online", "message": "ok"},
-        {"type": "ChannelsReady", "status": "False", "reason": "UnsupportedChannelType", "message": "x"}
-    ]}))
+    // Another writer of the conditions (the Workspace controller, from a stale copy) drops
+    // ChannelsReady: it comes back, and the other's condition stays.
+    set_status(
+        &api,
+        "chatty",
+        json!({"conditions": [
+            {"type": "Ready", "status": "True", "reason": "Online", "message": "ok"},
+        ]}),
+    )
+    .await;
+    wait_for(&api, "chatty", |w| {
+        let cs = w
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        cs.iter().any(|c| c.type_ == "Ready")
+            && cs.iter().any(|c| {
+                c.type_ == "ChannelsReady" && c.reason.as_deref() == Some("UnsupportedChannelType")
+            })
+    })
     .await;
     api.patch(
         "chatty",
