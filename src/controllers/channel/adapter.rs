@@ -163,16 +163,28 @@ pub async fn token(
 /// Longest text sent in one chat message (Telegram's limit, in characters).
 const MAX_CHAT_TEXT: usize = 4096;
 
-/// `text` in pieces of at most [`MAX_CHAT_TEXT`] characters (one piece for an empty text).
+/// Most chat messages one answer becomes (an agent's answer may be megabytes).
+const MAX_PIECES: usize = 5;
+
+/// `text` in at most [`MAX_PIECES`] pieces of at most [`MAX_CHAT_TEXT`] characters (one piece
+/// for an empty text); a longer answer ends with a note that it was cut.
 pub fn pieces(text: &str) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
     if chars.is_empty() {
         return vec!["(the agent answered with no text)".into()];
     }
-    chars
+    let mut out: Vec<String> = chars
         .chunks(MAX_CHAT_TEXT)
+        .take(MAX_PIECES)
         .map(|c| c.iter().collect())
-        .collect()
+        .collect();
+    if chars.len() > MAX_CHAT_TEXT * MAX_PIECES {
+        out.push(format!(
+            "(the answer was cut after {} characters)",
+            MAX_CHAT_TEXT * MAX_PIECES
+        ));
+    }
+    out
 }
 
 /// Everything one channel task needs.
@@ -293,6 +305,9 @@ mod tests {
         assert_eq!(p.len(), 2);
         assert_eq!(p[1].len(), 10);
         assert_eq!(pieces("").len(), 1);
+        let huge = pieces(&"y".repeat(MAX_CHAT_TEXT * 50));
+        assert_eq!(huge.len(), MAX_PIECES + 1);
+        assert!(huge[MAX_PIECES].starts_with("(the answer was cut"));
         assert_eq!(pieces("ok"), vec!["ok".to_string()]);
     }
 
