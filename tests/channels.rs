@@ -11,7 +11,7 @@ mod fakes;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{Backend, Cleanup, Server, apply, eventually, get, phase, tail, ws_yaml};
+use common::{Backend, Cleanup, Server, apply, eventually, get, ok, phase, tail, ws_yaml};
 use fakes::telegram::FakeTelegram;
 use serde_json::Value;
 
@@ -272,11 +272,47 @@ fn a_telegram_chat_reaches_the_agent_and_bad_channels_say_why() {
     );
     assert_eq!(code, 200, "{body}");
     assert!(eventually(30, || channel(&s, &ns, "bot", 0)["state"] == "Connected"));
+    let started = std::time::Instant::now();
     tg.user_writes(42, "carol", 500, "back again");
     assert!(
         eventually(60, || tg.sent().contains(&(500, "back again".into()))),
         "{:?}",
         tg.sent()
+    );
+    eprintln!(
+        "measurement: chat -> agent -> chat round trip {} ms",
+        started.elapsed().as_millis()
+    );
+
+    // A spec change restarts the adapter with it (a new getMe): mallory is allowed now.
+    let get_me = || {
+        tg.paths()
+            .iter()
+            .filter(|p| p.as_str() == "/bot<token>/getMe")
+            .count()
+    };
+    let connects = get_me();
+    ok(
+        &s,
+        &[
+            "patch",
+            "workspace",
+            "bot",
+            "-n",
+            &ns,
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op": "add", "path": "/spec/channels/0/allowedUsers/-", "value": "99"}]"#,
+        ],
+    );
+    assert!(eventually(30, || get_me() > connects), "no restart");
+    tg.user_writes(99, "mallory", 502, "now?");
+    assert!(
+        eventually(60, || tg.sent().contains(&(502, "now?".into()))),
+        "{:?}\n{}",
+        tg.sent(),
+        tail(&s)
     );
 
     // The refused token is in no Event and no log line.

@@ -22,7 +22,7 @@ struct State {
     polls: usize,
     /// The `offset` of every getUpdates call with a valid token.
     offsets: Vec<Option<i64>>,
-    /// Every request path with the token cut out, for leak checks.
+    /// Every request path with the token cut out.
     paths: Vec<String>,
 }
 
@@ -107,7 +107,7 @@ impl FakeTelegram {
         self.state.0.lock().unwrap().offsets.clone()
     }
 
-    /// Every request path, with the token replaced by `<token>`.
+    /// Every request path, the token replaced by `<token>` (a refused one by `<refused>`).
     pub fn paths(&self) -> Vec<String> {
         self.state.0.lock().unwrap().paths.clone()
     }
@@ -122,11 +122,13 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> R
         return error(404, "Not Found");
     };
     let (lock, cv) = &**state;
+    let valid = given == token;
+    let who = if valid { "<token>" } else { "<refused>" };
     lock.lock()
         .unwrap()
         .paths
-        .push(format!("/bot<token>/{method}"));
-    if given != token {
+        .push(format!("/bot{who}/{method}"));
+    if !valid {
         return error(401, "Unauthorized");
     }
     match method {
