@@ -211,19 +211,17 @@ pub async fn run(task: Task) {
                 "connecting to the chat network",
             );
         }
-        match session(&task).await {
-            Ok(()) => backoff.reset(""),
-            Err((reason, message)) => {
-                task.board
-                    .set_state(&task.slot, state::FAILED, reason, &message)
-            }
+        if let Err((reason, message)) = session(&task, &backoff).await {
+            task.board
+                .set_state(&task.slot, state::FAILED, reason, &message);
         }
         tokio::time::sleep(backoff.next("")).await;
     }
 }
 
-/// One connection: ends with the reason and message of its failure.
-async fn session(task: &Task) -> Result<(), (&'static str, String)> {
+/// One connection: ends with the reason and message of its failure. A connection that was
+/// made starts the retry delays over.
+async fn session(task: &Task, backoff: &Backoff) -> Result<(), (&'static str, String)> {
     let token = token(&task.client, &task.namespace, &task.spec)
         .await
         .map_err(|NoSecret(m)| ("SecretNotFound", m))?;
@@ -239,6 +237,7 @@ async fn session(task: &Task) -> Result<(), (&'static str, String)> {
     };
     task.board
         .set_state(&task.slot, state::CONNECTED, "Connected", &note);
+    backoff.reset("");
     let mut cursor = task.board.cursor(&task.slot);
     loop {
         let updates = adapter
