@@ -348,7 +348,7 @@ pub async fn run(
     } = services;
     if wants("channel") && teams.is_none() {
         tracing::warn!(
-            "the channel controller needs the Teams service, which this process does not run: channels stay unconnected"
+            "the channel controller needs the Teams service, which this process does not run (the operator runs it with DATABASE_URL): channels stay unconnected"
         );
     }
     let ws_triggers = triggers.workspaces;
