@@ -112,11 +112,19 @@ fn handle(mut s: TcpStream, handler: Handler) {
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     let headers: HashMap<String, String> = headers;
-    let length: usize = headers
-        .get("content-length")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(0)
-        .min(1024 * 1024);
+    // A client waiting for `100 Continue` sends no body: answer from the head alone.
+    let waits = headers
+        .get("expect")
+        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+    let length: usize = if waits {
+        0
+    } else {
+        headers
+            .get("content-length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0)
+            .min(1024 * 1024)
+    };
     let mut body = buf[end..].to_vec();
     while body.len() < length {
         match s.read(&mut chunk) {
