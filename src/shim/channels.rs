@@ -129,10 +129,8 @@ pub async fn set_enabled(
                     )
                     .await;
                 let observed = updated.status.as_ref().and_then(|s| s.channels.get(index));
-                return Ok(
-                    axum::Json(view(index, &updated.spec.channels[index], observed))
-                        .into_response(),
-                );
+                let spec = updated.spec.channels.get(index).unwrap_or(&channels[index]);
+                return Ok(axum::Json(view(index, spec, observed)).into_response());
             }
             Err(kube::Error::Api(s)) if s.code == 409 => continue,
             Err(e) => return Err(e.into()),
