@@ -13,6 +13,9 @@ use serde_json::{Value, json};
 const API: &str = "/apis/molecule.ai/v1alpha1";
 const SECRET_VALUE: &str = "sk-bundle-test-NEVER-EXPORTED";
 
+/// What is sent, with which token, and the code and message part expected.
+type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+
 fn call(s: &Server, token: Option<&str>, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
     let (code, b) = s.http_as(method, path, token, body);
     let v = serde_json::from_str(&b).unwrap_or(Value::String(b));
@@ -169,7 +172,10 @@ fn round_trip_gives_a_new_workspace_with_the_same_name_files_plugins_and_card() 
     let (code, r) = import(&s, Some(&admin), exported.to_string().as_bytes());
     assert_eq!(code, 201, "{r}");
     assert_eq!(r["status"], "provisioning");
-    let new_id = r["workspace_id"].as_str().expect("workspace_id").to_string();
+    let new_id = r["workspace_id"]
+        .as_str()
+        .expect("workspace_id")
+        .to_string();
     assert_ne!(new_id, id);
     let view = admin_get(&s, &format!("/workspaces/{new_id}"));
     assert_eq!(view["name"], "Research Lead");
@@ -181,7 +187,13 @@ fn round_trip_gives_a_new_workspace_with_the_same_name_files_plugins_and_card() 
     assert_ne!(k8s_name, "research-lead");
     let rec = get(&s, "default", k8s_name);
     let (old, new) = (get(&s, "default", "research-lead"), &rec);
-    for field in ["files", "schedules", "requiredEnv", "initialPrompt", "model"] {
+    for field in [
+        "files",
+        "schedules",
+        "requiredEnv",
+        "initialPrompt",
+        "model",
+    ] {
         assert_eq!(new["spec"][field], old["spec"][field], "spec.{field}");
     }
     assert!(new["spec"]["env"].is_null() && new["spec"]["envFrom"].is_null());
@@ -252,8 +264,8 @@ fn the_originals_bundle_with_sub_workspaces_imports_as_a_tree() {
     let dev = admin_get(&s, &format!("/workspaces/{child}"));
     assert_eq!(dev["parent_id"], root.as_str());
     assert_eq!(dev["tier"], 1);
-    let files = &get(&s, "default", pm["k8s_name"].as_str().expect("name"))["spec"]["files"]
-        ["inline"];
+    let files =
+        &get(&s, "default", pm["k8s_name"].as_str().expect("name"))["spec"]["files"]["inline"];
     assert_eq!(files["system-prompt.md"], "You are the PM.");
     assert_eq!(files["skills/planning/SKILL.md"], "# Planning\nPlans work.");
 }
@@ -321,7 +333,7 @@ fn tokens_and_hostile_bundles_are_refused_and_nothing_is_created() {
         r#"{{"name": "Big", "files": {{"a.md": "{}"}}}}"#,
         "x".repeat(4 * 1024 * 1024)
     );
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("no token", None, good.clone().into_bytes(), 401, "missing"),
         ("wrong token", Some("wrong-token"), good.clone().into_bytes(), 401, "invalid"),
         ("workspace token", Some(&own), good.clone().into_bytes(), 403, "admin route"),

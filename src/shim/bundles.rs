@@ -59,7 +59,11 @@ fn plugin_spec(p: &BundlePlugin) -> Result<(String, PluginInstallSpec), String> 
     let update_policy = match p.update_policy.as_str() {
         "" | "manual" | "Manual" => UpdatePolicy::Manual,
         "auto" | "Auto" => UpdatePolicy::Auto,
-        _ => return Err(format!("plugin {name}: `update_policy` must be manual or auto")),
+        _ => {
+            return Err(format!(
+                "plugin {name}: `update_policy` must be manual or auto"
+            ));
+        }
     };
     if let Some(i) = &p.check_interval {
         let ok = i.len() >= 2
@@ -186,13 +190,8 @@ fn record_of(p: &Planned, parent: Option<&Workspace>) -> Workspace {
         ann.insert(SOURCE_BUNDLE_ANNOTATION.to_string(), id.clone());
     }
     ws.metadata.annotations = (!ann.is_empty()).then_some(ann);
-    ws.metadata.labels = Some(
-        [(
-            "molecule.ai/created-by".to_string(),
-            CREATED_BY.to_string(),
-        )]
-        .into(),
-    );
+    ws.metadata.labels =
+        Some([("molecule.ai/created-by".to_string(), CREATED_BY.to_string())].into());
     ws
 }
 
@@ -208,7 +207,10 @@ async fn create_one(
     let api: Api<Workspace> = Api::namespaced(shim.client.clone(), ns);
     let mut ws = None;
     for _ in 0..3 {
-        match api.create(&PostParams::default(), &record_of(p, parent)).await {
+        match api
+            .create(&PostParams::default(), &record_of(p, parent))
+            .await
+        {
             Ok(w) => {
                 ws = Some(w);
                 break;

@@ -176,10 +176,7 @@ pub fn export(ws: &Workspace, installs: &[PluginInstall], card: Option<Value>) -
     let system_prompt = files.remove(SYSTEM_PROMPT_FILE).unwrap_or_default();
     let mut skills: BTreeMap<String, BundleSkill> = BTreeMap::new();
     for path in files.keys().cloned().collect::<Vec<_>>() {
-        let Some((id, rel)) = path
-            .strip_prefix("skills/")
-            .and_then(|r| r.split_once('/'))
-        else {
+        let Some((id, rel)) = path.strip_prefix("skills/").and_then(|r| r.split_once('/')) else {
             continue;
         };
         let (id, rel) = (id.to_string(), rel.to_string());
@@ -514,7 +511,10 @@ fn check_routing(routing: &BTreeMap<String, Vec<String>>) -> Result<(), String> 
         || routing.keys().any(bad)
         || routing.values().flatten().any(bad)
     {
-        return Err("`category_routing` must hold at most 256 categories of at most 256 printable names".into());
+        return Err(
+            "`category_routing` must hold at most 256 categories of at most 256 printable names"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -590,8 +590,14 @@ mod tests {
         let files = &lead.files.as_ref().expect("files").inline;
         assert_eq!(files["system-prompt.md"], "You lead.");
         assert_eq!(files["skills/search/lib/x.py"], "x=1");
-        assert_eq!(p[0].agent_card, Some(json!({"name": "Research Lead", "skills": []})));
-        assert_eq!(p[0].source_id.as_deref(), Some("0b6c0d7e-1111-2222-3333-444455556666"));
+        assert_eq!(
+            p[0].agent_card,
+            Some(json!({"name": "Research Lead", "skills": []}))
+        );
+        assert_eq!(
+            p[0].source_id.as_deref(),
+            Some("0b6c0d7e-1111-2222-3333-444455556666")
+        );
         assert_eq!(p[1].parent, Some(0));
         assert_eq!(p[1].spec.tier, None);
         assert_eq!(p[1].spec.runtime, None);
@@ -611,7 +617,10 @@ mod tests {
                     files_dir: None,
                     inline: [
                         ("system-prompt.md".to_string(), "Be brief.".to_string()),
-                        ("skills/a/SKILL.md".to_string(), "---\nx: y\n---\nDoes A.".to_string()),
+                        (
+                            "skills/a/SKILL.md".to_string(),
+                            "---\nx: y\n---\nDoes A.".to_string(),
+                        ),
                         ("notes/n.md".to_string(), "n".to_string()),
                     ]
                     .into(),
@@ -634,7 +643,10 @@ mod tests {
         ws.metadata.uid = Some("u-1".into());
         let b = export(&ws, &[], Some(json!({"name": "Lead"})));
         let text = serde_json::to_string(&b).expect("json");
-        assert!(!text.contains("sk-secret-value") && !text.contains("API_KEY"), "{text}");
+        assert!(
+            !text.contains("sk-secret-value") && !text.contains("API_KEY"),
+            "{text}"
+        );
         assert_eq!(b.skills[0].description, "Does A.");
         assert!(b.prompts["config.yaml"].contains("runtime: echo"));
         let back: Bundle = serde_json::from_str(&text).expect("parse");
@@ -648,21 +660,51 @@ mod tests {
     #[test]
     fn hostile_bundles_are_refused_with_the_place_named() {
         for (v, want) in [
-            (json!({"name": "x", "files": {"../etc/passwd": "x"}}), "escapes its root"),
-            (json!({"name": "x", "files": {"/etc/passwd": "x"}}), "absolute"),
-            (json!({"name": "x", "files": {"config.yaml": "x"}}), "generated"),
-            (json!({"name": "x", "skills": [{"id": "..", "files": {"a": "b"}}]}), "one path component"),
-            (json!({"name": "x", "skills": [{"id": "a/b", "files": {"a": "b"}}]}), "one path component"),
+            (
+                json!({"name": "x", "files": {"../etc/passwd": "x"}}),
+                "escapes its root",
+            ),
+            (
+                json!({"name": "x", "files": {"/etc/passwd": "x"}}),
+                "absolute",
+            ),
+            (
+                json!({"name": "x", "files": {"config.yaml": "x"}}),
+                "generated",
+            ),
+            (
+                json!({"name": "x", "skills": [{"id": "..", "files": {"a": "b"}}]}),
+                "one path component",
+            ),
+            (
+                json!({"name": "x", "skills": [{"id": "a/b", "files": {"a": "b"}}]}),
+                "one path component",
+            ),
             (json!({"name": "x", "tier": 5}), "between 1 and 4"),
             (json!({"name": ""}), "`name` is required"),
             (json!({"name": "a{b}"}), "must not contain"),
             (json!({"name": "x", "runtime": "Bad Runtime"}), "lower-case"),
             (json!({"name": "x", "files_dir": "../up"}), "files_dir"),
-            (json!({"name": "x", "system_prompt": "a", "files": {"system-prompt.md": "b"}}), "given twice"),
-            (json!({"name": "x", "files": {"big": "x".repeat(MAX_FILE_BYTES + 1)}}), "larger than"),
-            (json!({"name": "x", "schedules": [{"name": "s", "cron_expr": "61 * * * *", "prompt": "p"}]}), "cron"),
-            (json!({"name": "x", "required_env": ["A-B"]}), "required_env"),
-            (json!({"name": "x", "sub_workspaces": [{"name": "y", "tier": 9}]}), "bundle.sub_workspaces[0]"),
+            (
+                json!({"name": "x", "system_prompt": "a", "files": {"system-prompt.md": "b"}}),
+                "given twice",
+            ),
+            (
+                json!({"name": "x", "files": {"big": "x".repeat(MAX_FILE_BYTES + 1)}}),
+                "larger than",
+            ),
+            (
+                json!({"name": "x", "schedules": [{"name": "s", "cron_expr": "61 * * * *", "prompt": "p"}]}),
+                "cron",
+            ),
+            (
+                json!({"name": "x", "required_env": ["A-B"]}),
+                "required_env",
+            ),
+            (
+                json!({"name": "x", "sub_workspaces": [{"name": "y", "tier": 9}]}),
+                "bundle.sub_workspaces[0]",
+            ),
         ] {
             let got = refused(v.clone());
             assert!(got.contains(want), "{v}: {got}");
@@ -672,7 +714,9 @@ mod tests {
             deep = json!({"name": "n", "sub_workspaces": [deep]});
         }
         assert_eq!(plan(&bundle(deep)), Err(BundleError::TooDeep));
-        let many: Vec<Value> = (0..MAX_WORKSPACES).map(|i| json!({"name": format!("w{i}")})).collect();
+        let many: Vec<Value> = (0..MAX_WORKSPACES)
+            .map(|i| json!({"name": format!("w{i}")}))
+            .collect();
         assert_eq!(
             plan(&bundle(json!({"name": "r", "sub_workspaces": many}))),
             Err(BundleError::TooManyWorkspaces)
