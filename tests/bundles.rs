@@ -409,3 +409,46 @@ fn tokens_and_hostile_bundles_are_refused_and_nothing_is_created() {
     assert_eq!(code, 201, "{v}");
     assert_eq!(records(&s).0, before.0 + 1);
 }
+
+#[test]
+fn a_files_dir_travels_inline_under_the_specs_own_files() {
+    let s = Server::start(Backend::Sqlite);
+    let dir = s.data_dir().join("org-templates/personas/alice");
+    std::fs::create_dir_all(dir.join("skills/research")).expect("dir");
+    std::fs::write(dir.join("system-prompt.md"), "From the dir.\n").expect("write");
+    std::fs::write(dir.join("skills/research/SKILL.md"), "Researches.\n").expect("write");
+    std::fs::write(dir.join("notes.md"), "dir notes\n").expect("write");
+    std::fs::write(dir.join("config.yaml"), "runtime: evil\n").expect("write");
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd")).expect("symlink");
+    apply(
+        &s,
+        "default",
+        "apiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: alice\nspec:\n  runtime: echo\n  files:\n    filesDir: personas/alice\n    inline:\n      notes.md: \"inline notes\\n\"\n",
+    );
+    let id = get(&s, "default", "alice")["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+    let admin = s.token();
+    assert!(eventually(10, || call(
+        &s,
+        Some(&admin),
+        "GET",
+        &format!("/bundles/export/{id}"),
+        b""
+    )
+    .0 == 200));
+    let b = admin_get(&s, &format!("/bundles/export/{id}"));
+    assert!(b.get("files_dir").is_none(), "{b}");
+    assert_eq!(b["system_prompt"], "From the dir.\n");
+    assert_eq!(b["skills"][0]["files"]["SKILL.md"], "Researches.\n");
+    // The spec's inline file wins over the dir's; the generated config.yaml and symlinks stay out.
+    assert_eq!(b["files"], json!({"notes.md": "inline notes\n"}), "{b}");
+    assert!(!b.to_string().contains("root:x:0:0"));
+
+    // A dir that cannot be read stays a reference.
+    std::fs::remove_dir_all(&dir).expect("rm");
+    let b = admin_get(&s, &format!("/bundles/export/{id}"));
+    assert_eq!(b["files_dir"], "personas/alice");
+    assert_eq!(b["files"], json!({"notes.md": "inline notes\n"}));
+}

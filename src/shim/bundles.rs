@@ -40,7 +40,23 @@ pub async fn export(
         .require_workspace(bearer(&headers).as_deref(), &id)
         .await?;
     let installs = installs_of(&shim, &ws).await?;
-    let mut b = bundle::export(&ws, &installs, super::view::agent_card(&ws));
+    let dir_files = match ws.spec.files.as_ref().and_then(|f| f.files_dir.clone()) {
+        Some(dir) => {
+            let root = shim.org_templates.root.clone();
+            let inline_bytes: usize = ws
+                .spec
+                .files
+                .as_ref()
+                .map(|f| f.inline.values().map(String::len).sum())
+                .unwrap_or(0);
+            tokio::task::spawn_blocking(move || files_dir_text(&root, &dir, inline_bytes))
+                .await
+                .ok()
+                .flatten()
+        }
+        None => None,
+    };
+    let mut b = bundle::export(&ws, &installs, super::view::agent_card(&ws), dir_files);
     let live = installs
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none());
@@ -48,6 +64,27 @@ pub async fn export(
         out.name = plugin_of(p);
     }
     Ok(axum::Json(b).into_response())
+}
+
+/// The files of a `filesDir` as text, to travel inline in the bundle; `None` (the bundle keeps
+/// the `files_dir` reference) when the dir cannot be read, holds a file that is not UTF-8, or
+/// would not fit an imported record beside the `inline_bytes` of the spec's own files.
+fn files_dir_text(
+    root: &std::path::Path,
+    dir: &str,
+    inline_bytes: usize,
+) -> Option<BTreeMap<String, String>> {
+    use crate::backends::files_dir;
+    let path = files_dir::resolve(root, dir).ok()?;
+    let files = files_dir::read(&path, bundle::MAX_FILE_BYTES, bundle::MAX_FILES).ok()?;
+    let total: usize = files.iter().map(|f| f.content.len()).sum();
+    if total + inline_bytes > bundle::MAX_WORKSPACE_FILES_BYTES {
+        return None;
+    }
+    files
+        .into_iter()
+        .map(|f| String::from_utf8(f.content).ok().map(|c| (f.path, c)))
+        .collect()
 }
 
 /// A plugin of the bundle as a PluginInstall spec (without `workspaceRef`), and its name.

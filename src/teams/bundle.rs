@@ -156,9 +156,16 @@ pub struct Planned {
     pub source_id: Option<String>,
 }
 
-/// The bundle of one workspace. `installs` are its PluginInstalls; secrets, env values and
+/// The bundle of one workspace. `installs` are its PluginInstalls, `card` its agent card,
+/// `dir_files` the files of its `filesDir` when they could be read (then they travel inline,
+/// under the inline files of the spec, and `files_dir` is left out); secrets, env values and
 /// tokens are never read.
-pub fn export(ws: &Workspace, installs: &[PluginInstall], card: Option<Value>) -> Bundle {
+pub fn export(
+    ws: &Workspace,
+    installs: &[PluginInstall],
+    card: Option<Value>,
+    dir_files: Option<BTreeMap<String, String>>,
+) -> Bundle {
     let spec = &ws.spec;
     let name = spec
         .display_name
@@ -168,11 +175,14 @@ pub fn export(ws: &Workspace, installs: &[PluginInstall], card: Option<Value>) -
     let role = spec.role.clone().unwrap_or_default();
     let runtime = spec.runtime.clone().unwrap_or_else(|| "echo".into());
     let tier = spec.tier.unwrap_or(2);
-    let mut files = spec
-        .files
-        .as_ref()
-        .map(|f| f.inline.clone())
-        .unwrap_or_default();
+    let inlined_dir = dir_files.is_some();
+    let mut files = dir_files.unwrap_or_default();
+    files.extend(
+        spec.files
+            .as_ref()
+            .map(|f| f.inline.clone())
+            .unwrap_or_default(),
+    );
     let system_prompt = files.remove(SYSTEM_PROMPT_FILE).unwrap_or_default();
     let mut skills: BTreeMap<String, BundleSkill> = BTreeMap::new();
     for path in files.keys().cloned().collect::<Vec<_>>() {
@@ -233,7 +243,11 @@ pub fn export(ws: &Workspace, installs: &[PluginInstall], card: Option<Value>) -
         )]
         .into(),
         files,
-        files_dir: spec.files.as_ref().and_then(|f| f.files_dir.clone()),
+        files_dir: spec
+            .files
+            .as_ref()
+            .and_then(|f| f.files_dir.clone())
+            .filter(|_| !inlined_dir),
         plugins,
         schedules: spec
             .schedules
@@ -641,7 +655,7 @@ mod tests {
             },
         );
         ws.metadata.uid = Some("u-1".into());
-        let b = export(&ws, &[], Some(json!({"name": "Lead"})));
+        let b = export(&ws, &[], Some(json!({"name": "Lead"})), None);
         let text = serde_json::to_string(&b).expect("json");
         assert!(
             !text.contains("sk-secret-value") && !text.contains("API_KEY"),
