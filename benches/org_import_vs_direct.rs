@@ -13,7 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Backend, Server};
+use common::{Backend, Installation, Server};
 use serde_json::{Value, json};
 
 const API: &str = "/apis/molecule.ai/v1alpha1";
@@ -119,33 +119,6 @@ fn direct(s: &Server, manifests: &str, n: usize) -> Duration {
     online
 }
 
-/// The server; dropping it (also on a panic) stops it, then removes the containers and volumes
-/// of its installation only (other installations may share the namespaces).
-struct Bench(Server);
-
-impl Drop for Bench {
-    fn drop(&mut self) {
-        self.0.kill9();
-        let id = std::fs::read_to_string(self.0.data_dir().join("instance-id")).unwrap_or_default();
-        if id.trim().is_empty() {
-            return;
-        }
-        let filter = format!("label=molecule.ai/instance={}", id.trim());
-        for c in common::docker(&["ps", "-aq", "--filter", &filter])
-            .1
-            .lines()
-        {
-            common::docker(&["rm", "-f", c]);
-        }
-        for v in common::docker(&["volume", "ls", "-q", "--filter", &filter])
-            .1
-            .lines()
-        {
-            common::docker(&["volume", "rm", "-f", v]);
-        }
-    }
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -162,11 +135,11 @@ fn main() {
         .unwrap_or(2)
         .max(1);
 
-    let bench = Bench(Server::start_with(
+    let installation = Installation(Server::start_with(
         Backend::Sqlite,
         &["--controllers", "all", "--agent-heartbeat-seconds", "2"],
     ));
-    let s = &bench.0;
+    let s = &*installation;
     // Warm-up: the echo image is built once, kubectl's discovery cache filled.
     common::apply(s, "warm", &common::ws_yaml("warm", ""));
     wait_online(s, "warm", 1, Instant::now());

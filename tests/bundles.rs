@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Backend, Server, apply, eventually, get};
+use common::{Backend, Installation, Server, apply, eventually, get};
 use serde_json::{Value, json};
 
 const API: &str = "/apis/molecule.ai/v1alpha1";
@@ -451,4 +451,92 @@ fn a_files_dir_travels_inline_under_the_specs_own_files() {
     let b = admin_get(&s, &format!("/bundles/export/{id}"));
     assert_eq!(b["files_dir"], "personas/alice");
     assert_eq!(b["files"], json!({"notes.md": "inline notes\n"}));
+}
+
+/// A file of a (`FROM scratch`) container, through `docker cp`.
+fn container_file(container: &str, path: &str) -> Option<String> {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dest = tmp.path().join("f");
+    let (ok, _) = common::docker(&[
+        "cp",
+        &format!("{container}:{path}"),
+        &dest.to_string_lossy(),
+    ]);
+    ok.then(|| std::fs::read_to_string(dest).unwrap_or_default())
+}
+
+#[test]
+fn on_docker_the_imported_echo_agent_comes_online_with_the_files_and_the_card() {
+    let s = Installation(Server::start_with(
+        Backend::Sqlite,
+        &["--controllers", "all", "--agent-heartbeat-seconds", "1"],
+    ));
+    let admin = s.token();
+    let (code, r) = call(
+        &s,
+        Some(&admin),
+        "POST",
+        "/workspaces",
+        json!({"name": "Docker Source", "role": "writer", "tier": 1, "runtime": "echo"})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(code, 201, "{r}");
+    let id = r["id"].as_str().expect("id").to_string();
+    let k8s = r["k8s_name"].as_str().expect("name").to_string();
+    let (code, b) = s.http(
+        "PATCH",
+        &format!("{API}/namespaces/default/workspaces/{k8s}"),
+        Some("application/merge-patch+json"),
+        json!({"spec": {"files": {"inline": {"system-prompt.md": "Write well.\n"}}}})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(code, 200, "{b}");
+    let online = |id: &str| {
+        eventually(180, || {
+            let v = admin_get(&s, &format!("/workspaces/{id}"));
+            v["status"] == "online" && !v["agent_card"].is_null()
+        })
+    };
+    assert!(
+        online(&id),
+        "the source did not come online:\n{}",
+        common::tail(&s)
+    );
+    let exported = admin_get(&s, &format!("/bundles/export/{id}"));
+    assert_eq!(
+        exported["agent_card"]["name"], "Docker Source",
+        "{exported}"
+    );
+
+    let (code, r) = import(&s, Some(&admin), exported.to_string().as_bytes());
+    assert_eq!(code, 201, "{r}");
+    let new_id = r["workspace_id"].as_str().expect("id").to_string();
+    assert!(
+        online(&new_id),
+        "the import did not come online:\n{}",
+        common::tail(&s)
+    );
+    let view = admin_get(&s, &format!("/workspaces/{new_id}"));
+    assert_eq!(view["name"], "Docker Source");
+    assert_eq!(view["tier"], 1);
+    assert_eq!(view["runtime"], "echo");
+    // The agent registered its own card: the same one, since name and role are the same.
+    assert_eq!(view["agent_card"], exported["agent_card"]);
+    let rec = get(&s, "default", r["k8s_name"].as_str().expect("k8s_name"));
+    let container = rec["status"]["containerName"].as_str().expect("container");
+    assert_eq!(
+        container_file(container, "/configs/system-prompt.md").as_deref(),
+        Some("Write well.\n")
+    );
+    let config = container_file(container, "/configs/config.yaml").unwrap_or_default();
+    assert!(
+        config.contains(&format!("workspace_id: {new_id}")),
+        "{config}"
+    );
+    for w in [&id, &new_id] {
+        let (code, b) = call(&s, Some(&admin), "DELETE", &format!("/workspaces/{w}"), b"");
+        assert_eq!(code, 200, "{b}");
+    }
 }
