@@ -120,6 +120,12 @@ spec:
             .as_bytes(),
     );
     assert_eq!(code, 200, "{b}");
+    // The shim reads through its index, fed by a watch: wait until it has seen the card.
+    assert!(eventually(10, || !admin_get(
+        s,
+        &format!("/workspaces/{uid}")
+    )["agent_card"]
+        .is_null()));
     uid
 }
 
@@ -395,7 +401,7 @@ fn tokens_and_hostile_bundles_are_refused_and_nothing_is_created() {
                 .to_string()
                 .into_bytes(),
             400,
-            "track",
+            "bundle.sub_workspaces[0]: plugin a",
         ),
     ];
     for (what, token, body, want, message) in cases {

@@ -130,13 +130,8 @@ fn plugin_spec(p: &BundlePlugin) -> Result<(String, PluginInstallSpec), String> 
 /// card (as `/registry/register`).
 fn check_plan(plan: &[Planned]) -> Result<Vec<Vec<(String, PluginInstallSpec)>>, ShimError> {
     let mut out = vec![];
-    for (i, p) in plan.iter().enumerate() {
-        let at = if i == 0 {
-            "bundle".to_string()
-        } else {
-            format!("bundle workspace #{}", i + 1)
-        };
-        let bad = |why: String| ShimError::bad(format!("{at}: {why}"));
+    for p in plan {
+        let bad = |why: String| ShimError::bad(format!("{}: {why}", p.at));
         let mut specs: Vec<(String, PluginInstallSpec)> = vec![];
         for plugin in &p.plugins {
             let (name, spec) = plugin_spec(plugin).map_err(bad)?;

@@ -26,6 +26,9 @@ pub const MAX_FILE_BYTES: usize = 256 * 1024;
 /// Largest total of one workspace's config files: they live in its record, which the API
 /// server caps at 1.5 MiB.
 pub const MAX_WORKSPACE_FILES_BYTES: usize = 1024 * 1024;
+/// Largest spec of one imported workspace (files, prompts, schedules together), below the API
+/// server's 1.5 MiB per record with room for metadata and status.
+pub const MAX_SPEC_BYTES: usize = 1280 * 1024;
 /// Most config files of one workspace.
 pub const MAX_FILES: usize = 1000;
 /// Most workspaces in one bundle (the workspace and its `sub_workspaces`).
@@ -149,6 +152,8 @@ pub enum BundleError {
 /// plan, its plugins and the agent card to show until its agent registers one.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Planned {
+    /// Where in the bundle it is (`bundle`, `bundle.sub_workspaces[0]`), for messages.
+    pub at: String,
     pub parent: Option<usize>,
     pub spec: WorkspaceSpec,
     pub plugins: Vec<BundlePlugin>,
@@ -305,7 +310,7 @@ fn walk(
     if out.len() >= MAX_WORKSPACES {
         return Err(BundleError::TooManyWorkspaces);
     }
-    let planned = one(b, parent).map_err(|why| BundleError::Invalid {
+    let planned = one(b, parent, &at).map_err(|why| BundleError::Invalid {
         at: at.clone(),
         why,
     })?;
@@ -381,7 +386,7 @@ fn env_name(n: &str) -> bool {
         && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-fn one(b: &Bundle, parent: Option<usize>) -> Result<Planned, String> {
+fn one(b: &Bundle, parent: Option<usize>, at: &str) -> Result<Planned, String> {
     let name = b.name.trim();
     if name.is_empty() {
         return Err("`name` is required".into());
@@ -459,7 +464,13 @@ fn one(b: &Bundle, parent: Option<usize>) -> Result<Planned, String> {
         category_routing: b.category_routing.clone(),
         ..Default::default()
     };
+    if serde_json::to_vec(&spec).map_or(0, |v| v.len()) > MAX_SPEC_BYTES {
+        return Err(format!(
+            "the workspace (files, prompts and schedules together) is larger than {MAX_SPEC_BYTES} bytes"
+        ));
+    }
     Ok(Planned {
+        at: at.to_string(),
         parent,
         spec,
         plugins: b.plugins.clone(),
@@ -718,6 +729,10 @@ mod tests {
             (
                 json!({"name": "x", "sub_workspaces": [{"name": "y", "tier": 9}]}),
                 "bundle.sub_workspaces[0]",
+            ),
+            (
+                json!({"name": "x", "schedules": (0..6).map(|i| json!({"name": format!("s{i}"), "cron_expr": "@daily", "prompt": "p".repeat(MAX_FILE_BYTES)})).collect::<Vec<_>>()}),
+                "larger than",
             ),
         ] {
             let got = refused(v.clone());
