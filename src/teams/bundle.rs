@@ -88,6 +88,9 @@ pub struct Bundle {
     pub idle_interval_seconds: Option<i64>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub category_routing: BTreeMap<String, Vec<String>>,
+    /// 1-1000 concurrent tasks the agent accepts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_tasks: Option<i64>,
     pub agent_card: Option<Value>,
     pub sub_workspaces: Vec<Bundle>,
     pub author: String,
@@ -270,6 +273,7 @@ pub fn export(
         idle_prompt: spec.idle_prompt.clone(),
         idle_interval_seconds: spec.idle_interval_seconds,
         category_routing: spec.category_routing.clone(),
+        max_concurrent_tasks: spec.max_concurrent_tasks.map(i64::from),
         agent_card: card,
         sub_workspaces: vec![],
         author: String::new(),
@@ -430,6 +434,11 @@ fn one(b: &Bundle, parent: Option<usize>, at: &str) -> Result<Planned, String> {
         return Err("`idle_interval_seconds` must be at least 1".into());
     }
     check_routing(&b.category_routing)?;
+    let max_concurrent_tasks = match b.max_concurrent_tasks {
+        None => None,
+        Some(n @ 1..=1000) => Some(n as i32),
+        Some(_) => return Err("`max_concurrent_tasks` must be between 1 and 1000".into()),
+    };
     let schedules = schedules_of(&b.schedules)?;
     if b.required_env.len() > MAX_ITEMS || !b.required_env.iter().all(|n| env_name(n)) {
         return Err(format!(
@@ -462,6 +471,7 @@ fn one(b: &Bundle, parent: Option<usize>, at: &str) -> Result<Planned, String> {
         idle_prompt: b.idle_prompt.clone().filter(|p| !p.trim().is_empty()),
         idle_interval_seconds: b.idle_interval_seconds,
         category_routing: b.category_routing.clone(),
+        max_concurrent_tasks,
         ..Default::default()
     };
     if serde_json::to_vec(&spec).map_or(0, |v| v.len()) > MAX_SPEC_BYTES {
@@ -638,6 +648,7 @@ mod tests {
                 role: Some("leads".into()),
                 runtime: Some("echo".into()),
                 tier: Some(1),
+                max_concurrent_tasks: Some(3),
                 files: Some(ConfigFiles {
                     files_dir: None,
                     inline: [
@@ -729,6 +740,10 @@ mod tests {
             (
                 json!({"name": "x", "sub_workspaces": [{"name": "y", "tier": 9}]}),
                 "bundle.sub_workspaces[0]",
+            ),
+            (
+                json!({"name": "x", "max_concurrent_tasks": 0}),
+                "between 1 and 1000",
             ),
             (
                 json!({"name": "x", "schedules": (0..6).map(|i| json!({"name": format!("s{i}"), "cron_expr": "@daily", "prompt": "p".repeat(MAX_FILE_BYTES)})).collect::<Vec<_>>()}),
