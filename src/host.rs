@@ -218,6 +218,8 @@ pub struct Host {
     workspaces: Option<cache::SharedCache<Workspace>>,
     routes: Routes,
     fills: Fills,
+    /// The path of platform-originated messages the channel controller uses (ADR 0054).
+    platform: Option<Arc<crate::teams::Teams>>,
 }
 
 impl Host {
@@ -273,12 +275,21 @@ impl Host {
                 a2a: a2a_fill,
                 images: images_fill,
             },
+            platform: None,
         }
     }
 
     /// Runs delegations and queues calls to busy workspaces through `teams` (ADR 0051).
     pub fn with_teams(mut self, teams: Arc<crate::teams::Teams>) -> Host {
-        self.routes.delegations = Some(teams);
+        self.routes.delegations = Some(teams.clone());
+        self.platform = Some(teams);
+        self
+    }
+
+    /// Lets the channel controller send platform messages through `teams` without serving the
+    /// delegation routes (the operator; ADR 0054).
+    pub fn with_platform_messages(mut self, teams: Arc<crate::teams::Teams>) -> Host {
+        self.platform = Some(teams);
         self
     }
 
@@ -297,6 +308,7 @@ impl Host {
             workspaces,
             routes,
             fills,
+            platform,
         } = self;
         controllers::check_crds(&client).await?;
         let selection = settings.selection.clone();
@@ -368,6 +380,7 @@ impl Host {
             workspaces,
             triggers,
             platform_url,
+            teams: platform,
         };
         let result = controllers::run(
             client,

@@ -17,6 +17,7 @@ use kube::runtime::reflector::ObjectRef;
 use crate::telemetry::Metrics;
 
 pub mod cache;
+pub mod channel;
 #[cfg(test)]
 mod inproc;
 pub mod kit;
@@ -30,7 +31,14 @@ pub mod runtime;
 pub mod workspace;
 
 /// Names of the controllers this build has, in start order.
-pub const KNOWN: &[&str] = &["workspace", "reaper", "plugin", "org_import", "runtime"];
+pub const KNOWN: &[&str] = &[
+    "workspace",
+    "reaper",
+    "plugin",
+    "org_import",
+    "runtime",
+    "channel",
+];
 
 /// Settings of the controllers.
 #[derive(Clone)]
@@ -67,6 +75,9 @@ pub struct Services {
     pub triggers: Triggers,
     /// The URL agents are told to call; `Some` once the agent listener is bound.
     pub platform_url: Option<String>,
+    /// The path of platform-originated messages (channels); `None` where this process does not
+    /// run the Teams service.
+    pub teams: Option<Arc<crate::teams::Teams>>,
 }
 
 /// Fast triggers of the Workspace controller and the reaper.
@@ -333,7 +344,13 @@ pub async fn run(
         workspaces,
         triggers,
         platform_url,
+        teams,
     } = services;
+    if wants("channel") && teams.is_none() {
+        tracing::warn!(
+            "the channel controller needs the Teams service, which this process does not run (the operator runs it with DATABASE_URL): channels stay unconnected"
+        );
+    }
     let ws_triggers = triggers.workspaces;
     let reap_triggers = triggers.reaper;
     let live_uids = triggers.live;
@@ -454,6 +471,16 @@ pub async fn run(
             tasks.spawn(runtime_controller(
                 client.clone(),
                 images.clone(),
+                metrics.clone(),
+                term.clone(),
+            ));
+        }
+        if wants("channel")
+            && let Some(teams) = &teams
+        {
+            tasks.spawn(channel::run(
+                client.clone(),
+                teams.clone(),
                 metrics.clone(),
                 term.clone(),
             ));

@@ -88,6 +88,10 @@ pub struct ChannelStatus {
     /// Messages from users not in `allowedUsers`, ignored.
     #[serde(default)]
     pub ignored_count: i64,
+    /// Where the adapter resumes after a restart (Telegram: the last `update_id` handled), so
+    /// no inbound message is delivered twice (ADR 0054).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update_id: Option<i64>,
 }
 
 fn enabled_default() -> bool {

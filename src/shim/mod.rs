@@ -12,6 +12,7 @@ pub mod auth;
 pub mod bundles;
 pub mod cache;
 pub mod canvas;
+pub mod channels;
 pub mod delegations;
 pub mod discovery;
 pub mod error;
@@ -159,6 +160,11 @@ impl Shim {
                 get(secrets::list).post(secrets::set).put(secrets::set),
             )
             .route("/workspaces/{id}/secrets/{key}", delete(secrets::remove))
+            .route("/workspaces/{id}/channels", get(channels::list))
+            .route(
+                "/workspaces/{id}/channels/{index}",
+                axum::routing::patch(channels::set_enabled),
+            )
             .route(
                 "/settings/secrets",
                 get(secrets::list_global)

@@ -1,5 +1,5 @@
 //! A minimal blocking HTTP/1.1 server: one thread per connection, one request per connection
-//! (`Connection: close`), request heads only (the fakes never need a request body).
+//! (`Connection: close`); a request body is read when it has a `Content-Length` (up to 1 MiB).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -15,6 +15,7 @@ pub struct Request {
     pub query: String,
     /// Lower-cased names.
     pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -92,7 +93,11 @@ fn handle(mut s: TcpStream, handler: Handler) {
             return;
         }
     }
-    let head = String::from_utf8_lossy(&buf).to_string();
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(buf.len(), |p| p + 4);
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
     let mut lines = head.split("\r\n");
     let mut first = lines.next().unwrap_or("").split_whitespace();
     let method = first.next().unwrap_or("").to_string();
@@ -106,11 +111,34 @@ fn handle(mut s: TcpStream, handler: Handler) {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
+    let headers: HashMap<String, String> = headers;
+    // A client waiting for `100 Continue` sends no body: answer from the head alone.
+    let waits = headers
+        .get("expect")
+        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+    let length: usize = if waits {
+        0
+    } else {
+        headers
+            .get("content-length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0)
+            .min(1024 * 1024)
+    };
+    let mut body = buf[end..].to_vec();
+    while body.len() < length {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    body.truncate(length);
     let req = Request {
         method,
         path,
         query,
         headers,
+        body,
     };
     match handler(&req) {
         Reply::Hang => std::thread::sleep(Duration::from_secs(600)),
