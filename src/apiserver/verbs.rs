@@ -308,6 +308,9 @@ fn check(
     let s = validation::validate(&def.schema, obj);
     m.unknown.extend(s.unknown);
     m.invalid.extend(s.invalid);
+    if def.group == crate::resources::GROUP && def.kind == "Workspace" {
+        m.invalid.extend(validation::workspace_schedules(obj));
+    }
     if partial {
         m.invalid.retain(|c| c.reason != "FieldValueRequired");
     }

@@ -14,9 +14,11 @@ use serde_json::{Map, Number, Value};
 
 mod metadata;
 mod names;
+mod schedules;
 mod schema;
 
 pub use metadata::validate_metadata;
+pub use schedules::workspace_schedules;
 use names::*;
 pub use names::{
     dns1123_label_errors, dns1123_subdomain_errors, label_value_errors, qualified_name_errors,
