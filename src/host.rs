@@ -218,6 +218,8 @@ pub struct Host {
     workspaces: Option<cache::SharedCache<Workspace>>,
     routes: Routes,
     fills: Fills,
+    /// What the schedule controller sends through (ADR 0053).
+    schedules: Option<Arc<crate::teams::Teams>>,
 }
 
 impl Host {
@@ -273,12 +275,20 @@ impl Host {
                 a2a: a2a_fill,
                 images: images_fill,
             },
+            schedules: None,
         }
     }
 
     /// Runs delegations and queues calls to busy workspaces through `teams` (ADR 0051).
     pub fn with_teams(mut self, teams: Arc<crate::teams::Teams>) -> Host {
+        self.schedules = Some(teams.clone());
         self.routes.delegations = Some(teams);
+        self
+    }
+
+    /// Fires schedules through `teams` without serving its routes (the operator, ADR 0053).
+    pub fn with_schedules(mut self, teams: Arc<crate::teams::Teams>) -> Host {
+        self.schedules = Some(teams);
         self
     }
 
@@ -297,6 +307,7 @@ impl Host {
             workspaces,
             routes,
             fills,
+            schedules,
         } = self;
         controllers::check_crds(&client).await?;
         let selection = settings.selection.clone();
@@ -368,6 +379,7 @@ impl Host {
             workspaces,
             triggers,
             platform_url,
+            teams: schedules,
         };
         let result = controllers::run(
             client,

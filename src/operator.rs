@@ -210,8 +210,21 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
             shutdown.clone(),
         );
     }
+    let audit_store = audit.store();
     let settings = host_settings(&opts, instance, audit, plugins, election, ready.clone())?;
-    let host = crate::host::Host::new(client, settings, metrics.clone());
+    let mut host = crate::host::Host::new(client.clone(), settings, metrics.clone());
+    // Schedules fire through the platform-message path, which logs to the store (ADR 0053).
+    if let Some(store) = audit_store {
+        host = host.with_schedules(crate::teams::Teams::start(
+            client,
+            store,
+            &crate::util::random_token(),
+            None,
+            metrics.clone(),
+            crate::teams::service::Settings::from_env(),
+            shutdown.clone(),
+        ));
+    }
     let http = {
         let app = crate::host::router(
             &host.routes(),

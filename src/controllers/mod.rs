@@ -27,10 +27,18 @@ pub mod rbac;
 pub mod reaper;
 pub mod report;
 pub mod runtime;
+pub mod schedule;
 pub mod workspace;
 
 /// Names of the controllers this build has, in start order.
-pub const KNOWN: &[&str] = &["workspace", "reaper", "plugin", "org_import", "runtime"];
+pub const KNOWN: &[&str] = &[
+    "workspace",
+    "reaper",
+    "plugin",
+    "org_import",
+    "runtime",
+    "schedule",
+];
 
 /// Settings of the controllers.
 #[derive(Clone)]
@@ -67,6 +75,9 @@ pub struct Services {
     pub triggers: Triggers,
     /// The URL agents are told to call; `Some` once the agent listener is bound.
     pub platform_url: Option<String>,
+    /// The path of platform messages to workspaces, which schedules fire through (ADR 0053);
+    /// `None` when this process has no store for their activity rows.
+    pub teams: Option<Arc<crate::teams::Teams>>,
 }
 
 /// Fast triggers of the Workspace controller and the reaper.
@@ -333,7 +344,11 @@ pub async fn run(
         workspaces,
         triggers,
         platform_url,
+        teams,
     } = services;
+    if wants("schedule") && teams.is_none() {
+        tracing::warn!("the schedule controller needs a store (DATABASE_URL in cluster mode); schedules do not fire");
+    }
     let ws_triggers = triggers.workspaces;
     let reap_triggers = triggers.reaper;
     let live_uids = triggers.live;
@@ -455,6 +470,17 @@ pub async fn run(
                 client.clone(),
                 images.clone(),
                 metrics.clone(),
+                term.clone(),
+            ));
+        }
+        if wants("schedule")
+            && let Some(teams) = &teams
+        {
+            tasks.spawn(schedule::run(
+                client.clone(),
+                teams.clone(),
+                metrics.clone(),
+                schedule::Settings::default(),
                 term.clone(),
             ));
         }
