@@ -110,7 +110,11 @@ impl Cron {
         while t.year() <= limit {
             let d = t.date();
             if self.months & (1 << d.month()) == 0 {
-                t = d.first_of_month().checked_add(1.month()).ok()?.at(0, 0, 0, 0);
+                t = d
+                    .first_of_month()
+                    .checked_add(1.month())
+                    .ok()?
+                    .at(0, 0, 0, 0);
                 continue;
             }
             if !self.day_matches(d) {
@@ -136,12 +140,7 @@ impl Cron {
 }
 
 fn next_hour(t: DateTime) -> Option<DateTime> {
-    t.with()
-        .minute(0)
-        .build()
-        .ok()?
-        .checked_add(1.hour())
-        .ok()
+    t.with().minute(0).build().ok()?.checked_add(1.hour()).ok()
 }
 
 fn field_bits(field: &str, lo: u32, hi: u32, names: &[&str]) -> Result<u64, String> {
@@ -209,7 +208,11 @@ pub fn zone(name: Option<&str>) -> Result<TimeZone, String> {
 }
 
 /// The next fire of `expr` in zone `tz` strictly after `after` (both validated).
-pub fn next_fire(expr: &str, tz: Option<&str>, after: Timestamp) -> Result<Option<Timestamp>, String> {
+pub fn next_fire(
+    expr: &str,
+    tz: Option<&str>,
+    after: Timestamp,
+) -> Result<Option<Timestamp>, String> {
     let cron = Cron::parse(expr)?;
     let tz = zone(tz)?;
     Ok(cron.next_after(after, &tz))
@@ -291,8 +294,16 @@ mod tests {
             let e = Cron::parse(bad).expect_err(bad);
             assert!(e.contains(why), "{bad}: {e}");
         }
-        assert!(zone(Some("Mars/Olympus")).unwrap_err().contains("unknown time zone"));
-        assert!(zone(Some("../etc/passwd")).unwrap_err().contains("not an IANA"));
+        assert!(
+            zone(Some("Mars/Olympus"))
+                .unwrap_err()
+                .contains("unknown time zone")
+        );
+        assert!(
+            zone(Some("../etc/passwd"))
+                .unwrap_err()
+                .contains("not an IANA")
+        );
         assert!(zone(Some("/etc/localtime")).is_err());
         assert_eq!(zone(None).unwrap(), TimeZone::UTC);
         assert!(zone(Some("Europe/Berlin")).is_ok());

@@ -272,7 +272,11 @@ pub fn check_namespace(
 /// The rules of a Workspace's `spec.schedules` a schema cannot say (ADR 0053), checked when the
 /// list changes (`old` is the stored object): a record stored before a rule existed keeps
 /// taking status writes (ratcheting, as kube-apiserver does).
-pub fn check_schedules(def: &ResourceDef, new: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+pub fn check_schedules(
+    def: &ResourceDef,
+    new: &Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
     if def.group != crate::resources::GROUP || def.kind != "Workspace" {
         return Ok(());
     }

@@ -347,7 +347,9 @@ pub async fn run(
         teams,
     } = services;
     if wants("schedule") && teams.is_none() {
-        tracing::warn!("the schedule controller needs a store (DATABASE_URL in cluster mode); schedules do not fire");
+        tracing::warn!(
+            "the schedule controller needs a store (DATABASE_URL in cluster mode); schedules do not fire"
+        );
     }
     let ws_triggers = triggers.workspaces;
     let reap_triggers = triggers.reaper;

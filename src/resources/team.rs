@@ -19,7 +19,10 @@ pub struct ScheduleSpec {
     pub name: String,
     /// Five-field cron expression (minute hour day-of-month month day-of-week) or a
     /// descriptor such as `@daily`.
-    #[schemars(length(min = 1, max = 200), pattern(r"^\s*(@[a-z]+|\S+(\s+\S+){4})\s*$"))]
+    #[schemars(
+        length(min = 1, max = 200),
+        pattern(r"^\s*(@[a-z]+|\S+(\s+\S+){4})\s*$")
+    )]
     pub cron_expr: String,
     /// IANA time zone the expression is read in; UTC when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -18,12 +18,12 @@ mod schedules;
 mod schema;
 
 pub use metadata::validate_metadata;
-pub use schedules::workspace_schedules;
 use names::*;
 pub use names::{
     dns1123_label_errors, dns1123_subdomain_errors, label_value_errors, qualified_name_errors,
     validate_dns1123_label, validate_dns1123_subdomain,
 };
+pub use schedules::workspace_schedules;
 use schema::*;
 
 /// `field.ErrorTypeInvalid`.

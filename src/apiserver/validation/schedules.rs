@@ -72,7 +72,11 @@ mod tests {
                 "spec.schedules[2].name"
             ]
         );
-        assert!(causes[0].message.contains("61 is outside 0-59"), "{}", causes[0].message);
+        assert!(
+            causes[0].message.contains("61 is outside 0-59"),
+            "{}",
+            causes[0].message
+        );
         assert!(causes[1].message.contains("unknown time zone"));
         assert_eq!(causes[2].reason, REASON_DUPLICATE);
         assert!(workspace_schedules(&json!({"spec": {}})).is_empty());

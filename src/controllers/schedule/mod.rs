@@ -85,7 +85,12 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, teams: Arc<Teams>, metrics: Arc<Metrics>, settings: Settings) -> Self {
+    pub fn new(
+        client: Client,
+        teams: Arc<Teams>,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Self {
         Context {
             report: Reporter::new(client.clone(), "molecule-schedule", "Fire", &["schedules"]),
             kit: Reconciler::new(
@@ -179,7 +184,11 @@ async fn write(
         "status": {"schedules": schedules},
     });
     match api(client, ws)
-        .patch_status(&ws.name_any(), &PatchParams::default(), &Patch::Merge(&body))
+        .patch_status(
+            &ws.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&body),
+        )
         .await
     {
         Ok(_) => Ok(()),
@@ -190,7 +199,9 @@ async fn write(
 
 /// One pass over a workspace.
 pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, ScheduleError> {
-    ctx.kit.run(ws.as_ref(), pass(ws.clone(), ctx.clone())).await
+    ctx.kit
+        .run(ws.as_ref(), pass(ws.clone(), ctx.clone()))
+        .await
 }
 
 pub fn error_policy(ws: Arc<Workspace>, err: &ScheduleError, ctx: Arc<Context>) -> Action {
@@ -204,7 +215,10 @@ async fn pass(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Sched
         return Ok(requeue(first.wake, now));
     }
     // Act on a fresh read: the cache may not have seen the last claim yet.
-    let Some(fresh) = api(&ctx.client, &cached).get_opt(&cached.name_any()).await? else {
+    let Some(fresh) = api(&ctx.client, &cached)
+        .get_opt(&cached.name_any())
+        .await?
+    else {
         return Ok(Action::await_change());
     };
     let now = Timestamp::now();

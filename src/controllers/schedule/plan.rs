@@ -218,7 +218,10 @@ mod tests {
             ..Default::default()
         }];
         let p = run(&[spec("a", "0 9 * * *")], &before, "2026-01-01T10:06:00Z");
-        assert!(p.fires.is_empty(), "10:05 is no fire time of the new expression");
+        assert!(
+            p.fires.is_empty(),
+            "10:05 is no fire time of the new expression"
+        );
         assert_eq!(
             p.statuses[0].next_run_at.as_deref(),
             Some("2026-01-02T09:00:00Z")
@@ -279,7 +282,13 @@ mod tests {
         let p = run(&[spec("a", "61 * * * *")], &before, "2026-01-01T10:00:00Z");
         assert_eq!(p.statuses.len(), 1);
         assert_eq!(p.statuses[0].last_status.as_deref(), Some("error"));
-        assert!(p.statuses[0].last_error.as_deref().unwrap().contains("minute"));
+        assert!(
+            p.statuses[0]
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("minute")
+        );
     }
 
     #[test]
