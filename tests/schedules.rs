@@ -197,7 +197,7 @@ async fn run_now_zones_disable_delete_pause_and_bad_input() {
         let ws = org
             .call(
                 "GET",
-                &format!("/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/cron"),
+                "/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/cron",
                 None,
                 &Value::Null,
             )
