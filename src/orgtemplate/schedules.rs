@@ -103,6 +103,16 @@ pub(crate) fn finish(
             skipped.push(skip(why));
             continue;
         }
+        // The API server refuses an unknown zone or a name with '/' (ADR 0053): skipped here,
+        // so the workspace itself is still created.
+        if let Err(why) = crate::cron::zone(d.timezone.as_deref()) {
+            skipped.push(skip(why));
+            continue;
+        }
+        if d.name.contains('/') {
+            skipped.push(skip("its name contains '/'".into()));
+            continue;
+        }
         let Some(prompt) = prompt.filter(|p| !p.trim().is_empty()) else {
             skipped.push(skip("its prompt is empty".into()));
             continue;
