@@ -255,7 +255,15 @@ async fn run_fire(ctx: Arc<Context>, ws: Workspace, uid: String, fire: plan::Fir
         busy_wait: ctx.settings.busy_wait,
         timeout: ctx.settings.timeout,
     };
-    let result = ctx.teams.send_platform_message(&uid, &msg).await;
+    // After a restart the claim may come before the Teams' own view of the workspaces
+    // (`wait_ready` waits at most 10 s).
+    ctx.teams.wait_ready().await;
+    let mut result = ctx.teams.send_platform_message(&uid, &msg).await;
+    if result == Err(SendError::Gone) {
+        // A workspace created a moment ago may not have reached the Teams' watch yet.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        result = ctx.teams.send_platform_message(&uid, &msg).await;
+    }
     let (status, error) = outcome(&result);
     ctx.metrics
         .inc("molecule_schedule_fires_total", &[("status", status)]);
