@@ -2,9 +2,9 @@
 //! `message/send` through [`Teams::send_platform_message`] (slot accounting, `a2a_receive`
 //! activity row, `ACTIVITY_LOGGED`) and keeps `status.schedules`.
 //!
-//! `reconcile` is a thin driver: [`plan::plan`] over the cached object; when it wants to write
-//! or fire, the same plan over a fresh read, written with that read's resourceVersion — the
-//! claim of a fire (`lastRunAt`, `runCount`, the next `nextRunAt`) is stored BEFORE the
+//! `reconcile` is a thin driver: [`plan::plan`] over the cached object, written on the condition
+//! of its resourceVersion (a stale cache is refused, and the plan is made again on a fresh
+//! read) — the claim of a fire (`lastRunAt`, `runCount`, the next `nextRunAt`) is stored BEFORE the
 //! message is sent, so a kill -9 at any point never fires twice and a restart fires a missed
 //! fire once. Fires run off the reconcile, at most [`MAX_FIRES`] at once; each reports
 //! `lastStatus`/`lastError` and a `CRON_EXECUTED` or `CRON_SKIPPED` live event when it ends.
@@ -178,7 +178,7 @@ async fn write(
     client: &Client,
     ws: &Workspace,
     schedules: &[ScheduleStatus],
-) -> Result<(), ScheduleError> {
+) -> Result<Workspace, ScheduleError> {
     let body = json!({
         "metadata": {"resourceVersion": ws.resource_version()},
         "status": {"schedules": schedules},
@@ -191,10 +191,15 @@ async fn write(
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(w) => Ok(w),
         Err(kube::Error::Api(s)) if s.code == 409 => Err(ScheduleError::Conflict),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A fresh read of `ws` (`None`: it is gone).
+async fn fresh(client: &Client, ws: &Workspace) -> Result<Option<Workspace>, ScheduleError> {
+    Ok(api(client, ws).get_opt(&ws.name_any()).await?)
 }
 
 /// One pass over a workspace.
@@ -210,27 +215,32 @@ pub fn error_policy(ws: Arc<Workspace>, err: &ScheduleError, ctx: Arc<Context>) 
 
 async fn pass(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, ScheduleError> {
     let now = Timestamp::now();
-    let first = plan_of(&cached, now);
-    if !wants_work(&cached, &first) {
-        return Ok(requeue(first.wake, now));
+    let plan = plan_of(&cached, now);
+    if !wants_work(&cached, &plan) {
+        return Ok(requeue(plan.wake, now));
     }
-    // Act on a fresh read: the cache may not have seen the last claim yet.
-    let Some(fresh) = api(&ctx.client, &cached)
-        .get_opt(&cached.name_any())
-        .await?
-    else {
-        return Ok(Action::await_change());
+    // Act: the write is conditional on the version planned on. The cache may not have seen
+    // the last claim yet; then the write is refused and the plan is made again on a fresh read.
+    let (written, plan, now) = match write(&ctx.client, &cached, &plan.statuses).await {
+        Ok(w) => (w, plan, now),
+        Err(ScheduleError::Conflict) => {
+            let Some(fresh) = fresh(&ctx.client, &cached).await? else {
+                return Ok(Action::await_change());
+            };
+            let now = Timestamp::now();
+            let plan = plan_of(&fresh, now);
+            if !wants_work(&fresh, &plan) {
+                return Ok(requeue(plan.wake, now));
+            }
+            (write(&ctx.client, &fresh, &plan.statuses).await?, plan, now)
+        }
+        Err(e) => return Err(e),
     };
-    let now = Timestamp::now();
-    let plan = plan_of(&fresh, now);
-    if wants_work(&fresh, &plan) {
-        write(&ctx.client, &fresh, &plan.statuses).await?;
-    }
-    let Some(uid) = fresh.uid() else {
+    let Some(uid) = written.uid() else {
         return Ok(requeue(plan.wake, now));
     };
     for fire in plan.fires {
-        tokio::spawn(run_fire(ctx.clone(), fresh.clone(), uid.clone(), fire));
+        tokio::spawn(run_fire(ctx.clone(), written.clone(), uid.clone(), fire));
     }
     Ok(requeue(plan.wake, now))
 }
@@ -303,23 +313,25 @@ async fn record(
     status: &str,
     error: Option<String>,
 ) -> Result<(), ScheduleError> {
-    let mut last = ScheduleError::Conflict;
+    // First on the version the claim wrote (often still current), then on fresh reads.
+    let mut current = Some(ws.clone());
     for _ in 0..5 {
-        let Some(fresh) = api(&ctx.client, ws).get_opt(&ws.name_any()).await? else {
+        let Some(ws) = current.take() else {
             return Ok(());
         };
-        let mut list = statuses(&fresh).to_vec();
+        let mut list = statuses(&ws).to_vec();
         let Some(entry) = list.iter_mut().find(|s| s.name == name) else {
             return Ok(()); // the schedule was removed meanwhile
         };
         entry.last_status = Some(status.to_string());
         entry.last_error = error.clone();
-        match write(&ctx.client, &fresh, &list).await {
-            Err(e @ ScheduleError::Conflict) => last = e,
-            other => return other,
+        match write(&ctx.client, &ws, &list).await {
+            Ok(_) => return Ok(()),
+            Err(ScheduleError::Conflict) => current = fresh(&ctx.client, &ws).await?,
+            Err(e) => return Err(e),
         }
     }
-    Err(last)
+    Err(ScheduleError::Conflict)
 }
 
 /// The schedule controller for one leadership term.
