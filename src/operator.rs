@@ -214,7 +214,8 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
     let settings = host_settings(&opts, instance, audit, plugins, election, ready.clone())?;
     let mut host = crate::host::Host::new(client.clone(), settings, metrics.clone());
     // Schedules fire through the platform-message path, which logs to the store (ADR 0053).
-    if let Some(store) = audit_store {
+    if let Some(store) = audit_store.filter(|_| opts.controllers.0.iter().any(|c| c == "schedule"))
+    {
         host = host.with_schedules(crate::teams::Teams::start(
             client,
             store,
