@@ -218,7 +218,8 @@ pub struct Host {
     workspaces: Option<cache::SharedCache<Workspace>>,
     routes: Routes,
     fills: Fills,
-    /// The path of platform-originated messages the channel controller uses (ADR 0054).
+    /// The path of platform-originated messages the schedule and channel controllers use
+    /// (ADR 0053, ADR 0054).
     platform: Option<Arc<crate::teams::Teams>>,
 }
 
@@ -286,8 +287,8 @@ impl Host {
         self
     }
 
-    /// Lets the channel controller send platform messages through `teams` without serving the
-    /// delegation routes (the operator; ADR 0054).
+    /// Lets the schedule and channel controllers send platform messages through `teams`
+    /// without serving the delegation routes (the operator; ADR 0053, ADR 0054).
     pub fn with_platform_messages(mut self, teams: Arc<crate::teams::Teams>) -> Host {
         self.platform = Some(teams);
         self

@@ -210,9 +210,16 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
             shutdown.clone(),
         );
     }
-    // Channels send their messages through the Teams service (ADR 0054), which needs the store.
+    // Schedules and channels send their messages through the Teams service (ADR 0053, ADR 0054),
+    // which needs the store.
     let platform = match audit.store() {
-        Some(store) if opts.controllers.0.iter().any(|c| c == "channel") => {
+        Some(store)
+            if opts
+                .controllers
+                .0
+                .iter()
+                .any(|c| c == "channel" || c == "schedule") =>
+        {
             Some(crate::teams::Teams::start(
                 client.clone(),
                 store,

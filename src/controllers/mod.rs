@@ -28,6 +28,7 @@ pub mod rbac;
 pub mod reaper;
 pub mod report;
 pub mod runtime;
+pub mod schedule;
 pub mod workspace;
 
 /// Names of the controllers this build has, in start order.
@@ -38,6 +39,7 @@ pub const KNOWN: &[&str] = &[
     "org_import",
     "runtime",
     "channel",
+    "schedule",
 ];
 
 /// Settings of the controllers.
@@ -75,8 +77,8 @@ pub struct Services {
     pub triggers: Triggers,
     /// The URL agents are told to call; `Some` once the agent listener is bound.
     pub platform_url: Option<String>,
-    /// The path of platform-originated messages (channels); `None` where this process does not
-    /// run the Teams service.
+    /// The path of platform-originated messages (schedules, ADR 0053; channels, ADR 0054);
+    /// `None` where this process does not run the Teams service.
     pub teams: Option<Arc<crate::teams::Teams>>,
 }
 
@@ -346,10 +348,13 @@ pub async fn run(
         platform_url,
         teams,
     } = services;
-    if wants("channel") && teams.is_none() {
-        tracing::warn!(
-            "the channel controller needs the Teams service, which this process does not run (the operator runs it with DATABASE_URL): channels stay unconnected"
-        );
+    for c in ["channel", "schedule"] {
+        if wants(c) && teams.is_none() {
+            tracing::warn!(
+                controller = c,
+                "this controller sends through the Teams service, which this process does not run (the operator runs it with DATABASE_URL): it stays idle"
+            );
+        }
     }
     let ws_triggers = triggers.workspaces;
     let reap_triggers = triggers.reaper;
@@ -482,6 +487,17 @@ pub async fn run(
                 client.clone(),
                 teams.clone(),
                 metrics.clone(),
+                term.clone(),
+            ));
+        }
+        if wants("schedule")
+            && let Some(teams) = &teams
+        {
+            tasks.spawn(schedule::run(
+                client.clone(),
+                teams.clone(),
+                metrics.clone(),
+                schedule::Settings::default(),
                 term.clone(),
             ));
         }

@@ -15,13 +15,21 @@ use super::SecretKeySelector;
 #[serde(rename_all = "camelCase")]
 pub struct ScheduleSpec {
     /// Unique within the workspace; the REST routes use it as the schedule's id.
+    #[schemars(length(min = 1, max = 128), pattern(r"^[^/]+$"))]
     pub name: String,
-    /// Five-field cron expression (minute hour day-of-month month day-of-week).
+    /// Five-field cron expression (minute hour day-of-month month day-of-week) or a
+    /// descriptor such as `@daily`.
+    #[schemars(
+        length(min = 1, max = 200),
+        pattern(r"^\s*(@[a-z]+|\S+(\s+\S+){4})\s*$")
+    )]
     pub cron_expr: String,
     /// IANA time zone the expression is read in; UTC when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), pattern(r"^[A-Za-z0-9/_+-]*$"))]
     pub timezone: Option<String>,
     /// The message sent at each fire.
+    #[schemars(length(min = 1, max = 65536))]
     pub prompt: String,
     /// A disabled schedule keeps its history but does not fire.
     #[serde(default = "enabled_default", skip_serializing_if = "is_true")]

@@ -23,6 +23,7 @@ pub mod org;
 pub mod plugin_download;
 pub mod plugins;
 pub mod registry;
+pub mod schedules;
 pub mod secrets;
 pub mod teams;
 pub mod test_tokens;
@@ -172,6 +173,22 @@ impl Shim {
                     .post(secrets::set_global),
             )
             .route("/settings/secrets/{key}", delete(secrets::remove_global))
+            .route(
+                "/workspaces/{id}/schedules",
+                get(schedules::list).post(schedules::create),
+            )
+            .route(
+                "/workspaces/{id}/schedules/{schedule_id}",
+                axum::routing::patch(schedules::update).delete(schedules::remove),
+            )
+            .route(
+                "/workspaces/{id}/schedules/{schedule_id}/run",
+                post(schedules::run),
+            )
+            .route(
+                "/workspaces/{id}/schedules/{schedule_id}/history",
+                get(schedules::history),
+            )
             .route("/plugins", get(plugins::catalog))
             .route(
                 "/workspaces/{id}/plugins",

@@ -6,6 +6,7 @@ mod org_import;
 mod plugin;
 mod reaper;
 mod runtime;
+mod schedule;
 mod tokens;
 mod workspace;
 mod workspace_gets;
