@@ -1,11 +1,16 @@
-//! Benchmark of bundle imports (ADR 0055): `POST /bundles/import` of a 12-workspace tree
-//! (`tests/fixtures/bundles/team.bundle.json`: a PM, three leads, eight members, echo agents
-//! with a system prompt and a skill each) → all Online on Docker, against the same Workspaces
-//! (the specs `teams::bundle::plan` makes of the bundle, parents by name) applied directly with
-//! `kubectl apply` → all Online. Target: ratio ≤ 1.05.
+//! Benchmark of imports against applying the same Workspaces directly, both to all Online on
+//! Docker. Target: each ratio ≤ 1.05.
+//!
+//! - **Org template** (ADR 0047): an `OrgImport` of `examples/org-templates/research-lab` (five
+//!   workspaces on three levels) against the Workspaces that import made (their specs, parents
+//!   by name), applied with `kubectl apply` in another namespace.
+//! - **Bundle** (ADR 0055): `POST /bundles/import` of a 12-workspace tree
+//!   (`tests/fixtures/bundles/team.bundle.json`: a PM, three leads, eight members, echo agents
+//!   with a system prompt and a skill each) against the specs `teams::bundle::plan` makes of the
+//!   bundle, applied with `kubectl apply`.
 //!
 //! Run with `cargo bench --bench org_import_vs_direct` (a release build; needs Docker).
-//! `MOLECULE_BENCH_BUNDLE_ROUNDS=N` (default 2) runs N rounds, alternating which side goes first;
+//! `MOLECULE_BENCH_BUNDLE_ROUNDS=N` (default 3) runs N rounds, alternating which side goes first;
 //! the medians are compared.
 
 #[path = "../tests/common/mod.rs"]
@@ -53,9 +58,23 @@ fn wait_online(s: &Server, ns: &str, n: usize, t: Instant) -> Duration {
     );
 }
 
+/// Waits until `ns` holds no Workspaces and no PluginInstalls (garbage collection of an
+/// import's children included), so the next round starts from the same state.
 fn wait_gone(s: &Server, ns: &str) {
     let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(600) && !workspaces(s, ns).is_empty() {
+    let plugins = |s: &Server| {
+        let (code, b) = s.http(
+            "GET",
+            &format!("{API}/namespaces/{ns}/plugininstalls"),
+            None,
+            b"",
+        );
+        code == 200
+            && serde_json::from_str::<Value>(&b).unwrap_or(Value::Null)["items"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+    };
+    while t.elapsed() < Duration::from_secs(600) && (!workspaces(s, ns).is_empty() || plugins(s)) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -112,11 +131,99 @@ fn direct(s: &Server, manifests: &str, n: usize) -> Duration {
     let online = wait_online(s, "plain", n, t);
     let o = s.kubectl(
         "1.33",
-        &["delete", "ws", "--all", "-n", "plain", "--wait=false"],
+        &[
+            "delete",
+            "ws,plugininstalls",
+            "--all",
+            "-n",
+            "plain",
+            "--wait=false",
+        ],
     );
     assert!(o.status.success(), "{}", common::text(&o));
     wait_gone(s, "plain");
     online
+}
+
+const ORG_IMPORT: &str = "apiVersion: molecule.ai/v1alpha1\nkind: OrgImport\nmetadata:\n  name: research-lab\nspec:\n  source:\n    dir: research-lab\n  mode: reconcile\n";
+
+/// `OrgImport` of research-lab in `org` → all `n` Online; deletes it again.
+fn org_import(s: &Server, n: usize) -> Duration {
+    let t = Instant::now();
+    common::apply(s, "org", ORG_IMPORT);
+    let online = wait_online(s, "org", n, t);
+    let o = s.kubectl(
+        "1.33",
+        &["delete", "orgimport", "research-lab", "-n", "org"],
+    );
+    assert!(o.status.success(), "{}", common::text(&o));
+    wait_gone(s, "org");
+    online
+}
+
+/// The Workspaces the org import made, as one `kind: List` of the same specs (no org labels,
+/// no owner), with the Secrets they read (the template's `.env` files) and the PluginInstalls of
+/// their `plugins:`: what a user would apply by hand.
+fn org_manifests(s: &Server) -> (String, usize) {
+    let (code, b) = s.http("GET", "/api/v1/namespaces/org/secrets", None, b"");
+    assert_eq!(code, 200, "{b}");
+    let secrets: Vec<Value> = serde_json::from_str::<Value>(&b).expect("secrets")["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|x| {
+            json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": x["metadata"]["name"]},
+                "type": x["type"],
+                "data": x["data"],
+            })
+        })
+        .collect();
+    let (code, b) = s.http(
+        "GET",
+        &format!("{API}/namespaces/org/plugininstalls"),
+        None,
+        b"",
+    );
+    assert_eq!(code, 200, "{b}");
+    let plugins: Vec<Value> = serde_json::from_str::<Value>(&b).expect("plugininstalls")["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            json!({
+                "apiVersion": "molecule.ai/v1alpha1",
+                "kind": "PluginInstall",
+                "metadata": {"name": p["metadata"]["name"]},
+                "spec": p["spec"],
+            })
+        })
+        .collect();
+    let workspaces: Vec<Value> = workspaces(s, "org")
+        .iter()
+        .map(|w| {
+            json!({
+                "apiVersion": "molecule.ai/v1alpha1",
+                "kind": "Workspace",
+                "metadata": {"name": w["metadata"]["name"]},
+                "spec": w["spec"],
+            })
+        })
+        .collect();
+    let n = workspaces.len();
+    let items: Vec<Value> = secrets
+        .into_iter()
+        .chain(workspaces)
+        .chain(plugins)
+        .collect();
+    (
+        json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string(),
+        n,
+    )
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -132,7 +239,7 @@ fn main() {
     let rounds: usize = std::env::var("MOLECULE_BENCH_BUNDLE_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2)
+        .unwrap_or(3)
         .max(1);
 
     let installation = Installation(Server::start_with(
@@ -145,6 +252,47 @@ fn main() {
     wait_online(s, "warm", 1, Instant::now());
     let _ = s.kubectl("1.33", &["delete", "ws", "--all", "-n", "warm"]);
     wait_gone(s, "warm");
+
+    // The org template: one import first to learn the Workspaces it makes.
+    common::copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/org-templates/research-lab"),
+        &s.data_dir().join("org-templates/research-lab"),
+    );
+    common::copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/plugins/registry"),
+        &s.data_dir().join("plugins"),
+    );
+    common::apply(s, "org", ORG_IMPORT);
+    let t = Instant::now();
+    while workspaces(s, "org").len() < 5 && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_online(s, "org", 5, t);
+    let (org_yaml, org_n) = org_manifests(s);
+    let o = s.kubectl(
+        "1.33",
+        &["delete", "orgimport", "research-lab", "-n", "org"],
+    );
+    assert!(o.status.success(), "{}", common::text(&o));
+    wait_gone(s, "org");
+    let (mut org, mut org_direct) = (vec![], vec![]);
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            org.push(org_import(s, org_n));
+            org_direct.push(direct(s, &org_yaml, org_n));
+        } else {
+            org_direct.push(direct(s, &org_yaml, org_n));
+            org.push(org_import(s, org_n));
+        }
+        println!(
+            "  org round {round}: import {:.2} s, direct {:.2} s",
+            org[round].as_secs_f64(),
+            org_direct[round].as_secs_f64()
+        );
+    }
+    let (oi, od) = (median(org), median(org_direct));
+    let org_ratio = oi.as_secs_f64() / od.as_secs_f64();
 
     let (mut imported, mut applied) = (vec![], vec![]);
     for round in 0..rounds {
@@ -163,9 +311,21 @@ fn main() {
     }
     let (i, d) = (median(imported), median(applied));
     let ratio = i.as_secs_f64() / d.as_secs_f64();
-    println!("org_import_vs_direct bench: {n} echo workspaces on Docker, {rounds} round(s)");
+    println!("org_import_vs_direct bench: echo workspaces on Docker, {rounds} round(s)");
     println!(
-        "  bundle import → all Online:  {:8.2} s (median)",
+        "  OrgImport research-lab ({org_n}) → all Online: {:8.2} s (median)",
+        oi.as_secs_f64()
+    );
+    println!(
+        "  kubectl apply ({org_n}) → all Online:          {:8.2} s (median; the same Workspaces)",
+        od.as_secs_f64()
+    );
+    println!(
+        "  org ratio {org_ratio:.3}  target ≤ 1.05: {}",
+        if org_ratio <= 1.05 { "met" } else { "MISSED" }
+    );
+    println!(
+        "  bundle import ({n}) → all Online:  {:8.2} s (median)",
         i.as_secs_f64()
     );
     println!(

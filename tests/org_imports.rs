@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-use common::{Backend, Cleanup, Server, docker, eventually, managed_in, text};
+use common::{Backend, Cleanup, Server, copy_dir, docker, eventually, managed_in, text};
 use serde_json::Value;
 
 static DOCKER: Mutex<()> = Mutex::new(());
@@ -45,18 +45,6 @@ fn start(controllers: &str) -> Env {
         templates,
         _cleanup: Cleanup(ns.clone()),
         ns,
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
-        let dest = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).expect("copy");
-        }
     }
 }
 

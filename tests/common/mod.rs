@@ -431,6 +431,19 @@ pub fn ok(s: &Server, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
+/// Copies the directory tree `from` to `to` (created), files and folders only.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let dest = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).expect("copy");
+        }
+    }
+}
+
 /// `kubectl apply -n ns -f -` of `yaml`; asserts success.
 pub fn apply(s: &Server, ns: &str, yaml: &str) {
     let o = s.kubectl_stdin("1.33", &["apply", "-n", ns, "-f", "-"], Some(yaml));
