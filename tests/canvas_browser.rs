@@ -6,6 +6,7 @@
 //! README shows. A second one loads 200 workspaces and checks the page stays responsive.
 
 mod common;
+mod fakes;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -1466,4 +1467,339 @@ async fn canvas_page_benchmark_1000_workspaces() {
         "{first}"
     );
     c.close().await.expect("close");
+}
+
+// ---------------------------------------------------------------- the team tabs (ADR 0052)
+
+/// A fake A2A agent on 127.0.0.1 (the real JSON-RPC wire shape): answers `message/send`
+/// with `echo: <text>` and remembers every text it got, by the path it was called on.
+fn fake_agent() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    let addr = fakes::http::serve(std::sync::Arc::new(move |r: &fakes::http::Request| {
+        let req: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        let text = req["params"]["message"]["parts"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        seen.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((r.path.clone(), text.clone()));
+        let answer = json!({"jsonrpc": "2.0", "id": req["id"], "result": {
+            "kind": "message", "role": "agent", "messageId": "r1",
+            "parts": [{"kind": "text", "text": format!("echo: {text}")}]}});
+        fakes::http::Reply::new(
+            200,
+            &[("Content-Type", "application/json")],
+            answer.to_string(),
+        )
+    }));
+    (addr, got)
+}
+
+/// An `external` workspace whose agent is `url`, registered with its own token as the agent
+/// would; returns (uid, token) once it is online with that URL.
+async fn external_member(
+    s: &Server,
+    name: &str,
+    display: &str,
+    url: &str,
+    parent: Option<&str>,
+) -> (String, String) {
+    use base64::Engine;
+    let mut spec = json!({"displayName": display, "runtime": "external", "url": url});
+    if let Some(p) = parent {
+        spec["parentRef"] = json!({"name": p});
+    }
+    create_ws(s, name, spec, json!({}));
+    let secret = format!("/api/v1/namespaces/default/secrets/{name}-agent-token");
+    let mut token = String::new();
+    until(60, "the agent token secret", || {
+        let (code, v) = get_json(s, &secret);
+        if code == 200 {
+            token = v["data"]["token"]
+                .as_str()
+                .and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok())
+                .map(|b| String::from_utf8_lossy(&b).to_string())
+                .unwrap_or_default();
+        }
+        let ok = !token.is_empty();
+        async move { ok }
+    })
+    .await;
+    let (_, w) = get_json(
+        s,
+        &format!("/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/{name}"),
+    );
+    let uid = w["metadata"]["uid"].as_str().expect("uid").to_string();
+    let body = json!({"id": uid, "url": url}).to_string();
+    let (code, b) = s.http_as("POST", "/registry/register", Some(&token), body.as_bytes());
+    assert_eq!(code, 200, "register {name}: {b}");
+    until(30, "the external workspace online", || {
+        let (_, w) = get_json(
+            s,
+            &format!("/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/{name}"),
+        );
+        let ok = w["status"]["phase"] == "Online" && w["status"]["url"] == url;
+        async move { ok }
+    })
+    .await;
+    (uid, token)
+}
+
+fn a2a_send(text: &str) -> Vec<u8> {
+    json!({"jsonrpc": "2.0", "id": 7, "method": "message/send", "params": {"message": {
+        "role": "user", "messageId": "t1", "parts": [{"kind": "text", "text": text}]}}})
+    .to_string()
+    .into_bytes()
+}
+
+async fn select_tab(c: &Client, node: &str, tab: &str) {
+    c.find(Locator::Css(&format!(".node[data-name='{node}']")))
+        .await
+        .expect("node")
+        .click()
+        .await
+        .expect("select");
+    until(5, "the panel", || async {
+        js(c, "return !document.getElementById('detail').hidden && document.getElementById('d-name').textContent").await == node
+    })
+    .await;
+    c.find(Locator::Id(tab))
+        .await
+        .expect("tab")
+        .click()
+        .await
+        .expect("open the tab");
+}
+
+async fn texts(c: &Client, css: &str) -> Vec<String> {
+    js(
+        c,
+        &format!("return [...document.querySelectorAll(\"{css}\")].map(e => e.textContent)"),
+    )
+    .await
+    .as_array()
+    .into_iter()
+    .flatten()
+    .filter_map(|v| v.as_str().map(str::to_string))
+    .collect()
+}
+
+/// Issue 18.9: the Chat, Agent Comms and Activity tabs and the A2A edge overlay, live over
+/// /ws, against two `external` workspaces whose agent is a fake A2A server of the test (the
+/// proxy, the activity log and the delegations are the real ones).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_team_tabs_chat_delegate_and_show_a2a_live() {
+    let _g = BROWSER.lock().await;
+    let s = tokio::task::spawn_blocking(|| {
+        Server::start_with(
+            Backend::Sqlite,
+            &["--controllers", "all", "--heartbeat-timeout-seconds", "600"],
+        )
+    })
+    .await
+    .expect("serve");
+    let (agent, got) = fake_agent();
+    let (lead, lead_token) =
+        external_member(&s, "lead", "Lead", &format!("http://{agent}/lead"), None).await;
+    let (member, _) = external_member(
+        &s,
+        "member",
+        "Member",
+        &format!("http://{agent}/member"),
+        Some("lead"),
+    )
+    .await;
+
+    let d = driver();
+    let c = browser(&d).await;
+    c.goto(&format!("http://127.0.0.1:{}/#token={}", s.port, s.token()))
+        .await
+        .expect("open");
+    until(15, "the live stream and two nodes", || async {
+        js(&c, "return document.getElementById('conn').dataset.state").await == "connected"
+            && nodes(&c).await.len() == 2
+    })
+    .await;
+    let mut violations = vec![];
+
+    // Chat: the tabs are reached by keyboard (arrows along the tablist).
+    select_tab(&c, "Lead", "tab-details").await;
+    press(&c, RIGHT).await;
+    assert_eq!(active(&c).await, "tab-chat", "ArrowRight moves to Chat");
+    assert_eq!(
+        js(&c, "return [document.getElementById('tab-chat').getAttribute('aria-selected'), document.getElementById('pane-chat').hidden, document.getElementById('pane-details').hidden]").await,
+        json!(["true", false, true])
+    );
+    c.find(Locator::Id("chat-input"))
+        .await
+        .expect("chat input")
+        .send_keys("hello from the canvas")
+        .await
+        .expect("type");
+    press(&c, ENTER).await;
+    until(10, "the agent's reply in the chat", || async {
+        texts(&c, "#chat-log .msg .text").await
+            == ["hello from the canvas", "echo: hello from the canvas"]
+    })
+    .await;
+    assert!(
+        got.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&("/lead".into(), "hello from the canvas".into())),
+        "the agent got the message"
+    );
+    violations.extend(axe(&c, "chat tab").await);
+    // The history comes back from the activity log (a2a_receive from the canvas) after the
+    // panel is closed and opened again.
+    press(&c, ESC).await;
+    select_tab(&c, "Lead", "tab-chat").await;
+    until(10, "the chat history from the activity log", || async {
+        texts(&c, "#chat-log .msg .text").await
+            == ["hello from the canvas", "echo: hello from the canvas"]
+    })
+    .await;
+    // A2A_RESPONSE: a canvas call made elsewhere (another tab, curl) shows up live.
+    let (code, b) = s.http(
+        "POST",
+        &format!("/workspaces/{lead}/a2a"),
+        Some("application/json"),
+        &a2a_send("sent from elsewhere"),
+    );
+    assert_eq!(code, 200, "{b}");
+    until(10, "the other call in the chat", || async {
+        texts(&c, "#chat-log .msg .text")
+            .await
+            .contains(&"echo: sent from elsewhere".to_string())
+    })
+    .await;
+
+    // A2A edge overlay: Lead calls Member (its own token): a transient edge from Lead to
+    // Member, gone after a few seconds.
+    js(&c, "window.__edges = []; new MutationObserver(ms => { for (const m of ms) for (const n of m.addedNodes) window.__edges.push([n.dataset.source, n.dataset.target]); }).observe(document.getElementById('flash-edges'), {childList: true}); return true").await;
+    let no_edge = js(
+        &c,
+        "return document.querySelectorAll('#flash-edges .a2a-edge').length",
+    )
+    .await;
+    assert_eq!(no_edge, 0, "no edge before a call");
+    let (code, b) = s.http_headers(
+        "POST",
+        &format!("/workspaces/{member}/a2a"),
+        &lead_token,
+        &[("X-Workspace-ID", &lead)],
+        &a2a_send("lead asks member"),
+    );
+    assert_eq!(code, 200, "{b}");
+    until(5, "the A2A edge from Lead to Member", || async {
+        js(&c, "return [...document.querySelectorAll('#flash-edges .a2a-edge')].map(l => [l.dataset.source, l.dataset.target])").await
+            == json!([[lead, member]])
+    })
+    .await;
+    save_screenshot(&c, "canvas-a2a-edge.png").await;
+    until(10, "the edge to fade out", || async {
+        js(
+            &c,
+            "return document.querySelectorAll('#flash-edges .a2a-edge').length",
+        )
+        .await
+            == 0
+    })
+    .await;
+    assert_eq!(
+        js(&c, "return window.__edges").await,
+        json!([[lead, member]]),
+        "one edge for the call (the send and the receive rows share it)"
+    );
+
+    // Activity: the type filter, live.
+    c.find(Locator::Id("tab-activity"))
+        .await
+        .expect("activity tab")
+        .click()
+        .await
+        .expect("open");
+    until(10, "the lead's activity", || async {
+        let t = js(&c, "return [...document.querySelectorAll('#activity-list li.act')].map(l => l.dataset.type)").await;
+        let t = t.to_string();
+        t.contains("a2a_send") && t.contains("a2a_receive")
+    })
+    .await;
+    c.find(Locator::Css("#activity-type option[value='a2a_send']"))
+        .await
+        .expect("option")
+        .click()
+        .await
+        .expect("filter");
+    until(5, "only a2a_send rows", || async {
+        js(&c, "return [...document.querySelectorAll('#activity-list li.act')].map(l => l.dataset.type)").await
+            == json!(["a2a_send"])
+    })
+    .await;
+    assert!(
+        texts(&c, "#activity-list li.act b").await[0].contains("→ Member"),
+        "the send names its peer"
+    );
+    violations.extend(axe(&c, "activity tab").await);
+    // A new row of the filtered type arrives live (ACTIVITY_LOGGED).
+    let (code, b) = s.http(
+        "POST",
+        &format!("/workspaces/{lead}/activity"),
+        Some("application/json"),
+        json!({"activity_type": "a2a_send", "summary": "reported by the agent", "target_id": member})
+            .to_string()
+            .as_bytes(),
+    );
+    assert!(code == 200 || code == 201, "{code} {b}");
+    until(5, "the reported row, live", || async {
+        js(&c, "return document.getElementById('activity-list').textContent.includes('reported by the agent')").await == true
+    })
+    .await;
+
+    // Agent Comms: a delegation from Lead to Member, with its status moving live.
+    c.find(Locator::Id("tab-comms"))
+        .await
+        .expect("comms tab")
+        .click()
+        .await
+        .expect("open");
+    until(5, "the empty comms list", || async {
+        js(
+            &c,
+            "return document.getElementById('comms-list').textContent",
+        )
+        .await
+            == "no delegations yet"
+    })
+    .await;
+    let (code, b) = s.http(
+        "POST",
+        &format!("/workspaces/{lead}/delegate"),
+        Some("application/json"),
+        json!({"target_id": member, "task": "summarise the quarter"})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(code, 202, "{b}");
+    until(10, "the delegation completed in Agent Comms", || async {
+        js(&c, "return [...document.querySelectorAll('#comms-list li.deleg')].map(l => [l.dataset.direction, l.dataset.peer, l.dataset.status, l.textContent.includes('echo: summarise the quarter')])").await
+            == json!([["out", "Member", "completed", true]])
+    })
+    .await;
+    violations.extend(axe(&c, "agent comms tab").await);
+    // The member sees it as received.
+    select_tab(&c, "Member", "tab-comms").await;
+    until(5, "the received delegation", || async {
+        js(&c, "return [...document.querySelectorAll('#comms-list li.deleg')].map(l => [l.dataset.direction, l.dataset.peer, l.dataset.status])").await
+            == json!([["in", "Lead", "completed"]])
+    })
+    .await;
+    save_screenshot(&c, "canvas-agent-comms.png").await;
+
+    c.close().await.expect("close");
+    assert!(violations.is_empty(), "axe: {violations:#?}");
 }

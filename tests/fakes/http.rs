@@ -1,5 +1,6 @@
 //! A minimal blocking HTTP/1.1 server: one thread per connection, one request per connection
-//! (`Connection: close`), request heads only (the fakes never need a request body).
+//! (`Connection: close`); a body is read when the request states its `Content-Length` (at
+//! most 1 MiB).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -15,6 +16,8 @@ pub struct Request {
     pub query: String,
     /// Lower-cased names.
     pub headers: HashMap<String, String>,
+    /// The body (`Content-Length` bytes; empty without one).
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -101,16 +104,34 @@ fn handle(mut s: TcpStream, handler: Handler) {
         Some((p, q)) => (p.to_string(), q.to_string()),
         None => (target, String::new()),
     };
-    let headers = lines
+    let headers: HashMap<String, String> = lines
         .take_while(|l| !l.is_empty())
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
+    let want = headers
+        .get("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(1024 * 1024);
+    let start = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(buf.len(), |i| i + 4);
+    let mut body = buf[start..].to_vec();
+    while body.len() < want {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    body.truncate(want);
     let req = Request {
         method,
         path,
         query,
         headers,
+        body,
     };
     match handler(&req) {
         Reply::Hang => std::thread::sleep(Duration::from_secs(600)),

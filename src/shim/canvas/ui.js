@@ -332,6 +332,7 @@
       $(t.dataset.pane).hidden = !on;
     }
     if (pane === 'pane-secrets') refreshSecrets();
+    else if (window.moleculeTabs) window.moleculeTabs.refresh(pane);
   }
 
   function renderPlugins(id, plugins) {
@@ -587,6 +588,7 @@
     if ($('settings-dialog').open) { refreshGlobal(); refreshOrgs(); refreshPlugins(); }
     if ($('logs-dialog').open) loadLogs();
     refreshSecrets();
+    if (window.moleculeTabs) window.moleculeTabs.refresh();
   }
 
   // ---------------------------------------------------------------- wiring
