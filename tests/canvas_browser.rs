@@ -1803,3 +1803,278 @@ async fn the_team_tabs_chat_delegate_and_show_a2a_live() {
     c.close().await.expect("close");
     assert!(violations.is_empty(), "axe: {violations:#?}");
 }
+
+/// The uid of the record `name` in `default`, if it exists.
+fn uid_of(s: &Server, name: &str) -> Option<String> {
+    let (code, w) = get_json(
+        s,
+        &format!("/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/{name}"),
+    );
+    (code == 200)
+        .then(|| w["metadata"]["uid"].as_str().map(str::to_string))
+        .flatten()
+}
+
+/// Issue 22 gaps: "remove from the org" takes a workspace out of its OrgImport for good
+/// (`spec.exclude`; a plain delete comes back), a plugin is uninstalled from the panel, and
+/// queued PluginUpdates are approved and dismissed from Settings.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_canvas_removes_a_workspace_from_its_org_and_decides_plugin_updates() {
+    let _g = BROWSER.lock().await;
+    let templates = tempfile::tempdir().expect("templates");
+    let duo = templates.path().join("duo");
+    std::fs::create_dir_all(&duo).expect("template dir");
+    std::fs::write(
+        duo.join("org.yaml"),
+        "name: Duo\ndefaults:\n  runtime: echo\nworkspaces:\n  - name: Boss\n    children:\n      - name: Helper\n  - name: Keeper\n",
+    )
+    .expect("org.yaml");
+    let root = templates.path().to_string_lossy().to_string();
+    let s = tokio::task::spawn_blocking(move || {
+        Server::start_with(
+            Backend::Sqlite,
+            &["--controllers", "org_import", "--org-templates", &root],
+        )
+    })
+    .await
+    .expect("serve");
+    let plugin = s.data_dir().join("plugins/hello-plugin");
+    std::fs::create_dir_all(&plugin).expect("plugin dir");
+    std::fs::write(
+        plugin.join("plugin.yaml"),
+        "name: hello-plugin\nversion: 1.0.0\ndescription: Says hello\nruntimes: [echo]\n",
+    )
+    .expect("plugin.yaml");
+    let (code, b) = s.http(
+        "POST",
+        "/org/import",
+        Some("application/json"),
+        br#"{"dir": "duo"}"#,
+    );
+    assert!((200..300).contains(&code), "{code} {b}");
+
+    let d = driver();
+    let c = browser(&d).await;
+    c.goto(&format!("http://127.0.0.1:{}/#token={}", s.port, s.token()))
+        .await
+        .expect("open");
+    until(30, "the org's three workspaces", || async {
+        let mut n: Vec<String> = nodes(&c).await.into_iter().map(|n| n.0).collect();
+        n.sort();
+        n == ["Boss", "Helper", "Keeper"]
+    })
+    .await;
+    let record = |name: &str| {
+        let name = name.to_string();
+        let c = &c;
+        async move {
+            js(c, &format!("const w = [...window.moleculeCanvas.state.ws.values()].find(w => w.name === '{name}'); return w ? w.k8s_name : null")).await.as_str().unwrap_or("").to_string()
+        }
+    };
+    let helper = record("Helper").await;
+    let keeper = record("Keeper").await;
+    assert!(!helper.is_empty() && !keeper.is_empty());
+
+    // A plain delete comes back: the import recreates it (a new record).
+    let old = uid_of(&s, &keeper).expect("keeper");
+    let (code, b) = s.http(
+        "DELETE",
+        &format!("/workspaces/{old}?confirm=true"),
+        None,
+        b"",
+    );
+    assert_eq!(code, 200, "{b}");
+    until(30, "Keeper recreated by the import", || {
+        let now = uid_of(&s, &keeper);
+        let old = old.clone();
+        async move { now.is_some_and(|u| u != old) }
+    })
+    .await;
+
+    // Remove from the org: from the delete dialog, by keyboard.
+    c.find(Locator::Css(".node[data-name='Helper']"))
+        .await
+        .expect("helper")
+        .click()
+        .await
+        .expect("select");
+    press(&c, '\u{E017}').await; // Delete
+    until(5, "the org delete dialog with remove-from-org", || async {
+        js(&c, "return document.getElementById('confirm-dialog').open && !document.getElementById('c-org-remove').hidden").await == true
+    })
+    .await;
+    let mut violations = axe(&c, "remove from the org dialog").await;
+    c.find(Locator::Id("c-org-remove"))
+        .await
+        .expect("remove from the org")
+        .click()
+        .await
+        .expect("click");
+    until(10, "the exclusion on the OrgImport", || async {
+        get_json(
+            &s,
+            "/apis/molecule.ai/v1alpha1/namespaces/default/orgimports/duo",
+        )
+        .1["spec"]["exclude"]
+            == json!([helper])
+    })
+    .await;
+    until(10, "Helper gone from the page", || async {
+        status_of(&c, "Helper").await.is_none()
+    })
+    .await;
+    // Another pass of the import (a plain delete of Keeper triggers one, and it recreates
+    // Keeper): Helper stays gone.
+    let old = uid_of(&s, &keeper).expect("keeper");
+    let (code, b) = s.http(
+        "DELETE",
+        &format!("/workspaces/{old}?confirm=true"),
+        None,
+        b"",
+    );
+    assert_eq!(code, 200, "{b}");
+    until(30, "Keeper recreated again", || {
+        let now = uid_of(&s, &keeper);
+        let old = old.clone();
+        async move { now.is_some_and(|u| u != old) }
+    })
+    .await;
+    let (_, org) = get_json(
+        &s,
+        "/apis/molecule.ai/v1alpha1/namespaces/default/orgimports/duo",
+    );
+    assert_eq!(
+        org["status"]["observedGeneration"], org["metadata"]["generation"],
+        "the pass saw the exclusion: {org}"
+    );
+    assert_eq!(uid_of(&s, &helper), None, "Helper was not recreated");
+    let mut names: Vec<String> = nodes(&c).await.into_iter().map(|n| n.0).collect();
+    names.sort();
+    assert_eq!(names, ["Boss", "Keeper"]);
+
+    // Plugins: install on Boss, two queued updates, approve one and dismiss the other, then
+    // uninstall from the panel.
+    c.find(Locator::Css(".node[data-name='Boss']"))
+        .await
+        .expect("boss")
+        .click()
+        .await
+        .expect("select");
+    let boss = js(&c, "return window.moleculeCanvas.state.selected").await;
+    let boss = boss.as_str().expect("selected").to_string();
+    let (code, b) = s.http(
+        "POST",
+        &format!("/workspaces/{boss}/plugins"),
+        Some("application/json"),
+        br#"{"source": "local://hello-plugin"}"#,
+    );
+    assert!((200..300).contains(&code), "{code} {b}");
+    let (_, installs) = get_json(
+        &s,
+        "/apis/molecule.ai/v1alpha1/namespaces/default/plugininstalls",
+    );
+    let install = installs["items"][0]["metadata"]["name"]
+        .as_str()
+        .expect("install")
+        .to_string();
+    for (n, to) in [("up-one", "b".repeat(40)), ("up-two", "c".repeat(40))] {
+        let body = json!({"apiVersion": "molecule.ai/v1alpha1", "kind": "PluginUpdate",
+            "metadata": {"name": n}, "spec": {"pluginInstallRef": {"name": install},
+            "fromSha": "a".repeat(40), "toSha": to, "plugin": "hello-plugin"}});
+        let (code, b) = s.http(
+            "POST",
+            "/apis/molecule.ai/v1alpha1/namespaces/default/pluginupdates",
+            Some("application/json"),
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(code, 201, "{b}");
+    }
+    c.find(Locator::Id("btn-settings"))
+        .await
+        .expect("settings")
+        .click()
+        .await
+        .expect("open");
+    until(5, "two queued updates", || async {
+        js(&c, "return [...document.querySelectorAll('#s-pending li')].map(l => l.dataset.update).sort()").await
+            == json!(["up-one", "up-two"])
+    })
+    .await;
+    violations.extend(axe(&c, "settings with queued updates").await);
+    c.find(Locator::Css(
+        "#s-pending li[data-update='up-one'] button:first-of-type",
+    ))
+    .await
+    .expect("approve")
+    .click()
+    .await
+    .expect("approve");
+    until(5, "up-one approved and off the list", || async {
+        get_json(
+            &s,
+            "/apis/molecule.ai/v1alpha1/namespaces/default/pluginupdates/up-one",
+        )
+        .1["spec"]["decision"]
+            == "Approved"
+            && js(
+                &c,
+                "return [...document.querySelectorAll('#s-pending li')].map(l => l.dataset.update)",
+            )
+            .await
+                == json!(["up-two"])
+    })
+    .await;
+    c.find(Locator::Css(
+        "#s-pending li[data-update='up-two'] button:last-of-type",
+    ))
+    .await
+    .expect("dismiss")
+    .click()
+    .await
+    .expect("dismiss");
+    until(5, "up-two dismissed and the queue empty", || async {
+        get_json(
+            &s,
+            "/apis/molecule.ai/v1alpha1/namespaces/default/pluginupdates/up-two",
+        )
+        .1["spec"]["decision"]
+            == "Dismissed"
+            && js(
+                &c,
+                "return document.getElementById('s-pending').textContent",
+            )
+            .await
+                == "none queued"
+    })
+    .await;
+    press(&c, ESC).await;
+    until(5, "the plugin in the panel", || async {
+        js(&c, "return !!document.querySelector(\"#d-plugins button[aria-label='Uninstall hello-plugin']\")").await == true
+    })
+    .await;
+    c.find(Locator::Css(
+        "#d-plugins button[aria-label='Uninstall hello-plugin']",
+    ))
+    .await
+    .expect("uninstall")
+    .click()
+    .await
+    .expect("uninstall");
+    until(10, "the install gone", || async {
+        get_json(
+            &s,
+            &format!("/apis/molecule.ai/v1alpha1/namespaces/default/plugininstalls/{install}"),
+        )
+        .0 == 404
+            && js(
+                &c,
+                "return document.getElementById('d-plugins').textContent",
+            )
+            .await
+                == "none"
+    })
+    .await;
+
+    c.close().await.expect("close");
+    assert!(violations.is_empty(), "axe: {violations:#?}");
+}

@@ -865,7 +865,7 @@ async function start() {
 // What ui.js uses.
 window.moleculeCanvas = {
   state, api, apiText, stripAnsi, toast, selectNode, runAction, actionsFor, applyDisabled,
-  scheduleRender, relayout, setZoom, zoomFit, toggleCollapse, notReady, health, descendants,
+  scheduleRender, relayout, setZoom, zoomFit, toggleCollapse, notReady, health, descendants, refreshDetailLists,
   NODE_W, NODE_H,
 };
 
