@@ -1471,12 +1471,12 @@ async fn canvas_page_benchmark_1000_workspaces() {
 
 // ---------------------------------------------------------------- the team tabs (ADR 0052)
 
+/// What the fake agent got: (path, text) per call.
+type Heard = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
 /// A fake A2A agent on 127.0.0.1 (the real JSON-RPC wire shape): answers `message/send`
 /// with `echo: <text>` and remembers every text it got, by the path it was called on.
-fn fake_agent() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
-) {
+fn fake_agent() -> (String, Heard) {
     let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = got.clone();
     let addr = fakes::http::serve(std::sync::Arc::new(move |r: &fakes::http::Request| {

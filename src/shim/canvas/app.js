@@ -219,7 +219,7 @@ async function loadAll() {
 }
 
 // Messages of the team (activity, A2A answers, delegations) are for the tabs (tabs.js).
-const TEAM_EVENT = /^(ACTIVITY_LOGGED|A2A_RESPONSE|DELEGATION_|SCHEDULE_|CHANNEL_)/;
+const TEAM_EVENT = /^(ACTIVITY_LOGGED|A2A_RESPONSE|DELEGATION_|CRON_|CHANNEL_)/;
 
 function onMessage(msg) {
   if (!msg || !msg.workspace_id) return;

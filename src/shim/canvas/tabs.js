@@ -234,9 +234,9 @@
     p.textContent = msg;
     for (const f of ['sched-name', 'sched-cron', 'sched-tz', 'sched-prompt']) $(f).removeAttribute('aria-invalid');
     // A 422 names the field: mark it too.
-    const m = /`?(name|cron_expr|timezone|prompt)`?/.exec(msg || '');
-    const field = m && { name: 'sched-name', cron_expr: 'sched-cron', timezone: 'sched-tz', prompt: 'sched-prompt' }[m[1]];
-    if (field) $(field).setAttribute('aria-invalid', 'true');
+    const fields = [[/cron_?expr/i, 'sched-cron'], [/timezone/i, 'sched-tz'], [/prompt/i, 'sched-prompt'], [/name/i, 'sched-name']];
+    const hit = msg && fields.find(([re]) => re.test(msg));
+    if (hit) $(hit[1]).setAttribute('aria-invalid', 'true');
   }
 
   async function saveSchedule(e) {
@@ -343,13 +343,14 @@
     for (const ch of list) {
       const li = el('li', { className: 'channel' });
       li.dataset.index = ch.index;
+      const st = String(ch.state || 'unknown').toLowerCase();
       li.dataset.state = ch.state || '';
       li.dataset.enabled = String(!!ch.enabled);
       li.append(el('b', { textContent: ch.type + ' #' + ch.index }), ' ',
-        el('span', { className: 'badge st-' + (ch.state || 'unknown'), textContent: ch.state || 'unknown' }),
+        el('span', { className: 'badge st-' + st, textContent: ch.state || 'unknown' }),
         el('span', { className: 'muted', textContent: ' ' + (ch.enabled ? 'enabled' : 'disabled') + ' · ' + (ch.message_count || 0) + ' messages' +
           (ch.ignored_count ? ', ' + ch.ignored_count + ' ignored' : '') + ' · last ' + when(ch.last_message_at) }));
-      if (ch.reason || ch.message) li.append(el('div', { className: ch.state === 'error' || ch.state === 'failed' ? 'error-text' : 'muted', textContent: [ch.reason, ch.message].filter(Boolean).join(': ') }));
+      if (ch.reason || ch.message) li.append(el('div', { className: st === 'failed' ? 'error-text' : 'muted', textContent: [ch.reason, ch.message].filter(Boolean).join(': ') }));
       if ((ch.allowed_users || []).length) li.append(el('div', { className: 'muted', textContent: 'allowed: ' + ch.allowed_users.join(', ') }));
       const t = button(ch.enabled ? 'Disable' : 'Enable', async () => {
         try {
@@ -396,8 +397,9 @@
     if (msg.event === 'ACTIVITY_LOGGED' && mine) { refresh('pane-activity'); refresh('pane-schedules'); }
     else if (msg.event === 'A2A_RESPONSE' && mine) { if (!chatPending) refresh('pane-chat'); }
     else if (msg.event.startsWith('DELEGATION_') && (mine || p.target_id === sel)) refresh('pane-comms');
-    else if (msg.event.startsWith('WORKSPACE_') && msg.event !== 'WORKSPACE_HEARTBEAT' && mine) refresh('pane-channels');
-    else if (msg.event.startsWith('SCHEDULE_') && mine) refresh('pane-schedules');
+    // Schedules and channels live in the workspace's spec and status: its updates carry them.
+    else if (msg.event.startsWith('WORKSPACE_') && msg.event !== 'WORKSPACE_HEARTBEAT' && mine) { refresh('pane-channels'); refresh('pane-schedules'); }
+    else if (msg.event.startsWith('CRON_') && mine) refresh('pane-schedules');
     else if (msg.event.startsWith('CHANNEL_') && mine) refresh('pane-channels');
   }
 
