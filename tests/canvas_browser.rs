@@ -2078,3 +2078,294 @@ async fn the_canvas_removes_a_workspace_from_its_org_and_decides_plugin_updates(
     c.close().await.expect("close");
     assert!(violations.is_empty(), "axe: {violations:#?}");
 }
+
+/// Issue 19.5: the Schedules tab lists, creates, refuses a bad cron next to the form, runs
+/// now (the fake agent gets the prompt), edits, shows the history and deletes, against an
+/// `external` workspace whose agent is the test's fake A2A server.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_schedules_tab_creates_runs_edits_and_deletes() {
+    let _g = BROWSER.lock().await;
+    let s = tokio::task::spawn_blocking(|| {
+        Server::start_with(
+            Backend::Sqlite,
+            &["--controllers", "all", "--heartbeat-timeout-seconds", "600"],
+        )
+    })
+    .await
+    .expect("serve");
+    let (agent, got) = fake_agent();
+    let (uid, _) = external_member(&s, "lead", "Lead", &format!("http://{agent}/lead"), None).await;
+    let d = driver();
+    let c = browser(&d).await;
+    c.goto(&format!("http://127.0.0.1:{}/#token={}", s.port, s.token()))
+        .await
+        .expect("open");
+    until(15, "the live stream and the node", || async {
+        js(&c, "return document.getElementById('conn').dataset.state").await == "connected"
+            && nodes(&c).await.len() == 1
+    })
+    .await;
+    select_tab(&c, "Lead", "tab-schedules").await;
+    until(5, "the empty schedule list", || async {
+        js(
+            &c,
+            "return document.getElementById('sched-list').textContent",
+        )
+        .await
+            == "no schedules"
+    })
+    .await;
+    let fill = |name: &'static str, cron: &'static str, prompt: &'static str| {
+        let c = &c;
+        async move {
+            c.execute(
+                "const [n, e, p] = arguments; const set = (id, v) => { document.getElementById(id).value = v; };
+                 set('sched-name', n); set('sched-cron', e); set('sched-tz', 'Europe/Paris'); set('sched-prompt', p); return true",
+                vec![json!(name), json!(cron), json!(prompt)],
+            )
+            .await
+            .expect("fill");
+            c.find(Locator::Id("sched-save"))
+                .await
+                .expect("save")
+                .click()
+                .await
+                .expect("save");
+        }
+    };
+    let spec = || {
+        get_json(
+            &s,
+            "/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/lead",
+        )
+        .1["spec"]["schedules"]
+            .clone()
+    };
+
+    // Create.
+    fill("daily", "0 9 * * *", "status report").await;
+    until(10, "the new schedule listed", || async {
+        js(&c, "return [...document.querySelectorAll('#sched-list li.sched')].map(l => l.dataset.name)").await
+            == json!(["daily"])
+    })
+    .await;
+    assert_eq!(spec()[0]["cronExpr"], "0 9 * * *", "{}", spec());
+    assert_eq!(spec()[0]["timezone"], "Europe/Paris");
+    // A bad cron expression: the server's 422 is shown next to the form, naming the field.
+    fill("broken", "not a cron", "x").await;
+    until(5, "the refusal next to the form", || async {
+        js(&c, "const e = document.getElementById('sched-error'); return !e.hidden && document.getElementById('sched-cron').getAttribute('aria-invalid')").await
+            == "true"
+    })
+    .await;
+    let refusal = js(
+        &c,
+        "return document.getElementById('sched-error').textContent",
+    )
+    .await;
+    assert!(
+        refusal
+            .as_str()
+            .unwrap_or("")
+            .to_lowercase()
+            .contains("cron"),
+        "{refusal}"
+    );
+    assert_eq!(
+        spec().as_array().map(Vec::len),
+        Some(1),
+        "nothing half-created"
+    );
+    let mut violations = axe(&c, "schedules tab with a refusal").await;
+    js(&c, "document.getElementById('sched-cancel').click(); document.getElementById('sched-name').value = ''; return true").await;
+
+    // Run now: the agent gets the prompt; the run shows in the list.
+    c.find(Locator::Css(
+        "#sched-list li[data-name='daily'] button[aria-label='Run now daily']",
+    ))
+    .await
+    .expect("run now")
+    .click()
+    .await
+    .expect("run");
+    until(20, "the prompt at the agent", || async {
+        got.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(_, t)| t.contains("status report"))
+    })
+    .await;
+    until(20, "the run in the list", || async {
+        js(&c, "const l = document.querySelector(\"#sched-list li[data-name='daily']\"); return l ? l.textContent : ''").await
+            .as_str()
+            .unwrap_or("")
+            .contains("1 run")
+    })
+    .await;
+    c.find(Locator::Css(
+        "#sched-list li[data-name='daily'] button[aria-label='History daily']",
+    ))
+    .await
+    .expect("history")
+    .click()
+    .await
+    .expect("history");
+    until(10, "the history", || async {
+        let t = js(&c, "return document.querySelector(\"#sched-list li[data-name='daily'] .history\").textContent").await;
+        let t = t.as_str().unwrap_or("");
+        !t.is_empty() && t != "Loading…" && t != "no runs yet" && !t.starts_with("Could not")
+    })
+    .await;
+
+    // Edit.
+    c.find(Locator::Css(
+        "#sched-list li[data-name='daily'] button[aria-label='Edit daily']",
+    ))
+    .await
+    .expect("edit")
+    .click()
+    .await
+    .expect("edit");
+    assert_eq!(active(&c).await, "sched-name", "the form takes the focus");
+    assert_eq!(
+        js(&c, "return [document.getElementById('sched-cron').value, document.getElementById('sched-save').textContent]").await,
+        json!(["0 9 * * *", "Save"])
+    );
+    fill("daily", "0 9 * * 1", "weekly report").await;
+    until(10, "the edit saved", || async {
+        spec()[0]["cronExpr"] == "0 9 * * 1" && spec()[0]["prompt"] == "weekly report"
+    })
+    .await;
+    violations.extend(axe(&c, "schedules tab").await);
+
+    // Delete (after the confirmation).
+    js(&c, "window.confirm = () => true; return true").await;
+    c.find(Locator::Css(
+        "#sched-list li[data-name='daily'] button[aria-label='Delete daily']",
+    ))
+    .await
+    .expect("delete")
+    .click()
+    .await
+    .expect("delete");
+    until(10, "the schedule gone", || async {
+        js(
+            &c,
+            "return document.getElementById('sched-list').textContent",
+        )
+        .await
+            == "no schedules"
+            && spec().as_array().is_none_or(Vec::is_empty)
+    })
+    .await;
+    let _ = uid;
+    c.close().await.expect("close");
+    assert!(violations.is_empty(), "axe: {violations:#?}");
+}
+
+/// Issue 19.9: the Channels tab shows each channel's state as the channel controller writes
+/// it (here written to the API as it would), follows workspace updates live, and enables or
+/// disables a channel (spec.channels[i].enabled).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_channels_tab_shows_state_and_toggles_a_channel() {
+    let _g = BROWSER.lock().await;
+    let s = tokio::task::spawn_blocking(|| Server::start(Backend::Sqlite))
+        .await
+        .expect("serve");
+    create_ws(
+        &s,
+        "bot",
+        json!({"displayName": "Bot", "channels": [
+            {"type": "telegram", "config": {"mode": "dm"}, "allowedUsers": ["alice"]},
+            {"type": "smoke-signals", "enabled": false}]}),
+        json!({}),
+    );
+    patch_status(
+        &s,
+        "bot",
+        json!({"phase": "Online", "channels": [
+            {"type": "telegram", "state": "Connected", "messageCount": 3, "ignoredCount": 1,
+             "lastMessageAt": "2026-12-04T10:00:00Z"},
+            {"type": "smoke-signals", "state": "Failed", "reason": "UnsupportedType",
+             "message": "no adapter for smoke-signals"}]}),
+    );
+    let d = driver();
+    let c = browser(&d).await;
+    c.goto(&format!("http://127.0.0.1:{}/#token={}", s.port, s.token()))
+        .await
+        .expect("open");
+    until(15, "the live stream and the node", || async {
+        js(&c, "return document.getElementById('conn').dataset.state").await == "connected"
+            && nodes(&c).await.len() == 1
+    })
+    .await;
+    select_tab(&c, "Bot", "tab-channels").await;
+    let rows = "return [...document.querySelectorAll('#channels-list li.channel')].map(l => [l.dataset.index, l.dataset.state, l.dataset.enabled])";
+    until(5, "both channels with their state", || async {
+        js(&c, rows).await == json!([["0", "Connected", "true"], ["1", "Failed", "false"]])
+    })
+    .await;
+    let text = js(
+        &c,
+        "return document.getElementById('channels-list').textContent",
+    )
+    .await;
+    let text = text.as_str().unwrap_or("");
+    assert!(
+        text.contains("3 messages, 1 ignored")
+            && text.contains("UnsupportedType: no adapter for smoke-signals")
+            && text.contains("allowed: alice"),
+        "{text}"
+    );
+    let violations = axe(&c, "channels tab").await;
+    c.find(Locator::Css(
+        "#channels-list button[aria-label='Disable telegram channel 0']",
+    ))
+    .await
+    .expect("disable")
+    .click()
+    .await
+    .expect("disable");
+    until(10, "telegram disabled in the spec and the tab", || async {
+        get_json(
+            &s,
+            "/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/bot",
+        )
+        .1["spec"]["channels"][0]["enabled"]
+            == false
+            && js(&c, rows).await[0][2] == "false"
+    })
+    .await;
+    // The controller's answer arrives as a workspace update: the tab follows it.
+    patch_status(
+        &s,
+        "bot",
+        json!({"channels": [
+            {"type": "telegram", "state": "Disabled", "messageCount": 3, "ignoredCount": 1},
+            {"type": "smoke-signals", "state": "Failed", "reason": "UnsupportedType"}]}),
+    );
+    until(5, "the new state, live", || async {
+        js(&c, rows).await[0][1] == "Disabled"
+    })
+    .await;
+    c.find(Locator::Css(
+        "#channels-list button[aria-label='Enable telegram channel 0']",
+    ))
+    .await
+    .expect("enable")
+    .click()
+    .await
+    .expect("enable");
+    until(10, "telegram enabled again", || async {
+        let v = get_json(
+            &s,
+            "/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/bot",
+        )
+        .1["spec"]["channels"][0]["enabled"]
+            .clone();
+        v.is_null() || v == true
+    })
+    .await;
+    c.close().await.expect("close");
+    assert!(violations.is_empty(), "axe: {violations:#?}");
+}
