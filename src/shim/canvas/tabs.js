@@ -53,9 +53,9 @@
 
   let chatPending = 0;
 
-  function chatLine(who, text, cls) {
+  function chatLine(who, text, cls, label) {
     const li = el('li', { className: 'msg ' + (cls || who) },
-      el('span', { className: 'who', textContent: who === 'user' ? 'You' : who === 'agent' ? nameOf(state.selected) : who }),
+      el('span', { className: 'who', textContent: label || (who === 'user' ? 'You' : nameOf(state.selected)) }),
       el('span', { className: 'text', textContent: text }));
     $('chat-log').appendChild(li);
     li.scrollIntoView({ block: 'nearest' });
@@ -77,7 +77,9 @@
     log.textContent = '';
     for (const r of rows.slice().reverse()) {
       const q = requestText(r.request_body);
-      if (q) chatLine('user', q);
+      // Messages the platform sent for a schedule or a channel name their origin.
+      const origin = /^((?:schedule|channel):[^:]*): /.exec(r.summary || '');
+      if (q) chatLine('user', q, origin ? 'user platform' : 'user', origin ? origin[1] : null);
       const a = replyText(r.response_body) || (r.error_detail ? 'Error: ' + r.error_detail : '');
       if (a) chatLine('agent', a, r.status === 'ok' ? 'agent' : 'agent err');
     }
@@ -228,14 +230,14 @@
     schedError('');
   }
 
-  function schedError(msg) {
+  // A 422 names the field (`field`, else in the message): it is marked invalid too.
+  function schedError(msg, field) {
     const p = $('sched-error');
     p.hidden = !msg;
     p.textContent = msg;
     for (const f of ['sched-name', 'sched-cron', 'sched-tz', 'sched-prompt']) $(f).removeAttribute('aria-invalid');
-    // A 422 names the field: mark it too.
     const fields = [[/cron_?expr/i, 'sched-cron'], [/timezone/i, 'sched-tz'], [/prompt/i, 'sched-prompt'], [/name/i, 'sched-name']];
-    const hit = msg && fields.find(([re]) => re.test(msg));
+    const hit = msg && fields.find(([re]) => re.test(field || msg));
     if (hit) $(hit[1]).setAttribute('aria-invalid', 'true');
   }
 
@@ -256,7 +258,7 @@
       schedForm(null);
       refreshSchedules();
     } catch (err) {
-      schedError(err.message);
+      schedError(err.message, err.body && err.body.field);
     }
   }
 
@@ -275,7 +277,7 @@
       box.textContent = '';
       const list = Array.isArray(runs) ? runs : (runs && runs.items) || [];
       for (const r of list.slice(0, 10)) {
-        box.append(el('div', { className: 'muted', textContent: when(r.started_at || r.created_at || r.run_at) + ' · ' + (r.status || '') + (r.error || r.error_detail ? ' · ' + (r.error || r.error_detail) : '') }));
+        box.append(el('div', { className: 'muted', textContent: when(r.run_at || r.started_at || r.created_at) + ' · ' + (r.status || '') + (r.error || r.error_detail ? ' · ' + (r.error || r.error_detail) : '') }));
       }
       if (!list.length) box.textContent = 'no runs yet';
     } catch (e) { box.textContent = 'Could not load the history: ' + e.message; }
