@@ -353,6 +353,9 @@
         el('span', { className: 'muted', textContent: ' ' + (ch.enabled ? 'enabled' : 'disabled') + ' · ' + (ch.message_count || 0) + ' messages' +
           (ch.ignored_count ? ', ' + ch.ignored_count + ' ignored' : '') + ' · last ' + when(ch.last_message_at) }));
       if (ch.reason || ch.message) li.append(el('div', { className: st === 'failed' ? 'error-text' : 'muted', textContent: [ch.reason, ch.message].filter(Boolean).join(': ') }));
+      const conf = Object.entries(ch.config || {}).map(([k, v]) => k + '=' + v);
+      if (ch.token_from) conf.push('token from Secret ' + ch.token_from.secret + (ch.token_from.key ? '/' + ch.token_from.key : ''));
+      if (conf.length) li.append(el('div', { className: 'muted', textContent: conf.join(' · ') }));
       if ((ch.allowed_users || []).length) li.append(el('div', { className: 'muted', textContent: 'allowed: ' + ch.allowed_users.join(', ') }));
       const t = button(ch.enabled ? 'Disable' : 'Enable', async () => {
         try {
