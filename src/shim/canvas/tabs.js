@@ -189,7 +189,22 @@
   const FLASH_MS = 4000;
   const flashes = new Map(); // "source>target" -> {line, timer}
 
-  function flashEdge(source, target) {
+  // The node that stands for `id` on the chart: itself, or its nearest shown ancestor when it
+  // sits in a folded subtree.
+  function shownFor(id) {
+    const seen = new Set();
+    let w = state.ws.get(id);
+    while (w && !seen.has(w.id)) {
+      seen.add(w.id);
+      const e = state.els.get(w.id);
+      if (e && !e.hidden && state.pos.has(w.id)) return w.id;
+      w = w.parent_id ? state.ws.get(w.parent_id) : null;
+    }
+    return null;
+  }
+
+  function flashEdge(from, to) {
+    const source = shownFor(from), target = shownFor(to);
     if (!source || !target || source === target) return;
     const a = state.pos.get(source), b = state.pos.get(target);
     const ea = state.els.get(source), eb = state.els.get(target);
