@@ -8,6 +8,7 @@
 pub mod controlplane;
 pub mod docker;
 pub mod events;
+pub mod files_dir;
 pub mod metered;
 pub mod simulated;
 pub mod volume_dir;

@@ -53,6 +53,13 @@ pub const CANVAS_ANNOTATION: &str = "molecule.ai/canvas";
 /// Label naming the OrgImport a child belongs to.
 pub const ORG_LABEL: &str = "molecule.ai/org";
 
+/// Annotation carrying, as JSON, the agent card a workspace was imported with from a bundle:
+/// shown until its agent registers a card of its own (ADR 0055).
+pub const AGENT_CARD_ANNOTATION: &str = "molecule.ai/agent-card";
+
+/// Annotation naming the workspace id a bundle was exported from (ADR 0055).
+pub const SOURCE_BUNDLE_ANNOTATION: &str = "molecule.ai/source-bundle-id";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 pub mod a2a;
 pub mod activity;
 pub mod auth;
+pub mod bundles;
 pub mod cache;
 pub mod canvas;
 pub mod delegations;
@@ -179,6 +180,8 @@ impl Shim {
             .route("/admin/plugin-updates/{id}/apply", post(plugins::apply))
             .route("/org/templates", get(org::templates))
             .route("/org/import", post(org::import))
+            .route("/bundles/export/{id}", get(bundles::export))
+            .route("/bundles/import", post(bundles::import))
             .route("/events", get(events::list))
             .route("/events/stream", get(ws::sse))
             .route("/events/{workspace_id}", get(events::for_workspace))

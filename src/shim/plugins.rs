@@ -106,7 +106,7 @@ fn record_name(workspace: &str, plugin: &str) -> String {
     }
 }
 
-fn plugin_of(p: &PluginInstall) -> String {
+pub fn plugin_of(p: &PluginInstall) -> String {
     p.labels()
         .get(PLUGIN_LABEL)
         .cloned()
@@ -150,7 +150,31 @@ fn install_json(p: &PluginInstall) -> Value {
     })
 }
 
-async fn installs_of(shim: &Shim, ws: &Workspace) -> Result<Vec<PluginInstall>, ShimError> {
+/// The PluginInstall of `plugin` in `ws` (`spec.workspaceRef` is filled in): named after both,
+/// labelled with both, owned by the workspace, so deleting the workspace uninstalls it.
+pub fn install_record(ws: &Workspace, plugin: &str, spec: PluginInstallSpec) -> PluginInstall {
+    let mut record = PluginInstall::new(
+        &record_name(&ws.name_any(), plugin),
+        PluginInstallSpec {
+            workspace_ref: LocalObjectReference {
+                name: ws.name_any(),
+            },
+            ..spec
+        },
+    );
+    record.metadata.labels = Some(
+        [
+            (PLUGIN_LABEL.to_string(), plugin.chars().take(63).collect()),
+            (WORKSPACE_LABEL.to_string(), ws.name_any()),
+        ]
+        .into(),
+    );
+    record.metadata.owner_references = ws.owner_ref(&()).map(|o| vec![o]);
+    record
+}
+
+/// The PluginInstalls of one workspace.
+pub async fn installs_of(shim: &Shim, ws: &Workspace) -> Result<Vec<PluginInstall>, ShimError> {
     let api: Api<PluginInstall> =
         Api::namespaced(shim.client.clone(), &ws.namespace().unwrap_or_default());
     let name = ws.name_any();
@@ -314,12 +338,10 @@ pub async fn install(
     {
         return reinstall(&shim, &id, &existing, &source, track).await;
     }
-    let mut record = PluginInstall::new(
-        &record_name(&ws.name_any(), &plugin),
+    let mut record = install_record(
+        &ws,
+        &plugin,
         PluginInstallSpec {
-            workspace_ref: LocalObjectReference {
-                name: ws.name_any(),
-            },
             source: source.clone(),
             track,
             update_policy: policy,
@@ -327,17 +349,9 @@ pub async fn install(
             ..Default::default()
         },
     );
-    record.metadata.labels = Some(
-        [
-            (PLUGIN_LABEL.to_string(), plugin.chars().take(63).collect()),
-            (WORKSPACE_LABEL.to_string(), ws.name_any()),
-        ]
-        .into(),
-    );
     if by_workspace && let Some(labels) = record.metadata.labels.as_mut() {
         labels.insert(REQUESTED_BY_LABEL.to_string(), "workspace".to_string());
     }
-    record.metadata.owner_references = ws.owner_ref(&()).map(|o| vec![o]);
     let api: Api<PluginInstall> = Api::namespaced(shim.client.clone(), &ns);
     let created = match api.create(&PostParams::default(), &record).await {
         Ok(c) => c,

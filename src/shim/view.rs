@@ -134,6 +134,20 @@ fn position(ws: &Workspace, key: &str, axis: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The card the agent registered, or else the one it was imported with from a bundle (ADR 0055).
+pub fn agent_card(ws: &Workspace) -> Option<Value> {
+    ws.status
+        .as_ref()
+        .and_then(|s| s.agent_card.clone())
+        .filter(|c| !c.is_null())
+        .or_else(|| {
+            ws.annotations()
+                .get(crate::resources::names::AGENT_CARD_ANNOTATION)
+                .and_then(|v| serde_json::from_str::<Value>(v).ok())
+                .filter(Value::is_object)
+        })
+}
+
 /// Renders a record. `parent_id` is the uid of the parent record (resolved by the caller from
 /// `spec.parentRef`), `provision_timeout_secs` the Runtime's override, if any.
 pub fn render(
@@ -155,7 +169,7 @@ pub fn render(
         tier: ws.spec.tier.unwrap_or(2),
         status: status_of(ws),
         runtime: ws.spec.runtime.clone().unwrap_or_else(|| "echo".into()),
-        agent_card: st.agent_card.clone(),
+        agent_card: agent_card(ws),
         url: st.url.clone().unwrap_or_default(),
         parent_id,
         active_tasks: st.active_tasks.unwrap_or(0),

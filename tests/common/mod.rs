@@ -502,3 +502,36 @@ pub fn ws_yaml(name: &str, extra: &str) -> String {
         "apiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: {name}\nspec:\n  runtime: echo\n{extra}"
     )
 }
+
+/// A server whose Docker objects are removed by installation (`molecule.ai/instance`) when it
+/// is dropped, after the server is stopped (also when a test fails): for workspaces in a
+/// namespace other installations may share, such as `default`.
+pub struct Installation(pub Server);
+
+impl std::ops::Deref for Installation {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.0
+    }
+}
+
+impl Drop for Installation {
+    fn drop(&mut self) {
+        self.0.kill9();
+        let id = std::fs::read_to_string(self.0.data_dir().join("instance-id")).unwrap_or_default();
+        let id = id.trim();
+        if id.is_empty() {
+            return;
+        }
+        let filter = format!("label=molecule.ai/instance={id}");
+        for c in docker(&["ps", "-aq", "--filter", &filter]).1.lines() {
+            docker(&["rm", "-f", c]);
+        }
+        for v in docker(&["volume", "ls", "-q", "--filter", &filter])
+            .1
+            .lines()
+        {
+            docker(&["volume", "rm", "-f", v]);
+        }
+    }
+}

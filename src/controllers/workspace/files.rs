@@ -3,8 +3,9 @@
 //! to that root, with symlinks resolved at the root and never followed outside it. Pure apart from
 //! reading files.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
+use crate::backends::files_dir::DirError;
 use crate::backends::{ConfigFile, normalize_line_endings, validate_file_path};
 use crate::resources::Workspace;
 
@@ -88,83 +89,27 @@ pub fn inline_files(ws: &Workspace) -> Result<Vec<ConfigFile>, FilesError> {
     Ok(out)
 }
 
-/// Resolves `files_dir` under `root`: relative, no `..`; the root itself may be a symlink and
-/// the dir may be a symlink whose target stays inside the root.
+/// Resolves `files_dir` under `root` (`backends::files_dir::resolve`).
 pub fn resolve_files_dir(root: &Path, files_dir: &str) -> Result<PathBuf, FilesError> {
-    let rel = Path::new(files_dir);
-    if rel.is_absolute()
-        || rel
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return Err(FilesError::Escapes);
-    }
-    let root = root.canonicalize().map_err(|_| FilesError::NotFound)?;
-    let dir = root
-        .join(rel)
-        .canonicalize()
-        .map_err(|_| FilesError::NotFound)?;
-    if !dir.starts_with(&root) {
-        return Err(FilesError::Escapes);
-    }
-    if !dir.is_dir() {
-        return Err(FilesError::NotFound);
-    }
-    Ok(dir)
+    crate::backends::files_dir::resolve(root, files_dir).map_err(FilesError::from)
 }
 
-/// Reads every regular file under `dir` (symlinks inside are skipped, never followed).
+/// Reads every regular file under `dir` (`backends::files_dir::read`), within the limits.
 pub fn read_files_dir(dir: &Path) -> Result<Vec<ConfigFile>, FilesError> {
-    let mut out = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&d)
-            .map_err(|_| FilesError::NotFound)?
-            .filter_map(Result::ok)
-            .collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let Ok(ft) = e.file_type() else { continue };
-            let p = e.path();
-            if ft.is_symlink() {
-                continue;
-            }
-            if ft.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            if !ft.is_file() {
-                continue;
-            }
-            let rel = p
-                .strip_prefix(dir)
-                .map_err(|_| FilesError::Escapes)?
-                .to_string_lossy()
-                .replace('\\', "/");
-            if matches!(rel.as_str(), "config.yaml" | ".auth_token") {
-                continue;
-            }
-            // The limit holds while reading: a huge (or growing) file is never read whole
-            // (ADR 0039).
-            let content = match crate::orgtemplate::read_limited(&p, MAX_FILE_BYTES as u64) {
-                Ok(c) => c,
-                Err(crate::orgtemplate::ReadError::TooLarge(_)) => {
-                    return Err(FilesError::TooLarge(rel));
-                }
-                Err(crate::orgtemplate::ReadError::Io(_)) => return Err(FilesError::NotFound),
-            };
-            out.push(ConfigFile {
-                content: normalize_line_endings(&rel, &content),
-                path: rel,
-                mode: 0o644,
-            });
-            if out.len() > MAX_FILES {
-                return Err(FilesError::TooMany);
-            }
-        }
-    }
+    let out = crate::backends::files_dir::read(dir, MAX_FILE_BYTES, MAX_FILES)?;
     check_total(&out)?;
     Ok(out)
+}
+
+impl From<DirError> for FilesError {
+    fn from(e: DirError) -> Self {
+        match e {
+            DirError::Escapes => FilesError::Escapes,
+            DirError::NotFound => FilesError::NotFound,
+            DirError::TooMany => FilesError::TooMany,
+            DirError::TooLarge(rel) => FilesError::TooLarge(rel),
+        }
+    }
 }
 
 #[cfg(test)]
