@@ -218,6 +218,9 @@ pub struct Host {
     workspaces: Option<cache::SharedCache<Workspace>>,
     routes: Routes,
     fills: Fills,
+    /// The path of platform-originated messages the schedule and channel controllers use
+    /// (ADR 0053, ADR 0054).
+    platform: Option<Arc<crate::teams::Teams>>,
 }
 
 impl Host {
@@ -273,12 +276,21 @@ impl Host {
                 a2a: a2a_fill,
                 images: images_fill,
             },
+            platform: None,
         }
     }
 
     /// Runs delegations and queues calls to busy workspaces through `teams` (ADR 0051).
     pub fn with_teams(mut self, teams: Arc<crate::teams::Teams>) -> Host {
-        self.routes.delegations = Some(teams);
+        self.routes.delegations = Some(teams.clone());
+        self.platform = Some(teams);
+        self
+    }
+
+    /// Lets the schedule and channel controllers send platform messages through `teams`
+    /// without serving the delegation routes (the operator; ADR 0053, ADR 0054).
+    pub fn with_platform_messages(mut self, teams: Arc<crate::teams::Teams>) -> Host {
+        self.platform = Some(teams);
         self
     }
 
@@ -297,6 +309,7 @@ impl Host {
             workspaces,
             routes,
             fills,
+            platform,
         } = self;
         controllers::check_crds(&client).await?;
         let selection = settings.selection.clone();
@@ -368,6 +381,7 @@ impl Host {
             workspaces,
             triggers,
             platform_url,
+            teams: platform,
         };
         let result = controllers::run(
             client,

@@ -14,6 +14,7 @@ pub mod archive;
 pub mod audit;
 pub mod backends;
 pub mod controllers;
+pub mod cron;
 pub mod git;
 pub mod host;
 pub mod images;

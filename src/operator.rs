@@ -210,8 +210,33 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
             shutdown.clone(),
         );
     }
+    // Schedules and channels send their messages through the Teams service (ADR 0053, ADR 0054),
+    // which needs the store.
+    let platform = match audit.store() {
+        Some(store)
+            if opts
+                .controllers
+                .0
+                .iter()
+                .any(|c| c == "channel" || c == "schedule") =>
+        {
+            Some(crate::teams::Teams::start(
+                client.clone(),
+                store,
+                &crate::util::random_token(),
+                None,
+                metrics.clone(),
+                crate::teams::service::Settings::from_env(),
+                shutdown.clone(),
+            ))
+        }
+        _ => None,
+    };
     let settings = host_settings(&opts, instance, audit, plugins, election, ready.clone())?;
-    let host = crate::host::Host::new(client, settings, metrics.clone());
+    let mut host = crate::host::Host::new(client, settings, metrics.clone());
+    if let Some(teams) = platform {
+        host = host.with_platform_messages(teams);
+    }
     let http = {
         let app = crate::host::router(
             &host.routes(),

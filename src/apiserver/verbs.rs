@@ -269,6 +269,36 @@ pub fn check_namespace(
     Ok(ns)
 }
 
+/// The rules of a Workspace's `spec.schedules` a schema cannot say (ADR 0053), checked when the
+/// list changes (`old` is the stored object): a record stored before a rule existed keeps
+/// taking status writes (ratcheting, as kube-apiserver does).
+pub fn check_schedules(
+    def: &ResourceDef,
+    new: &Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    if def.group != crate::resources::GROUP || def.kind != "Workspace" {
+        return Ok(());
+    }
+    let list = |v: &Value| v.pointer("/spec/schedules").cloned();
+    if old.is_some_and(|o| list(o) == list(new)) {
+        return Ok(());
+    }
+    let causes = validation::workspace_schedules(new);
+    if causes.is_empty() {
+        return Ok(());
+    }
+    let name = meta_str(new, "name").unwrap_or("").to_string();
+    Err(invalid(
+        def,
+        &name,
+        causes
+            .into_iter()
+            .map(|c| cause(&c.field, c.reason, c.message))
+            .collect(),
+    ))
+}
+
 /// Schema and metadata validation, with unknown fields handled by `mode`.
 /// Returns the warnings to send.
 pub fn validate(

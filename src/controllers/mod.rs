@@ -17,6 +17,7 @@ use kube::runtime::reflector::ObjectRef;
 use crate::telemetry::Metrics;
 
 pub mod cache;
+pub mod channel;
 #[cfg(test)]
 mod inproc;
 pub mod kit;
@@ -27,10 +28,19 @@ pub mod rbac;
 pub mod reaper;
 pub mod report;
 pub mod runtime;
+pub mod schedule;
 pub mod workspace;
 
 /// Names of the controllers this build has, in start order.
-pub const KNOWN: &[&str] = &["workspace", "reaper", "plugin", "org_import", "runtime"];
+pub const KNOWN: &[&str] = &[
+    "workspace",
+    "reaper",
+    "plugin",
+    "org_import",
+    "runtime",
+    "channel",
+    "schedule",
+];
 
 /// Settings of the controllers.
 #[derive(Clone)]
@@ -67,6 +77,9 @@ pub struct Services {
     pub triggers: Triggers,
     /// The URL agents are told to call; `Some` once the agent listener is bound.
     pub platform_url: Option<String>,
+    /// The path of platform-originated messages (schedules, ADR 0053; channels, ADR 0054);
+    /// `None` where this process does not run the Teams service.
+    pub teams: Option<Arc<crate::teams::Teams>>,
 }
 
 /// Fast triggers of the Workspace controller and the reaper.
@@ -333,7 +346,16 @@ pub async fn run(
         workspaces,
         triggers,
         platform_url,
+        teams,
     } = services;
+    for c in ["channel", "schedule"] {
+        if wants(c) && teams.is_none() {
+            tracing::warn!(
+                controller = c,
+                "this controller sends through the Teams service, which this process does not run (the operator runs it with DATABASE_URL): it stays idle"
+            );
+        }
+    }
     let ws_triggers = triggers.workspaces;
     let reap_triggers = triggers.reaper;
     let live_uids = triggers.live;
@@ -455,6 +477,27 @@ pub async fn run(
                 client.clone(),
                 images.clone(),
                 metrics.clone(),
+                term.clone(),
+            ));
+        }
+        if wants("channel")
+            && let Some(teams) = &teams
+        {
+            tasks.spawn(channel::run(
+                client.clone(),
+                teams.clone(),
+                metrics.clone(),
+                term.clone(),
+            ));
+        }
+        if wants("schedule")
+            && let Some(teams) = &teams
+        {
+            tasks.spawn(schedule::run(
+                client.clone(),
+                teams.clone(),
+                metrics.clone(),
+                schedule::Settings::default(),
                 term.clone(),
             ));
         }

@@ -398,6 +398,7 @@ fn schedules_are_carried_and_bad_ones_skipped_with_their_place() {
       - {name: silent, cron_expr: "@hourly", prompt: "   "}
       - {name: standup, cron_expr: "@daily", prompt: again}
       - {cron_expr: "@weekly", prompt: unnamed}
+      - {name: martian, cron_expr: "@daily", timezone: Mars/Olympus, prompt: x}
 "#,
         ),
         ("org/lead/standup.md", "post the standup\n"),
@@ -409,7 +410,12 @@ fn schedules_are_carried_and_bad_ones_skipped_with_their_place() {
     assert_eq!(w.schedules[0].prompt, "post the standup\n");
     assert_eq!(w.schedules[0].timezone.as_deref(), Some("Europe/Berlin"));
     assert!(!w.schedules[1].enabled);
-    assert_eq!(w.schedules_skipped.len(), 3, "{:?}", w.schedules_skipped);
+    assert_eq!(w.schedules_skipped.len(), 4, "{:?}", w.schedules_skipped);
+    assert!(
+        w.schedules_skipped[3].contains("unknown time zone"),
+        "{}",
+        w.schedules_skipped[3]
+    );
     assert!(
         w.schedules_skipped[0].starts_with("org/org.yaml:7:"),
         "{}",

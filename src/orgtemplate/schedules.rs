@@ -103,6 +103,16 @@ pub(crate) fn finish(
             skipped.push(skip(why));
             continue;
         }
+        // The API server refuses an unknown zone or a name with '/' (ADR 0053): skipped here,
+        // so the workspace itself is still created.
+        if let Err(why) = crate::cron::zone(d.timezone.as_deref()) {
+            skipped.push(skip(why));
+            continue;
+        }
+        if d.name.contains('/') {
+            skipped.push(skip("its name contains '/'".into()));
+            continue;
+        }
         let Some(prompt) = prompt.filter(|p| !p.trim().is_empty()) else {
             skipped.push(skip("its prompt is empty".into()));
             continue;
@@ -124,85 +134,11 @@ pub(crate) fn finish(
     (out, skipped)
 }
 
-const MONTHS: &[&str] = &[
-    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-];
-const DAYS: &[&str] = &["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
-
 /// A standard five-field cron expression (minute hour day-of-month month day-of-week, with
-/// `*`, lists, ranges, steps and month/day names) or a descriptor such as `@daily`.
+/// `*`, lists, ranges, steps and month/day names) or a descriptor such as `@daily`
+/// ([`crate::cron`], ADR 0053).
 pub fn check_cron(expr: &str) -> Result<(), String> {
-    let expr = expr.trim();
-    if expr.is_empty() {
-        return Err("the cron expression is empty".into());
-    }
-    if let Some(d) = expr.strip_prefix('@') {
-        return match d {
-            "yearly" | "annually" | "monthly" | "weekly" | "daily" | "midnight" | "hourly" => {
-                Ok(())
-            }
-            _ => Err(format!("unknown cron descriptor {expr:?}")),
-        };
-    }
-    let fields: Vec<&str> = expr.split_whitespace().collect();
-    if fields.len() != 5 {
-        return Err(format!(
-            "invalid cron expression {expr:?}: expected 5 fields (minute hour day month weekday), got {}",
-            fields.len()
-        ));
-    }
-    let specs: [(&str, u32, u32, &[&str]); 5] = [
-        ("minute", 0, 59, &[]),
-        ("hour", 0, 23, &[]),
-        ("day of month", 1, 31, &[]),
-        ("month", 1, 12, MONTHS),
-        ("day of week", 0, 7, DAYS),
-    ];
-    for (field, (what, lo, hi, names)) in fields.iter().zip(specs) {
-        check_field(field, lo, hi, names)
-            .map_err(|why| format!("invalid cron expression {expr:?}: {what} {field:?}: {why}"))?;
-    }
-    Ok(())
-}
-
-fn check_field(field: &str, lo: u32, hi: u32, names: &[&str]) -> Result<(), String> {
-    let value = |s: &str| -> Result<u32, String> {
-        if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(s)) {
-            // Months are 1-based, days 0-based.
-            return Ok(i as u32 + lo);
-        }
-        let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-        if !(lo..=hi).contains(&n) {
-            return Err(format!("{n} is outside {lo}-{hi}"));
-        }
-        Ok(n)
-    };
-    for part in field.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((r, s)) => (r, Some(s)),
-            None => (part, None),
-        };
-        if let Some(s) = step {
-            match s.parse::<u32>() {
-                Ok(n) if n > 0 => {}
-                _ => return Err(format!("step {s:?} must be a positive number")),
-            }
-        }
-        if range == "*" || range == "?" {
-            continue;
-        }
-        match range.split_once('-') {
-            Some((a, b)) => {
-                if value(a)? > value(b)? {
-                    return Err(format!("range {range:?} runs backwards"));
-                }
-            }
-            None => {
-                value(range)?;
-            }
-        }
-    }
-    Ok(())
+    crate::cron::Cron::parse(expr).map(|_| ())
 }
 
 #[cfg(test)]

@@ -50,6 +50,11 @@ pub fn download_path(namespace: &str, name: &str) -> String {
 /// the canvas when no position was set through `PATCH x/y`).
 pub const CANVAS_ANNOTATION: &str = "molecule.ai/canvas";
 
+/// Annotation asking for schedules to fire now: a JSON object of schedule name → the RFC 3339
+/// time of the request. A request newer than the schedule's `lastRunAt` fires it once
+/// (`POST /workspaces/:id/schedules/:name/run`, ADR 0053).
+pub const RUN_SCHEDULES_ANNOTATION: &str = "molecule.ai/run-schedules";
+
 /// Label naming the OrgImport a child belongs to.
 pub const ORG_LABEL: &str = "molecule.ai/org";
 

@@ -15,13 +15,21 @@ use super::SecretKeySelector;
 #[serde(rename_all = "camelCase")]
 pub struct ScheduleSpec {
     /// Unique within the workspace; the REST routes use it as the schedule's id.
+    #[schemars(length(min = 1, max = 128), pattern(r"^[^/]+$"))]
     pub name: String,
-    /// Five-field cron expression (minute hour day-of-month month day-of-week).
+    /// Five-field cron expression (minute hour day-of-month month day-of-week) or a
+    /// descriptor such as `@daily`.
+    #[schemars(
+        length(min = 1, max = 200),
+        pattern(r"^\s*(@[a-z]+|\S+(\s+\S+){4})\s*$")
+    )]
     pub cron_expr: String,
     /// IANA time zone the expression is read in; UTC when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), pattern(r"^[A-Za-z0-9/_+-]*$"))]
     pub timezone: Option<String>,
     /// The message sent at each fire.
+    #[schemars(length(min = 1, max = 65536))]
     pub prompt: String,
     /// A disabled schedule keeps its history but does not fire.
     #[serde(default = "enabled_default", skip_serializing_if = "is_true")]
@@ -88,6 +96,10 @@ pub struct ChannelStatus {
     /// Messages from users not in `allowedUsers`, ignored.
     #[serde(default)]
     pub ignored_count: i64,
+    /// Where the adapter resumes after a restart (Telegram: the last `update_id` handled), so
+    /// no inbound message is delivered twice (ADR 0054).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update_id: Option<i64>,
 }
 
 fn enabled_default() -> bool {

@@ -138,8 +138,10 @@ pub struct WorkspaceSpec {
     /// For runtime `external`: the agent's own URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// Cron schedules that send the workspace a prompt.
+    /// Cron schedules that send the workspace a prompt (names unique: a map list keyed by
+    /// `name`; cron and zone are checked by the API server, ADR 0053).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub schedules: Vec<super::ScheduleSpec>,
     /// Chat channels bridged to the workspace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

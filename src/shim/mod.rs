@@ -12,6 +12,7 @@ pub mod auth;
 pub mod bundles;
 pub mod cache;
 pub mod canvas;
+pub mod channels;
 pub mod delegations;
 pub mod discovery;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod org;
 pub mod plugin_download;
 pub mod plugins;
 pub mod registry;
+pub mod schedules;
 pub mod secrets;
 pub mod teams;
 pub mod test_tokens;
@@ -159,6 +161,11 @@ impl Shim {
                 get(secrets::list).post(secrets::set).put(secrets::set),
             )
             .route("/workspaces/{id}/secrets/{key}", delete(secrets::remove))
+            .route("/workspaces/{id}/channels", get(channels::list))
+            .route(
+                "/workspaces/{id}/channels/{index}",
+                axum::routing::patch(channels::set_enabled),
+            )
             .route(
                 "/settings/secrets",
                 get(secrets::list_global)
@@ -166,6 +173,22 @@ impl Shim {
                     .post(secrets::set_global),
             )
             .route("/settings/secrets/{key}", delete(secrets::remove_global))
+            .route(
+                "/workspaces/{id}/schedules",
+                get(schedules::list).post(schedules::create),
+            )
+            .route(
+                "/workspaces/{id}/schedules/{schedule_id}",
+                axum::routing::patch(schedules::update).delete(schedules::remove),
+            )
+            .route(
+                "/workspaces/{id}/schedules/{schedule_id}/run",
+                post(schedules::run),
+            )
+            .route(
+                "/workspaces/{id}/schedules/{schedule_id}/history",
+                get(schedules::history),
+            )
             .route("/plugins", get(plugins::catalog))
             .route(
                 "/workspaces/{id}/plugins",

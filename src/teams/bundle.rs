@@ -570,6 +570,12 @@ fn schedules_of(list: &[BundleSchedule]) -> Result<Vec<ScheduleSpec>, String> {
         })?;
         if let Some(tz) = &s.timezone {
             short_text("schedules[].timezone", tz, 64)?;
+            // The API server refuses an unknown zone (ADR 0053): refused here, before anything
+            // is created.
+            crate::cron::zone(Some(tz)).map_err(|why| format!("schedule: {why}"))?;
+        }
+        if s.name.contains('/') {
+            return Err("a schedule's `name` must not contain '/'".into());
         }
         if s.prompt.trim().is_empty() || s.prompt.len() > MAX_FILE_BYTES {
             return Err(format!(

@@ -275,6 +275,11 @@ pub const FAMILIES: &[Family] = &[
         Gauge,
         "Number of currently used workers per controller",
     ),
+    family(
+        "molecule_schedule_fires_total",
+        Counter,
+        "Schedule fires by outcome (ok, error or skipped; ADR 0053)",
+    ),
 ];
 
 /// A family recorded again under another name: the labels in `keep` are copied (the others

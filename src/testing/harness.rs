@@ -29,7 +29,7 @@ use crate::apiserver::{ApiConfig, ApiServer};
 use crate::audit::Audit;
 use crate::backends::simulated::SimulatedBackend;
 use crate::backends::{Backends, WorkspaceBackend};
-use crate::controllers::{cache, org_import, plugin, reaper, runtime, workspace};
+use crate::controllers::{cache, org_import, plugin, reaper, runtime, schedule, workspace};
 use crate::images::{ImageSettings, Images};
 use crate::resources::{Runtime, Workspace};
 use crate::shutdown::{Shutdown, Trigger};
@@ -87,6 +87,23 @@ fn client_of(url: &str, token: &str) -> Client {
     config.auth_info.token = Some(token.to_string().into());
     config.default_namespace = "default".into();
     Client::try_from(config).expect("harness client")
+}
+
+/// Live-stream events published by a controller under test.
+#[derive(Clone, Default)]
+pub struct LiveEvents(pub Arc<std::sync::Mutex<Vec<(String, String, serde_json::Value)>>>);
+
+impl LiveEvents {
+    /// The events named `event`, as (workspace uid, payload).
+    pub fn named(&self, event: &str) -> Vec<(String, serde_json::Value)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(e, _, _)| e == event)
+            .map(|(_, w, p)| (w.clone(), p.clone()))
+            .collect()
+    }
 }
 
 impl Harness {
@@ -320,6 +337,39 @@ impl Harness {
                 .for_each(|_| async {}),
         ));
         ctx
+    }
+
+    /// Runs the schedule controller with `settings` (ADR 0053), sending through a
+    /// [`crate::teams::Teams`] on the harness store; returns the live events it published, as
+    /// (event, workspace uid, payload).
+    pub fn run_schedule(&mut self, settings: schedule::Settings) -> LiveEvents {
+        let events = LiveEvents::default();
+        let sink = events.clone();
+        let publish: crate::teams::service::Publish = Arc::new(move |event, uid, payload| {
+            sink.0.lock().unwrap_or_else(|p| p.into_inner()).push((
+                event.to_string(),
+                uid.to_string(),
+                payload,
+            ));
+        });
+        let store = self.audit.store().expect("the harness audit has a store");
+        let teams = crate::teams::Teams::start(
+            self.client.clone(),
+            store,
+            &self.token,
+            Some(publish),
+            self.metrics.clone(),
+            Default::default(),
+            self.shutdown.clone(),
+        );
+        self.tasks.push(tokio::spawn(schedule::run(
+            self.client.clone(),
+            teams,
+            self.metrics.clone(),
+            settings,
+            self.shutdown.clone(),
+        )));
+        events
     }
 
     /// Runs the orphan reaper with resync `every`; a send on the returned channel triggers a

@@ -1,6 +1,5 @@
 //! A minimal blocking HTTP/1.1 server: one thread per connection, one request per connection
-//! (`Connection: close`); a body is read when the request states its `Content-Length` (at
-//! most 1 MiB).
+//! (`Connection: close`); a request body is read when it has a `Content-Length` (up to 1 MiB).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -16,7 +15,6 @@ pub struct Request {
     pub query: String,
     /// Lower-cased names.
     pub headers: HashMap<String, String>,
-    /// The body (`Content-Length` bytes; empty without one).
     pub body: Vec<u8>,
 }
 
@@ -95,7 +93,11 @@ fn handle(mut s: TcpStream, handler: Handler) {
             return;
         }
     }
-    let head = String::from_utf8_lossy(&buf).to_string();
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(buf.len(), |p| p + 4);
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
     let mut lines = head.split("\r\n");
     let mut first = lines.next().unwrap_or("").split_whitespace();
     let method = first.next().unwrap_or("").to_string();
@@ -104,28 +106,33 @@ fn handle(mut s: TcpStream, handler: Handler) {
         Some((p, q)) => (p.to_string(), q.to_string()),
         None => (target, String::new()),
     };
-    let headers: HashMap<String, String> = lines
+    let headers = lines
         .take_while(|l| !l.is_empty())
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let want = headers
-        .get("content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0)
-        .min(1024 * 1024);
-    let start = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(buf.len(), |i| i + 4);
-    let mut body = buf[start..].to_vec();
-    while body.len() < want {
+    let headers: HashMap<String, String> = headers;
+    // A client waiting for `100 Continue` sends no body: answer from the head alone.
+    let waits = headers
+        .get("expect")
+        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+    let length: usize = if waits {
+        0
+    } else {
+        headers
+            .get("content-length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0)
+            .min(1024 * 1024)
+    };
+    let mut body = buf[end..].to_vec();
+    while body.len() < length {
         match s.read(&mut chunk) {
             Ok(0) | Err(_) => break,
             Ok(n) => body.extend_from_slice(&chunk[..n]),
         }
     }
-    body.truncate(want);
+    body.truncate(length);
     let req = Request {
         method,
         path,

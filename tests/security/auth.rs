@@ -337,6 +337,12 @@ fn lifecycle_secrets_and_creation_need_the_admin_token() {
             json!({"name": "Mine", "tier": 4}),
         ),
         ("GET", "/settings/secrets".to_string(), Value::Null),
+        ("GET", format!("/workspaces/{a}/channels"), Value::Null),
+        (
+            "PATCH",
+            format!("/workspaces/{a}/channels/0"),
+            json!({"enabled": false}),
+        ),
         ("GET", "/events".to_string(), Value::Null),
         ("GET", "/plugins".to_string(), Value::Null),
         ("GET", "/canvas/viewport".to_string(), Value::Null),

@@ -92,17 +92,26 @@ pub struct Org {
     _stops: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
-fn start_server(backend: Backend) -> Server {
+fn start_server(backend: Backend, controllers: &str) -> Server {
     Server::start_with(
         backend,
-        &["--controllers", "workspace", "--backend", "simulated"],
+        &["--controllers", controllers, "--backend", "simulated"],
     )
 }
 
 impl Org {
     /// `(name, parent)` pairs, parents first.
     pub async fn new(backend: Backend, members: &[(&str, Option<&str>)]) -> Org {
-        let s = tokio::task::block_in_place(|| start_server(backend));
+        Self::with_controllers(backend, "workspace", members).await
+    }
+
+    /// [`Org::new`] with the server running `controllers` (`--controllers`).
+    pub async fn with_controllers(
+        backend: Backend,
+        controllers: &str,
+        members: &[(&str, Option<&str>)],
+    ) -> Org {
+        let s = tokio::task::block_in_place(|| start_server(backend, controllers));
         let client = s.client().await;
         let api: Api<Workspace> = Api::namespaced(client.clone(), "default");
         let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");

@@ -88,6 +88,7 @@ pub(super) async fn create(
     };
     obj["metadata"]["name"] = json!(name);
     let warnings = verbs::validate(&def, &mut obj, fv)?;
+    verbs::check_schedules(&def, &obj, None)?;
     verbs::normalize(&def, &mut obj);
     let obj = to_storage(&def, obj);
     let key: Key = (def.storage.clone(), ns, name);
@@ -166,6 +167,9 @@ pub(super) async fn put(
                     != Some(rv.as_str())
                 {
                     return Err(verbs::conflict(&def, &name));
+                }
+                if part == Part::Main {
+                    verbs::check_schedules(&def, &obj, Some(&old))?;
                 }
                 let mut r = verbs::update(
                     txn,
@@ -330,6 +334,9 @@ pub(super) async fn patch(
                 }
                 verbs::check_type_meta(&def, &mut new)?;
                 let mut w = verbs::validate(&def, &mut new, fv)?;
+                if part == Part::Main {
+                    verbs::check_schedules(&def, &new, Some(&old_view))?;
+                }
                 verbs::normalize(&def, &mut new);
                 let writer = if matches!(kind, PatchKind::Apply) {
                     Writer::Apply

@@ -14,6 +14,7 @@ use serde_json::{Map, Number, Value};
 
 mod metadata;
 mod names;
+mod schedules;
 mod schema;
 
 pub use metadata::validate_metadata;
@@ -22,6 +23,7 @@ pub use names::{
     dns1123_label_errors, dns1123_subdomain_errors, label_value_errors, qualified_name_errors,
     validate_dns1123_label, validate_dns1123_subdomain,
 };
+pub use schedules::workspace_schedules;
 use schema::*;
 
 /// `field.ErrorTypeInvalid`.

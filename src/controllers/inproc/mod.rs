@@ -1,10 +1,12 @@
 //! In-process tests of the controllers (ADR 0045): each runs on the harness — the embedded
 //! API server and the simulated backend, no Docker.
 
+mod channel;
 mod org_import;
 mod plugin;
 mod reaper;
 mod runtime;
+mod schedule;
 mod tokens;
 mod workspace;
 mod workspace_gets;
