@@ -2237,6 +2237,7 @@ async fn the_schedules_tab_creates_runs_edits_and_deletes() {
     })
     .await;
     violations.extend(axe(&c, "schedules tab").await);
+    save_screenshot(&c, "canvas-schedules.png").await;
 
     // Delete (after the confirmation).
     js(&c, "window.confirm = () => true; return true").await;
@@ -2287,7 +2288,9 @@ async fn the_channels_tab_shows_state_and_toggles_a_channel() {
             {"type": "telegram", "state": "Connected", "messageCount": 3, "ignoredCount": 1,
              "lastMessageAt": "2026-12-04T10:00:00Z"},
             {"type": "smoke-signals", "state": "Failed", "reason": "UnsupportedType",
-             "message": "no adapter for smoke-signals"}]}),
+             "message": "no adapter for smoke-signals"}],
+            "conditions": [{"type": "ChannelsReady", "status": "False", "reason": "UnsupportedType",
+                            "message": "channel 1 (smoke-signals): no adapter for smoke-signals"}]}),
     );
     let d = driver();
     let c = browser(&d).await;
@@ -2318,6 +2321,7 @@ async fn the_channels_tab_shows_state_and_toggles_a_channel() {
         "{text}"
     );
     let violations = axe(&c, "channels tab").await;
+    save_screenshot(&c, "canvas-channels.png").await;
     c.find(Locator::Css(
         "#channels-list button[aria-label='Disable telegram channel 0']",
     ))
@@ -2336,13 +2340,17 @@ async fn the_channels_tab_shows_state_and_toggles_a_channel() {
             && js(&c, rows).await[0][2] == "false"
     })
     .await;
-    // The controller's answer arrives as a workspace update: the tab follows it.
+    // The controller's answer (status.channels and its ChannelsReady condition, here with
+    // smoke-signals switched off by kubectl meanwhile) arrives as a workspace update on the
+    // stream: the tab follows it.
     patch_status(
         &s,
         "bot",
         json!({"channels": [
             {"type": "telegram", "state": "Disabled", "messageCount": 3, "ignoredCount": 1},
-            {"type": "smoke-signals", "state": "Failed", "reason": "UnsupportedType"}]}),
+            {"type": "smoke-signals", "state": "Disabled"}],
+            "conditions": [{"type": "ChannelsReady", "status": "True", "reason": "Connected",
+                            "message": "0 of 2 channels connected"}]}),
     );
     until(5, "the new state, live", || async {
         js(&c, rows).await[0][1] == "Disabled"

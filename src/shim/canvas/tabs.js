@@ -406,6 +406,12 @@
     }
   }
 
+  function later(pane, ms) {
+    if (!shown(pane)) return;
+    clearTimeout(timers[pane]);
+    timers[pane] = setTimeout(REFRESH[pane], ms);
+  }
+
   function onMessage(msg) {
     const p = msg.payload || {};
     if (msg.event === 'ACTIVITY_LOGGED' && (p.activity_type === 'a2a_send' || p.activity_type === 'a2a_receive')) {
@@ -414,7 +420,12 @@
     const sel = state.selected;
     if (!sel) return;
     const mine = msg.workspace_id === sel;
-    if (msg.event === 'ACTIVITY_LOGGED' && mine) { refresh('pane-activity'); refresh('pane-schedules'); }
+    if (msg.event === 'ACTIVITY_LOGGED' && mine) {
+      refresh('pane-activity');
+      refresh('pane-schedules');
+      // A channel message: its counters land with the controller's next status flush (≤ 1 s).
+      if (/^channel:/.test(p.summary || '')) later('pane-channels', 1500);
+    }
     else if (msg.event === 'A2A_RESPONSE' && mine) { if (!chatPending) refresh('pane-chat'); }
     else if (msg.event.startsWith('DELEGATION_') && (mine || p.target_id === sel)) refresh('pane-comms');
     // Schedules and channels live in the workspace's spec and status: its updates carry them.
