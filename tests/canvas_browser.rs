@@ -6,7 +6,8 @@
 //! README shows. A second one loads 200 workspaces and checks the page stays responsive.
 
 mod common;
-mod fakes;
+#[path = "support/org.rs"]
+mod org;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -1471,91 +1472,8 @@ async fn canvas_page_benchmark_1000_workspaces() {
 
 // ---------------------------------------------------------------- the team tabs (ADR 0052)
 
-/// What the fake agent got: (path, text) per call.
-type Heard = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
-
-/// A fake A2A agent on 127.0.0.1 (the real JSON-RPC wire shape): answers `message/send`
-/// with `echo: <text>` and remembers every text it got, by the path it was called on.
-fn fake_agent() -> (String, Heard) {
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = got.clone();
-    let addr = fakes::http::serve(std::sync::Arc::new(move |r: &fakes::http::Request| {
-        let req: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-        let text = req["params"]["message"]["parts"][0]["text"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        seen.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((r.path.clone(), text.clone()));
-        let answer = json!({"jsonrpc": "2.0", "id": req["id"], "result": {
-            "kind": "message", "role": "agent", "messageId": "r1",
-            "parts": [{"kind": "text", "text": format!("echo: {text}")}]}});
-        fakes::http::Reply::new(
-            200,
-            &[("Content-Type", "application/json")],
-            answer.to_string(),
-        )
-    }));
-    (addr, got)
-}
-
-/// An `external` workspace whose agent is `url`, registered with its own token as the agent
-/// would; returns (uid, token) once it is online with that URL.
-async fn external_member(
-    s: &Server,
-    name: &str,
-    display: &str,
-    url: &str,
-    parent: Option<&str>,
-) -> (String, String) {
-    use base64::Engine;
-    let mut spec = json!({"displayName": display, "runtime": "external", "url": url});
-    if let Some(p) = parent {
-        spec["parentRef"] = json!({"name": p});
-    }
-    create_ws(s, name, spec, json!({}));
-    let secret = format!("/api/v1/namespaces/default/secrets/{name}-agent-token");
-    let mut token = String::new();
-    until(60, "the agent token secret", || {
-        let (code, v) = get_json(s, &secret);
-        if code == 200 {
-            token = v["data"]["token"]
-                .as_str()
-                .and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok())
-                .map(|b| String::from_utf8_lossy(&b).to_string())
-                .unwrap_or_default();
-        }
-        let ok = !token.is_empty();
-        async move { ok }
-    })
-    .await;
-    let (_, w) = get_json(
-        s,
-        &format!("/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/{name}"),
-    );
-    let uid = w["metadata"]["uid"].as_str().expect("uid").to_string();
-    let body = json!({"id": uid, "url": url}).to_string();
-    let (code, b) = s.http_as("POST", "/registry/register", Some(&token), body.as_bytes());
-    assert_eq!(code, 200, "register {name}: {b}");
-    until(30, "the external workspace online", || {
-        let (_, w) = get_json(
-            s,
-            &format!("/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/{name}"),
-        );
-        let ok = w["status"]["phase"] == "Online" && w["status"]["url"] == url;
-        async move { ok }
-    })
-    .await;
-    (uid, token)
-}
-
-fn a2a_send(text: &str) -> Vec<u8> {
-    json!({"jsonrpc": "2.0", "id": 7, "method": "message/send", "params": {"message": {
-        "role": "user", "messageId": "t1", "parts": [{"kind": "text", "text": text}]}}})
-    .to_string()
-    .into_bytes()
-}
+/// `[who, text]` of every chat line.
+const CHAT: &str = "return [...document.querySelectorAll('#chat-log .msg')].map(m => [m.classList.contains('agent') ? 'agent' : 'user', m.querySelector('.text').textContent])";
 
 async fn select_tab(c: &Client, node: &str, tab: &str) {
     c.find(Locator::Css(&format!(".node[data-name='{node}']")))
@@ -1590,30 +1508,16 @@ async fn texts(c: &Client, css: &str) -> Vec<String> {
 }
 
 /// Issue 18.9: the Chat, Agent Comms and Activity tabs and the A2A edge overlay, live over
-/// /ws, against two `external` workspaces whose agent is a fake A2A server of the test (the
-/// proxy, the activity log and the delegations are the real ones).
+/// /ws, against the shared test org (`support/org.rs`: two external workspaces whose agents
+/// are the real echo agent on 127.0.0.1; the proxy, the activity log and the delegations are
+/// the real ones).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_team_tabs_chat_delegate_and_show_a2a_live() {
     let _g = BROWSER.lock().await;
-    let s = tokio::task::spawn_blocking(|| {
-        Server::start_with(
-            Backend::Sqlite,
-            &["--controllers", "all", "--heartbeat-timeout-seconds", "600"],
-        )
-    })
-    .await
-    .expect("serve");
-    let (agent, got) = fake_agent();
-    let (lead, lead_token) =
-        external_member(&s, "lead", "Lead", &format!("http://{agent}/lead"), None).await;
-    let (member, _) = external_member(
-        &s,
-        "member",
-        "Member",
-        &format!("http://{agent}/member"),
-        Some("lead"),
-    )
-    .await;
+    let org = org::Org::new(Backend::Sqlite, &[("lead", None), ("member", Some("lead"))]).await;
+    org.wait_online().await;
+    let s = &org.s;
+    let (lead, member, lead_token) = (org.uid("lead"), org.uid("member"), org.token("lead"));
 
     let d = driver();
     let c = browser(&d).await;
@@ -1628,7 +1532,7 @@ async fn the_team_tabs_chat_delegate_and_show_a2a_live() {
     let mut violations = vec![];
 
     // Chat: the tabs are reached by keyboard (arrows along the tablist).
-    select_tab(&c, "Lead", "tab-details").await;
+    select_tab(&c, "lead", "tab-details").await;
     press(&c, RIGHT).await;
     assert_eq!(active(&c).await, "tab-chat", "ArrowRight moves to Chat");
     assert_eq!(
@@ -1643,24 +1547,30 @@ async fn the_team_tabs_chat_delegate_and_show_a2a_live() {
         .expect("type");
     press(&c, ENTER).await;
     until(10, "the agent's reply in the chat", || async {
-        texts(&c, "#chat-log .msg .text").await
-            == ["hello from the canvas", "echo: hello from the canvas"]
+        js(&c, CHAT).await
+            == json!([
+                ["user", "hello from the canvas"],
+                ["agent", "hello from the canvas"]
+            ])
     })
     .await;
     assert!(
-        got.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&("/lead".into(), "hello from the canvas".into())),
-        "the agent got the message"
+        org.seen("lead")
+            .contains(&"hello from the canvas".to_string()),
+        "the agent got the message: {:?}",
+        org.seen("lead")
     );
     violations.extend(axe(&c, "chat tab").await);
     // The history comes back from the activity log (a2a_receive from the canvas) after the
     // panel is closed and opened again.
     press(&c, ESC).await;
-    select_tab(&c, "Lead", "tab-chat").await;
+    select_tab(&c, "lead", "tab-chat").await;
     until(10, "the chat history from the activity log", || async {
-        texts(&c, "#chat-log .msg .text").await
-            == ["hello from the canvas", "echo: hello from the canvas"]
+        js(&c, CHAT).await
+            == json!([
+                ["user", "hello from the canvas"],
+                ["agent", "hello from the canvas"]
+            ])
     })
     .await;
     // A2A_RESPONSE: a canvas call made elsewhere (another tab, curl) shows up live.
@@ -1668,13 +1578,13 @@ async fn the_team_tabs_chat_delegate_and_show_a2a_live() {
         "POST",
         &format!("/workspaces/{lead}/a2a"),
         Some("application/json"),
-        &a2a_send("sent from elsewhere"),
+        org::a2a("sent from elsewhere").to_string().as_bytes(),
     );
     assert_eq!(code, 200, "{b}");
     until(10, "the other call in the chat", || async {
-        texts(&c, "#chat-log .msg .text")
+        texts(&c, "#chat-log .msg.agent .text")
             .await
-            .contains(&"echo: sent from elsewhere".to_string())
+            .contains(&"sent from elsewhere".to_string())
     })
     .await;
 
@@ -1692,7 +1602,7 @@ async fn the_team_tabs_chat_delegate_and_show_a2a_live() {
         &format!("/workspaces/{member}/a2a"),
         &lead_token,
         &[("X-Workspace-ID", &lead)],
-        &a2a_send("lead asks member"),
+        org::a2a("lead asks member").to_string().as_bytes(),
     );
     assert_eq!(code, 200, "{b}");
     until(5, "the A2A edge from Lead to Member", || async {
@@ -1741,7 +1651,7 @@ async fn the_team_tabs_chat_delegate_and_show_a2a_live() {
     })
     .await;
     assert!(
-        texts(&c, "#activity-list li.act b").await[0].contains("→ Member"),
+        texts(&c, "#activity-list li.act b").await[0].contains("→ member"),
         "the send names its peer"
     );
     violations.extend(axe(&c, "activity tab").await);
@@ -1786,16 +1696,16 @@ async fn the_team_tabs_chat_delegate_and_show_a2a_live() {
     );
     assert_eq!(code, 202, "{b}");
     until(10, "the delegation completed in Agent Comms", || async {
-        js(&c, "return [...document.querySelectorAll('#comms-list li.deleg')].map(l => [l.dataset.direction, l.dataset.peer, l.dataset.status, l.textContent.includes('echo: summarise the quarter')])").await
-            == json!([["out", "Member", "completed", true]])
+        js(&c, "return [...document.querySelectorAll('#comms-list li.deleg')].map(l => [l.dataset.direction, l.dataset.peer, l.dataset.status, l.textContent.includes('↳ summarise the quarter')])").await
+            == json!([["out", "member", "completed", true]])
     })
     .await;
     violations.extend(axe(&c, "agent comms tab").await);
     // The member sees it as received.
-    select_tab(&c, "Member", "tab-comms").await;
+    select_tab(&c, "member", "tab-comms").await;
     until(5, "the received delegation", || async {
         js(&c, "return [...document.querySelectorAll('#comms-list li.deleg')].map(l => [l.dataset.direction, l.dataset.peer, l.dataset.status])").await
-            == json!([["in", "Lead", "completed"]])
+            == json!([["in", "lead", "completed"]])
     })
     .await;
     save_screenshot(&c, "canvas-agent-comms.png").await;
@@ -2080,21 +1990,15 @@ async fn the_canvas_removes_a_workspace_from_its_org_and_decides_plugin_updates(
 }
 
 /// Issue 19.5: the Schedules tab lists, creates, refuses a bad cron next to the form, runs
-/// now (the fake agent gets the prompt), edits, shows the history and deletes, against an
-/// `external` workspace whose agent is the test's fake A2A server.
+/// now (the echo agent gets the prompt), edits, shows the history and deletes, on the shared
+/// test org (`support/org.rs`) with the schedule controller.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_schedules_tab_creates_runs_edits_and_deletes() {
     let _g = BROWSER.lock().await;
-    let s = tokio::task::spawn_blocking(|| {
-        Server::start_with(
-            Backend::Sqlite,
-            &["--controllers", "all", "--heartbeat-timeout-seconds", "600"],
-        )
-    })
-    .await
-    .expect("serve");
-    let (agent, got) = fake_agent();
-    let (uid, _) = external_member(&s, "lead", "Lead", &format!("http://{agent}/lead"), None).await;
+    let org =
+        org::Org::with_controllers(Backend::Sqlite, "workspace,schedule", &[("lead", None)]).await;
+    org.wait_online().await;
+    let s = &org.s;
     let d = driver();
     let c = browser(&d).await;
     c.goto(&format!("http://127.0.0.1:{}/#token={}", s.port, s.token()))
@@ -2105,7 +2009,7 @@ async fn the_schedules_tab_creates_runs_edits_and_deletes() {
             && nodes(&c).await.len() == 1
     })
     .await;
-    select_tab(&c, "Lead", "tab-schedules").await;
+    select_tab(&c, "lead", "tab-schedules").await;
     until(5, "the empty schedule list", || async {
         js(
             &c,
@@ -2189,10 +2093,7 @@ async fn the_schedules_tab_creates_runs_edits_and_deletes() {
     .await
     .expect("run");
     until(20, "the prompt at the agent", || async {
-        got.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|(_, t)| t.contains("status report"))
+        org.seen("lead").iter().any(|t| t.contains("status report"))
     })
     .await;
     until(20, "the run in the list", || async {
@@ -2259,7 +2160,6 @@ async fn the_schedules_tab_creates_runs_edits_and_deletes() {
             && spec().as_array().is_none_or(Vec::is_empty)
     })
     .await;
-    let _ = uid;
     c.close().await.expect("close");
     assert!(violations.is_empty(), "axe: {violations:#?}");
 }
