@@ -2039,7 +2039,7 @@ async fn the_schedules_tab_creates_runs_edits_and_deletes() {
     };
     let spec = || {
         get_json(
-            &s,
+            s,
             "/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/lead",
         )
         .1["spec"]["schedules"]
