@@ -394,7 +394,7 @@
     'pane-schedules': refreshSchedules, 'pane-channels': refreshChannels,
   };
 
-  // Fetch the open tab again (a tab switch, a reconnect, a change on the stream); debounced
+  // Fetch the open tab again (a tab switch, a reconnect); `later` is the stream's way, debounced
   // per tab so a burst of stream messages costs one request.
   const timers = {};
   function refresh(pane) {
@@ -421,17 +421,20 @@
     if (!sel) return;
     const mine = msg.workspace_id === sel;
     if (msg.event === 'ACTIVITY_LOGGED' && mine) {
-      refresh('pane-activity');
-      refresh('pane-schedules');
+      later('pane-activity', 150);
+      later('pane-schedules', 150);
+      // The row of a call from outside any workspace (the canvas, a schedule, a channel) is
+      // stored after its A2A_RESPONSE went out: the chat history reloads on the row too.
+      if (p.activity_type === 'a2a_receive' && !p.source_id && !chatPending) later('pane-chat', 150);
       // A channel message: its counters land with the controller's next status flush (≤ 1 s).
       if (/^channel:/.test(p.summary || '')) later('pane-channels', 1500);
     }
-    else if (msg.event === 'A2A_RESPONSE' && mine) { if (!chatPending) refresh('pane-chat'); }
-    else if (msg.event.startsWith('DELEGATION_') && (mine || p.target_id === sel)) refresh('pane-comms');
+    else if (msg.event === 'A2A_RESPONSE' && mine) { if (!chatPending) later('pane-chat', 150); }
+    else if (msg.event.startsWith('DELEGATION_') && (mine || p.target_id === sel)) later('pane-comms', 150);
     // Schedules and channels live in the workspace's spec and status: its updates carry them.
-    else if (msg.event.startsWith('WORKSPACE_') && msg.event !== 'WORKSPACE_HEARTBEAT' && mine) { refresh('pane-channels'); refresh('pane-schedules'); }
-    else if (msg.event.startsWith('CRON_') && mine) refresh('pane-schedules');
-    else if (msg.event.startsWith('CHANNEL_') && mine) refresh('pane-channels');
+    else if (msg.event.startsWith('WORKSPACE_') && msg.event !== 'WORKSPACE_HEARTBEAT' && mine) { later('pane-channels', 150); later('pane-schedules', 150); }
+    else if (msg.event.startsWith('CRON_') && mine) later('pane-schedules', 150);
+    else if (msg.event.startsWith('CHANNEL_') && mine) later('pane-channels', 150);
   }
 
   function wire() {
