@@ -1,7 +1,7 @@
 //! The built-in canvas page (`/`, `/canvas/app.js`, `/canvas/ui.js`, `/canvas/tabs.js`,
-//! `/canvas/style.css`: plain HTML, CSS and
-//! JS embedded in the binary, no build step) and `GET|PUT /canvas/viewport`, which keeps the
-//! canvas scroll position and zoom in an annotation of the shim's Namespace.
+//! `/canvas/style.css`: plain HTML, CSS and JS embedded in the binary, no build step) and
+//! `GET|PUT /canvas/viewport`, which keeps the canvas scroll position and zoom in an annotation
+//! of the shim's Namespace.
 
 use std::sync::Arc;
 
