@@ -6,6 +6,8 @@
 //! README shows. A second one loads 200 workspaces and checks the page stays responsive.
 
 mod common;
+#[path = "support/org.rs"]
+mod org;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -1466,4 +1468,812 @@ async fn canvas_page_benchmark_1000_workspaces() {
         "{first}"
     );
     c.close().await.expect("close");
+}
+
+// ---------------------------------------------------------------- the team tabs (ADR 0052)
+
+/// `[who, text]` of every chat line.
+const CHAT: &str = "return [...document.querySelectorAll('#chat-log .msg')].map(m => [m.classList.contains('agent') ? 'agent' : 'user', m.querySelector('.text').textContent])";
+
+async fn select_tab(c: &Client, node: &str, tab: &str) {
+    c.find(Locator::Css(&format!(".node[data-name='{node}']")))
+        .await
+        .expect("node")
+        .click()
+        .await
+        .expect("select");
+    until(5, "the panel", || async {
+        js(c, "return !document.getElementById('detail').hidden && document.getElementById('d-name').textContent").await == node
+    })
+    .await;
+    c.find(Locator::Id(tab))
+        .await
+        .expect("tab")
+        .click()
+        .await
+        .expect("open the tab");
+}
+
+async fn texts(c: &Client, css: &str) -> Vec<String> {
+    js(
+        c,
+        &format!("return [...document.querySelectorAll(\"{css}\")].map(e => e.textContent)"),
+    )
+    .await
+    .as_array()
+    .into_iter()
+    .flatten()
+    .filter_map(|v| v.as_str().map(str::to_string))
+    .collect()
+}
+
+/// Issue 18.9: the Chat, Agent Comms and Activity tabs and the A2A edge overlay, live over
+/// /ws, against the shared test org (`support/org.rs`: two external workspaces whose agents
+/// are the real echo agent on 127.0.0.1; the proxy, the activity log and the delegations are
+/// the real ones).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_team_tabs_chat_delegate_and_show_a2a_live() {
+    let _g = BROWSER.lock().await;
+    let org = org::Org::new(Backend::Sqlite, &[("lead", None), ("member", Some("lead"))]).await;
+    org.wait_online().await;
+    let s = &org.s;
+    let (lead, member, lead_token) = (org.uid("lead"), org.uid("member"), org.token("lead"));
+
+    let d = driver();
+    let c = browser(&d).await;
+    c.goto(&format!("http://127.0.0.1:{}/#token={}", s.port, s.token()))
+        .await
+        .expect("open");
+    until(15, "the live stream and two nodes", || async {
+        js(&c, "return document.getElementById('conn').dataset.state").await == "connected"
+            && nodes(&c).await.len() == 2
+    })
+    .await;
+    let mut violations = vec![];
+
+    // Chat: the tabs are reached by keyboard (arrows along the tablist).
+    select_tab(&c, "lead", "tab-details").await;
+    press(&c, RIGHT).await;
+    assert_eq!(active(&c).await, "tab-chat", "ArrowRight moves to Chat");
+    assert_eq!(
+        js(&c, "return [document.getElementById('tab-chat').getAttribute('aria-selected'), document.getElementById('pane-chat').hidden, document.getElementById('pane-details').hidden]").await,
+        json!(["true", false, true])
+    );
+    c.find(Locator::Id("chat-input"))
+        .await
+        .expect("chat input")
+        .send_keys("hello from the canvas")
+        .await
+        .expect("type");
+    press(&c, ENTER).await;
+    until(10, "the agent's reply in the chat", || async {
+        js(&c, CHAT).await
+            == json!([
+                ["user", "hello from the canvas"],
+                ["agent", "hello from the canvas"]
+            ])
+    })
+    .await;
+    assert!(
+        org.seen("lead")
+            .contains(&"hello from the canvas".to_string()),
+        "the agent got the message: {:?}",
+        org.seen("lead")
+    );
+    violations.extend(axe(&c, "chat tab").await);
+    // The history comes back from the activity log (a2a_receive from the canvas) after the
+    // panel is closed and opened again.
+    press(&c, ESC).await;
+    select_tab(&c, "lead", "tab-chat").await;
+    until(10, "the chat history from the activity log", || async {
+        js(&c, CHAT).await
+            == json!([
+                ["user", "hello from the canvas"],
+                ["agent", "hello from the canvas"]
+            ])
+    })
+    .await;
+    // A2A_RESPONSE: a canvas call made elsewhere (another tab, curl) shows up live.
+    let (code, b) = s.http(
+        "POST",
+        &format!("/workspaces/{lead}/a2a"),
+        Some("application/json"),
+        org::a2a("sent from elsewhere").to_string().as_bytes(),
+    );
+    assert_eq!(code, 200, "{b}");
+    until(10, "the other call in the chat", || async {
+        texts(&c, "#chat-log .msg.agent .text")
+            .await
+            .contains(&"sent from elsewhere".to_string())
+    })
+    .await;
+
+    // A2A edge overlay: Lead calls Member (its own token): a transient edge from Lead to
+    // Member, gone after a few seconds.
+    js(&c, "window.__edges = []; new MutationObserver(ms => { for (const m of ms) for (const n of m.addedNodes) window.__edges.push([n.dataset.source, n.dataset.target]); }).observe(document.getElementById('flash-edges'), {childList: true}); return true").await;
+    let no_edge = js(
+        &c,
+        "return document.querySelectorAll('#flash-edges .a2a-edge').length",
+    )
+    .await;
+    assert_eq!(no_edge, 0, "no edge before a call");
+    let (code, b) = s.http_headers(
+        "POST",
+        &format!("/workspaces/{member}/a2a"),
+        &lead_token,
+        &[("X-Workspace-ID", &lead)],
+        org::a2a("lead asks member").to_string().as_bytes(),
+    );
+    assert_eq!(code, 200, "{b}");
+    until(5, "the A2A edge from Lead to Member", || async {
+        js(&c, "return [...document.querySelectorAll('#flash-edges .a2a-edge')].map(l => [l.dataset.source, l.dataset.target])").await
+            == json!([[lead, member]])
+    })
+    .await;
+    save_screenshot(&c, "canvas-a2a-edge.png").await;
+    until(10, "the edge to fade out", || async {
+        js(
+            &c,
+            "return document.querySelectorAll('#flash-edges .a2a-edge').length",
+        )
+        .await
+            == 0
+    })
+    .await;
+    assert_eq!(
+        js(&c, "return window.__edges").await,
+        json!([[lead, member]]),
+        "one edge for the call (the send and the receive rows share it)"
+    );
+
+    // Activity: the type filter, live.
+    c.find(Locator::Id("tab-activity"))
+        .await
+        .expect("activity tab")
+        .click()
+        .await
+        .expect("open");
+    until(10, "the lead's activity", || async {
+        let t = js(&c, "return [...document.querySelectorAll('#activity-list li.act')].map(l => l.dataset.type)").await;
+        let t = t.to_string();
+        t.contains("a2a_send") && t.contains("a2a_receive")
+    })
+    .await;
+    c.find(Locator::Css("#activity-type option[value='a2a_send']"))
+        .await
+        .expect("option")
+        .click()
+        .await
+        .expect("filter");
+    until(5, "only a2a_send rows", || async {
+        js(&c, "return [...document.querySelectorAll('#activity-list li.act')].map(l => l.dataset.type)").await
+            == json!(["a2a_send"])
+    })
+    .await;
+    assert!(
+        texts(&c, "#activity-list li.act b").await[0].contains("→ member"),
+        "the send names its peer"
+    );
+    violations.extend(axe(&c, "activity tab").await);
+    // A new row of the filtered type arrives live (ACTIVITY_LOGGED).
+    let (code, b) = s.http(
+        "POST",
+        &format!("/workspaces/{lead}/activity"),
+        Some("application/json"),
+        json!({"activity_type": "a2a_send", "summary": "reported by the agent", "target_id": member})
+            .to_string()
+            .as_bytes(),
+    );
+    assert!(code == 200 || code == 201, "{code} {b}");
+    until(5, "the reported row, live", || async {
+        js(&c, "return document.getElementById('activity-list').textContent.includes('reported by the agent')").await == true
+    })
+    .await;
+
+    // Agent Comms: a delegation from Lead to Member, with its status moving live.
+    c.find(Locator::Id("tab-comms"))
+        .await
+        .expect("comms tab")
+        .click()
+        .await
+        .expect("open");
+    until(5, "the empty comms list", || async {
+        js(
+            &c,
+            "return document.getElementById('comms-list').textContent",
+        )
+        .await
+            == "no delegations yet"
+    })
+    .await;
+    let (code, b) = s.http(
+        "POST",
+        &format!("/workspaces/{lead}/delegate"),
+        Some("application/json"),
+        json!({"target_id": member, "task": "summarise the quarter"})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(code, 202, "{b}");
+    until(10, "the delegation completed in Agent Comms", || async {
+        js(&c, "return [...document.querySelectorAll('#comms-list li.deleg')].map(l => [l.dataset.direction, l.dataset.peer, l.dataset.status, l.textContent.includes('↳ summarise the quarter')])").await
+            == json!([["out", "member", "completed", true]])
+    })
+    .await;
+    violations.extend(axe(&c, "agent comms tab").await);
+    // The member sees it as received.
+    select_tab(&c, "member", "tab-comms").await;
+    until(5, "the received delegation", || async {
+        js(&c, "return [...document.querySelectorAll('#comms-list li.deleg')].map(l => [l.dataset.direction, l.dataset.peer, l.dataset.status])").await
+            == json!([["in", "lead", "completed"]])
+    })
+    .await;
+    save_screenshot(&c, "canvas-agent-comms.png").await;
+
+    c.close().await.expect("close");
+    assert!(violations.is_empty(), "axe: {violations:#?}");
+}
+
+/// The uid of the record `name` in `default`, if it exists.
+fn uid_of(s: &Server, name: &str) -> Option<String> {
+    let (code, w) = get_json(
+        s,
+        &format!("/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/{name}"),
+    );
+    (code == 200)
+        .then(|| w["metadata"]["uid"].as_str().map(str::to_string))
+        .flatten()
+}
+
+/// Issue 22 gaps: "remove from the org" takes a workspace out of its OrgImport for good
+/// (`spec.exclude`; a plain delete comes back), a plugin is uninstalled from the panel, and
+/// queued PluginUpdates are approved and dismissed from Settings.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_canvas_removes_a_workspace_from_its_org_and_decides_plugin_updates() {
+    let _g = BROWSER.lock().await;
+    let templates = tempfile::tempdir().expect("templates");
+    let duo = templates.path().join("duo");
+    std::fs::create_dir_all(&duo).expect("template dir");
+    std::fs::write(
+        duo.join("org.yaml"),
+        "name: Duo\ndefaults:\n  runtime: echo\nworkspaces:\n  - name: Boss\n    children:\n      - name: Helper\n  - name: Keeper\n",
+    )
+    .expect("org.yaml");
+    let root = templates.path().to_string_lossy().to_string();
+    let s = tokio::task::spawn_blocking(move || {
+        Server::start_with(
+            Backend::Sqlite,
+            &["--controllers", "org_import", "--org-templates", &root],
+        )
+    })
+    .await
+    .expect("serve");
+    let plugin = s.data_dir().join("plugins/hello-plugin");
+    std::fs::create_dir_all(&plugin).expect("plugin dir");
+    std::fs::write(
+        plugin.join("plugin.yaml"),
+        "name: hello-plugin\nversion: 1.0.0\ndescription: Says hello\nruntimes: [echo]\n",
+    )
+    .expect("plugin.yaml");
+    let (code, b) = s.http(
+        "POST",
+        "/org/import",
+        Some("application/json"),
+        br#"{"dir": "duo"}"#,
+    );
+    assert!((200..300).contains(&code), "{code} {b}");
+
+    let d = driver();
+    let c = browser(&d).await;
+    c.goto(&format!("http://127.0.0.1:{}/#token={}", s.port, s.token()))
+        .await
+        .expect("open");
+    until(30, "the org's three workspaces", || async {
+        let mut n: Vec<String> = nodes(&c).await.into_iter().map(|n| n.0).collect();
+        n.sort();
+        n == ["Boss", "Helper", "Keeper"]
+    })
+    .await;
+    let record = |name: &str| {
+        let name = name.to_string();
+        let c = &c;
+        async move {
+            js(c, &format!("const w = [...window.moleculeCanvas.state.ws.values()].find(w => w.name === '{name}'); return w ? w.k8s_name : null")).await.as_str().unwrap_or("").to_string()
+        }
+    };
+    let helper = record("Helper").await;
+    let keeper = record("Keeper").await;
+    assert!(!helper.is_empty() && !keeper.is_empty());
+
+    // A plain delete comes back: the import recreates it (a new record).
+    let old = uid_of(&s, &keeper).expect("keeper");
+    let (code, b) = s.http(
+        "DELETE",
+        &format!("/workspaces/{old}?confirm=true"),
+        None,
+        b"",
+    );
+    assert_eq!(code, 200, "{b}");
+    until(30, "Keeper recreated by the import", || {
+        let now = uid_of(&s, &keeper);
+        let old = old.clone();
+        async move { now.is_some_and(|u| u != old) }
+    })
+    .await;
+
+    // Remove from the org: from the delete dialog, by keyboard.
+    c.find(Locator::Css(".node[data-name='Helper']"))
+        .await
+        .expect("helper")
+        .click()
+        .await
+        .expect("select");
+    press(&c, '\u{E017}').await; // Delete
+    until(5, "the org delete dialog with remove-from-org", || async {
+        js(&c, "return document.getElementById('confirm-dialog').open && !document.getElementById('c-org-remove').hidden").await == true
+    })
+    .await;
+    let mut violations = axe(&c, "remove from the org dialog").await;
+    c.find(Locator::Id("c-org-remove"))
+        .await
+        .expect("remove from the org")
+        .click()
+        .await
+        .expect("click");
+    until(10, "the exclusion on the OrgImport", || async {
+        get_json(
+            &s,
+            "/apis/molecule.ai/v1alpha1/namespaces/default/orgimports/duo",
+        )
+        .1["spec"]["exclude"]
+            == json!([helper])
+    })
+    .await;
+    until(10, "Helper gone from the page", || async {
+        status_of(&c, "Helper").await.is_none()
+    })
+    .await;
+    // Another pass of the import (a plain delete of Keeper triggers one, and it recreates
+    // Keeper): Helper stays gone.
+    let old = uid_of(&s, &keeper).expect("keeper");
+    let (code, b) = s.http(
+        "DELETE",
+        &format!("/workspaces/{old}?confirm=true"),
+        None,
+        b"",
+    );
+    assert_eq!(code, 200, "{b}");
+    until(30, "Keeper recreated again", || {
+        let now = uid_of(&s, &keeper);
+        let old = old.clone();
+        async move { now.is_some_and(|u| u != old) }
+    })
+    .await;
+    let (_, org) = get_json(
+        &s,
+        "/apis/molecule.ai/v1alpha1/namespaces/default/orgimports/duo",
+    );
+    assert_eq!(
+        org["status"]["observedGeneration"], org["metadata"]["generation"],
+        "the pass saw the exclusion: {org}"
+    );
+    assert_eq!(uid_of(&s, &helper), None, "Helper was not recreated");
+    let mut names: Vec<String> = nodes(&c).await.into_iter().map(|n| n.0).collect();
+    names.sort();
+    assert_eq!(names, ["Boss", "Keeper"]);
+
+    // Plugins: install on Boss, two queued updates, approve one and dismiss the other, then
+    // uninstall from the panel.
+    c.find(Locator::Css(".node[data-name='Boss']"))
+        .await
+        .expect("boss")
+        .click()
+        .await
+        .expect("select");
+    let boss = js(&c, "return window.moleculeCanvas.state.selected").await;
+    let boss = boss.as_str().expect("selected").to_string();
+    let (code, b) = s.http(
+        "POST",
+        &format!("/workspaces/{boss}/plugins"),
+        Some("application/json"),
+        br#"{"source": "local://hello-plugin"}"#,
+    );
+    assert!((200..300).contains(&code), "{code} {b}");
+    let (_, installs) = get_json(
+        &s,
+        "/apis/molecule.ai/v1alpha1/namespaces/default/plugininstalls",
+    );
+    let install = installs["items"][0]["metadata"]["name"]
+        .as_str()
+        .expect("install")
+        .to_string();
+    for (n, to) in [("up-one", "b".repeat(40)), ("up-two", "c".repeat(40))] {
+        let body = json!({"apiVersion": "molecule.ai/v1alpha1", "kind": "PluginUpdate",
+            "metadata": {"name": n}, "spec": {"pluginInstallRef": {"name": install},
+            "fromSha": "a".repeat(40), "toSha": to, "plugin": "hello-plugin"}});
+        let (code, b) = s.http(
+            "POST",
+            "/apis/molecule.ai/v1alpha1/namespaces/default/pluginupdates",
+            Some("application/json"),
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(code, 201, "{b}");
+    }
+    c.find(Locator::Id("btn-settings"))
+        .await
+        .expect("settings")
+        .click()
+        .await
+        .expect("open");
+    until(5, "two queued updates", || async {
+        js(&c, "return [...document.querySelectorAll('#s-pending li')].map(l => l.dataset.update).sort()").await
+            == json!(["up-one", "up-two"])
+    })
+    .await;
+    violations.extend(axe(&c, "settings with queued updates").await);
+    c.find(Locator::Css(
+        "#s-pending li[data-update='up-one'] button:first-of-type",
+    ))
+    .await
+    .expect("approve")
+    .click()
+    .await
+    .expect("approve");
+    until(5, "up-one approved and off the list", || async {
+        get_json(
+            &s,
+            "/apis/molecule.ai/v1alpha1/namespaces/default/pluginupdates/up-one",
+        )
+        .1["spec"]["decision"]
+            == "Approved"
+            && js(
+                &c,
+                "return [...document.querySelectorAll('#s-pending li')].map(l => l.dataset.update)",
+            )
+            .await
+                == json!(["up-two"])
+    })
+    .await;
+    c.find(Locator::Css(
+        "#s-pending li[data-update='up-two'] button:last-of-type",
+    ))
+    .await
+    .expect("dismiss")
+    .click()
+    .await
+    .expect("dismiss");
+    until(5, "up-two dismissed and the queue empty", || async {
+        get_json(
+            &s,
+            "/apis/molecule.ai/v1alpha1/namespaces/default/pluginupdates/up-two",
+        )
+        .1["spec"]["decision"]
+            == "Dismissed"
+            && js(
+                &c,
+                "return document.getElementById('s-pending').textContent",
+            )
+            .await
+                == "none queued"
+    })
+    .await;
+    press(&c, ESC).await;
+    until(5, "the plugin in the panel", || async {
+        js(&c, "return !!document.querySelector(\"#d-plugins button[aria-label='Uninstall hello-plugin']\")").await == true
+    })
+    .await;
+    c.find(Locator::Css(
+        "#d-plugins button[aria-label='Uninstall hello-plugin']",
+    ))
+    .await
+    .expect("uninstall")
+    .click()
+    .await
+    .expect("uninstall");
+    until(10, "the install gone", || async {
+        get_json(
+            &s,
+            &format!("/apis/molecule.ai/v1alpha1/namespaces/default/plugininstalls/{install}"),
+        )
+        .0 == 404
+            && js(
+                &c,
+                "return document.getElementById('d-plugins').textContent",
+            )
+            .await
+                == "none"
+    })
+    .await;
+
+    c.close().await.expect("close");
+    assert!(violations.is_empty(), "axe: {violations:#?}");
+}
+
+/// Issue 19.5: the Schedules tab lists, creates, refuses a bad cron next to the form, runs
+/// now (the echo agent gets the prompt), edits, shows the history and deletes, on the shared
+/// test org (`support/org.rs`) with the schedule controller.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_schedules_tab_creates_runs_edits_and_deletes() {
+    let _g = BROWSER.lock().await;
+    let org =
+        org::Org::with_controllers(Backend::Sqlite, "workspace,schedule", &[("lead", None)]).await;
+    org.wait_online().await;
+    let s = &org.s;
+    let d = driver();
+    let c = browser(&d).await;
+    c.goto(&format!("http://127.0.0.1:{}/#token={}", s.port, s.token()))
+        .await
+        .expect("open");
+    until(15, "the live stream and the node", || async {
+        js(&c, "return document.getElementById('conn').dataset.state").await == "connected"
+            && nodes(&c).await.len() == 1
+    })
+    .await;
+    select_tab(&c, "lead", "tab-schedules").await;
+    until(5, "the empty schedule list", || async {
+        js(
+            &c,
+            "return document.getElementById('sched-list').textContent",
+        )
+        .await
+            == "no schedules"
+    })
+    .await;
+    let fill = |name: &'static str, cron: &'static str, prompt: &'static str| {
+        let c = &c;
+        async move {
+            c.execute(
+                "const [n, e, p] = arguments; const set = (id, v) => { document.getElementById(id).value = v; };
+                 set('sched-name', n); set('sched-cron', e); set('sched-tz', 'Europe/Paris'); set('sched-prompt', p); return true",
+                vec![json!(name), json!(cron), json!(prompt)],
+            )
+            .await
+            .expect("fill");
+            c.find(Locator::Id("sched-save"))
+                .await
+                .expect("save")
+                .click()
+                .await
+                .expect("save");
+        }
+    };
+    let spec = || {
+        get_json(
+            s,
+            "/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/lead",
+        )
+        .1["spec"]["schedules"]
+            .clone()
+    };
+
+    // Create.
+    fill("daily", "0 9 * * *", "status report").await;
+    until(10, "the new schedule listed", || async {
+        js(&c, "return [...document.querySelectorAll('#sched-list li.sched')].map(l => l.dataset.name)").await
+            == json!(["daily"])
+    })
+    .await;
+    assert_eq!(spec()[0]["cronExpr"], "0 9 * * *", "{}", spec());
+    assert_eq!(spec()[0]["timezone"], "Europe/Paris");
+    // A bad cron expression: the server's 422 is shown next to the form, naming the field.
+    fill("broken", "not a cron", "x").await;
+    until(5, "the refusal next to the form", || async {
+        js(&c, "const e = document.getElementById('sched-error'); return !e.hidden && document.getElementById('sched-cron').getAttribute('aria-invalid')").await
+            == "true"
+    })
+    .await;
+    let refusal = js(
+        &c,
+        "return document.getElementById('sched-error').textContent",
+    )
+    .await;
+    assert!(
+        refusal
+            .as_str()
+            .unwrap_or("")
+            .to_lowercase()
+            .contains("cron"),
+        "{refusal}"
+    );
+    assert_eq!(
+        spec().as_array().map(Vec::len),
+        Some(1),
+        "nothing half-created"
+    );
+    let mut violations = axe(&c, "schedules tab with a refusal").await;
+    js(&c, "document.getElementById('sched-cancel').click(); document.getElementById('sched-name').value = ''; return true").await;
+
+    // Run now: the agent gets the prompt; the run shows in the list.
+    c.find(Locator::Css(
+        "#sched-list li[data-name='daily'] button[aria-label='Run now daily']",
+    ))
+    .await
+    .expect("run now")
+    .click()
+    .await
+    .expect("run");
+    until(20, "the prompt at the agent", || async {
+        org.seen("lead").iter().any(|t| t.contains("status report"))
+    })
+    .await;
+    until(20, "the run in the list", || async {
+        js(&c, "const l = document.querySelector(\"#sched-list li[data-name='daily']\"); return l ? l.textContent : ''").await
+            .as_str()
+            .unwrap_or("")
+            .contains("1 run")
+    })
+    .await;
+    c.find(Locator::Css(
+        "#sched-list li[data-name='daily'] button[aria-label='History daily']",
+    ))
+    .await
+    .expect("history")
+    .click()
+    .await
+    .expect("history");
+    until(10, "the history", || async {
+        let t = js(&c, "return document.querySelector(\"#sched-list li[data-name='daily'] .history\").textContent").await;
+        let t = t.as_str().unwrap_or("");
+        !t.is_empty() && t != "Loading…" && t != "no runs yet" && !t.starts_with("Could not")
+    })
+    .await;
+
+    // Edit.
+    c.find(Locator::Css(
+        "#sched-list li[data-name='daily'] button[aria-label='Edit daily']",
+    ))
+    .await
+    .expect("edit")
+    .click()
+    .await
+    .expect("edit");
+    assert_eq!(active(&c).await, "sched-name", "the form takes the focus");
+    assert_eq!(
+        js(&c, "return [document.getElementById('sched-cron').value, document.getElementById('sched-save').textContent]").await,
+        json!(["0 9 * * *", "Save"])
+    );
+    fill("daily", "0 9 * * 1", "weekly report").await;
+    until(10, "the edit saved", || async {
+        spec()[0]["cronExpr"] == "0 9 * * 1" && spec()[0]["prompt"] == "weekly report"
+    })
+    .await;
+    violations.extend(axe(&c, "schedules tab").await);
+    save_screenshot(&c, "canvas-schedules.png").await;
+
+    // Delete (after the confirmation).
+    js(&c, "window.confirm = () => true; return true").await;
+    c.find(Locator::Css(
+        "#sched-list li[data-name='daily'] button[aria-label='Delete daily']",
+    ))
+    .await
+    .expect("delete")
+    .click()
+    .await
+    .expect("delete");
+    until(10, "the schedule gone", || async {
+        js(
+            &c,
+            "return document.getElementById('sched-list').textContent",
+        )
+        .await
+            == "no schedules"
+            && spec().as_array().is_none_or(Vec::is_empty)
+    })
+    .await;
+    c.close().await.expect("close");
+    assert!(violations.is_empty(), "axe: {violations:#?}");
+}
+
+/// Issue 19.9: the Channels tab shows each channel's state as the channel controller writes
+/// it (here written to the API as it would), follows workspace updates live, and enables or
+/// disables a channel (spec.channels[i].enabled).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_channels_tab_shows_state_and_toggles_a_channel() {
+    let _g = BROWSER.lock().await;
+    let s = tokio::task::spawn_blocking(|| Server::start(Backend::Sqlite))
+        .await
+        .expect("serve");
+    create_ws(
+        &s,
+        "bot",
+        json!({"displayName": "Bot", "channels": [
+            {"type": "telegram", "config": {"mode": "dm"}, "allowedUsers": ["alice"]},
+            {"type": "smoke-signals", "enabled": false}]}),
+        json!({}),
+    );
+    patch_status(
+        &s,
+        "bot",
+        json!({"phase": "Online", "channels": [
+            {"type": "telegram", "state": "Connected", "messageCount": 3, "ignoredCount": 1,
+             "lastMessageAt": "2026-12-04T10:00:00Z"},
+            {"type": "smoke-signals", "state": "Failed", "reason": "UnsupportedType",
+             "message": "no adapter for smoke-signals"}],
+            "conditions": [{"type": "ChannelsReady", "status": "False", "reason": "UnsupportedType",
+                            "message": "channel 1 (smoke-signals): no adapter for smoke-signals"}]}),
+    );
+    let d = driver();
+    let c = browser(&d).await;
+    c.goto(&format!("http://127.0.0.1:{}/#token={}", s.port, s.token()))
+        .await
+        .expect("open");
+    until(15, "the live stream and the node", || async {
+        js(&c, "return document.getElementById('conn').dataset.state").await == "connected"
+            && nodes(&c).await.len() == 1
+    })
+    .await;
+    select_tab(&c, "Bot", "tab-channels").await;
+    let rows = "return [...document.querySelectorAll('#channels-list li.channel')].map(l => [l.dataset.index, l.dataset.state, l.dataset.enabled])";
+    until(5, "both channels with their state", || async {
+        js(&c, rows).await == json!([["0", "Connected", "true"], ["1", "Failed", "false"]])
+    })
+    .await;
+    let text = js(
+        &c,
+        "return document.getElementById('channels-list').textContent",
+    )
+    .await;
+    let text = text.as_str().unwrap_or("");
+    assert!(
+        text.contains("3 messages, 1 ignored")
+            && text.contains("UnsupportedType: no adapter for smoke-signals")
+            && text.contains("allowed: alice"),
+        "{text}"
+    );
+    let violations = axe(&c, "channels tab").await;
+    save_screenshot(&c, "canvas-channels.png").await;
+    c.find(Locator::Css(
+        "#channels-list button[aria-label='Disable telegram channel 0']",
+    ))
+    .await
+    .expect("disable")
+    .click()
+    .await
+    .expect("disable");
+    until(10, "telegram disabled in the spec and the tab", || async {
+        get_json(
+            &s,
+            "/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/bot",
+        )
+        .1["spec"]["channels"][0]["enabled"]
+            == false
+            && js(&c, rows).await[0][2] == "false"
+    })
+    .await;
+    // The controller's answer (status.channels and its ChannelsReady condition, here with
+    // smoke-signals switched off by kubectl meanwhile) arrives as a workspace update on the
+    // stream: the tab follows it.
+    patch_status(
+        &s,
+        "bot",
+        json!({"channels": [
+            {"type": "telegram", "state": "Disabled", "messageCount": 3, "ignoredCount": 1},
+            {"type": "smoke-signals", "state": "Disabled"}],
+            "conditions": [{"type": "ChannelsReady", "status": "True", "reason": "Connected",
+                            "message": "0 of 2 channels connected"}]}),
+    );
+    until(5, "the new state, live", || async {
+        js(&c, rows).await[0][1] == "Disabled"
+    })
+    .await;
+    c.find(Locator::Css(
+        "#channels-list button[aria-label='Enable telegram channel 0']",
+    ))
+    .await
+    .expect("enable")
+    .click()
+    .await
+    .expect("enable");
+    until(10, "telegram enabled again", || async {
+        let v = get_json(
+            &s,
+            "/apis/molecule.ai/v1alpha1/namespaces/default/workspaces/bot",
+        )
+        .1["spec"]["channels"][0]["enabled"]
+            .clone();
+        v.is_null() || v == true
+    })
+    .await;
+    c.close().await.expect("close");
+    assert!(violations.is_empty(), "axe: {violations:#?}");
 }

@@ -58,6 +58,11 @@ pub struct OrgImportSpec {
     /// default (ADR 0039).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<TemplatePolicy>,
+    /// Workspace records (by `metadata.name`) taken out of the org: neither created nor
+    /// recreated, with their subtrees; one that exists stays unless mode `reconcile` prunes it
+    /// (the canvas's "remove from the org" adds the name, then deletes the workspace; ADR 0052).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
 }
 
 /// Limits on what an org template may ask of the host (ADR 0039). A workspace over a limit is

@@ -265,6 +265,27 @@ impl Server {
         .expect("http request")
     }
 
+    /// A JSON request with the given bearer token and extra headers (e.g. `X-Workspace-ID`).
+    pub fn http_headers(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        raw_request_with(
+            &format!("127.0.0.1:{}", self.port),
+            method,
+            path,
+            Some("application/json"),
+            Some(token),
+            headers,
+            body,
+        )
+        .expect("http request")
+    }
+
     /// A kube-rs client built from the kubeconfig (TLS + token), exactly as the controllers do.
     pub async fn client(&self) -> kube::Client {
         let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig");
@@ -300,6 +321,19 @@ fn raw_request(
     token: Option<&str>,
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
+    raw_request_with(authority, method, path, content_type, token, &[], body)
+}
+
+/// [`raw_request`] with extra request headers.
+fn raw_request_with(
+    authority: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(authority)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut req = format!(
@@ -311,6 +345,9 @@ fn raw_request(
     }
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes())?;

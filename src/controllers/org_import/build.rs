@@ -231,6 +231,35 @@ fn routing(r: &BTreeMap<String, Value>) -> BTreeMap<String, Vec<String>> {
 }
 
 /// The children `plan` asks for, parents first.
+/// The keys of the workspaces `spec.exclude` takes out of the org: the named records and
+/// their subtrees (a child cannot be created under a parent that does not exist).
+pub fn excluded(org: &OrgImport, plan: &Plan) -> BTreeSet<String> {
+    let org_name = org.name_any();
+    let mut out: BTreeSet<String> = plan
+        .workspaces
+        .iter()
+        .filter(|w| {
+            org.spec
+                .exclude
+                .contains(&orgtemplate::workspace_name(&org_name, &w.key))
+        })
+        .map(|w| w.key.clone())
+        .collect();
+    loop {
+        let more: Vec<String> = plan
+            .workspaces
+            .iter()
+            .filter(|w| !out.contains(&w.key))
+            .filter(|w| w.parent_key.as_ref().is_some_and(|p| out.contains(p)))
+            .map(|w| w.key.clone())
+            .collect();
+        if more.is_empty() {
+            return out;
+        }
+        out.extend(more);
+    }
+}
+
 pub fn children(org: &OrgImport, plan: &Plan) -> Vec<Child> {
     let org_name = org.name_any();
     let ns = org.namespace().unwrap_or_else(|| "default".into());
@@ -483,6 +512,31 @@ workspaces:
             panic!("git")
         };
         assert_eq!((r.git_ref.as_str(), r.path.as_str()), ("main", "."));
+    }
+
+    #[test]
+    fn excluded_records_take_their_subtree_and_nothing_else() {
+        let p = plan(TREE);
+        let names = |o: &OrgImport| -> Vec<String> {
+            let keep = excluded(o, &p);
+            let mut q = p.clone();
+            q.workspaces.retain(|w| !keep.contains(&w.key));
+            children(o, &q).into_iter().map(|c| c.name).collect()
+        };
+        let all = names(&org());
+        assert_eq!(all.len(), 2, "{all:?}");
+        let lead = all[0].clone();
+        let analyst = all[1].clone();
+        let mut o = org();
+        // The leaf alone.
+        o.spec.exclude = vec![analyst.clone()];
+        assert_eq!(names(&o), vec![lead.clone()]);
+        // The parent takes its child along.
+        o.spec.exclude = vec![lead.clone()];
+        assert!(names(&o).is_empty());
+        // A name that is not in the org changes nothing (nor does another org's record).
+        o.spec.exclude = vec!["other.lead".into(), "demo".into()];
+        assert_eq!(names(&o), vec![lead, analyst]);
     }
 
     #[test]

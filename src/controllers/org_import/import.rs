@@ -188,6 +188,9 @@ async fn plan(pass: &mut Pass<'_>, source: Source, policy: Policy) -> Result<Pla
     };
     plan.workspaces
         .retain(|w| !pass.refusals.iter().any(|r| r.key == w.key));
+    // Taken out of the org by the admin (spec.exclude, ADR 0052).
+    let excluded = build::excluded(pass.org, &plan);
+    plan.workspaces.retain(|w| !excluded.contains(&w.key));
     pass.template_name = plan.name.clone();
     let children = build::children(pass.org, &plan);
     Ok(Planned { plan, children })

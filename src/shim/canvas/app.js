@@ -1,5 +1,6 @@
 // The Molecule canvas: the org chart laid out from parent_id, live over /ws, with a detail
-// panel and lifecycle actions. Dialogs, keyboard, drag and the context menu are in ui.js.
+// panel and lifecycle actions. Dialogs, keyboard, drag and the context menu are in ui.js; the
+// team tabs (chat, agent comms, activity, schedules, channels) and the A2A overlay in tabs.js.
 // Plain JS, no build step (ADR 0052 records the choices of this page).
 'use strict';
 
@@ -217,8 +218,13 @@ async function loadAll() {
   scheduleRender();
 }
 
+// Messages of the team (activity, A2A answers, delegations) are for the tabs (tabs.js).
+const TEAM_EVENT = /^(ACTIVITY_LOGGED|A2A_RESPONSE|DELEGATION_|CRON_|CHANNEL_)/;
+
 function onMessage(msg) {
   if (!msg || !msg.workspace_id) return;
+  if (window.moleculeTabs) window.moleculeTabs.onMessage(msg);
+  if (TEAM_EVENT.test(msg.event || '')) return;
   if (msg.event === 'WORKSPACE_REMOVED') remove(msg.workspace_id);
   else if (msg.payload && msg.payload.id) upsert(msg.payload);
   if (state.selected === msg.workspace_id) {
@@ -657,6 +663,7 @@ function selectNode(id, keepFocus) {
     el.setAttribute('aria-selected', String(k === id));
   }
   if (id) {
+    if (id !== was && window.moleculeTabs) window.moleculeTabs.reset();
     state.focused = id;
     renderDetail();
     refreshDetailLists();
@@ -858,7 +865,7 @@ async function start() {
 // What ui.js uses.
 window.moleculeCanvas = {
   state, api, apiText, stripAnsi, toast, selectNode, runAction, actionsFor, applyDisabled,
-  scheduleRender, relayout, setZoom, zoomFit, toggleCollapse, notReady, health, descendants,
+  scheduleRender, relayout, setZoom, zoomFit, toggleCollapse, notReady, health, descendants, refreshDetailLists,
   NODE_W, NODE_H,
 };
 

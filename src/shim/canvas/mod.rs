@@ -1,6 +1,7 @@
-//! The built-in canvas page (`/`, `/canvas/app.js`, `/canvas/ui.js`, `/canvas/style.css`: plain HTML, CSS and
-//! JS embedded in the binary, no build step) and `GET|PUT /canvas/viewport`, which keeps the
-//! canvas scroll position and zoom in an annotation of the shim's Namespace.
+//! The built-in canvas page (`/`, `/canvas/app.js`, `/canvas/ui.js`, `/canvas/tabs.js`,
+//! `/canvas/style.css`: plain HTML, CSS and JS embedded in the binary, no build step) and
+//! `GET|PUT /canvas/viewport`, which keeps the canvas scroll position and zoom in an annotation
+//! of the shim's Namespace.
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use super::input::{self, Fields};
 const INDEX: &str = include_str!("index.html");
 const APP_JS: &str = include_str!("app.js");
 const UI_JS: &str = include_str!("ui.js");
+const TABS_JS: &str = include_str!("tabs.js");
 const STYLE: &str = include_str!("style.css");
 
 /// Annotation of the shim's Namespace holding `{x, y, zoom}`.
@@ -49,11 +51,12 @@ pub async fn index() -> Response {
     page("text/html; charset=utf-8", INDEX)
 }
 
-/// `GET /canvas/app.js`, `GET /canvas/style.css`.
+/// `GET /canvas/{app,ui,tabs}.js`, `GET /canvas/style.css`.
 pub async fn asset(Path(file): Path<String>) -> Response {
     match file.as_str() {
         "app.js" => page("text/javascript; charset=utf-8", APP_JS),
         "ui.js" => page("text/javascript; charset=utf-8", UI_JS),
+        "tabs.js" => page("text/javascript; charset=utf-8", TABS_JS),
         "style.css" => page("text/css; charset=utf-8", STYLE),
         _ => (
             StatusCode::NOT_FOUND,

@@ -226,9 +226,11 @@
     const org = $('c-org');
     org.hidden = !w.org;
     org.textContent = w.org
-      ? 'It belongs to the org "' + w.org + '": a plain delete would come back, because the import recreates it. Delete the whole org to remove it for good.'
+      ? 'It belongs to the org "' + w.org + '": a plain delete would come back, because the import recreates it. ' +
+        'Remove from the org takes it (and its sub-workspaces) out of the import for good, then deletes it; or delete the whole org.'
       : '';
     $('c-org-delete').hidden = !w.org;
+    $('c-org-remove').hidden = !w.org;
     $('c-ok').textContent = w.org ? 'Delete anyway (comes back)' : 'Delete';
     const ul = $('c-children');
     ul.textContent = '';
@@ -241,6 +243,7 @@
     dlg.returnValue = '';
     dlg.onclose = async () => {
       if (dlg.returnValue === 'org-delete') { deleteOrg(w.namespace, w.org); return; }
+      if (dlg.returnValue === 'org-remove') { removeFromOrg(w); return; }
       if (dlg.returnValue !== 'ok') return;
       try {
         const r = await api('DELETE', '/workspaces/' + w.id + '?confirm=true');
@@ -332,6 +335,7 @@
       $(t.dataset.pane).hidden = !on;
     }
     if (pane === 'pane-secrets') refreshSecrets();
+    else if (window.moleculeTabs) window.moleculeTabs.refresh(pane);
   }
 
   function renderPlugins(id, plugins) {
@@ -343,7 +347,7 @@
         (p.installed_sha ? ' @ ' + p.installed_sha.slice(0, 12) : '') +
         (p.restart_class ? ' · ' + p.restart_class + ' restart' : ''), ' ');
       const b = button('Uninstall', async () => {
-        try { await api('DELETE', '/workspaces/' + id + '/plugins/' + encodeURIComponent(p.name)); toast('Uninstalling ' + p.name); } catch (e) { toast(e.message, true); }
+        try { await api('DELETE', '/workspaces/' + id + '/plugins/' + encodeURIComponent(p.name)); toast('Uninstalling ' + p.name); C.refreshDetailLists(); } catch (e) { toast(e.message, true); }
       }, { className: 'small needs-live' });
       b.setAttribute('aria-label', 'Uninstall ' + p.name);
       C.applyDisabled(b, state.live ? null : 'Offline: the server is unreachable');
@@ -486,6 +490,25 @@
     }
   }
 
+  // "Remove from the org": the record's name goes into the OrgImport's spec.exclude (with
+  // its resourceVersion: a concurrent change answers 409 instead of being lost), so the
+  // import stops recreating it; then the workspace is deleted (ADR 0052).
+  async function removeFromOrg(w) {
+    const path = API + '/namespaces/' + encodeURIComponent(w.namespace) + '/orgimports/' + encodeURIComponent(w.org);
+    try {
+      const org = await api('GET', path);
+      const exclude = (org.spec && org.spec.exclude) || [];
+      if (!exclude.includes(w.k8s_name)) {
+        await api('PATCH', path, { metadata: { resourceVersion: org.metadata.resourceVersion }, spec: { exclude: exclude.concat([w.k8s_name]) } },
+          'application/merge-patch+json');
+      }
+      const r = await api('DELETE', '/workspaces/' + w.id + '?confirm=true');
+      toast('Removed ' + w.name + ' from the org ' + w.org + (r && r.cascade_deleted ? ' with ' + r.cascade_deleted + ' sub-workspaces' : ''));
+    } catch (e) {
+      toast('Could not remove ' + w.name + ' from the org: ' + e.message, true);
+    }
+  }
+
   async function refreshOrgs() {
     const ul = $('s-orgs');
     let list;
@@ -559,16 +582,18 @@
         const w = state.ws.get(u.workspace_id);
         const li = el('li', {}, el('b', { textContent: u.plugin_name || u.plugin_install }),
           ' ' + (w ? 'on ' + w.name + ' ' : '') + (u.from_sha || '').slice(0, 8) + ' → ' + (u.to_sha || '').slice(0, 8) + ' ');
+        li.dataset.update = u.k8s_name;
+        const what = (u.plugin_name || u.plugin_install) + (w ? ' on ' + w.name : '');
         li.append(button('Approve', async () => {
           try { await api('POST', '/admin/plugin-updates/' + u.id + '/apply'); toast('Approved'); refreshPlugins(); } catch (e) { toast(e.message, true); }
-        }, { className: 'small needs-live' }), ' ', button('Dismiss', async () => {
+        }, { className: 'small needs-live', ariaLabel: 'Approve the update of ' + what }), ' ', button('Dismiss', async () => {
           try {
             await api('PATCH', API + '/namespaces/' + encodeURIComponent(u.namespace) + '/pluginupdates/' + encodeURIComponent(u.k8s_name),
               { spec: { decision: 'Dismissed' } }, 'application/merge-patch+json');
             toast('Dismissed');
             refreshPlugins();
           } catch (e) { toast(e.message, true); }
-        }, { className: 'small needs-live' }));
+        }, { className: 'small needs-live', ariaLabel: 'Dismiss the update of ' + what }));
         pend.appendChild(li);
       }
       if (!list.length) pend.append(el('li', { className: 'muted', textContent: 'none queued' }));
@@ -587,6 +612,7 @@
     if ($('settings-dialog').open) { refreshGlobal(); refreshOrgs(); refreshPlugins(); }
     if ($('logs-dialog').open) loadLogs();
     refreshSecrets();
+    if (window.moleculeTabs) window.moleculeTabs.refresh();
   }
 
   // ---------------------------------------------------------------- wiring
