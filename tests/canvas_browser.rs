@@ -68,7 +68,8 @@ async fn browser(d: &Driver) -> Client {
         json!({
             "binary": CHROMIUM,
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1400,860", "--hide-scrollbars", "--force-device-scale-factor=1"]
+                     "--window-size=1400,860", "--hide-scrollbars", "--force-device-scale-factor=1",
+                     "--enable-precise-memory-info", "--js-flags=--expose-gc"]
         }),
     );
     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
@@ -1381,9 +1382,12 @@ async fn until_value(s: &Server, name: &str) -> (f64, f64) {
 
 /// The page's own numbers with 1,000 workspaces (100 teams of a lead and 9 members): time to
 /// the first render, its duration, the longest frame gap and the longest render while 200
-/// workspaces change status 5 times, and the JS heap afterwards. Ignored by default (it is a
-/// measurement, not a check beyond loose bounds): `cargo test --test canvas_browser
-/// canvas_page_benchmark -- --ignored --nocapture`.
+/// workspaces change status 5 times, and the JS heap afterwards. Then a soak: the same 200
+/// workspaces keep changing status for `MOLECULE_BENCH_CANVAS_SOAK_MINUTES` (default 10) and
+/// the page's heap (after a forced GC) is sampled each minute, to show the page does not grow
+/// with the events it has seen. Ignored by default (it is a measurement, not a check beyond
+/// loose bounds): `cargo test --test canvas_browser canvas_page_benchmark -- --ignored
+/// --nocapture`.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore]
 async fn canvas_page_benchmark_1000_workspaces() {
@@ -1466,6 +1470,67 @@ async fn canvas_page_benchmark_1000_workspaces() {
     assert!(
         first["firstRenderMs"].as_f64().unwrap_or(f64::MAX) < 5000.0,
         "{first}"
+    );
+
+    // The soak: statuses keep changing; the heap is read after a forced GC once a minute.
+    let minutes: u64 = std::env::var("MOLECULE_BENCH_CANVAS_SOAK_MINUTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    const HEAP: &str = "if (window.gc) { window.gc(); } return performance.memory ? performance.memory.usedJSHeapSize / 1048576 : null";
+    let start_heap = js(&c, HEAP).await.as_f64().unwrap_or(-1.0);
+    js(&c, "window.__stop = false; window.__gaps = []; let last = performance.now(); (function f(t) { window.__gaps.push(t - last); last = t; if (!window.__stop) requestAnimationFrame(f); })(performance.now()); window.moleculeCanvasStats.maxRenderMs = 0; return true").await;
+    let soak = Instant::now();
+    let mut changes = 0usize;
+    let mut samples = vec![start_heap];
+    let phases = ["Degraded", "Online", "Offline", "Online"];
+    let mut round = 0usize;
+    while soak.elapsed() < Duration::from_secs(minutes * 60) {
+        let s3 = s.clone();
+        let p = phases[round % phases.len()].to_string();
+        changes += tokio::task::spawn_blocking(move || {
+            for t in 0..20 {
+                for m in 0..10 {
+                    let name = if m == 0 {
+                        format!("lead-{t}")
+                    } else {
+                        format!("t{t}-m{m}")
+                    };
+                    patch_status(&s3, &name, json!({"phase": p}));
+                }
+            }
+            200
+        })
+        .await
+        .expect("status");
+        round += 1;
+        if soak.elapsed() >= Duration::from_secs(60 * samples.len() as u64) {
+            samples.push(js(&c, HEAP).await.as_f64().unwrap_or(-1.0));
+        }
+    }
+    let want = phases[(round + phases.len() - 1) % phases.len()].to_lowercase();
+    until(60, "the last soak round shown", || async {
+        nodes(&c).await.iter().filter(|n| n.1 == want).count() >= 200
+    })
+    .await;
+    let end_heap = js(&c, HEAP).await.as_f64().unwrap_or(-1.0);
+    let r = js(&c, "window.__stop = true; const g = window.__gaps.slice(1); g.sort((a, b) => a - b); return {frames: g.length, p50: g[Math.floor(g.length / 2)], p99: g[Math.floor(g.length * 0.99)], max: g[g.length - 1], over50: g.filter(x => x > 50).length, maxRender: window.moleculeCanvasStats.maxRenderMs}").await;
+    let heaps: Vec<String> = samples.iter().map(|h| format!("{h:.1}")).collect();
+    println!(
+        "soak {minutes} min: {changes} status changes in {:?}; JS heap after GC {start_heap:.1} MB → {end_heap:.1} MB (per minute: {}); frame gaps p50 {:.1} ms p99 {:.1} ms max {:.1} ms, {} of {} frames over 50 ms; longest render {:.1} ms",
+        soak.elapsed(),
+        heaps.join(", "),
+        r["p50"].as_f64().unwrap_or(-1.0),
+        r["p99"].as_f64().unwrap_or(-1.0),
+        r["max"].as_f64().unwrap_or(-1.0),
+        r["over50"],
+        r["frames"],
+        r["maxRender"].as_f64().unwrap_or(-1.0),
+    );
+    // A page that kept what it was sent would grow with the changes; a loose bound.
+    assert!(
+        start_heap < 0.0 || end_heap < start_heap * 2.0 + 16.0,
+        "the page's heap grew from {start_heap:.1} MB to {end_heap:.1} MB over {changes} changes"
     );
     c.close().await.expect("close");
 }
