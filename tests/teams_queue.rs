@@ -284,7 +284,7 @@ async fn kill9_during_queue_and_delegations(postgres: bool) {
     let in_flight = delegate(&other, "sleep 5000 inflight");
     eventually(
         10,
-        "the delegations to settle into queued and dispatched",
+        "the delegations to settle into queued and dispatched (and at the agent)",
         || {
             let list = org.delegations("lead");
             let status = |id: &str| {
@@ -292,8 +292,11 @@ async fn kill9_during_queue_and_delegations(postgres: bool) {
                     .find(|d| d["delegation_id"] == id)
                     .map(|d| d["status"].clone())
             };
+            // The in-flight one has reached its agent: "dispatched" is written before the
+            // send, so a kill right after it may come before the agent has the message.
             queued.iter().all(|id| status(id) == Some(json!("queued")))
                 && status(&in_flight) == Some(json!("dispatched"))
+                && !org.seen("other").is_empty()
         },
     )
     .await;
