@@ -34,6 +34,11 @@ impl std::io::Write for LogBuffer {
 }
 
 /// Runs `f` with a subscriber that records every level, and returns its result and the log text.
+///
+/// Other tests of the same binary run on other threads without a subscriber. A callsite they
+/// reach first can have its interest cached as "never" while this subscriber is being
+/// registered, and then this capture would miss its events; so the cache is rebuilt once this
+/// subscriber is in place.
 pub fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
     let buf = LogBuffer::default();
     let subscriber = tracing_subscriber::fmt()
@@ -41,6 +46,9 @@ pub fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
         .with_writer(buf.make_writer())
         .with_ansi(false)
         .finish();
-    let out = tracing::subscriber::with_default(subscriber, f);
+    let out = tracing::subscriber::with_default(subscriber, || {
+        tracing::callsite::rebuild_interest_cache();
+        f()
+    });
     (out, buf.text())
 }
