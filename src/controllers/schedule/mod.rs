@@ -6,9 +6,11 @@
 //! of its resourceVersion (a stale cache is refused, and the plan is made again on a fresh
 //! read) — the claim of a fire (`lastRunAt`, `runCount`, the next `nextRunAt`) is stored BEFORE the
 //! message is sent, so a kill -9 at any point never fires twice and a restart fires a missed
-//! fire once. Fires run off the reconcile, at most [`MAX_FIRES`] at once; each reports
-//! `lastStatus`/`lastError` and a `CRON_EXECUTED` or `CRON_SKIPPED` live event when it ends.
+//! fire once. Fires run off the reconcile, at most [`MAX_FIRES`] sends at once; each publishes a
+//! `CRON_EXECUTED` or `CRON_SKIPPED` live event when it ends, and its `lastStatus`/`lastError`
+//! are written by [`outcomes`] once the burst of fires is over.
 
+pub mod outcomes;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -82,6 +84,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     fires: Arc<tokio::sync::Semaphore>,
+    /// Fires' outcomes waiting to be written (off the fire path).
+    pub outcomes: Arc<outcomes::Outcomes>,
 }
 
 impl Context {
@@ -99,6 +103,7 @@ impl Context {
                 Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
             ),
             fires: Arc::new(tokio::sync::Semaphore::new(settings.max_fires.max(1))),
+            outcomes: Arc::default(),
             client,
             teams,
             metrics,
@@ -239,6 +244,9 @@ async fn pass(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Sched
     let Some(uid) = written.uid() else {
         return Ok(requeue(plan.wake, now));
     };
+    if !plan.fires.is_empty() {
+        ctx.outcomes.busy();
+    }
     for fire in plan.fires {
         tokio::spawn(run_fire(ctx.clone(), written.clone(), uid.clone(), fire));
     }
@@ -254,9 +262,10 @@ fn outcome(result: &Result<String, SendError>) -> (&'static str, Option<String>)
     }
 }
 
-/// Sends one claimed fire and reports how it went.
+/// Sends one claimed fire and reports how it went: the live event and the Event at once, the
+/// status fields through [`outcomes::Outcomes`].
 async fn run_fire(ctx: Arc<Context>, ws: Workspace, uid: String, fire: plan::Fire) {
-    let Ok(_permit) = ctx.fires.clone().acquire_owned().await else {
+    let Ok(permit) = ctx.fires.clone().acquire_owned().await else {
         return;
     };
     let msg = PlatformMessage {
@@ -274,6 +283,7 @@ async fn run_fire(ctx: Arc<Context>, ws: Workspace, uid: String, fire: plan::Fir
         tokio::time::sleep(Duration::from_secs(1)).await;
         result = ctx.teams.send_platform_message(&uid, &msg).await;
     }
+    drop(permit);
     let (status, error) = outcome(&result);
     ctx.metrics
         .inc("molecule_schedule_fires_total", &[("status", status)]);
@@ -299,39 +309,20 @@ async fn run_fire(ctx: Arc<Context>, ws: Workspace, uid: String, fire: plan::Fir
             format!("schedule {:?}: {e}", fire.name),
         );
     }
-    if let Err(e) = record(&ctx, &ws, &fire.name, status, error).await {
-        tracing::warn!(error = %e, workspace = %uid, schedule = %fire.name, "could not record a fire's outcome");
-    }
-}
-
-/// Writes a fire's outcome into its schedule's status (fresh read, conditional write, a few
-/// tries on conflict).
-async fn record(
-    ctx: &Context,
-    ws: &Workspace,
-    name: &str,
-    status: &str,
-    error: Option<String>,
-) -> Result<(), ScheduleError> {
-    // First on the version the claim wrote (often still current), then on fresh reads.
-    let mut current = Some(ws.clone());
-    for _ in 0..5 {
-        let Some(ws) = current.take() else {
-            return Ok(());
-        };
-        let mut list = statuses(&ws).to_vec();
-        let Some(entry) = list.iter_mut().find(|s| s.name == name) else {
-            return Ok(()); // the schedule was removed meanwhile
-        };
-        entry.last_status = Some(status.to_string());
-        entry.last_error = error.clone();
-        match write(&ctx.client, &ws, &list).await {
-            Ok(_) => return Ok(()),
-            Err(ScheduleError::Conflict) => current = fresh(&ctx.client, &ws).await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(ScheduleError::Conflict)
+    let claimed_at = statuses(&ws)
+        .iter()
+        .find(|s| s.name == fire.name)
+        .and_then(|s| s.last_run_at.clone());
+    ctx.outcomes.push(
+        &uid,
+        &ws,
+        outcomes::Outcome {
+            schedule: fire.name,
+            claimed_at,
+            status: status.to_string(),
+            error,
+        },
+    );
 }
 
 /// The schedule controller for one leadership term.
@@ -346,21 +337,24 @@ pub async fn run(
     use kube::runtime::controller::Controller;
     use kube::runtime::{WatchStreamExt, watcher};
     let ctx = Arc::new(Context::new(client.clone(), teams, metrics, settings));
+    let outcomes = ctx.outcomes.clone();
+    // Runs beside the controller, and writes what still waits once the stop fired.
+    let recorder = outcomes.run(client.clone(), stop.clone());
     let api: Api<Workspace> = Api::all(client);
     let (reader, writer) = kube::runtime::reflector::store();
     let trigger = kube::runtime::reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
         .applied_objects()
         .predicate_filter(trigger_hash, Default::default());
-    Controller::for_stream(trigger, reader)
+    let controller = Controller::for_stream(trigger, reader)
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(super::MAX_CONCURRENT_RECONCILES),
         )
         .graceful_shutdown_on(stop.wait())
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+        .for_each(|_| async {});
+    tokio::join!(controller, recorder);
 }
 
 #[cfg(test)]
