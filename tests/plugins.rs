@@ -1140,6 +1140,65 @@ fn a_plugin_of_an_org_workspace_arrives_with_it_and_honours_the_allowlist() {
     });
 }
 
+/// A workspace applied together with its PluginInstall starts with the plugin already in
+/// `/configs/plugins` (ADR 0056): the install then finds it unchanged, and the workspace is
+/// never restarted for it, although the plugin is cold (it has a hook).
+#[test]
+fn a_plugin_applied_with_its_workspace_is_there_at_the_first_start_with_no_restart() {
+    let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());
+    let e = start();
+    write_files(
+        &e.registry.path().join("hello"),
+        &refs(&plugin("hello", "# first boot\n", "#!/bin/sh\n")),
+    );
+    e.apply(
+        "apiVersion: molecule.ai/v1alpha1\nkind: PluginInstall\nmetadata:\n  name: boot-hello\nspec:\n  workspaceRef: {name: boot}\n  source: \"local://hello\"\n---\napiVersion: molecule.ai/v1alpha1\nkind: Workspace\nmetadata:\n  name: boot\nspec:\n  runtime: echo\n",
+    );
+    // The first container the workspace records is the one it keeps.
+    let mut first = String::new();
+    e.wait("the workspace recorded no container", 240, || {
+        first = e.container_id("boot");
+        !first.is_empty()
+    });
+    e.wait(
+        "the plugin was not installed into the first container",
+        240,
+        || {
+            e.ready("boot-hello").0 == "True"
+                && e.get("plugininstalls", "boot-hello")["status"]["installedContainerId"].as_str()
+                    == Some(first.as_str())
+        },
+    );
+    e.wait_online("boot");
+    let w = e.get("workspaces", "boot");
+    assert!(
+        w["metadata"]["annotations"]["molecule.ai/restartedAt"].is_null(),
+        "the plugin asked for a restart: {w}"
+    );
+    assert_eq!(e.container_id("boot"), first, "the workspace was restarted");
+    let pi = e.get("plugininstalls", "boot-hello");
+    assert!(
+        pi["status"]["lastRestartClass"].is_null(),
+        "the install restarted the workspace: {pi}"
+    );
+    let files = plugin_dir(&e.plugin_files("boot"), "hello");
+    assert_eq!(
+        files.get("skills/greet/SKILL.md").map(String::as_str),
+        Some("# first boot\n"),
+        "{files:?}"
+    );
+    assert!(files.contains_key(".complete"), "{files:?}");
+    assert_eq!(
+        skill_text(&e.agent_plugins("boot"), "hello"),
+        "# first boot\n"
+    );
+    assert!(
+        e.s.log().contains("plugins placed for the first start"),
+        "the plugin was not placed before the start:\n{}",
+        e.tail()
+    );
+}
+
 #[test]
 fn examples_install_into_the_example_workspace() {
     let _g = DOCKER.lock().unwrap_or_else(|p| p.into_inner());

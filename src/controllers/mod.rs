@@ -300,18 +300,21 @@ fn workspace_context(
         controller: "molecule-workspace".into(),
         instance: std::env::var("HOSTNAME").ok(),
     };
-    Arc::new(workspace::Context::new(
-        client.clone(),
-        backends.clone(),
-        images.clone(),
-        kube::runtime::events::Recorder::new(client.clone(), reporter),
-        workspace::Settings {
-            platform_url,
-            ..host.workspace.clone()
-        },
-        metrics.clone(),
-        host.audit.clone(),
-    ))
+    Arc::new(
+        workspace::Context::new(
+            client.clone(),
+            backends.clone(),
+            images.clone(),
+            kube::runtime::events::Recorder::new(client.clone(), reporter),
+            workspace::Settings {
+                platform_url,
+                ..host.workspace.clone()
+            },
+            metrics.clone(),
+            host.audit.clone(),
+        )
+        .with_plugins(host.plugins.fetcher()),
+    )
 }
 
 /// Why one leadership term of the controllers ended.

@@ -478,7 +478,7 @@ fn source_changed(planned: &Planned, origin: &Origin, fetched: &Fetched) -> Opti
 }
 
 /// The org's allowlist and the plugin's runtimes, now that the name is known.
-fn not_allowed_or_unsupported(
+pub(super) fn not_allowed_or_unsupported(
     ws: &Workspace,
     allowed: Option<&[String]>,
     fetched: &Fetched,

@@ -18,6 +18,7 @@ mod cleanup;
 pub mod drift;
 pub mod install;
 pub mod plan;
+pub mod seed;
 mod status;
 
 use std::collections::HashMap;
@@ -402,6 +403,11 @@ async fn workspace(
 
 /// The plugin names an owning OrgImport allows (`None`: no OrgImport, or it allows any).
 async fn allowlist(ctx: &Context, ws: &Workspace) -> Result<Option<Vec<String>>, PluginError> {
+    allowlist_of(&ctx.client, ws).await
+}
+
+/// [`allowlist`] through `client`.
+async fn allowlist_of(client: &Client, ws: &Workspace) -> Result<Option<Vec<String>>, PluginError> {
     let owner = ws
         .owner_references()
         .iter()
@@ -411,8 +417,7 @@ async fn allowlist(ctx: &Context, ws: &Workspace) -> Result<Option<Vec<String>>,
     let Some(org) = owner else {
         return Ok(None);
     };
-    let api: Api<OrgImport> =
-        Api::namespaced(ctx.client.clone(), &ws.namespace().unwrap_or_default());
+    let api: Api<OrgImport> = Api::namespaced(client.clone(), &ws.namespace().unwrap_or_default());
     Ok(api
         .get_opt(&org)
         .await?

@@ -113,6 +113,9 @@ pub struct Context {
     pub report: Reporter,
     /// Earliest time of the next automatic restart, per uid.
     restarts: Mutex<HashMap<String, Instant>>,
+    /// The plugin registry: the `local://` plugins of a workspace's PluginInstalls are placed
+    /// before its first start (ADR 0056). `None`: they land only through their installs.
+    pub plugins: Option<crate::plugins::Fetcher>,
 }
 
 impl Context {
@@ -145,7 +148,14 @@ impl Context {
             audit,
             images,
             restarts: Mutex::default(),
+            plugins: None,
         }
+    }
+
+    /// This context, placing plugins from `fetcher`'s registry before first starts.
+    pub fn with_plugins(mut self, fetcher: crate::plugins::Fetcher) -> Self {
+        self.plugins = Some(fetcher);
+        self
     }
 
     /// When the next automatic restart of `uid` may happen (`None`: at once).

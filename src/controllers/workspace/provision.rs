@@ -42,8 +42,25 @@ pub(super) async fn provision(
     if pass.kind == Backend::ControlPlane {
         pass.next.instance_id = None;
     }
-    let spec = start_spec(&pass, desired, image, platform, token);
+    let mut spec = start_spec(&pass, desired, image, platform, token);
+    if reason == ProvisionReason::Initial && pass.kind == Backend::Docker {
+        spec.files
+            .extend(first_start_plugins(ctx, &pass, &spec.files).await);
+    }
     start(ctx, backend, pass, &spec).await
+}
+
+/// The plugins placed before a workspace's first start (ADR 0056), within what is left of the
+/// config files' size limit. Looked up as late as possible: the PluginInstalls of a workspace
+/// are usually created just after it.
+async fn first_start_plugins(ctx: &Context, pass: &Pass, files: &[ConfigFile]) -> Vec<ConfigFile> {
+    let Some(fetcher) = &ctx.plugins else {
+        return vec![];
+    };
+    let used: usize = files.iter().map(|f| f.content.len()).sum();
+    let budget = super::files::MAX_TOTAL_BYTES.saturating_sub(used);
+    crate::controllers::plugin::seed::first_start_files(&ctx.client, fetcher, &pass.ws, budget)
+        .await
 }
 
 /// The image: a fresh resolution per start — moving tags re-pulled, pinned ones only when

@@ -1,0 +1,182 @@
+//! Plugins in place before a workspace's first start (ADR 0056).
+//!
+//! A PluginInstall lands in a running container, and a cold plugin (hooks, settings) then
+//! restarts the workspace. For a workspace created together with its PluginInstalls (an org
+//! import, a bundle, one `kubectl apply`) that meant every new workspace started, came up, and
+//! restarted once its plugins landed. So the first start of a workspace already carries the
+//! `local://` plugins its PluginInstalls name, as files under `/configs/plugins/<name>/` with the
+//! `.complete` marker the install's swap writes: the agent loads them at its first boot, and when
+//! the PluginInstall controller then installs into the running container, the live tree equals
+//! the staged one — unchanged, no restart.
+//!
+//! The same refusals as an install apply (source, runtime, the owning OrgImport's allowlist, two
+//! records naming one plugin): a plugin the install would refuse is not placed. Git sources are
+//! never fetched here (no network on the workspace's start path); they land the usual way.
+//! Anything that fails here only means the plugin lands the usual way.
+
+use std::collections::BTreeMap;
+
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+
+use crate::backends::{ConfigFile, validate_file_path};
+use crate::plugins::{Fetched, Fetcher, MARKER, Origin, Source};
+use crate::resources::{PluginInstall, Workspace};
+
+/// The files of the `local://` plugins `ws`'s PluginInstalls name, within `budget` bytes of
+/// content (a plugin that does not fit is left to its install).
+pub async fn first_start_files(
+    client: &Client,
+    fetcher: &Fetcher,
+    ws: &Workspace,
+    budget: usize,
+) -> Vec<ConfigFile> {
+    let ns = ws.namespace().unwrap_or_default();
+    let api: Api<PluginInstall> = Api::namespaced(client.clone(), &ns);
+    let installs = match api.list(&ListParams::default()).await {
+        Ok(l) => l.items,
+        Err(e) => {
+            tracing::debug!(workspace = %ws.name_any(), error = %e, "plugins for the first start not listed");
+            return vec![];
+        }
+    };
+    let name = ws.name_any();
+    let mine: Vec<&PluginInstall> = installs
+        .iter()
+        .filter(|pi| pi.spec.workspace_ref.name == name && pi.metadata.deletion_timestamp.is_none())
+        .collect();
+    if mine.is_empty() {
+        return vec![];
+    }
+    let allowed = match super::allowlist_of(client, ws).await {
+        Ok(a) => a,
+        Err(_) => return vec![],
+    };
+    let mut fetched = vec![];
+    for pi in mine {
+        let Ok(origin) = Origin::parse(
+            &pi.spec.source,
+            pi.spec.track.as_deref(),
+            pi.spec.allow_unpinned,
+        ) else {
+            continue;
+        };
+        if !matches!(origin.source, Source::Local(_)) {
+            continue;
+        }
+        let Ok(f) = fetcher.fetch(&origin, None, None).await else {
+            continue;
+        };
+        if super::apply::not_allowed_or_unsupported(ws, allowed.as_deref(), &f).is_none() {
+            fetched.push(f);
+        }
+    }
+    let files = files_of(&fetched, budget);
+    if !files.is_empty() {
+        tracing::info!(workspace = %name, files = files.len(), "plugins placed for the first start");
+    }
+    files
+}
+
+/// The files of `fetched` under `plugins/<name>/`, each tree with its marker; a name fetched
+/// twice is placed for neither record, and a tree that would pass `budget` is left out.
+pub fn files_of(fetched: &[Fetched], budget: usize) -> Vec<ConfigFile> {
+    let mut by_name: BTreeMap<&str, Vec<&Fetched>> = BTreeMap::new();
+    for f in fetched {
+        by_name.entry(f.meta.name.as_str()).or_default().push(f);
+    }
+    let mut out = vec![];
+    let mut used = 0usize;
+    for (name, list) in by_name {
+        let [f] = list.as_slice() else {
+            continue;
+        };
+        let mut files: Vec<ConfigFile> = f
+            .tree
+            .files()
+            .map(|file| ConfigFile {
+                path: format!("plugins/{name}/{}", file.path),
+                content: file.content.clone(),
+                mode: file.mode,
+            })
+            .collect();
+        files.push(ConfigFile {
+            path: format!("plugins/{name}/{MARKER}"),
+            content: format!("{}\n", f.sha).into_bytes(),
+            mode: 0o644,
+        });
+        let bytes: usize = files.iter().map(|f| f.content.len()).sum();
+        if used + bytes > budget || files.iter().any(|f| validate_file_path(&f.path).is_err()) {
+            continue;
+        }
+        used += bytes;
+        out.extend(files);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::{Limits, PluginTree};
+
+    fn fetched(dir: &std::path::Path, name: &str, extra: &str) -> Fetched {
+        let root = dir.join(name);
+        std::fs::create_dir_all(root.join("hooks")).unwrap();
+        std::fs::write(
+            root.join("plugin.yaml"),
+            format!("name: {name}\nversion: 1.0.0\ndescription: test\n"),
+        )
+        .unwrap();
+        std::fs::write(root.join("hooks/start.sh"), format!("echo {extra}\n")).unwrap();
+        let tree = PluginTree::from_dir(&root, &Limits::default()).unwrap();
+        let meta = crate::plugins::format::validate(&tree, Some(name)).unwrap();
+        let sha = crate::plugins::tree::tree_digest(&tree.hashes());
+        Fetched { meta, tree, sha }
+    }
+
+    #[test]
+    fn each_plugin_is_placed_whole_with_its_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = fetched(dir.path(), "alpha", "a");
+        let files = files_of(std::slice::from_ref(&a), usize::MAX);
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert!(paths.contains(&"plugins/alpha/plugin.yaml"), "{paths:?}");
+        assert!(paths.contains(&"plugins/alpha/hooks/start.sh"), "{paths:?}");
+        let marker = files
+            .iter()
+            .find(|f| f.path == "plugins/alpha/.complete")
+            .expect("marker");
+        assert_eq!(marker.content, format!("{}\n", a.sha).into_bytes());
+        // What an install would hash inside the container equals the tree it fetches: the
+        // classifier finds it unchanged, so no restart follows.
+        let placed: BTreeMap<String, String> = files
+            .iter()
+            .filter_map(|f| {
+                let rel = f.path.strip_prefix("plugins/alpha/")?;
+                use sha2::Digest;
+                Some((
+                    rel.to_string(),
+                    hex::encode(sha2::Sha256::digest(&f.content)),
+                ))
+            })
+            .collect();
+        assert_eq!(
+            crate::plugins::classify(&a.tree.hashes(), Some(&placed)),
+            crate::plugins::Change::Unchanged
+        );
+    }
+
+    #[test]
+    fn a_name_fetched_twice_and_a_tree_past_the_budget_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = tempfile::tempdir().unwrap();
+        let a1 = fetched(dir.path(), "alpha", "1");
+        let a2 = fetched(one.path(), "alpha", "2");
+        let b = fetched(dir.path(), "beta", "b");
+        let files = files_of(&[a1, a2, b.clone()], usize::MAX);
+        assert!(files.iter().all(|f| f.path.starts_with("plugins/beta/")));
+        assert!(!files.is_empty());
+        assert!(files_of(&[b], 10).is_empty());
+    }
+}
