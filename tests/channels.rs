@@ -3,7 +3,8 @@
 //! the real wire protocol. A user writes, the agent's answer arrives in the chat; a stranger
 //! is ignored and counted; a refused token, a missing Secret and an unsupported type each give
 //! a precise status and condition that never carry the token; a kill -9 resumes after the
-//! last update handled; disabling a channel through the REST route stops its polling.
+//! last update handled; disabling a channel through the REST route stops its polling; a token
+//! rotated in its Secret reaches the connected adapter.
 
 mod common;
 mod fakes;
@@ -312,6 +313,29 @@ fn a_telegram_chat_reaches_the_agent_and_bad_channels_say_why() {
         eventually(60, || tg.sent().contains(&(502, "now?".into()))),
         "{:?}\n{}",
         tg.sent(),
+        tail(&s)
+    );
+
+    // A token rotated in the Secret reaches the connected adapter: given the refused token, the
+    // channel says so; given the good one back, it connects again.
+    let secret_with = |token: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: tg\nstringData:\n  token: \"{token}\"\n  bad: \"{BAD}\"\n"
+        )
+    };
+    apply(&s, &ns, &secret_with(BAD));
+    assert!(
+        eventually(60, || channel(&s, &ns, "bot", 0)["reason"]
+            == "InvalidToken"),
+        "the rotated token was not used: {}\n{}",
+        channel(&s, &ns, "bot", 0),
+        tail(&s)
+    );
+    apply(&s, &ns, &secret_with(GOOD));
+    assert!(
+        eventually(90, || channel(&s, &ns, "bot", 0)["state"] == "Connected"),
+        "the token rotated back was not used: {}\n{}",
+        channel(&s, &ns, "bot", 0),
         tail(&s)
     );
 

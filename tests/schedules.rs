@@ -330,3 +330,75 @@ async fn kill9_across_a_due_time(postgres: bool) {
         );
     }
 }
+
+/// On Docker, end to end: an echo container's every-minute schedule fires within a minute, the
+/// agent in the container answers (its echo of the prompt is in the `a2a_receive` activity
+/// row), and `status.schedules` and the history route say `ok`.
+#[test]
+fn an_every_minute_schedule_reaches_an_echo_container_on_docker() {
+    use common::{Cleanup, Server, apply, eventually, get, phase, ws_yaml};
+    let ns = format!("s{}", molecule::util::random_suffix(8));
+    let _clean = Cleanup(ns.clone());
+    let s = Server::start_with(
+        Backend::Sqlite,
+        &["--controllers", "all", "--agent-heartbeat-seconds", "1"],
+    );
+    apply(
+        &s,
+        &ns,
+        &ws_yaml(
+            "cron",
+            "  schedules:\n  - name: tick\n    cronExpr: \"* * * * *\"\n    prompt: \"docker tick\"\n",
+        ),
+    );
+    assert!(
+        eventually(180, || phase(&s, &ns, "cron") == "Online"),
+        "the workspace did not come Online:\n{}",
+        common::tail(&s)
+    );
+    let status = || get(&s, &ns, "cron")["status"]["schedules"][0].clone();
+    assert!(
+        eventually(80, || status()["lastStatus"] == "ok"),
+        "the schedule did not fire within a minute: {}\n{}",
+        status(),
+        common::tail(&s)
+    );
+    assert!(
+        status()["runCount"].as_i64().unwrap_or(0) >= 1,
+        "{}",
+        status()
+    );
+    let uid = get(&s, &ns, "cron")["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+    let (code, body) = s.http_as(
+        "GET",
+        &format!("/workspaces/{uid}/activity?type=a2a_receive"),
+        Some(&s.token()),
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    let rows: Vec<Value> = serde_json::from_str(&body).expect("rows");
+    let fire = rows
+        .iter()
+        .find(|r| r["summary"] == "schedule:tick: docker tick")
+        .unwrap_or_else(|| panic!("no fire in the activity log: {body}"));
+    assert_eq!(fire["status"], "ok", "{fire}");
+    assert!(
+        fire["response_body"].to_string().contains("docker tick"),
+        "the agent's answer is not in the row: {fire}"
+    );
+    let (code, body) = s.http_as(
+        "GET",
+        &format!("/workspaces/{uid}/schedules/tick/history"),
+        Some(&s.token()),
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    let history: Vec<Value> = serde_json::from_str(&body).expect("history");
+    assert!(
+        history.iter().any(|h| h["status"] == "ok"),
+        "the history has no fire: {body}"
+    );
+}

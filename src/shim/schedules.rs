@@ -24,14 +24,14 @@ use super::error::{ShimError, ShimResult};
 use super::input::{self, Fields};
 use crate::resources::names::RUN_SCHEDULES_ANNOTATION;
 use crate::resources::{ScheduleSpec, ScheduleStatus, Workspace};
-use crate::store::ActivityFilter;
+use crate::store::{ActivityFilter, ActivitySource};
 
 const MAX_NAME: usize = 128;
 const MAX_CRON: usize = 200;
 const MAX_TZ: usize = 64;
 const MAX_PROMPT: usize = 64 * 1024;
-/// Rows of the activity log looked through for a schedule's history.
-const HISTORY_SCAN: usize = 500;
+/// Most fires a schedule's history shows (the newest).
+const HISTORY_LIMIT: usize = 500;
 /// Writes retried after a concurrent change of the record.
 const WRITE_TRIES: usize = 3;
 
@@ -337,20 +337,17 @@ pub async fn history(
         .activity_query(&ActivityFilter {
             workspace_id: id.clone(),
             activity_type: Some("a2a_receive".into()),
-            source: None,
-            limit: HISTORY_SCAN,
+            source: Some(ActivitySource::Canvas),
+            summary_prefix: Some(format!("schedule:{sid}: ")),
+            limit: HISTORY_LIMIT,
         })
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "schedule history: the activity query failed");
             ShimError::Unavailable("the activity log is unavailable; retry")
         })?;
-    let prefix = format!("schedule:{sid}: ");
     let out: Vec<Value> = rows
         .into_iter()
-        .filter(|r| {
-            r.source_id.is_none() && r.summary.as_deref().is_some_and(|s| s.starts_with(&prefix))
-        })
         .map(|r| {
             json!({
                 "id": r.id,

@@ -45,6 +45,8 @@ pub struct ActivityFilter {
     pub workspace_id: String,
     pub activity_type: Option<String>,
     pub source: Option<ActivitySource>,
+    /// Only rows whose summary starts with this text (a schedule's fires: `schedule:<name>: `).
+    pub summary_prefix: Option<String>,
     pub limit: usize,
 }
 
@@ -111,6 +113,13 @@ where
             qb.push(" AND source_id IS NOT NULL");
         }
         None => {}
+    }
+    if let Some(p) = &f.summary_prefix {
+        // substr counts characters in both SQLite and PostgreSQL; no LIKE, so no wildcards.
+        qb.push(" AND substr(summary, 1, ");
+        qb.push_bind(i64::try_from(p.chars().count()).unwrap_or(i64::MAX));
+        qb.push(") = ");
+        qb.push_bind(p.clone());
     }
     qb.push(" ORDER BY id DESC LIMIT ");
     qb.push_bind(i64::try_from(f.limit).unwrap_or(i64::MAX));
@@ -313,6 +322,18 @@ mod tests {
             ..all("w-1")
         };
         assert_eq!(q(agents).await, vec![ids[3]]);
+        // By summary prefix: exact text, `%` and `_` are no wildcards.
+        let mut fire = row("w-1", "a2a_receive", None, "2026-01-05T00:00:01.000000Z");
+        fire.summary = Some("schedule:daily_%: run it".into());
+        let fire_id = store.activity_insert(&fire).await.expect("insert");
+        let prefixed = |p: &str| ActivityFilter {
+            summary_prefix: Some(p.into()),
+            ..all("w-1")
+        };
+        assert_eq!(q(prefixed("schedule:daily_%: ")).await, vec![fire_id]);
+        assert!(q(prefixed("schedule:dailyx%: ")).await.is_empty());
+        assert!(q(prefixed("schedule:d%")).await.is_empty());
+        assert_eq!(q(prefixed("hel")).await, vec![ids[3], ids[1], ids[0]]);
 
         // Retention by age, across workspaces.
         let n = store
@@ -320,7 +341,7 @@ mod tests {
             .await
             .expect("prune");
         assert_eq!(n, 2);
-        assert_eq!(q(all("w-1")).await, vec![ids[3]]);
+        assert_eq!(q(all("w-1")).await, vec![fire_id, ids[3]]);
         assert_eq!(q(all("w-2")).await, vec![ids[2]]);
         assert_eq!(
             store

@@ -211,20 +211,32 @@ pub async fn run(task: Task) {
                 "connecting to the chat network",
             );
         }
-        if let Err((reason, message)) = session(&task, &backoff).await {
-            task.board
-                .set_state(&task.slot, state::FAILED, reason, &message);
+        match session(&task, &backoff).await {
+            // The token Secret changed: connect again with the new token at once.
+            Ok(()) => continue,
+            Err((reason, message)) => {
+                task.board
+                    .set_state(&task.slot, state::FAILED, reason, &message)
+            }
         }
         tokio::time::sleep(backoff.next("")).await;
     }
 }
 
-/// One connection: ends with the reason and message of its failure. A connection that was
-/// made starts the retry delays over.
+/// How often a connected channel reads its token Secret again (a rotated token is used from
+/// the next poll after it is seen).
+const TOKEN_RECHECK: Duration = Duration::from_secs(10);
+
+/// One connection: ends with the reason and message of its failure, or `Ok` when the token in
+/// the Secret changed (rotated). A connection that was made starts the retry delays over.
 async fn session(task: &Task, backoff: &Backoff) -> Result<(), (&'static str, String)> {
-    let token = token(&task.client, &task.namespace, &task.spec)
-        .await
-        .map_err(|NoSecret(m)| ("SecretNotFound", m))?;
+    let read = || async {
+        token(&task.client, &task.namespace, &task.spec)
+            .await
+            .map_err(|NoSecret(m)| ("SecretNotFound", m))
+    };
+    let token = read().await?;
+    let fingerprint = crate::tokens::digest(&token);
     let adapter = build(&task.spec, token).map_err(|e| (e.reason(), e.to_string()))?;
     let bot = adapter
         .connect()
@@ -239,7 +251,15 @@ async fn session(task: &Task, backoff: &Backoff) -> Result<(), (&'static str, St
         .set_state(&task.slot, state::CONNECTED, "Connected", &note);
     backoff.reset("");
     let mut cursor = task.board.cursor(&task.slot);
+    let mut checked = std::time::Instant::now();
     loop {
+        if checked.elapsed() >= TOKEN_RECHECK {
+            checked = std::time::Instant::now();
+            if crate::tokens::digest(&read().await?) != fingerprint {
+                tracing::info!(namespace = %task.namespace, "a channel's token Secret changed; reconnecting with the new token");
+                return Ok(());
+            }
+        }
         let updates = adapter
             .poll(cursor)
             .await
