@@ -294,6 +294,12 @@ impl Host {
         self
     }
 
+    /// The changes of the shared Workspace cache for the subscriber `name` (ADR 0025); `None`
+    /// when this process keeps no cache (no controller runs).
+    pub fn workspace_feed(&self, name: &str) -> Option<crate::feed::Feed<Workspace>> {
+        self.workspaces.as_ref().map(|w| w.feed(name))
+    }
+
     /// What the routes serve; compose them with [`router`].
     pub fn routes(&self) -> Routes {
         self.routes.clone()

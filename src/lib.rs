@@ -15,6 +15,7 @@ pub mod audit;
 pub mod backends;
 pub mod controllers;
 pub mod cron;
+pub mod feed;
 pub mod git;
 pub mod host;
 pub mod images;

@@ -210,9 +210,12 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
             shutdown.clone(),
         );
     }
+    let store = audit.store();
+    let settings = host_settings(&opts, instance, audit, plugins, election, ready.clone())?;
+    let mut host = crate::host::Host::new(client.clone(), settings, metrics.clone());
     // Schedules and channels send their messages through the Teams service (ADR 0053, ADR 0054),
-    // which needs the store.
-    let platform = match audit.store() {
+    // which needs the store; it follows the shared Workspace cache.
+    let platform = match store {
         Some(store)
             if opts
                 .controllers
@@ -220,8 +223,12 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
                 .iter()
                 .any(|c| c == "channel" || c == "schedule") =>
         {
+            let workspaces = match host.workspace_feed("teams") {
+                Some(feed) => crate::teams::service::Workspaces::Feed(feed),
+                None => crate::teams::service::Workspaces::Watch(client.clone()),
+            };
             Some(crate::teams::Teams::start(
-                client.clone(),
+                workspaces,
                 store,
                 &crate::util::random_token(),
                 None,
@@ -232,8 +239,6 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let settings = host_settings(&opts, instance, audit, plugins, election, ready.clone())?;
-    let mut host = crate::host::Host::new(client, settings, metrics.clone());
     if let Some(teams) = platform {
         host = host.with_platform_messages(teams);
     }

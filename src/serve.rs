@@ -367,9 +367,14 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             activity,
         },
     )?;
-    // Delegations and the busy queue (ADR 0051).
+    let host = crate::host::Host::new(client.clone(), settings, metrics.clone());
+    // Delegations and the busy queue (ADR 0051), on the shared Workspace cache when there is one.
+    let workspaces = match host.workspace_feed("teams") {
+        Some(feed) => crate::teams::service::Workspaces::Feed(feed),
+        None => crate::teams::service::Workspaces::Watch(client_from(&kubeconfig).await?),
+    };
     let teams = crate::teams::Teams::start(
-        client_from(&kubeconfig).await?,
+        workspaces,
         teams_store,
         &token,
         Some(crate::shim::delegations::publisher(&shim)),
@@ -377,7 +382,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         crate::teams::service::Settings::from_env(),
         shutdown.clone(),
     );
-    let host = crate::host::Host::new(client.clone(), settings, metrics.clone()).with_teams(teams);
+    let host = host.with_teams(teams);
     println!("canvas: {page_url}/ (molecule canvas-url prints a signed-in link)");
     let server = {
         let shutdown = shutdown.clone();

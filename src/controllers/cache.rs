@@ -10,7 +10,7 @@
 //! - [`WorkQueue`] counts what is waiting: objects triggered but not yet picked up
 //!   (`molecule_workqueue_depth`) and reconciles running (`molecule_reconcile_in_flight`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
+use crate::feed::{Change, Feed};
 use crate::telemetry::Metrics;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -164,7 +165,8 @@ impl<T: Send + 'static> Relay<T> {
     }
 }
 
-type Subscriber<K> = Arc<Mutex<Option<mpsc::UnboundedSender<Arc<K>>>>>;
+/// The named subscribers of a cache; a closed one is dropped at the next change.
+type Subscribers<K> = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Change<K>>>>>;
 
 /// One kind, watched for the life of the process; see the module docs.
 pub struct SharedCache<K>
@@ -173,7 +175,7 @@ where
     K::DynamicType: Eq + Hash + Clone,
 {
     reader: Store<K>,
-    subscriber: Subscriber<K>,
+    subscribers: Subscribers<K>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -187,6 +189,21 @@ where
     }
 }
 
+/// What the cache tells its subscribers about one watch event, once the store applied it: the
+/// store's own `Arc`s, so a subscriber that keeps them holds no second copy.
+fn changes_of<K>(event: &watcher::Event<K>, reader: &Store<K>) -> Option<Change<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    match event {
+        watcher::Event::Apply(o) => reader.get(&ObjectRef::from_obj(o)).map(Change::Applied),
+        watcher::Event::Delete(o) => Some(Change::Deleted(Arc::new(o.clone()))),
+        watcher::Event::Init | watcher::Event::InitApply(_) => None,
+        watcher::Event::InitDone => Some(Change::Relisted(reader.state())),
+    }
+}
+
 impl<K> SharedCache<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -194,24 +211,19 @@ where
 {
     /// Starts watching `api`.
     pub fn start(api: Api<K>, config: watcher::Config) -> Self {
-        let (reader, writer) = reflector::store();
-        let subscriber: Subscriber<K> = Arc::default();
+        let (reader, mut writer) = reflector::store();
+        let subscribers: Subscribers<K> = Arc::default();
         let task = tokio::spawn({
-            let subscriber = subscriber.clone();
+            let (subscribers, reader) = (subscribers.clone(), reader.clone());
             async move {
-                let stream = watcher(api, config)
-                    .default_backoff()
-                    .reflect(writer)
-                    .applied_objects();
+                let stream = watcher(api, config).default_backoff();
                 let mut stream = std::pin::pin!(stream);
                 while let Some(item) = stream.next().await {
                     match item {
-                        Ok(obj) => {
-                            let mut slot = lock(&subscriber);
-                            if let Some(tx) = slot.as_ref()
-                                && tx.send(Arc::new(obj)).is_err()
-                            {
-                                *slot = None;
+                        Ok(event) => {
+                            writer.apply_watcher_event(&event);
+                            if let Some(change) = changes_of(&event, &reader) {
+                                lock(&subscribers).retain(|_, tx| tx.send(change.clone()).is_ok());
                             }
                         }
                         Err(e) => {
@@ -223,7 +235,7 @@ where
         });
         SharedCache {
             reader,
-            subscriber,
+            subscribers,
             task,
         }
     }
@@ -238,11 +250,35 @@ where
         let _ = self.reader.wait_until_ready().await;
     }
 
-    /// Every change from now on (replacing any earlier subscriber).
-    fn subscribe(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+    /// Every change from now on, for the subscriber `name` (replacing an earlier subscriber of
+    /// that name). A subscriber that starts after the first list gets what the cache holds as
+    /// one [`Change::Relisted`] first.
+    pub fn feed(&self, name: &str) -> Feed<K> {
         let (tx, rx) = mpsc::unbounded_channel();
-        *lock(&self.subscriber) = Some(tx);
-        tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+        let mut subs = lock(&self.subscribers);
+        // Under the lock: a change the snapshot misses is sent to the new subscriber after it
+        // (one it already holds may come twice; applying a change twice is harmless).
+        let ready = futures::FutureExt::now_or_never(self.reader.wait_until_ready())
+            .is_some_and(|r| r.is_ok());
+        if ready {
+            let _ = tx.send(Change::Relisted(self.reader.state()));
+        }
+        subs.insert(name.to_string(), tx);
+        rx
+    }
+
+    /// Every object created or changed from now on (one per relisted object after a relist),
+    /// for the subscriber `name`.
+    fn subscribe(&self, name: &str) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.subscribers).insert(name.to_string(), tx);
+        tokio_stream::wrappers::UnboundedReceiverStream::new(rx).flat_map(|c| {
+            futures::stream::iter(match c {
+                Change::Applied(o) => vec![o],
+                Change::Relisted(all) => all,
+                Change::Deleted(_) => vec![],
+            })
+        })
     }
 
     /// A controller over this cache for one leadership term: it reconciles everything cached
@@ -262,7 +298,7 @@ where
         let changes = {
             let queue = queue.clone();
             let mut seen: std::collections::HashMap<ObjectRef<K>, u64> = Default::default();
-            self.subscribe()
+            self.subscribe(queue.controller)
                 .filter(move |o| {
                     let pass = match predicate(o.as_ref()) {
                         Some(h) => seen.insert(ObjectRef::from_obj(o.as_ref()), h) != Some(h),

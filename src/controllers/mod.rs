@@ -388,6 +388,7 @@ pub async fn run(
         None => (None, Some(lead_tx)),
     };
     let ws_queue = cache::WorkQueue::new("workspace", metrics.clone());
+    let schedule_queue = cache::WorkQueue::new("schedule", metrics.clone());
     tracing::info!(controllers = ?selection.0, "controller host started");
     loop {
         tokio::select! {
@@ -497,6 +498,8 @@ pub async fn run(
             && let Some(teams) = &teams
         {
             tasks.spawn(schedule::run(
+                workspaces.controller_filtered(&schedule_queue, schedule::trigger_hash),
+                schedule_queue.clone(),
                 client.clone(),
                 teams.clone(),
                 metrics.clone(),
@@ -528,6 +531,7 @@ pub async fn run(
                 tasks.abort_all();
                 while tasks.join_next().await.is_some() {}
                 ws_queue.clear();
+                schedule_queue.clear();
                 metrics.set("molecule_controllers_active", &[], 0.0);
                 tracing::warn!(
                     event = "controllers.stopped",

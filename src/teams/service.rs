@@ -29,6 +29,7 @@ use kube::runtime::watcher::{self, Event};
 use serde_json::{Value, json};
 
 use super::queue::{Drainers, Loads, max_concurrent};
+use crate::feed::Change;
 use crate::net::http::{Client as HttpClient, Timeouts};
 use crate::resources::Workspace;
 use crate::store::Store;
@@ -212,10 +213,20 @@ pub fn delegation_request(d: &Delegation) -> String {
     .to_string()
 }
 
+/// Where the Teams service learns about Workspaces.
+pub enum Workspaces {
+    /// A watch of its own through this client (a process with no shared Workspace cache).
+    Watch(kube::Client),
+    /// The process's shared Workspace cache (ADR 0025): no second watch, and the records held
+    /// are the cache's own.
+    Feed(crate::feed::Feed<Workspace>),
+}
+
 impl Teams {
-    /// Starts the watch, the expiry sweep and the recovery of what a previous run left.
+    /// Starts following the workspaces, the expiry sweep and the recovery of what a previous
+    /// run left.
     pub fn start(
-        client: kube::Client,
+        workspaces: Workspaces,
         store: Arc<dyn Store>,
         admin_token: &str,
         publish: Option<Publish>,
@@ -236,7 +247,7 @@ impl Teams {
             settings,
             ready: tokio::sync::watch::channel(false).0,
         });
-        tokio::spawn(teams.clone().watch(client, shutdown.clone()));
+        tokio::spawn(teams.clone().follow(workspaces, shutdown.clone()));
         tokio::spawn(teams.clone().sweep(shutdown));
         tokio::spawn(teams.clone().recover());
         teams
@@ -323,65 +334,103 @@ impl Teams {
 
     // ---- the watch: where agents are, and their heartbeats ----
 
-    async fn watch(self: Arc<Self>, client: kube::Client, shutdown: crate::shutdown::Shutdown) {
-        let stream = watcher::watcher(Api::<Workspace>::all(client), watcher::Config::default())
-            .default_backoff();
-        let mut stream = std::pin::pin!(stream);
+    async fn follow(self: Arc<Self>, source: Workspaces, shutdown: crate::shutdown::Shutdown) {
         let stop = shutdown.wait();
         let mut stop = std::pin::pin!(stop);
-        let mut buffer: Vec<Workspace> = vec![];
-        loop {
-            let ev = tokio::select! {
-                _ = &mut stop => return,
-                ev = stream.next() => ev,
-            };
-            let Some(ev) = ev else { return };
-            match ev {
-                Ok(Event::Init) => buffer.clear(),
-                Ok(Event::InitApply(w)) => buffer.push(w),
-                Ok(Event::InitDone) => {
-                    let list = std::mem::take(&mut buffer);
-                    {
-                        let mut map = self.by_uid.write().unwrap_or_else(|p| p.into_inner());
-                        map.clear();
-                        for w in &list {
-                            if let Some(uid) = w.uid() {
-                                map.insert(uid, Arc::new(w.clone()));
-                            }
+        match source {
+            Workspaces::Feed(mut feed) => loop {
+                let change = tokio::select! {
+                    _ = &mut stop => return,
+                    c = feed.recv() => c,
+                };
+                let Some(change) = change else { return };
+                self.apply(change);
+            },
+            Workspaces::Watch(client) => {
+                let stream =
+                    watcher::watcher(Api::<Workspace>::all(client), watcher::Config::default())
+                        .default_backoff();
+                let mut stream = std::pin::pin!(stream);
+                let mut buffer: Vec<Arc<Workspace>> = vec![];
+                loop {
+                    let ev = tokio::select! {
+                        _ = &mut stop => return,
+                        ev = stream.next() => ev,
+                    };
+                    let Some(ev) = ev else { return };
+                    let change = match ev {
+                        Ok(Event::Init) => {
+                            buffer.clear();
+                            continue;
                         }
-                    }
-                    for w in &list {
-                        self.observe(w);
-                    }
-                    self.ready.send_replace(true);
-                }
-                Ok(Event::Apply(w)) => {
-                    if let Some(uid) = w.uid() {
-                        self.by_uid
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(uid, Arc::new(w.clone()));
-                    }
-                    self.observe(&w);
-                }
-                Ok(Event::Delete(w)) => {
-                    if let Some(uid) = w.uid() {
-                        self.by_uid
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&uid);
-                        self.beats
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&uid);
-                        self.loads.forget(&uid);
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "teams: the workspace watch failed; retrying")
+                        Ok(Event::InitApply(w)) => {
+                            buffer.push(Arc::new(w));
+                            continue;
+                        }
+                        Ok(Event::InitDone) => Change::Relisted(std::mem::take(&mut buffer)),
+                        Ok(Event::Apply(w)) => Change::Applied(Arc::new(w)),
+                        Ok(Event::Delete(w)) => Change::Deleted(Arc::new(w)),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "teams: the workspace watch failed; retrying");
+                            continue;
+                        }
+                    };
+                    self.apply(change);
                 }
             }
         }
+    }
+
+    /// Takes in one change of the workspaces.
+    fn apply(self: &Arc<Self>, change: Change<Workspace>) {
+        match change {
+            Change::Relisted(list) => {
+                let gone: Vec<String> = {
+                    let mut map = self.by_uid.write().unwrap_or_else(|p| p.into_inner());
+                    let old = std::mem::take(&mut *map);
+                    for w in &list {
+                        if let Some(uid) = w.uid() {
+                            map.insert(uid, w.clone());
+                        }
+                    }
+                    old.into_keys().filter(|u| !map.contains_key(u)).collect()
+                };
+                for uid in gone {
+                    self.forget(&uid);
+                }
+                for w in &list {
+                    self.observe(w);
+                }
+                self.ready.send_replace(true);
+            }
+            Change::Applied(w) => {
+                if let Some(uid) = w.uid() {
+                    self.by_uid
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(uid, w.clone());
+                }
+                self.observe(&w);
+            }
+            Change::Deleted(w) => {
+                if let Some(uid) = w.uid() {
+                    self.by_uid
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&uid);
+                    self.forget(&uid);
+                }
+            }
+        }
+    }
+
+    /// Drops what is kept about a workspace that is gone.
+    fn forget(&self, uid: &str) {
+        self.beats
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
+        self.loads.forget(uid);
     }
 
     /// A record changed: a new `lastHeartbeat` is a heartbeat, which updates the load and

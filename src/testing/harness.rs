@@ -353,8 +353,15 @@ impl Harness {
             ));
         });
         let store = self.audit.store().expect("the harness audit has a store");
+        let cache = self
+            .workspaces
+            .as_ref()
+            .expect("the harness keeps its Workspace cache until dropped");
+        // As the host runs them: both on the shared Workspace cache.
+        let queue = cache::WorkQueue::new("schedule", self.metrics.clone());
+        let controller = cache.controller_filtered(&queue, schedule::trigger_hash);
         let teams = crate::teams::Teams::start(
-            self.client.clone(),
+            crate::teams::service::Workspaces::Feed(cache.feed("teams")),
             store,
             &self.token,
             Some(publish),
@@ -363,6 +370,8 @@ impl Harness {
             self.shutdown.clone(),
         );
         self.tasks.push(tokio::spawn(schedule::run(
+            controller,
+            queue,
             self.client.clone(),
             teams,
             self.metrics.clone(),

@@ -35,7 +35,7 @@ async fn channels_follow_the_workspace_and_say_why_they_do_not_run() {
     let mut h = Harness::start().await;
     let store = h.audit.store().expect("the harness has a store");
     let teams = crate::teams::Teams::start(
-        h.client.clone(),
+        crate::teams::service::Workspaces::Watch(h.client.clone()),
         store,
         &h.token,
         None,

@@ -325,8 +325,12 @@ async fn run_fire(ctx: Arc<Context>, ws: Workspace, uid: String, fire: plan::Fir
     );
 }
 
-/// The schedule controller for one leadership term.
+/// The schedule controller for one leadership term, over `controller`: the shared Workspace
+/// cache's controller woken by what [`trigger_hash`] covers (ADR 0025); `queue` counts what
+/// waits.
 pub async fn run(
+    controller: kube::runtime::Controller<Workspace>,
+    queue: Arc<crate::controllers::cache::WorkQueue>,
     client: Client,
     teams: Arc<Teams>,
     metrics: Arc<Metrics>,
@@ -334,25 +338,31 @@ pub async fn run(
     stop: crate::shutdown::Shutdown,
 ) {
     use futures::StreamExt;
-    use kube::runtime::controller::Controller;
-    use kube::runtime::{WatchStreamExt, watcher};
+    use kube::ResourceExt;
     let ctx = Arc::new(Context::new(client.clone(), teams, metrics, settings));
     let outcomes = ctx.outcomes.clone();
     // Runs beside the controller, and writes what still waits once the stop fired.
-    let recorder = outcomes.run(client.clone(), stop.clone());
-    let api: Api<Workspace> = Api::all(client);
-    let (reader, writer) = kube::runtime::reflector::store();
-    let trigger = kube::runtime::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .applied_objects()
-        .predicate_filter(trigger_hash, Default::default());
-    let controller = Controller::for_stream(trigger, reader)
+    let recorder = outcomes.run(client, stop.clone());
+    let controller = controller
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(super::MAX_CONCURRENT_RECONCILES),
         )
         .graceful_shutdown_on(stop.wait())
-        .run(reconcile, error_policy, ctx)
+        .run(
+            move |ws, ctx| {
+                let guard = queue.begin(&crate::controllers::cache::WorkQueue::key(
+                    ws.namespace().as_deref(),
+                    &ws.name_any(),
+                ));
+                async move {
+                    let _guard = guard;
+                    reconcile(ws, ctx).await
+                }
+            },
+            error_policy,
+            ctx,
+        )
         .for_each(|_| async {});
     tokio::join!(controller, recorder);
 }
