@@ -488,6 +488,8 @@ pub async fn run(
             && let Some(teams) = &teams
         {
             tasks.spawn(channel::run(
+                workspaces.feed("channel"),
+                workspaces.reader(),
                 client.clone(),
                 teams.clone(),
                 metrics.clone(),

@@ -195,6 +195,22 @@ impl Harness {
         }
     }
 
+    /// The changes of the harness's shared Workspace cache for the subscriber `name`, and the
+    /// cache itself (ADR 0025).
+    pub fn workspace_feed(
+        &self,
+        name: &str,
+    ) -> (
+        crate::feed::Feed<Workspace>,
+        kube::runtime::reflector::Store<Workspace>,
+    ) {
+        let cache = self
+            .workspaces
+            .as_ref()
+            .expect("the harness keeps its Workspace cache until dropped");
+        (cache.feed(name), cache.reader())
+    }
+
     /// Workspace controller settings for this harness: agents report to its URL, short
     /// timeouts, the template root inside the temporary directory.
     pub fn workspace_settings(&self) -> workspace::Settings {

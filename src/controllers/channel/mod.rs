@@ -17,10 +17,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use kube::Client;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 
 use crate::controllers::kit::{Backoff, Failure, Reconciler, Reporter};
 use crate::resources::{ChannelSpec, Workspace, WorkspacePhase};
@@ -252,20 +250,22 @@ async fn flush(client: &Client, reporter: &Reporter, board: &Board) -> Result<()
 }
 
 /// Runs the channel controller until `stop` fires (one leadership term).
-pub async fn run(client: Client, teams: Arc<Teams>, metrics: Arc<Metrics>, stop: Shutdown) {
+/// The channel controller for one leadership term, following the shared Workspace cache
+/// (`feed` and the cache `reader`, ADR 0025).
+pub async fn run(
+    mut feed: crate::feed::Feed<Workspace>,
+    reader: Store<Workspace>,
+    client: Client,
+    teams: Arc<Teams>,
+    metrics: Arc<Metrics>,
+    stop: Shutdown,
+) {
     let reconciler = Reconciler::new(
         "channel",
         metrics,
         Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
     );
     let reporter = Reporter::new(client.clone(), "molecule-channel", "Channel", &["channels"]);
-    let (reader, writer) = reflector::store::<Workspace>();
-    let events = reflector::reflector(
-        writer,
-        watcher(kube::Api::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff();
-    let mut events = std::pin::pin!(events);
     let mut sup = Supervisor {
         client: client.clone(),
         board: Arc::new(Board::default()),
@@ -279,10 +279,17 @@ pub async fn run(client: Client, teams: Arc<Teams>, metrics: Arc<Metrics>, stop:
     let mut ready = false;
     loop {
         tokio::select! {
-            ev = events.next() => match ev {
-                Some(Ok(watcher::Event::InitDone)) => { ready = true; pass(&reconciler, &mut sup, &reader).await },
-                Some(Ok(_)) if ready => pass(&reconciler, &mut sup, &reader).await,
-                Some(_) => {}
+            change = feed.recv() => match change {
+                Some(change) => {
+                    ready |= matches!(change, crate::feed::Change::Relisted(_));
+                    // One pass for a burst: what arrived meanwhile is in the cache already.
+                    while let Ok(more) = feed.try_recv() {
+                        ready |= matches!(more, crate::feed::Change::Relisted(_));
+                    }
+                    if ready {
+                        pass(&reconciler, &mut sup, &reader).await;
+                    }
+                }
                 None => break,
             },
             _ = resync.tick(), if ready => pass(&reconciler, &mut sup, &reader).await,

@@ -35,7 +35,7 @@ async fn channels_follow_the_workspace_and_say_why_they_do_not_run() {
     let mut h = Harness::start().await;
     let store = h.audit.store().expect("the harness has a store");
     let teams = crate::teams::Teams::start(
-        crate::teams::service::Workspaces::Watch(h.client.clone()),
+        crate::teams::service::Workspaces::Feed(h.workspace_feed("teams").0),
         store,
         &h.token,
         None,
@@ -44,7 +44,8 @@ async fn channels_follow_the_workspace_and_say_why_they_do_not_run() {
         h.shutdown(),
     );
     let (client, metrics) = (h.client.clone(), h.metrics.clone());
-    h.spawn(move |stop| channel::run(client, teams, metrics, stop));
+    let (feed, reader) = h.workspace_feed("channel");
+    h.spawn(move |stop| channel::run(feed, reader, client, teams, metrics, stop));
     let api: Api<Workspace> = Api::namespaced(h.client.clone(), "default");
     let ws: Workspace = object(json!({
         "apiVersion": "molecule.ai/v1alpha1",

@@ -2,6 +2,7 @@
 //! API server and the simulated backend, no Docker.
 
 mod channel;
+mod feed;
 mod org_import;
 mod plugin;
 mod reaper;
