@@ -116,9 +116,9 @@ where
     }
     if let Some(p) = &f.summary_prefix {
         // substr counts characters in both SQLite and PostgreSQL; no LIKE, so no wildcards.
-        qb.push(" AND substr(summary, 1, ");
-        qb.push_bind(i64::try_from(p.chars().count()).unwrap_or(i64::MAX));
-        qb.push(") = ");
+        qb.push(" AND substr(summary, 1, length(");
+        qb.push_bind(p.clone());
+        qb.push(")) = ");
         qb.push_bind(p.clone());
     }
     qb.push(" ORDER BY id DESC LIMIT ");
