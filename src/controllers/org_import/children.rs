@@ -232,6 +232,15 @@ pub(super) async fn prune_children(
     let ws_api: Api<Workspace> = Api::namespaced(ctx.client.clone(), ns);
     let mut pruned = 0;
     for name in &prune.delete {
+        // Already going (its finalizer still runs): deleted by an earlier pass, not again, and
+        // not counted again (a pass that only sees it go is a quiet one).
+        if seen
+            .workspaces
+            .get(name)
+            .is_some_and(|w| w.metadata.deletion_timestamp.is_some())
+        {
+            continue;
+        }
         match ws_api.delete(name, &DeleteParams::background()).await {
             Ok(_) => pruned += 1,
             Err(kube::Error::Api(e)) if e.code == 404 => {}
