@@ -214,8 +214,8 @@ pub struct Host {
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
-    /// The Workspace cache; `None` when no controller runs.
-    workspaces: Option<cache::SharedCache<Workspace>>,
+    /// The Workspace cache; `None` when no controller runs and none was handed in.
+    workspaces: Option<Arc<cache::SharedCache<Workspace>>>,
     routes: Routes,
     fills: Fills,
     /// The path of platform-originated messages the schedule and channel controllers use
@@ -227,23 +227,48 @@ impl Host {
     /// Starts the Workspace cache (every replica) and builds what the routes can serve before
     /// the Docker engine answers.
     pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Host {
-        let workspaces = (!settings.selection.0.is_empty()).then(|| {
-            cache::SharedCache::<Workspace>::start(
-                kube::Api::all(client.clone()),
-                kube::runtime::watcher::Config::default(),
-            )
-        });
-        let registry = workspaces
+        let workspaces =
+            (!settings.selection.0.is_empty()).then(|| Arc::new(Self::workspace_cache(&client)));
+        Self::build(client, settings, metrics, workspaces)
+    }
+
+    /// Like [`Host::new`], on a Workspace cache the caller started (and shares with the REST
+    /// shim: one Workspace watch per process, ADR 0025).
+    pub fn on_cache(
+        client: Client,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        workspaces: Arc<cache::SharedCache<Workspace>>,
+    ) -> Host {
+        Self::build(client, settings, metrics, Some(workspaces))
+    }
+
+    /// A Workspace cache watching every namespace through `client`.
+    pub fn workspace_cache(client: &Client) -> cache::SharedCache<Workspace> {
+        cache::SharedCache::<Workspace>::start(
+            kube::Api::all(client.clone()),
+            kube::runtime::watcher::Config::default(),
+        )
+    }
+
+    fn build(
+        client: Client,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        workspaces: Option<Arc<cache::SharedCache<Workspace>>>,
+    ) -> Host {
+        // The routes of the controllers are served only where controllers run.
+        let serving = workspaces
             .as_ref()
-            .filter(|_| settings.wants("workspace"))
-            .map(|w| {
-                Arc::new(RegistryState {
-                    client: client.clone(),
-                    workspaces: w.reader().into(),
-                    metrics: metrics.clone(),
-                })
-            });
-        let teams = workspaces.as_ref().map(|w| {
+            .filter(|_| !settings.selection.0.is_empty());
+        let registry = serving.filter(|_| settings.wants("workspace")).map(|w| {
+            Arc::new(RegistryState {
+                client: client.clone(),
+                workspaces: w.reader().into(),
+                metrics: metrics.clone(),
+            })
+        });
+        let teams = serving.map(|w| {
             Arc::new(TeamsState {
                 client: client.clone(),
                 workspaces: w.reader(),
@@ -324,7 +349,7 @@ impl Host {
             &[],
             selection.0.len() as f64,
         );
-        let Some(workspaces) = workspaces else {
+        let Some(workspaces) = workspaces.filter(|_| !selection.0.is_empty()) else {
             settings.controllers.ready.set(true);
             tracing::info!("controller host started with no controllers");
             shutdown.wait().await;

@@ -331,8 +331,14 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| opts.data_dir.join("org-templates"));
     let _ = std::fs::create_dir_all(&template_root);
+    // One Workspace watch for the process (ADR 0025): the shim, the Teams service and the
+    // controllers all follow this cache.
+    let workspace_cache = std::sync::Arc::new(crate::host::Host::workspace_cache(
+        &client_from(&kubeconfig).await?,
+    ));
     let shim = crate::shim::Shim::start(
         crate::shim::ShimSettings {
+            workspaces: Some(workspace_cache.feed("shim")),
             client: client_from(&kubeconfig).await?,
             token: token.clone(),
             audit: audit.clone(),
@@ -367,7 +373,12 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             activity,
         },
     )?;
-    let host = crate::host::Host::new(client.clone(), settings, metrics.clone());
+    let host = crate::host::Host::on_cache(
+        client.clone(),
+        settings,
+        metrics.clone(),
+        workspace_cache.clone(),
+    );
     // Delegations and the busy queue (ADR 0051), on the shared Workspace cache when there is one.
     let workspaces = match host.workspace_feed("teams") {
         Some(feed) => crate::teams::service::Workspaces::Feed(feed),

@@ -72,7 +72,7 @@ pub struct Services {
     /// The image service; `None` when no selected controller drives a backend.
     pub images: Option<Arc<crate::images::Images>>,
     /// The Workspace cache, warm on every replica.
-    pub workspaces: cache::SharedCache<Workspace>,
+    pub workspaces: Arc<cache::SharedCache<Workspace>>,
     /// Fast triggers fed by the backend's events (every replica; heard only while leading).
     pub triggers: Triggers,
     /// The URL agents are told to call; `Some` once the agent listener is bound.

@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, watch};
 use super::error::ShimError;
 use super::tree::Tree;
 use super::view::{self, WorkspaceView};
+use crate::feed::Change;
 use crate::resources::{Runtime, Workspace};
 
 /// How long a request waits for the first list before answering 503.
@@ -238,9 +239,9 @@ impl Cache {
         .await;
     }
 
-    fn upsert(&self, ws: Workspace) {
+    fn upsert(&self, ws: Arc<Workspace>) {
         let Some(uid) = ws.uid() else { return };
-        self.write().insert(uid, Arc::new(ws));
+        self.write().insert(uid, ws);
     }
 
     fn remove(&self, ws: &Workspace) {
@@ -248,7 +249,7 @@ impl Cache {
         self.write().unlink(&uid);
     }
 
-    fn replace_all(&self, list: Vec<Workspace>) {
+    fn replace_all(&self, list: Vec<Arc<Workspace>>) {
         let mut g = self.write();
         let timeouts = std::mem::take(&mut g.timeouts);
         *g = Inner {
@@ -257,56 +258,81 @@ impl Cache {
         };
         for ws in list {
             if let Some(uid) = ws.uid() {
-                g.insert(uid, Arc::new(ws));
+                g.insert(uid, ws);
             }
         }
         g.ready = true;
     }
 }
 
-/// Turns the watch into index updates and stream messages until `shutdown`.
+/// The workspace changes of a watch of its own (a process with no shared Workspace cache), in
+/// the shape the shared cache hands them out.
+fn watch_changes(
+    client: kube::Client,
+) -> impl futures::Stream<Item = Change<Workspace>> + Send + 'static {
+    let mut buffer: Vec<Arc<Workspace>> = vec![];
+    let mut failures = 0u32;
+    watcher::watcher(Api::<Workspace>::all(client), watcher::Config::default())
+        .default_backoff()
+        .filter_map(move |ev| {
+            let change = match ev {
+                Ok(ev) => {
+                    failures = 0;
+                    match ev {
+                        Event::Init => {
+                            buffer.clear();
+                            None
+                        }
+                        Event::InitApply(w) => {
+                            buffer.push(Arc::new(w));
+                            None
+                        }
+                        Event::InitDone => Some(Change::Relisted(std::mem::take(&mut buffer))),
+                        Event::Apply(w) => Some(Change::Applied(Arc::new(w))),
+                        Event::Delete(w) => Some(Change::Deleted(Arc::new(w))),
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(30) {
+                        tracing::warn!(error = %e, "shim: the workspace watch failed; retrying");
+                    }
+                    None
+                }
+            };
+            futures::future::ready(change)
+        })
+}
+
+/// Turns the workspace changes (`feed`: the shared Workspace cache's, ADR 0025; `None`: a watch
+/// of its own) into index updates and stream messages until `shutdown`.
 pub async fn run(
     client: kube::Client,
+    feed: Option<crate::feed::Feed<Workspace>>,
     cache: Arc<Cache>,
     events: broadcast::Sender<Arc<Outgoing>>,
     metrics: Arc<crate::telemetry::Metrics>,
     shutdown: crate::shutdown::Shutdown,
 ) {
-    let workspaces = watcher::watcher(
-        Api::<Workspace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff();
+    let workspaces: futures::stream::BoxStream<'static, Change<Workspace>> = match feed {
+        Some(feed) => tokio_stream::wrappers::UnboundedReceiverStream::new(feed).boxed(),
+        None => watch_changes(client.clone()).boxed(),
+    };
     let runtimes =
         watcher::watcher(Api::<Runtime>::all(client), watcher::Config::default()).default_backoff();
     let mut workspaces = std::pin::pin!(workspaces);
     let mut runtimes = std::pin::pin!(runtimes);
     let mut views: HashMap<String, WorkspaceView> = HashMap::new();
-    let mut buffer: Option<Vec<Workspace>> = None;
     let mut runtime_buffer: Option<HashMap<String, i64>> = None;
     let stop = shutdown.wait();
     let mut stop = std::pin::pin!(stop);
-    let mut failures = 0u32;
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            ev = workspaces.next() => {
-                let Some(ev) = ev else { break };
-                let ev = match ev {
-                    Ok(ev) => { failures = 0; ev }
-                    Err(e) => {
-                        failures += 1;
-                        if failures == 1 || failures.is_multiple_of(30) {
-                            tracing::warn!(error = %e, "shim: the workspace watch failed; retrying");
-                        }
-                        continue;
-                    }
-                };
-                let changed: Vec<String> = match ev {
-                    Event::Init => { buffer = Some(vec![]); continue }
-                    Event::InitApply(w) => { buffer.get_or_insert_with(Vec::new).push(w); continue }
-                    Event::InitDone => {
-                        let list = buffer.take().unwrap_or_default();
+            change = workspaces.next() => {
+                let Some(change) = change else { break };
+                let changed: Vec<String> = match change {
+                    Change::Relisted(list) => {
                         let was_ready = cache.read().ready;
                         cache.replace_all(list);
                         cache.bump();
@@ -316,14 +342,14 @@ pub async fn run(
                         publish(&cache, &mut views, all, was_ready.then_some(&events), &metrics);
                         continue;
                     }
-                    Event::Apply(w) => {
+                    Change::Applied(w) => {
                         let name_is_new = w.uid().is_some_and(|u| !views.contains_key(&u));
                         let key = key_of(&w);
                         cache.upsert(w);
                         cache.bump();
                         affected(&cache, &key, name_is_new)
                     }
-                    Event::Delete(w) => {
+                    Change::Deleted(w) => {
                         let key = key_of(&w);
                         cache.remove(&w);
                         cache.bump();
@@ -431,7 +457,7 @@ mod tests {
     use super::*;
     use crate::resources::{LocalObjectReference, WorkspaceSpec, WorkspaceStatus};
 
-    fn ws(name: &str, uid: &str, parent: Option<&str>, token: Option<&str>) -> Workspace {
+    fn ws(name: &str, uid: &str, parent: Option<&str>, token: Option<&str>) -> Arc<Workspace> {
         let mut w = Workspace::new(
             name,
             WorkspaceSpec {
@@ -445,7 +471,7 @@ mod tests {
             token_hash: token.map(String::from),
             ..Default::default()
         });
-        w
+        Arc::new(w)
     }
 
     fn parent(c: &Cache, uid: &str) -> Option<String> {

@@ -71,6 +71,8 @@ pub struct ShimSettings {
     /// Development mode (`MOLECULE_ENV` is not `production`): `GET
     /// /admin/workspaces/:id/test-token` mints workspace tokens (ADR 0049).
     pub development: bool,
+    /// The shared Workspace cache's changes (ADR 0025); `None`: the shim watches on its own.
+    pub workspaces: Option<crate::feed::Feed<crate::resources::Workspace>>,
 }
 
 /// Shared state of every shim handler.
@@ -119,6 +121,7 @@ impl Shim {
         });
         tokio::spawn(cache::run(
             shim.client.clone(),
+            s.workspaces,
             shim.cache.clone(),
             shim.events.clone(),
             shim.metrics.clone(),
