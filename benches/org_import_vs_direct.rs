@@ -163,7 +163,7 @@ fn org_import(s: &Server, n: usize) -> Duration {
 
 /// The Workspaces the org import made, as one `kind: List` of the same specs (no org labels,
 /// no owner), with the Secrets they read (the template's `.env` files) and the PluginInstalls of
-/// their `plugins:`, each after its Workspace: what a user would apply by hand.
+/// their `plugins:`, each before its Workspace: what a user would apply by hand.
 fn org_manifests(s: &Server) -> (String, usize) {
     let (code, b) = s.http("GET", "/api/v1/namespaces/org/secrets", None, b"");
     assert_eq!(code, 200, "{b}");
@@ -215,18 +215,19 @@ fn org_manifests(s: &Server) -> (String, usize) {
         })
         .collect();
     let n = workspaces.len();
-    // Each Workspace followed by its PluginInstalls, the order the import creates them in: a
-    // workspace's first start then carries its plugins (ADR 0056) on both sides.
+    // Each Workspace's PluginInstalls before it, as ADR 0056 advises for applying by hand: its
+    // first start then carries its plugins, as an imported workspace's does (the import
+    // announces them and the first start waits for their records).
     let mut items: Vec<Value> = secrets;
     for w in workspaces {
         let name = w["metadata"]["name"].clone();
-        items.push(w);
         items.extend(
             plugins
                 .iter()
                 .filter(|p| p["spec"]["workspaceRef"]["name"] == name)
                 .cloned(),
         );
+        items.push(w);
     }
     (
         json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string(),

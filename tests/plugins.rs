@@ -1121,6 +1121,17 @@ fn a_plugin_of_an_org_workspace_arrives_with_it_and_honours_the_allowlist() {
         skill_text(&e.agent_plugins("team.lead"), "hello"),
         "# org\n"
     );
+    // The import announced its plugins on the workspace, whose first start waited for their
+    // records and carried them: no restart for them (ADR 0056).
+    let lead = e.get("workspaces", "team.lead");
+    assert!(
+        lead["metadata"]["annotations"]["molecule.ai/restartedAt"].is_null(),
+        "the org plugin restarted the workspace: {lead}"
+    );
+    assert!(
+        e.get("plugininstalls", "team.lead-hello")["status"]["lastRestartClass"].is_null(),
+        "the org plugin was installed cold"
+    );
     e.wait("the allowlist did not refuse `other`", 120, || {
         e.ready("team.lead-other").1 == "NotAllowed"
     });

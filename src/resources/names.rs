@@ -65,6 +65,13 @@ pub const AGENT_CARD_ANNOTATION: &str = "molecule.ai/agent-card";
 /// Annotation naming the workspace id a bundle was exported from (ADR 0055).
 pub const SOURCE_BUNDLE_ANNOTATION: &str = "molecule.ai/source-bundle-id";
 
+/// On a Workspace an OrgImport made: its template's plugins (a JSON list of names), each of
+/// which becomes a PluginInstall labelled [`ORG_PLUGIN_LABEL`] (ADR 0047, ADR 0056).
+pub const ORG_PLUGINS_ANNOTATION: &str = "molecule.ai/plugins";
+
+/// On a PluginInstall an OrgImport made for a child's `plugins:`: the plugin's name.
+pub const ORG_PLUGIN_LABEL: &str = "molecule.ai/org-plugin";
+
 #[cfg(test)]
 mod tests {
     use super::*;

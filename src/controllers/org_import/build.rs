@@ -20,7 +20,7 @@ pub use crate::resources::names::ORG_LABEL;
 pub const TREE_PATH: &str = "molecule.ai/tree-path";
 /// Annotation holding the child's final plugin list as a JSON array (ADR 0010), for the plugin
 /// controller.
-pub const PLUGINS_ANNOTATION: &str = "molecule.ai/plugins";
+pub const PLUGINS_ANNOTATION: &str = crate::resources::names::ORG_PLUGINS_ANNOTATION;
 pub use crate::resources::names::CANVAS_ANNOTATION;
 /// Annotation naming where the child is defined (`file: yaml path`).
 pub const ORIGIN_ANNOTATION: &str = "molecule.ai/org-origin";

@@ -58,7 +58,7 @@ async fn apply_child(
 
 /// Label on the PluginInstalls an import creates for its children's `plugins:` (its value is
 /// the plugin name), so that a plugin dropped from the template is uninstalled again.
-pub const ORG_PLUGIN_LABEL: &str = "molecule.ai/org-plugin";
+pub const ORG_PLUGIN_LABEL: &str = crate::resources::names::ORG_PLUGIN_LABEL;
 
 /// Makes the child's PluginInstalls match its `plugins:` list (P-integration of issue 5): one
 /// record per plugin, owned by the Workspace (it goes with it), applied idempotently; records

@@ -21,23 +21,62 @@ use kube::{Client, ResourceExt};
 
 use crate::backends::{ConfigFile, validate_file_path};
 use crate::plugins::{Fetched, Fetcher, MARKER, Origin, Source};
+use crate::resources::names::{ORG_PLUGIN_LABEL, ORG_PLUGINS_ANNOTATION};
 use crate::resources::{PluginInstall, Workspace};
 
+/// How long a first start waits for the PluginInstalls an OrgImport announced on the workspace
+/// (it creates them just after the workspace, which must exist first to own them).
+pub const ANNOUNCED_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a workspace's first start carries.
+#[derive(Debug)]
+pub enum FirstStart {
+    /// These files (possibly none).
+    Files(Vec<ConfigFile>),
+    /// Not yet: a plugin its OrgImport announced has no PluginInstall yet.
+    Waiting,
+}
+
+/// The plugins an OrgImport announced on `ws` (`molecule.ai/plugins`, names it can install).
+pub fn announced(ws: &Workspace) -> Vec<String> {
+    ws.annotations()
+        .get(ORG_PLUGINS_ANNOTATION)
+        .and_then(|v| serde_json::from_str::<Vec<String>>(v).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| crate::plugins::source::check_name(p).is_ok())
+        .collect()
+}
+
+/// Whether `ws` is younger than [`ANNOUNCED_WAIT`] (unknown age: no).
+fn young(ws: &Workspace) -> bool {
+    let created = ws
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| t.0.to_string().parse::<jiff::Timestamp>().ok());
+    created.is_some_and(|c| {
+        jiff::Timestamp::now().duration_since(c) < jiff::SignedDuration::from_secs(10)
+    })
+}
+
 /// The files of the `local://` plugins `ws`'s PluginInstalls name, within `budget` bytes of
-/// content (a plugin that does not fit is left to its install).
-pub async fn first_start_files(
+/// content (a plugin that does not fit is left to its install); or [`FirstStart::Waiting`]
+/// while a plugin its OrgImport announced has no record yet, for at most [`ANNOUNCED_WAIT`]
+/// after the workspace was created.
+pub async fn first_start(
     client: &Client,
     fetcher: &Fetcher,
     ws: &Workspace,
     budget: usize,
-) -> Vec<ConfigFile> {
+) -> FirstStart {
     let ns = ws.namespace().unwrap_or_default();
     let api: Api<PluginInstall> = Api::namespaced(client.clone(), &ns);
     let installs = match api.list(&ListParams::default()).await {
         Ok(l) => l.items,
         Err(e) => {
             tracing::debug!(workspace = %ws.name_any(), error = %e, "plugins for the first start not listed");
-            return vec![];
+            return FirstStart::Files(vec![]);
         }
     };
     let name = ws.name_any();
@@ -45,6 +84,24 @@ pub async fn first_start_files(
         .iter()
         .filter(|pi| pi.spec.workspace_ref.name == name && pi.metadata.deletion_timestamp.is_none())
         .collect();
+    let present: Vec<&str> = mine
+        .iter()
+        .filter_map(|pi| pi.labels().get(ORG_PLUGIN_LABEL).map(String::as_str))
+        .collect();
+    if young(ws) && announced(ws).iter().any(|p| !present.contains(&p.as_str())) {
+        return FirstStart::Waiting;
+    }
+    FirstStart::Files(files_for(client, fetcher, ws, &mine, budget).await)
+}
+
+async fn files_for(
+    client: &Client,
+    fetcher: &Fetcher,
+    ws: &Workspace,
+    mine: &[&PluginInstall],
+    budget: usize,
+) -> Vec<ConfigFile> {
+    let name = ws.name_any();
     if mine.is_empty() {
         return vec![];
     }
@@ -53,7 +110,7 @@ pub async fn first_start_files(
         Err(_) => return vec![],
     };
     let mut fetched = vec![];
-    for pi in mine {
+    for pi in mine.iter().copied() {
         let Ok(origin) = Origin::parse(
             &pi.spec.source,
             pi.spec.track.as_deref(),
@@ -165,6 +222,22 @@ mod tests {
             crate::plugins::classify(&a.tree.hashes(), Some(&placed)),
             crate::plugins::Change::Unchanged
         );
+    }
+
+    #[test]
+    fn the_announced_plugins_are_the_valid_names_of_the_import_annotation() {
+        let mut ws = Workspace::new("w", Default::default());
+        assert!(announced(&ws).is_empty());
+        ws.metadata.annotations = Some(
+            [(
+                ORG_PLUGINS_ANNOTATION.to_string(),
+                r#"["hello", "../bad", "session-hooks"]"#.to_string(),
+            )]
+            .into(),
+        );
+        assert_eq!(announced(&ws), ["hello", "session-hooks"]);
+        // No creation time known: not young, so a start never waits for it.
+        assert!(!young(&ws));
     }
 
     #[test]

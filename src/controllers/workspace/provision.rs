@@ -17,6 +17,7 @@ use super::report::{event, fail, set_valid, write};
 use super::validate::permanent;
 use super::{Context, RESTART_ANNOTATION, WorkspaceError, kind_label, noun, sha256_hex};
 use crate::backends::{ConfigFile, Presence, StartSpec, WorkspaceBackend};
+use crate::controllers::plugin::seed::FirstStart;
 use crate::images::Resolved;
 use crate::resources::{Backend, ConditionStatus, WorkspacePhase};
 
@@ -29,6 +30,16 @@ pub(super) async fn provision(
     presence: &Presence,
     desired: Desired,
 ) -> Result<Action, WorkspaceError> {
+    // The plugins of the first start (ADR 0056), looked up before anything is recorded: a
+    // first start waits (briefly) for the PluginInstalls its OrgImport announced.
+    let plugins = if reason == ProvisionReason::Initial && pass.kind == Backend::Docker {
+        match first_start_plugins(ctx, &pass, &desired.files).await {
+            FirstStart::Files(f) => f,
+            FirstStart::Waiting => return Ok(Action::requeue(PLUGIN_POLL)),
+        }
+    } else {
+        vec![]
+    };
     let prepared = match prepare_image(ctx, &desired.want).await {
         Ok(p) => p,
         Err(e) => return image_not_ready(ctx, pass, e).await,
@@ -43,24 +54,22 @@ pub(super) async fn provision(
         pass.next.instance_id = None;
     }
     let mut spec = start_spec(&pass, desired, image, platform, token);
-    if reason == ProvisionReason::Initial && pass.kind == Backend::Docker {
-        spec.files
-            .extend(first_start_plugins(ctx, &pass, &spec.files).await);
-    }
+    spec.files.extend(plugins);
     start(ctx, backend, pass, &spec).await
 }
 
+/// How soon a first start waiting for its announced PluginInstalls looks again.
+const PLUGIN_POLL: Duration = Duration::from_millis(200);
+
 /// The plugins placed before a workspace's first start (ADR 0056), within what is left of the
-/// config files' size limit. Looked up as late as possible: the PluginInstalls of a workspace
-/// are usually created just after it.
-async fn first_start_plugins(ctx: &Context, pass: &Pass, files: &[ConfigFile]) -> Vec<ConfigFile> {
+/// config files' size limit (and room for the token file).
+async fn first_start_plugins(ctx: &Context, pass: &Pass, files: &[ConfigFile]) -> FirstStart {
     let Some(fetcher) = &ctx.plugins else {
-        return vec![];
+        return FirstStart::Files(vec![]);
     };
-    let used: usize = files.iter().map(|f| f.content.len()).sum();
+    let used: usize = files.iter().map(|f| f.content.len()).sum::<usize>() + 1024;
     let budget = super::files::MAX_TOTAL_BYTES.saturating_sub(used);
-    crate::controllers::plugin::seed::first_start_files(&ctx.client, fetcher, &pass.ws, budget)
-        .await
+    crate::controllers::plugin::seed::first_start(&ctx.client, fetcher, &pass.ws, budget).await
 }
 
 /// The image: a fresh resolution per start — moving tags re-pulled, pinned ones only when
