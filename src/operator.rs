@@ -223,19 +223,18 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
                 .iter()
                 .any(|c| c == "channel" || c == "schedule") =>
         {
-            let workspaces = match host.workspace_feed("teams") {
-                Some(feed) => crate::teams::service::Workspaces::Feed(feed),
-                None => crate::teams::service::Workspaces::Watch(client.clone()),
-            };
-            Some(crate::teams::Teams::start(
-                workspaces,
-                store,
-                &crate::util::random_token(),
-                None,
-                metrics.clone(),
-                crate::teams::service::Settings::from_env(),
-                shutdown.clone(),
-            ))
+            // The host keeps the Workspace cache whenever a controller runs.
+            host.workspace_feed("teams").map(|workspaces| {
+                crate::teams::Teams::start(
+                    workspaces,
+                    store,
+                    &crate::util::random_token(),
+                    None,
+                    metrics.clone(),
+                    crate::teams::service::Settings::from_env(),
+                    shutdown.clone(),
+                )
+            })
         }
         _ => None,
     };

@@ -338,7 +338,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     ));
     let shim = crate::shim::Shim::start(
         crate::shim::ShimSettings {
-            workspaces: Some(workspace_cache.feed("shim")),
+            workspaces: workspace_cache.feed("shim"),
             client: client_from(&kubeconfig).await?,
             token: token.clone(),
             audit: audit.clone(),
@@ -380,12 +380,8 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         workspace_cache.clone(),
     );
     // Delegations and the busy queue (ADR 0051), on the shared Workspace cache when there is one.
-    let workspaces = match host.workspace_feed("teams") {
-        Some(feed) => crate::teams::service::Workspaces::Feed(feed),
-        None => crate::teams::service::Workspaces::Watch(client_from(&kubeconfig).await?),
-    };
     let teams = crate::teams::Teams::start(
-        workspaces,
+        workspace_cache.feed("teams"),
         teams_store,
         &token,
         Some(crate::shim::delegations::publisher(&shim)),

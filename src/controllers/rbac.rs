@@ -99,7 +99,7 @@ pub const RULES: &[Rule] = &[
         group: MOLECULE,
         resource: "workspaces",
         verbs: &["get", "list", "watch"],
-        why: "its own watch of Workspaces; a fresh read before claiming a fire (ADR 0053)",
+        why: "the shared Workspace cache; a fresh read before claiming a fire (ADR 0053)",
     },
     Rule {
         controller: "schedule",

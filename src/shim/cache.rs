@@ -265,59 +265,17 @@ impl Cache {
     }
 }
 
-/// The workspace changes of a watch of its own (a process with no shared Workspace cache), in
-/// the shape the shared cache hands them out.
-fn watch_changes(
-    client: kube::Client,
-) -> impl futures::Stream<Item = Change<Workspace>> + Send + 'static {
-    let mut buffer: Vec<Arc<Workspace>> = vec![];
-    let mut failures = 0u32;
-    watcher::watcher(Api::<Workspace>::all(client), watcher::Config::default())
-        .default_backoff()
-        .filter_map(move |ev| {
-            let change = match ev {
-                Ok(ev) => {
-                    failures = 0;
-                    match ev {
-                        Event::Init => {
-                            buffer.clear();
-                            None
-                        }
-                        Event::InitApply(w) => {
-                            buffer.push(Arc::new(w));
-                            None
-                        }
-                        Event::InitDone => Some(Change::Relisted(std::mem::take(&mut buffer))),
-                        Event::Apply(w) => Some(Change::Applied(Arc::new(w))),
-                        Event::Delete(w) => Some(Change::Deleted(Arc::new(w))),
-                    }
-                }
-                Err(e) => {
-                    failures += 1;
-                    if failures == 1 || failures.is_multiple_of(30) {
-                        tracing::warn!(error = %e, "shim: the workspace watch failed; retrying");
-                    }
-                    None
-                }
-            };
-            futures::future::ready(change)
-        })
-}
-
-/// Turns the workspace changes (`feed`: the shared Workspace cache's, ADR 0025; `None`: a watch
-/// of its own) into index updates and stream messages until `shutdown`.
+/// Turns the workspace changes of the shared Workspace cache (`feed`, ADR 0025) into index
+/// updates and stream messages until `shutdown`.
 pub async fn run(
     client: kube::Client,
-    feed: Option<crate::feed::Feed<Workspace>>,
+    feed: crate::feed::Feed<Workspace>,
     cache: Arc<Cache>,
     events: broadcast::Sender<Arc<Outgoing>>,
     metrics: Arc<crate::telemetry::Metrics>,
     shutdown: crate::shutdown::Shutdown,
 ) {
-    let workspaces: futures::stream::BoxStream<'static, Change<Workspace>> = match feed {
-        Some(feed) => tokio_stream::wrappers::UnboundedReceiverStream::new(feed).boxed(),
-        None => watch_changes(client.clone()).boxed(),
-    };
+    let workspaces = tokio_stream::wrappers::UnboundedReceiverStream::new(feed);
     let runtimes =
         watcher::watcher(Api::<Runtime>::all(client), watcher::Config::default()).default_backoff();
     let mut workspaces = std::pin::pin!(workspaces);

@@ -71,8 +71,8 @@ pub struct ShimSettings {
     /// Development mode (`MOLECULE_ENV` is not `production`): `GET
     /// /admin/workspaces/:id/test-token` mints workspace tokens (ADR 0049).
     pub development: bool,
-    /// The shared Workspace cache's changes (ADR 0025); `None`: the shim watches on its own.
-    pub workspaces: Option<crate::feed::Feed<crate::resources::Workspace>>,
+    /// The shared Workspace cache's changes (ADR 0025): the shim's index follows them.
+    pub workspaces: crate::feed::Feed<crate::resources::Workspace>,
 }
 
 /// Shared state of every shim handler.

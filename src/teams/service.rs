@@ -21,11 +21,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use kube::ResourceExt;
-use kube::api::Api;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
 use serde_json::{Value, json};
 
 use super::queue::{Drainers, Loads, max_concurrent};
@@ -213,20 +209,12 @@ pub fn delegation_request(d: &Delegation) -> String {
     .to_string()
 }
 
-/// Where the Teams service learns about Workspaces.
-pub enum Workspaces {
-    /// A watch of its own through this client (a process with no shared Workspace cache).
-    Watch(kube::Client),
-    /// The process's shared Workspace cache (ADR 0025): no second watch, and the records held
-    /// are the cache's own.
-    Feed(crate::feed::Feed<Workspace>),
-}
-
 impl Teams {
-    /// Starts following the workspaces, the expiry sweep and the recovery of what a previous
-    /// run left.
+    /// Starts following the workspaces (the process's shared Workspace cache, ADR 0025: no
+    /// watch of its own, and the records held are the cache's), the expiry sweep and the
+    /// recovery of what a previous run left.
     pub fn start(
-        workspaces: Workspaces,
+        workspaces: crate::feed::Feed<Workspace>,
         store: Arc<dyn Store>,
         admin_token: &str,
         publish: Option<Publish>,
@@ -334,50 +322,20 @@ impl Teams {
 
     // ---- the watch: where agents are, and their heartbeats ----
 
-    async fn follow(self: Arc<Self>, source: Workspaces, shutdown: crate::shutdown::Shutdown) {
+    async fn follow(
+        self: Arc<Self>,
+        mut feed: crate::feed::Feed<Workspace>,
+        shutdown: crate::shutdown::Shutdown,
+    ) {
         let stop = shutdown.wait();
         let mut stop = std::pin::pin!(stop);
-        match source {
-            Workspaces::Feed(mut feed) => loop {
-                let change = tokio::select! {
-                    _ = &mut stop => return,
-                    c = feed.recv() => c,
-                };
-                let Some(change) = change else { return };
-                self.apply(change);
-            },
-            Workspaces::Watch(client) => {
-                let stream =
-                    watcher::watcher(Api::<Workspace>::all(client), watcher::Config::default())
-                        .default_backoff();
-                let mut stream = std::pin::pin!(stream);
-                let mut buffer: Vec<Arc<Workspace>> = vec![];
-                loop {
-                    let ev = tokio::select! {
-                        _ = &mut stop => return,
-                        ev = stream.next() => ev,
-                    };
-                    let Some(ev) = ev else { return };
-                    let change = match ev {
-                        Ok(Event::Init) => {
-                            buffer.clear();
-                            continue;
-                        }
-                        Ok(Event::InitApply(w)) => {
-                            buffer.push(Arc::new(w));
-                            continue;
-                        }
-                        Ok(Event::InitDone) => Change::Relisted(std::mem::take(&mut buffer)),
-                        Ok(Event::Apply(w)) => Change::Applied(Arc::new(w)),
-                        Ok(Event::Delete(w)) => Change::Deleted(Arc::new(w)),
-                        Err(e) => {
-                            tracing::debug!(error = %e, "teams: the workspace watch failed; retrying");
-                            continue;
-                        }
-                    };
-                    self.apply(change);
-                }
-            }
+        loop {
+            let change = tokio::select! {
+                _ = &mut stop => return,
+                c = feed.recv() => c,
+            };
+            let Some(change) = change else { return };
+            self.apply(change);
         }
     }
 

@@ -377,7 +377,7 @@ impl Harness {
         let queue = cache::WorkQueue::new("schedule", self.metrics.clone());
         let controller = cache.controller_filtered(&queue, schedule::trigger_hash);
         let teams = crate::teams::Teams::start(
-            crate::teams::service::Workspaces::Feed(cache.feed("teams")),
+            cache.feed("teams"),
             store,
             &self.token,
             Some(publish),

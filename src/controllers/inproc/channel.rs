@@ -35,7 +35,7 @@ async fn channels_follow_the_workspace_and_say_why_they_do_not_run() {
     let mut h = Harness::start().await;
     let store = h.audit.store().expect("the harness has a store");
     let teams = crate::teams::Teams::start(
-        crate::teams::service::Workspaces::Feed(h.workspace_feed("teams").0),
+        h.workspace_feed("teams").0,
         store,
         &h.token,
         None,

@@ -144,6 +144,18 @@ pub async fn detect(
     }
 }
 
+/// The files of `plugin` as config files under `dir` (relative to `/configs`).
+pub fn files_under(plugin: &PluginTree, dir: &str) -> Vec<ConfigFile> {
+    plugin
+        .files()
+        .map(|f| ConfigFile {
+            path: format!("{dir}/{}", f.path),
+            content: f.content.clone(),
+            mode: f.mode,
+        })
+        .collect()
+}
+
 /// Stage → prepare → classify → swap (or discard when unchanged and marked).
 pub async fn install(
     backend: &dyn WorkspaceBackend,
@@ -161,15 +173,7 @@ pub async fn install(
         })
     })?;
     let mut timings = Timings::default();
-    let rel = l.staging_rel();
-    let files: Vec<ConfigFile> = plugin
-        .files()
-        .map(|f| ConfigFile {
-            path: format!("{rel}/{}", f.path),
-            content: f.content.clone(),
-            mode: f.mode,
-        })
-        .collect();
+    let files = files_under(plugin, &l.staging_rel());
     let t = Instant::now();
     if let Err(e) = backend.write_files(w, &files).await {
         // Live is untouched; drop whatever part of the stage landed.

@@ -50,13 +50,9 @@ pub fn announced(ws: &Workspace) -> Vec<String> {
 
 /// Whether `ws` is younger than [`ANNOUNCED_WAIT`] (unknown age: no).
 fn young(ws: &Workspace) -> bool {
-    let created = ws
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .and_then(|t| t.0.to_string().parse::<jiff::Timestamp>().ok());
-    created.is_some_and(|c| {
-        jiff::Timestamp::now().duration_since(c) < jiff::SignedDuration::from_secs(10)
+    ws.metadata.creation_timestamp.as_ref().is_some_and(|c| {
+        jiff::SignedDuration::try_from(ANNOUNCED_WAIT)
+            .is_ok_and(|wait| jiff::Timestamp::now().duration_since(c.0) < wait)
     })
 }
 
@@ -148,15 +144,7 @@ pub fn files_of(fetched: &[Fetched], budget: usize) -> Vec<ConfigFile> {
         let [f] = list.as_slice() else {
             continue;
         };
-        let mut files: Vec<ConfigFile> = f
-            .tree
-            .files()
-            .map(|file| ConfigFile {
-                path: format!("plugins/{name}/{}", file.path),
-                content: file.content.clone(),
-                mode: file.mode,
-            })
-            .collect();
+        let mut files = super::install::files_under(&f.tree, &format!("plugins/{name}"));
         files.push(ConfigFile {
             path: format!("plugins/{name}/{MARKER}"),
             content: format!("{}\n", f.sha).into_bytes(),
