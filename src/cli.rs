@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub use flags::{
-    AuditFlags, ImageFlags, ListenFlags, PluginFlags, TemplateSourceFlags, WorkspaceFlags,
+    AuditFlags, ImageFlags, KubernetesFlags, ListenFlags, PluginFlags, TemplateSourceFlags,
+    WorkspaceFlags,
 };
 
 #[derive(Parser)]
@@ -170,6 +171,8 @@ pub enum Command {
         listen_flags: ListenFlags,
         #[command(flatten)]
         template_sources: TemplateSourceFlags,
+        #[command(flatten)]
+        kubernetes: KubernetesFlags,
     },
     /// Validate a plugin directory and print its manifest.json (sha256 of every file), for
     /// plugin authors who want integrity checks.

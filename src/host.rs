@@ -23,6 +23,7 @@ use kube::Client;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::backends::controlplane::{ControlPlaneBackend, ControlPlaneConfig};
+use crate::backends::kubernetes::{KubernetesBackend, KubernetesSettings};
 use crate::backends::metered::MeteredBackend;
 use crate::backends::{BackendChoice, Backends, WorkspaceBackend};
 use crate::controllers::{self, HostSettings, Readiness, Selection, Triggers, cache};
@@ -57,6 +58,10 @@ pub struct Settings {
     pub backend: BackendChoice,
     /// The EC2 control plane, when configured (`--control-plane-url`).
     pub control_plane: Option<ControlPlaneConfig>,
+    /// The kubernetes backend, when this process runs it (the operator does; ADR 0057).
+    pub kubernetes: Option<KubernetesSettings>,
+    /// The backend of Workspaces that name none (`--default-backend`).
+    pub default_backend: crate::resources::Backend,
     /// Image resolution settings (registry, template prefix and token, build cache, platform).
     pub images: ImageSettings,
     /// Timeouts and connection cap of the agent listener (ADR 0041).
@@ -458,9 +463,24 @@ async fn start_backends(
         metrics.clone(),
         settings.backend.name(),
     ));
+    let kubernetes = settings.kubernetes.clone().map(|k| {
+        background.spawn(relay_pod_events(
+            client.clone(),
+            settings.instance.clone(),
+            triggers.clone(),
+        ));
+        let b = KubernetesBackend::new(client.clone(), &settings.instance, k);
+        Arc::new(MeteredBackend::new(
+            Arc::new(b),
+            metrics.clone(),
+            "kubernetes",
+        )) as Arc<dyn WorkspaceBackend>
+    });
     let backends = Backends {
         docker: backend,
         control_plane: control_plane_backend(settings, client, metrics)?,
+        kubernetes,
+        default_kind: settings.default_backend,
     };
     let images = Arc::new(Images::new(
         docker,
@@ -497,10 +517,20 @@ async fn connect_docker(
             Some(IpAddr::from([127, 0, 0, 1])),
         )));
     }
-    // The Docker engine may come up after us: retry until it answers.
+    // The Docker engine may come up after us: retry until it answers. An operator whose
+    // workspaces are Pods by default asks once and goes on without it (ADR 0057).
     let backend = loop {
         match crate::backends::docker::DockerBackend::connect(NETWORK, &settings.instance).await {
             Ok(b) => break b,
+            Err(e) if settings.default_backend == crate::resources::Backend::Kubernetes => {
+                tracing::info!(error = %e, "no Docker engine: workspaces run as Pods only (spec.backend docker is refused)");
+                let docker = bollard::Docker::connect_with_local_defaults()
+                    .map_err(|e| anyhow::anyhow!("Docker client: {e}"))?;
+                let none = crate::backends::unavailable::Unavailable::new(
+                    "no Docker engine is reachable from this operator (it runs workspaces as Pods)",
+                );
+                return Ok(Some((Arc::new(none), docker, None)));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "Docker is not reachable; workspaces cannot be provisioned until it is (retrying)");
                 tokio::select! {
@@ -539,6 +569,22 @@ async fn relay_docker_events(docker: bollard::Docker, instance: String, triggers
         if matches!(ev.action.as_str(), "create" | "start" | "destroy" | "die")
             && !triggers.live.contains(&ev.uid)
         {
+            triggers.reaper.send(());
+        }
+    }
+}
+
+/// Wakes the Workspace controller when one of this installation's workspace Pods changes (a
+/// kubelet's status write), and the reaper when a Pod of no live Workspace appears or goes.
+async fn relay_pod_events(client: Client, instance: String, triggers: Triggers) {
+    let mut s = std::pin::pin!(crate::backends::kubernetes::pod_changes(client, &instance));
+    while let Some(change) = s.next().await {
+        if let Some(name) = &change.workspace {
+            triggers
+                .workspaces
+                .send(ObjectRef::new(name).within(&change.namespace));
+        }
+        if change.uid.is_some_and(|uid| !triggers.live.contains(&uid)) {
             triggers.reaper.send(());
         }
     }

@@ -237,6 +237,7 @@ fn main() -> anyhow::Result<()> {
             audit,
             listen_flags,
             template_sources,
+            kubernetes,
         } => {
             start_logging();
             let controllers = Selection::parse(&controllers).map_err(anyhow::Error::msg)?;
@@ -265,6 +266,7 @@ fn main() -> anyhow::Result<()> {
                 listen_limits: listen_flags.limits(),
                 require_tls: listen_flags.require_tls,
                 template_sources,
+                kubernetes: kubernetes.options(),
             };
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(molecule::operator::run(opts))

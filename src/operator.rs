@@ -58,6 +58,28 @@ pub struct OperatorOptions {
     pub require_tls: bool,
     /// Org template sources besides the root (ADR 0043).
     pub template_sources: crate::orgtemplate::SourceSettings,
+    /// The kubernetes backend's options (ADR 0057).
+    pub kubernetes: KubernetesOptions,
+}
+
+/// `--default-backend` and the `--kubernetes-*` flags.
+#[derive(Clone, Debug)]
+pub struct KubernetesOptions {
+    /// The backend of Workspaces that name none.
+    pub default_backend: crate::resources::Backend,
+    /// Where agents in Pods reach `/registry/*` (default: `--platform-url`).
+    pub platform_url: Option<String>,
+    pub settings: crate::backends::kubernetes::KubernetesSettings,
+}
+
+impl Default for KubernetesOptions {
+    fn default() -> Self {
+        Self {
+            default_backend: crate::resources::Backend::Docker,
+            platform_url: None,
+            settings: Default::default(),
+        }
+    }
 }
 
 /// A client from KUBECONFIG (or ~/.kube/config), else the in-cluster service account; nothing
@@ -91,6 +113,8 @@ fn host_settings(
         template_root: opts.template_root.clone(),
         agent_binary: std::env::current_exe()?,
         control_plane_platform_url: opts.workspaces.control_plane_platform_url.clone(),
+        kubernetes_platform_url: opts.kubernetes.platform_url.clone(),
+        kubernetes_allow_privileged: opts.kubernetes.settings.allow_privileged,
     };
     let org_import = {
         // The template root is never a workspace_dir (ADR 0039).
@@ -130,6 +154,8 @@ fn host_settings(
         backend: opts.workspaces.backend,
         agent_address: opts.agent_address,
         control_plane: opts.workspaces.control_plane.clone(),
+        kubernetes: Some(opts.kubernetes.settings.clone()),
+        default_backend: opts.kubernetes.default_backend,
         listen_limits: opts.listen_limits,
     })
 }
@@ -192,7 +218,8 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
     let ready = Readiness::default();
     // Plugin fetches use throwaway git repositories in a private temp dir.
     let scratch = std::env::temp_dir().join(format!("molecule-plugins-{}", std::process::id()));
-    let plugins = opts.plugins.settings(PathBuf::from("plugins"), scratch);
+    let mut plugins = opts.plugins.settings(PathBuf::from("plugins"), scratch);
+    plugins.default_backend = opts.kubernetes.default_backend;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("binding {}", opts.listen))?;

@@ -204,6 +204,8 @@ fn host_settings(opts: &ServeOptions, i: HostInputs) -> anyhow::Result<crate::ho
                 .clone()
                 .unwrap_or(i.plain_url),
         ),
+        kubernetes_platform_url: None,
+        kubernetes_allow_privileged: false,
     };
     let org_import = {
         // The data dir and the template root are never a workspace_dir (ADR 0039).
@@ -238,6 +240,9 @@ fn host_settings(opts: &ServeOptions, i: HostInputs) -> anyhow::Result<crate::ho
         instance: i.instance,
         backend: opts.workspaces.backend,
         control_plane: opts.workspaces.control_plane.clone(),
+        // Workspaces run on Docker here; the kubernetes backend is the operator's (ADR 0057).
+        kubernetes: None,
+        default_backend: crate::resources::Backend::Docker,
         listen_limits: opts.listen_limits,
     })
 }

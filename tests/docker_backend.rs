@@ -369,6 +369,7 @@ async fn workspace_lifecycle_on_real_docker() {
                 host_url,
                 started_at,
                 attempt,
+                waiting: _,
             } => {
                 assert_eq!(
                     attempt,

@@ -1,5 +1,7 @@
-//! The kinds the embedded API server serves: our CRDs plus the few core kinds kubectl and the
-//! controllers need (Namespace, Secret, Event in two API groups, Lease).
+//! The kinds the embedded API server serves: our CRDs plus the core kinds kubectl and the
+//! controllers need (Namespace, Secret, Event in two API groups, Lease), and the ones the
+//! Kubernetes workspace backend creates (Pod, Service, PersistentVolumeClaim, ConfigMap; ADR
+//! 0057). Like envtest, the server stores these and runs nothing.
 
 use std::sync::Arc;
 
@@ -92,6 +94,7 @@ impl Registry {
         let mut defs: Vec<Arc<ResourceDef>> =
             crds.iter().filter_map(def_from_crd).map(Arc::new).collect();
         defs.extend(core_defs().into_iter().map(Arc::new));
+        defs.extend(workload_defs().into_iter().map(Arc::new));
         Registry { defs }
     }
 
@@ -229,6 +232,145 @@ fn time() -> Value {
 
 fn series(count_time: &str) -> Value {
     json!({"type": "object", "properties": {"count": {"type": "integer", "format": "int32"}, count_time: time()}})
+}
+
+/// An object part whose fields the kind's k8s-openapi type checks (see
+/// [`super::validation::typed_check`]), so the schema keeps them as they are.
+fn typed_part(description: &str) -> Value {
+    json!({"type": "object", "description": description, "x-kubernetes-preserve-unknown-fields": true})
+}
+
+/// A core kind stored as served, with the metadata field selectors plus `extra`.
+#[allow(clippy::too_many_arguments)]
+fn core_kind(
+    kind: &str,
+    plural: &str,
+    short_names: &[&str],
+    status_subresource: bool,
+    schema: Value,
+    columns: Vec<Column>,
+    extra_fields: &[(&'static str, &'static str)],
+) -> ResourceDef {
+    let mut field_selectors = CR_FIELDS.to_vec();
+    field_selectors.extend_from_slice(extra_fields);
+    ResourceDef {
+        group: String::new(),
+        version: "v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+        singular: kind.to_lowercase(),
+        short_names: short_names.iter().map(|s| s.to_string()).collect(),
+        categories: if matches!(kind, "Pod" | "Service") {
+            vec!["all".into()]
+        } else {
+            vec![]
+        },
+        namespaced: true,
+        status_subresource,
+        custom: false,
+        schema,
+        columns,
+        storage: Arc::from(format!("core/{plural}")),
+        view: View::Plain,
+        field_selectors,
+        label_names: false,
+    }
+}
+
+/// Pod, Service, PersistentVolumeClaim and ConfigMap (ADR 0057).
+fn workload_defs() -> Vec<ResourceDef> {
+    let age = || col("Age", "date", ".metadata.creationTimestamp", 0, "");
+    vec![
+        core_kind(
+            "Pod",
+            "pods",
+            &["po"],
+            true,
+            object_schema(
+                "Pod is a collection of containers that can run on a host.",
+                json!({"spec": typed_part("Specification of the desired behavior of the pod."),
+                       "status": typed_part("Most recently observed status of the pod.")}),
+            ),
+            vec![
+                col("Name", "string", ".metadata.name", 0, ""),
+                col("Ready", "string", "#podready", 0, "Ready containers of all"),
+                col(
+                    "Status",
+                    "string",
+                    "#podstatus",
+                    0,
+                    "The pod's reason or phase",
+                ),
+                col("Restarts", "integer", "#restarts", 0, "Container restarts"),
+                age(),
+                col("IP", "string", ".status.podIP", 1, ""),
+                col("Node", "string", ".spec.nodeName", 1, ""),
+            ],
+            &[
+                ("spec.nodeName", "/spec/nodeName"),
+                ("status.phase", "/status/phase"),
+            ],
+        ),
+        core_kind(
+            "Service",
+            "services",
+            &["svc"],
+            true,
+            object_schema(
+                "Service is a named abstraction of software service.",
+                json!({"spec": typed_part("Spec defines the behavior of a service."),
+                       "status": typed_part("Most recently observed status of the service.")}),
+            ),
+            vec![
+                col("Name", "string", ".metadata.name", 0, ""),
+                col("Type", "string", ".spec.type", 0, ""),
+                col("Cluster-IP", "string", ".spec.clusterIP", 0, ""),
+                col("Port(s)", "string", "#ports", 0, ""),
+                age(),
+                col("Selector", "string", "#selector", 1, ""),
+            ],
+            &[],
+        ),
+        core_kind(
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            &["pvc"],
+            true,
+            object_schema(
+                "PersistentVolumeClaim is a user's request for and claim to a persistent volume.",
+                json!({"spec": typed_part("The desired characteristics of a volume."),
+                       "status": typed_part("The current status of the claim.")}),
+            ),
+            vec![
+                col("Name", "string", ".metadata.name", 0, ""),
+                col("Status", "string", ".status.phase", 0, ""),
+                col("Volume", "string", ".spec.volumeName", 0, ""),
+                col("Capacity", "string", ".status.capacity.storage", 0, ""),
+                col("Access Modes", "string", ".spec.accessModes", 0, ""),
+                col("StorageClass", "string", ".spec.storageClassName", 0, ""),
+                age(),
+            ],
+            &[],
+        ),
+        core_kind(
+            "ConfigMap",
+            "configmaps",
+            &["cm"],
+            false,
+            object_schema(
+                "ConfigMap holds configuration data for pods to consume.",
+                json!({"data": string_map(),
+                       "binaryData": {"type": "object", "additionalProperties": {"type": "string", "format": "byte"}},
+                       "immutable": {"type": "boolean"}}),
+            ),
+            vec![
+                col("Name", "string", ".metadata.name", 0, ""),
+                col("Data", "integer", "#datacount", 0, "The number of keys"),
+                age(),
+            ],
+            &[],
+        ),
+    ]
 }
 
 fn core_defs() -> Vec<ResourceDef> {
@@ -495,6 +637,15 @@ mod tests {
         assert_eq!(core.storage, v1.storage);
         assert!(r.find("", "v1", "secrets").is_some());
         assert!(r.find("coordination.k8s.io", "v1", "leases").is_some());
+        for plural in ["pods", "services", "persistentvolumeclaims", "configmaps"] {
+            let d = r.find("", "v1", plural).expect(plural);
+            assert!(d.namespaced && !d.custom, "{plural}");
+            assert_eq!(&*d.storage, format!("core/{plural}"));
+        }
+        assert!(
+            r.find("", "v1", "pods")
+                .is_some_and(|d| d.status_subresource)
+        );
         assert_eq!(
             r.by_storage("core/events").map(|d| d.group.clone()),
             Some(String::new())

@@ -157,6 +157,88 @@ fn find_bracket_end(s: &str) -> Option<usize> {
     None
 }
 
+/// The computed columns of Pods and Services, as kubectl prints them.
+fn workload_cell(which: &str, obj: &Value) -> Value {
+    let statuses = obj
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    match which {
+        "#podready" => {
+            let total = obj
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            let ready = statuses
+                .iter()
+                .filter(|s| s.get("ready").and_then(Value::as_bool) == Some(true))
+                .count();
+            json!(format!("{ready}/{total}"))
+        }
+        "#podstatus" => {
+            let waiting = statuses.iter().find_map(|s| {
+                s.pointer("/state/waiting/reason")
+                    .or_else(|| s.pointer("/state/terminated/reason"))
+                    .and_then(Value::as_str)
+            });
+            let status = if obj.pointer("/metadata/deletionTimestamp").is_some() {
+                Some("Terminating")
+            } else {
+                obj.pointer("/status/reason")
+                    .and_then(Value::as_str)
+                    .or(waiting)
+                    .or_else(|| obj.pointer("/status/phase").and_then(Value::as_str))
+            };
+            json!(status.unwrap_or("Pending"))
+        }
+        "#restarts" => json!(
+            statuses
+                .iter()
+                .filter_map(|s| s.get("restartCount").and_then(Value::as_i64))
+                .sum::<i64>()
+        ),
+        "#ports" => {
+            let ports: Vec<String> = obj
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+                    let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+                    match p.get("nodePort").and_then(Value::as_i64) {
+                        Some(n) => format!("{port}:{n}/{proto}"),
+                        None => format!("{port}/{proto}"),
+                    }
+                })
+                .collect();
+            json!(if ports.is_empty() {
+                "<none>".to_string()
+            } else {
+                ports.join(",")
+            })
+        }
+        _ => {
+            let sel: Vec<String> = obj
+                .pointer("/spec/selector")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!(if sel.is_empty() {
+                "<none>".to_string()
+            } else {
+                sel.join(",")
+            })
+        }
+    }
+}
+
 fn cell(col: &Column, obj: &Value, now: i64) -> Value {
     match col.json_path.as_str() {
         "#datacount" => {
@@ -166,6 +248,9 @@ fn cell(col: &Column, obj: &Value, now: i64) -> Value {
                     .map(|m| m.len())
                     .unwrap_or(0)
             );
+        }
+        "#podready" | "#podstatus" | "#restarts" | "#ports" | "#selector" => {
+            return workload_cell(&col.json_path, obj);
         }
         "#involved" => {
             let kind = obj

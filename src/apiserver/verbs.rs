@@ -338,6 +338,11 @@ fn check(
     let s = validation::validate(&def.schema, obj);
     m.unknown.extend(s.unknown);
     m.invalid.extend(s.invalid);
+    if !def.custom
+        && let Some(typed) = validation::typed_check(&def.kind)
+    {
+        m.merge(typed(obj));
+    }
     if partial {
         m.invalid.retain(|c| c.reason != "FieldValueRequired");
     }
@@ -373,6 +378,17 @@ fn check(
     })
 }
 
+/// The status a new Pod or PersistentVolumeClaim starts with on a real server: `Pending`, until
+/// a kubelet (or, here, a test playing one) writes more.
+fn initial_status(def: &ResourceDef, obj: &mut Value) {
+    if def.custom || !def.group.is_empty() || obj.get("status").is_some_and(|s| !s.is_null()) {
+        return;
+    }
+    if matches!(def.kind.as_str(), "Pod" | "PersistentVolumeClaim") {
+        obj["status"] = json!({"phase": "Pending"});
+    }
+}
+
 /// Kind-specific normalisation before storing (Secret `stringData` folds into `data`).
 pub fn normalize(def: &ResourceDef, obj: &mut Value) {
     if def.group.is_empty() && def.kind == "Secret" {
@@ -395,6 +411,12 @@ pub fn normalize(def: &ResourceDef, obj: &mut Value) {
     }
     if def.group.is_empty() && def.kind == "Namespace" {
         obj["status"] = json!({"phase": "Active"});
+    }
+    if def.group.is_empty()
+        && def.kind == "Service"
+        && let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.entry("type").or_insert_with(|| json!("ClusterIP"));
     }
 }
 
@@ -464,6 +486,7 @@ pub fn create(
         m.remove("managedFields");
         apply::record_update(None, &mut obj, manager, Scope::Main, &now);
     }
+    initial_status(def, &mut obj);
     Ok(txn.put(key, obj))
 }
 

@@ -231,11 +231,13 @@ pub fn presence_of_state(
             container_id: instance_id.to_string(),
             host_url,
             started_at: None,
+            waiting: None,
         }),
         "stopping" | "stopped" => Ok(Presence::Stopped {
             container_id: instance_id.to_string(),
             exit_code: None,
             oom_killed: false,
+            reason: None,
         }),
         "shutting-down" | "terminated" => Ok(Presence::Absent),
         other => Err(BackendError::Transient(format!(

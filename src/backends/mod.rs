@@ -9,8 +9,10 @@ pub mod controlplane;
 pub mod docker;
 pub mod events;
 pub mod files_dir;
+pub mod kubernetes;
 pub mod metered;
 pub mod simulated;
+pub mod unavailable;
 pub mod volume_dir;
 
 use std::path::PathBuf;
@@ -233,21 +235,40 @@ pub enum Presence {
         /// The provision attempt that created it ([`attempt_of`] of its files), when the
         /// backend can tell: lets the controller adopt a container whose id it never recorded.
         attempt: Option<String>,
+        /// Why it is not serving yet, when the platform says (a Pending Pod's reason, a
+        /// crash loop); `None` on Docker and the control plane.
+        waiting: Option<Waiting>,
     },
     Stopped {
         container_id: String,
         exit_code: Option<i64>,
         oom_killed: bool,
+        /// Why it stopped, when the platform says (an evicted or failed Pod).
+        reason: Option<Waiting>,
     },
     Absent,
 }
 
+/// A platform's own reason for a workspace that exists but does not serve (Kubernetes: the
+/// Pod's reason, mapped onto a fixed set of condition reasons, and its message).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    pub reason: &'static str,
+    pub message: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ManagedKind {
+    /// A container, or a Pod.
     Container,
+    /// A volume, or a PersistentVolumeClaim.
     Volume,
     /// A control-plane instance (`name` is its instance id).
     Instance,
+    /// A workspace's Service (Kubernetes).
+    Service,
+    /// A workspace's Secret (Kubernetes).
+    Secret,
 }
 
 /// One object carrying the managed label, with the workspace labels it carries ("" if missing).
@@ -414,21 +435,45 @@ pub struct Backends {
     pub docker: Arc<dyn WorkspaceBackend>,
     /// `None` when no control plane is configured (`--control-plane-url`).
     pub control_plane: Option<Arc<dyn WorkspaceBackend>>,
+    /// `None` unless the operator runs the kubernetes backend (ADR 0057).
+    pub kubernetes: Option<Arc<dyn WorkspaceBackend>>,
+    /// The backend of Workspaces that do not name one (`--default-backend`).
+    pub default_kind: crate::resources::Backend,
 }
 
 impl Backends {
-    /// The backend of a `spec.backend` value; `None` for a control plane that is not configured.
+    /// Docker only, the default for Workspaces without `spec.backend`.
+    pub fn docker(docker: Arc<dyn WorkspaceBackend>) -> Self {
+        Backends {
+            docker,
+            control_plane: None,
+            kubernetes: None,
+            default_kind: crate::resources::Backend::Docker,
+        }
+    }
+
+    /// The backend of a `spec.backend` value; `None` for one that is not configured.
     pub fn get(&self, kind: crate::resources::Backend) -> Option<&Arc<dyn WorkspaceBackend>> {
         match kind {
             crate::resources::Backend::Docker => Some(&self.docker),
             crate::resources::Backend::ControlPlane => self.control_plane.as_ref(),
+            crate::resources::Backend::Kubernetes => self.kubernetes.as_ref(),
         }
+    }
+
+    /// What `spec.backend` means: its value, or the operator's default.
+    pub fn kind_of(
+        &self,
+        spec_backend: Option<crate::resources::Backend>,
+    ) -> crate::resources::Backend {
+        spec_backend.unwrap_or(self.default_kind)
     }
 
     /// Every configured backend, Docker first.
     pub fn all(&self) -> Vec<Arc<dyn WorkspaceBackend>> {
         let mut v = vec![self.docker.clone()];
         v.extend(self.control_plane.clone());
+        v.extend(self.kubernetes.clone());
         v
     }
 }

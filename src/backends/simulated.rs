@@ -196,11 +196,13 @@ impl WorkspaceBackend for SimulatedBackend {
                 host_url: Some(format!("http://127.0.0.1:9/sim/{}", ws.id12())),
                 started_at: None,
                 attempt: None,
+                waiting: None,
             },
             Some(s) => Presence::Stopped {
                 container_id: s.id.clone(),
                 exit_code: Some(0),
                 oom_killed: false,
+                reason: None,
             },
         })
     }

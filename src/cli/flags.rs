@@ -440,3 +440,77 @@ impl ImageFlags {
         Ok(s)
     }
 }
+
+/// Where workspaces run in cluster mode, and how Pods are shaped (ADR 0057).
+#[derive(clap::Args, Clone, Debug)]
+pub struct KubernetesFlags {
+    /// Backend of Workspaces without spec.backend: `docker` (the node's Docker engine) or
+    /// `kubernetes` (a Pod, PVCs and a Service per workspace in its namespace).
+    #[arg(long, env = "MOLECULE_DEFAULT_BACKEND", default_value = "docker", value_parser = parse_backend)]
+    default_backend: molecule::resources::Backend,
+    /// URL agents in workspace Pods use to reach /registry/* (e.g. the operator's Service,
+    /// http://molecule-agents.molecule-system.svc:8081); default: --platform-url.
+    #[arg(long, env = "MOLECULE_KUBERNETES_PLATFORM_URL")]
+    kubernetes_platform_url: Option<String>,
+    /// Allow tiers 3 and 4 as privileged Pods (tier 4 also mounts the node's Docker socket).
+    /// Off: such Workspaces are refused with TierNotAllowed.
+    #[arg(long, env = "MOLECULE_KUBERNETES_ALLOW_PRIVILEGED")]
+    kubernetes_allow_privileged: bool,
+    /// imagePullSecrets of every workspace Pod (repeatable; the env var takes a comma list).
+    #[arg(
+        long = "kubernetes-image-pull-secret",
+        env = "MOLECULE_KUBERNETES_IMAGE_PULL_SECRETS",
+        value_delimiter = ',',
+        value_name = "SECRET"
+    )]
+    kubernetes_image_pull_secrets: Vec<String>,
+    /// StorageClass of the workspace PVCs (default: the cluster's default class).
+    #[arg(long, env = "MOLECULE_KUBERNETES_STORAGE_CLASS")]
+    kubernetes_storage_class: Option<String>,
+    /// Size of each workspace's /workspace PVC.
+    #[arg(
+        long,
+        env = "MOLECULE_KUBERNETES_WORKSPACE_SIZE",
+        default_value = "5Gi"
+    )]
+    kubernetes_workspace_size: String,
+}
+
+fn parse_backend(s: &str) -> Result<molecule::resources::Backend, String> {
+    match s {
+        "docker" => Ok(molecule::resources::Backend::Docker),
+        "kubernetes" => Ok(molecule::resources::Backend::Kubernetes),
+        "controlPlane" => Ok(molecule::resources::Backend::ControlPlane),
+        other => Err(format!(
+            "unknown backend {other:?}; known backends: docker, kubernetes, controlPlane"
+        )),
+    }
+}
+
+impl KubernetesFlags {
+    pub fn options(&self) -> molecule::operator::KubernetesOptions {
+        let defaults = molecule::backends::kubernetes::KubernetesSettings::default();
+        molecule::operator::KubernetesOptions {
+            default_backend: self.default_backend,
+            platform_url: self
+                .kubernetes_platform_url
+                .clone()
+                .filter(|u| !u.is_empty()),
+            settings: molecule::backends::kubernetes::KubernetesSettings {
+                allow_privileged: self.kubernetes_allow_privileged,
+                image_pull_secrets: self
+                    .kubernetes_image_pull_secrets
+                    .iter()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+                storage_class: self
+                    .kubernetes_storage_class
+                    .clone()
+                    .filter(|s| !s.is_empty()),
+                workspace_size: self.kubernetes_workspace_size.clone(),
+                ..defaults
+            },
+        }
+    }
+}

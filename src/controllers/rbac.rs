@@ -319,12 +319,55 @@ pub const RULES: &[Rule] = &[
     },
 ];
 
+/// What the kubernetes workspace backend needs besides [`RULES`] (ADR 0057), granted by
+/// `deploy-kubernetes/rbac-workspace-pods.yaml` (a unit test compares the two). Its Secrets are
+/// covered by the Workspace controller's secrets rule.
+pub const KUBERNETES_BACKEND_RULES: &[Rule] = &[
+    Rule {
+        controller: "workspace",
+        scope: Scope::Cluster,
+        group: "",
+        resource: "pods",
+        verbs: &["get", "list", "watch", "create", "delete"],
+        why: "the workspace Pod: read for its status, created, deleted on pause and restart; listed by the reaper; watched so a kubelet's status write wakes the controller",
+    },
+    Rule {
+        controller: "workspace",
+        scope: Scope::Cluster,
+        group: "",
+        resource: "pods/log",
+        verbs: &["get"],
+        why: "the workspace console (the agent container's log)",
+    },
+    Rule {
+        controller: "workspace",
+        scope: Scope::Cluster,
+        group: "",
+        resource: "services",
+        verbs: &["list", "patch", "delete"],
+        why: "the Service in front of the agent, applied server-side; listed and removed by the reaper",
+    },
+    Rule {
+        controller: "workspace",
+        scope: Scope::Cluster,
+        group: "",
+        resource: "persistentvolumeclaims",
+        verbs: &["list", "create", "delete"],
+        why: "the /configs and /workspace claims, created once and removed on delete; listed by the reaper",
+    },
+];
+
 /// One granted (scope, group, resource, verb).
 pub type Grant = (Scope, String, String, String);
 
 /// The grants of the rules of `controllers` (all rules when `None`).
 pub fn grants(controllers: Option<&[&str]>) -> BTreeSet<Grant> {
-    RULES
+    grants_of(RULES, controllers)
+}
+
+/// The grants of `rules` of `controllers` (all when `None`).
+pub fn grants_of(rules: &[Rule], controllers: Option<&[&str]>) -> BTreeSet<Grant> {
+    rules
         .iter()
         .filter(|r| controllers.is_none_or(|c| c.contains(&r.controller)))
         .flat_map(|r| {
@@ -393,6 +436,19 @@ mod tests {
             missing.is_empty() && extra.is_empty(),
             "deploy/10-rbac.yaml drifted from controllers::rbac::RULES\nmissing from the manifest: {missing:?}\nnot declared in RULES: {extra:?}"
         );
+    }
+
+    #[test]
+    fn the_kubernetes_overlay_grants_exactly_the_backend_rules() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy-kubernetes/rbac-workspace-pods.yaml");
+        let yaml = std::fs::read_to_string(&p).expect("deploy-kubernetes/rbac-workspace-pods.yaml");
+        let granted = grants_of_manifests(&yaml).expect("parse");
+        assert_eq!(granted, grants_of(KUBERNETES_BACKEND_RULES, None));
+        // Its Secrets ride on the base's rule.
+        for verb in ["get", "list", "patch", "delete"] {
+            assert!(allows("", "secrets", verb), "secrets {verb}");
+        }
     }
 
     #[test]

@@ -163,6 +163,8 @@ fn kind_label(k: &ManagedKind) -> &'static str {
         ManagedKind::Container => "container",
         ManagedKind::Volume => "volume",
         ManagedKind::Instance => "instance",
+        ManagedKind::Service => "service",
+        ManagedKind::Secret => "secret",
     }
 }
 
@@ -199,6 +201,8 @@ pub async fn reap_once(
         ManagedKind::Container,
         ManagedKind::Volume,
         ManagedKind::Instance,
+        ManagedKind::Service,
+        ManagedKind::Secret,
     ] {
         for (backend, managed) in &listed {
             for m in managed

@@ -79,7 +79,7 @@ use super::Condition;
         name = "Backend",
         type_ = "string",
         json_path = ".spec.backend",
-        description = "docker or controlPlane",
+        description = "docker, controlPlane or kubernetes",
         priority = "1"
     )
 )]
@@ -234,6 +234,9 @@ pub enum Backend {
     Docker,
     /// An EC2 instance provisioned by the control plane.
     ControlPlane,
+    /// A Pod, PersistentVolumeClaims and a Service in the Workspace's namespace, on the cluster
+    /// the operator runs against (ADR 0057).
+    Kubernetes,
 }
 
 /// Access mode of the host workspace directory.

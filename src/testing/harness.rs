@@ -53,6 +53,9 @@ pub struct Harness {
     shutdown: Shutdown,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     workspaces: Option<cache::SharedCache<Workspace>>,
+    /// The kubernetes backend on this harness's API server, once [`Harness::use_kubernetes`]
+    /// made it the default (ADR 0057).
+    kubernetes: Option<Arc<dyn WorkspaceBackend>>,
 }
 
 /// A fresh directory under the system temp dir, private to one harness.
@@ -184,15 +187,35 @@ impl Harness {
             shutdown,
             tasks,
             workspaces: Some(workspaces),
+            kubernetes: None,
         }
+    }
+
+    /// Makes Workspaces without `spec.backend` Pods on this harness's own API server (which,
+    /// like envtest, stores them and runs nothing; a test plays the kubelet). Controllers
+    /// started afterwards drive it; returns it.
+    pub fn use_kubernetes(
+        &mut self,
+        settings: crate::backends::kubernetes::KubernetesSettings,
+    ) -> Arc<dyn WorkspaceBackend> {
+        let b: Arc<dyn WorkspaceBackend> =
+            Arc::new(crate::backends::kubernetes::KubernetesBackend::new(
+                self.client.clone(),
+                "harness0000",
+                settings,
+            ));
+        self.kubernetes = Some(b.clone());
+        b
     }
 
     /// The backends the controllers drive (the simulated one, no control plane).
     pub fn backends(&self) -> Backends {
-        Backends {
-            docker: self.backend.clone() as Arc<dyn WorkspaceBackend>,
-            control_plane: None,
+        let mut b = Backends::docker(self.backend.clone() as Arc<dyn WorkspaceBackend>);
+        if let Some(k) = &self.kubernetes {
+            b.kubernetes = Some(k.clone());
+            b.default_kind = crate::resources::Backend::Kubernetes;
         }
+        b
     }
 
     /// The changes of the harness's shared Workspace cache for the subscriber `name`, and the
@@ -224,6 +247,8 @@ impl Harness {
             template_root,
             agent_binary: self.dir.join("no-agent-binary"),
             control_plane_platform_url: None,
+            kubernetes_platform_url: None,
+            kubernetes_allow_privileged: false,
         }
     }
 
@@ -255,12 +280,21 @@ impl Harness {
     pub fn run_workspace_with(&mut self, settings: workspace::Settings) -> Arc<workspace::Context> {
         let ctx = self.workspace_context(settings);
         let queue = cache::WorkQueue::new("workspace", self.metrics.clone());
-        let controller = self
+        let mut controller = self
             .workspaces
             .as_ref()
             .expect("the harness keeps its Workspace cache until dropped")
             .controller_filtered(&queue, workspace::plan::trigger_hash)
             .graceful_shutdown_on(self.shutdown.clone().wait());
+        if self.kubernetes.is_some() {
+            // As the host relays them: a kubelet's Pod status write wakes the Workspace.
+            let pods = crate::backends::kubernetes::pod_changes(self.client.clone(), "harness0000")
+                .filter_map(|c| async move {
+                    c.workspace
+                        .map(|n| kube::runtime::reflector::ObjectRef::new(&n).within(&c.namespace))
+                });
+            controller = controller.reconcile_on(pods);
+        }
         self.tasks.push(tokio::spawn(
             controller
                 .run(workspace::reconcile, workspace::error_policy, ctx.clone())

@@ -12,11 +12,13 @@ use std::sync::{LazyLock, Mutex, PoisonError};
 use regex::Regex;
 use serde_json::{Map, Number, Value};
 
+mod core;
 mod metadata;
 mod names;
 mod schedules;
 mod schema;
 
+pub use core::{is_config_key, typed_check};
 pub use metadata::validate_metadata;
 use names::*;
 pub use names::{

@@ -350,12 +350,14 @@ fn presence_of(c: &ContainerInspectResponse, fallback_id: &str) -> Presence {
                 .and_then(|cfg| cfg.labels.as_ref())
                 .and_then(|l| l.get(LABEL_ATTEMPT))
                 .cloned(),
+            waiting: None,
         }
     } else {
         Presence::Stopped {
             container_id,
             exit_code: state.exit_code,
             oom_killed: state.oom_killed.unwrap_or(false),
+            reason: None,
         }
     }
 }

@@ -106,10 +106,9 @@ impl DockerBackend {
                 check_managed_labels(&v.labels, m, &self.instance)?;
                 remove_volume_by_name(self, &m.name).await
             }
-            ManagedKind::Instance => Err(BackendError::Permanent(format!(
-                "{} is a control-plane instance, not a Docker object",
-                m.name
-            ))),
+            ManagedKind::Instance | ManagedKind::Service | ManagedKind::Secret => Err(
+                BackendError::Permanent(format!("{} is not a Docker object", m.name)),
+            ),
         }
     }
 }
@@ -119,6 +118,8 @@ fn kind_order(k: &ManagedKind) -> u8 {
         ManagedKind::Container => 0,
         ManagedKind::Volume => 1,
         ManagedKind::Instance => 2,
+        ManagedKind::Service => 3,
+        ManagedKind::Secret => 4,
     }
 }
 

@@ -34,6 +34,7 @@ use super::{
 };
 use errors::bounded;
 pub(crate) use errors::map_error;
+pub(crate) use volumes::config_tar;
 
 /// Label carried by every container, volume and network this backend creates.
 pub const LABEL_MANAGED: &str = "molecule.platform.managed";

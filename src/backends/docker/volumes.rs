@@ -234,7 +234,7 @@ pub(super) async fn remove_volume_by_name(
 
 /// Tar of the config files (parents created as needed, modes from the files, CRLF→LF for scripts),
 /// or None when there are no files. Later duplicates of a path win.
-pub(super) fn config_tar(files: &[ConfigFile]) -> Result<Option<Vec<u8>>, BackendError> {
+pub(crate) fn config_tar(files: &[ConfigFile]) -> Result<Option<Vec<u8>>, BackendError> {
     Ok(config_payload(files)?.map(|p| p.tar))
 }
 

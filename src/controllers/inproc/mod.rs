@@ -3,6 +3,7 @@
 
 mod channel;
 mod feed;
+mod kubernetes;
 mod org_import;
 mod plugin;
 mod reaper;

@@ -244,7 +244,7 @@ impl Pass {
         ws: &Workspace,
         origin: &Origin,
     ) -> Result<Option<Vec<String>>, Stop> {
-        if let Some(r) = super::unmanaged(ws, &self.pi) {
+        if let Some(r) = super::unmanaged(ws, &self.pi, self.ctx.settings.default_backend) {
             return Err(Stop::refused(r));
         }
         let allowed = super::allowlist(&self.ctx, ws).await?;

@@ -112,6 +112,8 @@ pub struct Settings {
     pub failpoints: bool,
     /// Git hosts a record requested by a workspace's own token may name (ADR 0038).
     pub git_hosts: crate::plugins::git_hosts::GitHosts,
+    /// The backend of Workspaces that name none (`--default-backend`).
+    pub default_backend: crate::resources::Backend,
 }
 
 impl Settings {
@@ -125,6 +127,7 @@ impl Settings {
             drift_tick: Duration::from_secs(5),
             failpoints: false,
             git_hosts: Default::default(),
+            default_backend: crate::resources::Backend::Docker,
         }
     }
 
@@ -454,7 +457,11 @@ async fn request_restart(ctx: &Context, ws: &Workspace, now: &str) -> Result<(),
 
 /// A workspace molecule does not install into (ADR 0015): its agent downloads the plugin
 /// itself.
-fn unmanaged(ws: &Workspace, pi: &PluginInstall) -> Option<Refusal> {
+fn unmanaged(
+    ws: &Workspace,
+    pi: &PluginInstall,
+    default_backend: crate::resources::Backend,
+) -> Option<Refusal> {
     let ns = pi.namespace().unwrap_or_else(|| "default".into());
     let ws_name = &pi.spec.workspace_ref.name;
     if ws.spec.runtime.as_deref() == Some("external") {
@@ -467,7 +474,17 @@ fn unmanaged(ws: &Workspace, pi: &PluginInstall) -> Option<Refusal> {
         );
         return Some(r);
     }
-    if ws.spec.backend == Some(crate::resources::Backend::ControlPlane) {
+    if ws.spec.backend.unwrap_or(default_backend) == crate::resources::Backend::Kubernetes {
+        let r = Refusal::new(
+            "BackendUnsupported",
+            format!(
+                "workspace {ws_name} runs as a Pod (backend kubernetes), where molecule does not swap files in place yet; its agent downloads the plugin itself: GET {} with its workspace token as Bearer",
+                crate::resources::names::download_path(&ns, &pi.name_any())
+            ),
+        );
+        return Some(r);
+    }
+    if ws.spec.backend.unwrap_or(default_backend) == crate::resources::Backend::ControlPlane {
         let r = Refusal::new(
             "BackendUnsupported",
             format!(

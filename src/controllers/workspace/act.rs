@@ -41,6 +41,7 @@ pub(super) async fn pause(
     }
     let message = match pass.kind {
         Backend::Docker => "paused: the container is stopped and the volume kept",
+        Backend::Kubernetes => "paused: the Pod is deleted and the volume claims kept",
         Backend::ControlPlane => {
             pass.next.instance_id = None;
             "paused: the instance is terminated; resuming provisions a new one"
@@ -56,6 +57,7 @@ pub(super) async fn pause(
     if pass.before.phase != Some(WorkspacePhase::Paused) {
         let note = match pass.kind {
             Backend::Docker => "container stopped; volume kept",
+            Backend::Kubernetes => "Pod deleted; volume claims kept",
             Backend::ControlPlane => "instance terminated",
         };
         event(ctx, &pass.ws, EventType::Normal, "Paused", note.into());
@@ -88,7 +90,7 @@ pub(super) async fn adopt(
 ) -> Result<Action, WorkspaceError> {
     tracing::info!(event = "provision.adopt", workspace = %pass.w.name, container = %container_id, "recording a container of the current provision whose id was never written");
     match pass.kind {
-        Backend::Docker => pass.next.container_id = Some(container_id),
+        Backend::Docker | Backend::Kubernetes => pass.next.container_id = Some(container_id),
         Backend::ControlPlane => pass.next.instance_id = Some(container_id),
     }
     if let Presence::Running {
@@ -134,11 +136,23 @@ async fn first_notice(
     ctx.schedule_restart(&pass.w.uid, Instant::now() + delay);
     pass.next.phase = Some(WorkspacePhase::Offline);
     pass.next.restart_count = Some(n);
-    let why = offline_message(ctx, pass.kind, reason, presence, delay);
+    // A platform that says why (an evicted or failed Pod) gives the condition its reason.
+    let (cause, why) = match presence {
+        Presence::Stopped {
+            reason: Some(w), ..
+        } => (
+            w.reason,
+            format!("{}; replacing it in {}s", w.message, delay.as_secs()),
+        ),
+        _ => (
+            reason.reason(),
+            offline_message(ctx, pass.kind, reason, presence, delay),
+        ),
+    };
     pass.next.message = Some(why.clone());
-    set_valid(pass, (ConditionStatus::False, reason.reason(), &why));
+    set_valid(pass, (ConditionStatus::False, cause, &why));
     write(ctx, &pass.ws, &pass.next, None).await?;
-    event(ctx, &pass.ws, EventType::Warning, reason.reason(), why);
+    event(ctx, &pass.ws, EventType::Warning, cause, why);
     Ok(delay)
 }
 
@@ -287,37 +301,49 @@ fn token_secret(ctx: &Context, pass: &Pass, secret_name: &str, token: String) ->
     }
 }
 
-/// A workspace whose `spec.backend` changed leaves nothing running on the other one: the
-/// recorded instance is terminated (Docker now), or the container and volume removed
-/// (control plane now).
+/// How a Kubernetes workspace's `status.containerName` names its Pod ("pod/ws-<id12>"), so a
+/// later pass can tell which backend the record's container is on.
+pub(super) fn pod_reference(w: &WorkspaceRef) -> String {
+    format!("pod/{}", w.container_name())
+}
+
+/// A workspace whose `spec.backend` changed leaves nothing running on the other ones: a
+/// recorded instance is terminated, a recorded container (`containerName` "ws-<id12>") or Pod
+/// ("pod/ws-<id12>") removed with its volumes.
 pub(super) async fn leave_other_backend(
     ctx: &Context,
     w: &WorkspaceRef,
     kind: Backend,
     next: &mut WorkspaceStatus,
 ) -> Result<(), WorkspaceError> {
-    match kind {
-        Backend::Docker => {
-            if next
-                .instance_id
-                .as_deref()
-                .is_some_and(|i| !i.trim().is_empty())
-                && let Some(cp) = ctx.backends.control_plane.as_ref()
-            {
-                tracing::info!(workspace = %w.name, "backend changed to docker: terminating the instance");
-                cp.remove(w, true).await?;
-                next.instance_id = None;
-            }
-        }
-        Backend::ControlPlane => {
-            if next.container_id.is_some() || next.container_name.is_some() {
-                tracing::info!(workspace = %w.name, "backend changed to controlPlane: removing the container and volume");
-                ctx.backends.docker.remove(w, true).await?;
-                next.container_id = None;
-                next.container_name = None;
-                next.volume_name = None;
-            }
-        }
+    if kind != Backend::ControlPlane
+        && next
+            .instance_id
+            .as_deref()
+            .is_some_and(|i| !i.trim().is_empty())
+        && let Some(cp) = ctx.backends.control_plane.as_ref()
+    {
+        tracing::info!(workspace = %w.name, backend = ?kind, "backend changed: terminating the instance");
+        cp.remove(w, true).await?;
+        next.instance_id = None;
+    }
+    let on_pod = next
+        .container_name
+        .as_deref()
+        .is_some_and(|n| n.starts_with("pod/"));
+    let on_docker = !on_pod && (next.container_name.is_some() || next.container_id.is_some());
+    let leave = match kind {
+        Backend::Docker => on_pod.then_some(ctx.backends.kubernetes.as_ref()).flatten(),
+        Backend::Kubernetes => on_docker.then_some(&ctx.backends.docker),
+        Backend::ControlPlane if on_pod => ctx.backends.kubernetes.as_ref(),
+        Backend::ControlPlane => on_docker.then_some(&ctx.backends.docker),
+    };
+    if let Some(other) = leave {
+        tracing::info!(workspace = %w.name, backend = ?kind, "backend changed: removing what ran on the previous one, with its volumes");
+        other.remove(w, true).await?;
+        next.container_id = None;
+        next.container_name = None;
+        next.volume_name = None;
     }
     Ok(())
 }

@@ -32,9 +32,13 @@ pub(super) async fn cleanup(
         _ => return Ok(Action::await_change()),
     };
     let w = wref(&ws)?;
-    let kind = ws.spec.backend.unwrap_or_default();
-    if ws.spec.runtime.as_deref() != Some("external") && kind == Backend::Docker {
-        remove_container(&ctx, &ws, &w).await;
+    let kind = ctx.backends.kind_of(ws.spec.backend);
+    if ws.spec.runtime.as_deref() != Some("external") {
+        match kind {
+            Backend::Docker => remove_container(&ctx, &ws, &w).await,
+            Backend::Kubernetes => remove_pod(&ctx, &ws, &w).await?,
+            Backend::ControlPlane => {}
+        }
     }
     // An instance on record (a control-plane workspace, or one switched to Docker before its
     // instance could be stopped) must be confirmed gone.
@@ -70,6 +74,26 @@ async fn remove_container(ctx: &Context, ws: &Workspace, w: &WorkspaceRef) {
             event(ctx, ws, EventType::Warning, "CleanupIncomplete", note);
         }
     }
+}
+
+/// Removes the Pod, Service, Secrets and claims; until that is confirmed, the finalizer stays
+/// and the Ready condition says why (a Pod's objects are not left to the GC alone).
+async fn remove_pod(ctx: &Context, ws: &Workspace, w: &WorkspaceRef) -> Result<(), WorkspaceError> {
+    let result = match ctx.backends.kubernetes.as_ref() {
+        Some(k) => k.remove(w, true).await,
+        None => Err(BackendError::Config(
+            "the workspace ran on the kubernetes backend, which this operator does not run".into(),
+        )),
+    };
+    if let Err(e) = result {
+        tracing::warn!(event = "delete.stop_failed", workspace = %w.name, uid = %w.uid, error = %e, "the Pod's objects could not be removed; keeping the finalizer and retrying");
+        report_stop_failed(ctx, ws, &plan::stop_failure_message(&e)).await?;
+        return Err(e.into());
+    }
+    tracing::info!(event = "delete.done", workspace = %w.name, uid = %w.uid, "Pod, Service, Secrets and claims removed");
+    let note = "Pod, Service, Secrets and volume claims removed".into();
+    event(ctx, ws, EventType::Normal, "Deleted", note);
+    Ok(())
 }
 
 /// Terminates the recorded instance; until that is confirmed, the finalizer stays and the

@@ -94,6 +94,10 @@ pub struct Settings {
     pub agent_binary: PathBuf,
     /// Where agents on control-plane instances reach `/registry/*` (`None`: `platform_url`).
     pub control_plane_platform_url: Option<String>,
+    /// Where agents in Pods reach `/registry/*` (`None`: `platform_url`; ADR 0057).
+    pub kubernetes_platform_url: Option<String>,
+    /// Tiers 3 and 4 may run as privileged Pods (`--kubernetes-allow-privileged`).
+    pub kubernetes_allow_privileged: bool,
 }
 
 /// Shared state of the controller.
@@ -216,9 +220,16 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
         Err(p) => return report::fail(&ctx, pass, p).await,
     };
     act::leave_other_backend(&ctx, &pass.w, pass.kind, &mut pass.next).await?;
-    if pass.kind == Backend::Docker {
-        pass.next.container_name = Some(pass.w.container_name());
-        pass.next.volume_name = Some(pass.w.volume_name());
+    match pass.kind {
+        Backend::Docker => {
+            pass.next.container_name = Some(pass.w.container_name());
+            pass.next.volume_name = Some(pass.w.volume_name());
+        }
+        Backend::Kubernetes => {
+            pass.next.container_name = Some(act::pod_reference(&pass.w));
+            pass.next.volume_name = Some(pass.w.volume_name());
+        }
+        Backend::ControlPlane => {}
     }
     let (target, needs) = match observe::target(&pass.ws, &ctx, pass.kind).await? {
         Ok(t) => t,
@@ -228,7 +239,7 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
         }
         Err(p) => return report::fail(&ctx, pass, p).await,
     };
-    let tier = match validate::placement(&pass) {
+    let tier = match validate::placement(&pass, ctx.settings.kubernetes_allow_privileged) {
         Ok(t) => t,
         Err(p) => return report::fail(&ctx, pass, p).await,
     };
@@ -331,6 +342,10 @@ fn platform_url(settings: &Settings, kind: Backend) -> &str {
             .control_plane_platform_url
             .as_deref()
             .unwrap_or(&settings.platform_url),
+        Backend::Kubernetes => settings
+            .kubernetes_platform_url
+            .as_deref()
+            .unwrap_or(&settings.platform_url),
     }
 }
 
@@ -352,6 +367,7 @@ fn noun(kind: Backend) -> &'static str {
     match kind {
         Backend::Docker => "container",
         Backend::ControlPlane => "instance",
+        Backend::Kubernetes => "Pod",
     }
 }
 
@@ -359,13 +375,14 @@ fn kind_label(kind: Backend) -> &'static str {
     match kind {
         Backend::Docker => "docker",
         Backend::ControlPlane => "controlPlane",
+        Backend::Kubernetes => "kubernetes",
     }
 }
 
 /// What the record says runs on `kind`: the container id or the instance id.
 fn recorded(st: &WorkspaceStatus, kind: Backend) -> Option<&str> {
     match kind {
-        Backend::Docker => st.container_id.as_deref(),
+        Backend::Docker | Backend::Kubernetes => st.container_id.as_deref(),
         Backend::ControlPlane => st.instance_id.as_deref().filter(|i| !i.trim().is_empty()),
     }
 }

@@ -19,7 +19,7 @@ use crate::resources::{Backend, Runtime, Workspace, WorkspaceStatus};
 pub(super) struct Pass {
     pub ws: Arc<Workspace>,
     pub w: WorkspaceRef,
-    /// `spec.backend`.
+    /// `spec.backend`, or the operator's default.
     pub kind: Backend,
     pub generation: i64,
     /// The pass's clock, as RFC 3339 (conditions) and seconds (timeouts).
@@ -52,7 +52,7 @@ pub(super) async fn record(
     // The Tier column shows what the workspace runs with (ADR 0048).
     next.tier = Some(ws.spec.tier.unwrap_or(2));
     Ok(Some(Pass {
-        kind: ws.spec.backend.unwrap_or_default(),
+        kind: ctx.backends.kind_of(ws.spec.backend),
         w,
         ws,
         generation,
@@ -88,6 +88,9 @@ pub(super) enum ImageWant {
     /// The control plane picks the machine image by runtime name (and `spec.image`, if set):
     /// nothing is pulled or built here.
     ControlPlane(Option<String>),
+    /// A reference the cluster pulls (the kubernetes backend, ADR 0057): nothing is pulled or
+    /// built here.
+    Reference(String),
 }
 
 /// What a workspace's Runtime record asks of it.
@@ -152,6 +155,30 @@ pub(super) async fn target(
         return Ok(Ok((Target::External, required)));
     }
     let explicit = ws.spec.image.clone().filter(|i| !i.is_empty());
+    if kind == Backend::Kubernetes {
+        let image = explicit.or_else(|| {
+            record
+                .as_ref()
+                .and_then(|r| r.spec.image.clone())
+                .filter(|i| !i.is_empty())
+        });
+        return Ok(match image {
+            Some(img) => Ok((
+                Target::Image {
+                    want: ImageWant::Reference(img.clone()),
+                    key: img,
+                },
+                required,
+            )),
+            None => Err(permanent(
+                "ImageRequired",
+                format!(
+                    "runtime {:?} has no image the cluster can pull: on the kubernetes backend the operator neither builds nor pulls images, so set spec.image or give the Runtime record spec.image",
+                    runtime.chars().take(80).collect::<String>()
+                ),
+            )),
+        });
+    }
     let is_builtin_echo = runtime == crate::images::plan::BUILTIN_ECHO
         && record
             .as_ref()

@@ -199,6 +199,16 @@ pub fn decide(o: &Observed<'_>) -> Step {
                 ),
             };
         }
+        if let Presence::Running {
+            waiting: Some(w), ..
+        } = o.presence
+        {
+            return Step::Observe {
+                phase: WorkspacePhase::Provisioning,
+                reason: w.reason,
+                message: w.message.clone(),
+            };
+        }
         return Step::Observe {
             phase: WorkspacePhase::Provisioning,
             reason: "WaitingForAgent",
@@ -382,6 +392,7 @@ mod tests {
             host_url: None,
             started_at: None,
             attempt: None,
+            waiting: None,
         }
     }
 
@@ -401,6 +412,7 @@ mod tests {
             host_url: None,
             started_at: None,
             attempt: Some(attempt.into()),
+            waiting: None,
         };
         let p = ours("0123456789abcdef");
         assert_eq!(
@@ -515,6 +527,7 @@ mod tests {
             container_id: "c1".into(),
             exit_code: Some(137),
             oom_killed: false,
+            reason: None,
         };
         assert_eq!(
             decide(&obs(&st, &dead, 1020)),
@@ -720,6 +733,7 @@ mod tests {
             host_url: None,
             started_at: None,
             attempt: None,
+            waiting: None,
         };
         let o = Observed {
             recorded: st.instance_id.as_deref(),
@@ -738,6 +752,7 @@ mod tests {
             host_url: None,
             started_at: None,
             attempt: None,
+            waiting: None,
         };
         let o = Observed {
             recorded: st.instance_id.as_deref(),

@@ -81,7 +81,7 @@ async fn prepare_image(
     want: &ImageWant,
 ) -> Result<Option<Resolved>, crate::images::ImageError> {
     match want {
-        ImageWant::ControlPlane(_) => Ok(None),
+        ImageWant::ControlPlane(_) | ImageWant::Reference(_) => Ok(None),
         _ if ctx.images.settings.simulated => Ok(None),
         ImageWant::Explicit(image) => ctx.images.ensure_explicit(image).await.map(Some),
         ImageWant::Runtime { name, record } => ctx
@@ -130,7 +130,7 @@ fn image_of(
         // The control plane's own machine image for the runtime, or the explicit `spec.image`.
         None => match want {
             ImageWant::ControlPlane(image) => (image.clone().unwrap_or_default(), None),
-            ImageWant::Explicit(image) => (image.clone(), None),
+            ImageWant::Explicit(image) | ImageWant::Reference(image) => (image.clone(), None),
             _ => (String::new(), None),
         },
     }
@@ -155,6 +155,7 @@ async fn record_attempt(
     next.image = Some(image.to_string()).filter(|i| !i.is_empty());
     let msg = match pass.kind {
         Backend::Docker => format!("{}: starting a container from {image}", reason.reason()),
+        Backend::Kubernetes => format!("{}: starting a Pod from {image}", reason.reason()),
         Backend::ControlPlane => format!(
             "{}: provisioning an instance through the control plane",
             reason.reason()
@@ -236,7 +237,9 @@ async fn start(
         }
     };
     match pass.kind {
-        Backend::Docker => pass.next.container_id = Some(started.container_id.clone()),
+        Backend::Docker | Backend::Kubernetes => {
+            pass.next.container_id = Some(started.container_id.clone())
+        }
         // Recorded at once: every later call uses it (ADR 0035).
         Backend::ControlPlane => pass.next.instance_id = Some(started.container_id.clone()),
     }

@@ -45,23 +45,40 @@ pub(super) fn backend(
     ctx: &Context,
     kind: Backend,
 ) -> Result<Arc<dyn WorkspaceBackend>, Permanent> {
-    ctx.backends.get(kind).cloned().ok_or_else(|| {
-        permanent(
+    ctx.backends.get(kind).cloned().ok_or_else(|| match kind {
+        Backend::Kubernetes => permanent(
+            "KubernetesNotConfigured",
+            "spec.backend is kubernetes but this process does not run the kubernetes backend: Pods are made by `molecule operator` against a cluster, not by `serve`",
+        ),
+        _ => permanent(
             "ControlPlaneNotConfigured",
             "spec.backend is controlPlane but this operator has no control plane configured (serve --control-plane-url)",
-        )
+        ),
     })
 }
 
 /// Where and how big the workspace may run: no host directory on an instance, a tier of 1–4.
-pub(super) fn placement(pass: &Pass) -> Result<Tier, Permanent> {
-    if pass.kind == Backend::ControlPlane && pass.ws.spec.workspace_dir.is_some() {
+/// Tiers 3 and 4 are privileged Pods on Kubernetes: refused unless `allow_privileged`.
+pub(super) fn placement(pass: &Pass, allow_privileged: bool) -> Result<Tier, Permanent> {
+    if pass.kind != Backend::Docker && pass.ws.spec.workspace_dir.is_some() {
         return Err(permanent(
             "InvalidConfig",
-            "workspaceDir mounts a host directory and is not available with backend controlPlane",
+            format!(
+                "workspaceDir mounts a host directory and is not available with backend {}",
+                super::kind_label(pass.kind)
+            ),
         ));
     }
-    Tier::from_number(pass.ws.spec.tier.unwrap_or(2))
+    let tier = pass.ws.spec.tier.unwrap_or(2);
+    if pass.kind == Backend::Kubernetes && tier >= 3 && !allow_privileged {
+        return Err(permanent(
+            "TierNotAllowed",
+            format!(
+                "tier {tier} needs a privileged Pod, which this operator refuses; start it with --kubernetes-allow-privileged to allow tiers 3 and 4"
+            ),
+        ));
+    }
+    Tier::from_number(tier)
         .ok_or_else(|| permanent("InvalidConfig", "tier must be between 1 and 4"))
 }
 
