@@ -290,14 +290,19 @@ impl WorkspaceBackend for KubernetesBackend {
         let tar = super::docker::config_tar(&start.files)?
             .unwrap_or_else(|| crate::archive::TarBuilder::new(0).finish());
         let secret = spec::workspace_secret(start, &env, tar, &self.instance)?;
-        self.apply("apply secret", &secret).await?;
-        for (name, size, _) in spec::claims(start, &self.settings) {
-            let claim = spec::claim(ws, name, &size, &self.settings, &self.instance);
-            self.ensure_claim(claim).await?;
-        }
-        self.apply("apply service", &spec::service(ws, &self.instance))
-            .await?;
         let want = spec::pod(start, &env, &self.settings, &self.instance);
+        // The Secret, the claims, the Service and the look at the current Pod do not depend
+        // on each other: one round trip's latency instead of five.
+        let claims = spec::claims(start, &self.settings).into_iter().map(|(name, size, _)| {
+            self.ensure_claim(spec::claim(ws, name, &size, &self.settings, &self.instance))
+        });
+        let service = spec::service(ws, &self.instance);
+        let (_, _, _, current) = futures::try_join!(
+            self.apply("apply secret", &secret),
+            futures::future::try_join_all(claims),
+            self.apply("apply service", &service),
+            self.pod(ws),
+        )?;
         let hash = |p: &Pod| {
             p.metadata
                 .annotations
@@ -305,7 +310,7 @@ impl WorkspaceBackend for KubernetesBackend {
                 .and_then(|a| a.get(LABEL_SPEC_HASH))
                 .cloned()
         };
-        if let Some(old) = self.pod(ws).await? {
+        if let Some(old) = current {
             let failed = matches!(status::presence(ws, Some(&old)), Presence::Stopped { .. });
             if hash(&old) == hash(&want) && !failed {
                 return Ok(Started {
