@@ -140,7 +140,9 @@ async fn create_all(api: &Api<Workspace>, n: usize) {
                     "spec": {"runtime": "echo", "image": "registry.example.com/agents/echo:1"},
                 }))
                 .expect("workspace");
-                api.create(&PostParams::default(), &w).await.expect("create")
+                api.create(&PostParams::default(), &w)
+                    .await
+                    .expect("create")
             }
         })
         .buffer_unordered(32)
@@ -196,7 +198,10 @@ fn run(root: &Path, default_backend: &str, rt: &tokio::runtime::Runtime) -> Run 
         }
         let secs = t.elapsed().as_secs_f64();
         let pods: Api<Pod> = Api::namespaced(c, "bench");
-        let pods = pods.list(&ListParams::default()).await.map_or(0, |l| l.items.len());
+        let pods = pods
+            .list(&ListParams::default())
+            .await
+            .map_or(0, |l| l.items.len());
         Run {
             secs,
             rss: rss_mib(&op),

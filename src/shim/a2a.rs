@@ -218,7 +218,7 @@ async fn probe(st: &A2aState, ws: &Workspace) -> Probe {
     if ws.spec.runtime.as_deref() == Some("external") {
         return Probe::Unknown;
     }
-    let Some(backend) = st.backends.get(ws.spec.backend.unwrap_or_default()) else {
+    let Some(backend) = st.backends.get(st.backends.kind_of(ws.spec.backend)) else {
         return Probe::Unknown;
     };
     match backend.inspect(&wref(ws)).await {
@@ -619,10 +619,10 @@ async fn console(State(sh): State<Shared>, Path(id): Path<String>, headers: Head
         }
         Err(r) => return r,
     };
-    let Some(backend) = st.backends.get(ws.spec.backend.unwrap_or_default()) else {
+    let Some(backend) = st.backends.get(st.backends.kind_of(ws.spec.backend)) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "no control plane is configured",
+            "the workspace's backend is not configured in this process",
         );
     };
     match backend.console(&wref(&ws)).await {

@@ -293,9 +293,11 @@ impl WorkspaceBackend for KubernetesBackend {
         let want = spec::pod(start, &env, &self.settings, &self.instance);
         // The Secret, the claims, the Service and the look at the current Pod do not depend
         // on each other: one round trip's latency instead of five.
-        let claims = spec::claims(start, &self.settings).into_iter().map(|(name, size, _)| {
-            self.ensure_claim(spec::claim(ws, name, &size, &self.settings, &self.instance))
-        });
+        let claims = spec::claims(start, &self.settings)
+            .into_iter()
+            .map(|(name, size, _)| {
+                self.ensure_claim(spec::claim(ws, name, &size, &self.settings, &self.instance))
+            });
         let service = spec::service(ws, &self.instance);
         let (_, _, _, current) = futures::try_join!(
             self.apply("apply secret", &secret),

@@ -114,7 +114,7 @@ pub fn presence(ws: &WorkspaceRef, pod: Option<&Pod>) -> Presence {
     };
     Presence::Running {
         container_id,
-        host_url: Some(agent_url(ws)),
+        host_url: Some(pod_url(status.pod_ip.as_deref()).unwrap_or_else(|| agent_url(ws))),
         started_at: status.start_time.map(|t| t.0.to_string()),
         attempt: pod
             .metadata
@@ -124,6 +124,16 @@ pub fn presence(ws: &WorkspaceRef, pod: Option<&Pod>) -> Presence {
             .cloned(),
         waiting: why.map(|(r, m)| waiting(&name, &r, &m)),
     }
+}
+
+/// The agent at its Pod's IP, once the kubelet reported one: the operator reaches Pods
+/// directly on the pod network, and a replaced Pod's new IP is recorded by the next pass.
+fn pod_url(ip: Option<&str>) -> Option<String> {
+    let ip: std::net::IpAddr = ip?.parse().ok()?;
+    Some(match ip {
+        std::net::IpAddr::V4(v4) => format!("http://{v4}:{}", super::spec::AGENT_PORT),
+        std::net::IpAddr::V6(v6) => format!("http://[{v6}]:{}", super::spec::AGENT_PORT),
+    })
 }
 
 fn agent_ready(agent: Option<&ContainerStatus>) -> bool {
@@ -186,6 +196,10 @@ mod tests {
     #[test]
     fn a_pending_pod_is_starting_with_its_reason() {
         let p = presence(&ws(), Some(&pod(json!({"phase": "Pending"}))));
+        assert!(
+            matches!(&p, Presence::Running { host_url: Some(u), .. } if u == "http://ws-3f2a9c1e7b4d.team.svc:8000"),
+            "before the kubelet reports an IP, the Service: {p:?}"
+        );
         assert_eq!(wait_of(p).map(|w| w.0), Some("ContainerCreating"));
         let pulling = pod(json!({"phase": "Pending", "containerStatuses": [{
             "name": "agent", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
@@ -207,7 +221,7 @@ mod tests {
     #[test]
     fn a_running_pod_is_running_and_a_crash_loop_says_so() {
         let up = pod(
-            json!({"phase": "Running", "startTime": "2026-12-04T00:00:00Z",
+            json!({"phase": "Running", "startTime": "2026-12-04T00:00:00Z", "podIP": "10.1.2.3",
             "containerStatuses": [{"name": "agent", "image": "i", "imageID": "", "ready": true,
             "restartCount": 0, "state": {"running": {"startedAt": "2026-12-04T00:00:01Z"}}}]}),
         );
@@ -220,10 +234,7 @@ mod tests {
                 ..
             } => {
                 assert_eq!(container_id, "pod-uid");
-                assert_eq!(
-                    host_url.as_deref(),
-                    Some("http://ws-3f2a9c1e7b4d.team.svc:8000")
-                );
+                assert_eq!(host_url.as_deref(), Some("http://10.1.2.3:8000"));
                 assert_eq!(attempt.as_deref(), Some("abcd"));
                 assert_eq!(waiting, None);
             }
