@@ -413,7 +413,10 @@ pub async fn run(
                 .controller_filtered(&ws_queue, workspace::plan::trigger_hash)
                 .watches(
                     kube::Api::<k8s_openapi::api::core::v1::Secret>::all(client.clone()),
-                    kube::runtime::watcher::Config::default(),
+                    // Not the Secrets the backends make per workspace (ADR 0057): no env
+                    // reads them, and a team of Pods has one each.
+                    kube::runtime::watcher::Config::default()
+                        .labels(&format!("!{}", crate::backends::docker::LABEL_MANAGED)),
                     secret_dependents(workspaces.reader()),
                 )
                 .reconcile_on(triggers)

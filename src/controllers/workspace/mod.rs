@@ -250,7 +250,8 @@ async fn apply(cached: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Work
         Ok(f) => f,
         Err(e) => return report::fail(&ctx, pass, permanent("InvalidConfig", e.to_string())).await,
     };
-    let secrets = observe::load_secrets(&ctx.client, &pass.w.namespace).await?;
+    let referenced = env::referenced_secrets(&pass.w.name, &pass.ws.spec);
+    let secrets = observe::load_secrets(&ctx.client, &pass.w.namespace, &referenced).await?;
     let platform_url = platform_url(&ctx.settings, pass.kind);
     let env = match validate::env(&pass, &secrets, platform_url, tier, &needs.required_env) {
         Ok(e) => e,

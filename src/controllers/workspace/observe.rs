@@ -101,14 +101,18 @@ pub(super) struct RuntimeNeeds {
     pub provision_timeout: Option<Duration>,
 }
 
-/// Every Secret of the namespace, as text.
+/// The Secrets the workspace's env reads ([`env::referenced_secrets`]), as text; one that does
+/// not exist is absent. Fetched by name: a namespace may hold a Secret per workspace (the
+/// kubernetes backend's, ADR 0057), so listing them all on every pass would grow with the team.
 pub(super) async fn load_secrets(
     client: &Client,
     ns: &str,
+    names: &std::collections::BTreeSet<String>,
 ) -> Result<env::Secrets, WorkspaceError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let found = futures::future::try_join_all(names.iter().map(|n| api.get_opt(n))).await?;
     let mut out = env::Secrets::new();
-    for s in api.list(&ListParams::default()).await?.items {
+    for s in found.into_iter().flatten() {
         let mut kv = BTreeMap::new();
         for (k, v) in s.data.unwrap_or_default() {
             if let Ok(text) = String::from_utf8(v.0) {
