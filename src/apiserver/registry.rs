@@ -346,7 +346,7 @@ fn workload_defs() -> Vec<ResourceDef> {
                 col("Status", "string", ".status.phase", 0, ""),
                 col("Volume", "string", ".spec.volumeName", 0, ""),
                 col("Capacity", "string", ".status.capacity.storage", 0, ""),
-                col("Access Modes", "string", ".spec.accessModes", 0, ""),
+                col("Access Modes", "string", "#accessmodes", 0, ""),
                 col("StorageClass", "string", ".spec.storageClassName", 0, ""),
                 age(),
             ],

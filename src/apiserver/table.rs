@@ -192,6 +192,24 @@ fn workload_cell(which: &str, obj: &Value) -> Value {
             };
             json!(status.unwrap_or("Pending"))
         }
+        "#accessmodes" => {
+            let modes: Vec<&str> = obj
+                .pointer("/spec/accessModes")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|m| match m {
+                    "ReadWriteOnce" => "RWO",
+                    "ReadOnlyMany" => "ROX",
+                    "ReadWriteMany" => "RWX",
+                    "ReadWriteOncePod" => "RWOP",
+                    other => other,
+                })
+                .collect();
+            json!(modes.join(","))
+        }
         "#restarts" => json!(
             statuses
                 .iter()
@@ -249,7 +267,7 @@ fn cell(col: &Column, obj: &Value, now: i64) -> Value {
                     .unwrap_or(0)
             );
         }
-        "#podready" | "#podstatus" | "#restarts" | "#ports" | "#selector" => {
+        "#podready" | "#podstatus" | "#restarts" | "#ports" | "#selector" | "#accessmodes" => {
             return workload_cell(&col.json_path, obj);
         }
         "#involved" => {

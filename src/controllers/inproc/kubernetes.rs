@@ -518,3 +518,30 @@ async fn the_reaper_removes_pod_objects_of_no_workspace_and_keeps_live_ones() {
             .is_some()
     );
 }
+
+#[tokio::test]
+async fn a_pod_evicted_before_its_agent_came_up_is_reported_and_replaced_with_backoff() {
+    let mut h = Harness::start().await;
+    h.use_kubernetes(KubernetesSettings::default());
+    h.run_workspace();
+    let api: Api<Workspace> = Api::namespaced(h.client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    let uid = create(&api, &ws_object("gamma", json!({"image": IMAGE})))
+        .await
+        .uid()
+        .expect("uid");
+    let name = pod_name(&uid);
+    let first = wait_for(&pods, &name, |_| true).await;
+    kubelet(&h, &name, evicted()).await;
+    let offline = wait_for(&api, "gamma", |w| {
+        ready_reason(w).as_deref() == Some("Evicted")
+    })
+    .await;
+    assert_eq!(phase(&offline), Some(WorkspacePhase::Offline));
+    let message = offline.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(
+        message.contains("low on resource") && message.contains("replacing it in 1s"),
+        "{message}"
+    );
+    wait_for(&pods, &name, |p| p.metadata.uid != first.metadata.uid).await;
+}

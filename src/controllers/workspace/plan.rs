@@ -159,8 +159,20 @@ pub fn decide(o: &Observed<'_>) -> Step {
         } => (Some(container_id), attempt.as_deref()),
         _ => (None, None),
     };
+    // A platform that reports why the runtime stopped (an evicted Pod) has seen it fail: a
+    // restart with backoff, even before the agent ever came up.
+    let failed = matches!(
+        o.presence,
+        Presence::Stopped {
+            reason: Some(_),
+            ..
+        }
+    );
     let Some(running_id) = running_id else {
-        return if was_up || (st.phase == Some(WorkspacePhase::Offline) && o.recorded.is_some()) {
+        return if was_up
+            || failed
+            || (st.phase == Some(WorkspacePhase::Offline) && o.recorded.is_some())
+        {
             Step::Provision(ProvisionReason::Died)
         } else {
             Step::Provision(ProvisionReason::Initial)
@@ -535,6 +547,25 @@ mod tests {
         );
         assert_eq!(
             decide(&obs(&st, &Presence::Absent, 1020)),
+            Step::Provision(ProvisionReason::Died)
+        );
+        // A platform-reported failure (an evicted Pod) is a death even before the agent came
+        // up, so it is restarted with backoff rather than at once.
+        let evicted = Presence::Stopped {
+            container_id: "pod".into(),
+            exit_code: None,
+            oom_killed: false,
+            reason: Some(crate::backends::Waiting {
+                reason: "Evicted",
+                message: "Pod ws-1: Evicted".into(),
+            }),
+        };
+        let provisioning = WorkspaceStatus {
+            phase: Some(WorkspacePhase::Provisioning),
+            ..WorkspaceStatus::default()
+        };
+        assert_eq!(
+            decide(&obs(&provisioning, &evicted, 1020)),
             Step::Provision(ProvisionReason::Died)
         );
     }
