@@ -67,6 +67,8 @@ pub struct OperatorOptions {
 pub struct KubernetesOptions {
     /// The backend of Workspaces that name none.
     pub default_backend: crate::resources::Backend,
+    /// Whether the kubernetes backend runs (`--kubernetes-backend`, or the default).
+    pub enabled: bool,
     /// Where agents in Pods reach `/registry/*` (default: `--platform-url`).
     pub platform_url: Option<String>,
     pub settings: crate::backends::kubernetes::KubernetesSettings,
@@ -76,6 +78,7 @@ impl Default for KubernetesOptions {
     fn default() -> Self {
         Self {
             default_backend: crate::resources::Backend::Docker,
+            enabled: false,
             platform_url: None,
             settings: Default::default(),
         }
@@ -154,7 +157,10 @@ fn host_settings(
         backend: opts.workspaces.backend,
         agent_address: opts.agent_address,
         control_plane: opts.workspaces.control_plane.clone(),
-        kubernetes: Some(opts.kubernetes.settings.clone()),
+        kubernetes: opts
+            .kubernetes
+            .enabled
+            .then(|| opts.kubernetes.settings.clone()),
         default_backend: opts.kubernetes.default_backend,
         listen_limits: opts.listen_limits,
     })

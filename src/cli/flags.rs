@@ -448,6 +448,11 @@ pub struct KubernetesFlags {
     /// `kubernetes` (a Pod, PVCs and a Service per workspace in its namespace).
     #[arg(long, env = "MOLECULE_DEFAULT_BACKEND", default_value = "docker", value_parser = parse_backend)]
     default_backend: molecule::resources::Backend,
+    /// Run the kubernetes backend beside Docker, for Workspaces with `spec.backend:
+    /// kubernetes` (implied by --default-backend kubernetes; needs the RBAC of
+    /// deploy-kubernetes/).
+    #[arg(long, env = "MOLECULE_KUBERNETES_BACKEND")]
+    kubernetes_backend: bool,
     /// URL agents in workspace Pods use to reach /registry/* (e.g. the operator's Service,
     /// http://molecule-agents.molecule-system.svc:8081); default: --platform-url.
     #[arg(long, env = "MOLECULE_KUBERNETES_PLATFORM_URL")]
@@ -492,6 +497,8 @@ impl KubernetesFlags {
         let defaults = molecule::backends::kubernetes::KubernetesSettings::default();
         molecule::operator::KubernetesOptions {
             default_backend: self.default_backend,
+            enabled: self.kubernetes_backend
+                || self.default_backend == molecule::resources::Backend::Kubernetes,
             platform_url: self
                 .kubernetes_platform_url
                 .clone()

@@ -471,6 +471,7 @@ pub async fn run(
             tasks.spawn(plugin::run(
                 client.clone(),
                 backends.docker.clone(),
+                backends.kubernetes.clone(),
                 host.plugins.clone(),
                 metrics.clone(),
                 host.audit.clone(),

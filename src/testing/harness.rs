@@ -354,9 +354,14 @@ impl Harness {
 
     /// Runs the PluginInstall controller with `settings`, as the host does.
     pub fn run_plugin_with(&mut self, settings: plugin::Settings) {
+        let settings = plugin::Settings {
+            default_backend: self.backends().default_kind,
+            ..settings
+        };
         self.tasks.push(tokio::spawn(plugin::run(
             self.client.clone(),
             self.backend.clone() as Arc<dyn WorkspaceBackend>,
+            self.kubernetes.clone(),
             settings,
             self.metrics.clone(),
             self.audit.clone(),

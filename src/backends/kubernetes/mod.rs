@@ -215,31 +215,68 @@ impl KubernetesBackend {
         }
     }
 
-    /// The files written since the start, merged with `files` (later paths win).
+    /// The files written since the start merged with `files`, and the paths to remove first.
     async fn merged_files(
         &self,
         ws: &WorkspaceRef,
         files: &[ConfigFile],
-    ) -> Result<Vec<ConfigFile>, BackendError> {
+    ) -> Result<(Vec<ConfigFile>, Vec<String>), BackendError> {
         let existing = self
             .api::<Secret>(&ws.namespace)
             .get_opt(&spec::files_secret_name(ws))
             .await
             .map_err(|e| map_error("get files secret", e))?;
-        let mut by_path: BTreeMap<String, ConfigFile> = BTreeMap::new();
-        if let Some(tar) = existing
-            .and_then(|s| s.data)
-            .and_then(|mut d| d.remove(spec::FILES_KEY))
-        {
-            for f in untar(&tar.0)? {
-                by_path.insert(f.path.clone(), f);
-            }
-        }
-        for f in files {
-            by_path.insert(f.path.clone(), f.clone());
-        }
-        Ok(by_path.into_values().collect())
+        let mut data = existing.and_then(|s| s.data).unwrap_or_default();
+        let before = match data.remove(spec::FILES_KEY) {
+            Some(tar) => untar(&tar.0)?,
+            None => vec![],
+        };
+        let removals = data
+            .remove(spec::REMOVE_KEY)
+            .map(|l| {
+                String::from_utf8_lossy(&l.0)
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        merge(before, removals, files)
     }
+}
+
+/// Later writes win by path. A file written where a directory was (a plugin's tombstone)
+/// replaces everything under it, here and, through the removal list, in the claim; a file
+/// written under a path that was a file replaces that file.
+fn merge(
+    before: Vec<ConfigFile>,
+    mut removals: Vec<String>,
+    files: &[ConfigFile],
+) -> Result<(Vec<ConfigFile>, Vec<String>), BackendError> {
+    let mut by_path: BTreeMap<String, ConfigFile> =
+        before.into_iter().map(|f| (f.path.clone(), f)).collect();
+    for f in files {
+        super::validate_file_path(&f.path)
+            .map_err(|e| BackendError::Permanent(format!("invalid config file path: {e}")))?;
+        if f.path.chars().any(char::is_control) {
+            return Err(BackendError::Permanent(format!(
+                "config file path {:?} has a control character",
+                f.path
+            )));
+        }
+        let dir = format!("{}/", f.path);
+        by_path.retain(|p, _| !p.starts_with(&dir));
+        // A parent of this file that was written as a file goes.
+        let mut parent = f.path.as_str();
+        while let Some((p, _)) = parent.rsplit_once('/') {
+            by_path.remove(p);
+            parent = p;
+        }
+        if !removals.contains(&f.path) {
+            removals.push(f.path.clone());
+        }
+        by_path.insert(f.path.clone(), f.clone());
+    }
+    Ok((by_path.into_values().collect(), removals))
 }
 
 /// The regular files of a tar this backend wrote.
@@ -352,9 +389,11 @@ impl WorkspaceBackend for KubernetesBackend {
         }
         self.delete::<Service>("delete service", ns, &name).await?;
         self.delete::<Secret>("delete secret", ns, &name).await?;
-        self.delete::<Secret>("delete secret", ns, &spec::files_secret_name(ws))
-            .await?;
+        // The files written since the start are the claims' content to come: they stay with
+        // them (a restart keeps its plugins).
         if remove_volume {
+            self.delete::<Secret>("delete secret", ns, &spec::files_secret_name(ws))
+                .await?;
             for what in ["configs", "workspace", "sessions"] {
                 self.delete::<PersistentVolumeClaim>(
                     "delete claim",
@@ -378,7 +417,7 @@ impl WorkspaceBackend for KubernetesBackend {
         ws: &WorkspaceRef,
         files: &[ConfigFile],
     ) -> Result<(), BackendError> {
-        let merged = self.merged_files(ws, files).await?;
+        let (merged, removals) = self.merged_files(ws, files).await?;
         let tar = super::docker::config_tar(&merged)?.unwrap_or_default();
         if tar.len() > spec::MAX_SECRET_BYTES {
             return Err(BackendError::Permanent(format!(
@@ -389,7 +428,7 @@ impl WorkspaceBackend for KubernetesBackend {
         }
         self.apply(
             "apply files secret",
-            &spec::files_secret(ws, tar, &self.instance),
+            &spec::files_secret(ws, tar, &removals, &self.instance),
         )
         .await
     }
@@ -526,5 +565,46 @@ fn managed(kind: ManagedKind, m: &kube::api::ObjectMeta) -> Managed {
             .and_then(|a| a.get(super::docker::LABEL_ATTEMPT))
             .cloned()
             .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, content: &str) -> ConfigFile {
+        ConfigFile {
+            path: path.into(),
+            content: content.as_bytes().to_vec(),
+            mode: 0o644,
+        }
+    }
+
+    fn paths(files: &[ConfigFile]) -> Vec<&str> {
+        files.iter().map(|f| f.path.as_str()).collect()
+    }
+
+    #[test]
+    fn a_tombstone_replaces_a_directory_and_a_reinstall_replaces_the_tombstone() {
+        let installed = vec![
+            file("plugins/a/x.md", "1"),
+            file("plugins/a/.complete", "s\n"),
+        ];
+        let (merged, removals) = merge(vec![], vec![], &installed).expect("merge");
+        assert_eq!(
+            paths(&merged),
+            vec!["plugins/a/.complete", "plugins/a/x.md"]
+        );
+        let (merged, removals) =
+            merge(merged, removals, &[file("plugins/a", "")]).expect("tombstone");
+        assert_eq!(paths(&merged), vec!["plugins/a"]);
+        assert!(removals.contains(&"plugins/a".to_string()), "{removals:?}");
+        let (merged, removals) =
+            merge(merged, removals, &[file("plugins/a/y.md", "2")]).expect("reinstall");
+        assert_eq!(paths(&merged), vec!["plugins/a/y.md"]);
+        // At the next start the directory (or the tombstone file) goes before the tar lands.
+        assert!(removals.contains(&"plugins/a".to_string()));
+        assert!(merge(vec![], vec![], &[file("../x", "")]).is_err());
+        assert!(merge(vec![], vec![], &[file("a\nb", "")]).is_err());
     }
 }

@@ -31,6 +31,9 @@ pub const AGENT_PORT: i32 = 8000;
 pub const CONFIGS_KEY: &str = "configs.tar";
 /// The key of the files written after the start (plugins) in the files Secret.
 pub const FILES_KEY: &str = "files.tar";
+/// Paths under `/configs` the init container removes before it places the files Secret's tar
+/// (a directory a later write replaced with a file, as a plugin's tombstone does), one a line.
+pub const REMOVE_KEY: &str = "remove.list";
 /// Env values live in the workspace Secret under this prefix plus the variable's name.
 pub const ENV_PREFIX: &str = "env.";
 /// The largest Secret the API accepts (1 MiB); the config files and env must fit in one.
@@ -126,11 +129,24 @@ pub fn workspace_secret(
 }
 
 /// The files Secret: files written after the start, one tar placed over the configs at the
-/// next start.
-pub fn files_secret(ws: &WorkspaceRef, tar: Vec<u8>, instance: &str) -> Secret {
+/// next start, after the paths of `removals` are removed.
+pub fn files_secret(
+    ws: &WorkspaceRef,
+    tar: Vec<u8>,
+    removals: &[String],
+    instance: &str,
+) -> Secret {
+    let mut data = BTreeMap::from([(FILES_KEY.to_string(), ByteString(tar))]);
+    if !removals.is_empty() {
+        let list = removals
+            .iter()
+            .map(|p| format!("{p}\n"))
+            .collect::<String>();
+        data.insert(REMOVE_KEY.to_string(), ByteString(list.into_bytes()));
+    }
     Secret {
         metadata: meta(ws, files_secret_name(ws), instance),
-        data: Some(BTreeMap::from([(FILES_KEY.to_string(), ByteString(tar))])),
+        data: Some(data),
         type_: Some("Opaque".into()),
         ..Default::default()
     }
@@ -444,10 +460,14 @@ pub fn pod(
     }
 }
 
-/// The init container's script: unpack the config tar, then any files written since.
+/// The init container's script: unpack the config tar, remove what later writes replaced, then
+/// unpack the files written since. Removal paths are checked config paths (relative, no `..`,
+/// no control characters), read one a line and quoted.
 fn unpack_script() -> String {
     format!(
         "set -e; tar -xf {SEED_MOUNT}/{CONFIGS_KEY} -C {CONFIG_MOUNT}; \
+         if [ -f {FILES_MOUNT}/{REMOVE_KEY} ]; then while IFS= read -r p; do \
+         [ -n \"$p\" ] && rm -rf \"{CONFIG_MOUNT}/$p\"; done < {FILES_MOUNT}/{REMOVE_KEY}; fi; \
          if [ -f {FILES_MOUNT}/{FILES_KEY} ]; then tar -xf {FILES_MOUNT}/{FILES_KEY} -C {CONFIG_MOUNT}; fi"
     )
 }

@@ -545,3 +545,107 @@ async fn a_pod_evicted_before_its_agent_came_up_is_reported_and_replaced_with_ba
     );
     wait_for(&pods, &name, |p| p.metadata.uid != first.metadata.uid).await;
 }
+
+/// A `local://` plugin in the harness's registry.
+fn local_plugin(h: &Harness, name: &str) {
+    let root = h.dir.join("plugins").join(name);
+    std::fs::create_dir_all(root.join("hooks")).expect("plugin dir");
+    std::fs::write(
+        root.join("plugin.yaml"),
+        format!("name: {name}\nversion: 1.0.0\ndescription: test\n"),
+    )
+    .expect("plugin.yaml");
+    std::fs::write(root.join("hooks/start.sh"), "echo started\n").expect("hook");
+}
+
+#[tokio::test]
+async fn a_plugin_reaches_a_pod_workspace_through_its_files_secret_and_a_restart() {
+    let mut h = Harness::start().await;
+    h.use_kubernetes(KubernetesSettings::default());
+    local_plugin(&h, "skills");
+    h.run_workspace();
+    h.run_plugin();
+    let api: Api<Workspace> = Api::namespaced(h.client.clone(), "default");
+    let uid = create(&api, &ws_object("alpha", json!({"image": IMAGE})))
+        .await
+        .uid()
+        .expect("uid");
+    let name = pod_name(&uid);
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    let first = wait_for(&pods, &name, |_| true).await;
+    let installs: Api<crate::resources::PluginInstall> =
+        Api::namespaced(h.client.clone(), "default");
+    create(
+        &installs,
+        &object(
+            json!({"apiVersion": "molecule.ai/v1alpha1", "kind": "PluginInstall",
+            "metadata": {"name": "skills", "namespace": "default"},
+            "spec": {"workspaceRef": {"name": "alpha"}, "source": "local://skills"}}),
+        ),
+    )
+    .await;
+    let installed = wait_for(&installs, "skills", |p| {
+        p.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason.as_deref() == Some("Installed"))
+        })
+    })
+    .await;
+    let st = installed.status.expect("status");
+    assert_eq!(st.plugin_name.as_deref(), Some("skills"));
+    let sha = st.installed_sha.expect("sha");
+
+    // The files wait in the files Secret, with the marker; a restart brings a new Pod whose
+    // init container places them.
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), "default");
+    let data = secrets
+        .get(&format!("{name}-files"))
+        .await
+        .expect("files secret")
+        .data
+        .expect("data");
+    let files = untar(&data["files.tar"].0);
+    assert!(
+        files.contains_key("plugins/skills/plugin.yaml"),
+        "{:?}",
+        files.keys()
+    );
+    assert_eq!(
+        files["plugins/skills/.complete"].1,
+        format!("{sha}\n").into_bytes()
+    );
+    wait_for(&pods, &name, |p| p.metadata.uid != first.metadata.uid).await;
+    let pod = pods.get(&name).await.expect("pod");
+    let script = pod.spec.expect("spec").init_containers.expect("init")[0]
+        .command
+        .clone()
+        .expect("command")
+        .join(" ");
+    assert!(
+        script.contains("tar -xf /molecule/files/files.tar -C /configs"),
+        "{script}"
+    );
+
+    // Deleting the install leaves a tombstone, removed into place at the next start.
+    let before = pods.get(&name).await.expect("pod").metadata.uid;
+    installs
+        .delete("skills", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&installs, "skills").await;
+    let data = secrets
+        .get(&format!("{name}-files"))
+        .await
+        .expect("files secret")
+        .data
+        .expect("data");
+    let files = untar(&data["files.tar"].0);
+    assert_eq!(files.keys().collect::<Vec<_>>(), vec!["plugins/skills"]);
+    let removals = String::from_utf8_lossy(&data["remove.list"].0).to_string();
+    assert!(
+        removals.lines().any(|l| l == "plugins/skills"),
+        "{removals}"
+    );
+    wait_for(&pods, &name, |p| p.metadata.uid != before).await;
+}

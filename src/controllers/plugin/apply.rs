@@ -88,6 +88,9 @@ struct Container {
     w: WorkspaceRef,
     id: String,
     method: Method,
+    /// A Pod workspace: files go through the kubernetes backend's files Secret and land at the
+    /// next start (ADR 0057); `method` is not used.
+    pod: bool,
 }
 
 /// A fetched revision and how long the fetch took.
@@ -194,6 +197,17 @@ impl Pass {
         let planned = self.plan(&ws, &origin);
         self.skip_if_current(&planned).await?;
         self.skip_if_backing_off(&planned)?;
+        if self.ctx.on_pods(&ws) {
+            // A Pod: no exec; the plugin waits in the workspace's files Secret and the
+            // restart's init container places it (ADR 0057).
+            let download = self.fetch(&planned, &origin).await?;
+            let fetched = &download.fetched;
+            self.validate_fetched(&ws, allowed.as_deref(), &planned, &origin, fetched)?;
+            let (container, done) = self.place_for_next_start(&ws, &planned, &download).await?;
+            return self
+                .report(&ws, &container, &planned, &origin, &download, done)
+                .await;
+        }
         let container = self.observe_container(&ws).await?;
         self.reuse_if_in_place(&planned, &container).await?;
         let download = self.fetch(&planned, &origin).await?;
@@ -342,7 +356,12 @@ impl Pass {
                 "the workspace image has neither the molecule binary nor a shell with find and sha256sum to install with",
             )));
         };
-        Ok(Container { w, id, method })
+        Ok(Container {
+            w,
+            id,
+            method,
+            pod: false,
+        })
     }
 
     /// Act: a new container of an installed workspace; the volume normally still holds the

@@ -58,6 +58,16 @@ async fn remove(
     w: &WorkspaceRef,
     name: &str,
 ) -> Result<bool, PluginError> {
+    if ctx.on_pods(ws) {
+        // A Pod: the tombstone waits in the files Secret; the restart's init container
+        // removes the directory (ADR 0057).
+        let Some(k) = &ctx.kubernetes else {
+            return Ok(false);
+        };
+        install::tombstone(k.as_ref(), w, name).await?;
+        super::request_restart(ctx, ws, &crate::util::now_micro()).await?;
+        return Ok(true);
+    }
     match ctx.backend.inspect(w).await? {
         Presence::Running { container_id, .. } => {
             let result = match ctx.method(w, &container_id).await? {

@@ -152,6 +152,9 @@ struct Attempt {
 pub struct Context {
     pub client: Client,
     pub backend: Arc<dyn WorkspaceBackend>,
+    /// The kubernetes backend, when this operator runs it: Pod workspaces get their plugins
+    /// through its files Secret and a restart (ADR 0057).
+    pub kubernetes: Option<Arc<dyn WorkspaceBackend>>,
     /// Span, metrics and error policy of every pass (ADR 0045).
     pub kit: Reconciler,
     /// Status writes and Events.
@@ -168,6 +171,12 @@ pub struct Context {
 }
 
 impl Context {
+    /// Whether `ws` runs as a Pod (its `spec.backend`, or the operator's default).
+    fn on_pods(&self, ws: &Workspace) -> bool {
+        ws.spec.backend.unwrap_or(self.settings.default_backend)
+            == crate::resources::Backend::Kubernetes
+    }
+
     fn lock_attempts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Attempt>> {
         self.attempts.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -275,6 +284,7 @@ pub fn install_for_workspace(
 pub async fn run(
     client: Client,
     backend: Arc<dyn WorkspaceBackend>,
+    kubernetes: Option<Arc<dyn WorkspaceBackend>>,
     settings: Settings,
     metrics: Arc<Metrics>,
     audit: crate::audit::Audit,
@@ -341,6 +351,7 @@ pub async fn run(
         ),
         client,
         backend,
+        kubernetes,
         fetcher: settings.fetcher(),
         settings,
         metrics,
@@ -469,16 +480,6 @@ fn unmanaged(
             "ExternalRuntime",
             format!(
                 "workspace {ws_name} runs an external agent (runtime: external) and has no container to install into; the agent downloads the plugin itself: GET {} with its workspace token as Bearer",
-                crate::resources::names::download_path(&ns, &pi.name_any())
-            ),
-        );
-        return Some(r);
-    }
-    if ws.spec.backend.unwrap_or(default_backend) == crate::resources::Backend::Kubernetes {
-        let r = Refusal::new(
-            "BackendUnsupported",
-            format!(
-                "workspace {ws_name} runs as a Pod (backend kubernetes), where molecule does not swap files in place yet; its agent downloads the plugin itself: GET {} with its workspace token as Bearer",
                 crate::resources::names::download_path(&ns, &pi.name_any())
             ),
         );

@@ -32,7 +32,9 @@ pub(super) async fn provision(
 ) -> Result<Action, WorkspaceError> {
     // The plugins of the first start (ADR 0056), looked up before anything is recorded: a
     // first start waits (briefly) for the PluginInstalls its OrgImport announced.
-    let plugins = if reason == ProvisionReason::Initial && pass.kind == Backend::Docker {
+    let plugins = if reason == ProvisionReason::Initial
+        && matches!(pass.kind, Backend::Docker | Backend::Kubernetes)
+    {
         match first_start_plugins(ctx, &pass, &desired.files).await {
             FirstStart::Files(f) => f,
             FirstStart::Waiting => return Ok(Action::requeue(PLUGIN_POLL)),
@@ -58,6 +60,10 @@ pub(super) async fn provision(
     start(ctx, backend, pass, &spec).await
 }
 
+/// The config files (plugins included) a Pod's first start may carry, leaving room in its
+/// Secret for the env and the tar's headers.
+const POD_PLUGIN_BUDGET: usize = 512 * 1024;
+
 /// How soon a first start waiting for its announced PluginInstalls looks again.
 const PLUGIN_POLL: Duration = Duration::from_millis(200);
 
@@ -68,7 +74,12 @@ async fn first_start_plugins(ctx: &Context, pass: &Pass, files: &[ConfigFile]) -
         return FirstStart::Files(vec![]);
     };
     let used: usize = files.iter().map(|f| f.content.len()).sum::<usize>() + 1024;
-    let budget = super::files::MAX_TOTAL_BYTES.saturating_sub(used);
+    // A Pod's config files travel in one Secret (at most 1 MiB, with the env; ADR 0057).
+    let total = match pass.kind {
+        Backend::Kubernetes => POD_PLUGIN_BUDGET,
+        _ => super::files::MAX_TOTAL_BYTES,
+    };
+    let budget = total.saturating_sub(used);
     crate::controllers::plugin::seed::first_start(&ctx.client, fetcher, &pass.ws, budget).await
 }
 

@@ -48,7 +48,7 @@ pub(super) fn backend(
     ctx.backends.get(kind).cloned().ok_or_else(|| match kind {
         Backend::Kubernetes => permanent(
             "KubernetesNotConfigured",
-            "spec.backend is kubernetes but this process does not run the kubernetes backend: Pods are made by `molecule operator` against a cluster, not by `serve`",
+            "spec.backend is kubernetes but this process does not run the kubernetes backend: Pods are made by `molecule operator --kubernetes-backend` (or --default-backend kubernetes) against a cluster, not by `serve`",
         ),
         _ => permanent(
             "ControlPlaneNotConfigured",

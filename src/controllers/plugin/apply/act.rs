@@ -103,6 +103,59 @@ impl Pass {
         }
     }
 
+    /// Act, on a Pod workspace: the plugin's files (with their `.complete` marker) go into the
+    /// workspace's files Secret; the restart the report requests lets the init container place
+    /// them in `/configs/plugins/<name>` (ADR 0057). Always cold.
+    pub(super) async fn place_for_next_start(
+        &mut self,
+        ws: &Workspace,
+        planned: &Planned,
+        download: &Download,
+    ) -> Result<(Container, Outcome), Stop> {
+        let fetched = &download.fetched;
+        let Some((backend, w)) = self.ctx.kubernetes.clone().zip(super::super::wref(ws)) else {
+            return Err(Stop::refused(Refusal::new(
+                "BackendUnsupported",
+                format!(
+                    "workspace {} runs as a Pod, but this process does not run the kubernetes backend",
+                    ws.name_any()
+                ),
+            )));
+        };
+        let id = match backend.inspect(&w).await? {
+            crate::backends::Presence::Running { container_id, .. } => container_id,
+            _ => String::new(),
+        };
+        let files =
+            crate::controllers::plugin::seed::files_of(std::slice::from_ref(fetched), usize::MAX);
+        if files.is_empty() {
+            return Err(self.backing_off(
+                planned,
+                Refusal::new("StageFailed", "the plugin has a path that cannot be placed"),
+            ));
+        }
+        backend.write_files(&w, &files).await?;
+        let done = Installed {
+            change: Change::Cold,
+            digest: crate::plugins::tree::tree_digest(&fetched.tree.hashes()),
+            marker_missing: false,
+            timings: Default::default(),
+        };
+        let container = Container {
+            w,
+            id,
+            method: install::Method::Shell,
+            pod: true,
+        };
+        Ok((
+            container,
+            Outcome {
+                done,
+                restart: true,
+            },
+        ))
+    }
+
     /// An earlier attempt at this sha in this container stopped after its swap and no restart
     /// has covered it since.
     fn interrupted_uncovered(&self, ws: &Workspace, c: &Container, fetched: &Fetched) -> bool {
@@ -132,7 +185,14 @@ impl Pass {
         let msg = self.record_installed(c, origin, download, &outcome, changed_sha);
         let action = self.settle(planned, &outcome, &msg);
         if outcome.restart {
-            super::super::request_restart(&self.ctx, ws, &self.now).await?;
+            // A Pod's plugin lands only with a restart that follows its write: two within a
+            // second must not collapse into one annotation value.
+            let stamp = if c.pod {
+                crate::util::now_micro()
+            } else {
+                self.now.clone()
+            };
+            super::super::request_restart(&self.ctx, ws, &stamp).await?;
         }
         self.write(&self.next).await?;
         self.remove_previous(c, &download.fetched.meta.name).await;
@@ -212,7 +272,13 @@ impl Pass {
         let Some(old) = self.before.plugin_name.as_ref().filter(|o| *o != name) else {
             return;
         };
-        if let Err(e) = install::uninstall(self.ctx.backend.as_ref(), &c.w, c.method, old).await {
+        let removed = match (&self.ctx.kubernetes, c.pod) {
+            (Some(k), true) => install::tombstone(k.as_ref(), &c.w, old)
+                .await
+                .map_err(InstallError::from),
+            _ => install::uninstall(self.ctx.backend.as_ref(), &c.w, c.method, old).await,
+        };
+        if let Err(e) = removed {
             tracing::warn!(plugininstall = %self.pi.name_any(), old = %old, error = %e, "could not remove the previous plugin");
         }
     }
