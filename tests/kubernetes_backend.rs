@@ -537,7 +537,62 @@ async fn lifecycle_parity_on_kubernetes() {
     assert!(services.list(&lp).await.expect("list").items.is_empty());
     assert!(secrets.list(&lp).await.expect("list").items.is_empty());
     assert!(claims.list(&lp).await.expect("list").items.is_empty());
-    let _ = text;
+
+    // Every call the operator made is granted by deploy/ plus deploy-kubernetes/, and every
+    // rule of the kubernetes backend was needed (but the console's pods/log, which the test
+    // cluster cannot answer).
+    let calls = calls_of(&s, "molecule-operator");
+    assert!(calls.contains(&(String::new(), "pods".into(), "create".into())), "{calls:?}");
+    use molecule::controllers::rbac::{KUBERNETES_BACKEND_RULES, allows, grants_of};
+    let backend_grants = grants_of(KUBERNETES_BACKEND_RULES, None);
+    let undeclared: Vec<_> = calls
+        .iter()
+        .filter(|(g, r, v)| {
+            !allows(g, r, v)
+                && !backend_grants
+                    .iter()
+                    .any(|(_, bg, br, bv)| (bg, br, bv) == (g, r, v))
+        })
+        .collect();
+    assert!(
+        undeclared.is_empty(),
+        "calls no RBAC grants: {undeclared:?}"
+    );
+    let unused: Vec<_> = backend_grants
+        .into_iter()
+        .filter(|(_, _, r, _)| r != "pods/log")
+        .filter(|(_, g, r, v)| !calls.contains(&(g.clone(), r.clone(), v.clone())))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "declared but never needed: {unused:?}\ncalls: {calls:?}"
+    );
+}
+
+/// The (group, resource, verb) calls the API server counted for one client.
+fn calls_of(s: &Server, client: &str) -> std::collections::BTreeSet<(String, String, String)> {
+    let (_, metrics) = s.http("GET", "/metrics", None, b"");
+    let prefix = "molecule_apiserver_resource_requests_total{";
+    let mut out = std::collections::BTreeSet::new();
+    for line in metrics.lines() {
+        let Some((labels, _)) = line.strip_prefix(prefix).and_then(|r| r.split_once('}')) else {
+            continue;
+        };
+        let l: HashMap<&str, &str> = labels
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k, v.trim_matches('"')))
+            .collect();
+        if l.get("client") != Some(&client) {
+            continue;
+        }
+        let resource = match l.get("subresource").copied().unwrap_or_default() {
+            "" => l["resource"].to_string(),
+            sub => format!("{}/{sub}", l["resource"]),
+        };
+        out.insert((l["group"].to_string(), resource, l["verb"].to_string()));
+    }
+    out
 }
 
 #[test]
