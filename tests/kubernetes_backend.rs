@@ -542,7 +542,10 @@ async fn lifecycle_parity_on_kubernetes() {
     // rule of the kubernetes backend was needed (but the console's pods/log, which the test
     // cluster cannot answer).
     let calls = calls_of(&s, "molecule-operator");
-    assert!(calls.contains(&(String::new(), "pods".into(), "create".into())), "{calls:?}");
+    assert!(
+        calls.contains(&(String::new(), "pods".into(), "create".into())),
+        "{calls:?}"
+    );
     use molecule::controllers::rbac::{KUBERNETES_BACKEND_RULES, allows, grants_of};
     let backend_grants = grants_of(KUBERNETES_BACKEND_RULES, None);
     let undeclared: Vec<_> = calls

@@ -215,6 +215,28 @@ impl KubernetesBackend {
         }
     }
 
+    /// The objects of one kind that `lp` selects, in every namespace, as managed objects.
+    async fn managed_of<K>(
+        &self,
+        call: &'static str,
+        kind: ManagedKind,
+        lp: &ListParams,
+    ) -> Result<Vec<Managed>, BackendError>
+    where
+        K: Resource + DeserializeOwned + Clone + std::fmt::Debug,
+        <K as Resource>::DynamicType: Default,
+    {
+        let list = Api::<K>::all(self.client.clone())
+            .list(lp)
+            .await
+            .map_err(|e| map_error(call, e))?;
+        Ok(list
+            .items
+            .iter()
+            .map(|o| managed(kind.clone(), o.meta()))
+            .collect())
+    }
+
     /// The files written since the start merged with `files`, and the paths to remove first.
     async fn merged_files(
         &self,
@@ -446,40 +468,13 @@ impl WorkspaceBackend for KubernetesBackend {
             "{LABEL_MANAGED}=true,{LABEL_INSTANCE}={}",
             self.instance
         ));
-        let mut out = vec![];
-        let pods: Api<Pod> = Api::all(self.client.clone());
-        for p in pods
-            .list(&lp)
-            .await
-            .map_err(|e| map_error("list pods", e))?
-        {
-            out.push(managed(ManagedKind::Container, &p.metadata));
-        }
-        let claims: Api<PersistentVolumeClaim> = Api::all(self.client.clone());
-        for c in claims
-            .list(&lp)
-            .await
-            .map_err(|e| map_error("list claims", e))?
-        {
-            out.push(managed(ManagedKind::Volume, &c.metadata));
-        }
-        let services: Api<Service> = Api::all(self.client.clone());
-        for s in services
-            .list(&lp)
-            .await
-            .map_err(|e| map_error("list services", e))?
-        {
-            out.push(managed(ManagedKind::Service, &s.metadata));
-        }
-        let secrets: Api<Secret> = Api::all(self.client.clone());
-        for s in secrets
-            .list(&lp)
-            .await
-            .map_err(|e| map_error("list secrets", e))?
-        {
-            out.push(managed(ManagedKind::Secret, &s.metadata));
-        }
-        Ok(out)
+        let (pods, claims, services, secrets) = futures::try_join!(
+            self.managed_of::<Pod>("list pods", ManagedKind::Container, &lp),
+            self.managed_of::<PersistentVolumeClaim>("list claims", ManagedKind::Volume, &lp),
+            self.managed_of::<Service>("list services", ManagedKind::Service, &lp),
+            self.managed_of::<Secret>("list secrets", ManagedKind::Secret, &lp),
+        )?;
+        Ok([pods, claims, services, secrets].concat())
     }
 
     async fn remove_managed(&self, m: &Managed) -> Result<(), BackendError> {

@@ -311,11 +311,38 @@ async fn the_backend_makes_a_pod_with_its_objects_and_follows_what_the_kubelet_w
             .is_some()
     );
     k.remove(&w, true).await.expect("remove");
-    let lp = ListParams::default().labels(&format!("molecule.ai/uid={}", w.uid));
-    assert!(claims.list(&lp).await.expect("list").items.is_empty());
-    assert!(services.list(&lp).await.expect("list").items.is_empty());
-    assert!(secrets.list(&lp).await.expect("list").items.is_empty());
-    assert!(pods.list(&lp).await.expect("list").items.is_empty());
+    assert_nothing_left(&h, &w.uid).await;
+}
+
+/// No Pod, Service, Secret or claim of the workspace `uid` is left.
+async fn assert_nothing_left(h: &Harness, uid: &str) {
+    let lp = ListParams::default().labels(&format!("molecule.ai/uid={uid}"));
+    let left = [
+        names_of::<Pod>(h, &lp).await,
+        names_of::<Service>(h, &lp).await,
+        names_of::<Secret>(h, &lp).await,
+        names_of::<PersistentVolumeClaim>(h, &lp).await,
+    ]
+    .concat();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// The names of the objects of kind `K` in `default` that `lp` selects.
+async fn names_of<K>(h: &Harness, lp: &ListParams) -> Vec<String>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(h.client.clone(), "default")
+        .list_metadata(lp)
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|o| o.metadata.name)
+        .collect()
 }
 
 #[tokio::test]
@@ -413,13 +440,7 @@ async fn a_workspace_becomes_a_pod_goes_online_is_replaced_paused_restarted_and_
         .await
         .expect("delete");
     wait_gone(&api, "beta").await;
-    let lp = ListParams::default().labels(&format!("molecule.ai/uid={uid}"));
-    let services: Api<Service> = Api::namespaced(h.client.clone(), "default");
-    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), "default");
-    assert!(pods.list(&lp).await.expect("list").items.is_empty());
-    assert!(services.list(&lp).await.expect("list").items.is_empty());
-    assert!(secrets.list(&lp).await.expect("list").items.is_empty());
-    assert!(claims.list(&lp).await.expect("list").items.is_empty());
+    assert_nothing_left(&h, &uid).await;
 }
 
 #[tokio::test]

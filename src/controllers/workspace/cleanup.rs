@@ -79,21 +79,11 @@ async fn remove_container(ctx: &Context, ws: &Workspace, w: &WorkspaceRef) {
 /// Removes the Pod, Service, Secrets and claims; until that is confirmed, the finalizer stays
 /// and the Ready condition says why (a Pod's objects are not left to the GC alone).
 async fn remove_pod(ctx: &Context, ws: &Workspace, w: &WorkspaceRef) -> Result<(), WorkspaceError> {
-    let result = match ctx.backends.kubernetes.as_ref() {
-        Some(k) => k.remove(w, true).await,
-        None => Err(BackendError::Config(
-            "the workspace ran on the kubernetes backend, which this operator does not run".into(),
-        )),
+    let removal = Removal {
+        not_configured: "the workspace ran on the kubernetes backend, which this operator does not run",
+        done: "Pod, Service, Secrets and volume claims removed",
     };
-    if let Err(e) = result {
-        tracing::warn!(event = "delete.stop_failed", workspace = %w.name, uid = %w.uid, error = %e, "the Pod's objects could not be removed; keeping the finalizer and retrying");
-        report_stop_failed(ctx, ws, &plan::stop_failure_message(&e)).await?;
-        return Err(e.into());
-    }
-    tracing::info!(event = "delete.done", workspace = %w.name, uid = %w.uid, "Pod, Service, Secrets and claims removed");
-    let note = "Pod, Service, Secrets and volume claims removed".into();
-    event(ctx, ws, EventType::Normal, "Deleted", note);
-    Ok(())
+    confirm(ctx, ws, w, ctx.backends.kubernetes.as_ref(), removal).await
 }
 
 /// Terminates the recorded instance; until that is confirmed, the finalizer stays and the
@@ -103,25 +93,39 @@ async fn stop_instance(
     ws: &Workspace,
     w: &WorkspaceRef,
 ) -> Result<(), WorkspaceError> {
-    let result = match ctx.backends.control_plane.as_ref() {
-        Some(cp) => cp.remove(w, true).await,
-        None => Err(BackendError::Config(
-            "an instance is on record but no control plane is configured to stop it".into(),
-        )),
+    let removal = Removal {
+        not_configured: "an instance is on record but no control plane is configured to stop it",
+        done: "instance terminated",
+    };
+    confirm(ctx, ws, w, ctx.backends.control_plane.as_ref(), removal).await
+}
+
+/// What a confirmed removal says.
+struct Removal {
+    not_configured: &'static str,
+    done: &'static str,
+}
+
+/// Removes everything of `w` on `backend`; a failure keeps the finalizer, sets `StopFailed`
+/// and is retried with backoff.
+async fn confirm(
+    ctx: &Context,
+    ws: &Workspace,
+    w: &WorkspaceRef,
+    backend: Option<&std::sync::Arc<dyn crate::backends::WorkspaceBackend>>,
+    removal: Removal,
+) -> Result<(), WorkspaceError> {
+    let result = match backend {
+        Some(b) => b.remove(w, true).await,
+        None => Err(BackendError::Config(removal.not_configured.into())),
     };
     if let Err(e) = result {
-        tracing::warn!(event = "delete.stop_failed", workspace = %w.name, uid = %w.uid, error = %e, "the instance could not be stopped; keeping the finalizer and retrying");
+        tracing::warn!(event = "delete.stop_failed", workspace = %w.name, uid = %w.uid, error = %e, "the removal failed; keeping the finalizer and retrying");
         report_stop_failed(ctx, ws, &plan::stop_failure_message(&e)).await?;
         return Err(e.into());
     }
-    tracing::info!(event = "delete.done", workspace = %w.name, uid = %w.uid, "instance terminated");
-    event(
-        ctx,
-        ws,
-        EventType::Normal,
-        "Deleted",
-        "instance terminated".into(),
-    );
+    tracing::info!(event = "delete.done", workspace = %w.name, uid = %w.uid, "{}", removal.done);
+    event(ctx, ws, EventType::Normal, "Deleted", removal.done.into());
     Ok(())
 }
 
