@@ -345,18 +345,31 @@ where
         .collect()
 }
 
-#[tokio::test]
-async fn a_workspace_becomes_a_pod_goes_online_is_replaced_paused_restarted_and_deleted() {
+/// A harness whose Workspaces are Pods, with the Workspace controller running, and the APIs
+/// of Workspaces and Pods in `default`.
+async fn pod_harness() -> (Harness, Api<Workspace>, Api<Pod>) {
     let mut h = Harness::start().await;
     h.use_kubernetes(KubernetesSettings::default());
     h.run_workspace();
-    let api: Api<Workspace> = Api::namespaced(h.client.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
-    let uid = create(&api, &ws_object("beta", json!({"image": IMAGE})))
+    let api = Api::namespaced(h.client.clone(), "default");
+    let pods = Api::namespaced(h.client.clone(), "default");
+    (h, api, pods)
+}
+
+/// Creates the echo Workspace `name`; returns its uid and its Pod's name.
+async fn pod_workspace(api: &Api<Workspace>, name: &str) -> (String, String) {
+    let uid = create(api, &ws_object(name, json!({"image": IMAGE})))
         .await
         .uid()
         .expect("uid");
-    let name = pod_name(&uid);
+    let pod = pod_name(&uid);
+    (uid, pod)
+}
+
+#[tokio::test]
+async fn a_workspace_becomes_a_pod_goes_online_is_replaced_paused_restarted_and_deleted() {
+    let (h, api, pods) = pod_harness().await;
+    let (uid, name) = pod_workspace(&api, "beta").await;
 
     // Provisioning while the Pod is Pending, with the Pod's reason.
     let pending = wait_for(&api, "beta", |w| {
@@ -542,16 +555,8 @@ async fn the_reaper_removes_pod_objects_of_no_workspace_and_keeps_live_ones() {
 
 #[tokio::test]
 async fn a_pod_evicted_before_its_agent_came_up_is_reported_and_replaced_with_backoff() {
-    let mut h = Harness::start().await;
-    h.use_kubernetes(KubernetesSettings::default());
-    h.run_workspace();
-    let api: Api<Workspace> = Api::namespaced(h.client.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
-    let uid = create(&api, &ws_object("gamma", json!({"image": IMAGE})))
-        .await
-        .uid()
-        .expect("uid");
-    let name = pod_name(&uid);
+    let (h, api, pods) = pod_harness().await;
+    let (_, name) = pod_workspace(&api, "gamma").await;
     let first = wait_for(&pods, &name, |_| true).await;
     kubelet(&h, &name, evicted()).await;
     let offline = wait_for(&api, "gamma", |w| {
