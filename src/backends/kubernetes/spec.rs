@@ -574,6 +574,28 @@ mod tests {
     }
 
     #[test]
+    fn pull_secrets_and_the_storage_class_come_from_the_settings() {
+        let s = start(Tier::Standard);
+        let settings = KubernetesSettings {
+            image_pull_secrets: vec!["regcred".into()],
+            storage_class: Some("fast".into()),
+            ..settings()
+        };
+        let p = pod(&s, &[], &settings, "i");
+        let secrets = p
+            .spec
+            .expect("spec")
+            .image_pull_secrets
+            .expect("pull secrets");
+        assert_eq!(secrets[0].name, "regcred");
+        let c = claim(&s.workspace, "x".into(), "1Gi", &settings, "i");
+        assert_eq!(
+            c.spec.expect("spec").storage_class_name.as_deref(),
+            Some("fast")
+        );
+    }
+
+    #[test]
     fn tier_one_is_read_only_with_a_memory_tmp_and_no_workspace_claim() {
         let s = start(Tier::Sandboxed);
         let p = pod(&s, &[], &settings(), "i");

@@ -382,6 +382,23 @@ async fn a_workspace_becomes_a_pod_goes_online_is_replaced_paused_restarted_and_
     assert_eq!(st.container_id, first.metadata.uid.clone());
     assert_eq!(st.container_name, Some(format!("pod/{name}")));
 
+    // An image the node cannot pull: still Provisioning, with the Pod's reason and message.
+    kubelet(
+        &h,
+        &name,
+        json!({"phase": "Pending", "containerStatuses": [{"name": "agent", "image": IMAGE,
+            "imageID": "", "ready": false, "restartCount": 0, "state": {"waiting": {
+            "reason": "ImagePullBackOff", "message": "Back-off pulling image \"registry.example.com/agents/echo:1\""}}}]}),
+    )
+    .await;
+    let pulling = wait_for(&api, "beta", |w| {
+        ready_reason(w).as_deref() == Some("ImagePullBackOff")
+    })
+    .await;
+    assert_eq!(phase(&pulling), Some(WorkspacePhase::Provisioning));
+    let message = pulling.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(message.contains("Back-off pulling image"), "{message}");
+
     // The kubelet starts it; the agent registers: Online.
     kubelet(&h, &name, running()).await;
     assert_eq!(register(&h, &uid).await, 200);
