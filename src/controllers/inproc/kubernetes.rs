@@ -658,8 +658,7 @@ async fn a_plugin_reaches_a_pod_workspace_through_its_files_secret_and_a_restart
         files["plugins/skills/.complete"].1,
         format!("{sha}\n").into_bytes()
     );
-    wait_for(&pods, &name, |p| p.metadata.uid != first.metadata.uid).await;
-    let pod = pods.get(&name).await.expect("pod");
+    let pod = wait_for(&pods, &name, |p| p.metadata.uid != first.metadata.uid).await;
     let script = pod.spec.expect("spec").init_containers.expect("init")[0]
         .command
         .clone()
@@ -671,7 +670,29 @@ async fn a_plugin_reaches_a_pod_workspace_through_its_files_secret_and_a_restart
     );
 
     // Deleting the install leaves a tombstone, removed into place at the next start.
-    let before = pods.get(&name).await.expect("pod").metadata.uid;
+    let before = pod.metadata.uid;
+    // The installed plugin is in the files Secret every new Pod unpacks: the restart's Pod is
+    // recorded, not restarted again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        pods.get_opt(&name)
+            .await
+            .expect("get")
+            .and_then(|p| p.metadata.uid),
+        before,
+        "one restart per install"
+    );
+    let recorded = wait_for(&installs, "skills", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.installed_container_id.clone())
+            == before
+    })
+    .await;
+    assert_eq!(
+        recorded.status.and_then(|s| s.installed_sha),
+        Some(sha.clone())
+    );
     installs
         .delete("skills", &DeleteParams::default())
         .await

@@ -200,6 +200,7 @@ impl Pass {
         if self.ctx.on_pods(&ws) {
             // A Pod: no exec; the plugin waits in the workspace's files Secret and the
             // restart's init container places it (ADR 0057).
+            self.keep_if_placed(&planned).await?;
             let download = self.fetch(&planned, &origin).await?;
             let fetched = &download.fetched;
             self.validate_fetched(&ws, allowed.as_deref(), &planned, &origin, fetched)?;
@@ -314,6 +315,28 @@ impl Pass {
         {
             self.write(&self.next).await?;
             self.sync_updates(Some(sha)).await?;
+            return Err(Stop::Done(Action::requeue(RESYNC)));
+        }
+        Ok(())
+    }
+
+    /// Plan, on a Pod workspace: the revision on record is already in the files Secret, which
+    /// every new Pod unpacks; a new Pod only needs recording (installing again would restart it
+    /// again, for ever).
+    async fn keep_if_placed(&mut self, planned: &Planned) -> Result<(), Stop> {
+        let b = &self.before;
+        if let Target::Sha {
+            sha, update: None, ..
+        } = &planned.target
+            && b.installed_sha.as_ref() == Some(sha)
+            && b.plugin_name.is_some()
+            && b.pending.is_none()
+            && status::ready_true(b)
+        {
+            let sha = sha.clone();
+            self.next.installed_container_id = planned.container_now.clone();
+            self.write(&self.next).await?;
+            self.sync_updates(Some(&sha)).await?;
             return Err(Stop::Done(Action::requeue(RESYNC)));
         }
         Ok(())
