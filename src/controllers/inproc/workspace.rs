@@ -200,3 +200,37 @@ async fn a_paused_workspace_stops_its_container_and_resumes() {
     ));
     wait_event(&h, Some("default"), "napper", "Paused").await;
 }
+
+#[tokio::test]
+async fn a_secret_reference_no_secret_can_have_is_an_unresolved_reference() {
+    // Names reach the API's URL path as they are, so `../x`, `x?watch=true` or an empty name
+    // is never fetched: each is reported like any Secret that does not exist.
+    let mut h = Harness::start().await;
+    h.run_workspace();
+    let api = api(&h);
+    create(
+        &api,
+        &ws(
+            "escaper",
+            json!({"image": IMAGE, "envFrom": [
+                {"secretRef": {"name": "../../../apis/x"}},
+                {"secretRef": {"name": "x?watch=true"}},
+                {"secretRef": {"name": ""}}
+            ]}),
+        ),
+    )
+    .await;
+    let failed = wait_for(&api, "escaper", |w| {
+        w.status
+            .as_ref()
+            .is_some_and(|s| s.message.as_deref().unwrap_or("").contains("x?watch=true"))
+    })
+    .await;
+    let st = failed.status.expect("status");
+    assert_eq!(
+        condition(&st.conditions, "ConfigReady").reason.as_deref(),
+        Some("InvalidEnv"),
+        "{st:?}"
+    );
+    assert_eq!(h.backend.created(), 0);
+}

@@ -104,13 +104,18 @@ pub(super) struct RuntimeNeeds {
 /// The Secrets the workspace's env reads ([`env::referenced_secrets`]), as text; one that does
 /// not exist is absent. Fetched by name: a namespace may hold a Secret per workspace (the
 /// kubernetes backend's, ADR 0057), so listing them all on every pass would grow with the team.
+/// A name no Secret can have (`../x`, `a?b`, empty) is absent without a request: the client
+/// puts names into the URL path as they are.
 pub(super) async fn load_secrets(
     client: &Client,
     ns: &str,
     names: &std::collections::BTreeSet<String>,
 ) -> Result<env::Secrets, WorkspaceError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let found = futures::future::try_join_all(names.iter().map(|n| api.get_opt(n))).await?;
+    let possible = names
+        .iter()
+        .filter(|n| crate::apiserver::validation::validate_dns1123_subdomain(n).is_none());
+    let found = futures::future::try_join_all(possible.map(|n| api.get_opt(n))).await?;
     let mut out = env::Secrets::new();
     for s in found.into_iter().flatten() {
         let mut kv = BTreeMap::new();
