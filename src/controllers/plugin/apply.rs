@@ -195,12 +195,12 @@ impl Pass {
         let ws = self.observe_workspace().await?;
         let allowed = self.validate_workspace(&ws, &origin).await?;
         let planned = self.plan(&ws, &origin);
-        self.skip_if_current(&planned).await?;
+        let on_pods = self.ctx.on_pods(&ws);
+        self.skip_if_current(&planned, on_pods).await?;
         self.skip_if_backing_off(&planned)?;
-        if self.ctx.on_pods(&ws) {
+        if on_pods {
             // A Pod: no exec; the plugin waits in the workspace's files Secret and the
             // restart's init container places it (ADR 0057).
-            self.keep_if_placed(&planned).await?;
             let download = self.fetch(&planned, &origin).await?;
             let fetched = &download.fetched;
             self.validate_fetched(&ws, allowed.as_deref(), &planned, &origin, fetched)?;
@@ -301,40 +301,25 @@ impl Pass {
         }
     }
 
-    /// Act: nothing to do when the target is installed in the current container.
-    async fn skip_if_current(&self, planned: &Planned) -> Result<(), Stop> {
+    /// Act: nothing to do when the target is installed in the current container. On a Pod
+    /// workspace any Pod holds it (every new Pod unpacks the files Secret; ADR 0057), so a new
+    /// Pod is only recorded: installing again would restart it again, for ever.
+    async fn skip_if_current(&mut self, planned: &Planned, on_pods: bool) -> Result<(), Stop> {
         let b = &self.before;
         if let Target::Sha {
             sha, update: None, ..
         } = &planned.target
             && b.installed_sha.as_ref() == Some(sha)
-            && b.installed_container_id.is_some()
-            && b.installed_container_id == planned.container_now
-            && b.pending.is_none()
-            && status::ready_true(b)
-        {
-            self.write(&self.next).await?;
-            self.sync_updates(Some(sha)).await?;
-            return Err(Stop::Done(Action::requeue(RESYNC)));
-        }
-        Ok(())
-    }
-
-    /// Plan, on a Pod workspace: the revision on record is already in the files Secret, which
-    /// every new Pod unpacks; a new Pod only needs recording (installing again would restart it
-    /// again, for ever).
-    async fn keep_if_placed(&mut self, planned: &Planned) -> Result<(), Stop> {
-        let b = &self.before;
-        if let Target::Sha {
-            sha, update: None, ..
-        } = &planned.target
-            && b.installed_sha.as_ref() == Some(sha)
-            && b.plugin_name.is_some()
+            && (on_pods
+                || (b.installed_container_id.is_some()
+                    && b.installed_container_id == planned.container_now))
             && b.pending.is_none()
             && status::ready_true(b)
         {
             let sha = sha.clone();
-            self.next.installed_container_id = planned.container_now.clone();
+            if on_pods {
+                self.next.installed_container_id = planned.container_now.clone();
+            }
             self.write(&self.next).await?;
             self.sync_updates(Some(&sha)).await?;
             return Err(Stop::Done(Action::requeue(RESYNC)));
