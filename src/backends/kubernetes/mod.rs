@@ -253,11 +253,14 @@ impl KubernetesBackend {
             Some(tar) => untar(&tar.0)?,
             None => vec![],
         };
+        // The Secret is editable by anyone who may edit the namespace's Secrets: only paths
+        // this backend could have written are kept.
         let removals = data
             .remove(spec::REMOVE_KEY)
             .map(|l| {
                 String::from_utf8_lossy(&l.0)
                     .lines()
+                    .filter(|p| placeable(p).is_ok())
                     .map(str::to_string)
                     .collect()
             })
@@ -277,14 +280,7 @@ fn merge(
     let mut by_path: BTreeMap<String, ConfigFile> =
         before.into_iter().map(|f| (f.path.clone(), f)).collect();
     for f in files {
-        super::validate_file_path(&f.path)
-            .map_err(|e| BackendError::Permanent(format!("invalid config file path: {e}")))?;
-        if f.path.chars().any(char::is_control) {
-            return Err(BackendError::Permanent(format!(
-                "config file path {:?} has a control character",
-                f.path
-            )));
-        }
+        placeable(&f.path)?;
         let dir = format!("{}/", f.path);
         by_path.retain(|p, _| !p.starts_with(&dir));
         // A parent of this file that was written as a file goes.
@@ -299,6 +295,19 @@ fn merge(
         by_path.insert(f.path.clone(), f.clone());
     }
     Ok((by_path.into_values().collect(), removals))
+}
+
+/// A path the init container may remove and place: a config file path without control
+/// characters (the removal list is read one line at a time).
+fn placeable(path: &str) -> Result<(), BackendError> {
+    super::validate_file_path(path)
+        .map_err(|e| BackendError::Permanent(format!("invalid config file path: {e}")))?;
+    if path.chars().any(char::is_control) {
+        return Err(BackendError::Permanent(format!(
+            "config file path {path:?} has a control character"
+        )));
+    }
+    Ok(())
 }
 
 /// The regular files of a tar this backend wrote.
@@ -600,6 +609,7 @@ mod tests {
         // At the next start the directory (or the tombstone file) goes before the tar lands.
         assert!(removals.contains(&"plugins/a".to_string()));
         assert!(merge(vec![], vec![], &[file("../x", "")]).is_err());
+        assert!(placeable("../../etc").is_err() && placeable("plugins/a").is_ok());
         assert!(merge(vec![], vec![], &[file("a\nb", "")]).is_err());
     }
 }

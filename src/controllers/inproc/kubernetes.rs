@@ -299,6 +299,30 @@ async fn the_backend_makes_a_pod_with_its_objects_and_follows_what_the_kubelet_w
     let files = untar(&written["files.tar"].0);
     assert_eq!(files["plugins/a/x.md"].1, b"1");
     assert_eq!(files["plugins/b/y.md"].1, b"two");
+    // A removal list edited by hand keeps only the paths this backend could have written.
+    let files_secret = format!("{}-files", pod_name(&w.uid));
+    secrets
+        .patch(
+            &files_secret,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"remove.list": "../../etc\nplugins/b\n"}})),
+        )
+        .await
+        .expect("edit the removal list");
+    k.write_files(&w, &[file("plugins/c/z.md", b"3")])
+        .await
+        .expect("write after the edit");
+    let data = secrets
+        .get(&files_secret)
+        .await
+        .expect("files secret")
+        .data
+        .expect("data");
+    let removals = String::from_utf8_lossy(&data["remove.list"].0).to_string();
+    assert_eq!(
+        removals.lines().collect::<Vec<_>>(),
+        vec!["plugins/b", "plugins/c/z.md"]
+    );
 
     // Pause keeps the claims; remove takes everything.
     k.stop(&w).await.expect("stop");
