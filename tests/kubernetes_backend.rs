@@ -670,26 +670,20 @@ data: {greeting: hello}
     let pods = ok(&s, &["get", "pods", "-n", ns]);
     assert!(pods.contains("1/1") && pods.contains("Running"), "{pods}");
     // Types are checked as the real server checks built-in kinds: the field is named.
-    let out = s.kubectl_stdin(
-        "1.33",
-        &["apply", "-n", ns, "-f", "-"],
-        Some("apiVersion: v1\nkind: Pod\nmetadata: {name: bad}\nspec:\n  containers: [{name: main, image: busybox, ports: [{containerPort: eighty}]}]\n"),
+    let refused = |containers: &str, says: &str| {
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: bad}}\nspec:\n  containers: {containers}\n"
+        );
+        let out = s.kubectl_stdin("1.33", &["apply", "-n", ns, "-f", "-"], Some(&pod));
+        assert!(
+            !out.status.success() && text(&out).contains(says),
+            "{}",
+            text(&out)
+        );
+    };
+    refused(
+        "[{name: main, image: busybox, ports: [{containerPort: eighty}]}]",
+        "spec.containers[0].ports[0].containerPort",
     );
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("spec.containers[0].ports[0].containerPort"),
-        "{}",
-        text(&out)
-    );
-    let out = s.kubectl_stdin(
-        "1.33",
-        &["apply", "-n", ns, "-f", "-"],
-        Some("apiVersion: v1\nkind: Pod\nmetadata: {name: bad}\nspec:\n  containers: [{name: main}]\n"),
-    );
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("spec.containers[0].image: Required value"),
-        "{}",
-        text(&out)
-    );
+    refused("[{name: main}]", "spec.containers[0].image: Required value");
 }
