@@ -517,6 +517,79 @@ async fn streaming_lists_and_leases(s: &Server) {
     );
 }
 
+/// Paged lists: a page holds at most `limit` objects, every later page answers at the first
+/// page's resourceVersion, and the pages together hold each object once, in name order.
+async fn paged_lists(s: &Server) {
+    let client = s.client().await;
+    let api: Api<Workspace> = Api::namespaced(client.clone(), "paging");
+    for i in 0..7 {
+        let mut w = ws(&format!("page-{i}"), 1);
+        w.metadata.labels = Some([("parity".to_string(), (i % 2).to_string())].into());
+        api.create(&PostParams::default(), &w)
+            .await
+            .expect("create");
+    }
+    let mut names = vec![];
+    let mut rvs = vec![];
+    let mut token: Option<String> = None;
+    loop {
+        let mut lp = ListParams::default().limit(3);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let page = api.list(&lp).await.expect("page");
+        assert!(page.items.len() <= 3);
+        if token.is_some() {
+            // A change between pages does not move the list's resourceVersion.
+            api.create(&PostParams::default(), &ws("page-z", 1))
+                .await
+                .ok();
+        }
+        names.extend(page.items.iter().map(|o| o.name_any()));
+        rvs.push(page.metadata.resource_version.clone());
+        token = page.metadata.continue_.filter(|c| !c.is_empty());
+        if token.is_none() {
+            break;
+        }
+    }
+    let want: Vec<String> = (0..7)
+        .map(|i| format!("page-{i}"))
+        .chain(["page-z".into()])
+        .collect();
+    assert_eq!(names, want);
+    assert!(rvs.windows(2).all(|w| w[0] == w[1]), "{rvs:?}");
+
+    // A selector fills pages with matching objects only.
+    let odd = api
+        .list(&ListParams::default().labels("parity=1").limit(2))
+        .await
+        .expect("odd");
+    assert_eq!(odd.items.len(), 2);
+    let rest = api
+        .list(
+            &ListParams::default()
+                .labels("parity=1")
+                .limit(2)
+                .continue_token(odd.metadata.continue_.as_deref().unwrap_or_default()),
+        )
+        .await
+        .expect("odd rest");
+    let odd: Vec<String> = odd
+        .items
+        .iter()
+        .chain(&rest.items)
+        .map(|o| o.name_any())
+        .collect();
+    assert_eq!(odd, ["page-1", "page-3", "page-5"]);
+
+    // A token that is not one is refused with 400, not served as a first page.
+    let bad = api
+        .list(&ListParams::default().limit(2).continue_token("not-a-token"))
+        .await
+        .expect_err("bad token");
+    assert!(bad.to_string().contains("continue"), "{bad}");
+}
+
 async fn suite(postgres: bool) {
     let Some(backend) = Backend::get(postgres).await else {
         return;
@@ -527,6 +600,7 @@ async fn suite(postgres: bool) {
     controller(&s).await;
     propagation(&s).await;
     streaming_lists_and_leases(&s).await;
+    paged_lists(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

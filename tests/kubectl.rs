@@ -171,6 +171,13 @@ fn scenario(s: &Server, k: &str) {
         ok(s, k, &["get", "ws", "-l", "team!=core", "-o", "name"]).trim(),
         "workspace.molecule.ai/beta"
     );
+    // Chunked lists (limit/continue): one object per page, the Table and JSON paths alike.
+    for out in [
+        ok(s, k, &["get", "ws", "--chunk-size=1"]),
+        ok(s, k, &["get", "ws", "--chunk-size=1", "-o", "name"]),
+    ] {
+        assert!(out.contains("alpha") && out.contains("beta"), "{out}");
+    }
     assert!(
         ok(s, k, &["get", "molecule"]).contains("alpha"),
         "category get"

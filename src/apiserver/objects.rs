@@ -36,6 +36,33 @@ pub struct WatchEvent {
     pub old: Option<Arc<Value>>,
     /// The object after the change (for DELETED: its last state, at the deletion RV).
     pub obj: Arc<Value>,
+    /// `obj` serialized, made by the first JSON watcher that sends it and shared by the rest.
+    pub json: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl WatchEvent {
+    pub fn new(
+        rv: u64,
+        kind: ChangeKind,
+        key: Key,
+        old: Option<Arc<Value>>,
+        obj: Arc<Value>,
+    ) -> Self {
+        WatchEvent {
+            rv,
+            kind,
+            key,
+            old,
+            obj,
+            json: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// `obj` serialized (once, however many watchers send it).
+    pub fn json(&self) -> &bytes::Bytes {
+        self.json
+            .get_or_init(|| serde_json::to_vec(&*self.obj).unwrap_or_default().into())
+    }
 }
 
 /// A committed batch of changes, in RV order.
@@ -251,13 +278,13 @@ impl<'a> Txn<'a> {
         } else {
             ChangeKind::Added
         };
-        self.op_events.push(Arc::new(WatchEvent {
-            rv: self.rv,
+        self.op_events.push(Arc::new(WatchEvent::new(
+            self.rv,
             kind,
-            key: key.clone(),
+            key.clone(),
             old,
-            obj: obj.clone(),
-        }));
+            obj.clone(),
+        )));
         self.op.insert(key.clone(), Some(obj.clone()));
         obj
     }
@@ -271,13 +298,13 @@ impl<'a> Txn<'a> {
             m.insert("resourceVersion".into(), Value::String(self.rv.to_string()));
         }
         let last = Arc::new(last);
-        self.op_events.push(Arc::new(WatchEvent {
-            rv: self.rv,
-            kind: ChangeKind::Deleted,
-            key: key.clone(),
-            old: Some(old),
-            obj: last.clone(),
-        }));
+        self.op_events.push(Arc::new(WatchEvent::new(
+            self.rv,
+            ChangeKind::Deleted,
+            key.clone(),
+            Some(old),
+            last.clone(),
+        )));
         self.op.insert(key.clone(), None);
         Some(last)
     }
@@ -456,13 +483,13 @@ impl Objects {
                 last.insert(k.clone(), obj.clone());
             }
             inner.push_history(
-                Arc::new(WatchEvent {
-                    rv: u64::try_from(c.rv).unwrap_or(0),
-                    kind: c.kind,
-                    key: k,
+                Arc::new(WatchEvent::new(
+                    u64::try_from(c.rv).unwrap_or(0),
+                    c.kind,
+                    k,
                     old,
                     obj,
-                }),
+                )),
                 size,
             );
         }
@@ -508,20 +535,50 @@ impl Objects {
         self.read().get(key).cloned()
     }
 
-    /// A consistent list: the current RV and every object of `storage` (in `ns` when given).
-    pub fn list(&self, storage: &str, ns: Option<&str>) -> (u64, Vec<Arc<Value>>) {
+    /// One page of a list: the objects of `storage` (in `ns` when given) that come after
+    /// `after` in (namespace, name) order and pass `keep`, at most `limit` of them. The cost is
+    /// that of the page, not of the whole kind: the walk starts at `after` (ADR 0058).
+    pub fn list_page(
+        &self,
+        storage: &str,
+        ns: Option<&str>,
+        after: Option<&(String, String)>,
+        limit: Option<usize>,
+        keep: impl Fn(&Value) -> bool,
+    ) -> Page {
+        use std::ops::Bound;
         let inner = self.read();
-        let items = inner
-            .objects
-            .get(storage)
-            .map(|m| {
-                m.iter()
-                    .filter(|((n, _), _)| ns.is_none_or(|x| x == n))
-                    .map(|(_, v)| v.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        (inner.rv, items)
+        let mut page = Page {
+            rv: inner.rv,
+            compacted: inner.compacted,
+            items: vec![],
+            next: None,
+        };
+        let Some(m) = inner.objects.get(storage) else {
+            return page;
+        };
+        let start = match (after, ns) {
+            (Some(a), _) => Bound::Excluded(a.clone()),
+            (None, Some(n)) => Bound::Included((n.to_string(), String::new())),
+            (None, None) => Bound::Unbounded,
+        };
+        let limit = limit.unwrap_or(usize::MAX);
+        let mut last: Option<&(String, String)> = None;
+        for (k, v) in m.range((start, Bound::Unbounded)) {
+            if ns.is_some_and(|n| n != k.0) {
+                break;
+            }
+            if page.items.len() == limit {
+                // Something comes after the page: the next one starts after its last object.
+                page.next = last.cloned();
+                break;
+            }
+            if keep(v) {
+                page.items.push(v.clone());
+                last = Some(k);
+            }
+        }
+        page
     }
 
     /// Number of live objects of all kinds.
@@ -573,6 +630,18 @@ impl Objects {
         };
         Ok(start)
     }
+}
+
+/// One page of a list (see [`Objects::list_page`]).
+pub struct Page {
+    /// The resourceVersion the page was read at.
+    pub rv: u64,
+    /// The history starts after this resourceVersion: a list continued from an older one can
+    /// no longer be completed consistently by a watch.
+    pub compacted: u64,
+    pub items: Vec<Arc<Value>>,
+    /// The (namespace, name) the next page starts after, when more objects may follow.
+    pub next: Option<(String, String)>,
 }
 
 /// What a new watcher starts from.

@@ -147,8 +147,15 @@ fn set_finalizers(v: &mut Value, f: &[String]) {
 
 /// Converts a stored object to the form `def` serves.
 pub fn to_view(def: &ResourceDef, stored: &Value) -> Value {
+    view(def, stored).into_owned()
+}
+
+/// The served form of a stored object, borrowed when the two are the same (every kind but
+/// `events.k8s.io` Events): lists and watches serialize it without a copy.
+pub fn view<'a>(def: &ResourceDef, stored: &'a Value) -> std::borrow::Cow<'a, Value> {
+    use std::borrow::Cow;
     match def.view {
-        View::Plain => stored.clone(),
+        View::Plain => Cow::Borrowed(stored),
         View::EventsV1 => {
             let mut out = Map::new();
             out.insert("apiVersion".into(), json!("events.k8s.io/v1"));
@@ -175,7 +182,7 @@ pub fn to_view(def: &ResourceDef, stored: &Value) -> Value {
                     out.insert(v1.into(), x.clone());
                 }
             }
-            Value::Object(out)
+            Cow::Owned(Value::Object(out))
         }
     }
 }

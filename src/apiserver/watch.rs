@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use super::objects::{Objects, WatchEvent};
-use super::registry::ResourceDef;
+use super::registry::{ResourceDef, View};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::table::{self, IncludeObject};
-use super::verbs::to_view;
+use super::verbs;
 use crate::store::ChangeKind;
 
 /// How event objects are rendered.
@@ -62,19 +62,19 @@ impl Filter {
         self.labels.matches(v) && self.fields.matches(v)
     }
 
-    /// What this watcher sees of one change, if anything.
-    fn translate(&self, e: &WatchEvent) -> Option<(&'static str, Arc<Value>)> {
+    /// What this watcher sees of one change, if anything: the event type it gets.
+    fn translate(&self, e: &WatchEvent) -> Option<&'static str> {
         if e.key.0 != self.def.storage {
             return None;
         }
         let now = self.matches(&e.obj);
         match e.kind {
-            ChangeKind::Added => now.then(|| ("ADDED", e.obj.clone())),
-            ChangeKind::Deleted => now.then(|| ("DELETED", e.obj.clone())),
+            ChangeKind::Added => now.then_some("ADDED"),
+            ChangeKind::Deleted => now.then_some("DELETED"),
             ChangeKind::Modified => match (e.old.as_deref().map(|o| self.matches(o)), now) {
-                (Some(true) | None, true) => Some(("MODIFIED", e.obj.clone())),
-                (Some(false), true) => Some(("ADDED", e.obj.clone())),
-                (Some(true), false) => Some(("DELETED", e.obj.clone())),
+                (Some(true) | None, true) => Some("MODIFIED"),
+                (Some(false), true) => Some("ADDED"),
+                (Some(true), false) => Some("DELETED"),
                 _ => None,
             },
         }
@@ -95,12 +95,28 @@ impl Emitter {
         self.tx.send(Ok(Bytes::from(line))).await.is_ok()
     }
 
-    async fn event(&mut self, typ: &str, stored: &Value) -> bool {
-        let view = to_view(&self.def, stored);
-        let object = match self.format {
-            Format::Json => view,
-            Format::Meta => table::partial_metadata(&view),
-            Format::Table(include) => {
+    /// Sends one object. A change's serialized object is shared by every JSON watcher that
+    /// sends it (`WatchEvent::json`), so a hundred watchers serialize it once.
+    async fn event(
+        &mut self,
+        typ: &'static str,
+        stored: &Value,
+        change: Option<&WatchEvent>,
+    ) -> bool {
+        let mut line = Vec::with_capacity(256);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(typ.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        let view = verbs::view(&self.def, stored);
+        // Writing into a Vec cannot fail.
+        let _ = match (self.format, change) {
+            (Format::Json, Some(e)) if self.def.view == View::Plain => {
+                line.extend_from_slice(e.json());
+                Ok(())
+            }
+            (Format::Json, _) => serde_json::to_writer(&mut line, &*view),
+            (Format::Meta, _) => serde_json::to_writer(&mut line, &table::partial_metadata(&view)),
+            (Format::Table(include), _) => {
                 let rv = view
                     .pointer("/metadata/resourceVersion")
                     .and_then(Value::as_str)
@@ -108,10 +124,11 @@ impl Emitter {
                     .to_string();
                 let t = table::table(&self.def, &[&view], include, &rv, !self.sent_columns);
                 self.sent_columns = true;
-                t
+                serde_json::to_writer(&mut line, &t)
             }
         };
-        self.send_line(typ, object).await
+        line.extend_from_slice(b"}\n");
+        self.tx.send(Ok(Bytes::from(line))).await.is_ok()
     }
 
     async fn bookmark(&mut self, rv: u64, initial_end: bool) -> bool {
@@ -182,13 +199,13 @@ async fn run(
     let mut rx = start.rx;
     let mut last_rv = start.rv;
     for obj in &start.snapshot {
-        if filter.matches(obj) && !out.event("ADDED", obj).await {
+        if filter.matches(obj) && !out.event("ADDED", obj, None).await {
             return;
         }
     }
     for e in &start.backlog {
-        if let Some((typ, obj)) = filter.translate(e)
-            && !out.event(typ, &obj).await
+        if let Some(typ) = filter.translate(e)
+            && !out.event(typ, &e.obj, Some(e)).await
         {
             return;
         }
@@ -205,8 +222,8 @@ async fn run(
             got = rx.recv() => match got {
                 Ok(batch) => {
                     for e in batch.iter().filter(|e| e.rv > start.rv) {
-                        if let Some((typ, obj)) = filter.translate(e)
-                            && !out.event(typ, &obj).await
+                        if let Some(typ) = filter.translate(e)
+                            && !out.event(typ, &e.obj, Some(e)).await
                         {
                             return;
                         }

@@ -53,8 +53,47 @@ pub(super) fn list(
     want: Want,
 ) -> Result<Response, ApiError> {
     let (labels, fields) = selectors(&t.def, q)?;
-    let (rv, items) = api.objects.list(&t.def.storage, t.ns.as_deref());
-    if q.get("resourceVersionMatch") == Some("Exact")
+    let limit = match q.get("limit").filter(|l| !l.is_empty()) {
+        None => None,
+        Some(l) => match l.parse::<i64>() {
+            Ok(n) if n > 0 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+            Ok(_) => None,
+            Err(_) => return Err(ApiError::bad_request(format!("invalid limit {l:?}"))),
+        },
+    };
+    let cont = match q.get("continue").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => Some(Continue::decode(c)?),
+    };
+    if cont.is_some()
+        && q.get("resourceVersion")
+            .is_some_and(|r| !r.is_empty() && r != "0")
+    {
+        return Err(ApiError::bad_request(
+            "specifying resource version is not allowed when using continue",
+        ));
+    }
+    let after = cont.as_ref().map(|c| (c.namespace.clone(), c.name.clone()));
+    let page = api.objects.list_page(
+        &t.def.storage,
+        t.ns.as_deref(),
+        after.as_ref(),
+        limit,
+        |o| labels.matches(o) && fields.matches(o),
+    );
+    let rv = match &cont {
+        // Later pages answer at the first page's resourceVersion: a watch from it replays
+        // whatever changed while the pages were read, which the history must still hold.
+        Some(c) if c.rv < page.compacted => {
+            return Err(ApiError::gone(
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+            ));
+        }
+        Some(c) => c.rv,
+        None => page.rv,
+    };
+    if cont.is_none()
+        && q.get("resourceVersionMatch") == Some("Exact")
         && let Some(asked) = q.get("resourceVersion").and_then(|r| r.parse::<u64>().ok())
         && asked != rv
     {
@@ -62,32 +101,111 @@ pub(super) fn list(
             "too old resource version: {asked} ({rv})"
         )));
     }
-    let views: Vec<Value> = items
-        .iter()
-        .filter(|o| labels.matches(o) && fields.matches(o))
-        .map(|o| to_view(&t.def, o))
-        .collect();
-    let rv_s = rv.to_string();
+    let next = page.next.map(|(namespace, name)| {
+        Continue {
+            rv,
+            namespace,
+            name,
+        }
+        .encode()
+    });
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if let Some(n) = &next {
+        meta["continue"] = json!(n);
+    }
+    let views = page.items.iter().map(|o| verbs::view(&t.def, o));
     let body = match want {
         Want::Table => {
-            let refs: Vec<&Value> = views.iter().collect();
-            table::table(
+            let views: Vec<_> = views.collect();
+            let refs: Vec<&Value> = views.iter().map(|v| &**v).collect();
+            let mut table = table::table(
                 &t.def,
                 &refs,
                 IncludeObject::parse(q.get("includeObject")),
-                &rv_s,
+                "",
                 true,
-            )
+            );
+            table["metadata"] = meta;
+            table.to_string().into_bytes()
         }
-        Want::Meta => json!({
-            "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv_s},
-            "items": views.iter().map(table::partial_metadata).collect::<Vec<_>>()
-        }),
-        Want::Json => {
-            json!({"kind": format!("{}List", t.def.kind), "apiVersion": t.def.api_version(), "metadata": {"resourceVersion": rv_s}, "items": views})
-        }
+        Want::Meta => list_text(
+            "PartialObjectMetadataList",
+            "meta.k8s.io/v1",
+            &meta,
+            views.map(|v| table::partial_metadata(&v)),
+        ),
+        Want::Json => list_text(
+            &format!("{}List", t.def.kind),
+            &t.def.api_version(),
+            &meta,
+            views,
+        ),
     };
-    Ok(json_response(200, &body, &[]))
+    Ok(text_response(body))
+}
+
+/// A list body written item by item, without first building the whole list as one value.
+fn list_text<V: std::borrow::Borrow<Value>>(
+    kind: &str,
+    api_version: &str,
+    meta: &Value,
+    items: impl Iterator<Item = V>,
+) -> Vec<u8> {
+    let mut out = json!({"kind": kind, "apiVersion": api_version, "metadata": meta})
+        .to_string()
+        .into_bytes();
+    out.pop(); // the closing brace
+    out.extend_from_slice(b",\"items\":[");
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, item.borrow());
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+fn text_response(body: impl Into<axum::body::Body>) -> Response {
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(body.into())
+        .unwrap_or_else(|_| {
+            axum::response::IntoResponse::into_response(ApiError::internal("response"))
+        })
+}
+
+/// A list's continue token: where the next page starts and the resourceVersion of the first
+/// page. Base64 (URL-safe, unpadded) of JSON, like the real server's; opaque to clients.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Continue {
+    rv: u64,
+    #[serde(rename = "ns")]
+    namespace: String,
+    name: String,
+}
+
+impl Continue {
+    fn encode(&self) -> String {
+        use base64::Engine;
+        let text = serde_json::to_vec(self).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
+
+    fn decode(token: &str) -> Result<Self, ApiError> {
+        use base64::Engine;
+        let bad = || {
+            ApiError::bad_request(
+                "continue key is not valid: start a new list without the continue parameter",
+            )
+        };
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| bad())?;
+        serde_json::from_slice(&bytes).map_err(|_| bad())
+    }
 }
 
 pub(super) fn watch(
