@@ -1,6 +1,6 @@
 //! `molecule serve`: the embedded mode. One process runs the API server (with its SQLite or
 //! Postgres store), writes a kubeconfig, and hosts the controllers against it through a real
-//! `kube::Client`.
+//! `kube::Client` whose requests go to the API router in process (ADR 0058).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -167,16 +167,6 @@ pub fn load_or_create_instance(data_dir: &Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
-/// A client of the API server named by a kubeconfig file.
-async fn client_from(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(kubeconfig)?,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await?;
-    Ok(kube::Client::try_from(config)?)
-}
-
 /// What `run` has decided by the time the host is built.
 struct HostInputs {
     instance: String,
@@ -338,13 +328,12 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let _ = std::fs::create_dir_all(&template_root);
     // One Workspace watch for the process (ADR 0025): the shim, the Teams service and the
     // controllers all follow this cache.
-    let workspace_cache = std::sync::Arc::new(crate::host::Host::workspace_cache(
-        &client_from(&kubeconfig).await?,
-    ));
+    let workspace_cache =
+        std::sync::Arc::new(crate::host::Host::workspace_cache(&api.in_process_client()));
     let shim = crate::shim::Shim::start(
         crate::shim::ShimSettings {
             workspaces: workspace_cache.feed("shim"),
-            client: client_from(&kubeconfig).await?,
+            client: api.in_process_client(),
             token: token.clone(),
             audit: audit.clone(),
             namespace: "default".into(),
@@ -360,7 +349,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     );
-    let client = client_from(&kubeconfig).await?;
+    let client = api.in_process_client();
     let activity =
         crate::shim::activity::ActivityLog::new(audit.store(), Some(shim.events.clone()));
     if let Some(keep) = opts.activity_retention {

@@ -205,6 +205,23 @@ impl ApiServer {
             .fallback(http::handle)
             .with_state(self.clone())
     }
+
+    /// A kube client whose requests go straight to [`Self::router`], in this process: no
+    /// socket, no TLS, no HTTP framing (ADR 0058). `serve` hosts its controllers, the shim and
+    /// the Workspace cache on it. Requests carry the admin token like any other client's, so
+    /// they pass the same authentication, routes and metrics.
+    pub fn in_process_client(self: &Arc<Self>) -> kube::Client {
+        use axum::http::{HeaderValue, Request, header::AUTHORIZATION};
+        let auth = HeaderValue::from_str(&format!("Bearer {}", self.token))
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        let service = tower::ServiceBuilder::new()
+            .map_request(move |mut req: Request<kube::client::Body>| {
+                req.headers_mut().insert(AUTHORIZATION, auth.clone());
+                req
+            })
+            .service(self.router());
+        kube::Client::new(service, "default")
+    }
 }
 
 async fn sweeper(api: Arc<ApiServer>, every: Duration, ttl: i64) {
