@@ -14,10 +14,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 
+use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::error::ApiError;
+use super::selectors::{FieldSelector, LabelSelector};
 use crate::store::{ChangeKind, ChangeRow, CommitOutcome, SecretKey, Store, StoreError};
 
 /// (storage, namespace, name); namespace is "" for cluster-scoped kinds.
@@ -26,6 +28,76 @@ pub type Key = (Arc<str>, String, String);
 /// Storage key of Secrets, the one kind sealed at rest.
 pub const SECRETS: &str = "core/secrets";
 
+/// One stored version of an object: its JSON text, shared by the live objects, the watch
+/// history and every watcher, plus the few fields lookups and label filters read without
+/// parsing it (ADR 0058). A Workspace of about 650 bytes of JSON takes about 1 KB here; as a
+/// `serde_json::Value` tree it took 8 to 10 KB.
+#[derive(Debug)]
+pub struct Stored {
+    json: Bytes,
+    uid: Box<str>,
+    labels: Box<[(Box<str>, Box<str>)]>,
+    owners: Box<[Box<str>]>,
+}
+
+impl Stored {
+    /// A version whose text was made from `v`.
+    fn new(v: &Value, text: String) -> Self {
+        let labels = v
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.as_str().into(), v.as_str()?.into())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Stored {
+            json: Bytes::from(text),
+            uid: uid_of(v).unwrap_or_default().into(),
+            labels,
+            owners: owner_uids(v).into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// A version read back from its text.
+    fn parse(text: String) -> Result<Self, serde_json::Error> {
+        let v: Value = serde_json::from_str(&text)?;
+        Ok(Stored::new(&v, text))
+    }
+
+    /// The object as JSON text.
+    pub fn json(&self) -> &Bytes {
+        &self.json
+    }
+
+    /// The object, parsed. The text was written from a `Value`, so it parses.
+    pub fn value(&self) -> Value {
+        serde_json::from_slice(&self.json).unwrap_or(Value::Null)
+    }
+
+    pub fn uid(&self) -> Option<&str> {
+        Some(&*self.uid).filter(|u| !u.is_empty())
+    }
+
+    /// The uids its ownerReferences name.
+    pub fn owner_uids(&self) -> impl Iterator<Item = &str> {
+        self.owners.iter().map(|o| &**o)
+    }
+
+    /// Whether it passes a label and a field selector. Labels are read from the index; a
+    /// field selector (rare: `metadata.name`, an Event's `involvedObject`) parses the text.
+    pub fn matches(&self, labels: &LabelSelector, fields: &FieldSelector) -> bool {
+        let label = |k: &str| {
+            self.labels
+                .iter()
+                .find(|(n, _)| &**n == k)
+                .map(|(_, v)| &**v)
+        };
+        labels.matches_with(label) && (fields.is_empty() || fields.matches(&self.value()))
+    }
+}
+
 /// One change, as seen by watchers.
 #[derive(Debug)]
 pub struct WatchEvent {
@@ -33,43 +105,16 @@ pub struct WatchEvent {
     pub kind: ChangeKind,
     pub key: Key,
     /// The object before the change, when known.
-    pub old: Option<Arc<Value>>,
+    pub old: Option<Arc<Stored>>,
     /// The object after the change (for DELETED: its last state, at the deletion RV).
-    pub obj: Arc<Value>,
-    /// `obj` serialized, made by the first JSON watcher that sends it and shared by the rest.
-    pub json: std::sync::OnceLock<bytes::Bytes>,
-}
-
-impl WatchEvent {
-    pub fn new(
-        rv: u64,
-        kind: ChangeKind,
-        key: Key,
-        old: Option<Arc<Value>>,
-        obj: Arc<Value>,
-    ) -> Self {
-        WatchEvent {
-            rv,
-            kind,
-            key,
-            old,
-            obj,
-            json: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// `obj` serialized (once, however many watchers send it).
-    pub fn json(&self) -> &bytes::Bytes {
-        self.json
-            .get_or_init(|| serde_json::to_vec(&*self.obj).unwrap_or_default().into())
-    }
+    pub obj: Arc<Stored>,
 }
 
 /// A committed batch of changes, in RV order.
 pub type Batch = Arc<Vec<Arc<WatchEvent>>>;
 
 /// Objects of one storage, by (namespace, name).
-type Bucket = BTreeMap<(String, String), Arc<Value>>;
+type Bucket = BTreeMap<(String, String), Arc<Stored>>;
 
 #[derive(Default)]
 struct Inner {
@@ -78,9 +123,7 @@ struct Inner {
     compacted: u64,
     objects: HashMap<Arc<str>, Bucket>,
     history: VecDeque<Arc<WatchEvent>>,
-    /// Serialized size of each history entry's object, in step with `history`.
-    history_sizes: VecDeque<usize>,
-    /// Sum of `history_sizes`.
+    /// Bytes of the history's objects (their JSON text).
     history_bytes: usize,
     by_uid: HashMap<String, Key>,
     dependents: HashMap<String, BTreeSet<Key>>,
@@ -102,42 +145,41 @@ fn owner_uids(v: &Value) -> Vec<String> {
 }
 
 impl Inner {
-    fn get(&self, key: &Key) -> Option<&Arc<Value>> {
+    fn get(&self, key: &Key) -> Option<&Arc<Stored>> {
         self.objects
             .get(&key.0)?
             .get(&(key.1.clone(), key.2.clone()))
     }
 
-    fn unindex(&mut self, key: &Key, v: &Value) {
-        if let Some(uid) = uid_of(v) {
+    fn unindex(&mut self, key: &Key, v: &Stored) {
+        if let Some(uid) = v.uid() {
             self.by_uid.remove(uid);
         }
-        for owner in owner_uids(v) {
-            if let Some(set) = self.dependents.get_mut(&owner) {
+        for owner in v.owner_uids() {
+            if let Some(set) = self.dependents.get_mut(owner) {
                 set.remove(key);
                 if set.is_empty() {
-                    self.dependents.remove(&owner);
+                    self.dependents.remove(owner);
                 }
             }
         }
     }
 
-    fn index(&mut self, key: &Key, v: &Value) {
-        if let Some(uid) = uid_of(v) {
+    fn index(&mut self, key: &Key, v: &Stored) {
+        if let Some(uid) = v.uid() {
             self.by_uid.insert(uid.to_string(), key.clone());
         }
-        for owner in owner_uids(v) {
+        for owner in v.owner_uids() {
             self.dependents
-                .entry(owner)
+                .entry(owner.to_string())
                 .or_default()
                 .insert(key.clone());
         }
     }
 
-    fn push_history(&mut self, e: Arc<WatchEvent>, size: usize) {
+    fn push_history(&mut self, e: Arc<WatchEvent>) {
+        self.history_bytes += e.obj.json.len();
         self.history.push_back(e);
-        self.history_sizes.push_back(size);
-        self.history_bytes += size;
     }
 
     /// Drops the oldest changes until the history fits both bounds.
@@ -147,12 +189,11 @@ impl Inner {
                 break;
             };
             self.compacted = e.rv;
-            let size = self.history_sizes.pop_front().unwrap_or(0);
-            self.history_bytes = self.history_bytes.saturating_sub(size);
+            self.history_bytes = self.history_bytes.saturating_sub(e.obj.json.len());
         }
     }
 
-    fn set(&mut self, key: &Key, v: Option<Arc<Value>>) {
+    fn set(&mut self, key: &Key, v: Option<Arc<Stored>>) {
         let map = self.objects.entry(key.0.clone()).or_default();
         let old = match &v {
             Some(v) => map.insert((key.1.clone(), key.2.clone()), v.clone()),
@@ -167,16 +208,30 @@ impl Inner {
     }
 }
 
+/// A change the running operation made, before it is measured and serialized.
+struct Pending {
+    rv: u64,
+    kind: ChangeKind,
+    key: Key,
+    old: Option<Arc<Stored>>,
+    obj: Arc<Value>,
+}
+
 /// A write transaction: reads see the state left by earlier operations of the batch.
+/// Operations work on parsed values; what an operation leaves is serialized once, when it is
+/// measured, and held as [`Stored`] text from then on.
 pub struct Txn<'a> {
     base: &'a Inner,
-    batch: HashMap<Key, Option<Arc<Value>>>,
+    /// What earlier operations of this batch left.
+    batch: HashMap<Key, Option<Arc<Stored>>>,
+    /// What the running operation has written so far.
     op: HashMap<Key, Option<Arc<Value>>>,
     events: Vec<Arc<WatchEvent>>,
-    op_events: Vec<Arc<WatchEvent>>,
-    /// The serialized objects of `events` / `op_events`, in step with them.
+    op_events: Vec<Pending>,
+    /// The running operation's changes once measured, with their text.
+    op_measured: Vec<(Arc<WatchEvent>, String)>,
+    /// The serialized objects of `events`, in step with them: what the store gets.
     texts: Vec<String>,
-    op_texts: Vec<String>,
     rv: u64,
     op_start_rv: u64,
     now: String,
@@ -190,8 +245,8 @@ impl<'a> Txn<'a> {
             op: HashMap::new(),
             events: vec![],
             op_events: vec![],
+            op_measured: vec![],
             texts: vec![],
-            op_texts: vec![],
             rv: base.rv,
             op_start_rv: base.rv,
             now: crate::util::now_rfc3339(),
@@ -209,6 +264,18 @@ impl<'a> Txn<'a> {
             return v.clone();
         }
         if let Some(v) = self.batch.get(key) {
+            return v.as_ref().map(|s| Arc::new(s.value()));
+        }
+        self.base.get(key).map(|s| Arc::new(s.value()))
+    }
+
+    /// The current version at `key`, as stored (what a change records as its `old`).
+    fn stored(&self, key: &Key) -> Option<Arc<Stored>> {
+        if let Some(v) = self.op.get(key) {
+            // Written twice by one operation: the first write is serialized here.
+            return v.as_ref().map(|v| Arc::new(Stored::new(v, v.to_string())));
+        }
+        if let Some(v) = self.batch.get(key) {
             return v.clone();
         }
         self.base.get(key).cloned()
@@ -220,15 +287,21 @@ impl<'a> Txn<'a> {
         if let Some(m) = self.base.objects.get(storage) {
             for ((n, name), v) in m {
                 if ns.is_none_or(|x| x == n) {
-                    out.insert((n.clone(), name.clone()), Some(v.clone()));
+                    out.insert((n.clone(), name.clone()), Some(Arc::new(v.value())));
                 }
             }
         }
-        for layer in [&self.batch, &self.op] {
-            for (k, v) in layer {
-                if &*k.0 == storage && ns.is_none_or(|x| x == k.1) {
-                    out.insert((k.1.clone(), k.2.clone()), v.clone());
-                }
+        for (k, v) in &self.batch {
+            if &*k.0 == storage && ns.is_none_or(|x| x == k.1) {
+                out.insert(
+                    (k.1.clone(), k.2.clone()),
+                    v.as_ref().map(|s| Arc::new(s.value())),
+                );
+            }
+        }
+        for (k, v) in &self.op {
+            if &*k.0 == storage && ns.is_none_or(|x| x == k.1) {
+                out.insert((k.1.clone(), k.2.clone()), v.clone());
             }
         }
         let s: Arc<str> = Arc::from(storage);
@@ -237,15 +310,59 @@ impl<'a> Txn<'a> {
             .collect()
     }
 
+    /// The current objects of one storage that have ownerReferences, with their owners' uids,
+    /// read from the index: the garbage collector parses only those it acts on.
+    pub fn owned(&self, storage: &str) -> Vec<(Key, Vec<String>)> {
+        let mut out: BTreeMap<Key, Vec<String>> = BTreeMap::new();
+        let s: Arc<str> = Arc::from(storage);
+        if let Some(m) = self.base.objects.get(storage) {
+            for ((n, name), v) in m {
+                if v.owners.is_empty() {
+                    continue;
+                }
+                let k = (s.clone(), n.clone(), name.clone());
+                if !self.batch.contains_key(&k) && !self.op.contains_key(&k) {
+                    out.insert(k, v.owner_uids().map(String::from).collect());
+                }
+            }
+        }
+        for (k, v) in &self.batch {
+            if &*k.0 == storage
+                && !self.op.contains_key(k)
+                && let Some(v) = v
+                && !v.owners.is_empty()
+            {
+                out.insert(k.clone(), v.owner_uids().map(String::from).collect());
+            }
+        }
+        for (k, v) in &self.op {
+            if &*k.0 == storage
+                && let Some(v) = v
+            {
+                let owners = owner_uids(v);
+                if !owners.is_empty() {
+                    out.insert(k.clone(), owners);
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
     /// The object with this uid, if it exists.
     pub fn find_uid(&self, uid: &str) -> Option<(Key, Arc<Value>)> {
-        for layer in [&self.op, &self.batch] {
-            for (k, v) in layer {
-                if let Some(v) = v
-                    && uid_of(v) == Some(uid)
-                {
-                    return Some((k.clone(), v.clone()));
-                }
+        for (k, v) in &self.op {
+            if let Some(v) = v
+                && uid_of(v) == Some(uid)
+            {
+                return Some((k.clone(), v.clone()));
+            }
+        }
+        for (k, v) in &self.batch {
+            if let Some(v) = v
+                && v.uid() == Some(uid)
+                && !self.op.contains_key(k)
+            {
+                return self.get(k).map(|v| (k.clone(), v));
             }
         }
         let key = self.base.by_uid.get(uid)?;
@@ -253,12 +370,32 @@ impl<'a> Txn<'a> {
         (uid_of(&v) == Some(uid)).then(|| (key.clone(), v))
     }
 
+    /// Whether an object with this uid exists (without parsing it).
+    pub fn uid_exists(&self, uid: &str) -> bool {
+        if self
+            .op
+            .values()
+            .any(|v| v.as_ref().is_some_and(|v| uid_of(v) == Some(uid)))
+        {
+            return true;
+        }
+        if self.batch.iter().any(|(k, v)| {
+            !self.op.contains_key(k) && v.as_ref().is_some_and(|v| v.uid() == Some(uid))
+        }) {
+            return true;
+        }
+        self.base.by_uid.get(uid).is_some_and(|k| {
+            !self.op.contains_key(k)
+                && !self.batch.contains_key(k)
+                && self.base.get(k).is_some_and(|v| v.uid() == Some(uid))
+        })
+    }
+
     /// Current objects whose ownerReferences name `uid`.
     pub fn dependents(&self, uid: &str) -> Vec<(Key, Arc<Value>)> {
         let mut keys: BTreeSet<Key> = self.base.dependents.get(uid).cloned().unwrap_or_default();
-        for layer in [&self.batch, &self.op] {
-            keys.extend(layer.keys().cloned());
-        }
+        keys.extend(self.batch.keys().cloned());
+        keys.extend(self.op.keys().cloned());
         keys.into_iter()
             .filter_map(|k| self.get(&k).map(|v| (k, v)))
             .filter(|(_, v)| owner_uids(v).iter().any(|o| o == uid))
@@ -267,7 +404,7 @@ impl<'a> Txn<'a> {
 
     /// Stores `obj` at `key` with a new resourceVersion; returns what was stored.
     pub fn put(&mut self, key: &Key, mut obj: Value) -> Arc<Value> {
-        let old = self.get(key);
+        let old = self.stored(key);
         self.rv += 1;
         if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             m.insert("resourceVersion".into(), Value::String(self.rv.to_string()));
@@ -278,61 +415,82 @@ impl<'a> Txn<'a> {
         } else {
             ChangeKind::Added
         };
-        self.op_events.push(Arc::new(WatchEvent::new(
-            self.rv,
+        self.op_events.push(Pending {
+            rv: self.rv,
             kind,
-            key.clone(),
+            key: key.clone(),
             old,
-            obj.clone(),
-        )));
+            obj: obj.clone(),
+        });
         self.op.insert(key.clone(), Some(obj.clone()));
         obj
     }
 
     /// Removes the object at `key`; returns its last state (at the deletion RV).
     pub fn remove(&mut self, key: &Key) -> Option<Arc<Value>> {
-        let old = self.get(key)?;
+        let old = self.stored(key)?;
+        let mut last = (*self.get(key)?).clone();
         self.rv += 1;
-        let mut last = (*old).clone();
         if let Some(m) = last.get_mut("metadata").and_then(Value::as_object_mut) {
             m.insert("resourceVersion".into(), Value::String(self.rv.to_string()));
         }
         let last = Arc::new(last);
-        self.op_events.push(Arc::new(WatchEvent::new(
-            self.rv,
-            ChangeKind::Deleted,
-            key.clone(),
-            Some(old),
-            last.clone(),
-        )));
+        self.op_events.push(Pending {
+            rv: self.rv,
+            kind: ChangeKind::Deleted,
+            key: key.clone(),
+            old: Some(old),
+            obj: last.clone(),
+        });
         self.op.insert(key.clone(), None);
         Some(last)
     }
 
-    /// Serializes what the operation wrote (once: the text is what the store gets) and refuses
-    /// it when an object it leaves is larger than `max` bytes (ADR 0041). Deletions always pass.
+    /// Serializes what the operation wrote (once: the text is what the store gets and what is
+    /// held) and refuses it when an object it leaves is larger than `max` bytes (ADR 0041).
+    /// Deletions always pass.
     fn measure_op(&mut self, max: usize) -> Result<(), ApiError> {
-        for e in &self.op_events {
-            let text = e.obj.to_string();
-            if e.kind != ChangeKind::Deleted && text.len() > max {
+        let texts: Vec<String> = self.op_events.iter().map(|p| p.obj.to_string()).collect();
+        for (p, text) in self.op_events.iter().zip(&texts) {
+            if p.kind != ChangeKind::Deleted && text.len() > max {
                 return Err(ApiError::object_too_large(text.len(), max));
             }
-            self.op_texts.push(text);
+        }
+        for (p, text) in self.op_events.drain(..).zip(texts) {
+            let obj = Arc::new(Stored::new(&p.obj, text.clone()));
+            let e = WatchEvent {
+                rv: p.rv,
+                kind: p.kind,
+                key: p.key,
+                old: p.old,
+                obj,
+            };
+            self.op_measured.push((Arc::new(e), text));
         }
         Ok(())
     }
 
     fn commit_op(&mut self) {
-        self.batch.extend(self.op.drain());
-        self.events.append(&mut self.op_events);
-        self.texts.append(&mut self.op_texts);
+        // What each key holds now: its last change's object, or nothing after a deletion.
+        let mut last: HashMap<&Key, &Arc<Stored>> = HashMap::new();
+        for (e, _) in &self.op_measured {
+            last.insert(&e.key, &e.obj);
+        }
+        for (k, v) in self.op.drain() {
+            let stored = v.and_then(|_| last.get(&k).map(|s| (*s).clone()));
+            self.batch.insert(k, stored);
+        }
+        for (e, text) in self.op_measured.drain(..) {
+            self.events.push(e);
+            self.texts.push(text);
+        }
         self.op_start_rv = self.rv;
     }
 
     fn abort_op(&mut self) {
         self.op.clear();
         self.op_events.clear();
-        self.op_texts.clear();
+        self.op_measured.clear();
         self.rv = self.op_start_rv;
     }
 }
@@ -428,13 +586,13 @@ pub enum LoadError {
     Json(String),
 }
 
-fn decode(storage: &str, value: &str, key: &SecretKey) -> Result<Value, LoadError> {
+fn decode(storage: &str, value: &str, key: &SecretKey) -> Result<Stored, LoadError> {
     let text = if storage == SECRETS {
         key.open(value)?
     } else {
         value.to_string()
     };
-    serde_json::from_str(&text).map_err(|_| LoadError::Json(storage.to_string()))
+    Stored::parse(text).map_err(|_| LoadError::Json(storage.to_string()))
 }
 
 /// The stored form of a serialized object (Secrets are sealed).
@@ -466,7 +624,7 @@ impl Objects {
             );
         }
         // Rebuild the watch history; `old` is known for keys seen earlier in the history.
-        let mut last: HashMap<Key, Arc<Value>> = HashMap::new();
+        let mut last: HashMap<Key, Arc<Stored>> = HashMap::new();
         inner.compacted = snap
             .history
             .first()
@@ -474,7 +632,6 @@ impl Objects {
             .unwrap_or(inner.rv);
         for c in snap.history {
             let k: Key = (Arc::from(c.resource.as_str()), c.namespace, c.name);
-            let size = c.value.len();
             let obj = Arc::new(decode(&k.0, &c.value, &key)?);
             let old = last.get(&k).cloned();
             if c.kind == ChangeKind::Deleted {
@@ -482,16 +639,13 @@ impl Objects {
             } else {
                 last.insert(k.clone(), obj.clone());
             }
-            inner.push_history(
-                Arc::new(WatchEvent::new(
-                    u64::try_from(c.rv).unwrap_or(0),
-                    c.kind,
-                    k,
-                    old,
-                    obj,
-                )),
-                size,
-            );
+            inner.push_history(Arc::new(WatchEvent {
+                rv: u64::try_from(c.rv).unwrap_or(0),
+                kind: c.kind,
+                key: k,
+                old,
+                obj,
+            }));
         }
         inner.trim_history(config.history, config.history_bytes);
         let (queue, rx) = mpsc::channel(4096);
@@ -531,7 +685,7 @@ impl Objects {
     }
 
     /// One object.
-    pub fn get(&self, key: &Key) -> Option<Arc<Value>> {
+    pub fn get(&self, key: &Key) -> Option<Arc<Stored>> {
         self.read().get(key).cloned()
     }
 
@@ -544,7 +698,7 @@ impl Objects {
         ns: Option<&str>,
         after: Option<&(String, String)>,
         limit: Option<usize>,
-        keep: impl Fn(&Value) -> bool,
+        keep: impl Fn(&Stored) -> bool,
     ) -> Page {
         use std::ops::Bound;
         let inner = self.read();
@@ -589,7 +743,12 @@ impl Objects {
     /// Starts a watch: subscribes, then (consistently with the subscription) returns either a
     /// snapshot of the current objects (`from` None) or the history after `from`.
     /// `Err(oldest)` when `from` is older than the retained history.
-    pub fn subscribe(&self, storage: &str, from: Option<u64>) -> Result<WatchStart, (u64, u64)> {
+    pub fn subscribe(
+        &self,
+        storage: &str,
+        ns: Option<&str>,
+        from: Option<u64>,
+    ) -> Result<WatchStart, (u64, u64)> {
         let inner = self.read();
         let rx = self.events.subscribe();
         let start = match from {
@@ -597,7 +756,12 @@ impl Objects {
                 let snapshot = inner
                     .objects
                     .get(storage)
-                    .map(|m| m.values().cloned().collect())
+                    .map(|m| {
+                        m.iter()
+                            .filter(|((n, _), _)| ns.is_none_or(|x| x == n))
+                            .map(|((n, _), v)| (n.clone(), v.clone()))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 WatchStart {
                     rx,
@@ -639,7 +803,7 @@ pub struct Page {
     /// The history starts after this resourceVersion: a list continued from an older one can
     /// no longer be completed consistently by a watch.
     pub compacted: u64,
-    pub items: Vec<Arc<Value>>,
+    pub items: Vec<Arc<Stored>>,
     /// The (namespace, name) the next page starts after, when more objects may follow.
     pub next: Option<(String, String)>,
 }
@@ -649,23 +813,18 @@ pub struct WatchStart {
     pub rx: broadcast::Receiver<Batch>,
     /// Events with rv <= this are covered by `snapshot`/`backlog`.
     pub rv: u64,
-    pub snapshot: Vec<Arc<Value>>,
+    /// The current objects, with their namespaces.
+    pub snapshot: Vec<(String, Arc<Stored>)>,
     pub backlog: Vec<Arc<WatchEvent>>,
 }
 
 /// Applies a committed batch in memory, trims the history and wakes the watchers.
-fn apply_committed(
-    objects: &Objects,
-    batch: Batch,
-    sizes: Vec<usize>,
-    rv: u64,
-    config: &ObjectsConfig,
-) {
+fn apply_committed(objects: &Objects, batch: Batch, rv: u64, config: &ObjectsConfig) {
     let mut inner = objects.inner.write().unwrap_or_else(|p| p.into_inner());
-    for (e, size) in batch.iter().zip(sizes) {
+    for e in batch.iter() {
         let v = (e.kind != ChangeKind::Deleted).then(|| e.obj.clone());
         inner.set(&e.key, v);
-        inner.push_history(e.clone(), size);
+        inner.push_history(e.clone());
     }
     inner.rv = rv;
     inner.trim_history(config.history, config.history_bytes);
@@ -677,7 +836,6 @@ struct Unsettled {
     prev: u64,
     rv: u64,
     batch: Batch,
-    sizes: Vec<usize>,
 }
 
 async fn writer(
@@ -708,7 +866,7 @@ async fn writer(
                         rv = u.rv,
                         "an earlier commit reported as failed did land; applying it"
                     );
-                    apply_committed(&objects, u.batch, u.sizes, u.rv, &config);
+                    apply_committed(&objects, u.batch, u.rv, &config);
                 }
                 CommitOutcome::NotLanded => {
                     tracing::info!(rv = u.rv, "an earlier failed commit did not land");
@@ -750,7 +908,6 @@ async fn writer(
             .writes
             .fetch_add(replies.len() as u64, Relaxed);
         if !events.is_empty() {
-            let sizes: Vec<usize> = texts.iter().map(String::len).collect();
             let rows: Vec<ChangeRow> = events
                 .iter()
                 .zip(texts)
@@ -775,12 +932,7 @@ async fn writer(
                     objects.stats.failures.fetch_add(1, Relaxed);
                     if let CommitOutcome::Unknown(why) = outcome {
                         tracing::error!(error = %why, "the commit's outcome is unknown; writes wait until the database answers");
-                        unsettled = Some(Unsettled {
-                            prev,
-                            rv,
-                            batch,
-                            sizes,
-                        });
+                        unsettled = Some(Unsettled { prev, rv, batch });
                     }
                     for (reply, result) in replies {
                         let _ = reply.send(result.and(Err(ApiError::internal(
@@ -790,7 +942,7 @@ async fn writer(
                     continue;
                 }
             }
-            apply_committed(&objects, batch, sizes, rv, &config);
+            apply_committed(&objects, batch, rv, &config);
             let floor = objects.read().compacted;
             if floor > store_compacted + (config.history as u64).max(1000) {
                 match store.compact(as_i64(floor)).await {

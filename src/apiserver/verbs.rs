@@ -808,15 +808,23 @@ pub fn collect_garbage(txn: &mut Txn<'_>, reg: &Registry) -> Result<usize, ApiEr
         .map(|d| d.storage.clone())
         .collect();
     for storage in storages {
-        for (k, v) in txn.list(&storage, None) {
+        // Only objects with owners, read from the index: the rest are never parsed here.
+        for (k, owners) in txn.owned(&storage) {
+            if owners.iter().all(|u| txn.uid_exists(u)) {
+                continue;
+            }
+            // An earlier deletion of this pass may have taken it already.
+            let Some(v) = txn.get(&k) else {
+                continue;
+            };
             let refs = owner_refs(&v);
-            if refs.is_empty() || txn.get(&k).is_none() {
+            if refs.is_empty() {
                 continue;
             }
             let missing: Vec<&String> = refs
                 .iter()
                 .map(|(u, _)| u)
-                .filter(|u| txn.find_uid(u).is_none())
+                .filter(|u| !txn.uid_exists(u))
                 .collect();
             if missing.is_empty() {
                 continue;

@@ -12,7 +12,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
-use super::objects::{Objects, WatchEvent};
+use super::objects::{Objects, Stored, WatchEvent};
 use super::registry::{ResourceDef, View};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::table::{self, IncludeObject};
@@ -50,16 +50,8 @@ struct Filter {
 }
 
 impl Filter {
-    fn matches(&self, v: &Value) -> bool {
-        if let Some(ns) = &self.ns
-            && v.pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                != ns
-        {
-            return false;
-        }
-        self.labels.matches(v) && self.fields.matches(v)
+    fn matches(&self, ns: &str, obj: &Stored) -> bool {
+        self.ns.as_deref().is_none_or(|n| n == ns) && obj.matches(&self.labels, &self.fields)
     }
 
     /// What this watcher sees of one change, if anything: the event type it gets.
@@ -67,16 +59,18 @@ impl Filter {
         if e.key.0 != self.def.storage {
             return None;
         }
-        let now = self.matches(&e.obj);
+        let now = self.matches(&e.key.1, &e.obj);
         match e.kind {
             ChangeKind::Added => now.then_some("ADDED"),
             ChangeKind::Deleted => now.then_some("DELETED"),
-            ChangeKind::Modified => match (e.old.as_deref().map(|o| self.matches(o)), now) {
-                (Some(true) | None, true) => Some("MODIFIED"),
-                (Some(false), true) => Some("ADDED"),
-                (Some(true), false) => Some("DELETED"),
-                _ => None,
-            },
+            ChangeKind::Modified => {
+                match (e.old.as_deref().map(|o| self.matches(&e.key.1, o)), now) {
+                    (Some(true) | None, true) => Some("MODIFIED"),
+                    (Some(false), true) => Some("ADDED"),
+                    (Some(true), false) => Some("DELETED"),
+                    _ => None,
+                }
+            }
         }
     }
 }
@@ -95,38 +89,34 @@ impl Emitter {
         self.tx.send(Ok(Bytes::from(line))).await.is_ok()
     }
 
-    /// Sends one object. A change's serialized object is shared by every JSON watcher that
-    /// sends it (`WatchEvent::json`), so a hundred watchers serialize it once.
-    async fn event(
-        &mut self,
-        typ: &'static str,
-        stored: &Value,
-        change: Option<&WatchEvent>,
-    ) -> bool {
-        let mut line = Vec::with_capacity(256);
+    /// Sends one object. JSON watchers send its stored text as it is: a hundred watchers
+    /// share one serialization, made when it was written.
+    async fn event(&mut self, typ: &'static str, stored: &Stored) -> bool {
+        let mut line = Vec::with_capacity(stored.json().len() + 32);
         line.extend_from_slice(b"{\"type\":\"");
         line.extend_from_slice(typ.as_bytes());
         line.extend_from_slice(b"\",\"object\":");
-        let view = verbs::view(&self.def, stored);
-        // Writing into a Vec cannot fail.
-        let _ = match (self.format, change) {
-            (Format::Json, Some(e)) if self.def.view == View::Plain => {
-                line.extend_from_slice(e.json());
-                Ok(())
-            }
-            (Format::Json, _) => serde_json::to_writer(&mut line, &*view),
-            (Format::Meta, _) => serde_json::to_writer(&mut line, &table::partial_metadata(&view)),
-            (Format::Table(include), _) => {
-                let rv = view
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                let t = table::table(&self.def, &[&view], include, &rv, !self.sent_columns);
-                self.sent_columns = true;
-                serde_json::to_writer(&mut line, &t)
-            }
-        };
+        if self.format == Format::Json && self.def.view == View::Plain {
+            line.extend_from_slice(stored.json());
+        } else {
+            let value = stored.value();
+            let view = verbs::view(&self.def, &value);
+            // Writing into a Vec cannot fail.
+            let _ = match self.format {
+                Format::Json => serde_json::to_writer(&mut line, &*view),
+                Format::Meta => serde_json::to_writer(&mut line, &table::partial_metadata(&view)),
+                Format::Table(include) => {
+                    let rv = view
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    let t = table::table(&self.def, &[&view], include, &rv, !self.sent_columns);
+                    self.sent_columns = true;
+                    serde_json::to_writer(&mut line, &t)
+                }
+            };
+        }
         line.extend_from_slice(b"}\n");
         self.tx.send(Ok(Bytes::from(line))).await.is_ok()
     }
@@ -188,7 +178,7 @@ async fn run(
         sent_columns: false,
     };
     let from = if req.send_initial { None } else { req.from };
-    let start = match objects.subscribe(&req.def.storage, from) {
+    let start = match objects.subscribe(&req.def.storage, req.ns.as_deref(), from) {
         Ok(s) => s,
         Err((asked, oldest)) => {
             out.expired(format!("too old resource version: {asked} ({oldest})"))
@@ -198,14 +188,14 @@ async fn run(
     };
     let mut rx = start.rx;
     let mut last_rv = start.rv;
-    for obj in &start.snapshot {
-        if filter.matches(obj) && !out.event("ADDED", obj, None).await {
+    for (ns, obj) in &start.snapshot {
+        if filter.matches(ns, obj) && !out.event("ADDED", obj).await {
             return;
         }
     }
     for e in &start.backlog {
         if let Some(typ) = filter.translate(e)
-            && !out.event(typ, &e.obj, Some(e)).await
+            && !out.event(typ, &e.obj).await
         {
             return;
         }
@@ -223,7 +213,7 @@ async fn run(
                 Ok(batch) => {
                     for e in batch.iter().filter(|e| e.rv > start.rv) {
                         if let Some(typ) = filter.translate(e)
-                            && !out.event(typ, &e.obj, Some(e)).await
+                            && !out.event(typ, &e.obj).await
                         {
                             return;
                         }

@@ -9,6 +9,7 @@ use super::{Query, Target, Want, json_response, selectors};
 use crate::apiserver::ApiServer;
 use crate::apiserver::error::{ApiError, StatusCause};
 use crate::apiserver::objects::Key;
+use crate::apiserver::registry::View;
 use crate::apiserver::table::{self, IncludeObject};
 use crate::apiserver::verbs::{self, to_view};
 use crate::apiserver::watch::{self, Format, WatchRequest};
@@ -20,11 +21,14 @@ pub(super) fn get(api: &ApiServer, t: Target, q: &Query, want: Want) -> Result<R
         t.ns.clone().unwrap_or_default(),
         name.clone(),
     );
-    let obj = api
+    let stored = api
         .objects
         .get(&key)
         .ok_or_else(|| verbs::not_found(&t.def, &name))?;
-    let view = to_view(&t.def, &obj);
+    if want == Want::Json && t.def.view == View::Plain {
+        return Ok(text_response(stored.json().clone()));
+    }
+    let view = to_view(&t.def, &stored.value());
     let body = match want {
         Want::Json => view,
         Want::Meta => table::partial_metadata(&view),
@@ -79,7 +83,7 @@ pub(super) fn list(
         t.ns.as_deref(),
         after.as_ref(),
         limit,
-        |o| labels.matches(o) && fields.matches(o),
+        |o| o.matches(&labels, &fields),
     );
     let rv = match &cont {
         // Later pages answer at the first page's resourceVersion: a watch from it replays
@@ -113,7 +117,20 @@ pub(super) fn list(
     if let Some(n) = &next {
         meta["continue"] = json!(n);
     }
-    let views = page.items.iter().map(|o| verbs::view(&t.def, o));
+    if want == Want::Json && t.def.view == View::Plain {
+        // The stored texts, as they are.
+        let mut body = list_head(&format!("{}List", t.def.kind), &t.def.api_version(), &meta);
+        for (i, o) in page.items.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(o.json());
+        }
+        body.extend_from_slice(b"]}");
+        return Ok(text_response(body));
+    }
+    let values: Vec<Value> = page.items.iter().map(|o| o.value()).collect();
+    let views = values.iter().map(|o| verbs::view(&t.def, o));
     let body = match want {
         Want::Table => {
             let views: Vec<_> = views.collect();
@@ -151,11 +168,7 @@ fn list_text<V: std::borrow::Borrow<Value>>(
     meta: &Value,
     items: impl Iterator<Item = V>,
 ) -> Vec<u8> {
-    let mut out = json!({"kind": kind, "apiVersion": api_version, "metadata": meta})
-        .to_string()
-        .into_bytes();
-    out.pop(); // the closing brace
-    out.extend_from_slice(b",\"items\":[");
+    let mut out = list_head(kind, api_version, meta);
     for (i, item) in items.enumerate() {
         if i > 0 {
             out.push(b',');
@@ -164,6 +177,16 @@ fn list_text<V: std::borrow::Borrow<Value>>(
         let _ = serde_json::to_writer(&mut out, item.borrow());
     }
     out.extend_from_slice(b"]}");
+    out
+}
+
+/// A list body up to its first item: `{"kind":…,"apiVersion":…,"metadata":…,"items":[`.
+fn list_head(kind: &str, api_version: &str, meta: &Value) -> Vec<u8> {
+    let mut out = json!({"kind": kind, "apiVersion": api_version, "metadata": meta})
+        .to_string()
+        .into_bytes();
+    out.pop(); // the closing brace
+    out.extend_from_slice(b",\"items\":[");
     out
 }
 
