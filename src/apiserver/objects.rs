@@ -958,3 +958,133 @@ async fn writer(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(ns: &str, name: &str, labels: Value, owners: &[&str]) -> Value {
+        let refs: Vec<Value> = owners.iter().map(|u| json!({"uid": u})).collect();
+        json!({"metadata": {"namespace": ns, "name": name, "uid": format!("uid-{name}"),
+            "labels": labels, "ownerReferences": refs}})
+    }
+
+    async fn objects(dir: &std::path::Path) -> Arc<Objects> {
+        let store = crate::store::SqliteStore::open(&dir.join("m.db"))
+            .await
+            .expect("store");
+        let key = SecretKey::load(None, &dir.join("key")).expect("key");
+        Objects::start(Arc::new(store), key, ObjectsConfig::default())
+            .await
+            .expect("objects")
+    }
+
+    async fn put(o: &Objects, ns: &str, name: &str, labels: Value, owners: &[&str]) {
+        let v = obj(ns, name, labels, owners);
+        let key: Key = (Arc::from("t/things"), ns.to_string(), name.to_string());
+        o.write(
+            false,
+            Box::new(move |txn| {
+                txn.put(&key, v);
+                Ok(WriteReply::ok(Value::Null))
+            }),
+        )
+        .await
+        .expect("write");
+    }
+
+    #[test]
+    fn selectors_read_the_index_and_parse_only_for_fields() {
+        let v = obj("a", "x", json!({"team": "core", "n": "1"}), &["o1"]);
+        let s = Stored::new(&v, v.to_string());
+        let labels = |q: &str| LabelSelector::parse(q).expect("labels");
+        let fields = |q: &str| {
+            FieldSelector::parse(q, &[("metadata.name", "/metadata/name")]).expect("fields")
+        };
+        let none = fields("");
+        assert!(s.matches(&labels("team=core"), &none));
+        assert!(s.matches(&labels("team in (core,edge),n"), &none));
+        assert!(!s.matches(&labels("team=edge"), &none));
+        assert!(!s.matches(&labels("!n"), &none));
+        assert!(s.matches(&labels(""), &fields("metadata.name=x")));
+        assert!(!s.matches(&labels(""), &fields("metadata.name=y")));
+        assert_eq!(s.uid(), Some("uid-x"));
+        assert_eq!(s.owner_uids().collect::<Vec<_>>(), ["o1"]);
+        assert_eq!(s.value(), v);
+    }
+
+    #[tokio::test]
+    async fn pages_walk_from_the_cursor_within_a_namespace() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let o = objects(dir.path()).await;
+        for (ns, name) in [("a", "1"), ("a", "2"), ("a", "3"), ("b", "1"), ("b", "2")] {
+            put(&o, ns, name, json!({}), &[]).await;
+        }
+        let names = |p: &Page| -> Vec<String> {
+            p.items
+                .iter()
+                .map(|s| {
+                    s.value()["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string()
+                })
+                .collect()
+        };
+        let p = o.list_page("t/things", Some("a"), None, Some(2), |_| true);
+        assert_eq!(names(&p), ["1", "2"]);
+        assert_eq!(p.next, Some(("a".into(), "2".into())));
+        let p = o.list_page("t/things", Some("a"), p.next.as_ref(), Some(2), |_| true);
+        assert_eq!(names(&p), ["3"]);
+        assert_eq!(p.next, None, "the walk stops at the namespace's end");
+        let all = o.list_page("t/things", None, None, None, |_| true);
+        assert_eq!(all.items.len(), 5);
+        let p = o.list_page(
+            "t/things",
+            None,
+            Some(&("a".into(), "3".into())),
+            Some(1),
+            |_| true,
+        );
+        assert_eq!(names(&p), ["1"]);
+        assert_eq!(p.next, Some(("b".into(), "1".into())));
+    }
+
+    #[tokio::test]
+    async fn the_collector_sees_owners_through_the_index_and_batch_layers() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let o = objects(dir.path()).await;
+        put(&o, "a", "owner", json!({}), &[]).await;
+        put(&o, "a", "kept", json!({}), &["uid-owner"]).await;
+        put(&o, "a", "orphan", json!({}), &["uid-gone"]).await;
+        put(&o, "a", "free", json!({}), &[]).await;
+        let reply = o
+            .write(
+                true,
+                Box::new(|txn| {
+                    let owned: Vec<String> = txn
+                        .owned("t/things")
+                        .into_iter()
+                        .map(|(k, _)| k.2)
+                        .collect();
+                    assert_eq!(owned, ["kept", "orphan"]);
+                    assert!(txn.uid_exists("uid-owner") && !txn.uid_exists("uid-gone"));
+                    // A removal earlier in the same transaction is seen.
+                    txn.remove(&(Arc::from("t/things"), "a".into(), "owner".into()));
+                    assert!(!txn.uid_exists("uid-owner"));
+                    let v = obj("a", "late", json!({}), &["uid-free"]);
+                    txn.put(&(Arc::from("t/things"), "a".into(), "late".into()), v);
+                    let owned: Vec<String> = txn
+                        .owned("t/things")
+                        .into_iter()
+                        .map(|(k, _)| k.2)
+                        .collect();
+                    assert_eq!(owned, ["kept", "late", "orphan"]);
+                    Ok(WriteReply::ok(Value::Null))
+                }),
+            )
+            .await;
+        assert!(reply.is_ok());
+    }
+}

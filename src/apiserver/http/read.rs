@@ -117,76 +117,55 @@ pub(super) fn list(
     if let Some(n) = &next {
         meta["continue"] = json!(n);
     }
-    if want == Want::Json && t.def.view == View::Plain {
-        // The stored texts, as they are.
-        let mut body = list_head(&format!("{}List", t.def.kind), &t.def.api_version(), &meta);
-        for (i, o) in page.items.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(o.json());
-        }
-        body.extend_from_slice(b"]}");
-        return Ok(text_response(body));
-    }
-    let values: Vec<Value> = page.items.iter().map(|o| o.value()).collect();
-    let views = values.iter().map(|o| verbs::view(&t.def, o));
-    let body = match want {
+    // The body is written object by object: the stored text as it is for JSON, else one object
+    // parsed, turned into its view (a Table row, its metadata) and written before the next, so
+    // a list holds one parsed object at a time whatever its length (ADR 0058).
+    let plain = t.def.view == View::Plain;
+    let mut body = match want {
         Want::Table => {
-            let views: Vec<_> = views.collect();
-            let refs: Vec<&Value> = views.iter().map(|v| &**v).collect();
-            let mut table = table::table(
-                &t.def,
-                &refs,
-                IncludeObject::parse(q.get("includeObject")),
-                "",
-                true,
-            );
-            table["metadata"] = meta;
-            table.to_string().into_bytes()
+            let head = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta,
+                "columnDefinitions": table::column_definitions(&t.def)});
+            open_array(&head, "rows")
         }
-        Want::Meta => list_text(
-            "PartialObjectMetadataList",
-            "meta.k8s.io/v1",
-            &meta,
-            views.map(|v| table::partial_metadata(&v)),
-        ),
-        Want::Json => list_text(
-            &format!("{}List", t.def.kind),
-            &t.def.api_version(),
-            &meta,
-            views,
-        ),
+        Want::Meta => {
+            let head = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta});
+            open_array(&head, "items")
+        }
+        Want::Json => {
+            let head = json!({"kind": format!("{}List", t.def.kind), "apiVersion": t.def.api_version(), "metadata": meta});
+            open_array(&head, "items")
+        }
     };
+    let include = IncludeObject::parse(q.get("includeObject"));
+    let now = jiff::Timestamp::now().as_second();
+    for (i, o) in page.items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        if want == Want::Json && plain {
+            body.extend_from_slice(o.json());
+            continue;
+        }
+        let value = o.value();
+        let view = verbs::view(&t.def, &value);
+        // Writing into a Vec cannot fail.
+        let _ = match want {
+            Want::Table => {
+                serde_json::to_writer(&mut body, &table::row(&t.def, &view, include, now))
+            }
+            Want::Meta => serde_json::to_writer(&mut body, &table::partial_metadata(&view)),
+            Want::Json => serde_json::to_writer(&mut body, &*view),
+        };
+    }
+    body.extend_from_slice(b"]}");
     Ok(text_response(body))
 }
 
-/// A list body written item by item, without first building the whole list as one value.
-fn list_text<V: std::borrow::Borrow<Value>>(
-    kind: &str,
-    api_version: &str,
-    meta: &Value,
-    items: impl Iterator<Item = V>,
-) -> Vec<u8> {
-    let mut out = list_head(kind, api_version, meta);
-    for (i, item) in items.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        // Writing into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut out, item.borrow());
-    }
-    out.extend_from_slice(b"]}");
-    out
-}
-
-/// A list body up to its first item: `{"kind":…,"apiVersion":…,"metadata":…,"items":[`.
-fn list_head(kind: &str, api_version: &str, meta: &Value) -> Vec<u8> {
-    let mut out = json!({"kind": kind, "apiVersion": api_version, "metadata": meta})
-        .to_string()
-        .into_bytes();
+/// `head` serialized up to an opened array under `field`: `{…,"field":[`.
+fn open_array(head: &Value, field: &str) -> Vec<u8> {
+    let mut out = head.to_string().into_bytes();
     out.pop(); // the closing brace
-    out.extend_from_slice(b",\"items\":[");
+    out.extend_from_slice(format!(",{}:[", json!(field)).as_bytes());
     out
 }
 
