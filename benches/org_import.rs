@@ -9,8 +9,9 @@
 //!    (`serve --controllers org_import`: records only), vs `kubectl apply` of the same 200
 //!    Workspace manifests (same parents, same files_dir) — target < 2 s;
 //! 3. with Docker (`serve --controllers all`): OrgImport → all Online, vs `kubectl apply` of the
-//!    200 plain Workspaces → all Online. `MOLECULE_BENCH_ORG_DOCKER=N` changes the size of this
-//!    phase (0 skips it).
+//!    200 plain Workspaces → all Online, and vs plain `docker run` of the same containers from a
+//!    shell loop (timed until the loop ends). `MOLECULE_BENCH_ORG_DOCKER=N` changes the size of
+//!    this phase (0 skips it).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -157,6 +158,29 @@ impl Drop for Serve {
                 .output();
         }
     }
+}
+
+impl Serve {
+    fn rss_mb(&self) -> f64 {
+        let pid = self.child.as_ref().map_or(0, Child::id);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|k| k.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    }
+}
+
+/// A command's stdout, or nothing.
+fn sh_out(args: &[&str]) -> String {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 fn start(dir: &Path, port: u16, templates: &Path, controllers: &str) -> Serve {
@@ -525,6 +549,7 @@ fn main() {
         Some(&org_manifest("bench")),
     );
     let org_online = wait_online(port, &token, "org", n, t);
+    let org_rss = serve.rss_mb();
     kubectl(
         &kc,
         &home,
@@ -544,9 +569,49 @@ fn main() {
     kubectl(&kc, &home, &["delete", "ws", "--all", "-n", "plain"], None);
     wait_gone(port, &token, "plain");
     drop(serve);
+
+    // Plain `docker run` of the same containers from a shell loop (the options the operator
+    // gives a tier-2 echo workspace), timed until the loop ends: no registration is waited for.
+    let image = sh_out(&[
+        "docker",
+        "images",
+        "molecule-local/echo",
+        "--format",
+        "{{.Repository}}:{{.Tag}}",
+    ]);
+    let image = image.lines().next().unwrap_or("").to_string();
+    let cfg = tmp.path().join("loop-configs");
+    std::fs::create_dir_all(&cfg).expect("configs");
+    std::fs::write(
+        cfg.join("config.yaml"),
+        "workspace_id: loop\nplatform_url: http://127.0.0.1:9\n",
+    )
+    .expect("config");
+    let script = format!(
+        "for i in $(seq 1 {n}); do docker run -d --name mbenchloop-$i --network molecule-core-net -p 127.0.0.1::8000 --memory 512m --cpus 1 --restart unless-stopped --add-host host.docker.internal:host-gateway -v {}:/configs:ro {image} >/dev/null || exit 1; done",
+        cfg.display()
+    );
+    let t = Instant::now();
+    let loop_ok = Command::new("sh")
+        .args(["-c", &script])
+        .status()
+        .is_ok_and(|s| s.success());
+    let docker_loop = t.elapsed();
+    let _ = Command::new("sh")
+        .args([
+            "-c",
+            "docker ps -aq --filter name=mbenchloop- | xargs -r docker rm -f >/dev/null",
+        ])
+        .status();
     println!(
-        "  docker, all Online:    {:8.1} s   OrgImport of {n} workspaces",
+        "  docker, all Online:    {:8.1} s   OrgImport of {n} workspaces; serve RSS with them Online {org_rss:.1} MB",
         org_online.as_secs_f64()
+    );
+    println!(
+        "  baseline docker run:   {:8.1} s   the same {n} containers from a shell loop (started, not registered){}   ratio {:.2}x (target <= 1.0)",
+        docker_loop.as_secs_f64(),
+        if loop_ok { "" } else { " FAILED" },
+        org_online.as_secs_f64() / docker_loop.as_secs_f64()
     );
     println!(
         "  baseline kubectl apply:{:8.1} s   the same {n} plain Workspaces → Online   ratio {:.2}x",

@@ -216,7 +216,11 @@ where
         let task = tokio::spawn({
             let (subscribers, reader) = (subscribers.clone(), reader.clone());
             async move {
-                let stream = watcher(api, config).default_backoff();
+                // managedFields are the API server's bookkeeping, read by no controller; the
+                // cache drops them (about half of a cached Workspace's memory).
+                let stream = watcher(api, config)
+                    .default_backoff()
+                    .modify(|o| o.meta_mut().managed_fields = None);
                 let mut stream = std::pin::pin!(stream);
                 while let Some(item) = stream.next().await {
                     match item {

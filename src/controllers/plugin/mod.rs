@@ -294,7 +294,8 @@ pub async fn run(
     let (ws_store, ws_writer) = reflector::store::<Workspace>();
     let ws_stream = reflector::reflector(
         ws_writer,
-        watcher(Api::<Workspace>::all(client.clone()), cfg.clone()),
+        watcher(Api::<Workspace>::all(client.clone()), cfg.clone())
+            .modify(|o| o.metadata.managed_fields = None),
     )
     .default_backoff()
     .touched_objects();
