@@ -204,6 +204,17 @@ where
     }
 }
 
+/// Drops what no controller reads and a cached object would otherwise carry: managedFields
+/// (the API server's bookkeeping, about half of a cached Workspace) and kubectl's
+/// last-applied-configuration (a second copy of the object as it was applied).
+pub fn slim<K: Resource>(o: &mut K) {
+    let meta = o.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 impl<K> SharedCache<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -216,11 +227,7 @@ where
         let task = tokio::spawn({
             let (subscribers, reader) = (subscribers.clone(), reader.clone());
             async move {
-                // managedFields are the API server's bookkeeping, read by no controller; the
-                // cache drops them (about half of a cached Workspace's memory).
-                let stream = watcher(api, config)
-                    .default_backoff()
-                    .modify(|o| o.meta_mut().managed_fields = None);
+                let stream = watcher(api, config).default_backoff().modify(slim);
                 let mut stream = std::pin::pin!(stream);
                 while let Some(item) = stream.next().await {
                     match item {

@@ -280,7 +280,7 @@ pub async fn run(
         watcher::watcher(Api::<Runtime>::all(client), watcher::Config::default()).default_backoff();
     let mut workspaces = std::pin::pin!(workspaces);
     let mut runtimes = std::pin::pin!(runtimes);
-    let mut views: HashMap<String, WorkspaceView> = HashMap::new();
+    let mut sent: HashMap<String, Sent> = HashMap::new();
     let mut runtime_buffer: Option<HashMap<String, i64>> = None;
     let stop = shutdown.wait();
     let mut stop = std::pin::pin!(stop);
@@ -294,14 +294,14 @@ pub async fn run(
                         let was_ready = cache.read().ready;
                         cache.replace_all(list);
                         cache.bump();
-                        let all: Vec<String> = views.keys().cloned().chain(cache.read().by_uid.keys().cloned()).collect();
+                        let all: Vec<String> = sent.keys().cloned().chain(cache.read().by_uid.keys().cloned()).collect();
                         // The first list only seeds; after a re-list, announce what changed
                         // while the watch was down.
-                        publish(&cache, &mut views, all, was_ready.then_some(&events), &metrics);
+                        publish(&cache, &mut sent, all, was_ready.then_some(&events), &metrics);
                         continue;
                     }
                     Change::Applied(w) => {
-                        let name_is_new = w.uid().is_some_and(|u| !views.contains_key(&u));
+                        let name_is_new = w.uid().is_some_and(|u| !sent.contains_key(&u));
                         let key = key_of(&w);
                         cache.upsert(w);
                         cache.bump();
@@ -316,7 +316,7 @@ pub async fn run(
                         a
                     }
                 };
-                publish(&cache, &mut views, changed, Some(&events), &metrics);
+                publish(&cache, &mut sent, changed, Some(&events), &metrics);
             }
             ev = runtimes.next() => {
                 let Some(Ok(ev)) = ev else { continue };
@@ -355,9 +355,18 @@ fn affected(cache: &Cache, key: &Key, name_changed: bool) -> Vec<String> {
     out
 }
 
+/// What the stream last sent about one workspace: the view's fingerprint, and what renders its
+/// removal message (the record is the cache's own `Arc` while it lives).
+struct Sent {
+    print: view::Fingerprint,
+    record: Arc<Workspace>,
+    parent: Option<String>,
+    timeout: Option<i64>,
+}
+
 fn publish(
     cache: &Cache,
-    views: &mut HashMap<String, WorkspaceView>,
+    sent: &mut HashMap<String, Sent>,
     mut uids: Vec<String>,
     events: Option<&broadcast::Sender<Arc<Outgoing>>>,
     metrics: &crate::telemetry::Metrics,
@@ -369,14 +378,26 @@ fn publish(
     for uid in uids {
         let new = {
             let g = cache.read();
-            g.by_uid.get(&uid).map(|w| g.render(w))
+            g.by_uid.get(&uid).map(|w| {
+                let parent = g.parent_uid(w);
+                let runtime = w.spec.runtime.as_deref().unwrap_or("echo");
+                let timeout = g.timeouts.get(runtime).copied();
+                let view = view::render(w, parent.clone(), timeout);
+                let sent = Sent {
+                    print: view::Fingerprint::of(&view),
+                    record: w.clone(),
+                    parent,
+                    timeout,
+                };
+                (view, sent)
+            })
         };
-        let old = views.get(&uid);
-        let names = view::transitions(old, new.as_ref());
+        let old = sent.get(&uid);
+        let names = view::changes(old.map(|o| &o.print), new.as_ref().map(|(_, s)| &s.print));
         let payload = match (&new, old) {
-            (Some(n), _) => Some(n.clone()),
+            (Some((n, _)), _) => Some(n.clone()),
             (None, Some(o)) => {
-                let mut gone = o.clone();
+                let mut gone = view::render(&o.record, o.parent.clone(), o.timeout);
                 gone.status = "removed";
                 gone.phase = "Terminating".into();
                 Some(gone)
@@ -395,11 +416,11 @@ fn publish(
             }
         }
         match new {
-            Some(n) => {
-                views.insert(uid, n);
+            Some((_, s)) => {
+                sent.insert(uid, s);
             }
             None => {
-                views.remove(&uid);
+                sent.remove(&uid);
             }
         }
     }

@@ -222,6 +222,49 @@ pub fn render(
 /// change wins; a heartbeat alone gives `WORKSPACE_HEARTBEAT`; other visible changes
 /// `WORKSPACE_UPDATED`; a resourceVersion bump alone gives nothing.
 pub fn transitions(old: Option<&WorkspaceView>, new: Option<&WorkspaceView>) -> Vec<&'static str> {
+    changes(
+        old.map(Fingerprint::of).as_ref(),
+        new.map(Fingerprint::of).as_ref(),
+    )
+}
+
+/// What the stream needs to remember of a sent view to name the next change: its status and
+/// hashes of the parts each message is about. A few dozen bytes instead of the view (ADR 0058).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    status: &'static str,
+    card: u64,
+    task: u64,
+    heartbeat: u64,
+    /// Everything else but the resourceVersion.
+    rest: u64,
+}
+
+impl Fingerprint {
+    pub fn of(v: &WorkspaceView) -> Self {
+        use std::hash::{Hash, Hasher};
+        let hash = |f: &dyn Fn(&mut std::collections::hash_map::DefaultHasher)| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            f(&mut h);
+            h.finish()
+        };
+        let mut rest = v.clone();
+        rest.resource_version = 0;
+        Fingerprint {
+            status: v.status,
+            card: hash(&|h| v.agent_card.as_ref().map(Value::to_string).hash(h)),
+            task: hash(&|h| (v.active_tasks, &v.current_task).hash(h)),
+            heartbeat: hash(&|h| v.last_heartbeat.hash(h)),
+            rest: hash(&|h| {
+                serde_json::to_string(&rest).unwrap_or_default().hash(h);
+                (&rest.last_heartbeat, &rest.created).hash(h);
+            }),
+        }
+    }
+}
+
+/// The messages a change from `old` to `new` makes.
+pub fn changes(old: Option<&Fingerprint>, new: Option<&Fingerprint>) -> Vec<&'static str> {
     let (o, n) = match (old, new) {
         (None, None) => return vec![],
         (None, Some(n)) => return vec![status_event(n.status)],
@@ -233,21 +276,17 @@ pub fn transitions(old: Option<&WorkspaceView>, new: Option<&WorkspaceView>) -> 
     if o.status != n.status {
         out.push(status_event(n.status));
     }
-    if o.agent_card != n.agent_card {
+    if o.card != n.card {
         out.push(names::AGENT_CARD_UPDATED);
     }
-    if o.active_tasks != n.active_tasks || o.current_task != n.current_task {
+    if o.task != n.task {
         out.push(names::TASK_UPDATED);
     }
     if out.is_empty() {
-        if o.last_heartbeat != n.last_heartbeat {
+        if o.heartbeat != n.heartbeat {
             out.push(names::HEARTBEAT);
-        } else {
-            let mut before = o.clone();
-            before.resource_version = n.resource_version;
-            if before != *n {
-                out.push(names::UPDATED);
-            }
+        } else if o.rest != n.rest {
+            out.push(names::UPDATED);
         }
     }
     out

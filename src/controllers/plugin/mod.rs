@@ -295,7 +295,7 @@ pub async fn run(
     let ws_stream = reflector::reflector(
         ws_writer,
         watcher(Api::<Workspace>::all(client.clone()), cfg.clone())
-            .modify(|o| o.metadata.managed_fields = None),
+            .modify(crate::controllers::cache::slim),
     )
     .default_backoff()
     .touched_objects();
