@@ -179,6 +179,47 @@ fn kubectl_get(dir: &Path, chunk: &str) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
+/// A watcher from `rv` that records, for each of the first `count` events `wanted` picks,
+/// the delay from the time stamp in its `annotation` to delivery.
+async fn watch_latency(
+    api: &Api<Workspace>,
+    rv: &str,
+    annotation: &'static str,
+    count: usize,
+    lat: Arc<Mutex<Vec<f64>>>,
+    wanted: fn(&WatchEvent<Workspace>) -> bool,
+) -> tokio::task::JoinHandle<()> {
+    let mut stream = api
+        .watch(&WatchParams::default().timeout(290), rv)
+        .await
+        .expect("watch")
+        .boxed();
+    tokio::spawn(async move {
+        let mut seen = 0;
+        while let Ok(Some(ev)) = stream.try_next().await {
+            if !wanted(&ev) {
+                continue;
+            }
+            if let WatchEvent::Added(o) | WatchEvent::Modified(o) = &ev
+                && let Some(sent) = o
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(annotation))
+                    .and_then(|s| s.parse::<u128>().ok())
+            {
+                lat.lock()
+                    .expect("lock")
+                    .push((now_micros().saturating_sub(sent)) as f64 / 1000.0);
+            }
+            seen += 1;
+            if seen >= count {
+                return;
+            }
+        }
+    })
+}
+
 /// Watch delivery during a burst: `BURST_WATCHERS` watchers from the current resourceVersion,
 /// `BURST_PER_S` annotation patches a second for `BURST_SECS`. Returns (deliveries, p50, p99).
 async fn burst(api: &Api<Workspace>, n: usize) -> (usize, f64, f64) {
@@ -193,34 +234,12 @@ async fn burst(api: &Api<Workspace>, n: usize) -> (usize, f64, f64) {
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     let mut watchers = vec![];
     for _ in 0..BURST_WATCHERS {
-        let mut stream = api
-            .watch(&WatchParams::default().timeout(290), &rv)
-            .await
-            .expect("watch")
-            .boxed();
-        let lat = latencies.clone();
-        watchers.push(tokio::spawn(async move {
-            let mut seen = 0;
-            while let Ok(Some(ev)) = stream.try_next().await {
-                if let WatchEvent::Modified(o) = ev {
-                    if let Some(sent) = o
-                        .metadata
-                        .annotations
-                        .as_ref()
-                        .and_then(|a| a.get("bench/burst"))
-                        .and_then(|s| s.parse::<u128>().ok())
-                    {
-                        lat.lock()
-                            .expect("lock")
-                            .push((now_micros().saturating_sub(sent)) as f64 / 1000.0);
-                    }
-                    seen += 1;
-                    if seen >= total {
-                        return;
-                    }
-                }
-            }
-        }));
+        watchers.push(
+            watch_latency(api, &rv, "bench/burst", total, latencies.clone(), |e| {
+                matches!(e, WatchEvent::Modified(_))
+            })
+            .await,
+        );
     }
     // Paced writers: each sends its share of the rate on its own ticker.
     let writers = 20;
@@ -276,35 +295,12 @@ async fn run(label: &str, database_url: Option<&str>) {
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     let mut watchers = vec![];
     for _ in 0..WATCHERS {
-        let api = api.clone();
-        let lat = latencies.clone();
-        let mut stream = api
-            .watch(&WatchParams::default().timeout(290), "0")
-            .await
-            .expect("watch")
-            .boxed();
-        watchers.push(tokio::spawn(async move {
-            let mut seen = 0;
-            while let Ok(Some(ev)) = stream.try_next().await {
-                if let WatchEvent::Added(o) = ev {
-                    if let Some(sent) = o
-                        .metadata
-                        .annotations
-                        .as_ref()
-                        .and_then(|a| a.get("bench/sent"))
-                        .and_then(|s| s.parse::<u128>().ok())
-                    {
-                        lat.lock()
-                            .expect("lock")
-                            .push((now_micros().saturating_sub(sent)) as f64 / 1000.0);
-                    }
-                    seen += 1;
-                    if seen >= n {
-                        return;
-                    }
-                }
-            }
-        }));
+        watchers.push(
+            watch_latency(&api, "0", "bench/sent", n, latencies.clone(), |e| {
+                matches!(e, WatchEvent::Added(_))
+            })
+            .await,
+        );
     }
 
     let start = Instant::now();
