@@ -174,6 +174,14 @@ impl Serve {
     }
 }
 
+/// Answers one request on `conn` with 200 `{}` and closes it (as `benches/workspaces.rs`'
+/// stand-in platform does).
+fn answer_ok(mut conn: TcpStream) {
+    let mut buf = [0u8; 8192];
+    let _ = conn.read(&mut buf);
+    let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+}
+
 /// A command's stdout, or nothing.
 fn sh_out(args: &[&str]) -> String {
     Command::new(args[0])
@@ -580,13 +588,31 @@ fn main() {
         "{{.Repository}}:{{.Tag}}",
     ]);
     let image = image.lines().next().unwrap_or("").to_string();
+    // A stand-in platform on the network's gateway answers every registration and heartbeat
+    // with 200, so the loop's agents run like the operator's instead of exiting and restarting.
+    let gateway = sh_out(&[
+        "docker",
+        "network",
+        "inspect",
+        "-f",
+        "{{(index .IPAM.Config 0).Gateway}}",
+        "molecule-core-net",
+    ]);
+    let platform = TcpListener::bind((gateway.as_str(), 0)).expect("bind gateway");
+    let platform_url = format!("http://{}", platform.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for conn in platform.incoming().flatten() {
+            std::thread::spawn(move || answer_ok(conn));
+        }
+    });
     let cfg = tmp.path().join("loop-configs");
     std::fs::create_dir_all(&cfg).expect("configs");
     std::fs::write(
         cfg.join("config.yaml"),
-        "workspace_id: loop\nplatform_url: http://127.0.0.1:9\n",
+        format!("workspace_id: loop\nplatform_url: {platform_url}\n"),
     )
     .expect("config");
+    std::fs::write(cfg.join(".auth_token"), "bench").expect("token");
     let script = format!(
         "for i in $(seq 1 {n}); do docker run -d --name mbenchloop-$i --network molecule-core-net -p 127.0.0.1::8000 --memory 512m --cpus 1 --restart unless-stopped --add-host host.docker.internal:host-gateway -v {}:/configs:ro {image} >/dev/null || exit 1; done",
         cfg.display()
