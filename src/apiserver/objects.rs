@@ -397,9 +397,24 @@ impl<'a> Txn<'a> {
         keys.extend(self.batch.keys().cloned());
         keys.extend(self.op.keys().cloned());
         keys.into_iter()
+            .filter(|k| self.owned_by(k, uid))
             .filter_map(|k| self.get(&k).map(|v| (k, v)))
-            .filter(|(_, v)| owner_uids(v).iter().any(|o| o == uid))
             .collect()
+    }
+
+    /// Whether the current object at `key` names `uid` as an owner, read from the index for
+    /// stored versions: only dependents are parsed.
+    fn owned_by(&self, key: &Key, uid: &str) -> bool {
+        if let Some(v) = self.op.get(key) {
+            return v
+                .as_ref()
+                .is_some_and(|v| owner_uids(v).iter().any(|o| o == uid));
+        }
+        let stored = match self.batch.get(key) {
+            Some(v) => v.as_ref(),
+            None => self.base.get(key),
+        };
+        stored.is_some_and(|s| s.owner_uids().any(|o| o == uid))
     }
 
     /// Stores `obj` at `key` with a new resourceVersion; returns what was stored.

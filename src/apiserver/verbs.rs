@@ -730,7 +730,7 @@ pub fn after_removal(txn: &mut Txn<'_>, reg: &Registry, last: &Value) -> Result<
         for (dk, dv) in txn.dependents(&uid) {
             let other_owner_alive = owner_refs(&dv)
                 .iter()
-                .any(|(u, _)| u != &uid && txn.find_uid(u).is_some());
+                .any(|(u, _)| u != &uid && txn.uid_exists(u));
             if other_owner_alive {
                 let mut d = (*dv).clone();
                 strip_owner(&mut d, &uid);
