@@ -344,8 +344,24 @@ impl Images {
         let tag = self
             .echo
             .get_or_try_init(|| async {
+                if self.settings.simulated {
+                    // No engine behind the simulated backend: the tag names the content and
+                    // nothing is built (a build would be engine work inside a measurement).
+                    let binary = self.settings.agent_binary.clone();
+                    let memo = self.settings.build_cache.clone();
+                    return tokio::task::spawn_blocking(move || {
+                        echo::content_tag_memo(&binary, &memo)
+                    })
+                    .await
+                    .map_err(|e| BackendError::Permanent(format!("resolving image contents: {e}")))?;
+                }
                 let t = Instant::now();
-                let tag = echo::ensure_echo_image(&self.docker, &self.settings.agent_binary).await?;
+                let tag = echo::ensure_echo_image_memo(
+                    &self.docker,
+                    &self.settings.agent_binary,
+                    &self.settings.build_cache,
+                )
+                .await?;
                 tracing::info!(image = %tag, ms = t.elapsed().as_millis() as u64, "echo image ready");
                 // Images of earlier binaries would otherwise pile up with every upgrade.
                 let (docker, keep) = (self.docker.clone(), tag.clone());
@@ -502,6 +518,17 @@ impl Images {
 
     async fn builtin(&self) -> Result<Resolved, ImageError> {
         let tag = self.echo_image().await?;
+        if self.settings.simulated {
+            return Ok(Resolved {
+                image: tag.clone(),
+                available: true,
+                digest: None,
+                source: ImageSource::Builtin,
+                built_from_sha: None,
+                fingerprint: tag,
+                note: None,
+            });
+        }
         let mut id = self.local_id(&tag).await?;
         if id.is_none() {
             // Removed under us (another installation pruned it, or `docker rmi`): build again.
