@@ -292,6 +292,18 @@ where
         })
     }
 
+    /// Every object a change touches (applied, deleted, or in a relist), for `name`, which
+    /// replaces an earlier subscriber of that name: a trigger for a controller of another kind
+    /// (`Controller::watches_shared_stream`) without a watch of its own.
+    pub fn touched(&self, name: &str) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        tokio_stream::wrappers::UnboundedReceiverStream::new(self.feed(name)).flat_map(|c| {
+            futures::stream::iter(match c {
+                Change::Applied(o) | Change::Deleted(o) => vec![o],
+                Change::Relisted(all) => all,
+            })
+        })
+    }
+
     /// A controller over this cache for one leadership term: it reconciles everything cached
     /// now, then every change, and reports what waits on `queue`.
     pub fn controller(&self, queue: &Arc<WorkQueue>) -> Controller<K> {

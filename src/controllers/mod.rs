@@ -211,30 +211,25 @@ fn secret_dependents(
 }
 
 /// Wakes the reaper on every Workspace deletion: a record that disappears (deleted, finalizer
-/// stripped, store wiped) leaves orphans at once, not at the next resync. The same watch keeps
+/// stripped, store wiped) leaves orphans at once, not at the next resync. The same changes keep
 /// `live` current, which lets Docker events about live Workspaces pass without a reaper pass.
+/// They come from the shared Workspace cache (ADR 0025), not a watch of their own.
 async fn reap_on_deletions(
-    client: Client,
+    mut feed: crate::feed::Feed<crate::resources::Workspace>,
     triggers: cache::Relay<()>,
     live: reaper::LiveUids,
     stop: Shutdown,
 ) {
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, watcher};
-    let api: kube::Api<crate::resources::Workspace> = kube::Api::all(client);
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
-    let mut stream = std::pin::pin!(stream);
     let stop = stop.wait();
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            ev = stream.next() => match ev {
-                Some(Ok(ev)) => {
-                    if live.apply(&ev) {
+            change = feed.recv() => match change {
+                Some(change) => {
+                    if live.apply(&change) {
                         triggers.send(());
                     }
                 }
-                Some(Err(_)) => {}
                 None => return,
             },
             _ = &mut stop => return,
@@ -451,7 +446,7 @@ pub async fn run(
         {
             let triggers = reap_triggers.subscribe(64);
             tasks.spawn(reap_on_deletions(
-                client.clone(),
+                workspaces.feed("reaper"),
                 reap_triggers.clone(),
                 live_uids.clone(),
                 term.clone(),
@@ -475,6 +470,7 @@ pub async fn run(
                 host.plugins.clone(),
                 metrics.clone(),
                 host.audit.clone(),
+                &workspaces,
                 term.clone(),
             ));
         }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, ListParams};
-use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
@@ -48,7 +47,7 @@ pub struct Live {
     pub token_hash: Option<String>,
 }
 
-/// The uids of the Workspaces that exist, kept current by the reaper's own watch. A Docker event
+/// The uids of the Workspaces that exist, kept current from the shared Workspace cache. A Docker event
 /// about an object of a live Workspace cannot make an orphan (only the record's deletion can,
 /// and that wakes the reaper itself), so such events do not trigger a pass: a burst of
 /// provisions no longer makes the reaper list every container again and again.
@@ -59,8 +58,6 @@ pub struct LiveUids(Arc<std::sync::RwLock<LiveState>>);
 struct LiveState {
     /// None until the first full list arrived: every event counts until then.
     known: Option<HashSet<String>>,
-    /// The list being received after a (re)start of the watch.
-    pending: HashSet<String>,
 }
 
 impl LiveUids {
@@ -72,32 +69,36 @@ impl LiveUids {
             .unwrap_or(false)
     }
 
-    /// Folds one watch event in; true when it was a deletion (a pass is due).
-    pub fn apply(&self, ev: &watcher::Event<Workspace>) -> bool {
+    /// Folds one change of the shared Workspace cache in (ADR 0025); true when a record went
+    /// away, by a deletion or missing from a relist (a pass is due).
+    pub fn apply(&self, change: &crate::feed::Change<Workspace>) -> bool {
+        use crate::feed::Change;
         let Ok(mut s) = self.0.write() else {
-            return matches!(ev, watcher::Event::Delete(_));
+            return !matches!(change, Change::Applied(_));
         };
-        match ev {
-            watcher::Event::Init => s.pending.clear(),
-            watcher::Event::InitApply(w) => {
-                if let Some(u) = w.uid() {
-                    s.pending.insert(u);
-                }
+        match change {
+            Change::Relisted(all) => {
+                let now: HashSet<String> = all.iter().filter_map(|w| w.uid()).collect();
+                let vanished = s
+                    .known
+                    .as_ref()
+                    .is_some_and(|k| k.iter().any(|u| !now.contains(u)));
+                s.known = Some(now);
+                vanished
             }
-            watcher::Event::InitDone => s.known = Some(std::mem::take(&mut s.pending)),
-            watcher::Event::Apply(w) => {
+            Change::Applied(w) => {
                 if let (Some(u), Some(k)) = (w.uid(), s.known.as_mut()) {
                     k.insert(u);
                 }
+                false
             }
-            watcher::Event::Delete(w) => {
+            Change::Deleted(w) => {
                 if let (Some(u), Some(k)) = (w.uid(), s.known.as_mut()) {
                     k.remove(&u);
                 }
-                return true;
+                true
             }
         }
-        false
     }
 }
 
@@ -306,35 +307,27 @@ mod tests {
     }
 
     #[test]
-    fn live_uids_follow_the_watch_and_know_nothing_before_the_first_list() {
-        use watcher::Event;
+    fn live_uids_follow_the_cache_and_know_nothing_before_the_first_list() {
+        use crate::feed::Change;
+        let ws = |u: &str| Arc::new(ws(u));
         let live = LiveUids::default();
-        assert!(!live.apply(&Event::Apply(ws("a"))));
+        assert!(!live.apply(&Change::Applied(ws("a"))));
         assert!(
             !live.contains("a"),
             "unknown until the first list is complete"
         );
-        live.apply(&Event::Init);
-        live.apply(&Event::InitApply(ws("a")));
-        live.apply(&Event::InitApply(ws("b")));
-        assert!(!live.contains("a"));
-        live.apply(&Event::InitDone);
+        assert!(!live.apply(&Change::Relisted(vec![ws("a"), ws("b")])));
         assert!(live.contains("a") && live.contains("b"));
-        live.apply(&Event::Apply(ws("c")));
+        live.apply(&Change::Applied(ws("c")));
         assert!(live.contains("c"));
         assert!(
-            live.apply(&Event::Delete(ws("b"))),
+            live.apply(&Change::Deleted(ws("b"))),
             "a deletion is due a pass"
         );
         assert!(!live.contains("b"));
-        // A re-list replaces the set: what vanished meanwhile is gone.
-        live.apply(&Event::Init);
-        live.apply(&Event::InitApply(ws("c")));
-        assert!(
-            live.contains("a"),
-            "the old set holds until the new list is complete"
-        );
-        live.apply(&Event::InitDone);
+        // A relist replaces the set: what vanished meanwhile is gone, and due a pass.
+        assert!(!live.apply(&Change::Relisted(vec![ws("a"), ws("c")])));
+        assert!(live.apply(&Change::Relisted(vec![ws("c")])));
         assert!(!live.contains("a") && live.contains("c"));
     }
 

@@ -358,15 +358,21 @@ impl Harness {
             default_backend: self.backends().default_kind,
             ..settings
         };
-        self.tasks.push(tokio::spawn(plugin::run(
+        let cache = self
+            .workspaces
+            .as_ref()
+            .expect("the harness keeps its Workspace cache until dropped");
+        let run = plugin::run(
             self.client.clone(),
             self.backend.clone() as Arc<dyn WorkspaceBackend>,
             self.kubernetes.clone(),
             settings,
             self.metrics.clone(),
             self.audit.clone(),
+            cache,
             self.shutdown.clone(),
-        )));
+        );
+        self.tasks.push(tokio::spawn(run));
     }
 
     /// Runs the Runtime controller; returns its context.

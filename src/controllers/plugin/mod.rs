@@ -281,24 +281,38 @@ pub fn install_for_workspace(
 }
 
 /// Runs the controller and the drift loop until shutdown.
-pub async fn run(
+pub fn run(
     client: Client,
     backend: Arc<dyn WorkspaceBackend>,
     kubernetes: Option<Arc<dyn WorkspaceBackend>>,
     settings: Settings,
     metrics: Arc<Metrics>,
     audit: crate::audit::Audit,
+    workspaces: &crate::controllers::cache::SharedCache<Workspace>,
+    shutdown: Shutdown,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    // The process's one Workspace cache (ADR 0025): its store for lookups, its changes as
+    // triggers.
+    let ws_store = workspaces.reader();
+    let ws_stream = workspaces.touched("plugin");
+    run_with(
+        client, backend, kubernetes, settings, metrics, audit, ws_store, ws_stream, shutdown,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_with(
+    client: Client,
+    backend: Arc<dyn WorkspaceBackend>,
+    kubernetes: Option<Arc<dyn WorkspaceBackend>>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    audit: crate::audit::Audit,
+    ws_store: Store<Workspace>,
+    ws_stream: impl futures::Stream<Item = Arc<Workspace>> + Send + 'static,
     shutdown: Shutdown,
 ) {
     let cfg = watcher::Config::default();
-    let (ws_store, ws_writer) = reflector::store::<Workspace>();
-    let ws_stream = reflector::reflector(
-        ws_writer,
-        watcher(Api::<Workspace>::all(client.clone()), cfg.clone())
-            .modify(crate::controllers::cache::slim),
-    )
-    .default_backoff()
-    .touched_objects();
     let (pu_store, pu_writer) = reflector::store::<PluginUpdate>();
     let pu_stream = reflector::reflector(
         pu_writer,
@@ -312,7 +326,7 @@ pub async fn run(
     let by_workspace = installs.clone();
     let related = pu_store.clone();
     let controller = controller
-        .watches_stream(ws_stream, move |ws: Workspace| {
+        .watches_shared_stream(ws_stream, move |ws: Arc<Workspace>| {
             let ns = ws.namespace();
             let name = ws.name_any();
             by_workspace
