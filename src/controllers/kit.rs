@@ -323,7 +323,8 @@ impl Reporter {
                 &Patch::Merge(body),
             )
             .map_err(kube::Error::BuildRequest)?;
-        self.client.request::<K>(request).await?;
+        // The answer is the whole object; nothing here reads it, so it is not parsed.
+        self.client.request_text(request).await?;
         Ok(true)
     }
 

@@ -137,7 +137,10 @@ pub fn render(ws: &Workspace, uid: &str, agent: &AgentSettings<'_>) -> String {
     // Prompts as block scalars; should the emitter not round-trip some text that way (odd
     // indentation, trailing blanks), as quoted scalars, which always do.
     let text = doc_text(ws, uid, agent, true);
-    if round_trips(ws, &text) {
+    // Only the prompts differ between the two forms: without them there is nothing to check
+    // (a parse per pass was a measurable part of a reconcile).
+    let prompts = [&ws.spec.initial_prompt, &ws.spec.idle_prompt];
+    if prompts.iter().all(|p| non_empty(p.as_ref()).is_none()) || round_trips(ws, &text) {
         text
     } else {
         doc_text(ws, uid, agent, false)
