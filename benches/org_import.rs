@@ -526,6 +526,21 @@ fn main() {
     if n == 0 {
         return;
     }
+    // Every agent talks to the platform on the network's gateway, so the host keeps an ARP
+    // entry per container. Past the kernel's neighbour-table threshold (gc_thresh2, 512 by
+    // default) entries are evicted and new agents' connections time out: the run would measure
+    // the host's table, not the platform.
+    let thresh = std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh2")
+        .ok()
+        .and_then(|t| t.trim().parse::<usize>().ok());
+    if let Some(t) = thresh.filter(|t| *t < n + 64) {
+        println!(
+            "  docker phase skipped: {n} containers need more ARP entries than the host keeps (gc_thresh2 = {t}); raise it with `sysctl -w net.ipv4.neigh.default.gc_thresh2={} net.ipv4.neigh.default.gc_thresh3={}`",
+            (n + 64).next_power_of_two(),
+            2 * (n + 64).next_power_of_two()
+        );
+        return;
+    }
     let docker_templates = tmp.path().join("templates-docker");
     let (docker_nodes, _) = generate(&docker_templates, n);
     let port = free_port();
