@@ -421,7 +421,10 @@ mod tests {
         let memo = dir.path().join("cache");
         let entry = ["/molecule", "agent"];
         let plain = Recipe::resolve(&binary, "r", &entry, None).unwrap().tag;
-        assert!(!memo.join(MEMO_FILE).exists(), "no memo without a directory");
+        assert!(
+            !memo.join(MEMO_FILE).exists(),
+            "no memo without a directory"
+        );
         assert_eq!(
             Recipe::resolve(&binary, "r", &entry, Some(&memo))
                 .unwrap()

@@ -280,7 +280,9 @@ pub fn install_for_workspace(
     Ok(pi)
 }
 
-/// Runs the controller and the drift loop until shutdown.
+/// Runs the controller and the drift loop until shutdown. Workspaces come from the process's
+/// one Workspace cache (ADR 0025): its store for lookups, its changes as triggers.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     client: Client,
     backend: Arc<dyn WorkspaceBackend>,
@@ -291,98 +293,82 @@ pub fn run(
     workspaces: &crate::controllers::cache::SharedCache<Workspace>,
     shutdown: Shutdown,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    // The process's one Workspace cache (ADR 0025): its store for lookups, its changes as
-    // triggers.
     let ws_store = workspaces.reader();
     let ws_stream = workspaces.touched("plugin");
-    run_with(
-        client, backend, kubernetes, settings, metrics, audit, ws_store, ws_stream, shutdown,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_with(
-    client: Client,
-    backend: Arc<dyn WorkspaceBackend>,
-    kubernetes: Option<Arc<dyn WorkspaceBackend>>,
-    settings: Settings,
-    metrics: Arc<Metrics>,
-    audit: crate::audit::Audit,
-    ws_store: Store<Workspace>,
-    ws_stream: impl futures::Stream<Item = Arc<Workspace>> + Send + 'static,
-    shutdown: Shutdown,
-) {
-    let cfg = watcher::Config::default();
-    let (pu_store, pu_writer) = reflector::store::<PluginUpdate>();
-    let pu_stream = reflector::reflector(
-        pu_writer,
-        watcher(Api::<PluginUpdate>::all(client.clone()), cfg.clone()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let controller = Controller::new(Api::<PluginInstall>::all(client.clone()), cfg)
-        .graceful_shutdown_on(shutdown.clone().wait());
-    let installs = controller.store();
-    let by_workspace = installs.clone();
-    let related = pu_store.clone();
-    let controller = controller
-        .watches_shared_stream(ws_stream, move |ws: Arc<Workspace>| {
-            let ns = ws.namespace();
-            let name = ws.name_any();
-            by_workspace
-                .state()
-                .iter()
-                .filter(|p| p.namespace() == ns && p.spec.workspace_ref.name == name)
-                .map(|p| ObjectRef::from_obj(p.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .watches_stream(pu_stream, move |u: PluginUpdate| {
-            let ns = u.namespace().unwrap_or_default();
-            let mut out =
-                vec![ObjectRef::<PluginInstall>::new(&u.spec.plugin_install_ref.name).within(&ns)];
-            // A canary's progress releases the production installs of the same batch.
-            for other in related.state() {
-                if other.namespace().as_deref() == Some(ns.as_str())
-                    && other.spec.to_sha == u.spec.to_sha
-                    && other.spec.decision == PluginDecision::Approved
-                    && other.spec.plugin_install_ref.name != u.spec.plugin_install_ref.name
-                {
-                    out.push(ObjectRef::new(&other.spec.plugin_install_ref.name).within(&ns));
+    async move {
+        let cfg = watcher::Config::default();
+        let (pu_store, pu_writer) = reflector::store::<PluginUpdate>();
+        let pu_stream = reflector::reflector(
+            pu_writer,
+            watcher(Api::<PluginUpdate>::all(client.clone()), cfg.clone()),
+        )
+        .default_backoff()
+        .touched_objects();
+        let controller = Controller::new(Api::<PluginInstall>::all(client.clone()), cfg)
+            .graceful_shutdown_on(shutdown.clone().wait());
+        let installs = controller.store();
+        let by_workspace = installs.clone();
+        let related = pu_store.clone();
+        let controller = controller
+            .watches_shared_stream(ws_stream, move |ws: Arc<Workspace>| {
+                let ns = ws.namespace();
+                let name = ws.name_any();
+                by_workspace
+                    .state()
+                    .iter()
+                    .filter(|p| p.namespace() == ns && p.spec.workspace_ref.name == name)
+                    .map(|p| ObjectRef::from_obj(p.as_ref()))
+                    .collect::<Vec<_>>()
+            })
+            .watches_stream(pu_stream, move |u: PluginUpdate| {
+                let ns = u.namespace().unwrap_or_default();
+                let mut out = vec![
+                    ObjectRef::<PluginInstall>::new(&u.spec.plugin_install_ref.name).within(&ns),
+                ];
+                // A canary's progress releases the production installs of the same batch.
+                for other in related.state() {
+                    if other.namespace().as_deref() == Some(ns.as_str())
+                        && other.spec.to_sha == u.spec.to_sha
+                        && other.spec.decision == PluginDecision::Approved
+                        && other.spec.plugin_install_ref.name != u.spec.plugin_install_ref.name
+                    {
+                        out.push(ObjectRef::new(&other.spec.plugin_install_ref.name).within(&ns));
+                    }
                 }
-            }
-            out
+                out
+            });
+        let ctx = Arc::new(Context {
+            kit: Reconciler::new(
+                "plugin",
+                metrics.clone(),
+                Backoff::new(RETRY_MIN, RETRY_MAX),
+            ),
+            report: Reporter::new(
+                client.clone(),
+                "molecule-plugin",
+                "Reconcile",
+                STATUS_FIELDS,
+            ),
+            client,
+            backend,
+            kubernetes,
+            fetcher: settings.fetcher(),
+            settings,
+            metrics,
+            audit,
+            workspaces: ws_store,
+            updates: pu_store,
+            installs,
+            methods: Mutex::default(),
+            attempts: Mutex::default(),
         });
-    let ctx = Arc::new(Context {
-        kit: Reconciler::new(
-            "plugin",
-            metrics.clone(),
-            Backoff::new(RETRY_MIN, RETRY_MAX),
-        ),
-        report: Reporter::new(
-            client.clone(),
-            "molecule-plugin",
-            "Reconcile",
-            STATUS_FIELDS,
-        ),
-        client,
-        backend,
-        kubernetes,
-        fetcher: settings.fetcher(),
-        settings,
-        metrics,
-        audit,
-        workspaces: ws_store,
-        updates: pu_store,
-        installs,
-        methods: Mutex::default(),
-        attempts: Mutex::default(),
-    });
-    let drift = tokio::spawn(drift::run(ctx.clone(), shutdown.clone()));
-    controller
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
-    drift.abort();
+        let drift = tokio::spawn(drift::run(ctx.clone(), shutdown.clone()));
+        controller
+            .run(reconcile, error_policy, ctx)
+            .for_each(|_| async {})
+            .await;
+        drift.abort();
+    }
 }
 
 /// Entry point for kube-runtime: a pass under the finalizer, wrapped by the kit.
