@@ -10,6 +10,9 @@
 //! straight to SQLite, one transaction each), so the ratio shows what the API layer costs on top
 //! of the database.
 
+#[path = "common/proc.rs"]
+mod proc;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -33,17 +36,6 @@ fn objects() -> usize {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(10_000)
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|k| k.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 fn now_micros() -> u128 {
@@ -287,7 +279,7 @@ async fn run(label: &str, database_url: Option<&str>) {
     let mut server = start_server(&dir, port, database_url);
     let pid = server.id();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle_rss = rss_mb(pid);
+    let idle_rss = proc::rss_mb(pid);
     let client = client(&dir).await;
     let api: Api<Workspace> = Api::namespaced(client.clone(), "default");
 
@@ -339,7 +331,7 @@ async fn run(label: &str, database_url: Option<&str>) {
     }
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let created_rss = rss_mb(pid);
+    let created_rss = proc::rss_mb(pid);
 
     // Table list of every object, paged as kubectl pages it; and the real kubectl.
     let mut list_ms = vec![];
@@ -360,16 +352,16 @@ async fn run(label: &str, database_url: Option<&str>) {
         .map(|_| kubectl_get(&dir, "--chunk-size=0"))
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let listed_rss = rss_mb(pid);
+    let listed_rss = proc::rss_mb(pid);
     for _ in 0..5 {
         table_list(&client).await;
         kubectl_get(&dir, "--chunk-size=0");
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let relisted_rss = rss_mb(pid);
+    let relisted_rss = proc::rss_mb(pid);
     let (burst_n, burst_p50, burst_p99) = burst(&api, n).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let full_rss = rss_mb(pid);
+    let full_rss = proc::rss_mb(pid);
     let db_mb = std::fs::read_dir(&dir)
         .map(|d| {
             d.flatten()

@@ -13,6 +13,11 @@
 //!    shell loop (timed until the loop ends). `MOLECULE_BENCH_ORG_DOCKER=N` changes the size of
 //!    this phase (0 skips it).
 
+#[path = "common/docker.rs"]
+mod docker;
+#[path = "common/proc.rs"]
+mod proc;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -162,15 +167,7 @@ impl Drop for Serve {
 
 impl Serve {
     fn rss_mb(&self) -> f64 {
-        let pid = self.child.as_ref().map_or(0, Child::id);
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|k| k.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
+        proc::rss_mb(self.child.as_ref().map_or(0, Child::id))
     }
 }
 
@@ -605,14 +602,7 @@ fn main() {
     let image = image.lines().next().unwrap_or("").to_string();
     // A stand-in platform on the network's gateway answers every registration and heartbeat
     // with 200, so the loop's agents run like the operator's instead of exiting and restarting.
-    let gateway = sh_out(&[
-        "docker",
-        "network",
-        "inspect",
-        "-f",
-        "{{(index .IPAM.Config 0).Gateway}}",
-        "molecule-core-net",
-    ]);
+    let gateway = docker::network_gateway();
     let platform = TcpListener::bind((gateway.as_str(), 0)).expect("bind gateway");
     let platform_url = format!("http://{}", platform.local_addr().expect("addr"));
     std::thread::spawn(move || {

@@ -7,6 +7,11 @@
 //! - orphan reap latency after a stray labelled container appears (the original swept every 60 s);
 //! - RSS of `serve` with 50 live workspaces.
 
+#[path = "common/docker.rs"]
+mod docker;
+#[path = "common/proc.rs"]
+mod proc;
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
@@ -37,16 +42,6 @@ fn kubectl(kubeconfig: &Path, home: &Path, args: &[&str], stdin: Option<&str>) -
         si.write_all(input.as_bytes()).expect("stdin");
     }
     String::from_utf8_lossy(&c.wait_with_output().expect("kubectl").stdout).to_string()
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|k| k.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 fn start(dir: &Path, port: u16) -> Child {
@@ -253,15 +248,7 @@ fn main() {
     .1;
     kubectl(&kc, &home, &["delete", "ws", "--all", "-n", "warm"], None);
 
-    let gateway = sh(&[
-        "docker",
-        "network",
-        "inspect",
-        "-f",
-        "{{(index .IPAM.Config 0).Gateway}}",
-        "molecule-core-net",
-    ])
-    .1;
+    let gateway = docker::network_gateway();
     let listener = TcpListener::bind((gateway.as_str(), 0)).expect("bind gateway");
     let platform = format!("http://{}", listener.local_addr().expect("addr"));
     let cfg = agent_dir(tmp.path(), 0, &platform);
@@ -343,7 +330,7 @@ fn main() {
         wait_online(port, token, &ns, 50);
         ours_fifty.push(t.elapsed());
         if round == 0 {
-            rss = rss_mb(serve.id());
+            rss = proc::rss_mb(serve.id());
         }
         kubectl(
             &kc,
