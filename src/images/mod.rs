@@ -532,7 +532,12 @@ impl Images {
         let mut id = self.local_id(&tag).await?;
         if id.is_none() {
             // Removed under us (another installation pruned it, or `docker rmi`): build again.
-            echo::ensure_echo_image(&self.docker, &self.settings.agent_binary).await?;
+            echo::ensure_echo_image_memo(
+                &self.docker,
+                &self.settings.agent_binary,
+                &self.settings.build_cache,
+            )
+            .await?;
             id = self.local_id(&tag).await?;
         }
         Ok(Resolved {
