@@ -411,10 +411,21 @@ impl Host {
             ));
             platform_url = Some(url);
         }
+        // One PluginInstall cache for the plugin controller and the Workspace controller's
+        // first starts (ADR 0056), where either runs.
+        let installs = (settings.wants("plugin") || settings.wants("workspace")).then(|| {
+            Arc::new(
+                cache::SharedCache::<crate::resources::PluginInstall>::start(
+                    kube::Api::all(client.clone()),
+                    kube::runtime::watcher::Config::default(),
+                ),
+            )
+        });
         let services = controllers::Services {
             backends: started.backends,
             images: started.images,
             workspaces,
+            installs,
             triggers,
             platform_url,
             teams: platform,

@@ -304,6 +304,28 @@ where
         })
     }
 
+    /// Like [`SharedCache::touched`], but an applied or relisted object passes only when
+    /// `predicate` hashes it differently from the last time it was seen (`None` always passes);
+    /// a deletion always passes. A controller of another kind that acts on a few fields of this
+    /// one (not, say, on every heartbeat written to its status) is woken only when they change.
+    pub fn touched_filtered(
+        &self,
+        name: &str,
+        predicate: impl Fn(&K) -> Option<u64> + Send + 'static,
+    ) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        let mut seen = Seen::new(predicate);
+        tokio_stream::wrappers::UnboundedReceiverStream::new(self.feed(name)).flat_map(move |c| {
+            futures::stream::iter(match c {
+                Change::Applied(o) => seen.changed(&o).then_some(o).into_iter().collect(),
+                Change::Relisted(all) => all.into_iter().filter(|o| seen.changed(o)).collect(),
+                Change::Deleted(o) => {
+                    seen.forget(&o);
+                    vec![o]
+                }
+            })
+        })
+    }
+
     /// A controller over this cache for one leadership term: it reconciles everything cached
     /// now, then every change, and reports what waits on `queue`.
     pub fn controller(&self, queue: &Arc<WorkQueue>) -> Controller<K> {
@@ -320,15 +342,9 @@ where
     ) -> Controller<K> {
         let changes = {
             let queue = queue.clone();
-            let mut seen: std::collections::HashMap<ObjectRef<K>, u64> = Default::default();
+            let mut seen = Seen::new(predicate);
             self.subscribe(queue.controller)
-                .filter(move |o| {
-                    let pass = match predicate(o.as_ref()) {
-                        Some(h) => seen.insert(ObjectRef::from_obj(o.as_ref()), h) != Some(h),
-                        None => true,
-                    };
-                    futures::future::ready(pass)
-                })
+                .filter(move |o| futures::future::ready(seen.changed(o)))
                 .inspect(move |o| {
                     queue.add(WorkQueue::key(o.namespace().as_deref(), &o.name_any()))
                 })
@@ -344,6 +360,41 @@ where
             .collect();
         Controller::for_shared_stream(changes, self.reader.clone())
             .reconcile_on(futures::stream::iter(existing))
+    }
+}
+
+/// The last hash a predicate gave each object, as kube-runtime's `predicate_filter` keeps it.
+struct Seen<K: Resource, P>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    hashes: HashMap<ObjectRef<K>, u64>,
+    predicate: P,
+}
+
+impl<K, P> Seen<K, P>
+where
+    K: Resource,
+    K::DynamicType: Default + Eq + Hash + Clone,
+    P: Fn(&K) -> Option<u64>,
+{
+    fn new(predicate: P) -> Self {
+        Seen {
+            hashes: HashMap::new(),
+            predicate,
+        }
+    }
+
+    /// Whether `o` hashes differently from the last time (always, for a `None` hash).
+    fn changed(&mut self, o: &K) -> bool {
+        match (self.predicate)(o) {
+            Some(h) => self.hashes.insert(ObjectRef::from_obj(o), h) != Some(h),
+            None => true,
+        }
+    }
+
+    fn forget(&mut self, o: &K) {
+        self.hashes.remove(&ObjectRef::from_obj(o));
     }
 }
 

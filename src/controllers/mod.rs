@@ -73,6 +73,8 @@ pub struct Services {
     pub images: Option<Arc<crate::images::Images>>,
     /// The Workspace cache, warm on every replica.
     pub workspaces: Arc<cache::SharedCache<Workspace>>,
+    /// The PluginInstall cache, where the plugin or Workspace controller runs.
+    pub installs: Option<Arc<cache::SharedCache<crate::resources::PluginInstall>>>,
     /// Fast triggers fed by the backend's events (every replica; heard only while leading).
     pub triggers: Triggers,
     /// The URL agents are told to call; `Some` once the agent listener is bound.
@@ -290,26 +292,28 @@ fn workspace_context(
     images: &Arc<crate::images::Images>,
     platform_url: String,
     metrics: &Arc<Metrics>,
+    installs: Option<&cache::SharedCache<crate::resources::PluginInstall>>,
 ) -> Arc<workspace::Context> {
     let reporter = kube::runtime::events::Reporter {
         controller: "molecule-workspace".into(),
         instance: std::env::var("HOSTNAME").ok(),
     };
-    Arc::new(
-        workspace::Context::new(
-            client.clone(),
-            backends.clone(),
-            images.clone(),
-            kube::runtime::events::Recorder::new(client.clone(), reporter),
-            workspace::Settings {
-                platform_url,
-                ..host.workspace.clone()
-            },
-            metrics.clone(),
-            host.audit.clone(),
-        )
-        .with_plugins(host.plugins.fetcher()),
-    )
+    let ctx = workspace::Context::new(
+        client.clone(),
+        backends.clone(),
+        images.clone(),
+        kube::runtime::events::Recorder::new(client.clone(), reporter),
+        workspace::Settings {
+            platform_url,
+            ..host.workspace.clone()
+        },
+        metrics.clone(),
+        host.audit.clone(),
+    );
+    Arc::new(match installs {
+        Some(i) => ctx.with_plugins(host.plugins.fetcher(), i.reader()),
+        None => ctx,
+    })
 }
 
 /// Why one leadership term of the controllers ended.
@@ -342,6 +346,7 @@ pub async fn run(
         backends,
         images,
         workspaces,
+        installs,
         triggers,
         platform_url,
         teams,
@@ -358,13 +363,27 @@ pub async fn run(
     let reap_triggers = triggers.reaper;
     let live_uids = triggers.live;
     let ws_ctx = match (&backends, &images, platform_url) {
-        (Some(backends), Some(images), Some(platform_url)) if wants("workspace") => Some(
-            workspace_context(&client, &host, backends, images, platform_url, &metrics),
-        ),
+        (Some(backends), Some(images), Some(platform_url)) if wants("workspace") => {
+            Some(workspace_context(
+                &client,
+                &host,
+                backends,
+                images,
+                platform_url,
+                &metrics,
+                installs.as_deref(),
+            ))
+        }
         _ => None,
     };
+    let caches_ready = async {
+        workspaces.ready().await;
+        if let Some(i) = &installs {
+            i.ready().await;
+        }
+    };
     tokio::select! {
-        _ = workspaces.ready() => {}
+        _ = caches_ready => {}
         _ = shutdown.clone().wait() => return Ok(()),
     }
     host.ready.set(true);
@@ -414,12 +433,38 @@ pub async fn run(
                         .labels(&format!("!{}", crate::backends::docker::LABEL_MANAGED)),
                     secret_dependents(workspaces.reader()),
                 )
-                .reconcile_on(triggers)
-                .with_config(
-                    kube::runtime::controller::Config::default()
-                        .concurrency(MAX_CONCURRENT_RECONCILES),
-                )
-                .graceful_shutdown_on(term.clone().wait());
+                .reconcile_on(triggers);
+            // A first start waiting for its announced PluginInstalls (ADR 0056) is woken when
+            // one appears (a new uid), not by their status writes.
+            let controller = match &installs {
+                Some(i) => {
+                    let queue = ws_queue.clone();
+                    controller.watches_shared_stream(
+                        i.touched_filtered("workspace", |pi| {
+                            use std::hash::{Hash, Hasher};
+                            let mut h = std::collections::hash_map::DefaultHasher::new();
+                            pi.metadata.uid.hash(&mut h);
+                            Some(h.finish())
+                        }),
+                        move |pi: Arc<crate::resources::PluginInstall>| {
+                            use kube::ResourceExt;
+                            let ns = pi.namespace();
+                            let name = &pi.spec.workspace_ref.name;
+                            queue.add(cache::WorkQueue::key(ns.as_deref(), name));
+                            let r = ObjectRef::<Workspace>::new(name);
+                            Some(match ns {
+                                Some(ns) => r.within(&ns),
+                                None => r,
+                            })
+                        },
+                    )
+                }
+                None => controller,
+            }
+            .with_config(
+                kube::runtime::controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES),
+            )
+            .graceful_shutdown_on(term.clone().wait());
             let queue = ws_queue.clone();
             tasks.spawn(
                 controller
@@ -462,6 +507,7 @@ pub async fn run(
         }
         if wants("plugin")
             && let Some(backends) = &backends
+            && let Some(installs) = &installs
         {
             tasks.spawn(plugin::run(
                 client.clone(),
@@ -470,7 +516,7 @@ pub async fn run(
                 host.plugins.clone(),
                 metrics.clone(),
                 host.audit.clone(),
-                &workspaces,
+                (&workspaces, installs),
                 term.clone(),
             ));
         }

@@ -53,6 +53,8 @@ pub struct Harness {
     shutdown: Shutdown,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     workspaces: Option<cache::SharedCache<Workspace>>,
+    /// The PluginInstall cache, started with the first plugin controller.
+    installs: Option<cache::SharedCache<crate::resources::PluginInstall>>,
     /// The kubernetes backend on this harness's API server, once [`Harness::use_kubernetes`]
     /// made it the default (ADR 0057).
     kubernetes: Option<Arc<dyn WorkspaceBackend>>,
@@ -187,6 +189,7 @@ impl Harness {
             shutdown,
             tasks,
             workspaces: Some(workspaces),
+            installs: None,
             kubernetes: None,
         }
     }
@@ -227,11 +230,15 @@ impl Harness {
         crate::feed::Feed<Workspace>,
         kube::runtime::reflector::Store<Workspace>,
     ) {
-        let cache = self
-            .workspaces
-            .as_ref()
-            .expect("the harness keeps its Workspace cache until dropped");
+        let cache = self.workspace_cache();
         (cache.feed(name), cache.reader())
+    }
+
+    /// The harness's shared Workspace cache (ADR 0025).
+    pub fn workspace_cache(&self) -> &cache::SharedCache<Workspace> {
+        self.workspaces
+            .as_ref()
+            .expect("the harness keeps its Workspace cache until dropped")
     }
 
     /// Workspace controller settings for this harness: agents report to its URL, short
@@ -358,6 +365,10 @@ impl Harness {
             default_backend: self.backends().default_kind,
             ..settings
         };
+        let client = self.client.clone();
+        let installs = self
+            .installs
+            .get_or_insert_with(|| cache::SharedCache::start(Api::all(client), Default::default()));
         let cache = self
             .workspaces
             .as_ref()
@@ -369,7 +380,7 @@ impl Harness {
             settings,
             self.metrics.clone(),
             self.audit.clone(),
-            cache,
+            (cache, installs),
             self.shutdown.clone(),
         );
         self.tasks.push(tokio::spawn(run));
@@ -523,6 +534,7 @@ impl Drop for Harness {
             t.abort();
         }
         self.workspaces = None;
+        self.installs = None;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -79,3 +79,60 @@ async fn the_feed_tells_changes_deletions_and_a_late_subscriber_what_the_cache_h
         .expect("the replaced feed ends");
     assert!(ended.is_none(), "{ended:?}");
 }
+
+async fn next_of<S: futures::Stream + Unpin>(s: &mut S) -> S::Item {
+    tokio::time::timeout(CONVERGE, futures::StreamExt::next(s))
+        .await
+        .expect("a trigger in time")
+        .expect("the stream is open")
+}
+
+#[tokio::test]
+async fn a_filtered_trigger_skips_heartbeats_and_passes_container_changes_and_deletions() {
+    use kube::api::{Patch, PatchParams};
+    let h = Harness::start().await;
+    let api: Api<Workspace> = Api::namespaced(h.client.clone(), "default");
+    let mut touched = Box::pin(h.workspace_cache().touched_filtered(
+        "plugin-test",
+        crate::controllers::plugin::workspace_trigger_hash,
+    ));
+    let ws: Workspace = object(json!({
+        "apiVersion": "molecule.ai/v1alpha1", "kind": "Workspace",
+        "metadata": {"name": "b", "namespace": "default"},
+        "spec": {"image": "registry.example.com/echo:1"},
+    }));
+    create(&api, &ws).await;
+    let first = next_of(&mut touched).await;
+    assert_eq!(first.metadata.name.as_deref(), Some("b"));
+    let status = |v: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            api.patch_status(
+                "b",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": v })),
+            )
+            .await
+            .expect("status")
+        }
+    };
+    // Heartbeats change nothing the plugin controller acts on: no trigger.
+    status(json!({"lastHeartbeat": "2026-12-06T00:00:01Z", "uptimeSeconds": 1})).await;
+    status(json!({"lastHeartbeat": "2026-12-06T00:00:06Z", "uptimeSeconds": 6})).await;
+    // A new container does.
+    status(json!({"containerId": "c-1"})).await;
+    let woken = next_of(&mut touched).await;
+    assert_eq!(
+        woken
+            .status
+            .as_ref()
+            .and_then(|s| s.container_id.as_deref()),
+        Some("c-1"),
+        "the heartbeats before it passed the filter"
+    );
+    api.delete("b", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let gone = next_of(&mut touched).await;
+    assert_eq!(gone.metadata.name.as_deref(), Some("b"));
+}

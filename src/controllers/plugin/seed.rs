@@ -15,8 +15,10 @@
 //! Anything that fails here only means the plugin lands the usual way.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
-use kube::api::{Api, ListParams};
+use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 
 use crate::backends::{ConfigFile, validate_file_path};
@@ -26,15 +28,16 @@ use crate::resources::{PluginInstall, Workspace};
 
 /// How long a first start waits for the PluginInstalls an OrgImport announced on the workspace
 /// (it creates them just after the workspace, which must exist first to own them).
-pub const ANNOUNCED_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const ANNOUNCED_WAIT: Duration = Duration::from_secs(10);
 
 /// What a workspace's first start carries.
 #[derive(Debug)]
 pub enum FirstStart {
     /// These files (possibly none).
     Files(Vec<ConfigFile>),
-    /// Not yet: a plugin its OrgImport announced has no PluginInstall yet.
-    Waiting,
+    /// Not yet: a plugin its OrgImport announced has no PluginInstall yet. The wait ends when
+    /// one appears (the cache wakes the workspace) or after this long at the latest.
+    Waiting(Duration),
 }
 
 /// The plugins an OrgImport announced on `ws` (`molecule.ai/plugins`, names it can install).
@@ -48,46 +51,63 @@ pub fn announced(ws: &Workspace) -> Vec<String> {
         .collect()
 }
 
-/// Whether `ws` is younger than [`ANNOUNCED_WAIT`] (unknown age: no).
-fn young(ws: &Workspace) -> bool {
-    ws.metadata.creation_timestamp.as_ref().is_some_and(|c| {
-        jiff::SignedDuration::try_from(ANNOUNCED_WAIT)
-            .is_ok_and(|wait| jiff::Timestamp::now().duration_since(c.0) < wait)
-    })
+/// How much of [`ANNOUNCED_WAIT`] is left for `ws` (none: unknown age, or over).
+fn wait_left(ws: &Workspace) -> Option<Duration> {
+    let created = ws.metadata.creation_timestamp.as_ref()?.0;
+    let age = jiff::Timestamp::now().duration_since(created);
+    let left = jiff::SignedDuration::try_from(ANNOUNCED_WAIT).ok()? - age;
+    Duration::try_from(left).ok().filter(|d| !d.is_zero())
 }
 
-/// The files of the `local://` plugins `ws`'s PluginInstalls name, within `budget` bytes of
-/// content (a plugin that does not fit is left to its install); or [`FirstStart::Waiting`]
-/// while a plugin its OrgImport announced has no record yet, for at most [`ANNOUNCED_WAIT`]
-/// after the workspace was created.
-pub async fn first_start(
-    client: &Client,
-    fetcher: &Fetcher,
-    ws: &Workspace,
-    budget: usize,
-) -> FirstStart {
-    let ns = ws.namespace().unwrap_or_default();
-    let api: Api<PluginInstall> = Api::namespaced(client.clone(), &ns);
-    let installs = match api.list(&ListParams::default()).await {
-        Ok(l) => l.items,
-        Err(e) => {
-            tracing::debug!(workspace = %ws.name_any(), error = %e, "plugins for the first start not listed");
-            return FirstStart::Files(vec![]);
-        }
-    };
+/// The PluginInstalls in `installs` naming `ws` (not being deleted).
+pub fn installs_of(installs: &Store<PluginInstall>, ws: &Workspace) -> Vec<Arc<PluginInstall>> {
+    let ns = ws.namespace();
     let name = ws.name_any();
-    let mine: Vec<&PluginInstall> = installs
-        .iter()
-        .filter(|pi| pi.spec.workspace_ref.name == name && pi.metadata.deletion_timestamp.is_none())
-        .collect();
+    installs
+        .state()
+        .into_iter()
+        .filter(|pi| {
+            pi.namespace() == ns
+                && pi.spec.workspace_ref.name == name
+                && pi.metadata.deletion_timestamp.is_none()
+        })
+        .collect()
+}
+
+/// Whether a plugin its OrgImport announced on `ws` has no record among `mine` yet, and
+/// `ws` is young enough to wait for it: how long at most.
+pub fn waiting_for(ws: &Workspace, mine: &[Arc<PluginInstall>]) -> Option<Duration> {
     let present: Vec<&str> = mine
         .iter()
         .filter_map(|pi| pi.labels().get(ORG_PLUGIN_LABEL).map(String::as_str))
         .collect();
-    if young(ws) && announced(ws).iter().any(|p| !present.contains(&p.as_str())) {
-        return FirstStart::Waiting;
+    if announced(ws).iter().all(|p| present.contains(&p.as_str())) {
+        return None;
     }
-    FirstStart::Files(files_for(client, fetcher, ws, &mine, budget).await)
+    wait_left(ws)
+}
+
+/// What a first start reads its plugins from: the API (the org's allowlist), the plugin
+/// registry, and the process's PluginInstall cache (ADR 0025).
+pub struct Seed<'a> {
+    pub client: &'a Client,
+    pub fetcher: &'a Fetcher,
+    pub installs: &'a Store<PluginInstall>,
+}
+
+impl Seed<'_> {
+    /// The files of the `local://` plugins `ws`'s PluginInstalls name, within `budget` bytes of
+    /// content (a plugin that does not fit is left to its install); or [`FirstStart::Waiting`]
+    /// while a plugin its OrgImport announced has no record in the cache yet, for at most
+    /// [`ANNOUNCED_WAIT`] after the workspace was created.
+    pub async fn first_start(&self, ws: &Workspace, budget: usize) -> FirstStart {
+        let mine = installs_of(self.installs, ws);
+        if let Some(left) = waiting_for(ws, &mine) {
+            return FirstStart::Waiting(left);
+        }
+        let mine: Vec<&PluginInstall> = mine.iter().map(Arc::as_ref).collect();
+        FirstStart::Files(files_for(self.client, self.fetcher, ws, &mine, budget).await)
+    }
 }
 
 async fn files_for(
@@ -225,7 +245,45 @@ mod tests {
         );
         assert_eq!(announced(&ws), ["hello", "session-hooks"]);
         // No creation time known: not young, so a start never waits for it.
-        assert!(!young(&ws));
+        assert_eq!(wait_left(&ws), None);
+    }
+
+    fn install(ws: &str, plugin: &str) -> Arc<PluginInstall> {
+        let mut pi = PluginInstall::new(&format!("{ws}-{plugin}"), Default::default());
+        pi.spec.workspace_ref.name = ws.into();
+        pi.metadata.labels = Some([(ORG_PLUGIN_LABEL.to_string(), plugin.to_string())].into());
+        Arc::new(pi)
+    }
+
+    #[test]
+    fn a_young_workspace_waits_for_its_announced_installs_at_most_until_ten_seconds_old() {
+        let mut ws = Workspace::new("w", Default::default());
+        ws.metadata.annotations = Some(
+            [(
+                ORG_PLUGINS_ANNOTATION.to_string(),
+                r#"["hello", "bye"]"#.to_string(),
+            )]
+            .into(),
+        );
+        let age = |secs: i64| {
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::now() - jiff::SignedDuration::from_secs(secs),
+            )
+        };
+        ws.metadata.creation_timestamp = Some(age(3));
+        let hello = install("w", "hello");
+        let left = waiting_for(&ws, std::slice::from_ref(&hello)).expect("bye is missing");
+        assert!(
+            left <= Duration::from_secs(7) && left > Duration::from_secs(5),
+            "{left:?}"
+        );
+        assert_eq!(
+            waiting_for(&ws, &[hello.clone(), install("w", "bye")]),
+            None
+        );
+        // Past the wait, a start goes ahead with what there is.
+        ws.metadata.creation_timestamp = Some(age(11));
+        assert_eq!(waiting_for(&ws, &[hello]), None);
     }
 
     #[test]

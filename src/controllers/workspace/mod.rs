@@ -117,9 +117,17 @@ pub struct Context {
     pub report: Reporter,
     /// Earliest time of the next automatic restart, per uid.
     restarts: Mutex<HashMap<String, Instant>>,
-    /// The plugin registry: the `local://` plugins of a workspace's PluginInstalls are placed
-    /// before its first start (ADR 0056). `None`: they land only through their installs.
-    pub plugins: Option<crate::plugins::Fetcher>,
+    /// The plugin registry and the PluginInstall cache: the `local://` plugins of a
+    /// workspace's PluginInstalls are placed before its first start (ADR 0056). `None`: they
+    /// land only through their installs.
+    pub plugins: Option<FirstStartPlugins>,
+}
+
+/// What a first start reads its plugins from (ADR 0056).
+pub struct FirstStartPlugins {
+    pub fetcher: crate::plugins::Fetcher,
+    /// The process's one PluginInstall cache (ADR 0025).
+    pub installs: kube::runtime::reflector::Store<crate::resources::PluginInstall>,
 }
 
 impl Context {
@@ -156,9 +164,14 @@ impl Context {
         }
     }
 
-    /// This context, placing plugins from `fetcher`'s registry before first starts.
-    pub fn with_plugins(mut self, fetcher: crate::plugins::Fetcher) -> Self {
-        self.plugins = Some(fetcher);
+    /// This context, placing plugins from `fetcher`'s registry before first starts, for the
+    /// PluginInstalls `installs` holds.
+    pub fn with_plugins(
+        mut self,
+        fetcher: crate::plugins::Fetcher,
+        installs: kube::runtime::reflector::Store<crate::resources::PluginInstall>,
+    ) -> Self {
+        self.plugins = Some(FirstStartPlugins { fetcher, installs });
         self
     }
 

@@ -37,7 +37,9 @@ pub(super) async fn provision(
     {
         match first_start_plugins(ctx, &pass, &desired.files).await {
             FirstStart::Files(f) => f,
-            FirstStart::Waiting => return Ok(Action::requeue(PLUGIN_POLL)),
+            // The PluginInstall cache wakes this workspace when one of them appears; the
+            // requeue only ends the wait.
+            FirstStart::Waiting(left) => return Ok(Action::requeue(left)),
         }
     } else {
         vec![]
@@ -64,13 +66,10 @@ pub(super) async fn provision(
 /// Secret for the env and the tar's headers.
 const POD_PLUGIN_BUDGET: usize = 512 * 1024;
 
-/// How soon a first start waiting for its announced PluginInstalls looks again.
-const PLUGIN_POLL: Duration = Duration::from_millis(200);
-
 /// The plugins placed before a workspace's first start (ADR 0056), within what is left of the
 /// config files' size limit (and room for the token file).
 async fn first_start_plugins(ctx: &Context, pass: &Pass, files: &[ConfigFile]) -> FirstStart {
-    let Some(fetcher) = &ctx.plugins else {
+    let Some(plugins) = &ctx.plugins else {
         return FirstStart::Files(vec![]);
     };
     let used: usize = files.iter().map(|f| f.content.len()).sum::<usize>() + 1024;
@@ -80,7 +79,12 @@ async fn first_start_plugins(ctx: &Context, pass: &Pass, files: &[ConfigFile]) -
         _ => super::files::MAX_TOTAL_BYTES,
     };
     let budget = total.saturating_sub(used);
-    crate::controllers::plugin::seed::first_start(&ctx.client, fetcher, &pass.ws, budget).await
+    let seed = crate::controllers::plugin::seed::Seed {
+        client: &ctx.client,
+        fetcher: &plugins.fetcher,
+        installs: &plugins.installs,
+    };
+    seed.first_start(&pass.ws, budget).await
 }
 
 /// The image: a fresh resolution per start — moving tags re-pulled, pinned ones only when
