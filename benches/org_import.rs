@@ -29,7 +29,7 @@ use serde_json::Value;
 const TOTAL: usize = 200;
 
 /// The tree: 2 roots → 4 children each → 4 each → the rest as leaves (200 in all, 4 levels).
-fn generate(root: &Path, total: usize) -> (Vec<(usize, Option<usize>)>, String) {
+fn generate(root: &Path, total: usize, plugins: bool) -> (Vec<(usize, Option<usize>)>, String) {
     let mut nodes: Vec<(usize, Option<usize>)> = (0..total.min(2)).map(|i| (i, None)).collect();
     let mut level: Vec<usize> = (0..nodes.len()).collect();
     for fanout in [4, 4] {
@@ -62,31 +62,47 @@ fn generate(root: &Path, total: usize) -> (Vec<(usize, Option<usize>)>, String) 
             .map(|(id, _)| *id)
             .collect()
     };
-    let mut flat = String::from(
-        "name: Bench Org\ndefaults:\n  runtime: echo\n  plugins: [memory, search]\nworkspaces:\n",
-    );
+    let defaults = if plugins {
+        "name: Bench Org\ndefaults:\n  runtime: echo\n  plugins: [memory, search]\nworkspaces:\n"
+    } else {
+        "name: Bench Org\ndefaults:\n  runtime: echo\nworkspaces:\n"
+    };
+    let own = |id: usize| {
+        if plugins {
+            format!("plugins: [\"!search\", tool-{id}]\n")
+        } else {
+            String::new()
+        }
+    };
+    let mut flat = String::from(defaults);
     fn flat_node(
         out: &mut String,
         id: usize,
         depth: usize,
         children: &dyn Fn(usize) -> Vec<usize>,
+        own: &dyn Fn(usize) -> String,
     ) {
         let pad = "  ".repeat(depth);
         out.push_str(&format!(
-            "{pad}  - name: Role {id}\n{pad}    role: role number {id}\n{pad}    files_dir: prompts/w{id}\n{pad}    plugins: [\"!search\", tool-{id}]\n"
+            "{pad}  - name: Role {id}\n{pad}    role: role number {id}\n{pad}    files_dir: prompts/w{id}\n"
         ));
+        let plugins = own(id);
+        if !plugins.is_empty() {
+            out.push_str(&format!("{pad}    {plugins}"));
+        }
         let kids = children(id);
         if !kids.is_empty() {
             out.push_str(&format!("{pad}    children:\n"));
             for k in kids {
-                flat_node(out, k, depth + 2, children);
+                flat_node(out, k, depth + 2, children, own);
             }
         }
     }
     for (id, parent) in &nodes {
         let kids = children(*id);
         let mut f = format!(
-            "name: Role {id}\nrole: role number {id}\nfiles_dir: prompts/w{id}\nplugins: [\"!search\", tool-{id}]\n"
+            "name: Role {id}\nrole: role number {id}\nfiles_dir: prompts/w{id}\n{}",
+            own(*id)
         );
         if !kids.is_empty() {
             f.push_str("children:\n");
@@ -100,12 +116,10 @@ fn generate(root: &Path, total: usize) -> (Vec<(usize, Option<usize>)>, String) 
         std::fs::write(p.join("system-prompt.md"), format!("You are role {id}.\n"))
             .expect("prompt");
         if parent.is_none() {
-            flat_node(&mut flat, *id, 0, &children);
+            flat_node(&mut flat, *id, 0, &children, &own);
         }
     }
-    let mut org = String::from(
-        "name: Bench Org\ndefaults:\n  runtime: echo\n  plugins: [memory, search]\nworkspaces:\n",
-    );
+    let mut org = String::from(defaults);
     for (id, parent) in &nodes {
         if parent.is_none() {
             org.push_str(&format!("  - !include roles/w{id}.yaml\n"));
@@ -346,7 +360,7 @@ fn main() {
     let templates = tmp.path().join("templates");
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home).expect("home");
-    let (nodes, flat) = generate(&templates, TOTAL);
+    let (nodes, flat) = generate(&templates, TOTAL, true);
 
     // 1. Parse and plan.
     let opts = molecule::orgtemplate::Options {
@@ -539,7 +553,10 @@ fn main() {
         return;
     }
     let docker_templates = tmp.path().join("templates-docker");
-    let (docker_nodes, _) = generate(&docker_templates, n);
+    // `MOLECULE_BENCH_ORG_PLUGINS=0`: the same tree without `plugins:` (the loop's and the
+    // plain manifests' workload), to tell the plugins' share of the import's time.
+    let plugins = std::env::var("MOLECULE_BENCH_ORG_PLUGINS").map_or(true, |v| v != "0");
+    let (docker_nodes, _) = generate(&docker_templates, n, plugins);
     let port = free_port();
     let dir = tmp.path().join("data-docker");
     let serve = start(&dir, port, &docker_templates, "all");
@@ -635,8 +652,13 @@ fn main() {
         ])
         .status();
     println!(
-        "  docker, all Online:    {:8.1} s   OrgImport of {n} workspaces; serve RSS with them Online {org_rss:.1} MB",
-        org_online.as_secs_f64()
+        "  docker, all Online:    {:8.1} s   OrgImport of {n} workspaces ({}); serve RSS with them Online {org_rss:.1} MB",
+        org_online.as_secs_f64(),
+        if plugins {
+            "two plugins each"
+        } else {
+            "no plugins"
+        }
     );
     println!(
         "  baseline docker run:   {:8.1} s   the same {n} containers from a shell loop (started, not registered){}   ratio {:.2}x (target <= 1.0)",

@@ -33,6 +33,7 @@ pub struct SimulatedBackend {
     created: AtomicU64,
     /// The last start asked of each uid: what a container would be given (env, files).
     last_start: Mutex<HashMap<String, StartSpec>>,
+    execs: AtomicU64,
 }
 
 fn check(ws: &WorkspaceRef) -> Result<(), BackendError> {
@@ -53,6 +54,11 @@ impl SimulatedBackend {
     /// How many "containers" were ever created.
     pub fn created(&self) -> u64 {
         self.created.load(Ordering::Relaxed)
+    }
+
+    /// How many commands were ever run in a "container".
+    pub fn execs(&self) -> u64 {
+        self.execs.load(Ordering::Relaxed)
     }
 
     /// The last [`StartSpec`] a workspace was started with (tests look at its env and files).
@@ -217,6 +223,7 @@ impl WorkspaceBackend for SimulatedBackend {
 
     async fn exec(&self, ws: &WorkspaceRef, _cmd: &[String]) -> Result<ExecOutput, BackendError> {
         check(ws)?;
+        self.execs.fetch_add(1, Ordering::Relaxed);
         Ok(ExecOutput {
             exit_code: 0,
             stdout: vec![],

@@ -72,6 +72,10 @@ pub const ORG_PLUGINS_ANNOTATION: &str = "molecule.ai/plugins";
 /// On a PluginInstall an OrgImport made for a child's `plugins:`: the plugin's name.
 pub const ORG_PLUGIN_LABEL: &str = "molecule.ai/org-plugin";
 
+/// On a PluginInstall made for a workspace (org import, REST shim): the workspace's name, when
+/// it fits a label value.
+pub const PLUGIN_WORKSPACE_LABEL: &str = "molecule.ai/workspace";
+
 #[cfg(test)]
 mod tests {
     use super::*;

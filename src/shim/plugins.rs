@@ -26,7 +26,7 @@ use crate::resources::{
 /// Label on a PluginInstall naming its plugin.
 pub const PLUGIN_LABEL: &str = "molecule.ai/plugin";
 /// Label on a PluginInstall naming its workspace.
-pub const WORKSPACE_LABEL: &str = "molecule.ai/workspace";
+pub const WORKSPACE_LABEL: &str = crate::resources::names::PLUGIN_WORKSPACE_LABEL;
 
 /// Plugin names: `^[a-z0-9][a-z0-9._-]{0,127}$`.
 pub fn valid_plugin_name(n: &str) -> bool {

@@ -141,3 +141,38 @@ async fn a_workspace_request_for_a_git_host_off_the_allowlist_is_refused() {
         ("Warning", message.as_str())
     );
 }
+
+#[tokio::test]
+async fn a_plugin_the_registry_lacks_is_refused_without_touching_the_running_container() {
+    use crate::resources::{Workspace, WorkspacePhase};
+    let mut h = Harness::start().await;
+    h.run_workspace();
+    h.run_plugin();
+    let workspaces: Api<Workspace> = Api::namespaced(h.client.clone(), "default");
+    create(
+        &workspaces,
+        &object(json!({
+            "apiVersion": "molecule.ai/v1alpha1", "kind": "Workspace",
+            "metadata": {"name": "alpha", "namespace": "default"},
+            "spec": {"image": "registry.example.com/agents/echo:1"},
+        })),
+    )
+    .await;
+    wait_for(&workspaces, "alpha", |w| {
+        w.status
+            .as_ref()
+            .and_then(|s| s.container_id.as_ref())
+            .is_some()
+            && w.status.as_ref().and_then(|s| s.phase) != Some(WorkspacePhase::Pending)
+    })
+    .await;
+    let api = api(&h);
+    create(&api, &install("absent", "local://no-such-plugin")).await;
+    let refused = wait_for(&api, "absent", |p| ready(p).is_some()).await;
+    let (status, reason, message) = ready(&refused).expect("Ready");
+    assert_eq!(status, ConditionStatus::False);
+    assert_eq!(reason, "PluginNotFound", "{message}");
+    assert!(message.contains("no-such-plugin"), "{message}");
+    wait_event(&h, Some("default"), "absent", "PluginNotFound").await;
+    assert_eq!(h.backend.execs(), 0, "the container was probed for nothing");
+}

@@ -201,24 +201,26 @@ impl Pass {
         if on_pods {
             // A Pod: no exec; the plugin waits in the workspace's files Secret and the
             // restart's init container places it (ADR 0057).
-            let download = self.fetch(&planned, &origin).await?;
-            let fetched = &download.fetched;
-            self.validate_fetched(&ws, allowed.as_deref(), &planned, &origin, fetched)?;
+            let download = self.fetch_valid(&ws, &allowed, &planned, &origin).await?;
             let (container, done) = self.place_for_next_start(&ws, &planned, &download).await?;
             return self
                 .report(&ws, &container, &planned, &origin, &download, done)
                 .await;
         }
+        // A registry plugin is read before the container is touched: a local read costs less
+        // than the exec that probes the container, so a plugin the registry lacks or refuses
+        // costs the container nothing (an org naming one for 1,000 workspaces made 1,000
+        // probes, each a process started in a container).
+        let early = match origin.source {
+            Source::Local(_) => Some(self.fetch_valid(&ws, &allowed, &planned, &origin).await?),
+            Source::Git(_) => None,
+        };
         let container = self.observe_container(&ws).await?;
         self.reuse_if_in_place(&planned, &container).await?;
-        let download = self.fetch(&planned, &origin).await?;
-        self.validate_fetched(
-            &ws,
-            allowed.as_deref(),
-            &planned,
-            &origin,
-            &download.fetched,
-        )?;
+        let download = match early {
+            Some(d) => d,
+            None => self.fetch_valid(&ws, &allowed, &planned, &origin).await?,
+        };
         let done = self.install(&ws, &container, &planned, &download).await?;
         self.report(&ws, &container, &planned, &origin, &download, done)
             .await
@@ -440,6 +442,19 @@ impl Pass {
             }),
             Err(r) => Err(self.backing_off(planned, r)),
         }
+    }
+
+    /// Act and validate: the fetched plugin, once the checks that need it pass.
+    async fn fetch_valid(
+        &self,
+        ws: &Workspace,
+        allowed: &Option<Vec<String>>,
+        planned: &Planned,
+        origin: &Origin,
+    ) -> Result<Download, Stop> {
+        let download = self.fetch(planned, origin).await?;
+        self.validate_fetched(ws, allowed.as_deref(), planned, origin, &download.fetched)?;
+        Ok(download)
     }
 
     /// Validate: checks that need the fetched plugin (they back off like fetch failures).

@@ -52,7 +52,7 @@ pub const FINALIZER: &str = "molecule.ai/plugin-cleanup";
 /// Label on PluginUpdates naming their PluginInstall (when the name fits a label value).
 pub const INSTALL_LABEL: &str = "molecule.ai/plugin-install";
 /// Label on PluginInstalls made for a workspace (org import).
-pub const WORKSPACE_LABEL: &str = "molecule.ai/workspace";
+pub const WORKSPACE_LABEL: &str = crate::resources::names::PLUGIN_WORKSPACE_LABEL;
 /// Periodic resync of an installed record (drift has its own loop).
 const RESYNC: Duration = Duration::from_secs(600);
 /// Backoff of a record whose pass failed (API or container engine unavailable).
