@@ -440,22 +440,11 @@ pub async fn run(
                 Some(i) => {
                     let queue = ws_queue.clone();
                     controller.watches_shared_stream(
-                        i.touched_filtered("workspace", |pi| {
-                            use std::hash::{Hash, Hasher};
-                            let mut h = std::collections::hash_map::DefaultHasher::new();
-                            pi.metadata.uid.hash(&mut h);
-                            Some(h.finish())
-                        }),
+                        i.touched_filtered("workspace", plugin::appeared_hash),
                         move |pi: Arc<crate::resources::PluginInstall>| {
-                            use kube::ResourceExt;
-                            let ns = pi.namespace();
-                            let name = &pi.spec.workspace_ref.name;
-                            queue.add(cache::WorkQueue::key(ns.as_deref(), name));
-                            let r = ObjectRef::<Workspace>::new(name);
-                            Some(match ns {
-                                Some(ns) => r.within(&ns),
-                                None => r,
-                            })
+                            let r = plugin::workspace_of(&pi);
+                            queue.add(cache::WorkQueue::key(r.namespace.as_deref(), &r.name));
+                            Some(r)
                         },
                     )
                 }

@@ -134,6 +134,14 @@ pub const RULES: &[Rule] = &[
         why: "agent registration and heartbeats",
     },
     Rule {
+        controller: "workspace",
+        scope: Scope::Cluster,
+        group: MOLECULE,
+        resource: "plugininstalls",
+        verbs: &["list", "watch"],
+        why: "the PluginInstall cache: a first start carries its plugins and wakes when an announced one appears (ADR 0056)",
+    },
+    Rule {
         controller: "plugin",
         scope: Scope::Cluster,
         group: MOLECULE,

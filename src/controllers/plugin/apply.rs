@@ -201,7 +201,9 @@ impl Pass {
         if on_pods {
             // A Pod: no exec; the plugin waits in the workspace's files Secret and the
             // restart's init container places it (ADR 0057).
-            let download = self.fetch_valid(&ws, &allowed, &planned, &origin).await?;
+            let download = self
+                .fetch_valid(&ws, allowed.as_deref(), &planned, &origin)
+                .await?;
             let (container, done) = self.place_for_next_start(&ws, &planned, &download).await?;
             return self
                 .report(&ws, &container, &planned, &origin, &download, done)
@@ -212,14 +214,20 @@ impl Pass {
         // costs the container nothing (an org naming one for 1,000 workspaces made 1,000
         // probes, each a process started in a container).
         let early = match origin.source {
-            Source::Local(_) => Some(self.fetch_valid(&ws, &allowed, &planned, &origin).await?),
+            Source::Local(_) => Some(
+                self.fetch_valid(&ws, allowed.as_deref(), &planned, &origin)
+                    .await?,
+            ),
             Source::Git(_) => None,
         };
         let container = self.observe_container(&ws).await?;
         self.reuse_if_in_place(&planned, &container).await?;
         let download = match early {
             Some(d) => d,
-            None => self.fetch_valid(&ws, &allowed, &planned, &origin).await?,
+            None => {
+                self.fetch_valid(&ws, allowed.as_deref(), &planned, &origin)
+                    .await?
+            }
         };
         let done = self.install(&ws, &container, &planned, &download).await?;
         self.report(&ws, &container, &planned, &origin, &download, done)
@@ -448,12 +456,12 @@ impl Pass {
     async fn fetch_valid(
         &self,
         ws: &Workspace,
-        allowed: &Option<Vec<String>>,
+        allowed: Option<&[String]>,
         planned: &Planned,
         origin: &Origin,
     ) -> Result<Download, Stop> {
         let download = self.fetch(planned, origin).await?;
-        self.validate_fetched(ws, allowed.as_deref(), planned, origin, &download.fetched)?;
+        self.validate_fetched(ws, allowed, planned, origin, &download.fetched)?;
         Ok(download)
     }
 

@@ -309,6 +309,37 @@ pub fn workspace_trigger_hash(ws: &Workspace) -> Option<u64> {
     Some(h.finish())
 }
 
+/// The PluginInstalls in `installs` that name `ws` (those being deleted too).
+pub fn naming(
+    installs: &Store<PluginInstall>,
+    ws: &Workspace,
+) -> impl Iterator<Item = Arc<PluginInstall>> {
+    let ns = ws.namespace();
+    let name = ws.name_any();
+    installs
+        .state()
+        .into_iter()
+        .filter(move |p| p.namespace() == ns && p.spec.workspace_ref.name == name)
+}
+
+/// The Workspace a PluginInstall names.
+pub fn workspace_of(pi: &PluginInstall) -> ObjectRef<Workspace> {
+    let r = ObjectRef::new(&pi.spec.workspace_ref.name);
+    match pi.namespace() {
+        Some(ns) => r.within(&ns),
+        None => r,
+    }
+}
+
+/// A PluginInstall as a trigger of the Workspace it names: its uid only, so a new record
+/// counts and its status writes do not (ADR 0056: a first start waits for new records).
+pub fn appeared_hash(pi: &PluginInstall) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    pi.metadata.uid.hash(&mut h);
+    Some(h.finish())
+}
+
 /// Runs the controller and the drift loop until shutdown. Workspaces and PluginInstalls come
 /// from the process's one cache of each (ADR 0025): their stores for lookups, their changes as
 /// triggers.
@@ -344,12 +375,7 @@ pub fn run(
         let related = pu_store.clone();
         let controller = controller
             .watches_shared_stream(ws_stream, move |ws: Arc<Workspace>| {
-                let ns = ws.namespace();
-                let name = ws.name_any();
-                by_workspace
-                    .state()
-                    .iter()
-                    .filter(|p| p.namespace() == ns && p.spec.workspace_ref.name == name)
+                naming(&by_workspace, &ws)
                     .map(|p| ObjectRef::from_obj(p.as_ref()))
                     .collect::<Vec<_>>()
             })

@@ -59,21 +59,6 @@ fn wait_left(ws: &Workspace) -> Option<Duration> {
     Duration::try_from(left).ok().filter(|d| !d.is_zero())
 }
 
-/// The PluginInstalls in `installs` naming `ws` (not being deleted).
-pub fn installs_of(installs: &Store<PluginInstall>, ws: &Workspace) -> Vec<Arc<PluginInstall>> {
-    let ns = ws.namespace();
-    let name = ws.name_any();
-    installs
-        .state()
-        .into_iter()
-        .filter(|pi| {
-            pi.namespace() == ns
-                && pi.spec.workspace_ref.name == name
-                && pi.metadata.deletion_timestamp.is_none()
-        })
-        .collect()
-}
-
 /// Whether a plugin its OrgImport announced on `ws` has no record among `mine` yet, and
 /// `ws` is young enough to wait for it: how long at most.
 pub fn waiting_for(ws: &Workspace, mine: &[Arc<PluginInstall>]) -> Option<Duration> {
@@ -101,7 +86,9 @@ impl Seed<'_> {
     /// while a plugin its OrgImport announced has no record in the cache yet, for at most
     /// [`ANNOUNCED_WAIT`] after the workspace was created.
     pub async fn first_start(&self, ws: &Workspace, budget: usize) -> FirstStart {
-        let mine = installs_of(self.installs, ws);
+        let mine: Vec<Arc<PluginInstall>> = super::naming(self.installs, ws)
+            .filter(|pi| pi.metadata.deletion_timestamp.is_none())
+            .collect();
         if let Some(left) = waiting_for(ws, &mine) {
             return FirstStart::Waiting(left);
         }
