@@ -239,18 +239,18 @@ async fn reap_on_deletions(
     }
 }
 
-/// The Runtime controller for one leadership term: spec changes, requeues and nudges from
-/// workspace starts (a rebuilt template) wake it; its own status writes do not.
+/// The Runtime controller for one leadership term, over the process's Runtime cache
+/// (ADR 0025): spec changes, requeues and nudges from workspace starts (a rebuilt template)
+/// wake it; its own status writes do not.
 async fn runtime_controller(
     client: Client,
     images: Arc<crate::images::Images>,
+    controller: kube::runtime::Controller<crate::resources::Runtime>,
     metrics: Arc<Metrics>,
     stop: Shutdown,
 ) {
     use futures::StreamExt;
-    use kube::runtime::controller::Controller;
     use kube::runtime::reflector::ObjectRef;
-    use kube::runtime::{WatchStreamExt, watcher};
     let reporter = kube::runtime::events::Reporter {
         controller: "molecule-runtime".into(),
         instance: std::env::var("HOSTNAME").ok(),
@@ -266,13 +266,7 @@ async fn runtime_controller(
     images.set_notify(tx);
     let nudges = tokio_stream::wrappers::ReceiverStream::new(rx)
         .map(|name| ObjectRef::<crate::resources::Runtime>::new(&name));
-    let api: kube::Api<crate::resources::Runtime> = kube::Api::all(client);
-    let (reader, writer) = kube::runtime::reflector::store();
-    let trigger = kube::runtime::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .applied_objects()
-        .predicate_filter(kube::runtime::predicates::generation, Default::default());
-    Controller::for_stream(trigger, reader)
+    controller
         .reconcile_on(nudges)
         .graceful_shutdown_on(stop.wait())
         .run(runtime::reconcile, runtime::error_policy, ctx)
@@ -284,7 +278,8 @@ async fn runtime_controller(
 /// API connections (and TLS handshakes) at once; a bound keeps connections reused.
 pub const MAX_CONCURRENT_RECONCILES: u16 = 64;
 
-/// The Workspace controller's context, telling agents to call `platform_url`.
+/// The Workspace controller's context, telling agents to call `platform_url`, reading the
+/// PluginInstall and Runtime caches where the process has them (ADR 0025).
 fn workspace_context(
     client: &Client,
     host: &HostSettings,
@@ -292,7 +287,10 @@ fn workspace_context(
     images: &Arc<crate::images::Images>,
     platform_url: String,
     metrics: &Arc<Metrics>,
-    installs: Option<&cache::SharedCache<crate::resources::PluginInstall>>,
+    (installs, runtimes): (
+        Option<&cache::SharedCache<crate::resources::PluginInstall>>,
+        Option<&cache::SharedCache<crate::resources::Runtime>>,
+    ),
 ) -> Arc<workspace::Context> {
     let reporter = kube::runtime::events::Reporter {
         controller: "molecule-workspace".into(),
@@ -310,8 +308,12 @@ fn workspace_context(
         metrics.clone(),
         host.audit.clone(),
     );
-    Arc::new(match installs {
+    let ctx = match installs {
         Some(i) => ctx.with_plugins(host.plugins.fetcher(), i.reader()),
+        None => ctx,
+    };
+    Arc::new(match runtimes {
+        Some(r) => ctx.with_runtimes(r.reader()),
         None => ctx,
     })
 }
@@ -362,6 +364,14 @@ pub async fn run(
     let ws_triggers = triggers.workspaces;
     let reap_triggers = triggers.reaper;
     let live_uids = triggers.live;
+    // One Runtime cache (ADR 0025) for the Runtime controller and the Workspace controller's
+    // image resolution: a workspace pass reads no Runtime record from the API.
+    let runtimes = (wants("workspace") || wants("runtime")).then(|| {
+        cache::SharedCache::start(
+            kube::Api::<crate::resources::Runtime>::all(client.clone()),
+            kube::runtime::watcher::Config::default(),
+        )
+    });
     let ws_ctx = match (&backends, &images, platform_url) {
         (Some(backends), Some(images), Some(platform_url)) if wants("workspace") => {
             Some(workspace_context(
@@ -371,7 +381,7 @@ pub async fn run(
                 images,
                 platform_url,
                 &metrics,
-                installs.as_deref(),
+                (installs.as_deref(), runtimes.as_ref()),
             ))
         }
         _ => None,
@@ -380,6 +390,9 @@ pub async fn run(
         workspaces.ready().await;
         if let Some(i) = &installs {
             i.ready().await;
+        }
+        if let Some(r) = &runtimes {
+            r.ready().await;
         }
     };
     tokio::select! {
@@ -403,6 +416,7 @@ pub async fn run(
     };
     let ws_queue = cache::WorkQueue::new("workspace", metrics.clone());
     let schedule_queue = cache::WorkQueue::new("schedule", metrics.clone());
+    let runtime_queue = cache::WorkQueue::new("runtime", metrics.clone());
     tracing::info!(controllers = ?selection.0, "controller host started");
     loop {
         tokio::select! {
@@ -445,6 +459,25 @@ pub async fn run(
                             let r = plugin::workspace_of(&pi);
                             queue.add(cache::WorkQueue::key(r.namespace.as_deref(), &r.name));
                             Some(r)
+                        },
+                    )
+                }
+                None => controller,
+            };
+            // A Runtime record that appears, changes its spec or goes wakes the Workspaces
+            // that name it: they read it from the cache (ADR 0025).
+            let controller = match &runtimes {
+                Some(r) => {
+                    let (queue, reader) = (ws_queue.clone(), workspaces.reader());
+                    controller.watches_shared_stream(
+                        r.touched_filtered("workspace", kube::runtime::predicates::generation),
+                        move |rt: Arc<crate::resources::Runtime>| {
+                            use kube::ResourceExt;
+                            let named = workspace::naming_runtime(&reader, &rt.name_any());
+                            for w in &named {
+                                queue.add(cache::WorkQueue::key(w.namespace.as_deref(), &w.name));
+                            }
+                            named
                         },
                     )
                 }
@@ -511,10 +544,12 @@ pub async fn run(
         }
         if wants("runtime")
             && let Some(images) = &images
+            && let Some(runtimes) = &runtimes
         {
             tasks.spawn(runtime_controller(
                 client.clone(),
                 images.clone(),
+                runtimes.controller_filtered(&runtime_queue, kube::runtime::predicates::generation),
                 metrics.clone(),
                 term.clone(),
             ));

@@ -22,7 +22,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::Client;
 use kube::api::{Api, ListParams};
-use kube::runtime::controller::Controller;
 use kube::runtime::watcher;
 
 use crate::apiserver::{ApiConfig, ApiServer};
@@ -55,6 +54,8 @@ pub struct Harness {
     workspaces: Option<cache::SharedCache<Workspace>>,
     /// The PluginInstall cache, started with the first plugin controller.
     installs: Option<cache::SharedCache<crate::resources::PluginInstall>>,
+    /// The Runtime cache of the Workspace controller, started with it (ADR 0025).
+    runtimes: Option<cache::SharedCache<Runtime>>,
     /// The kubernetes backend on this harness's API server, once [`Harness::use_kubernetes`]
     /// made it the default (ADR 0057).
     kubernetes: Option<Arc<dyn WorkspaceBackend>>,
@@ -190,6 +191,7 @@ impl Harness {
             tasks,
             workspaces: Some(workspaces),
             installs: None,
+            runtimes: None,
             kubernetes: None,
         }
     }
@@ -234,6 +236,14 @@ impl Harness {
         (cache.feed(name), cache.reader())
     }
 
+    /// The harness's Runtime cache (ADR 0025), started on first use.
+    pub fn runtime_cache(&mut self) -> &cache::SharedCache<Runtime> {
+        let client = self.client.clone();
+        self.runtimes.get_or_insert_with(|| {
+            cache::SharedCache::start(Api::<Runtime>::all(client), watcher::Config::default())
+        })
+    }
+
     /// The harness's shared Workspace cache (ADR 0025).
     pub fn workspace_cache(&self) -> &cache::SharedCache<Workspace> {
         self.workspaces
@@ -261,11 +271,15 @@ impl Harness {
 
     /// A Workspace controller context with `settings`.
     pub fn workspace_context(&self, settings: workspace::Settings) -> Arc<workspace::Context> {
+        Arc::new(self.new_workspace_context(settings))
+    }
+
+    fn new_workspace_context(&self, settings: workspace::Settings) -> workspace::Context {
         let reporter = kube::runtime::events::Reporter {
             controller: "molecule-workspace".into(),
             instance: None,
         };
-        Arc::new(workspace::Context::new(
+        workspace::Context::new(
             self.client.clone(),
             self.backends(),
             self.images.clone(),
@@ -273,7 +287,7 @@ impl Harness {
             settings,
             self.metrics.clone(),
             self.audit.clone(),
-        ))
+        )
     }
 
     /// Runs the Workspace controller (and the registry endpoints agents report to) with
@@ -285,13 +299,26 @@ impl Harness {
     /// Runs the Workspace controller with `settings`, as the host does: on the shared cache,
     /// woken by what `plan::trigger_hash` covers.
     pub fn run_workspace_with(&mut self, settings: workspace::Settings) -> Arc<workspace::Context> {
-        let ctx = self.workspace_context(settings);
+        // As the host runs it: Runtime records from the cache, whose changes wake the
+        // Workspaces that name them.
+        let runtimes = self.runtime_cache();
+        let (reader, changed) = (
+            runtimes.reader(),
+            runtimes.touched_filtered("workspace", kube::runtime::predicates::generation),
+        );
+        let ctx = Arc::new(self.new_workspace_context(settings).with_runtimes(reader));
         let queue = cache::WorkQueue::new("workspace", self.metrics.clone());
-        let mut controller = self
+        let workspaces = self
             .workspaces
             .as_ref()
-            .expect("the harness keeps its Workspace cache until dropped")
+            .expect("the harness keeps its Workspace cache until dropped");
+        let reader = workspaces.reader();
+        let mut controller = workspaces
             .controller_filtered(&queue, workspace::plan::trigger_hash)
+            .watches_shared_stream(changed, move |rt: Arc<Runtime>| {
+                use kube::ResourceExt;
+                workspace::naming_runtime(&reader, &rt.name_any())
+            })
             .graceful_shutdown_on(self.shutdown.clone().wait());
         if self.kubernetes.is_some() {
             // As the host relays them: a kubelet's Pod status write wakes the Workspace.
@@ -398,11 +425,11 @@ impl Harness {
             kube::runtime::events::Recorder::new(self.client.clone(), reporter),
             self.metrics.clone(),
         ));
-        let controller = Controller::new(
-            Api::<Runtime>::all(self.client.clone()),
-            watcher::Config::default(),
-        )
-        .graceful_shutdown_on(self.shutdown.clone().wait());
+        let queue = cache::WorkQueue::new("runtime", self.metrics.clone());
+        let controller = self
+            .runtime_cache()
+            .controller_filtered(&queue, kube::runtime::predicates::generation)
+            .graceful_shutdown_on(self.shutdown.clone().wait());
         self.tasks.push(tokio::spawn(
             controller
                 .run(runtime::reconcile, runtime::error_policy, ctx.clone())

@@ -21,6 +21,7 @@ use kube::Client;
 use kube::runtime::reflector::Store;
 
 use crate::controllers::kit::{Backoff, Failure, Reconciler, Reporter};
+use crate::feed::Change;
 use crate::resources::{ChannelSpec, Workspace, WorkspacePhase};
 use crate::shutdown::Shutdown;
 use crate::teams::{PlatformMessage, Teams};
@@ -142,40 +143,15 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    /// Brings the tasks and the board in line with `workspaces`.
+    /// Brings the tasks and the board in line with `workspaces`, the whole set (a relist or
+    /// the periodic resync).
     fn converge(&mut self, workspaces: &[Arc<Workspace>]) {
         let mut live: HashSet<String> = HashSet::new();
         let mut wanted: HashSet<Slot> = HashSet::new();
         for ws in workspaces {
-            let Some(uid) = ws.metadata.uid.clone() else {
-                continue;
-            };
-            if ws.metadata.deletion_timestamp.is_some()
-                || (ws.spec.channels.is_empty()
-                    && ws.status.as_ref().is_none_or(|s| s.channels.is_empty()))
-            {
-                continue;
+            if let Some(uid) = self.visit(ws, &mut wanted) {
+                live.insert(uid);
             }
-            live.insert(uid.clone());
-            self.board.track(ws, &uid);
-            for (index, ch) in ws.spec.channels.iter().enumerate() {
-                let slot = Slot {
-                    uid: uid.clone(),
-                    index,
-                };
-                match plan(ws, ch) {
-                    Desired::Run { fingerprint } => {
-                        wanted.insert(slot.clone());
-                        self.ensure(ws, ch, slot, fingerprint);
-                    }
-                    Desired::Idle {
-                        state,
-                        reason,
-                        message,
-                    } => self.board.set_state(&slot, state, reason, &message),
-                }
-            }
-            self.board.compare(ws, &uid);
         }
         self.running.retain(|slot, _| wanted.contains(slot));
         for uid in self.board.tracked() {
@@ -183,6 +159,62 @@ impl Supervisor {
                 self.board.forget(&uid);
             }
         }
+    }
+
+    /// Brings one workspace's tasks and board entry in line with `ws`, as it was just
+    /// changed: the cost of a watch event does not grow with the team.
+    fn converge_one(&mut self, ws: &Workspace) {
+        let Some(uid) = ws.metadata.uid.clone() else {
+            return;
+        };
+        let mut wanted: HashSet<Slot> = HashSet::new();
+        let live = self.visit(ws, &mut wanted).is_some();
+        self.running
+            .retain(|slot, _| slot.uid != uid || wanted.contains(slot));
+        if !live {
+            self.board.forget(&uid);
+        }
+    }
+
+    /// Forgets a deleted workspace: its tasks stop, its board entry goes.
+    fn forget(&mut self, ws: &Workspace) {
+        let Some(uid) = ws.metadata.uid.as_deref() else {
+            return;
+        };
+        self.running.retain(|slot, _| slot.uid != uid);
+        self.board.forget(uid);
+    }
+
+    /// Plans and starts `ws`'s channels, adding the slots that should run to `wanted`.
+    /// Returns the uid when the workspace has channels to look after (in spec or status).
+    fn visit(&mut self, ws: &Workspace, wanted: &mut HashSet<Slot>) -> Option<String> {
+        let uid = ws.metadata.uid.clone()?;
+        if ws.metadata.deletion_timestamp.is_some()
+            || (ws.spec.channels.is_empty()
+                && ws.status.as_ref().is_none_or(|s| s.channels.is_empty()))
+        {
+            return None;
+        }
+        self.board.track(ws, &uid);
+        for (index, ch) in ws.spec.channels.iter().enumerate() {
+            let slot = Slot {
+                uid: uid.clone(),
+                index,
+            };
+            match plan(ws, ch) {
+                Desired::Run { fingerprint } => {
+                    wanted.insert(slot.clone());
+                    self.ensure(ws, ch, slot, fingerprint);
+                }
+                Desired::Idle {
+                    state,
+                    reason,
+                    message,
+                } => self.board.set_state(&slot, state, reason, &message),
+            }
+        }
+        self.board.compare(ws, &uid);
+        Some(uid)
     }
 
     /// Starts the task of `slot` unless one with `fingerprint` runs.
@@ -281,13 +313,21 @@ pub async fn run(
         tokio::select! {
             change = feed.recv() => match change {
                 Some(change) => {
-                    ready |= matches!(change, crate::feed::Change::Relisted(_));
-                    // One pass for a burst: what arrived meanwhile is in the cache already.
+                    // A burst at once: a relist in it makes one pass over the cache (which
+                    // holds what arrived meanwhile); otherwise each change touches its own
+                    // workspace only.
+                    let mut burst = vec![change];
                     while let Ok(more) = feed.try_recv() {
-                        ready |= matches!(more, crate::feed::Change::Relisted(_));
+                        burst.push(more);
                     }
-                    if ready {
+                    let relisted = burst
+                        .iter()
+                        .any(|c| matches!(c, Change::Relisted(_)));
+                    ready |= relisted;
+                    if relisted {
                         pass(&reconciler, &mut sup, &reader).await;
+                    } else if ready {
+                        changed(&reconciler, &mut sup, &burst).await;
                     }
                 }
                 None => break,
@@ -313,6 +353,22 @@ async fn pass(reconciler: &Reconciler, sup: &mut Supervisor, reader: &Store<Work
     let _ = reconciler
         .run_keyed("channels", async {
             sup.converge(&workspaces);
+            Ok::<(), Error>(())
+        })
+        .await;
+}
+
+/// The changes of a burst, one workspace at a time, in the order they arrived.
+async fn changed(reconciler: &Reconciler, sup: &mut Supervisor, burst: &[Change<Workspace>]) {
+    let _ = reconciler
+        .run_keyed("channels", async {
+            for change in burst {
+                match change {
+                    Change::Applied(ws) => sup.converge_one(ws),
+                    Change::Deleted(ws) => sup.forget(ws),
+                    Change::Relisted(_) => {}
+                }
+            }
             Ok::<(), Error>(())
         })
         .await;

@@ -229,6 +229,72 @@ async fn a_runtime_created_while_pending_lets_the_workspace_start() {
     assert_eq!(ready.status, ConditionStatus::True);
 }
 
+/// A Workspace failed for a Runtime's required env waits for a change (no requeue): a change
+/// of the Runtime record is one. Without the Runtime cache's trigger (ADR 0025) it would stay
+/// Failed until its own record changed.
+#[tokio::test]
+async fn a_runtime_record_change_wakes_the_workspaces_that_name_it() {
+    let mut h = Harness::start().await;
+    h.run_workspace();
+    let api: Api<Workspace> = Api::namespaced(h.client.clone(), "default");
+    let runtimes: Api<Runtime> = Api::all(h.client.clone());
+    let needy = |required: Value| -> Runtime {
+        object(json!({
+            "apiVersion": "molecule.ai/v1alpha1",
+            "kind": "Runtime",
+            "metadata": {"name": "needy"},
+            "spec": {"image": "registry.example.com/needy:1", "requiredEnv": required},
+        }))
+    };
+    create(&runtimes, &needy(json!(["NEEDY_API_KEY"]))).await;
+    // The cache has the record before the Workspace exists.
+    while h
+        .runtime_cache()
+        .reader()
+        .get(&kube::runtime::reflector::ObjectRef::new("needy"))
+        .is_none()
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    create(&api, &ws("user", json!({"runtime": "needy"}))).await;
+    create(
+        &api,
+        &ws("bystander", json!({"runtime": "echo", "image": IMAGE})),
+    )
+    .await;
+    let failed = wait_for(&api, "user", |w| phase(w) == Some(WorkspacePhase::Failed)).await;
+    let st = failed.status.expect("status");
+    assert_eq!(st.missing_env, vec!["NEEDY_API_KEY".to_string()]);
+    wait_for(&api, "bystander", |w| {
+        phase(w) == Some(WorkspacePhase::Online)
+    })
+    .await;
+    let bystander_writes = api
+        .get("bystander")
+        .await
+        .expect("bystander")
+        .resource_version();
+
+    runtimes
+        .patch(
+            "needy",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"requiredEnv": null}})),
+        )
+        .await
+        .expect("drop requiredEnv");
+    let online = wait_for(&api, "user", |w| phase(w) == Some(WorkspacePhase::Online)).await;
+    assert!(online.status.expect("status").missing_env.is_empty());
+    // A workspace of another runtime was not touched.
+    assert_eq!(
+        api.get("bystander")
+            .await
+            .expect("bystander")
+            .resource_version(),
+        bystander_writes
+    );
+}
+
 #[tokio::test]
 async fn hostile_prompts_and_routing_fail_precisely_and_create_nothing() {
     let mut h = Harness::start().await;

@@ -121,6 +121,8 @@ pub struct Context {
     /// workspace's PluginInstalls are placed before its first start (ADR 0056). `None`: they
     /// land only through their installs.
     pub plugins: Option<FirstStartPlugins>,
+    /// The process's Runtime cache (ADR 0025); `None`: each pass reads the record from the API.
+    pub runtimes: Option<kube::runtime::reflector::Store<crate::resources::Runtime>>,
 }
 
 /// What a first start reads its plugins from (ADR 0056).
@@ -161,6 +163,7 @@ impl Context {
             images,
             restarts: Mutex::default(),
             plugins: None,
+            runtimes: None,
         }
     }
 
@@ -172,6 +175,15 @@ impl Context {
         installs: kube::runtime::reflector::Store<crate::resources::PluginInstall>,
     ) -> Self {
         self.plugins = Some(FirstStartPlugins { fetcher, installs });
+        self
+    }
+
+    /// This context, reading Runtime records from `cache` instead of the API.
+    pub fn with_runtimes(
+        mut self,
+        cache: kube::runtime::reflector::Store<crate::resources::Runtime>,
+    ) -> Self {
+        self.runtimes = Some(cache);
         self
     }
 
@@ -197,6 +209,20 @@ impl Context {
             .unwrap_or_else(|p| p.into_inner())
             .remove(uid);
     }
+}
+
+/// The Workspaces that name `runtime` (those with no `spec.runtime` run `echo`): the ones a
+/// Runtime record's arrival, change or deletion concerns.
+pub fn naming_runtime(
+    workspaces: &kube::runtime::reflector::Store<Workspace>,
+    runtime: &str,
+) -> Vec<kube::runtime::reflector::ObjectRef<Workspace>> {
+    workspaces
+        .state()
+        .iter()
+        .filter(|w| w.spec.runtime.as_deref().unwrap_or("echo") == runtime)
+        .map(|w| kube::runtime::reflector::ObjectRef::from_obj(w.as_ref()))
+        .collect()
 }
 
 /// Entry point for kube-runtime: one pass under the finalizer, wrapped by the kit.

@@ -129,6 +129,22 @@ pub(super) async fn load_secrets(
     Ok(out)
 }
 
+/// The Runtime record `name`: from the process's Runtime cache where the controller has one
+/// (ADR 0025), else read from the API. A record the cache has not seen yet is absent for this
+/// pass; its arrival wakes the Workspaces that name it, which then resolve it.
+async fn runtime_record(
+    ctx: &Context,
+    api: &Api<Runtime>,
+    name: &str,
+) -> Result<Option<Runtime>, kube::Error> {
+    match &ctx.runtimes {
+        Some(cache) => Ok(cache
+            .get(&kube::runtime::reflector::ObjectRef::new(name))
+            .map(|r| r.as_ref().clone())),
+        None => api.get_opt(name).await,
+    }
+}
+
 /// Resolves the runtime to an image (or none, for external agents).
 pub(super) async fn target(
     ws: &Workspace,
@@ -145,7 +161,7 @@ pub(super) async fn target(
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
     let record = if nameable {
-        runtimes.get_opt(runtime).await?
+        runtime_record(ctx, &runtimes, runtime).await?
     } else {
         None
     };
@@ -249,8 +265,13 @@ pub(super) async fn target(
         )));
     }
     let mut known: Vec<String> = BUILTIN_RUNTIMES.iter().map(|s| s.to_string()).collect();
-    for r in runtimes.list(&ListParams::default()).await?.items {
-        known.push(r.name_any());
+    match &ctx.runtimes {
+        Some(cache) => known.extend(cache.state().iter().map(|r| r.name_any())),
+        None => {
+            for r in runtimes.list(&ListParams::default()).await?.items {
+                known.push(r.name_any());
+            }
+        }
     }
     known.sort();
     known.dedup();
