@@ -350,6 +350,21 @@ fn a_telegram_chat_reaches_the_agent_and_bad_channels_say_why() {
             "a token leaked"
         );
     }
+
+    // Deleted, its adapter stops: the channel controller handles the change of that one
+    // workspace (ADR 0025), with no pass over the others.
+    ok(
+        &s,
+        &["delete", "workspace", "bot", "-n", &ns, "--timeout=120s"],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let polls = tg.polls();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        tg.polls(),
+        polls,
+        "a deleted workspace's channel still polls"
+    );
 }
 
 /// Workspaces of `ns` as JSON.
