@@ -3,7 +3,8 @@
 //!
 //! - apply → Online of one echo workspace, vs `docker run` of the same image plus waiting for
 //!   its first registration (a listener of this bench plays the platform);
-//! - 50 workspaces converging to Online, vs `docker compose up -d` of 50 equivalent services;
+//! - 50 workspaces converging to Online, vs `docker compose up -d` of 50 equivalent services,
+//!   with the engine's own floor beside it (50 such containers, already created, started);
 //! - orphan reap latency after a stray labelled container appears (the original swept every 60 s);
 //! - RSS of `serve` with 50 live workspaces.
 
@@ -226,19 +227,7 @@ fn engine_run_to_registration(
     cfg: &Path,
     name: &str,
 ) -> Duration {
-    let body = serde_json::json!({
-        "Image": image,
-        "ExposedPorts": {"8000/tcp": {}},
-        "HostConfig": {
-            "NetworkMode": "molecule-core-net",
-            "PortBindings": {"8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]},
-            "Memory": 512i64 * 1024 * 1024,
-            "NanoCpus": 1_000_000_000i64,
-            "RestartPolicy": {"Name": "unless-stopped"},
-            "ExtraHosts": ["host.docker.internal:host-gateway"],
-            "Binds": [format!("{}:/configs", cfg.display())],
-        },
-    });
+    let body = engine_body(image, cfg);
     let t = Instant::now();
     let (code, created) = engine(
         "POST",
@@ -254,6 +243,52 @@ fn engine_run_to_registration(
     let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}");
     let took = t.elapsed();
     sh(&["docker", "rm", "-f", name]);
+    took
+}
+
+/// The Engine API's create body for the echo image with the options of [`SAME_OPTIONS`].
+fn engine_body(image: &str, cfg: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "Image": image,
+        "ExposedPorts": {"8000/tcp": {}},
+        "HostConfig": {
+            "NetworkMode": "molecule-core-net",
+            "PortBindings": {"8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]},
+            "Memory": 512i64 * 1024 * 1024,
+            "NanoCpus": 1_000_000_000i64,
+            "RestartPolicy": {"Name": "unless-stopped"},
+            "ExtraHosts": ["host.docker.internal:host-gateway"],
+            "Binds": [format!("{}:/configs", cfg.display())],
+        },
+    })
+}
+
+/// The engine's own floor for a burst: 50 such containers, already created, started at once
+/// through the Engine API (no create, no CLI, no registration wait).
+fn engine_start_floor(image: &str, root: &Path, platform: &str) -> Duration {
+    let names: Vec<String> = (0..50).map(|i| format!("bench-floor-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let cfg = agent_dir(root, 100 + i, platform);
+        let (code, out) = engine(
+            "POST",
+            &format!("/containers/create?name={name}"),
+            Some(&engine_body(image, &cfg)),
+        );
+        assert_eq!(code, 201, "engine create: {out}");
+    }
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for name in &names {
+            s.spawn(move || {
+                let (code, out) = engine("POST", &format!("/containers/{name}/start"), None);
+                assert_eq!(code, 204, "engine start: {out}");
+            });
+        }
+    });
+    let took = t.elapsed();
+    let mut rm = vec!["docker", "rm", "-f"];
+    rm.extend(names.iter().map(String::as_str));
+    sh(&rm);
     took
 }
 
@@ -444,6 +479,7 @@ fn main() {
         compose_cmd(&["down", "-t", "1"]);
     }
     let (ours_fifty, compose_fifty) = (median(ours_fifty), median(compose_fifty));
+    let floor = engine_start_floor(&image, tmp.path(), &platform);
     drop(listener);
 
     // 3. Reap latency of a stray labelled container of this installation.
@@ -555,6 +591,12 @@ fn main() {
         if compose_ok { "" } else { " (FAILED)" },
         compose_fifty.as_secs_f64(),
         ours_fifty.as_secs_f64() / compose_fifty.as_secs_f64()
+    );
+    println!(
+        "  the engine's floor: starting 50 such containers already created, all at once: {:.2} s ({:.2} of compose; the 0.7 target would be {:.2} s)",
+        floor.as_secs_f64(),
+        floor.as_secs_f64() / compose_fifty.as_secs_f64(),
+        0.7 * compose_fifty.as_secs_f64()
     );
     println!(
         "orphan reap latency: stray labelled container {:.0} ms; record gone without its finalizer {:.0} ms (target < 2000 ms; the original swept every 60 s)",
