@@ -171,6 +171,18 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Answers the first registration at `listener` (a stand-in platform that answers 200) and
+/// returns the time since `t`; then removes the container `name`.
+fn registered_after(listener: &TcpListener, t: Instant, name: &str) -> Duration {
+    let (mut conn, _) = listener.accept().expect("registration");
+    let mut buf = [0u8; 4096];
+    let _ = conn.read(&mut buf);
+    let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+    let took = t.elapsed();
+    sh(&["docker", "rm", "-f", name]);
+    took
+}
+
 /// `docker run -d` of the echo image with `options`, then waits for its registration at
 /// `listener` (a stand-in platform that answers 200).
 fn docker_run_to_registration(
@@ -190,26 +202,27 @@ fn docker_run_to_registration(
     let t = Instant::now();
     let (ok, _) = sh(&args);
     assert!(ok, "docker run failed");
-    let (mut conn, _) = listener.accept().expect("registration");
-    let mut buf = [0u8; 4096];
-    let _ = conn.read(&mut buf);
-    let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}");
-    let took = t.elapsed();
-    sh(&["docker", "rm", "-f", name]);
-    took
+    registered_after(listener, t, name)
 }
 
-/// One HTTP/1.0 request to the Docker engine's socket; (status, body).
-fn engine(method: &str, path: &str, body: Option<&serde_json::Value>) -> (u16, String) {
-    let mut s = std::os::unix::net::UnixStream::connect("/var/run/docker.sock").expect("engine");
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
+/// One HTTP/1.0 request on `stream` (the server closes it after the answer); (status, body).
+fn http10(
+    mut stream: impl Read + Write,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let auth = auth
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).expect("engine request");
+    stream.write_all(req.as_bytes()).expect("request");
     let mut out = String::new();
-    s.read_to_string(&mut out).expect("engine response");
+    stream.read_to_string(&mut out).expect("response");
     let status = out
         .split_whitespace()
         .nth(1)
@@ -217,6 +230,13 @@ fn engine(method: &str, path: &str, body: Option<&serde_json::Value>) -> (u16, S
         .unwrap_or(0);
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
     (status, body.unwrap_or_default())
+}
+
+/// One request to the Docker engine's socket; (status, body).
+fn engine(method: &str, path: &str, body: Option<&serde_json::Value>) -> (u16, String) {
+    let s = std::os::unix::net::UnixStream::connect("/var/run/docker.sock").expect("engine");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    http10(s, method, path, None, &body)
 }
 
 /// The Engine API's create + start of the echo image with the options of [`SAME_OPTIONS`]
@@ -237,13 +257,7 @@ fn engine_run_to_registration(
     assert_eq!(code, 201, "engine create: {created}");
     let (code, started) = engine("POST", &format!("/containers/{name}/start"), None);
     assert_eq!(code, 204, "engine start: {started}");
-    let (mut conn, _) = listener.accept().expect("registration");
-    let mut buf = [0u8; 4096];
-    let _ = conn.read(&mut buf);
-    let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}");
-    let took = t.elapsed();
-    sh(&["docker", "rm", "-f", name]);
-    took
+    registered_after(listener, t, name)
 }
 
 /// The Engine API's create body for the echo image with the options of [`SAME_OPTIONS`].
@@ -302,18 +316,10 @@ fn api_create(port: u16, token: &str, ns: &str, name: &str) {
         "spec": {"runtime": "echo"},
     })
     .to_string();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let req = format!(
-        "POST /apis/molecule.ai/v1alpha1/namespaces/{ns}/workspaces HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).expect("create");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("create response");
-    assert!(
-        out.starts_with("HTTP/1.1 201") || out.starts_with("HTTP/1.0 201"),
-        "{out}"
-    );
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let path = format!("/apis/molecule.ai/v1alpha1/namespaces/{ns}/workspaces");
+    let (code, out) = http10(s, "POST", &path, Some(token), &body);
+    assert_eq!(code, 201, "{out}");
 }
 
 fn main() {
