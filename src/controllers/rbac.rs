@@ -74,8 +74,8 @@ pub const RULES: &[Rule] = &[
         scope: Scope::Cluster,
         group: MOLECULE,
         resource: "runtimes",
-        verbs: &["get", "list"],
-        why: "a workspace's runtime: its image and required env; known runtimes in errors",
+        verbs: &["get", "list", "watch"],
+        why: "a workspace's runtime from the Runtime cache: its image and required env; known runtimes in errors; a Runtime change wakes the workspaces naming it",
     },
     Rule {
         controller: "workspace",
